@@ -1,0 +1,26 @@
+# Two commands on a fresh machine with only Python:
+#   make run    set up .venv and generate the default dataset into out/default
+#   make test   set up .venv and run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= out/default
+
+.PHONY: setup run test
+
+setup: $(VENV)/.installed
+
+# torch is pinned to the build that lies on this kind of machine's disk (a CUDA build that
+# also runs on the CPU); the CPU-only 2.13.0 file cannot import torchvision.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+run: setup
+	$(VENV)/bin/t2i-engine generate --out $(OUT)
+	$(VENV)/bin/t2i-engine verify $(OUT)
+
+test: setup
+	$(PY) -m pytest -q

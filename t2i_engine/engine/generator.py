@@ -1,0 +1,162 @@
+"""Generator: a diffusers pipeline turned into `samples -> uint8 images`.
+
+- Text embeddings are computed once per unique prompt (and once for the negative prompt) and
+  reused from a bounded LRU cache; the pipeline receives `prompt_embeds`, never strings.
+- Each sample's initial latents come from a CPU `torch.Generator` seeded with that sample's
+  seed, drawn one sample at a time, so a sample's noise (and, up to kernel batching effects,
+  its image) does not depend on which batch it lands in or on the device.
+- The pipeline stops at latents; the VAE decode runs here, so the time per stage is known.
+
+Images leave as a numpy array `[B, H, W, 3]` of uint8 on the CPU, rounded the way diffusers'
+`output_type="pil"` rounds.
+
+Stable Diffusion 1.x/2.x family pipelines only, for now; other families get their own adapters.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError, ModelUnavailable
+from .plan import Sample
+from .registry import ModelSpec
+
+SUPPORTED_FAMILIES = ("sd",)
+EMBED_CACHE_SIZE = 4096  # prompts; captions regimes have one prompt per image
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError("device", name, "expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("device", name, "CUDA is not available on this machine; use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError("device", name, f"this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise InputError("device", name, "expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
+    # Half precision on a CPU is slow and, for some ops, missing: the CPU runs float32.
+    return getattr(torch, spec.dtype) if device.type == "cuda" else torch.float32
+
+
+def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dtype: torch.dtype):
+    """Build (test models) or load (hub id or local folder) the model's diffusers pipeline."""
+    if spec.family not in SUPPORTED_FAMILIES:
+        raise InputError("model", spec.name, f"the {spec.family} family has no generator adapter yet; supported families: {', '.join(SUPPORTED_FAMILIES)}")
+    if spec.builder and weights is None:
+        module, func = spec.builder.split(":")
+        pipe = getattr(importlib.import_module(module), func)()
+    else:
+        pipe = _from_pretrained(spec, weights, dtype)
+    if spec.scheduler:
+        import diffusers
+
+        pipe.scheduler = getattr(diffusers, spec.scheduler).from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    if pipe.unet.dtype != dtype:  # built models come in float32; loaded ones already in dtype
+        pipe = pipe.to(dtype=dtype)
+    return pipe.to(device)
+
+
+def _from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype):
+    import diffusers
+
+    source = weights or spec.hub_id
+    if weights is not None and not Path(weights).is_dir():
+        raise InputError("weights", weights, "expected a local diffusers folder (with model_index.json)")
+    extra = {"safety_checker": None, "requires_safety_checker": False} if "StableDiffusion" in spec.pipeline and spec.family == "sd" else {}
+    try:
+        return getattr(diffusers, spec.pipeline).from_pretrained(
+            source, torch_dtype=dtype, use_safetensors=True, trust_remote_code=False, **extra
+        )
+    except (OSError, ValueError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        how = (f"fetch them on a connected machine with `hf download {spec.hub_id}` (they land in the hub cache, which HF_HOME points to) "
+               f"or pass --weights PATH to a local diffusers folder")
+        reason = "HF_HUB_OFFLINE is set and they are not in the local cache" if offline else f"{e.__class__.__name__}: {str(e).splitlines()[0][:160]}"
+        raise ModelUnavailable("model", spec.name, f"weights of {source} could not be loaded ({reason}); {how}") from None
+
+
+class Generator:
+    """Turns lists of samples into images with one pipeline and fixed sampling settings."""
+
+    def __init__(self, pipe, *, steps: int, guidance: float, height: int, width: int, negative_prompt: str = ""):
+        self.pipe = pipe
+        self.device, self.dtype = pipe.device, pipe.unet.dtype
+        self.steps, self.guidance = steps, guidance
+        self.height, self.width = height, width
+        self.negative_prompt = negative_prompt
+        self.latent_shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._negative: torch.Tensor | None = None
+        self.stage_seconds = {"text_encoding": 0.0, "denoising": 0.0, "decoding": 0.0}
+
+    @property
+    def uses_guidance(self) -> bool:
+        return self.guidance > 1.0 and self.pipe.unet.config.time_cond_proj_dim is None
+
+    @torch.inference_mode()
+    def generate(self, samples: list[Sample]) -> np.ndarray:
+        with self._stage("text_encoding"):
+            embeds = self.prompt_embeds([s.prompt for s in samples])
+            negative = self.negative_embeds(len(samples)) if self.uses_guidance else None
+        with self._stage("denoising"):
+            latents = self.pipe(
+                prompt_embeds=embeds, negative_prompt_embeds=negative, latents=self.initial_latents(samples),
+                num_inference_steps=self.steps, guidance_scale=self.guidance,
+                height=self.height, width=self.width, output_type="latent",
+            ).images
+        with self._stage("decoding"):
+            return self.decode(latents)
+
+    def initial_latents(self, samples: list[Sample]) -> torch.Tensor:
+        noise = [torch.randn(self.latent_shape, generator=torch.Generator("cpu").manual_seed(s.seed)) for s in samples]
+        return torch.stack(noise).to(self.device, self.dtype)
+
+    def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            embeds, _ = self.pipe.encode_prompt(missing, self.device, 1, False)
+            for p, e in zip(missing, embeds):
+                self._cache[p] = e
+        for p in prompts:
+            self._cache.move_to_end(p)
+        out = torch.stack([self._cache[p] for p in prompts])
+        while len(self._cache) > EMBED_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return out
+
+    def negative_embeds(self, n: int) -> torch.Tensor:
+        if self._negative is None:
+            self._negative = self.pipe.encode_prompt([self.negative_prompt], self.device, 1, False)[0]
+        return self._negative.expand(n, -1, -1)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        vae = self.pipe.vae
+        images = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        images = (images.float() / 2 + 0.5).clamp(0, 1)
+        return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    @contextmanager
+    def _stage(self, name: str):
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.stage_seconds[name] += time.perf_counter() - start

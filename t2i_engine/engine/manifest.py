@@ -1,0 +1,119 @@
+"""The dataset manifest (`dataset.json`), timm's `_info.json`, and the output-folder checks.
+
+`dataset.json` is written before the first shard (complete: false) so that a different recipe
+pointed at the same folder is refused from the start, and again at the end with every shard's
+sha256 and count (complete: true). It holds the resolved recipe, its hash, and the versions and
+device that made the data. `_info.json` is what timm's `wds/` reader takes: one split, `train`,
+with its shard file names and lengths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from .errors import InputError
+from .recipe import Recipe
+from .writer import TMP_SUFFIX, ShardRecord, atomic_write_text
+
+MANIFEST = "dataset.json"
+INFO = "_info.json"
+FORMAT = "t2i-engine-dataset/1"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("t2i-engine", "torch", "diffusers", "transformers", "pillow", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+def read_manifest(out_dir: Path) -> dict | None:
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError("out", str(out_dir), f"its {MANIFEST} is unreadable ({e.__class__.__name__}); use another folder") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise InputError("out", str(out_dir), f"its {MANIFEST} is not a t2i-engine manifest ({FORMAT}); use another folder")
+    return data
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Refuse an output path that cannot be created or written, before anything is written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError("out", str(out_dir), "expected a folder; a file of that name exists")
+    existing = out_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError("out", str(out_dir), f"cannot create a folder under {existing}, which is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError("out", str(out_dir), f"expected a writable location; {existing} is not writable")
+
+
+def check_resumable(out_dir: Path, recipe: Recipe) -> dict | None:
+    """The folder must be new, empty, or hold a dataset of this very recipe. Returns its manifest."""
+    manifest = read_manifest(out_dir) if out_dir.is_dir() else None
+    if manifest is None:
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            raise InputError("out", str(out_dir), f"expected a new or empty folder, or one holding a t2i-engine dataset ({MANIFEST}); this one holds other files")
+        return None
+    if manifest.get("recipe_hash") != recipe.content_hash():
+        stored, new = manifest.get("recipe", {}), json.loads(json.dumps(recipe.to_dict()))
+        differ = [k for k in new if k != "batch_size" and stored.get(k) != new[k]]
+        raise InputError("out", str(out_dir), f"it holds a dataset made from another recipe (differs in: {', '.join(differ) or 'content'}); "
+                         "rerun with the same recipe to resume, or choose a new folder")
+    return manifest
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Partial files of an interrupted run; never visible under a final name, safe to drop."""
+    stale = sorted(out_dir.glob(f"*{TMP_SUFFIX}"))
+    for p in stale:
+        p.unlink()
+    return stale
+
+
+def write_manifest(out_dir: Path, recipe: Recipe, *, records: list[ShardRecord] | None, device: str, dtype: str, weights: str | None) -> None:
+    complete = records is not None
+    manifest = {
+        "format": FORMAT,
+        "complete": complete,
+        "recipe_hash": recipe.content_hash(),
+        "num_samples": recipe.num_samples,
+        "num_classes": len(recipe.classes),
+        "shards": [r.__dict__ for r in records] if complete else [],
+        "recipe": recipe.to_dict(),
+        "weights": weights,
+        "device": device,
+        "dtype": dtype,
+        "versions": versions(),
+    }
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    if complete:
+        write_timm_info(out_dir, recipe, records)
+
+
+def write_timm_info(out_dir: Path, recipe: Recipe, records: list[ShardRecord]) -> None:
+    split = {"name": "train", "num_samples": sum(r.count for r in records),
+             "filenames": [r.name for r in records], "shard_lengths": [r.count for r in records]}
+    info = {"name": out_dir.name, "num_classes": len(recipe.classes), "splits": {"train": split}}
+    atomic_write_text(out_dir / INFO, json.dumps(info, indent=1) + "\n")
+
+
+def mark_incomplete(out_dir: Path) -> None:
+    """After shards were moved aside: the dataset needs another `generate` run."""
+    manifest = read_manifest(out_dir)
+    if manifest is not None and manifest.get("complete"):
+        manifest["complete"], manifest["shards"] = False, []
+        atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+        (out_dir / INFO).unlink(missing_ok=True)

@@ -1,0 +1,222 @@
+"""Recipes: what dataset to make, validated into a frozen dataclass before any work starts.
+
+A recipe is safe-loaded YAML (data only: no tags that build Python objects). Every key is
+optional; missing keys take the defaults below, and the model's defaults fill `steps`,
+`guidance` and `resolution`. Flags of `generate` override recipe keys one by one.
+
+    model: tiny-sd
+    classes: digits                 # built-in set, inline list, file, or wnids/words folder
+    prompt: {regime: template, templates: ["a photo of a {name}"], template_mode: cycle}
+    images_per_class: 10
+    steps: 20
+    guidance: 5.0
+    resolution: 64                  # or [height, width]
+    negative_prompt: ""
+    seed: 0
+    batch_size: 8
+    format: jpeg                    # jpeg | png | webp
+    quality: 95                     # jpeg and webp
+    images_per_shard: 1000
+
+The recipe is stored resolved (class list and captions included) in the dataset's manifest, so
+`verify` and resume never re-read the class or caption files. Its hash covers everything that
+decides what the dataset holds; `batch_size` does not, since it only changes how samples are
+grouped for the model (keys, labels, prompts and seeds stay put).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .classes import ClassEntry, load_classes
+from .errors import InputError
+from .prompts import PromptSpec, load_prompt_spec
+from .registry import get_model
+
+FORMATS = ("jpeg", "png", "webp")
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+SEED_MAX = 2**64 - 1
+
+DEFAULTS: dict[str, object] = {
+    "model": "tiny-sd",
+    "classes": "digits",
+    "prompt": "class-name",
+    "images_per_class": 10,
+    "steps": None,
+    "guidance": None,
+    "resolution": None,
+    "negative_prompt": "",
+    "seed": 0,
+    "batch_size": 8,
+    "format": "jpeg",
+    "quality": 95,
+    "images_per_shard": 1000,
+}
+# Fields that change how the work is done, not what the dataset holds.
+EXECUTION_FIELDS = ("batch_size",)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: str
+    classes: tuple[ClassEntry, ...]
+    prompt: PromptSpec
+    images_per_class: int
+    steps: int
+    guidance: float
+    resolution: tuple[int, int]
+    negative_prompt: str
+    seed: int
+    batch_size: int
+    format: str
+    quality: int
+    images_per_shard: int
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.classes) * self.images_per_class
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.format]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        """Rebuild a recipe stored in a manifest (already validated when it was written)."""
+        d = dict(d)
+        d["classes"] = tuple(ClassEntry(**c) for c in d["classes"])
+        p = dict(d["prompt"])
+        p["templates"] = tuple(p["templates"])
+        p["captions"] = tuple(tuple(c) for c in p["captions"])
+        d["prompt"] = PromptSpec(**p)
+        d["resolution"] = tuple(d["resolution"])
+        return cls(**d)
+
+    def content_hash(self) -> str:
+        """sha256 of the fields that decide the dataset's content (not execution fields)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+        d["prompt"].pop("captions_file")  # where captions came from is provenance, not content
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def read_recipe_file(path: str | Path) -> dict:
+    """Safe-load a YAML recipe into a plain mapping."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError("recipe", str(p), f"expected a readable UTF-8 YAML file ({e.__class__.__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InputError("recipe", str(p), f"expected valid YAML (plain data, no tags): {problem}{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError("recipe", str(p), f"expected a YAML mapping of recipe keys, got a {type(data).__name__}")
+    return data
+
+
+def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None = None) -> Recipe:
+    """Validate a raw recipe mapping (plus flag overrides) into a `Recipe`."""
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise InputError(unknown[0], raw[unknown[0]], f"unknown recipe key; allowed keys: {', '.join(DEFAULTS)}")
+    merged = {**DEFAULTS, **raw}
+    prompt_raw = merged["prompt"]
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key.startswith("prompt."):
+            prompt_raw = {"regime": prompt_raw} if isinstance(prompt_raw, str) else dict(prompt_raw or {})
+            prompt_raw[key.split(".", 1)[1]] = value
+        else:
+            merged[key] = value
+    merged["prompt"] = prompt_raw
+
+    spec = get_model(merged["model"])
+    classes = load_classes(merged["classes"], base_dir=base_dir)
+    prompt = load_prompt_spec(merged["prompt"], classes, base_dir)
+    steps = spec.steps if merged["steps"] is None else _int(merged["steps"], "steps", 1, 10_000)
+    guidance = spec.guidance if merged["guidance"] is None else _number(merged["guidance"], "guidance", 0.0, 100.0)
+    resolution = spec.resolution if merged["resolution"] is None else _resolution(merged["resolution"], spec.resolution_multiple)
+    negative = merged["negative_prompt"]
+    if negative is None:
+        negative = ""
+    if not isinstance(negative, str):
+        raise InputError("negative_prompt", negative, "expected a string (may be empty)")
+    fmt = merged["format"]
+    if isinstance(fmt, str) and fmt.lower() == "jpg":
+        fmt = "jpeg"
+    if fmt not in FORMATS:
+        raise InputError("format", fmt, f"expected one of {', '.join(FORMATS)}")
+    return Recipe(
+        model=spec.name,
+        classes=classes,
+        prompt=prompt,
+        images_per_class=_int(merged["images_per_class"], "images_per_class", 1, 10**8),
+        steps=steps,
+        guidance=guidance,
+        resolution=resolution,
+        negative_prompt=negative,
+        seed=_int(merged["seed"], "seed", 0, SEED_MAX),
+        batch_size=_int(merged["batch_size"], "batch_size", 1, 4096),
+        format=fmt,
+        quality=_int(merged["quality"], "quality", 1, 100),
+        images_per_shard=_int(merged["images_per_shard"], "images_per_shard", 1, 10**6),
+    )
+
+
+def load_recipe(path: str | Path | None, overrides: dict | None = None) -> Recipe:
+    """Read and validate a recipe file (or the built-in defaults when `path` is None)."""
+    if path is None:
+        return build_recipe({}, overrides, base_dir=Path.cwd())
+    return build_recipe(read_recipe_file(path), overrides, base_dir=Path(path).resolve().parent)
+
+
+def _int(value: object, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InputError(field, value, f"expected an integer from {lo} to {hi}")
+    return value
+
+
+def _number(value: object, field: str, lo: float, hi: float) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise InputError(field, value, f"expected a number from {lo} to {hi}")
+    return float(value)
+
+
+def _resolution(value: object, multiple: int) -> tuple[int, int]:
+    allowed = f"expected a size or [height, width] in pixels, each a multiple of {multiple} from {multiple} to 4096"
+    if isinstance(value, str):
+        parts = value.lower().replace("x", ",").split(",")
+        value = [int(p) if p.strip().isdigit() else p for p in parts] if len(parts) == 2 else value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+    hw = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(hw, (list, tuple)) or len(hw) != 2:
+        raise InputError("resolution", value, allowed)
+    for x in hw:
+        if isinstance(x, bool) or not isinstance(x, int) or x < multiple or x > 4096 or x % multiple:
+            raise InputError("resolution", value, allowed)
+    return (hw[0], hw[1])

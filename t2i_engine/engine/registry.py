@@ -1,0 +1,83 @@
+"""The model registry: every model `generate` and `bench` know, by a short predictable name.
+
+An entry says which diffusers pipeline runs the model, where its weights live (a hub id; a local
+folder can be given instead), its dtype on a GPU, native resolution, and the default steps and
+guidance of the paper's code (../shared/PAPER.md: "code default steps / CFG"). Test models are
+built from configs with random weights by a builder function and need no download.
+
+This module imports neither torch nor diffusers, so recipes are checked before anything heavy
+loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    pipeline: str  # diffusers pipeline class name
+    hub_id: str | None
+    dtype: str  # on a GPU; the CPU always runs float32
+    resolution: tuple[int, int]  # native (height, width)
+    steps: int
+    guidance: float
+    released: str = ""
+    family: str = "sd"
+    scheduler: str | None = None  # a diffusers scheduler class replacing the pipeline's own
+    resolution_multiple: int = 8  # height and width must be multiples of this
+    builder: str | None = None  # "module:function" building a random-weight pipeline
+    test_model: bool = False  # hidden from `models` unless --all
+    standalone: bool = True  # False: a refiner, not a text-to-image model of its own
+    note: str = ""
+
+
+def _m(name, pipeline, hub_id, dtype, res, steps, guidance, released, family="sd", **kw) -> ModelSpec:
+    return ModelSpec(name, pipeline, hub_id, dtype, (res, res), steps, guidance, released, family, **kw)
+
+
+MODELS: dict[str, ModelSpec] = {
+    m.name: m
+    for m in [
+        # The paper's 13 models, in release order.
+        _m("sd15", "StableDiffusionPipeline", "stable-diffusion-v1-5/stable-diffusion-v1-5", "float16", 512, 50, 7.5, "2022-10"),
+        _m("sd21", "StableDiffusionPipeline", "stabilityai/stable-diffusion-2-1", "float16", 768, 50, 7.5, "2022-12",
+           scheduler="DPMSolverMultistepScheduler"),
+        _m("sdxl", "StableDiffusionXLPipeline", "stabilityai/stable-diffusion-xl-base-1.0", "float16", 1024, 50, 5.0, "2023-07", "sdxl"),
+        _m("sdxl-turbo", "StableDiffusionXLPipeline", "stabilityai/sdxl-turbo", "float16", 512, 4, 0.0, "2023-11", "sdxl"),
+        _m("sd3-medium", "StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3-medium-diffusers", "bfloat16", 1024, 28, 7.0, "2024-06", "sd3"),
+        _m("flux-dev", "FluxPipeline", "black-forest-labs/FLUX.1-dev", "bfloat16", 1024, 50, 3.5, "2024-08", "flux",
+           resolution_multiple=16, note="max_sequence_length 512; guidance is distilled (embedded), not CFG"),
+        _m("flux-schnell", "FluxPipeline", "black-forest-labs/FLUX.1-schnell", "bfloat16", 1024, 4, 0.0, "2024-08", "flux",
+           resolution_multiple=16, note="max_sequence_length 256"),
+        _m("sd35-large", "StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3.5-large", "bfloat16", 1024, 28, 3.5, "2024-10", "sd3"),
+        _m("sd35-medium", "StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3.5-medium", "bfloat16", 1024, 40, 4.5, "2024-10", "sd3"),
+        _m("sd35-large-turbo", "StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3.5-large-turbo", "bfloat16", 1024, 4, 0.0, "2024-10", "sd3"),
+        _m("sana-1.6b", "SanaPipeline", "Efficient-Large-Model/Sana_1600M_1024px_diffusers", "bfloat16", 1024, 50, 7.5, "2024-11", "sana",
+           resolution_multiple=32),
+        _m("lumina2", "Lumina2Pipeline", "Alpha-VLLM/Lumina-Image-2.0", "bfloat16", 1024, 50, 7.5, "2025-01", "lumina2"),
+        _m("qwen-image", "QwenImagePipeline", "Qwen/Qwen-Image", "bfloat16", 1024, 50, 7.5, "2025-08", "qwen-image",
+           resolution_multiple=16, note="true CFG (true_cfg_scale)"),
+        # In the paper's code, outside its headline plot.
+        _m("sd20", "StableDiffusionPipeline", "stabilityai/stable-diffusion-2", "float16", 768, 50, 7.5, "2022-11",
+           scheduler="EulerDiscreteScheduler"),
+        _m("sdxl-refiner", "StableDiffusionXLImg2ImgPipeline", "stabilityai/stable-diffusion-xl-refiner-1.0", "float16", 1024, 50, 5.0,
+           "2023-07", "sdxl", standalone=False, note="refines sdxl latents (high-noise fraction 0.8); not a text-to-image model alone"),
+        _m("pixart-alpha", "PixArtAlphaPipeline", "PixArt-alpha/PixArt-XL-2-512x512", "float16", 512, 20, 4.5, "2023-11", "pixart"),
+        # Random-weight test model: SD1.5's classes and layout at a few hundred thousand weights.
+        _m("tiny-sd", "StableDiffusionPipeline", None, "float32", 64, 20, 5.0, "", builder="t2i_engine.engine.tiny:build_tiny_sd",
+           test_model=True, note="random weights from a fixed seed; for tests and benchmarks"),
+    ]
+}
+
+
+def get_model(name: object, field: str = "model") -> ModelSpec:
+    if not isinstance(name, str) or name not in MODELS:
+        raise InputError(field, name, f"expected a registry model: {', '.join(MODELS)}")
+    spec = MODELS[name]
+    if not spec.standalone:
+        raise InputError(field, name, f"{spec.note}; pick a text-to-image model")
+    return spec

@@ -1,0 +1,120 @@
+"""`generate`: one call from a validated recipe to a complete, verified-on-write dataset folder.
+
+Stages, in order (everything that can refuse the input runs before anything is written):
+1. check the output folder and that it is new or holds this recipe's dataset (resume);
+2. plan the units and drop those already committed;
+3. load the model (a missing model or weights stops here, nothing written);
+4. write the manifest (complete: false) and clear partial files of an interrupted run;
+5. generate batch by batch, handing images to the ShardWriter, committing each unit's shard;
+6. write the complete manifest and timm's _info.json; return the run's summary.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import manifest as mf
+from .plan import WorkUnit, plan_units
+from .recipe import Recipe
+from .registry import get_model
+from .writer import ShardWriter, is_committed, read_record
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    device: str = "auto"
+    weights: str | None = None  # a local diffusers folder instead of the hub id
+    encode_workers: int | None = None  # None: 1 on a CPU device, up to 8 beside a GPU
+    progress: bool = True
+
+
+def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) -> dict:
+    import torch
+
+    from .generator import Generator, load_pipeline, resolve_device, resolve_dtype
+
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    mf.check_output_dir(out_dir)
+    mf.check_resumable(out_dir, recipe)
+    spec = get_model(recipe.model)
+    device = resolve_device(options.device)
+
+    units = plan_units(recipe)
+    todo = [u for u in units if not (out_dir.is_dir() and is_committed(out_dir, u.name))]
+    t_planned = time.perf_counter()
+
+    dtype = resolve_dtype(spec, device)
+    pipe = load_pipeline(spec, options.weights, device, dtype) if todo else None
+    t_loaded = time.perf_counter()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mf.remove_stale_temporaries(out_dir)
+    meta = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), weights=options.weights)
+    mf.write_manifest(out_dir, recipe, records=None, **meta)
+
+    images, stages, writer_wait = 0, {}, 0.0
+    if todo:
+        generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
+                              width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
+        workers = options.encode_workers
+        if workers is None:
+            workers = 1 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
+        writer = ShardWriter(out_dir, fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
+                             sample_meta=sample_meta(recipe), encode_workers=workers)
+        try:
+            images = _run_units(todo, recipe, generator, writer, options.progress)
+        finally:
+            writer.close()
+        stages, writer_wait = generator.stage_seconds, writer.wait_seconds
+
+    records = [read_record(out_dir, u.name) for u in units]
+    mf.write_manifest(out_dir, recipe, records=records, **meta)
+    t_end = time.perf_counter()
+
+    wall = (t_end - t_start) - (t_loaded - t_planned)  # model loading is reported apart
+    model_seconds = sum(stages.values())
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "out": str(out_dir),
+        "model": recipe.model,
+        "device": meta["device"],
+        "dtype": meta["dtype"],
+        "images": images,
+        "shards_written": len(todo),
+        "shards_skipped": len(units) - len(todo),
+        "num_samples": recipe.num_samples,
+        "wall_seconds": round(wall, 3),
+        "images_per_second": round(images / wall, 3) if images else 0.0,
+        "model_load_seconds": round(t_loaded - t_planned, 3),
+        "stage_seconds": {**{k: round(v, 3) for k, v in stages.items()},
+                          "planning": round(t_planned - t_start, 3), "writer_wait": round(writer_wait, 3)},
+        "outside_model_share": round(1 - model_seconds / wall, 4) if images else None,
+        "peak_memory_bytes": peak,
+    }
+
+
+def sample_meta(recipe: Recipe) -> dict:
+    """Settings every sample's KEY.json repeats, so one image file says how it was made."""
+    return {"model": recipe.model, "steps": recipe.steps, "guidance": recipe.guidance,
+            "resolution": list(recipe.resolution), "negative_prompt": recipe.negative_prompt}
+
+
+def _run_units(units: list[WorkUnit], recipe: Recipe, generator, writer: ShardWriter, progress: bool) -> int:
+    total = sum(len(u.samples) for u in units)
+    done = 0
+    with tqdm(total=total, unit="img", desc="generate", disable=None if progress else True, dynamic_ncols=True) as bar:
+        for unit in units:
+            for start in range(0, len(unit.samples), recipe.batch_size):
+                batch = list(unit.samples[start : start + recipe.batch_size])
+                writer.add(unit, batch, generator.generate(batch))
+                done += len(batch)
+                bar.update(len(batch))
+            writer.commit(unit)
+    return done

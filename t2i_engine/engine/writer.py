@@ -1,0 +1,174 @@
+"""ShardWriter: images -> atomic, verifiable webdataset shards, off the model's critical path.
+
+Per shard NNNNNN (one work unit) the output folder gets:
+
+    NNNNNN.tar          per sample KEY.{jpg|png|webp}, KEY.cls (class index), KEY.json
+    NNNNNN.index.jsonl  one line per sample: key, class, prompt, seed, sha256 of the image bytes
+    NNNNNN.stats.json   sha256, byte size and sample count of the tar
+
+Encoding runs in a process pool (it is CPU-bound and holds the GIL in parts); the caller hands
+over each batch and goes straight back to the model, blocking only when more than
+`max_pending` batches wait to be encoded (a bounded queue, so memory stays flat). Tar writing
+is I/O, so it runs on one thread: the raw pixels of a whole shard never have to sit in memory,
+only its encoded bytes.
+
+Commit protocol: the tar is written to NNNNNN.tar.tmp and fsynced; the index and stats are
+written (each tmp -> rename); then NNNNNN.tar.tmp is renamed to NNNNNN.tar and the folder is
+fsynced. A shard counts as done only when all three files exist, so a crash at any point leaves
+either a complete shard or one that the next run regenerates; a partial tar is never visible
+under a final name. Tar headers are fixed (mtime 0, uid/gid 0, mode 0444), so the same samples
+give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from .encode import encode_batch
+from .plan import Sample, WorkUnit
+
+TMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    name: str  # file name, "NNNNNN.tar"
+    sha256: str
+    bytes: int
+    count: int
+
+
+def shard_paths(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
+    """(tar, index, stats) paths of shard `name` ("NNNNNN")."""
+    return out_dir / f"{name}.tar", out_dir / f"{name}.index.jsonl", out_dir / f"{name}.stats.json"
+
+
+def is_committed(out_dir: Path, name: str) -> bool:
+    return all(p.exists() for p in shard_paths(out_dir, name))
+
+
+def read_record(out_dir: Path, name: str) -> ShardRecord:
+    return ShardRecord(**json.loads(shard_paths(out_dir, name)[2].read_text()))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ShardWriter:
+    def __init__(self, out_dir: Path, *, fmt: str, quality: int, extension: str, sample_meta: dict,
+                 encode_workers: int = 1, max_pending: int | None = None):
+        self.out_dir = out_dir
+        self.fmt, self.quality, self.extension = fmt, quality, extension
+        self.sample_meta = sample_meta  # settings shared by every sample's KEY.json
+        # encode_workers=0 encodes on a thread: no process start-up, for tiny runs and tests.
+        self._pool = (ProcessPoolExecutor(encode_workers, mp_context=get_context("spawn")) if encode_workers > 0
+                      else ThreadPoolExecutor(1, thread_name_prefix="encoder"))
+        self._tar_thread = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
+        self._max_pending = max_pending or 2 * max(encode_workers, 1) + 2
+        self._pending: deque[Future] = deque()
+        self._parts: dict[int, list[tuple[list[Sample], Future]]] = {}
+        self._commits: list[Future] = []
+        self.wait_seconds = 0.0  # time the caller spent blocked on this writer
+        self.records: list[ShardRecord] = []
+
+    def add(self, unit: WorkUnit, samples: list[Sample], images: np.ndarray) -> None:
+        """Queue one batch of a unit for encoding; blocks only when the queue is full."""
+        self._raise_failed_commits()
+        future = self._pool.submit(encode_batch, images, self.fmt, self.quality)
+        self._parts.setdefault(unit.shard, []).append((samples, future))
+        self._pending.append(future)
+        while len(self._pending) > self._max_pending:
+            start = time.perf_counter()
+            self._pending.popleft().result()
+            self.wait_seconds += time.perf_counter() - start
+        while self._pending and self._pending[0].done():
+            self._pending.popleft()
+
+    def commit(self, unit: WorkUnit) -> None:
+        """All batches of `unit` were added: write its shard once they are encoded."""
+        parts = self._parts.pop(unit.shard)
+        self._commits.append(self._tar_thread.submit(self._write_shard, unit, parts))
+
+    def close(self) -> list[ShardRecord]:
+        """Wait for every queued shard; returns the records of shards written by this writer."""
+        start = time.perf_counter()
+        try:
+            for future in self._commits:
+                self.records.append(future.result())
+        finally:
+            self._tar_thread.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self.wait_seconds += time.perf_counter() - start
+        return self.records
+
+    def _raise_failed_commits(self) -> None:
+        for future in self._commits:
+            if future.done() and future.exception() is not None:
+                raise future.exception()
+
+    def _write_shard(self, unit: WorkUnit, parts) -> ShardRecord:
+        tar_path, index_path, stats_path = shard_paths(self.out_dir, unit.name)
+        tmp = tar_path.with_name(tar_path.name + TMP_SUFFIX)
+        index_lines = []
+        with open(tmp, "wb") as raw:
+            with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                for samples, future in parts:
+                    for sample, (data, sha) in zip(samples, future.result(), strict=True):
+                        self._add_sample(tar, sample, data)
+                        index_lines.append(json.dumps({
+                            "key": sample.key, "class_index": sample.class_index, "class_id": sample.class_id,
+                            "class_name": sample.class_name, "prompt": sample.prompt, "seed": sample.seed, "sha256": sha,
+                        }, ensure_ascii=False))
+            raw.flush()
+            os.fsync(raw.fileno())
+        record = ShardRecord(tar_path.name, file_sha256(tmp), tmp.stat().st_size, len(index_lines))
+        atomic_write_text(index_path, "\n".join(index_lines) + "\n")
+        atomic_write_text(stats_path, json.dumps(record.__dict__, indent=1) + "\n")
+        os.replace(tmp, tar_path)
+        fsync_dir(self.out_dir)
+        return record
+
+    def _add_sample(self, tar: tarfile.TarFile, sample: Sample, image: bytes) -> None:
+        meta = {"key": sample.key, "class_index": sample.class_index, "class_id": sample.class_id,
+                "class_name": sample.class_name, "prompt": sample.prompt, "seed": sample.seed, **self.sample_meta}
+        for ext, data in ((self.extension, image), ("cls", str(sample.class_index).encode()),
+                          ("json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode())):
+            info = tarfile.TarInfo(f"{sample.key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))

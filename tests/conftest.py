@@ -1,0 +1,47 @@
+"""Shared helpers: small tiny-sd recipes and one in-process CLI runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from t2i_engine.engine.recipe import Recipe, build_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "t2i_engine.cli"]
+
+
+def tiny_recipe(**fields) -> Recipe:
+    """A tiny-sd recipe that runs in about a second on a CPU: 2 steps, 32 px."""
+    raw = {"model": "tiny-sd", "classes": ["cat", "dog", "goldfish"], "images_per_class": 3,
+           "steps": 2, "resolution": 32, "batch_size": 2, "images_per_shard": 4, **fields}
+    return build_recipe(raw)
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `t2i-engine ARGS...` in this process; returns (exit code, stdout, stderr)."""
+    from t2i_engine.cli import main
+
+    def run(*args: str):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
