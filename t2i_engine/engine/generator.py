@@ -81,9 +81,11 @@ def _from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype):
     if weights is not None and not Path(weights).is_dir():
         raise InputError("weights", weights, "expected a local diffusers folder (with model_index.json)")
     extra = {"safety_checker": None, "requires_safety_checker": False} if "StableDiffusion" in spec.pipeline and spec.family == "sd" else {}
+    # diffusers 0.36 renamed torch_dtype to dtype and deprecates the old name.
+    dtype_kw = "dtype" if _version_tuple(diffusers.__version__) >= (0, 36) else "torch_dtype"
     try:
         return getattr(diffusers, spec.pipeline).from_pretrained(
-            source, torch_dtype=dtype, use_safetensors=True, trust_remote_code=False, **extra
+            source, use_safetensors=True, trust_remote_code=False, **{dtype_kw: dtype}, **extra
         )
     except (OSError, ValueError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
@@ -91,6 +93,10 @@ def _from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype):
                f"or pass --weights PATH to a local diffusers folder")
         reason = "HF_HUB_OFFLINE is set and they are not in the local cache" if offline else f"{e.__class__.__name__}: {str(e).splitlines()[0][:160]}"
         raise ModelUnavailable("model", spec.name, f"weights of {source} could not be loaded ({reason}); {how}") from None
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
 
 
 class Generator:

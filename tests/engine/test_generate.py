@@ -1,0 +1,137 @@
+"""End to end on tiny-sd: repeatable bytes, batch-size invariance, resume, verify, readers."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from t2i_engine.engine.errors import InputError
+from t2i_engine.engine.run import RunOptions, generate
+from t2i_engine.engine.verify import verify_dataset
+from tests.conftest import tiny_recipe
+
+QUIET = RunOptions(device="cpu", progress=False, encode_workers=0)
+
+
+def shard_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
+
+
+def index_rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for p in sorted(folder.glob("*.index.jsonl")) for line in p.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ds") / "out"
+    summary = generate(tiny_recipe(), out, QUIET)
+    assert summary["images"] == 9 and summary["shards_written"] == 3
+    return out
+
+
+@pytest.fixture
+def copy(dataset, tmp_path) -> Path:
+    return Path(shutil.copytree(dataset, tmp_path / "copy"))
+
+
+def test_same_recipe_gives_byte_identical_shards(dataset, tmp_path):
+    # A second run, through the encoder process pool this time, must write the same bytes.
+    again = tmp_path / "again"
+    generate(tiny_recipe(), again, RunOptions(device="cpu", progress=False, encode_workers=1))
+    assert shard_hashes(again) == shard_hashes(dataset) and len(shard_hashes(dataset)) == 3
+    manifest = json.loads((again / "dataset.json").read_text())
+    assert manifest["complete"] and [s["sha256"] for s in manifest["shards"]] == list(shard_hashes(dataset).values())
+
+
+def test_batch_size_one_and_four_give_the_same_samples(tmp_path):
+    rows, pixels = {}, {}
+    for bs in (1, 4):
+        out = tmp_path / f"bs{bs}"
+        generate(tiny_recipe(batch_size=bs, format="png"), out, QUIET)
+        rows[bs] = [{k: r[k] for k in ("key", "class_index", "class_id", "prompt", "seed")} for r in index_rows(out)]
+        import webdataset as wds
+
+        pixels[bs] = {s["__key__"]: np.asarray(Image.open(io.BytesIO(s["png"])))
+                      for s in wds.WebDataset([str(p) for p in sorted(out.glob("*.tar"))], shardshuffle=False)}
+    assert rows[1] == rows[4]
+    # Tolerance: 1 uint8 level; batched fp32 kernels may round differently from unbatched ones.
+    worst = max(np.abs(pixels[1][k].astype(int) - pixels[4][k].astype(int)).max() for k in pixels[1])
+    assert worst <= 1, f"max pixel difference {worst}"
+
+
+def test_rerun_skips_committed_shards_and_remakes_a_lost_one_exactly(copy):
+    before = shard_hashes(copy)
+    assert generate(tiny_recipe(), copy, QUIET)["shards_skipped"] == 3
+    for suffix in (".tar", ".index.jsonl", ".stats.json"):
+        (copy / f"000001{suffix}").unlink()
+    summary = generate(tiny_recipe(), copy, QUIET)
+    assert (summary["shards_written"], summary["images"]) == (1, 4)
+    assert shard_hashes(copy) == before and verify_dataset(copy) == []
+
+
+def test_batch_size_may_change_on_resume_but_the_recipe_may_not(copy):
+    assert generate(tiny_recipe(batch_size=3), copy, QUIET)["shards_skipped"] == 3
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    with pytest.raises(InputError, match="another recipe.*guidance"):
+        generate(tiny_recipe(guidance=2.0), copy, QUIET)
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+
+
+def test_a_foreign_nonempty_folder_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="holds other files"):
+        generate(tiny_recipe(), tmp_path, QUIET)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_webdataset_reads_shards_with_their_labels(dataset):
+    import webdataset as wds
+
+    urls = [str(p) for p in sorted(dataset.glob("*.tar"))]
+    planned = {r["key"]: r for r in index_rows(dataset)}
+    seen = []
+    for image, label, meta in wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("jpg", "cls", "json"):
+        assert image.size == (32, 32)
+        assert label == planned[meta["key"]]["class_index"] == meta["class_index"]
+        assert meta["prompt"] == planned[meta["key"]]["prompt"] and meta["model"] == "tiny-sd"
+        seen.append(meta["key"])
+    assert sorted(seen) == sorted(planned)
+
+
+def test_timm_wds_reader_takes_info_json(dataset):
+    from timm.data import create_dataset
+
+    ds = create_dataset("wds/synthetic", root=str(dataset), split="train", is_training=False)
+    labels = sorted(int(target) for _, target in ds)
+    assert len(ds) == 9 and labels == sorted(r["class_index"] for r in index_rows(dataset))
+
+
+def test_verify_finds_a_truncated_shard_and_a_flipped_byte(copy):
+    assert verify_dataset(copy) == []
+    tar0, tar2 = copy / "000000.tar", copy / "000002.tar"
+    tar0.write_bytes(tar0.read_bytes()[:3000])
+    data = bytearray(tar2.read_bytes())
+    data[700] ^= 0x01  # inside the first image's bytes
+    tar2.write_bytes(bytes(data))
+    problems = verify_dataset(copy)
+    bad = {p.shard for p in problems}
+    assert bad == {"000000", "000002"}, problems
+    assert any("sha256" in p.message for p in problems if p.shard == "000002")
+
+
+def test_verify_repair_then_generate_restores_the_exact_dataset(copy, cli):
+    before = shard_hashes(copy)
+    (copy / "000001.tar").write_bytes(b"\0" * 1024)
+    code, out, _ = cli("verify", copy, "--repair")
+    assert code == 1 and "000001.tar" in out
+    assert not (copy / "000001.tar").exists() and list((copy / "_rejected").rglob("000001.tar"))
+    assert generate(tiny_recipe(), copy, QUIET)["shards_written"] == 1
+    assert shard_hashes(copy) == before
+    assert cli("verify", copy)[0] == 0

@@ -1,0 +1,126 @@
+"""The command line: bad input fails early and clearly; a killed run resumes into a whole dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI
+
+FAST = ["--model", "tiny-sd", "--steps", "2", "--resolution", "32", "--images-per-class", "2", "--no-progress"]
+
+# (what is wrong, recipe file text or None, extra flags, field the error must name)
+BAD_INPUTS = [
+    ("unknown model", None, ["--model", "sd99"], "model"),
+    ("bad YAML", "model: [tiny-sd\n", [], "recipe"),
+    ("YAML that builds objects", "!!python/object/apply:os.system ['echo pwned']\n", [], "recipe"),
+    ("YAML that is not a mapping", "- tiny-sd\n- digits\n", [], "recipe"),
+    ("misspelt key", "imagse_per_class: 3\n", [], "imagse_per_class"),
+    ("negative count", None, ["--images-per-class", "-3"], "images_per_class"),
+    ("number that is not a number", "quality: high\n", [], "quality"),
+    ("zero batch size", None, ["--batch-size", "0"], "batch_size"),
+    ("empty class list", "classes: []\n", [], "classes"),
+    ("duplicate class names", "classes: [cat, dog, Cat]\n", [], "classes[2].name"),
+    ("class name that climbs out", "classes: ['../../x']\n", [], "classes[0].name"),
+    ("class id that is a path", "classes: [{id: '../x', name: x}]\n", [], "classes[0].id"),
+    ("unknown format", None, ["--format", "gif"], "format"),
+    ("quality out of range", None, ["--quality", "101"], "quality"),
+    ("missing class file", None, ["--classes", "no-such-classes.txt"], "classes"),
+    ("resolution off the grid", None, ["--resolution", "100"], "resolution"),
+    ("zero steps", None, ["--steps", "0"], "steps"),
+    ("negative guidance", None, ["--guidance", "-1"], "guidance"),
+    ("template without {name}", None, ["--template", "a photo"], "prompt.templates[0]"),
+    ("unknown prompt regime", None, ["--prompt-regime", "poetry"], "prompt.regime"),
+    ("captions regime without a file", "prompt: captions\n", [], "prompt.captions"),
+    ("negative seed", None, ["--seed", "-1"], "seed"),
+    ("seed over 64 bits", f"seed: {2**64}\n", [], "seed"),
+    ("zero images per shard", None, ["--images-per-shard", "0"], "images_per_shard"),
+    ("unknown device", None, ["--device", "tpu"], "device"),
+    ("missing weights folder", None, ["--weights", "no-such-folder"], "weights"),
+    ("bad encoder count", None, ["--encode-workers", "lots"], "--encode-workers"),
+]
+
+
+@pytest.mark.parametrize("what,recipe_text,flags,field", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_exits_2_naming_the_field_and_writes_nothing(cli, tmp_path, monkeypatch, what, recipe_text, flags, field):
+    monkeypatch.chdir(tmp_path)
+    args = ["generate"]
+    if recipe_text is not None:
+        (tmp_path / "recipe.yaml").write_text(recipe_text)
+        args.append("recipe.yaml")
+    code, out, err = cli(*args, "--out", "out", *FAST[:-1], *flags)
+    assert code == 2, (what, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"error: {field}:" in lines[0], lines
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_missing_recipe_file_and_unwritable_output(cli, tmp_path):
+    code, _, err = cli("generate", tmp_path / "nope.yaml", "--out", tmp_path / "o")
+    assert code == 2 and "error: recipe:" in err
+    (tmp_path / "file").write_text("x")
+    code, _, err = cli("generate", "--out", tmp_path / "file" / "sub", *FAST)
+    assert code == 2 and "error: out:" in err and (tmp_path / "file").read_text() == "x"
+
+
+def test_hub_model_without_weights_names_the_id_and_how_to_fetch(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hub"))
+    code, _, err = cli("generate", "--out", tmp_path / "o", "--model", "sd15", "--device", "cpu", "--no-progress")
+    assert code == 2 and "stable-diffusion-v1-5/stable-diffusion-v1-5" in err and "hf download" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_models_lists_the_registry(cli):
+    code, out, _ = cli("models")
+    assert code == 0 and "sd35-large-turbo" in out and "tiny-sd" not in out
+    code, out, _ = cli("models", "--all", "--json")
+    assert "tiny-sd" in {m["name"] for m in json.loads(out)}
+
+
+def test_recipe_less_generate_and_json_summary(cli, tmp_path):
+    code, out, _ = cli("generate", "--out", tmp_path / "o", *FAST, "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["images"] == 20 and summary["num_samples"] == 20
+    assert set(summary["stage_seconds"]) >= {"text_encoding", "denoising", "decoding", "writer_wait"}
+    assert cli("verify", tmp_path / "o")[0] == 0
+
+
+def test_sigkill_mid_write_then_resume_gives_the_whole_dataset(tmp_path):
+    out = tmp_path / "o"
+    args = [*CLI, "generate", "--out", str(out), *FAST, "--images-per-class", "12", "--images-per-shard", "3",
+            "--batch-size", "1", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Kill while a shard is being written (its .tar.tmp exists), or failing that once a few are in.
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if list(out.glob("*.tar.tmp")) or len(list(out.glob("*.tar"))) >= 8:
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    mid_write = bool(list(out.glob("*.tar.tmp")))
+    proc.send_signal(signal.SIGKILL)
+    print("killed mid-write:", mid_write)
+    proc.wait()
+    assert (out / "dataset.json").exists()  # written before the first shard
+    committed = len(list(out.glob("*.tar")))
+    assert 0 <= committed < 40
+    # Whatever is visible under a final name is whole.
+    for tar in out.glob("*.tar"):
+        stats = json.loads(tar.with_name(tar.stem + ".stats.json").read_text())
+        assert stats["bytes"] == tar.stat().st_size
+    resumed = subprocess.run(args + ["--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["shards_skipped"] == committed and summary["shards_written"] == 40 - committed
+    assert not list(out.glob("*.tmp"))
+    check = subprocess.run([*CLI, "verify", str(out)], env=env, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
