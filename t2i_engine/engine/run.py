@@ -30,7 +30,9 @@ from .writer import ShardWriter, is_committed, read_record
 class RunOptions:
     device: str = "auto"
     weights: str | None = None  # a local diffusers folder instead of the hub id
-    encode_workers: int | None = None  # None: 1 on a CPU device, up to 8 beside a GPU
+    # None: a thread on a CPU device (measured faster on 2 cores, bench/RESULTS.md), up to 8
+    # processes beside a GPU
+    encode_workers: int | None = None
     progress: bool = True
 
 
@@ -65,7 +67,7 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
                               width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
         workers = options.encode_workers
         if workers is None:
-            workers = 1 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
+            workers = 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
         writer = ShardWriter(out_dir, fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
                              sample_meta=sample_meta(recipe), encode_workers=workers)
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,15 @@ def test_registry_has_the_papers_models():
     assert MODELS["sd3-medium"].dtype == "bfloat16" and MODELS["flux-schnell"].steps == 4
     with pytest.raises(InputError, match="sdxl-refiner"):
         build_recipe({"model": "sdxl-refiner"})
+
+
+def test_example_recipes_validate(tmp_path):
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    r = load_recipe(examples / "digits-templates.yaml")
+    assert r.prompt.template_mode == "sample" and r.num_samples == 200
+    (tmp_path / "tiny-imagenet-200").mkdir()
+    (tmp_path / "tiny-imagenet-200" / "wnids.txt").write_text("n01443537\n")
+    (tmp_path / "tiny-imagenet-200" / "words.txt").write_text("n01443537\tgoldfish, Carassius auratus\n")
+    (tmp_path / "paper.yaml").write_text((examples / "paper-sd15.yaml").read_text())
+    paper = load_recipe(tmp_path / "paper.yaml")
+    assert (paper.steps, paper.guidance, paper.resolution, paper.quality) == (50, 2.0, (512, 512), 95)

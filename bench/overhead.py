@@ -1,0 +1,87 @@
+"""Share of a generate run's wall time spent outside the model, on tiny-sd.
+
+Outside the model = planning, the writer's back-pressure and final drain, manifest writes, and
+the Python glue between batches: wall time minus (text encoding + denoising + VAE decoding),
+model loading excluded. Encoding and tar writing run beside the model (encoder process pool,
+writer thread), so they count only where the model waits for them. On a 2-core CPU the encoder
+process competes with the model for cores, which shows up as slower denoising rather than as
+overhead: the images/sec column is the honest end-to-end figure.
+
+Each configuration runs REPEATS times into fresh folders; the median is reported.
+
+    python bench/overhead.py [--images-per-class 48] [--repeats 3] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+CONFIGS = [  # (label, recipe fields, encoder processes)
+    ("default 20 steps, 1 encoder process", {"steps": 20}, 1),
+    ("default 20 steps, encoder thread", {"steps": 20}, 0),
+    ("4 steps (little model work), 1 encoder process", {"steps": 4}, 1),
+]
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images-per-class", type=int, default=48)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args()
+    # Imported here, not at the top: encoder processes are spawned and re-import this script, and
+    # should start as light as they do under the `t2i-engine` command.
+    import torch
+
+    from t2i_engine.engine.manifest import versions
+    from t2i_engine.engine.recipe import build_recipe
+    from t2i_engine.engine.run import RunOptions, generate
+
+    results = []
+    for label, fields, workers in CONFIGS:
+        recipe = build_recipe({"model": "tiny-sd", "classes": "digits", "images_per_class": args.images_per_class,
+                               "batch_size": 16, "images_per_shard": 100, **fields})
+        runs = []
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                runs.append(generate(recipe, Path(tmp) / "ds", RunOptions(device="cpu", progress=False, encode_workers=workers)))
+        pick = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
+        results.append({
+            "config": label, "steps": recipe.steps, "resolution": list(recipe.resolution), "batch_size": recipe.batch_size,
+            "images": runs[0]["images"], "encode_workers": workers,
+            "outside_model_share_median": pick("outside_model_share"),
+            "outside_model_share_runs": [r["outside_model_share"] for r in runs],
+            "images_per_second_median": pick("images_per_second"),
+            "wall_seconds_median": pick("wall_seconds"),
+            "stage_seconds_runs": [r["stage_seconds"] for r in runs],
+        })
+        print(f"{label}: outside the model {100 * results[-1]['outside_model_share_median']:.2f}% of wall time, "
+              f"{results[-1]['images_per_second_median']:.1f} images/s")
+
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    record = {"bench": "overhead", "date": time.strftime("%Y-%m-%d"), "git": sha, "device": f"CPU: {cpu_name()}",
+              "torch_threads": torch.get_num_threads(), "versions": versions(), "model": "tiny-sd (random weights)",
+              "results": results}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"overhead-cpu-{record['date']}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
