@@ -63,7 +63,7 @@ def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dt
         module, func = spec.builder.split(":")
         pipe = getattr(importlib.import_module(module), func)()
     else:
-        pipe = _from_pretrained(spec, weights, dtype)
+        pipe = _from_pretrained(spec, weights or bundled_path(spec), dtype)
     if spec.scheduler:
         import diffusers
 
@@ -72,6 +72,11 @@ def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dt
     if pipe.unet.dtype != dtype:  # built models come in float32; loaded ones already in dtype
         pipe = pipe.to(dtype=dtype)
     return pipe.to(device)
+
+
+def bundled_path(spec: ModelSpec) -> str | None:
+    """The folder of weights shipped inside the package, for models that have one."""
+    return str(Path(__file__).resolve().parents[1] / "assets" / spec.bundled) if spec.bundled else None
 
 
 def _from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype):

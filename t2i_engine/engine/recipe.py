@@ -4,7 +4,7 @@ A recipe is safe-loaded YAML (data only: no tags that build Python objects). Eve
 optional; missing keys take the defaults below, and the model's defaults fill `steps`,
 `guidance` and `resolution`. Flags of `generate` override recipe keys one by one.
 
-    model: tiny-sd
+    model: digits
     classes: digits                 # built-in set, inline list, file, or wnids/words folder
     prompt: {regime: template, templates: ["a photo of a {name}"], template_mode: cycle}
     images_per_class: 10
@@ -13,7 +13,7 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
     resolution: 64                  # or [height, width]
     negative_prompt: ""
     seed: 0
-    batch_size: 8
+    batch_size: 16
     format: jpeg                    # jpeg | png | webp
     quality: 95                     # jpeg and webp
     images_per_shard: 1000
@@ -44,7 +44,7 @@ EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 SEED_MAX = 2**64 - 1
 
 DEFAULTS: dict[str, object] = {
-    "model": "tiny-sd",
+    "model": "digits",
     "classes": "digits",
     "prompt": "class-name",
     "images_per_class": 10,
@@ -53,7 +53,7 @@ DEFAULTS: dict[str, object] = {
     "resolution": None,
     "negative_prompt": "",
     "seed": 0,
-    "batch_size": 8,
+    "batch_size": 16,
     "format": "jpeg",
     "quality": 95,
     "images_per_shard": 1000,

@@ -30,6 +30,7 @@ class ModelSpec:
     scheduler: str | None = None  # a diffusers scheduler class replacing the pipeline's own
     resolution_multiple: int = 8  # height and width must be multiples of this
     builder: str | None = None  # "module:function" building a random-weight pipeline
+    bundled: str | None = None  # folder under t2i_engine/assets holding weights shipped in the wheel
     test_model: bool = False  # hidden from `models` unless --all
     standalone: bool = True  # False: a refiner, not a text-to-image model of its own
     note: str = ""
@@ -67,6 +68,9 @@ MODELS: dict[str, ModelSpec] = {
         _m("sdxl-refiner", "StableDiffusionXLImg2ImgPipeline", "stabilityai/stable-diffusion-xl-refiner-1.0", "float16", 1024, 50, 5.0,
            "2023-07", "sdxl", standalone=False, note="refines sdxl latents (high-noise fraction 0.8); not a text-to-image model alone"),
         _m("pixart-alpha", "PixArtAlphaPipeline", "PixArt-alpha/PixArt-XL-2-512x512", "float16", 512, 20, 4.5, "2023-11", "pixart"),
+        # The embedded model, trained on scikit-learn's handwritten digits (assets/digits/README.md).
+        _m("digits", "StableDiffusionPipeline", None, "float32", 32, 15, 2.0, "2026-11", bundled="digits",
+           note="shipped in the package; 32x32 digits, classes 'digits'"),
         # Random-weight test model: SD1.5's classes and layout at a few hundred thousand weights.
         _m("tiny-sd", "StableDiffusionPipeline", None, "float32", 64, 20, 5.0, "", builder="t2i_engine.engine.tiny:build_tiny_sd",
            test_model=True, note="random weights from a fixed seed; for tests and benchmarks"),

@@ -44,7 +44,7 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     mf.check_output_dir(out_dir)
-    mf.check_resumable(out_dir, recipe)
+    existing = mf.check_resumable(out_dir, recipe)
     spec = get_model(recipe.model)
     device = resolve_device(options.device)
 
@@ -56,10 +56,12 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
     pipe = load_pipeline(spec, options.weights, device, dtype) if todo else None
     t_loaded = time.perf_counter()
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    mf.remove_stale_temporaries(out_dir)
     meta = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), weights=options.weights)
-    mf.write_manifest(out_dir, recipe, records=None, **meta)
+    finished = not todo and existing is not None and existing.get("complete")
+    if not finished:  # a finished dataset is left untouched, its manifest included
+        out_dir.mkdir(parents=True, exist_ok=True)
+        mf.remove_stale_temporaries(out_dir)
+        mf.write_manifest(out_dir, recipe, records=None, **meta)
 
     images, stages, writer_wait = 0, {}, 0.0
     if todo:
@@ -76,8 +78,8 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
             writer.close()
         stages, writer_wait = generator.stage_seconds, writer.wait_seconds
 
-    records = [read_record(out_dir, u.name) for u in units]
-    mf.write_manifest(out_dir, recipe, records=records, **meta)
+    if not finished:
+        mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
     t_end = time.perf_counter()
 
     wall = (t_end - t_start) - (t_loaded - t_planned)  # model loading is reported apart

@@ -1,0 +1,67 @@
+"""Images/sec of the embedded `digits` model on this machine's CPU, end to end.
+
+The whole `generate` path (plan, cached text embeddings, 15 DDIM steps with guidance 2.0, VAE
+decode, JPEG encoding, shard writing): 100 images per digit = 1,000 images, model loading
+excluded, at the default batch size (16) and at batch 100. The goal of issue 3: 1,000 images in
+under 60 seconds on 2 CPU cores. Median of REPEATS runs into fresh folders.
+
+    python bench/digits_speed.py [--repeats 3] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from overhead import cpu_name
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args()
+    # Heavy imports inside main(): spawned encoder processes re-import this script.
+    import torch
+
+    from t2i_engine.engine.manifest import versions
+    from t2i_engine.engine.recipe import build_recipe
+    from t2i_engine.engine.run import RunOptions, generate
+
+    results = []
+    for batch in (16, 100):
+        recipe = build_recipe({"images_per_class": 100, "batch_size": batch})
+        runs = []
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                runs.append(generate(recipe, Path(tmp) / "ds", RunOptions(device="cpu", progress=False)))
+        results.append({
+            "batch_size": batch, "images": runs[0]["images"], "steps": recipe.steps, "guidance": recipe.guidance,
+            "resolution": list(recipe.resolution), "format": recipe.format,
+            "wall_seconds_median": statistics.median(r["wall_seconds"] for r in runs),
+            "images_per_second_median": statistics.median(r["images_per_second"] for r in runs),
+            "wall_seconds_runs": [r["wall_seconds"] for r in runs],
+            "stage_seconds_runs": [r["stage_seconds"] for r in runs],
+            "model_load_seconds_runs": [r["model_load_seconds"] for r in runs],
+        })
+        print(f"batch {batch}: 1000 images in {results[-1]['wall_seconds_median']:.1f} s "
+              f"({results[-1]['images_per_second_median']:.1f} images/s)")
+
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    record = {"bench": "digits_speed", "date": time.strftime("%Y-%m-%d"), "git": sha, "device": f"CPU: {cpu_name()}",
+              "torch_threads": torch.get_num_threads(), "versions": versions(), "model": "digits (embedded, trained weights)",
+              "results": results}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"digits-speed-cpu-{record['date']}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

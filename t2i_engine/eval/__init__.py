@@ -1,0 +1,1 @@
+"""Evaluation: how good generated datasets are as training data."""

@@ -1,0 +1,50 @@
+"""The real data behind the embedded model: scikit-learn's handwritten digits.
+
+`load_digits` ships inside scikit-learn: 1,797 real 8x8 grey images of the digits 0-9 (ink is
+high). One fixed, stratified split (seed 0) divides them into a generator-training split of
+1,200 images and a held-out real test split of 597 images; the generator, its VAE and its text
+encoder never see the test split, nor does the judge.
+
+Images become float tensors [N, 3, 32, 32] in [0, 1]: ink scaled from 0..16 to 0..1, upsampled
+8x8 -> 32x32 with bilinear interpolation (torch `F.interpolate`, align_corners=False, no
+antialiasing), the grey channel repeated three times. Labels are the digits 0-9, which are also
+the class indices of the built-in class set `digits`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SPLIT_SEED = 0
+TEST_SIZE = 597
+SIZE = 32
+
+
+@dataclass(frozen=True)
+class DigitsSplit:
+    train_images: torch.Tensor  # [1200, 3, 32, 32] in [0, 1]
+    train_labels: torch.Tensor  # [1200] int64
+    test_images: torch.Tensor  # [597, 3, 32, 32] in [0, 1]
+    test_labels: torch.Tensor  # [597] int64
+
+
+def upsample(images_8x8: torch.Tensor) -> torch.Tensor:
+    """[N, 8, 8] ink in 0..16 -> [N, 3, 32, 32] in [0, 1]."""
+    x = (images_8x8.float() / 16.0).unsqueeze(1)
+    x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    return x.clamp(0, 1).repeat(1, 3, 1, 1)
+
+
+def load_split() -> DigitsSplit:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    idx_train, idx_test = train_test_split(
+        range(len(digits.target)), test_size=TEST_SIZE, stratify=digits.target, random_state=SPLIT_SEED
+    )
+    images, labels = torch.from_numpy(digits.images), torch.from_numpy(digits.target).long()
+    return DigitsSplit(upsample(images[idx_train]), labels[idx_train], upsample(images[idx_test]), labels[idx_test])
