@@ -2,7 +2,7 @@
 
 The whole `generate` path (plan, cached text embeddings, 15 DDIM steps with guidance 2.0, VAE
 decode, JPEG encoding, shard writing): 100 images per digit = 1,000 images, model loading
-excluded, at the default batch size (16) and at batch 100. The goal of issue 3: 1,000 images in
+excluded, at batch 16 (the paper's) and at batch 100 (the model's default). The goal of issue 3: 1,000 images in
 under 60 seconds on 2 CPU cores. Median of REPEATS runs into fresh folders.
 
     python bench/digits_speed.py [--repeats 3] [--out bench/results]

@@ -124,3 +124,13 @@ def test_sigkill_mid_write_then_resume_gives_the_whole_dataset(tmp_path):
     assert not list(out.glob("*.tmp"))
     check = subprocess.run([*CLI, "verify", str(out)], env=env, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
+
+
+def test_generate_with_only_out_makes_the_default_digits_dataset(cli, tmp_path):
+    code, out, _ = cli("generate", "--out", tmp_path / "d", "--no-progress", "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["model"] == "digits" and summary["images"] == 100
+    manifest = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert [c["name"] for c in manifest["recipe"]["classes"]][:2] == ["zero", "one"]
+    assert manifest["recipe"]["batch_size"] == 100 and manifest["recipe"]["steps"] == 15
+    assert cli("verify", tmp_path / "d")[0] == 0

@@ -13,7 +13,7 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
     resolution: 64                  # or [height, width]
     negative_prompt: ""
     seed: 0
-    batch_size: 16
+    batch_size: 16                  # default: the model's (16; 100 for the small digits model)
     format: jpeg                    # jpeg | png | webp
     quality: 95                     # jpeg and webp
     images_per_shard: 1000
@@ -53,7 +53,7 @@ DEFAULTS: dict[str, object] = {
     "resolution": None,
     "negative_prompt": "",
     "seed": 0,
-    "batch_size": 16,
+    "batch_size": None,
     "format": "jpeg",
     "quality": 95,
     "images_per_shard": 1000,
@@ -173,7 +173,7 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         resolution=resolution,
         negative_prompt=negative,
         seed=_int(merged["seed"], "seed", 0, SEED_MAX),
-        batch_size=_int(merged["batch_size"], "batch_size", 1, 4096),
+        batch_size=spec.batch_size if merged["batch_size"] is None else _int(merged["batch_size"], "batch_size", 1, 4096),
         format=fmt,
         quality=_int(merged["quality"], "quality", 1, 100),
         images_per_shard=_int(merged["images_per_shard"], "images_per_shard", 1, 10**6),

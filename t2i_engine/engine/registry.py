@@ -33,6 +33,7 @@ class ModelSpec:
     bundled: str | None = None  # folder under t2i_engine/assets holding weights shipped in the wheel
     test_model: bool = False  # hidden from `models` unless --all
     standalone: bool = True  # False: a refiner, not a text-to-image model of its own
+    batch_size: int = 16  # default images per model call (the paper's 16; more where it pays)
     note: str = ""
 
 
@@ -69,7 +70,7 @@ MODELS: dict[str, ModelSpec] = {
            "2023-07", "sdxl", standalone=False, note="refines sdxl latents (high-noise fraction 0.8); not a text-to-image model alone"),
         _m("pixart-alpha", "PixArtAlphaPipeline", "PixArt-alpha/PixArt-XL-2-512x512", "float16", 512, 20, 4.5, "2023-11", "pixart"),
         # The embedded model, trained on scikit-learn's handwritten digits (assets/digits/README.md).
-        _m("digits", "StableDiffusionPipeline", None, "float32", 32, 15, 2.0, "2026-11", bundled="digits",
+        _m("digits", "StableDiffusionPipeline", None, "float32", 32, 15, 2.0, "2026-11", bundled="digits", batch_size=100,
            note="shipped in the package; 32x32 digits, classes 'digits'"),
         # Random-weight test model: SD1.5's classes and layout at a few hundred thousand weights.
         _m("tiny-sd", "StableDiffusionPipeline", None, "float32", 64, 20, 5.0, "", builder="t2i_engine.engine.tiny:build_tiny_sd",
