@@ -11,14 +11,11 @@ under 60 seconds on 2 CPU cores. Median of REPEATS runs into fresh folders.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from overhead import cpu_name
+from record import write_record
 
 
 def main() -> None:
@@ -27,9 +24,6 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     # Heavy imports inside main(): spawned encoder processes re-import this script.
-    import torch
-
-    from t2i_engine.engine.manifest import versions
     from t2i_engine.engine.recipe import build_recipe
     from t2i_engine.engine.run import RunOptions, generate
 
@@ -52,16 +46,7 @@ def main() -> None:
         print(f"batch {batch}: 1000 images in {results[-1]['wall_seconds_median']:.1f} s "
               f"({results[-1]['images_per_second_median']:.1f} images/s)")
 
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    record = {"bench": "digits_speed", "date": time.strftime("%Y-%m-%d"), "git": sha, "device": f"CPU: {cpu_name()}",
-              "torch_threads": torch.get_num_threads(), "versions": versions(), "model": "digits (embedded, trained weights)",
-              "results": results}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"digits-speed-cpu-{record['date']}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {path}")
-
+    write_record("digits_speed", "digits (embedded, trained weights)", results, args.out, "digits-speed-cpu")
 
 if __name__ == "__main__":
     main()

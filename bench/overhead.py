@@ -15,26 +15,17 @@ Each configuration runs REPEATS times into fresh folders; the median is reported
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from record import write_record
 
 CONFIGS = [  # (label, recipe fields, encoder processes)
     ("default 20 steps, 1 encoder process", {"steps": 20}, 1),
     ("default 20 steps, encoder thread", {"steps": 20}, 0),
     ("4 steps (little model work), 1 encoder process", {"steps": 4}, 1),
 ]
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:
@@ -45,9 +36,6 @@ def main() -> None:
     args = ap.parse_args()
     # Imported here, not at the top: encoder processes are spawned and re-import this script, and
     # should start as light as they do under the `t2i-engine` command.
-    import torch
-
-    from t2i_engine.engine.manifest import versions
     from t2i_engine.engine.recipe import build_recipe
     from t2i_engine.engine.run import RunOptions, generate
 
@@ -72,16 +60,7 @@ def main() -> None:
         print(f"{label}: outside the model {100 * results[-1]['outside_model_share_median']:.2f}% of wall time, "
               f"{results[-1]['images_per_second_median']:.1f} images/s")
 
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    record = {"bench": "overhead", "date": time.strftime("%Y-%m-%d"), "git": sha, "device": f"CPU: {cpu_name()}",
-              "torch_threads": torch.get_num_threads(), "versions": versions(), "model": "tiny-sd (random weights)",
-              "results": results}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"overhead-cpu-{record['date']}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {path}")
-
+    write_record("overhead", "tiny-sd (random weights)", results, args.out, "overhead-cpu")
 
 if __name__ == "__main__":
     main()

@@ -105,6 +105,17 @@ def _lr_lambda(warmup: int, total: int):
     return lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
 
 
+def _optimise(opt, sched, loss: torch.Tensor, clip_params: list | None = None) -> float:
+    """One optimiser and schedule step (grad-norm clipped to 1.0 when `clip_params` is given)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_params is not None:
+        torch.nn.utils.clip_grad_norm_(clip_params, 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
 def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, log=_log) -> list[float]:
     """images in [-1, 1]; returns the loss per step."""
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
@@ -116,11 +127,7 @@ def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, gen: torch.Generator,
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
         loss = F.l1_loss(recon, x) + 0.25 * F.mse_loss(recon, x) + cfg.vae_kl_weight * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(_optimise(opt, sched, loss))
         if step % 250 == 0 or step == cfg.vae_steps - 1:
             log(f"vae step {step}: loss {loss.item():.4f}")
     return losses
@@ -162,12 +169,7 @@ def train_denoiser(unet, text_encoder, tokenizer, scheduler, moments: tuple[torc
         noisy = scheduler.add_noise(latents, noise, t)
         target = scheduler.get_velocity(latents, noise, t)
         loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=cond).sample, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(_optimise(opt, sched, loss, clip_params=params))
         if step % 250 == 0 or step == cfg.unet_steps - 1:
             log(f"unet step {step}: loss {loss.item():.4f}")
     return losses
