@@ -87,7 +87,7 @@ def _generate(args) -> int:
     recipe = load_recipe(args.recipe, overrides)
     workers = None
     if args.encode_workers is not None:
-        if not args.encode_workers.isdigit() or int(args.encode_workers) > 64:
+        if not (args.encode_workers.isascii() and args.encode_workers.isdigit()) or int(args.encode_workers) > 64:
             raise InputError("--encode-workers", args.encode_workers, "expected an integer from 0 to 64")
         workers = int(args.encode_workers)
 

@@ -44,6 +44,10 @@ BAD_INPUTS = [
     ("unknown device", None, ["--device", "tpu"], "device"),
     ("missing weights folder", None, ["--weights", "no-such-folder"], "weights"),
     ("bad encoder count", None, ["--encode-workers", "lots"], "--encode-workers"),
+    ("superscript digit", None, ["--seed", "\u00b2"], "seed"),
+    ("lone surrogate in a class name", 'classes: ["\\ud800x", "two"]\n', [], "classes[0].name"),
+    ("non-string recipe key", "1: x\nfoo: y\n", [], "1"),
+    ("prompt of the wrong type with a prompt flag", "prompt: 5\n", ["--template", "a {name}"], "prompt"),
 ]
 
 
@@ -60,6 +64,12 @@ def test_bad_input_exits_2_naming_the_field_and_writes_nothing(cli, tmp_path, mo
     assert len(lines) == 1 and f"error: {field}:" in lines[0], lines
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "pwned").exists()
+
+
+def test_dangling_link_as_output_is_refused(cli, tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    code, _, err = cli("generate", "--out", tmp_path / "link", *FAST)
+    assert code == 2 and "error: out:" in err and not (tmp_path / "nowhere").exists()
 
 
 def test_missing_recipe_file_and_unwritable_output(cli, tmp_path):

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, check_text
 
 BUILTIN_SETS: dict[str, tuple[tuple[str, str], ...]] = {
     "digits": tuple(
@@ -143,11 +143,11 @@ def _validate(pairs: list[tuple[str | None, str]], field: str) -> tuple[ClassEnt
         where = f"{field}[{i}]"
         if not isinstance(name, str) or not name.strip():
             raise InputError(f"{where}.name", name, "expected a non-empty class name")
-        name = name.strip()
+        name = check_text(name.strip(), f"{where}.name")
         if len(name) > _MAX_NAME or any(c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name) or name in {".", ".."}:
             raise InputError(f"{where}.name", name, f"class names are prompts of at most {_MAX_NAME} characters with no '/', '\\' or control characters")
         cid = cid.strip() if cid is not None else (slug(name) or f"class{i}")
-        if not _ID_RE.match(cid):
+        if not _ID_RE.fullmatch(cid):
             raise InputError(f"{where}.id", cid, "class ids become file names: 1-64 characters of A-Z a-z 0-9 _ -, starting with a letter or digit")
         if name.lower() in seen_names:
             raise InputError(f"{where}.name", name, f"class names must be unique; the same name is class {seen_names[name.lower()]}")

@@ -9,9 +9,11 @@ with its shard file names and lengths.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from .writer import TMP_SUFFIX, ShardRecord, atomic_write_text
 
 MANIFEST = "dataset.json"
 INFO = "_info.json"
+LOCK = ".t2i-engine.lock"
 FORMAT = "t2i-engine-dataset/1"
 
 
@@ -49,6 +52,8 @@ def read_manifest(out_dir: Path) -> dict | None:
 
 def check_output_dir(out_dir: Path) -> None:
     """Refuse an output path that cannot be created or written, before anything is written."""
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise InputError("out", str(out_dir), "expected a folder; this is a link to nothing")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError("out", str(out_dir), "expected a folder; a file of that name exists")
     existing = out_dir
@@ -60,11 +65,12 @@ def check_output_dir(out_dir: Path) -> None:
         raise InputError("out", str(out_dir), f"expected a writable location; {existing} is not writable")
 
 
-def check_resumable(out_dir: Path, recipe: Recipe) -> dict | None:
-    """The folder must be new, empty, or hold a dataset of this very recipe. Returns its manifest."""
+def check_resumable(out_dir: Path, recipe: Recipe, *, weights: str | None, dtype: str) -> dict | None:
+    """The folder must be new, empty (but for our own temporaries), or hold a dataset of this
+    very recipe, weights and dtype. Returns its manifest."""
     manifest = read_manifest(out_dir) if out_dir.is_dir() else None
     if manifest is None:
-        if out_dir.is_dir() and any(out_dir.iterdir()):
+        if out_dir.is_dir() and any(p.name != LOCK and not p.name.endswith(TMP_SUFFIX) for p in out_dir.iterdir()):
             raise InputError("out", str(out_dir), f"expected a new or empty folder, or one holding a t2i-engine dataset ({MANIFEST}); this one holds other files")
         return None
     if manifest.get("recipe_hash") != recipe.content_hash():
@@ -72,7 +78,25 @@ def check_resumable(out_dir: Path, recipe: Recipe) -> dict | None:
         differ = [k for k in new if k != "batch_size" and stored.get(k) != new[k]]
         raise InputError("out", str(out_dir), f"it holds a dataset made from another recipe (differs in: {', '.join(differ) or 'content'}); "
                          "rerun with the same recipe to resume, or choose a new folder")
+    for key, value in (("weights", weights), ("dtype", dtype)):
+        if manifest.get(key) != value:
+            raise InputError("out", str(out_dir), f"its shards were made with {key} {manifest.get(key)!r}, this run would use {value!r}; "
+                             "one dataset must come from one model and precision: resume with the same setting or choose a new folder")
     return manifest
+
+
+@contextmanager
+def exclusive_lock(out_dir: Path):
+    """Hold the folder's lock for a whole run: two runs writing one folder would race on its files."""
+    fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError("out", str(out_dir), "another t2i-engine process is writing this folder; wait for it or choose another folder") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:
@@ -98,9 +122,9 @@ def write_manifest(out_dir: Path, recipe: Recipe, *, records: list[ShardRecord] 
         "dtype": dtype,
         "versions": versions(),
     }
-    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-    if complete:
+    if complete:  # _info.json first: a complete manifest promises it exists
         write_timm_info(out_dir, recipe, records)
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
 
 
 def write_timm_info(out_dir: Path, recipe: Recipe, records: list[ShardRecord]) -> None:

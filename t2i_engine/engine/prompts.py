@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .classes import ClassEntry
-from .errors import InputError
+from .errors import InputError, check_text
 
 REGIMES = ("class-name", "template", "captions")
 TEMPLATE_MODES = ("cycle", "sample")
@@ -67,6 +67,7 @@ def load_prompt_spec(raw: object, classes: tuple[ClassEntry, ...], base_dir: Pat
         for i, t in enumerate(templates):
             if not isinstance(t, str) or "{name}" not in t:
                 raise InputError(f"prompt.templates[{i}]", t, "each template must be a string holding {name}")
+            check_text(t, f"prompt.templates[{i}]")
         mode = raw.get("template_mode", "cycle")
         if mode not in TEMPLATE_MODES:
             raise InputError("prompt.template_mode", mode, f"expected one of {', '.join(TEMPLATE_MODES)}")
@@ -126,7 +127,7 @@ def _load_captions(path: Path, classes: tuple[ClassEntry, ...]) -> tuple[tuple[s
             raise InputError(field, cls, f"captions name a class by id or name; {cls!r} is not in the class set")
         if not isinstance(caption, str) or not caption.strip() or any(ord(ch) < 32 and ch not in "\t\n" for ch in caption):
             raise InputError(f"{field}[{cls!r}]", caption, "expected a non-empty caption of printable text")
-        per_class[index[cls]].append(caption.strip())
+        per_class[index[cls]].append(check_text(caption.strip(), f"{field}[{cls!r}]"))
     for c, caps in zip(classes, per_class):
         if not caps:
             raise InputError(field, str(path), f"every class needs at least one caption; class {c.id!r} ({c.name}) has none")

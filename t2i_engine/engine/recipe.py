@@ -29,13 +29,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from .classes import ClassEntry, load_classes
-from .errors import InputError
+from .errors import InputError, check_text
 from .prompts import PromptSpec, load_prompt_spec
 from .registry import get_model
 
@@ -132,7 +133,7 @@ def read_recipe_file(path: str | Path) -> dict:
 
 def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None = None) -> Recipe:
     """Validate a raw recipe mapping (plus flag overrides) into a `Recipe`."""
-    unknown = sorted(set(raw) - set(DEFAULTS))
+    unknown = sorted((k for k in raw if k not in DEFAULTS), key=str)
     if unknown:
         raise InputError(unknown[0], raw[unknown[0]], f"unknown recipe key; allowed keys: {', '.join(DEFAULTS)}")
     merged = {**DEFAULTS, **raw}
@@ -141,6 +142,8 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         if value is None:
             continue
         if key.startswith("prompt."):
+            if prompt_raw is not None and not isinstance(prompt_raw, (str, dict)):
+                raise InputError("prompt", prompt_raw, "expected a regime name or a mapping with keys regime, templates, template_mode, captions")
             prompt_raw = {"regime": prompt_raw} if isinstance(prompt_raw, str) else dict(prompt_raw or {})
             prompt_raw[key.split(".", 1)[1]] = value
         else:
@@ -158,6 +161,7 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         negative = ""
     if not isinstance(negative, str):
         raise InputError("negative_prompt", negative, "expected a string (may be empty)")
+    check_text(negative, "negative_prompt")
     fmt = merged["format"]
     if isinstance(fmt, str) and fmt.lower() == "jpg":
         fmt = "jpeg"
@@ -187,8 +191,11 @@ def load_recipe(path: str | Path | None, overrides: dict | None = None) -> Recip
     return build_recipe(read_recipe_file(path), overrides, base_dir=Path(path).resolve().parent)
 
 
+_INT_RE = re.compile(r"-?[0-9]+")
+
+
 def _int(value: object, field: str, lo: int, hi: int) -> int:
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise InputError(field, value, f"expected an integer from {lo} to {hi}")
@@ -210,8 +217,8 @@ def _resolution(value: object, multiple: int) -> tuple[int, int]:
     allowed = f"expected a size or [height, width] in pixels, each a multiple of {multiple} from {multiple} to 4096"
     if isinstance(value, str):
         parts = value.lower().replace("x", ",").split(",")
-        value = [int(p) if p.strip().isdigit() else p for p in parts] if len(parts) == 2 else value
-        if isinstance(value, str) and value.strip().isdigit():
+        value = [int(p) if _INT_RE.fullmatch(p.strip()) else p for p in parts] if len(parts) == 2 else value
+        if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
             value = int(value)
     hw = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
     if not isinstance(hw, (list, tuple)) or len(hw) != 2:

@@ -37,50 +37,65 @@ class RunOptions:
 
 
 def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) -> dict:
-    import torch
-
     from .generator import Generator, load_pipeline, resolve_device, resolve_dtype
 
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     mf.check_output_dir(out_dir)
-    existing = mf.check_resumable(out_dir, recipe)
     spec = get_model(recipe.model)
     device = resolve_device(options.device)
+    dtype = resolve_dtype(spec, device)
+    meta = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), weights=options.weights)
+    existing = mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"])
 
     units = plan_units(recipe)
-    todo = [u for u in units if not (out_dir.is_dir() and is_committed(out_dir, u.name))]
+    todo = _uncommitted(out_dir, units)
     t_planned = time.perf_counter()
+    if not todo and existing is not None and existing.get("complete"):
+        # Finished: left untouched, but for a lost _info.json (it derives from the shards).
+        if not (out_dir / mf.INFO).exists():
+            with mf.exclusive_lock(out_dir):
+                mf.write_timm_info(out_dir, recipe, [read_record(out_dir, u.name) for u in units])
+        return _summary(recipe, out_dir, meta, units, todo, 0, {}, 0.0, t_start, t_planned, t_planned, time.perf_counter(), device)
 
-    dtype = resolve_dtype(spec, device)
     pipe = load_pipeline(spec, options.weights, device, dtype) if todo else None
     t_loaded = time.perf_counter()
 
-    meta = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), weights=options.weights)
-    finished = not todo and existing is not None and existing.get("complete")
-    if not finished:  # a finished dataset is left untouched, its manifest included
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with mf.exclusive_lock(out_dir):
+        # Under the lock, look again: a run that just ended may have committed more shards.
+        mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"])
+        todo = _uncommitted(out_dir, units)
+        if todo and pipe is None:
+            pipe = load_pipeline(spec, options.weights, device, dtype)
         mf.remove_stale_temporaries(out_dir)
         mf.write_manifest(out_dir, recipe, records=None, **meta)
 
-    images, stages, writer_wait = 0, {}, 0.0
-    if todo:
-        generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
-                              width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
-        workers = options.encode_workers
-        if workers is None:
-            workers = 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
-        writer = ShardWriter(out_dir, fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
-                             sample_meta=sample_meta(recipe), encode_workers=workers)
-        try:
-            images = _run_units(todo, recipe, generator, writer, options.progress)
-        finally:
-            writer.close()
-        stages, writer_wait = generator.stage_seconds, writer.wait_seconds
-
-    if not finished:
+        images, stages, writer_wait = 0, {}, 0.0
+        if todo:
+            generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
+                                  width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
+            workers = options.encode_workers
+            if workers is None:
+                workers = 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
+            writer = ShardWriter(out_dir, fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
+                                 sample_meta=sample_meta(recipe), encode_workers=workers)
+            try:
+                images = _run_units(todo, recipe, generator, writer, options.progress)
+            finally:
+                writer.close()
+            stages, writer_wait = generator.stage_seconds, writer.wait_seconds
         mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
-    t_end = time.perf_counter()
+    return _summary(recipe, out_dir, meta, units, todo, images, stages, writer_wait, t_start, t_planned, t_loaded,
+                    time.perf_counter(), device)
+
+
+def _uncommitted(out_dir: Path, units: list[WorkUnit]) -> list[WorkUnit]:
+    return [u for u in units if not (out_dir.is_dir() and is_committed(out_dir, u.name))]
+
+
+def _summary(recipe, out_dir, meta, units, todo, images, stages, writer_wait, t_start, t_planned, t_loaded, t_end, device) -> dict:
+    import torch
 
     wall = (t_end - t_start) - (t_loaded - t_planned)  # model loading is reported apart
     model_seconds = sum(stages.values())

@@ -37,12 +37,22 @@ class Problem:
 
 
 def load_dataset_recipe(out_dir: Path) -> tuple[dict, Recipe]:
+    """The manifest and its recipe, which must still hash to the recorded recipe hash: a damaged
+    recipe would plan another dataset, and repair would then move good shards aside."""
     if not out_dir.is_dir():
         raise InputError("dir", str(out_dir), "expected a dataset folder made by `t2i-engine generate`")
     manifest = mf.read_manifest(out_dir)
     if manifest is None:
         raise InputError("dir", str(out_dir), f"expected a dataset folder holding {mf.MANIFEST}")
-    return manifest, Recipe.from_dict(manifest["recipe"])
+    try:
+        recipe = Recipe.from_dict(manifest["recipe"])
+        intact = recipe.content_hash() == manifest["recipe_hash"]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        intact = False
+    if not intact:
+        raise InputError("dir", str(out_dir), f"the recipe in its {mf.MANIFEST} is damaged (it no longer matches its recipe_hash); "
+                         "restore the file, or regenerate into a new folder")
+    return manifest, recipe
 
 
 def verify_dataset(out_dir: Path) -> list[Problem]:
@@ -72,17 +82,26 @@ def _verify_unit(out_dir: Path, unit: WorkUnit, recipe: Recipe, recorded_sha: st
         return [bad(f"missing its {'stats' if not stats_path.exists() else 'index'} file")]
     problems = []
     sha = file_sha256(tar_path)
-    stats = json.loads(stats_path.read_text())
+    try:
+        stats = json.loads(stats_path.read_text(encoding="utf-8"))
+        index = [json.loads(line) for line in index_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not isinstance(stats, dict) or not all(isinstance(row, dict) for row in index):
+            raise ValueError("not JSON objects")
+    except (OSError, ValueError) as e:
+        return [bad(f"unreadable stats or index file ({e.__class__.__name__})")]
     if sha != stats.get("sha256"):
         problems.append(bad(f"sha256 {sha[:12]}... differs from the recorded {str(stats.get('sha256'))[:12]}..."))
     elif recorded_sha is not None and sha != recorded_sha:
         problems.append(bad(f"sha256 {sha[:12]}... differs from {mf.MANIFEST}'s {recorded_sha[:12]}..."))
 
-    index = {}
-    for line in index_path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            index[row["key"]] = row
+    if stats.get("count") != len(unit.samples) or stats.get("bytes") != tar_path.stat().st_size:
+        problems.append(bad(f"stats record {stats.get('count')} samples / {stats.get('bytes')} bytes; "
+                            f"planned {len(unit.samples)}, file has {tar_path.stat().st_size} bytes"))
+    planned_rows = [{"key": s.key, "class_index": s.class_index, "class_id": s.class_id, "class_name": s.class_name,
+                     "prompt": s.prompt, "seed": s.seed} for s in unit.samples]
+    if [{k: row.get(k) for k in planned_rows[0]} for row in index] != planned_rows:
+        problems.append(bad("its index disagrees with the plan (keys, labels, prompts or seeds)"))
+    index_sha = {row.get("key"): row.get("sha256") for row in index}
     try:
         members = _read_members(tar_path)
     except (tarfile.TarError, EOFError, OSError) as e:
@@ -107,11 +126,12 @@ def _verify_unit(out_dir: Path, unit: WorkUnit, recipe: Recipe, recorded_sha: st
             meta = json.loads(got["json"])
         except ValueError:
             meta = None
-        planned = {"key": key, "class_index": sample.class_index, "class_id": sample.class_id, "prompt": sample.prompt, "seed": sample.seed}
+        planned = {"key": key, "class_index": sample.class_index, "class_id": sample.class_id,
+                   "class_name": sample.class_name, "prompt": sample.prompt, "seed": sample.seed}
         if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in planned.items()):
             problems.append(bad(f"sample {key}: its json disagrees with the plan"))
         image_sha = hashlib.sha256(got[recipe.extension]).hexdigest()
-        if index.get(key, {}).get("sha256") != image_sha:
+        if index_sha.get(key) != image_sha:
             problems.append(bad(f"sample {key}: image sha256 differs from the index"))
     return problems
 
@@ -135,13 +155,14 @@ def repair(out_dir: Path, problems: list[Problem]) -> list[Path]:
     bad = sorted({p.shard for p in problems if p.shard is not None})
     if not bad:
         return []
-    dest = out_dir / REJECTED / time.strftime("%Y%m%d-%H%M%S")
-    dest.mkdir(parents=True, exist_ok=True)
     moved = []
-    for name in bad:
-        for path in shard_paths(out_dir, name):
-            if path.exists():
-                path.rename(dest / path.name)
-                moved.append(dest / path.name)
-    mf.mark_incomplete(out_dir)
+    with mf.exclusive_lock(out_dir):
+        dest = out_dir / REJECTED / time.strftime("%Y%m%d-%H%M%S")
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in bad:
+            for path in shard_paths(out_dir, name):
+                if path.exists():
+                    path.rename(dest / path.name)
+                    moved.append(dest / path.name)
+        mf.mark_incomplete(out_dir)
     return moved

@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import tarfile
 import time
 from collections import deque
@@ -56,11 +57,18 @@ def shard_paths(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
 
 
 def is_committed(out_dir: Path, name: str) -> bool:
-    return all(p.exists() for p in shard_paths(out_dir, name))
+    """All three files exist and the stats file reads back; anything less is remade."""
+    if not all(p.exists() for p in shard_paths(out_dir, name)):
+        return False
+    try:
+        read_record(out_dir, name)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
 
 
 def read_record(out_dir: Path, name: str) -> ShardRecord:
-    return ShardRecord(**json.loads(shard_paths(out_dir, name)[2].read_text()))
+    return ShardRecord(**json.loads(shard_paths(out_dir, name)[2].read_text(encoding="utf-8")))
 
 
 def file_sha256(path: Path) -> str:
@@ -88,6 +96,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _ignore_sigint() -> None:
+    # Ctrl-C is the main process's to handle; encoder processes just finish or are shut down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class ShardWriter:
     def __init__(self, out_dir: Path, *, fmt: str, quality: int, extension: str, sample_meta: dict,
                  encode_workers: int = 1, max_pending: int | None = None):
@@ -95,7 +108,7 @@ class ShardWriter:
         self.fmt, self.quality, self.extension = fmt, quality, extension
         self.sample_meta = sample_meta  # settings shared by every sample's KEY.json
         # encode_workers=0 encodes on a thread: no process start-up, for tiny runs and tests.
-        self._pool = (ProcessPoolExecutor(encode_workers, mp_context=get_context("spawn")) if encode_workers > 0
+        self._pool = (ProcessPoolExecutor(encode_workers, mp_context=get_context("spawn"), initializer=_ignore_sigint) if encode_workers > 0
                       else ThreadPoolExecutor(1, thread_name_prefix="encoder"))
         self._tar_thread = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
         self._max_pending = max_pending or 2 * max(encode_workers, 1) + 2

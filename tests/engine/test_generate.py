@@ -135,3 +135,53 @@ def test_verify_repair_then_generate_restores_the_exact_dataset(copy, cli):
     assert generate(tiny_recipe(), copy, QUIET)["shards_written"] == 1
     assert shard_hashes(copy) == before
     assert cli("verify", copy)[0] == 0
+
+
+def test_verify_reports_damaged_sidecars_and_generate_remakes_them(copy):
+    before = shard_hashes(copy)
+    (copy / "000000.stats.json").write_bytes(b"\xff garbage")
+    index = copy / "000001.index.jsonl"
+    rows = [json.loads(line) for line in index.read_text().splitlines()]
+    rows[0]["class_index"] = (rows[0]["class_index"] + 1) % 3  # a relabelled sample, index only
+    index.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert {p.shard for p in verify_dataset(copy)} == {"000000", "000001"}
+    (copy / "000001.index.jsonl").unlink()
+    assert generate(tiny_recipe(), copy, QUIET)["shards_written"] == 2
+    assert shard_hashes(copy) == before and verify_dataset(copy) == []
+
+
+def test_a_damaged_manifest_recipe_is_refused_not_replanned(copy):
+    manifest = json.loads((copy / "dataset.json").read_text())
+    manifest["recipe"]["seed"] = 1
+    (copy / "dataset.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="damaged"):
+        verify_dataset(copy)
+
+
+def test_leftovers_of_a_kill_before_the_first_manifest_do_not_block_a_run(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "dataset.json.tmp").write_text("{")
+    assert generate(tiny_recipe(), out, QUIET)["images"] == 9
+    assert not list(out.glob("*.tmp"))
+
+
+def test_a_lost_info_json_is_recreated(copy):
+    (copy / "_info.json").unlink()
+    assert generate(tiny_recipe(), copy, QUIET)["images"] == 0
+    assert json.loads((copy / "_info.json").read_text())["splits"]["train"]["num_samples"] == 9
+
+
+def test_resume_with_other_weights_is_refused(copy, tmp_path):
+    with pytest.raises(InputError, match="weights"):
+        generate(tiny_recipe(), copy, RunOptions(device="cpu", progress=False, weights=str(tmp_path)))
+
+
+def test_two_runs_on_one_folder_are_refused_by_the_lock(copy):
+    from t2i_engine.engine.manifest import exclusive_lock
+
+    (copy / "000002.tar").unlink()
+    with exclusive_lock(copy):
+        with pytest.raises(InputError, match="another t2i-engine process"):
+            generate(tiny_recipe(), copy, QUIET)
+    assert generate(tiny_recipe(), copy, QUIET)["shards_written"] == 1
