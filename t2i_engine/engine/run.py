@@ -1,10 +1,12 @@
 """`generate`: one call from a validated recipe to a complete, verified-on-write dataset folder.
 
 Stages, in order (everything that can refuse the input runs before anything is written):
-1. check the output folder and that it is new or holds this recipe's dataset (resume);
-2. plan the units and drop those already committed;
+1. check the output folder and that it is new or holds this recipe's dataset (resume), made
+   with the same weights and dtype;
+2. plan the units and drop those already committed (a finished dataset is left as it is);
 3. load the model (a missing model or weights stops here, nothing written);
-4. write the manifest (complete: false) and clear partial files of an interrupted run;
+4. take the folder's lock, look again at what is committed, clear partial files of an
+   interrupted run and write the manifest (complete: false);
 5. generate batch by batch, handing images to the ShardWriter, committing each unit's shard;
 6. write the complete manifest and timm's _info.json; return the run's summary.
 """
