@@ -114,13 +114,13 @@ class ShardWriter:
         self._max_pending = max_pending or 2 * max(encode_workers, 1) + 2
         self._pending: deque[Future] = deque()
         self._parts: dict[int, list[tuple[list[Sample], Future]]] = {}
-        self._commits: list[Future] = []
+        self._commits: deque[Future] = deque()  # shard writes not yet collected into records
         self.wait_seconds = 0.0  # time the caller spent blocked on this writer
         self.records: list[ShardRecord] = []
 
     def add(self, unit: WorkUnit, samples: list[Sample], images: np.ndarray) -> None:
         """Queue one batch of a unit for encoding; blocks only when the queue is full."""
-        self._raise_failed_commits()
+        self._collect_written()
         future = self._pool.submit(encode_batch, images, self.fmt, self.quality)
         self._parts.setdefault(unit.shard, []).append((samples, future))
         self._pending.append(future)
@@ -140,18 +140,19 @@ class ShardWriter:
         """Wait for every queued shard; returns the records of shards written by this writer."""
         start = time.perf_counter()
         try:
-            for future in self._commits:
-                self.records.append(future.result())
+            while self._commits:
+                self.records.append(self._commits.popleft().result())
         finally:
             self._tar_thread.shutdown(wait=True, cancel_futures=True)
             self._pool.shutdown(wait=True, cancel_futures=True)
             self.wait_seconds += time.perf_counter() - start
         return self.records
 
-    def _raise_failed_commits(self) -> None:
-        for future in self._commits:
-            if future.done() and future.exception() is not None:
-                raise future.exception()
+    def _collect_written(self) -> None:
+        """Move finished shard writes into records (raising a failed one's error), oldest first,
+        so each batch looks only at the few writes still in flight."""
+        while self._commits and self._commits[0].done():
+            self.records.append(self._commits.popleft().result())
 
     def _write_shard(self, unit: WorkUnit, parts) -> ShardRecord:
         tar_path, index_path, stats_path = shard_paths(self.out_dir, unit.name)

@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..engine.recipe import build_recipe
 from ..engine.run import RunOptions, generate
+from ..engine.verify import load_dataset_recipe
 from ..training.digits_data import load_split
 from ..training.digits_judge import load_judge
 from ..training.small_cnn import SmallCNN, accuracy, train_classifier
@@ -40,11 +41,10 @@ def read_images(out_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of a dataset folder in plan order: [N, 3, H, W] in [0, 1], labels [N]."""
     import webdataset as wds
 
-    manifest = json.loads((out_dir / "dataset.json").read_text())
+    manifest, recipe = load_dataset_recipe(out_dir)
     urls = [str(out_dir / s["name"]) for s in manifest["shards"]]
-    ext = {"jpeg": "jpg", "png": "png", "webp": "webp"}[manifest["recipe"]["format"]]
     images, labels = [], []
-    for data, cls in wds.WebDataset(urls, shardshuffle=False, empty_check=False).to_tuple(ext, "cls"):
+    for data, cls in wds.WebDataset(urls, shardshuffle=False, empty_check=False).to_tuple(recipe.extension, "cls"):
         images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
         labels.append(int(cls))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
