@@ -11,11 +11,8 @@ under 60 seconds on 2 CPU cores. Median of REPEATS runs into fresh folders.
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-from pathlib import Path
 
-from record import write_record
+from record import medians, repeat_generate, write_record
 
 
 def main() -> None:
@@ -25,28 +22,22 @@ def main() -> None:
     args = ap.parse_args()
     # Heavy imports inside main(): spawned encoder processes re-import this script.
     from t2i_engine.engine.recipe import build_recipe
-    from t2i_engine.engine.run import RunOptions, generate
+    from t2i_engine.engine.run import RunOptions
 
     results = []
     for batch in (16, 100):
         recipe = build_recipe({"images_per_class": 100, "batch_size": batch})
-        runs = []
-        for _ in range(args.repeats):
-            with tempfile.TemporaryDirectory() as tmp:
-                runs.append(generate(recipe, Path(tmp) / "ds", RunOptions(device="cpu", progress=False)))
+        runs = repeat_generate(recipe, RunOptions(device="cpu", progress=False), args.repeats)
         results.append({
             "batch_size": batch, "images": runs[0]["images"], "steps": recipe.steps, "guidance": recipe.guidance,
             "resolution": list(recipe.resolution), "format": recipe.format,
-            "wall_seconds_median": statistics.median(r["wall_seconds"] for r in runs),
-            "images_per_second_median": statistics.median(r["images_per_second"] for r in runs),
-            "wall_seconds_runs": [r["wall_seconds"] for r in runs],
-            "stage_seconds_runs": [r["stage_seconds"] for r in runs],
-            "model_load_seconds_runs": [r["model_load_seconds"] for r in runs],
+            **medians(runs, ("wall_seconds", "images_per_second", "model_load_seconds")),
         })
         print(f"batch {batch}: 1000 images in {results[-1]['wall_seconds_median']:.1f} s "
               f"({results[-1]['images_per_second_median']:.1f} images/s)")
 
     write_record("digits_speed", "digits (embedded, trained weights)", results, args.out, "digits-speed-cpu")
+
 
 if __name__ == "__main__":
     main()

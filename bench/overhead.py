@@ -15,11 +15,8 @@ Each configuration runs REPEATS times into fresh folders; the median is reported
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-from pathlib import Path
 
-from record import write_record
+from record import medians, repeat_generate, write_record
 
 CONFIGS = [  # (label, recipe fields, encoder processes)
     ("default 20 steps, 1 encoder process", {"steps": 20}, 1),
@@ -37,30 +34,23 @@ def main() -> None:
     # Imported here, not at the top: encoder processes are spawned and re-import this script, and
     # should start as light as they do under the `t2i-engine` command.
     from t2i_engine.engine.recipe import build_recipe
-    from t2i_engine.engine.run import RunOptions, generate
+    from t2i_engine.engine.run import RunOptions
 
     results = []
     for label, fields, workers in CONFIGS:
         recipe = build_recipe({"model": "tiny-sd", "classes": "digits", "images_per_class": args.images_per_class,
                                "batch_size": 16, "images_per_shard": 100, **fields})
-        runs = []
-        for _ in range(args.repeats):
-            with tempfile.TemporaryDirectory() as tmp:
-                runs.append(generate(recipe, Path(tmp) / "ds", RunOptions(device="cpu", progress=False, encode_workers=workers)))
-        pick = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
+        runs = repeat_generate(recipe, RunOptions(device="cpu", progress=False, encode_workers=workers), args.repeats)
         results.append({
             "config": label, "steps": recipe.steps, "resolution": list(recipe.resolution), "batch_size": recipe.batch_size,
             "images": runs[0]["images"], "encode_workers": workers,
-            "outside_model_share_median": pick("outside_model_share"),
-            "outside_model_share_runs": [r["outside_model_share"] for r in runs],
-            "images_per_second_median": pick("images_per_second"),
-            "wall_seconds_median": pick("wall_seconds"),
-            "stage_seconds_runs": [r["stage_seconds"] for r in runs],
+            **medians(runs, ("outside_model_share", "images_per_second", "wall_seconds")),
         })
         print(f"{label}: outside the model {100 * results[-1]['outside_model_share_median']:.2f}% of wall time, "
               f"{results[-1]['images_per_second_median']:.1f} images/s")
 
     write_record("overhead", "tiny-sd (random weights)", results, args.out, "overhead-cpu")
+
 
 if __name__ == "__main__":
     main()

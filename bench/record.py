@@ -31,3 +31,28 @@ def write_record(bench: str, model: str, results: list[dict], out_dir: str, file
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def repeat_generate(recipe, options, repeats: int) -> list[dict]:
+    """Run `generate` `repeats` times, each into a fresh temporary folder; returns the summaries."""
+    import tempfile
+
+    from t2i_engine.engine.run import generate
+
+    runs = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.append(generate(recipe, Path(tmp) / "ds", options))
+    return runs
+
+
+def medians(runs: list[dict], keys: tuple[str, ...]) -> dict:
+    """`{key}_median` and `{key}_runs` of numeric summary fields; `stage_seconds_runs` always."""
+    import statistics
+
+    out = {}
+    for key in keys:
+        out[f"{key}_median"] = statistics.median(r[key] for r in runs)
+        out[f"{key}_runs"] = [r[key] for r in runs]
+    out["stage_seconds_runs"] = [r["stage_seconds"] for r in runs]
+    return out
