@@ -94,7 +94,7 @@ def exclusive_lock(out_dir: Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise InputError("out", str(out_dir), "another t2i-engine process is writing this folder; wait for it or choose another folder") from None
-        yield
+        yield fd  # forked helpers that may outlive a killed run should close their copy
     finally:
         os.close(fd)
 

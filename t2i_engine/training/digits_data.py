@@ -48,3 +48,23 @@ def load_split() -> DigitsSplit:
     )
     images, labels = torch.from_numpy(digits.images), torch.from_numpy(digits.target).long()
     return DigitsSplit(upsample(images[idx_train]), labels[idx_train], upsample(images[idx_test]), labels[idx_test])
+
+
+def write_real_digits(out_dir) -> dict:
+    """The real digits as two ImageFolder trees, OUT/train (1,200) and OUT/test (597), 32x32 PNGs
+    named by their index in scikit-learn's set; what `train`/`eval`/`analyze` read as real data."""
+    from pathlib import Path
+
+    from ..engine.classes import load_classes
+    from .sources import write_image_folder
+
+    out_dir = Path(out_dir)
+    classes = load_classes("digits")
+    ids, names = [c.id for c in classes], {c.id: c.name for c in classes}
+    split = load_split()
+    written = {}
+    for name, images, labels in (("train", split.train_images, split.train_labels), ("test", split.test_images, split.test_labels)):
+        pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        origin = {"kind": "real", "name": f"digits-real-{name}", "source": "sklearn.datasets.load_digits, split seed 0"}
+        written[name] = write_image_folder(out_dir / name, list(pixels), labels.tolist(), ids, names, origin)
+    return written

@@ -1,0 +1,249 @@
+"""`t2i-engine train`: train a classifier on a labelled set, resumably.
+
+A run folder holds:
+    config.json      the resolved settings, the classes (ids in label order), the data's origin
+    last.pt          model, optimiser, schedule and history after the last finished epoch
+    best.safetensors the weights of the epoch with the lowest validation loss (model selection
+                     never looks at the real test set)
+    summary.csv      one row per finished epoch
+    run.json         written last: the chosen epoch and its metrics; a run without it is unfinished
+
+Every file is written to a temporary name, synced and renamed, so a run killed at any moment
+resumes (`--resume`) from its last finished epoch. Each epoch reseeds every RNG from (seed,
+epoch), so a resumed run repeats exactly what the uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+
+from ..engine.errors import InputError
+from ..engine.generator import resolve_device
+from ..engine.manifest import exclusive_lock, versions
+from ..engine.writer import TMP_SUFFIX, atomic_write_text, fsync_dir
+from .archs import build_model, check_arch
+from .presets import TrainConfig, eval_transform, lr_factor, train_transform
+from .sources import LabelledSet, open_set
+from .stream import LabelledStream, shuffled_labels, stable_hash
+
+CONFIG, CHECKPOINT, BEST, SUMMARY, RUN = "config.json", "last.pt", "best.safetensors", "summary.csv", "run.json"
+SUMMARY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "images", "seconds")
+
+
+def train(config: TrainConfig, data_path: str | Path, out: str | Path, *, resume: bool = False, device: str = "auto",
+          progress: bool = True) -> dict:
+    out = Path(out)
+    check_arch(config.arch)
+    dev = resolve_device(device)
+    data = open_set(data_path, "data")
+    if len(data.class_ids) < 2:
+        raise InputError("data", str(data_path), "expected images of at least 2 classes")
+    labels = {c: i for i, c in enumerate(data.class_ids)}
+    header = {"config": config.to_dict(), "classes": [{"id": c, "name": data.class_names[c]} for c in data.class_ids],
+              "data": data.describe()}
+    _prepare_out(out, header, resume)
+    with exclusive_lock(out) as lock_fd:
+        return _train_locked(config, data, labels, header, out, dev, progress, lock_fd)
+
+
+def _prepare_out(out: Path, header: dict, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError("--out", str(out), "expected a folder")
+    existing = out / CONFIG
+    if existing.is_file():
+        if not resume:
+            raise InputError("--out", str(out), "already holds a training run; pass --resume to continue it, or choose a new folder")
+        before = json.loads(existing.read_text(encoding="utf-8"))
+        for key in ("config", "classes"):
+            if before.get(key) != header[key]:
+                raise InputError("--out", str(out), f"its run was started with other {key}; resume with the same settings and data, or choose a new folder")
+        if before["data"].get("path") != header["data"]["path"] or before["data"].get("images") != header["data"]["images"]:
+            raise InputError("--out", str(out), "its run was started on other data; resume with the same data, or choose a new folder")
+    elif out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+        raise InputError("--out", str(out), "expected a new or empty folder (or a run folder with --resume)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError("--out", str(out), f"cannot create the folder: {e.strerror}") from None
+    if not existing.is_file():
+        atomic_write_text(existing, json.dumps({**header, "versions": versions()}, indent=1) + "\n")
+
+
+def _train_locked(config: TrainConfig, data: LabelledSet, labels: dict[str, int], header: dict, out: Path,
+                  dev: torch.device, progress: bool, lock_fd: int) -> dict:
+    if (out / RUN).is_file():  # finished already: resuming is a no-op
+        return json.loads((out / RUN).read_text(encoding="utf-8"))
+    torch.manual_seed(config.seed)
+    model = build_model(config.arch, len(labels), config.image_size).to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    label_of_key = shuffled_labels(data, labels, config.shuffle_labels) if config.shuffle_labels is not None else None
+    train_set = LabelledStream(data, labels, train_transform(config), split="train", val_fraction=config.val_fraction,
+                               seed=config.seed, shuffle=True, shuffle_buffer=config.shuffle_buffer, label_of_key=label_of_key)
+    val_set = LabelledStream(data, labels, eval_transform(config), split="val", val_fraction=config.val_fraction,
+                             label_of_key=label_of_key)
+    n_train, n_val = len(train_set), len(val_set)
+    if n_train == 0:
+        raise InputError("--val-fraction", config.val_fraction, "leaves no training images; lower it")
+    steps_per_epoch = -(-n_train // config.batch_size)
+    total, warmup = steps_per_epoch * config.epochs, round(steps_per_epoch * config.warmup_epochs)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, total, warmup, config.warmup_start_factor, config.min_lr / config.lr))
+    state = {"epoch": 0, "rows": [], "best_val_loss": None, "best_epoch": None}
+    if (out / CHECKPOINT).is_file():
+        ckpt = torch.load(out / CHECKPOINT, map_location=dev, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["schedule"])
+        state = ckpt["state"]
+    cutmix = _cutmix(len(labels)) if config.cutmix else None
+    use_amp = dev.type == "cuda"
+    release = functools.partial(_release_lock, lock_fd)
+    start = time.perf_counter()
+    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        t0 = time.perf_counter()
+        torch.manual_seed(stable_hash(config.seed, epoch, "model"))  # dropout, CutMix
+        train_set.set_epoch(epoch)
+        loader = DataLoader(train_set, batch_size=config.batch_size, num_workers=config.workers,
+                            pin_memory=dev.type == "cuda", worker_init_fn=release)
+        model.train()
+        seen, loss_sum, correct = 0, 0.0, 0
+        bar = _progress(progress, steps_per_epoch, f"epoch {epoch}/{config.epochs}")
+        for images, targets in loader:
+            images, targets = images.to(dev, non_blocking=True), targets.to(dev, non_blocking=True)
+            if dev.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            hard = targets
+            if cutmix is not None:
+                images, targets = cutmix(images, targets)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(images)
+                loss = F.cross_entropy(logits.float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            schedule.step()
+            seen += len(hard)
+            loss_sum += loss.item() * len(hard)
+            correct += (logits.argmax(1) == hard).sum().item()
+            if bar:
+                bar.update(1)
+        if bar:
+            bar.close()
+        val_loss, val_acc = _validate(model, val_set, config, dev, release) if n_val else (float("nan"), float("nan"))
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / max(seen, 1),
+               "train_acc": correct / max(seen, 1), "val_loss": val_loss, "val_acc": val_acc, "images": seen,
+               "seconds": round(time.perf_counter() - t0, 2)}
+        state["rows"].append(row)
+        state["epoch"] = epoch
+        # No validation split: the last epoch is the chosen one.
+        if n_val == 0 or state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
+            state["best_val_loss"], state["best_epoch"] = (None if n_val == 0 else val_loss), epoch
+            _atomic_save_weights(model, out / BEST)
+        _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(), "state": state}, out / CHECKPOINT)
+        _write_summary(out / SUMMARY, state["rows"])
+        if progress:
+            print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}, "
+                  f"val loss {val_loss:.4f} acc {val_acc:.3f} ({row['seconds']:.1f} s)", flush=True)
+    best = state["rows"][state["best_epoch"] - 1]
+    result = {**header, "train_images": n_train, "val_images": n_val, "best_epoch": state["best_epoch"],
+              "best": best, "last": state["rows"][-1], "device": str(dev), "versions": versions(),
+              "seconds_this_session": round(time.perf_counter() - start, 1)}
+    atomic_write_text(out / RUN, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _release_lock(lock_fd: int, worker_id: int) -> None:
+    # A forked loader worker shares the run's lock; were the run killed, an orphaned worker
+    # would hold it for seconds and refuse the `--resume` that follows.
+    os.close(lock_fd)
+
+
+@torch.inference_mode()
+def _validate(model, val_set: LabelledStream, config: TrainConfig, dev: torch.device, worker_init) -> tuple[float, float]:
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for images, targets in DataLoader(val_set, batch_size=config.batch_size, num_workers=config.workers,
+                                         worker_init_fn=worker_init):
+        images, targets = images.to(dev), targets.to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = model(images).float()
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+        correct += (logits.argmax(1) == targets).sum().item()
+        n += len(targets)
+    return loss_sum / n, correct / n
+
+
+def _cutmix(num_classes: int):
+    from torchvision.transforms import v2
+
+    return v2.CutMix(num_classes=num_classes, alpha=1.0)
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, unit="batch")
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def _atomic_save_weights(model: torch.nn.Module, path: Path) -> None:
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _write_summary(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def load_run(run: str | Path, field_name: str = "run") -> tuple[dict, torch.nn.Module]:
+    """A finished run's record and its chosen weights, in eval mode on the CPU."""
+    run = Path(run)
+    if not (run / RUN).is_file() or not (run / BEST).is_file():
+        raise InputError(field_name, str(run), f"expected a finished training run folder (with {RUN} and {BEST}); "
+                         "finish it with `t2i-engine train ... --resume`")
+    record = json.loads((run / RUN).read_text(encoding="utf-8"))
+    cfg = record["config"]
+    model = build_model(cfg["arch"], len(record["classes"]), cfg["image_size"])
+    model.load_state_dict(load_file(run / BEST))
+    return record, model.eval()

@@ -1,0 +1,202 @@
+"""Labelled image sets that training, eval and analysis read, whatever their layout.
+
+Two layouts:
+- an engine dataset folder (`dataset.json` + webdataset shards): labels come from each
+  sample's `.json` class id; the listing comes from the shards' `index.jsonl` files, so
+  counting and carving never decode an image;
+- an ImageFolder tree (`ROOT/<class id>/<image>`, torchvision's layout): the folder name is the
+  class id; an optional `classes.json` ({id: name}) gives names, and an optional
+  `t2i-source.json` says where the images came from (real data, a probe of another set).
+
+Classes are always matched by id. A set is read in "units" (a shard, or a chunk of files) so
+that loader workers can split it without reading anything twice.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from ..engine.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+FILES_PER_UNIT = 256
+SOURCE_FILE = "t2i-source.json"
+CLASSES_FILE = "classes.json"
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str  # unique within the set
+    class_id: str
+    unit: int  # which unit holds it
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str
+    class_id: str
+    image: Image.Image  # RGB
+    prompt: str | None
+
+
+@dataclass
+class LabelledSet:
+    path: Path
+    layout: str  # "shards" | "folder"
+    class_ids: tuple[str, ...]  # in the set's own order
+    class_names: dict[str, str]
+    entries: list[Entry]
+    units: list[object]  # shard tar paths, or lists of (key, class id, file) per unit
+    origin: dict = field(default_factory=dict)  # kind (synthetic | real), model, guidance, recipe hash...
+    # Decoded units are kept while they fit in this many pixel bytes: a small set is decoded
+    # once per process instead of once per epoch; a large one streams from disk as always.
+    cache_bytes: int = 1 << 30
+    _cache: dict = field(default_factory=dict, repr=False)
+    _cached_bytes: int = 0
+
+    def describe(self) -> dict:
+        return {"path": str(self.path), "layout": self.layout, "images": len(self.entries), **self.origin}
+
+    def read_unit(self, unit: int) -> Iterator[Item]:
+        if unit in self._cache:
+            yield from self._cache[unit]
+            return
+        items = []
+        for item in self._decode_unit(unit):
+            yield item
+            items.append(item)
+        size = sum(it.image.width * it.image.height * 3 for it in items)
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._cache[unit] = items
+            self._cached_bytes += size
+
+    def _decode_unit(self, unit: int) -> Iterator[Item]:
+        if self.layout == "shards":
+            yield from _read_shard(self.units[unit])
+        else:
+            for key, class_id, file in self.units[unit]:
+                with Image.open(file) as im:
+                    yield Item(key, class_id, im.convert("RGB"), None)
+
+    def read(self, keys: set[str] | None = None) -> Iterator[Item]:
+        """Every item (or those in `keys`) in listing order, one unit at a time."""
+        wanted_units = sorted({e.unit for e in self.entries if keys is None or e.key in keys})
+        for u in wanted_units:
+            for item in self.read_unit(u):
+                if keys is None or item.key in keys:
+                    yield item
+
+
+def open_set(path: str | Path, field_name: str = "data") -> LabelledSet:
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(field_name, str(path), "expected a dataset folder made by `t2i-engine generate` or an ImageFolder tree (ROOT/<class id>/<image>)")
+    if (path / "dataset.json").is_file():
+        return _open_shards(path, field_name)
+    return _open_folder(path, field_name)
+
+
+def _open_shards(path: Path, field_name: str) -> LabelledSet:
+    from ..engine.verify import load_dataset_recipe
+    from ..engine.writer import shard_paths
+
+    try:
+        manifest, recipe = load_dataset_recipe(path)
+    except InputError as e:
+        raise InputError(field_name, str(path), e.allowed) from None
+    if not manifest.get("complete"):
+        raise InputError(field_name, str(path), "the dataset is incomplete; finish it with `t2i-engine generate` (same recipe) first")
+    entries, units = [], []
+    for shard in manifest["shards"]:
+        tar = path / shard["name"]
+        index = shard_paths(path, tar.name.removesuffix(".tar"))[1]
+        if not tar.is_file() or not index.is_file():
+            raise InputError(field_name, str(path), f"shard {tar.name} or its index is missing; run `t2i-engine verify {path}`")
+        for line in index.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            entries.append(Entry(row["key"], row["class_id"], len(units), row.get("prompt")))
+        units.append(tar)
+    origin = {"kind": "synthetic", "model": recipe.model, "guidance": recipe.guidance, "steps": recipe.steps,
+              "recipe_hash": manifest["recipe_hash"], "images_per_class": recipe.images_per_class}
+    return LabelledSet(path, "shards", tuple(c.id for c in recipe.classes), {c.id: c.name for c in recipe.classes},
+                       entries, units, origin)
+
+
+def _open_folder(path: Path, field_name: str) -> LabelledSet:
+    class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith((".", "_")))
+    entries, units, chunk = [], [], []
+    for d in class_dirs:
+        for f in sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            key = f"{d.name}/{f.stem}"
+            chunk.append((key, d.name, f))
+            entries.append(Entry(key, d.name, len(units)))
+            if len(chunk) == FILES_PER_UNIT:
+                units.append(chunk)
+                chunk = []
+    if chunk:
+        units.append(chunk)
+    if not entries:
+        raise InputError(field_name, str(path), "found no images; expected a dataset folder with dataset.json or "
+                         f"an ImageFolder tree ROOT/<class id>/<image{'|'.join(IMAGE_SUFFIXES)}>")
+    names = {d.name: d.name for d in class_dirs}
+    if (path / CLASSES_FILE).is_file():
+        names.update(json.loads((path / CLASSES_FILE).read_text(encoding="utf-8")))
+    origin = {"kind": "real"}
+    if (path / SOURCE_FILE).is_file():
+        origin = json.loads((path / SOURCE_FILE).read_text(encoding="utf-8"))
+    ids = tuple(d.name for d in class_dirs if any(e.class_id == d.name for e in entries))
+    return LabelledSet(path, "folder", ids, {i: names[i] for i in ids}, entries, units, origin)
+
+
+def _read_shard(tar: Path) -> Iterator[Item]:
+    import webdataset as wds
+
+    for sample in wds.WebDataset(str(tar), shardshuffle=False, empty_check=False):
+        meta = json.loads(sample["json"])
+        data = next(v for k, v in sample.items() if k in ("png", "jpg", "jpeg", "webp"))
+        with Image.open(io.BytesIO(data)) as im:
+            yield Item(meta["key"], meta["class_id"], im.convert("RGB"), meta.get("prompt"))
+
+
+def match_classes(run_ids: tuple[str, ...], data: LabelledSet, field_name: str = "--data") -> dict[str, int]:
+    """class id -> the run's class index; the data must hold exactly the run's classes."""
+    missing = [c for c in run_ids if c not in data.class_ids]
+    extra = [c for c in data.class_ids if c not in run_ids]
+    if missing or extra:
+        raise InputError(field_name, str(data.path), "expected the same class ids as the other side; "
+                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                         f"unknown {extra[:5]}{'...' if len(extra) > 5 else ''}")
+    return {c: i for i, c in enumerate(run_ids)}
+
+
+def write_image_folder(out: Path, images, labels, class_ids: list[str], class_names: dict[str, str], origin: dict,
+                       keys: list[str] | None = None) -> Path:
+    """Write uint8 HWC arrays or PIL images as ROOT/<class id>/<key>.png (lossless), with
+    classes.json and t2i-source.json; a finished folder is renamed into place at once."""
+    import os
+    import shutil
+
+    from ..engine.writer import atomic_write_text
+
+    out = Path(out)
+    if out.exists():
+        raise InputError("--out", str(out), "expected a folder that does not exist yet")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for c in class_ids:
+        (tmp / c).mkdir(parents=True)
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        im = image if isinstance(image, Image.Image) else Image.fromarray(image)
+        name = keys[i].split("/")[-1] if keys else f"{i:06d}"
+        im.save(tmp / class_ids[label] / f"{name}.png")
+    atomic_write_text(tmp / CLASSES_FILE, json.dumps(class_names, indent=1) + "\n")
+    atomic_write_text(tmp / SOURCE_FILE, json.dumps(origin, indent=1) + "\n")
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,153 @@
+"""`train` and `eval` on real and synthetic digits: accuracy that comes from the images,
+resume after a kill, the presets and architectures, and refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from t2i_engine.engine.errors import InputError
+from t2i_engine.eval.classify import evaluate_run
+from t2i_engine.training.archs import PAPER_ARCHS, build_model
+from t2i_engine.training.loop import train
+from t2i_engine.training.presets import lr_factor, resolve_config
+from t2i_engine.training.sources import open_set
+
+from ..conftest import CLI
+
+pytestmark = pytest.mark.slow
+
+
+def test_synthetic_digits_teach_real_digits_and_shuffled_labels_teach_nothing(digits_world, tmp_path):
+    config = resolve_config("small", {"epochs": 20})
+    train(config, digits_world["synthetic"], tmp_path / "synth", device="cpu", progress=False)
+    honest = evaluate_run(tmp_path / "synth", digits_world["real_test"], device="cpu")
+    assert honest["direction"] == "synth->real" and honest["top1"] >= 0.85
+
+    # The control: the same images with their labels permuted across samples. If the accuracy
+    # above came from anything but the pixels (file order, keys, leakage), it would survive this.
+    shuffled = resolve_config("small", {"epochs": 20, "shuffle_labels": 0})
+    train(shuffled, digits_world["synthetic"], tmp_path / "shuffled", device="cpu", progress=False)
+    control = evaluate_run(tmp_path / "shuffled", digits_world["real_test"], device="cpu")
+    assert control["top1"] <= 0.2
+
+
+def test_eval_reports_consistent_top1_top5_per_class_and_confusion(digits_world, tmp_path):
+    train(resolve_config("small", {"epochs": 3}), digits_world["real_train"], tmp_path / "run", device="cpu", progress=False)
+    r = evaluate_run(tmp_path / "run", digits_world["synthetic"], device="cpu")
+    confusion = torch.tensor(r["confusion"])
+    assert r["direction"] == "real->synth" and r["images"] == 600 == confusion.sum()
+    assert confusion.sum(1).tolist() == [60] * 10  # rows are the true classes, by id
+    assert r["top1"] == pytest.approx(confusion.trace().item() / 600)
+    assert r["per_class"]["3"] == pytest.approx(confusion[3, 3].item() / 60)
+    assert r["top1"] <= r["top5"] <= 1.0
+    assert json.loads((tmp_path / "run" / "evals").glob("*.json").__next__().read_text())["top1"] == r["top1"]
+
+
+def test_eval_refuses_data_whose_class_ids_differ(digits_world, tmp_path):
+    train(resolve_config("small", {"epochs": 1}), digits_world["real_test"], tmp_path / "run", device="cpu", progress=False)
+    partial = tmp_path / "partial"
+    for cls in ("0", "1"):
+        (partial / cls).mkdir(parents=True)
+        for f in list((digits_world["real_test"] / cls).glob("*.png"))[:3]:
+            (partial / cls / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(InputError, match=r"--data.*missing \['2', '3'"):
+        evaluate_run(tmp_path / "run", partial, device="cpu")
+
+
+def _rows(run):
+    path = run / "summary.csv"
+    return path.read_text().splitlines()[1:] if path.is_file() else []
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(digits_world, tmp_path):
+    # Two loader workers: determinism must not depend on which worker delivers first.
+    args = ["train", str(digits_world["real_test"]), "--preset", "small", "--epochs", "3", "--workers", "2", "--no-progress"]
+    subprocess.run([*CLI, *args, "--out", str(tmp_path / "straight")], check=True, capture_output=True)
+
+    proc = subprocess.Popen([*CLI, *args, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not _rows(tmp_path / "killed") and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)  # well inside epoch 2 (an epoch takes over a second here)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(_rows(tmp_path / "killed")) == 1, "the kill should land in epoch 2"
+    assert not (tmp_path / "killed" / "run.json").exists()
+
+    done = subprocess.run([*CLI, *args, "--out", str(tmp_path / "killed"), "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    straight, resumed = (json.loads((tmp_path / n / "run.json").read_text()) for n in ("straight", "killed"))
+    # Stated tolerance: identical. Measured on this CPU: every weight bit-identical.
+    assert resumed["best"] == {**straight["best"], "seconds": resumed["best"]["seconds"]}
+    a, b = load_file(tmp_path / "straight" / "best.safetensors"), load_file(tmp_path / "killed" / "best.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rows: [r.rsplit(",", 1)[0] for r in rows]  # noqa: E731 (drop the seconds column)
+    assert strip(_rows(tmp_path / "straight")) == strip(_rows(tmp_path / "killed"))
+    e1 = evaluate_run(tmp_path / "straight", digits_world["real_train"], device="cpu")
+    e2 = evaluate_run(tmp_path / "killed", digits_world["real_train"], device="cpu")
+    assert e1["confusion"] == e2["confusion"]
+
+
+def test_paper_preset_trains_with_its_augmentations_and_cutmix(digits_world, tmp_path):
+    config = resolve_config("paper", {"arch": "resnet18", "image_size": 32, "epochs": 2, "warmup_epochs": 1,
+                                      "batch_size": 64, "workers": 2})
+    assert config.cutmix and config.augment == "paper" and config.grad_clip == 1.0 and config.lr == 1e-3
+    result = train(config, digits_world["real_test"], tmp_path / "run", device="cpu", progress=False)
+    assert result["config"]["arch"] == "resnet18" and len(_rows(tmp_path / "run")) == 2
+    assert all(r["train_loss"] == r["train_loss"] for r in (result["best"], result["last"]))  # finite, not NaN
+    assert result["val_images"] + result["train_images"] == 597
+
+
+def test_paper_schedule_warms_up_linearly_then_follows_a_cosine_to_the_floor():
+    total, warm, start, floor = 1000, 100, 1e-5, 1e-8 / 1e-3
+    assert lr_factor(0, total, warm, start, floor) == pytest.approx(start)
+    assert lr_factor(50, total, warm, start, floor) == pytest.approx(start + (1 - start) / 2)
+    assert lr_factor(100, total, warm, start, floor) == pytest.approx(1.0)
+    assert lr_factor(550, total, warm, start, floor) == pytest.approx(floor + (1 - floor) / 2)
+    assert lr_factor(1000, total, warm, start, floor) == pytest.approx(floor)
+
+
+@pytest.mark.parametrize("name", ["small-cnn", *PAPER_ARCHS, "vit-ti/16", "swin-t"])
+def test_architectures_build_from_scratch_with_the_requested_classes(name):
+    size = 32 if name == "small-cnn" else 224
+    model = build_model(name, 7, size).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, size, size)).shape == (1, 7)
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--preset", "huge"], "--preset"),
+    (["--arch", "resnet-9000"], "--arch"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "fast"], "--lr"),
+    (["--val-fraction", "0.9"], "--val-fraction"),
+    (["--warmup-epochs", "40"], "--warmup-epochs"),
+])
+def test_train_refuses_bad_flags_before_reading_data(cli, tmp_path, args, field):
+    code, _, err = cli("train", tmp_path / "nowhere", "--out", tmp_path / "run", *args)
+    assert code == 2 and field in err and not (tmp_path / "run").exists()
+
+
+def test_train_refuses_an_existing_run_without_resume_and_keeps_it(cli, digits_world, tmp_path):
+    code, _, _ = cli("train", digits_world["real_test"], "--out", tmp_path / "run", "--epochs", "1", "--no-progress")
+    assert code == 0
+    before = (tmp_path / "run" / "best.safetensors").read_bytes()
+    code, _, err = cli("train", digits_world["real_test"], "--out", tmp_path / "run", "--epochs", "1")
+    assert code == 2 and "--resume" in err
+    code, _, err = cli("train", digits_world["real_test"], "--out", tmp_path / "run", "--epochs", "2", "--resume")
+    assert code == 2 and "other config" in err
+    assert (tmp_path / "run" / "best.safetensors").read_bytes() == before
+
+
+def test_sources_match_classes_by_id_not_position(digits_world):
+    synth, real = open_set(digits_world["synthetic"]), open_set(digits_world["real_test"])
+    assert synth.class_ids == real.class_ids == tuple(str(d) for d in range(10))
+    assert synth.class_names["7"] == "seven" and real.class_names["7"] == "seven"
+    assert synth.origin["kind"] == "synthetic" and real.origin["kind"] == "real"
