@@ -1,0 +1,131 @@
+"""`t2i-engine analyze`: how a synthetic set sits against real images of the same classes.
+
+Per class, equal numbers of real and synthetic images are drawn (a seeded sample of the
+larger side), embedded once, and measured:
+- PRDC (k=5) per class and on all the balanced points together;
+- Vendi score and mean pairwise distance within each class (real values beside them);
+- FID and KID on all the balanced points (on --fid-features if given, else on --features);
+- with --clip: CLIPScore of each synthetic image against its own prompt, and zero-shot label
+  alignment (the share of images CLIP assigns to their own class among "a photo of a {name}.").
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine.errors import InputError
+from ..engine.writer import atomic_write_text
+from ..training.sources import LabelledSet, match_classes, open_set
+from ..training.stream import stable_hash
+from . import metrics
+from .features import clip_text_features, embed, load_clip_tokenizer, load_extractor
+
+ZERO_SHOT_TEMPLATE = "a photo of a {name}."
+
+
+def analyze(data_path: str | Path, real_path: str | Path, out: str | Path, *, features: str = "judge",
+            fid_features: str | None = None, clip: str | None = None, k: int = 5, max_per_class: int | None = None,
+            seed: int = 0, device: str = "cpu") -> dict:
+    out = Path(out)
+    if out.exists() and out.is_dir():
+        raise InputError("--out", str(out), "expected the path of a JSON file to write")
+    if not 1 <= k <= 100:
+        raise InputError("--k", k, "expected an integer from 1 to 100")
+    # Everything that can be wrong is checked before any image is read.
+    synth, real = open_set(data_path, "data"), open_set(real_path, "--real")
+    match_classes(real.class_ids, synth, "data")
+    extractor = load_extractor(features, "--features", device)
+    fid_extractor = load_extractor(fid_features, "--fid-features", device) if fid_features else extractor
+    clip_model = None
+    if clip:
+        clip_extractor = extractor if extractor.kind == "clip" and features == f"clip={clip}" else load_extractor(f"clip={clip}", "--clip", device)
+        clip_model, tokenizer = clip_extractor, load_clip_tokenizer(clip)
+
+    chosen = _balanced_keys(real, synth, seed, max_per_class)
+    real_items = _load(real, {k_ for r, _ in chosen.values() for k_ in r})
+    synth_items = _load(synth, {k_ for _, s in chosen.values() for k_ in s})
+    result = {"data": synth.describe(), "real": real.describe(), "features": extractor.name, "k": k, "seed": seed,
+              "fid_features": fid_extractor.name, "per_class": {}}
+
+    feats = {}
+    for name, ex in {"features": extractor, "fid": fid_extractor}.items():
+        if name == "fid" and ex is extractor:
+            feats["fid"] = feats["features"]
+            continue
+        feats[name] = {side: embed(ex, [it["image"] for it in items]) for side, items in (("real", real_items), ("synth", synth_items))}
+    f_real, f_synth = feats["features"]["real"], feats["features"]["synth"]
+    real_cls = np.array([it["class_id"] for it in real_items])
+    synth_cls = np.array([it["class_id"] for it in synth_items])
+
+    rows = []
+    for c in real.class_ids:
+        r, s = f_real[torch.from_numpy(real_cls == c)], f_synth[torch.from_numpy(synth_cls == c)]
+        row = {"name": real.class_names.get(c, c), "images_per_side": len(s), "vendi": metrics.vendi(s) if len(s) else None,
+               "vendi_real": metrics.vendi(r) if len(r) else None, "diversity": metrics.pairwise_diversity(s),
+               "diversity_real": metrics.pairwise_diversity(r)}
+        row.update(metrics.prdc(r, s, k) if len(r) > k else dict.fromkeys(("precision", "recall", "density", "coverage")))
+        result["per_class"][c] = row
+        rows.append(row)
+    overall = metrics.prdc(f_real, f_synth, k)
+    for key in ("vendi", "vendi_real", "diversity", "diversity_real"):
+        overall[key] = _mean(row[key] for row in rows)
+    for key in ("precision", "recall", "density", "coverage"):
+        overall[f"{key}_class_mean"] = _mean(row[key] for row in rows)
+    overall["vendi_all"] = metrics.vendi(f_synth)
+    overall["fid"] = metrics.fid(feats["fid"]["real"], feats["fid"]["synth"])
+    overall["kid"], overall["kid_std"] = metrics.kid(feats["fid"]["real"], feats["fid"]["synth"], seed)
+    overall["images_per_side"] = len(f_synth)
+    if clip_model is not None:
+        overall.update(_alignment(clip_model, tokenizer, synth, synth_items, real_items))
+    result["overall"] = overall
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None and v == v]
+    return float(np.mean(vals)) if vals else None
+
+
+def _balanced_keys(real: LabelledSet, synth: LabelledSet, seed: int, cap: int | None) -> dict[str, tuple[list[str], list[str]]]:
+    by_class = {c: ([], []) for c in real.class_ids}
+    for side, data in ((0, real), (1, synth)):
+        for e in data.entries:
+            by_class[e.class_id][side].append(e.key)
+    chosen = {}
+    for c, (r, s) in by_class.items():
+        n = min(len(r), len(s), cap or len(r))
+        # One seed for both sides: a set analysed against itself draws the same images twice.
+        pick = lambda keys: sorted(random.Random(stable_hash(seed, "balance", c)).sample(sorted(keys), n))  # noqa: E731
+        chosen[c] = (pick(r), pick(s))
+    if not any(r for r, _ in chosen.values()):
+        raise InputError("data", str(synth.path), "shares no images per class with --real")
+    return chosen
+
+
+def _load(data: LabelledSet, keys: set[str]) -> list[dict]:
+    items = [{"key": it.key, "class_id": it.class_id, "image": it.image, "prompt": it.prompt} for it in data.read(keys)]
+    items.sort(key=lambda it: it["key"])
+    return items
+
+
+def _alignment(clip, tokenizer, synth: LabelledSet, synth_items: list[dict], real_items: list[dict]) -> dict:
+    ids = list(synth.class_ids)
+    names = [synth.class_names[c] for c in ids]
+    class_text = torch.nn.functional.normalize(
+        clip_text_features(clip.model, tokenizer, [ZERO_SHOT_TEMPLATE.format(name=n) for n in names]), dim=1)
+    result = {}
+    for side, items in (("synth", synth_items), ("real", real_items)):
+        img = torch.nn.functional.normalize(embed(clip, [it["image"] for it in items]), dim=1)
+        labels = torch.tensor([ids.index(it["class_id"]) for it in items])
+        result[f"zero_shot_{side}"] = ((img @ class_text.T).argmax(1) == labels).double().mean().item()
+        if side == "synth":
+            prompts = [it["prompt"] or synth.class_names[it["class_id"]] for it in items]
+            result["clipscore"] = metrics.clip_score(img, clip_text_features(clip.model, tokenizer, prompts))
+    return result

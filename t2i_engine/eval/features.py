@@ -1,0 +1,169 @@
+"""Feature extractors for set-level measurements, from local weights only.
+
+`--features` takes one of:
+    judge                       the embedded digits judge's penultimate layer (ships in the package)
+    clip=DIR                    CLIP image embeddings (the paper: ViT-B/32), a transformers folder
+    inception=FILE              the FID Inception-v3 (torch-fidelity's pt_inception-2015-12-05 weights)
+    timm:NAME=FILE              any timm model's pooled features, weights from a local file
+    torchvision:NAME=FILE       any torchvision model's penultimate features, local weights
+Nothing is downloaded: a missing file is an input error that says which file is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..engine.errors import InputError
+
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLIP_HINT = ("a folder holding CLIP weights in transformers' layout (config.json, model.safetensors, tokenizer files), "
+             "e.g. `hf download openai/clip-vit-base-patch32 --local-dir DIR` on a machine with a hub connection")
+INCEPTION_HINT = ("torch-fidelity's FID Inception file pt_inception-2015-12-05-6726825d.pth (from "
+                  "github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth)")
+SPEC_HINT = "expected judge, clip=DIR, inception=FILE, timm:NAME=FILE or torchvision:NAME=FILE"
+
+
+@dataclass
+class Extractor:
+    name: str
+    model: torch.nn.Module
+    size: int  # square input size
+    mean: tuple | None  # None: the model takes uint8 pixels
+    std: tuple | None
+    kind: str  # "judge" | "clip" | "inception" | "backbone"
+
+    def to_tensor(self, images: list[Image.Image]) -> torch.Tensor:
+        arr = np.stack([np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BICUBIC)) for im in images])
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2)
+        if self.mean is None:
+            return x  # uint8
+        x = x.float() / 255
+        return (x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
+
+    @torch.inference_mode()
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        x = self.to_tensor(images).to(next(self.model.parameters()).device)
+        if self.kind == "clip":
+            feats = _as_tensor(self.model.get_image_features(pixel_values=x))
+        elif self.kind == "judge":
+            feats = self.model.embed(x)
+        else:
+            feats = self.model(x)
+        return feats.float().flatten(1).cpu()
+
+
+def _as_tensor(out) -> torch.Tensor:
+    # transformers 5 may return a model output instead of a tensor
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def load_extractor(spec: str, field: str = "--features", device: str = "cpu") -> Extractor:
+    name, _, path = spec.partition("=")
+    if name == "judge" and not path:
+        from ..training.digits_judge import load_judge
+
+        # The judge normalises inside and takes [0, 1] pixels at 32 px.
+        return Extractor("judge", load_judge().to(device), 32, (0, 0, 0), (1, 1, 1), "judge")
+    if not path:
+        raise InputError(field, spec, SPEC_HINT)
+    if name == "clip":
+        return Extractor(f"clip={path}", load_clip(path, field).to(device), _clip_size(path), CLIP_MEAN, CLIP_STD, "clip")
+    if name == "inception":
+        return Extractor("inception", _load_inception(path, field).to(device), 299, None, None, "inception")
+    if name.startswith(("timm:", "torchvision:")):
+        lib, _, arch = name.partition(":")
+        model = _load_backbone(lib, arch, path, field, spec)
+        return Extractor(name, model.to(device).eval(), 224, IMAGENET_MEAN, IMAGENET_STD, "backbone")
+    raise InputError(field, spec, SPEC_HINT)
+
+
+def load_clip(path: str, field: str = "--clip"):
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise InputError(field, path, f"expected {CLIP_HINT}")
+    from transformers import CLIPModel
+
+    return CLIPModel.from_pretrained(folder).eval()
+
+
+def _clip_size(path: str) -> int:
+    import json
+
+    return json.loads((Path(path) / "config.json").read_text())["vision_config"].get("image_size", 224)
+
+
+@torch.inference_mode()
+def clip_text_features(model, tokenizer, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(texts), batch_size):
+        tok = tokenizer(texts[i : i + batch_size], padding=True, truncation=True, return_tensors="pt").to(device)
+        out.append(_as_tensor(model.get_text_features(**tok)).float().cpu())
+    return torch.cat(out)
+
+
+def load_clip_tokenizer(path: str, field: str = "--clip"):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        raise InputError(field, path, f"expected {CLIP_HINT}; its tokenizer files are missing") from None
+
+
+def _load_inception(path: str, field: str):
+    if not Path(path).is_file():
+        raise InputError(field, path, f"expected {INCEPTION_HINT}")
+    try:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+    except ImportError:
+        raise InputError(field, path, "the Inception extractor needs torch-fidelity: pip install 't2i-engine[eval]'") from None
+    return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=path)
+
+
+def _load_backbone(lib: str, arch: str, path: str, field: str, spec: str) -> torch.nn.Module:
+    if not Path(path).is_file():
+        raise InputError(field, spec, f"expected a local weights file for {lib} model {arch} (.safetensors, .pth or .pt)")
+    state = _read_state_dict(path)
+    if lib == "timm":
+        import timm
+
+        if not timm.is_model(arch):
+            raise InputError(field, spec, "expected a timm model name (timm.list_models())")
+        model = timm.create_model(arch, pretrained=False)
+        model.load_state_dict(state)
+        model.reset_classifier(0)  # pooled features
+        return model
+    import torchvision
+
+    if arch not in torchvision.models.list_models():
+        raise InputError(field, spec, "expected a torchvision model name (torchvision.models.list_models())")
+    model = torchvision.models.get_model(arch, weights=None)
+    model.load_state_dict(state)
+    for attr in ("fc", "heads", "head"):
+        if isinstance(getattr(model, attr, None), torch.nn.Module):
+            setattr(model, attr, torch.nn.Identity())
+            return model
+    if isinstance(getattr(model, "classifier", None), torch.nn.Sequential):
+        model.classifier[-1] = torch.nn.Identity()
+        return model
+    raise InputError(field, spec, "cannot find this torchvision model's classifier layer; use timm:NAME=FILE")
+
+
+def _read_state_dict(path: str) -> dict:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def embed(extractor: Extractor, images: list[Image.Image], batch_size: int = 128) -> torch.Tensor:
+    return torch.cat([extractor(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])

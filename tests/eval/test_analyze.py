@@ -1,0 +1,143 @@
+"""`analyze`, `probe` and `report` on the digits: invariants, known answers, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from t2i_engine.eval.analyze import analyze
+from t2i_engine.eval.classify import evaluate_run
+from t2i_engine.eval.probes import fft_filter, write_probe
+from t2i_engine.eval.report import write_report
+from t2i_engine.training.loop import train
+from t2i_engine.training.presets import resolve_config
+from t2i_engine.training.sources import open_set
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A random-weight CLIP in transformers' layout (a stand-in for ViT-B/32, which cannot be
+    downloaded here): exercises loading, image/text embedding, CLIPScore and zero-shot."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from t2i_engine.engine.tokenizer import build_clip_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    words = "a photo of zero one two three four five six seven eight nine digit handwritten".split()
+    tok = build_clip_tokenizer(words)
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_a_set_analyzed_against_itself_is_complete_and_at_zero_distance(digits_world, tmp_path):
+    r = analyze(digits_world["real_test"], digits_world["real_test"], tmp_path / "a.json", features="judge", max_per_class=30)
+    o = r["overall"]
+    assert o["precision"] == o["recall"] == o["coverage"] == 1.0
+    assert abs(o["fid"]) < 1e-6 and o["diversity"] == pytest.approx(o["diversity_real"])
+    assert all(row["images_per_side"] == 30 for row in r["per_class"].values())
+    assert json.loads((tmp_path / "a.json").read_text())["overall"] == o
+
+
+def test_synthetic_digits_against_real_ones_balanced_per_class(digits_world, tmp_path):
+    r = analyze(digits_world["synthetic"], digits_world["real_train"], tmp_path / "a.json", features="judge")
+    # 60 synthetic per class against 120 real: both sides are cut to 60
+    assert {row["images_per_side"] for row in r["per_class"].values()} == {60}
+    o = r["overall"]
+    assert 0 <= o["precision"] <= 1 and 0 <= o["coverage"] <= 1 and o["fid"] > 0
+    assert 1 <= o["vendi"] <= 60
+
+
+def test_clip_features_give_clipscore_and_zero_shot_alignment(digits_world, tiny_clip, tmp_path):
+    clip = f"clip={tiny_clip}"
+    r = analyze(digits_world["synthetic"], digits_world["real_test"], tmp_path / "a.json", features=clip, clip=str(tiny_clip),
+                max_per_class=12)
+    o = r["overall"]
+    assert 0 <= o["clipscore"] <= 100 and 0 <= o["zero_shot_synth"] <= 1 and 0 <= o["zero_shot_real"] <= 1
+    self_check = analyze(digits_world["real_test"], digits_world["real_test"], tmp_path / "b.json", features=clip, max_per_class=12)
+    assert self_check["overall"]["coverage"] == 1.0 and abs(self_check["overall"]["fid"]) < 1e-6
+
+
+@pytest.mark.parametrize("flag, value, needed", [
+    ("--features", "clip={missing}", "config.json"),
+    ("--features", "inception={missing}/pt.pth", "pt_inception-2015-12-05"),
+    ("--features", "timm:resnet50={missing}/w.safetensors", "local weights file"),
+    ("--features", "clip", "expected judge, clip=DIR"),
+    ("--clip", "{missing}", "CLIP weights"),
+])
+def test_analyze_says_which_weights_file_is_needed(cli, digits_world, tmp_path, flag, value, needed):
+    value = value.format(missing=tmp_path / "absent")
+    code, _, err = cli("analyze", digits_world["synthetic"], "--real", digits_world["real_test"], "--out", tmp_path / "a.json", flag, value)
+    assert code == 2 and flag in err and needed in err and not (tmp_path / "a.json").exists()
+
+
+def test_fft_probe_writes_the_same_keys_and_classes(digits_world, tmp_path):
+    out = write_probe(digits_world["real_test"], tmp_path / "low", "fft-low")
+    src, probed = open_set(digits_world["real_test"]), open_set(out)
+    assert [(e.key, e.class_id) for e in src.entries] == [(e.key, e.class_id) for e in probed.entries]
+    assert probed.origin["probe"] == "fft-low" and probed.origin["kind"] == "real"
+    first_src, first_probed = next(src.read()), next(probed.read())
+    x = torch.from_numpy(np.asarray(first_src.image)).permute(2, 0, 1).float()[None] / 255
+    expected = (fft_filter(x, "low").clamp(0, 1) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(first_probed.image), expected)
+
+
+def test_vae_probe_round_trips_real_digits_through_the_embedded_vae(digits_world, tmp_path):
+    out = write_probe(digits_world["real_test"], tmp_path / "vae", "vae", vae_model="digits")
+    src, probed = open_set(digits_world["real_test"]), open_set(out)
+    assert len(probed.entries) == len(src.entries) and probed.origin["vae_model"] == "digits"
+    a = np.stack([np.asarray(it.image, dtype=np.float32) for it in src.read()])
+    b = np.stack([np.asarray(it.image, dtype=np.float32) for it in probed.read()])
+    # the VAE was trained on these digits: the round trip is close but not the identity
+    assert 0 < np.abs(a - b).mean() < 0.1 * 255
+
+
+def test_report_table_and_plots_carry_the_eval_and_analysis_numbers(digits_world, tmp_path):
+    cfg = resolve_config("small", {"epochs": 2})
+    train(cfg, digits_world["synthetic"], tmp_path / "synth", device="cpu", progress=False)
+    train(cfg, digits_world["real_train"], tmp_path / "real", device="cpu", progress=False)
+    s2r = evaluate_run(tmp_path / "synth", digits_world["real_test"], device="cpu")
+    r2s = evaluate_run(tmp_path / "real", digits_world["synthetic"], device="cpu")
+    base = evaluate_run(tmp_path / "real", digits_world["real_test"], device="cpu")
+    a = analyze(digits_world["synthetic"], digits_world["real_train"], tmp_path / "a.json")
+    r = write_report([tmp_path / "synth", tmp_path / "real", tmp_path / "a.json"], tmp_path / "report")
+    (row,) = r["rows"]
+    assert row["model"] == "digits" and row["released"] == "2026-11" and row["guidance"] == 2.0
+    assert row["synth_to_real"] == s2r["top1"] and row["real_to_synth"] == r2s["top1"]
+    assert row["density"] == a["overall"]["density"] and row["coverage"] == a["overall"]["coverage"]
+    assert r["baselines"][0]["top1"] == base["top1"]
+    csv_lines = (tmp_path / "report" / "table.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("model,guidance,released,synth_to_real") and len(csv_lines) == 2
+    for name in ("accuracy_vs_release.png", "density_vs_coverage.png"):
+        with Image.open(tmp_path / "report" / name) as im:
+            pixels = np.asarray(im.convert("L"))
+        assert im.size[0] > 300 and len(np.unique(pixels)) > 10  # a drawn plot, not a blank canvas
+
+
+@pytest.mark.parametrize("lib", ["timm", "torchvision"])
+def test_any_timm_or_torchvision_model_serves_as_features_from_a_local_file(lib, tmp_path):
+    from safetensors.torch import save_file
+
+    from t2i_engine.eval.features import load_extractor
+    from t2i_engine.training.archs import build_model
+
+    model = build_model("resnet18", 1000, 224)  # torchvision's and timm's resnet18 share their layout
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    ex = load_extractor(f"{lib}:resnet18={tmp_path / 'w.safetensors'}")
+    images = [Image.fromarray(np.full((40, 40, 3), v, dtype=np.uint8)) for v in (0, 128, 255)]
+    feats = ex(images)
+    assert feats.shape == (3, 512)  # the pooled features before the classifier
+    model.fc = torch.nn.Identity()
+    with torch.no_grad():
+        assert torch.allclose(feats, model.eval()(ex.to_tensor(images)), atol=1e-5)
