@@ -1,9 +1,9 @@
 # Two commands on a fresh machine with only Python:
-#   make run    set up .venv and generate the default dataset into out/default
+#   make run    set up .venv and run the whole loop on the embedded model into out/demo
 #   make test   set up .venv and run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
-OUT ?= out/default
+OUT ?= out/demo
 
 .PHONY: setup run test
 
@@ -19,8 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(VENV)/bin/t2i-engine generate --out $(OUT)
-	$(VENV)/bin/t2i-engine verify $(OUT)
+	$(VENV)/bin/t2i-engine demo --out $(OUT)
 
 test: setup
 	$(PY) -m pytest -q

@@ -61,13 +61,71 @@ def _parser() -> argparse.ArgumentParser:
     mod = sub.add_parser("models", help="list the registry's models")
     mod.add_argument("--all", action="store_true", help="include test models")
     mod.add_argument("--json", action="store_true")
+
+    _add_train_eval_parsers(sub)
     return parser
+
+
+def _add_train_eval_parsers(sub) -> None:
+    tr = sub.add_parser("train", help="train a classifier on a dataset folder or an ImageFolder tree (resumable)")
+    tr.add_argument("data", help="dataset folder from `generate`, or an ImageFolder tree ROOT/<class id>/<image>")
+    tr.add_argument("--out", required=True, help="run folder (new or empty; an unfinished run with --resume)")
+    tr.add_argument("--preset", default="small", help="paper | small (default small)")
+    tr.add_argument("--arch", help="small-cnn, resnet18, resnet50, vit-ti/16, convnext-t, swin-t, or any torchvision/timm name")
+    for flag in ("image-size", "epochs", "batch-size", "lr", "warmup-epochs", "val-fraction", "workers", "seed", "shuffle-buffer"):
+        tr.add_argument(f"--{flag}")
+    tr.add_argument("--shuffle-labels", metavar="SEED", help="control experiment: permute the labels across samples")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    tr.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    tr.add_argument("--no-progress", action="store_true")
+
+    ev = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of a run on a labelled set")
+    ev.add_argument("run", help="a finished run folder")
+    ev.add_argument("--data", required=True, help="dataset folder or ImageFolder tree with the run's class ids")
+    ev.add_argument("--out", help="JSON file (default RUN/evals/<data>.json)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--batch-size", default="256")
+    ev.add_argument("--workers", default="0")
+
+    an = sub.add_parser("analyze", help="PRDC, Vendi, diversity, FID/KID and CLIP alignment of a synthetic set against real images")
+    an.add_argument("data", help="the synthetic set (dataset folder or ImageFolder tree)")
+    an.add_argument("--real", required=True, help="real images of the same class ids")
+    an.add_argument("--out", required=True, help="JSON file to write")
+    an.add_argument("--features", default="judge", help="judge | clip=DIR | inception=FILE | timm:NAME=FILE | torchvision:NAME=FILE")
+    an.add_argument("--fid-features", help="another extractor for FID/KID (default: --features)")
+    an.add_argument("--clip", help="CLIP folder (transformers layout) for CLIPScore and zero-shot alignment")
+    an.add_argument("--k", default="5", help="PRDC neighbourhood size (default 5)")
+    an.add_argument("--max-per-class", help="at most this many images per class and side")
+    an.add_argument("--seed", default="0")
+    an.add_argument("--device", default="cpu")
+
+    pr = sub.add_parser("probe", help="write a probed copy of a set: fft-low, fft-high, or a VAE round trip")
+    pr.add_argument("kind", help="fft-low | fft-high | vae")
+    pr.add_argument("data", help="dataset folder or ImageFolder tree")
+    pr.add_argument("--out", required=True, help="new ImageFolder tree to write")
+    pr.add_argument("--cutoff", default="0.1", help="FFT cutoff in cycles per pixel (default 0.1)")
+    pr.add_argument("--vae-model", help="registry model whose VAE makes the round trip")
+    pr.add_argument("--weights", help="local diffusers folder of that model")
+    pr.add_argument("--device", default="cpu")
+
+    rp = sub.add_parser("report", help="the paper-style table (md/csv/json) and plots from runs and analyses")
+    rp.add_argument("inputs", nargs="+", help="run folders, eval JSONs, analysis JSONs")
+    rp.add_argument("--out", required=True, help="folder for the table and PNGs")
+
+    de = sub.add_parser("demo", help="the whole loop on the embedded digits model: generate, train, eval, analyze, report")
+    de.add_argument("--out", default="out/demo", help="work folder (default out/demo; an existing one resumes)")
+    de.add_argument("--guidance", action="append", help="guidance scale of one synthetic set; repeat (default 1, 2, 7.5)")
+    de.add_argument("--images-per-class", default="100")
+    de.add_argument("--epochs", help="training epochs (default: the small preset's 30)")
+    de.add_argument("--device", default="auto")
+    de.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"generate": _generate, "verify": _verify, "models": _models}[args.command](args)
+        return {"generate": _generate, "verify": _verify, "models": _models, "train": _train, "eval": _eval,
+                "analyze": _analyze, "probe": _probe, "report": _report, "demo": _demo}[args.command](args)
     except InputError as e:
         print(f"t2i-engine {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -131,6 +189,80 @@ def _models(args) -> int:
     print(f"{'name':<18}{'pipeline':<34}{'dtype':<10}{'res':>6}{'steps':>6}{'cfg':>6}  hub id")
     for m in rows:
         print(f"{m.name:<18}{m.pipeline:<34}{m.dtype:<10}{m.resolution[0]:>6}{m.steps:>6}{m.guidance:>6}  {m.hub_id or '(built from config)'}")
+    return 0
+
+
+def _int_flag(flag: str, raw: str | None, lo: int, hi: int) -> int | None:
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
+        raise InputError(flag, raw, f"expected an integer from {lo} to {hi}")
+    return int(raw)
+
+
+def _train(args) -> int:
+    from .training.presets import OVERRIDES, resolve_config
+
+    overrides = {key: getattr(args, key) for key in OVERRIDES}
+    config = resolve_config(args.preset, overrides)
+    from .training.loop import train
+
+    result = train(config, args.data, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    best = result["best"]
+    print(f"best epoch {result['best_epoch']}/{config.epochs}: val loss {best['val_loss']:.4f}, val acc {best['val_acc']:.4f} "
+          f"({result['train_images']} training, {result['val_images']} validation images) -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def _eval(args) -> int:
+    from .eval.classify import evaluate_run
+
+    r = evaluate_run(args.run, args.data, out=args.out, device=args.device,
+                     batch_size=_int_flag("--batch-size", args.batch_size, 1, 65536), workers=_int_flag("--workers", args.workers, 0, 256))
+    top5 = f", top-5 {r['top5']:.4f}" if r["top5"] is not None else ""
+    print(f"{r['direction']}: top-1 {r['top1']:.4f}{top5} on {r['images']} images -> {r['path']}")
+    return 0
+
+
+def _analyze(args) -> int:
+    from .eval.analyze import analyze
+
+    r = analyze(args.data, args.real, args.out, features=args.features, fid_features=args.fid_features, clip=args.clip,
+                k=_int_flag("--k", args.k, 1, 100), max_per_class=_int_flag("--max-per-class", args.max_per_class, 1, 10**9),
+                seed=_int_flag("--seed", args.seed, 0, 2**63 - 1), device=args.device)
+    print(json.dumps(r["overall"], indent=1))
+    return 0
+
+
+def _probe(args) -> int:
+    from .eval.probes import write_probe
+
+    try:
+        cutoff = float(args.cutoff)
+    except ValueError:
+        raise InputError("--cutoff", args.cutoff, "expected a frequency between 0 and 0.5 cycles per pixel") from None
+    out = write_probe(args.data, args.out, args.kind, cutoff=cutoff, vae_model=args.vae_model, weights=args.weights, device=args.device)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _report(args) -> int:
+    from .eval.report import write_report
+
+    r = write_report(args.inputs, args.out)
+    print(r["table"])
+    print(f"wrote {', '.join(r['files'])} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import check_guidances, run_demo
+
+    guidances = check_guidances(args.guidance)
+    per_class = _int_flag("--images-per-class", args.images_per_class, 1, 100_000)
+    epochs = _int_flag("--epochs", args.epochs, 1, 10_000)
+    r = run_demo(args.out, guidances=guidances, images_per_class=per_class, epochs=epochs, device=args.device)
+    print(json.dumps(r, indent=1) if args.json else r["table"])
     return 0
 
 
