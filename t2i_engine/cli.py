@@ -209,7 +209,8 @@ def _train(args) -> int:
 
     result = train(config, args.data, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
     best = result["best"]
-    print(f"best epoch {result['best_epoch']}/{config.epochs}: val loss {best['val_loss']:.4f}, val acc {best['val_acc']:.4f} "
+    val = f"val loss {best['val_loss']:.4f}, val acc {best['val_acc']:.4f}" if result["val_images"] else "no validation split"
+    print(f"chosen epoch {result['best_epoch']}/{config.epochs}: {val} "
           f"({result['train_images']} training, {result['val_images']} validation images) -> {args.out}", file=sys.stderr)
     return 0
 

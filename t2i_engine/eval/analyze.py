@@ -23,7 +23,7 @@ from ..engine.writer import atomic_write_text
 from ..training.sources import LabelledSet, match_classes, open_set
 from ..training.stream import stable_hash
 from . import metrics
-from .features import clip_text_features, embed, load_clip_tokenizer, load_extractor
+from .features import clip_text_features, load_clip_tokenizer, load_extractor
 
 ZERO_SHOT_TEMPLATE = "a photo of a {name}."
 
@@ -46,21 +46,14 @@ def analyze(data_path: str | Path, real_path: str | Path, out: str | Path, *, fe
         clip_extractor = extractor if extractor.kind == "clip" and features == f"clip={clip}" else load_extractor(f"clip={clip}", "--clip", device)
         clip_model, tokenizer = clip_extractor, load_clip_tokenizer(clip)
 
-    chosen = _balanced_keys(real, synth, seed, max_per_class)
-    real_items = _load(real, {k_ for r, _ in chosen.values() for k_ in r})
-    synth_items = _load(synth, {k_ for _, s in chosen.values() for k_ in s})
+    chosen = _balanced_keys(real, synth, seed, max_per_class, k)
+    extractors = {"features": extractor, "fid": fid_extractor, "clip": clip_model}
+    real_side = _embed_stream(real, {k_ for r, _ in chosen.values() for k_ in r}, extractors)
+    synth_side = _embed_stream(synth, {k_ for _, s in chosen.values() for k_ in s}, extractors)
     result = {"data": synth.describe(), "real": real.describe(), "features": extractor.name, "k": k, "seed": seed,
               "fid_features": fid_extractor.name, "per_class": {}}
-
-    feats = {}
-    for name, ex in {"features": extractor, "fid": fid_extractor}.items():
-        if name == "fid" and ex is extractor:
-            feats["fid"] = feats["features"]
-            continue
-        feats[name] = {side: embed(ex, [it["image"] for it in items]) for side, items in (("real", real_items), ("synth", synth_items))}
-    f_real, f_synth = feats["features"]["real"], feats["features"]["synth"]
-    real_cls = np.array([it["class_id"] for it in real_items])
-    synth_cls = np.array([it["class_id"] for it in synth_items])
+    f_real, f_synth = real_side["features"], synth_side["features"]
+    real_cls, synth_cls = np.array(real_side["class_ids"]), np.array(synth_side["class_ids"])
 
     rows = []
     for c in real.class_ids:
@@ -77,11 +70,11 @@ def analyze(data_path: str | Path, real_path: str | Path, out: str | Path, *, fe
     for key in ("precision", "recall", "density", "coverage"):
         overall[f"{key}_class_mean"] = _mean(row[key] for row in rows)
     overall["vendi_all"] = metrics.vendi(f_synth)
-    overall["fid"] = metrics.fid(feats["fid"]["real"], feats["fid"]["synth"])
-    overall["kid"], overall["kid_std"] = metrics.kid(feats["fid"]["real"], feats["fid"]["synth"], seed)
+    overall["fid"] = metrics.fid(real_side["fid"], synth_side["fid"])
+    overall["kid"], overall["kid_std"] = metrics.kid(real_side["fid"], synth_side["fid"], seed)
     overall["images_per_side"] = len(f_synth)
     if clip_model is not None:
-        overall.update(_alignment(clip_model, tokenizer, synth, synth_items, real_items))
+        overall.update(_alignment(clip_model, tokenizer, synth, synth_side, real_side))
     result["overall"] = overall
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
@@ -93,7 +86,7 @@ def _mean(values) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def _balanced_keys(real: LabelledSet, synth: LabelledSet, seed: int, cap: int | None) -> dict[str, tuple[list[str], list[str]]]:
+def _balanced_keys(real: LabelledSet, synth: LabelledSet, seed: int, cap: int | None, k: int) -> dict[str, tuple[list[str], list[str]]]:
     by_class = {c: ([], []) for c in real.class_ids}
     for side, data in ((0, real), (1, synth)):
         for e in data.entries:
@@ -104,28 +97,53 @@ def _balanced_keys(real: LabelledSet, synth: LabelledSet, seed: int, cap: int | 
         # One seed for both sides: a set analysed against itself draws the same images twice.
         pick = lambda keys: sorted(random.Random(stable_hash(seed, "balance", c)).sample(sorted(keys), n))  # noqa: E731
         chosen[c] = (pick(r), pick(s))
-    if not any(r for r, _ in chosen.values()):
-        raise InputError("data", str(synth.path), "shares no images per class with --real")
+    total = sum(len(r) for r, _ in chosen.values())
+    if total <= k:
+        raise InputError("--max-per-class" if cap else "data", cap or str(synth.path),
+                         f"leaves {total} balanced images per side; PRDC with k={k} needs more than {k}")
     return chosen
 
 
-def _load(data: LabelledSet, keys: set[str]) -> list[dict]:
-    items = [{"key": it.key, "class_id": it.class_id, "image": it.image, "prompt": it.prompt} for it in data.read(keys)]
-    items.sort(key=lambda it: it["key"])
-    return items
+def _embed_stream(data: LabelledSet, keys: set[str], extractors: dict, batch: int = 64) -> dict:
+    """One pass over the chosen images, in batches: the features of every extractor (one that
+    is the same object as another is run once), class ids and prompts; no image is kept."""
+    out = {"class_ids": [], "prompts": [], **{name: [] for name, ex in extractors.items() if ex is not None}}
+    pending = []
+
+    def flush():
+        images = [it.image for it in pending]
+        done = {}
+        for name, ex in extractors.items():
+            if ex is not None:
+                done.setdefault(id(ex), ex(images))
+                out[name].append(done[id(ex)])
+        out["class_ids"] += [it.class_id for it in pending]
+        out["prompts"] += [it.prompt for it in pending]
+        pending.clear()
+
+    for item in data.read(keys):
+        pending.append(item)
+        if len(pending) == batch:
+            flush()
+    if pending:
+        flush()
+    for name, ex in extractors.items():
+        if ex is not None:
+            out[name] = torch.cat(out[name])
+    return out
 
 
-def _alignment(clip, tokenizer, synth: LabelledSet, synth_items: list[dict], real_items: list[dict]) -> dict:
+def _alignment(clip, tokenizer, synth: LabelledSet, synth_side: dict, real_side: dict) -> dict:
     ids = list(synth.class_ids)
     names = [synth.class_names[c] for c in ids]
     class_text = torch.nn.functional.normalize(
         clip_text_features(clip.model, tokenizer, [ZERO_SHOT_TEMPLATE.format(name=n) for n in names]), dim=1)
     result = {}
-    for side, items in (("synth", synth_items), ("real", real_items)):
-        img = torch.nn.functional.normalize(embed(clip, [it["image"] for it in items]), dim=1)
-        labels = torch.tensor([ids.index(it["class_id"]) for it in items])
+    for side, got in (("synth", synth_side), ("real", real_side)):
+        img = torch.nn.functional.normalize(got["clip"], dim=1)
+        labels = torch.tensor([ids.index(c) for c in got["class_ids"]])
         result[f"zero_shot_{side}"] = ((img @ class_text.T).argmax(1) == labels).double().mean().item()
         if side == "synth":
-            prompts = [it["prompt"] or synth.class_names[it["class_id"]] for it in items]
+            prompts = [p or synth.class_names[c] for p, c in zip(got["prompts"], got["class_ids"], strict=True)]
             result["clipscore"] = metrics.clip_score(img, clip_text_features(clip.model, tokenizer, prompts))
     return result

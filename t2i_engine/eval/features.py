@@ -39,7 +39,7 @@ class Extractor:
     kind: str  # "judge" | "clip" | "inception" | "backbone"
 
     def to_tensor(self, images: list[Image.Image]) -> torch.Tensor:
-        arr = np.stack([np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BICUBIC)) for im in images])
+        arr = np.stack([np.asarray(_resize_crop(im.convert("RGB"), self.size)) for im in images])
         x = torch.from_numpy(arr).permute(0, 3, 1, 2)
         if self.mean is None:
             return x  # uint8
@@ -56,6 +56,17 @@ class Extractor:
         else:
             feats = self.model(x)
         return feats.float().flatten(1).cpu()
+
+
+def _resize_crop(im: Image.Image, size: int) -> Image.Image:
+    """Shorter side to `size` (bicubic), then the centre square: CLIP's and ImageNet's way."""
+    if im.size == (size, size):
+        return im
+    w, h = im.size
+    scale = size / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    left, top = (im.width - size) // 2, (im.height - size) // 2
+    return im.crop((left, top, left + size, top + size))
 
 
 def _as_tensor(out) -> torch.Tensor:
@@ -89,13 +100,17 @@ def load_clip(path: str, field: str = "--clip"):
         raise InputError(field, path, f"expected {CLIP_HINT}")
     from transformers import CLIPModel
 
-    return CLIPModel.from_pretrained(folder).eval()
+    try:
+        return CLIPModel.from_pretrained(folder).eval()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(field, path, f"cannot load CLIP from it ({type(e).__name__}: {str(e)[:120]}); expected {CLIP_HINT}") from None
 
 
 def _clip_size(path: str) -> int:
     import json
 
-    return json.loads((Path(path) / "config.json").read_text())["vision_config"].get("image_size", 224)
+    config = json.loads((Path(path) / "config.json").read_text())
+    return config.get("vision_config", {}).get("image_size", 224)
 
 
 @torch.inference_mode()
@@ -122,9 +137,12 @@ def _load_inception(path: str, field: str):
         raise InputError(field, path, f"expected {INCEPTION_HINT}")
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
-    except ImportError:
+
+        return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=path)
+    except (ImportError, ModuleNotFoundError):
         raise InputError(field, path, "the Inception extractor needs torch-fidelity: pip install 't2i-engine[eval]'") from None
-    return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=path)
+    except (RuntimeError, OSError, ValueError, KeyError) as e:
+        raise InputError(field, path, f"cannot load it ({type(e).__name__}); expected {INCEPTION_HINT}") from None
 
 
 def _load_backbone(lib: str, arch: str, path: str, field: str, spec: str) -> torch.nn.Module:
@@ -137,7 +155,7 @@ def _load_backbone(lib: str, arch: str, path: str, field: str, spec: str) -> tor
         if not timm.is_model(arch):
             raise InputError(field, spec, "expected a timm model name (timm.list_models())")
         model = timm.create_model(arch, pretrained=False)
-        model.load_state_dict(state)
+        _load_into(model, state, field, spec)
         model.reset_classifier(0)  # pooled features
         return model
     import torchvision
@@ -145,7 +163,7 @@ def _load_backbone(lib: str, arch: str, path: str, field: str, spec: str) -> tor
     if arch not in torchvision.models.list_models():
         raise InputError(field, spec, "expected a torchvision model name (torchvision.models.list_models())")
     model = torchvision.models.get_model(arch, weights=None)
-    model.load_state_dict(state)
+    _load_into(model, state, field, spec)
     for attr in ("fc", "heads", "head"):
         if isinstance(getattr(model, attr, None), torch.nn.Module):
             setattr(model, attr, torch.nn.Identity())
@@ -157,13 +175,23 @@ def _load_backbone(lib: str, arch: str, path: str, field: str, spec: str) -> tor
 
 
 def _read_state_dict(path: str) -> dict:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same input error
+        raise InputError("--features", path, f"cannot read weights from it ({type(e).__name__}); expected a .safetensors or a "
+                         "torch state-dict file") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise InputError("--features", path, "expected a state dict (parameter name -> tensor)")
+    return state
 
 
-def embed(extractor: Extractor, images: list[Image.Image], batch_size: int = 128) -> torch.Tensor:
-    return torch.cat([extractor(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+def _load_into(model: torch.nn.Module, state: dict, field: str, spec: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise InputError(field, spec, f"the weights do not fit this architecture ({str(e).splitlines()[0][:120]})") from None

@@ -20,33 +20,50 @@ def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict[str, float]
     A real point's radius is the distance to its k-th nearest other real point (a fake point's,
     among fakes). precision: share of fakes inside some real ball; recall: share of reals
     inside some fake ball; density: mean over fakes of (real balls containing it) / k;
-    coverage: share of reals whose ball holds at least one fake.
+    coverage: share of reals whose nearest fake lies inside its ball. "Inside" is strictly
+    closer than the radius, as in the authors' reference code. Distances are computed in
+    blocks, so 100k points per side need no N x M matrix.
     """
     if len(real) <= k or len(fake) <= k:
         raise ValueError(f"PRDC with k={k} needs more than {k} points on each side (got {len(real)} real, {len(fake)} synthetic)")
     real, fake = real.double(), fake.double()
-    r_real = _kth_neighbour_distance(real, k)
-    r_fake = _kth_neighbour_distance(fake, k)
-    d = torch.cdist(real, fake)  # [N, M]
-    inside_real = d <= r_real[:, None]  # fake j inside real ball i
+    r_real, r_fake = _kth_neighbour_distance(real, k), _kth_neighbour_distance(fake, k)
+    step = _block(real, fake)
+    in_some_real, real_balls = [], []
+    for j in range(0, len(fake), step):
+        inside = torch.cdist(real, fake[j : j + step]) < r_real[:, None]  # [N, b]: fake j inside real ball i
+        in_some_real.append(inside.any(0))
+        real_balls.append(inside.sum(0))
+    in_some_fake, covered = [], []
+    for i in range(0, len(real), step):
+        d = torch.cdist(real[i : i + step], fake)  # [b, M]
+        in_some_fake.append((d < r_fake[None, :]).any(1))
+        covered.append(d.min(1).values < r_real[i : i + step])
     return {
-        "precision": inside_real.any(0).double().mean().item(),
-        "recall": (d <= r_fake[None, :]).any(1).double().mean().item(),
-        "density": (inside_real.sum(0).double() / k).mean().item(),
-        "coverage": (d.min(1).values <= r_real).double().mean().item(),
+        "precision": torch.cat(in_some_real).double().mean().item(),
+        "recall": torch.cat(in_some_fake).double().mean().item(),
+        "density": (torch.cat(real_balls).double() / k).mean().item(),
+        "coverage": torch.cat(covered).double().mean().item(),
     }
 
 
+def _block(*sets: torch.Tensor, elements: int = 1 << 24) -> int:
+    return max(1, elements // max(len(s) for s in sets))
+
+
 def _kth_neighbour_distance(x: torch.Tensor, k: int) -> torch.Tensor:
-    d = torch.cdist(x, x)
-    return d.kthvalue(k + 1, dim=1).values  # +1: the point itself sits at distance 0
+    step = _block(x)
+    # k + 1: the point itself sits at distance 0
+    return torch.cat([torch.cdist(x[i : i + step], x).kthvalue(k + 1, dim=1).values for i in range(0, len(x), step)])
 
 
 def vendi(features: torch.Tensor) -> float:
     """exp(entropy of the eigenvalues of K/n), K the cosine-similarity matrix: the effective
-    number of distinct items (1 for n copies of one point, n for n orthogonal points)."""
+    number of distinct items (1 for n copies of one point, n for n orthogonal points). With
+    more points than dimensions the D x D matrix X^T X / n has the same non-zero eigenvalues."""
     x = F.normalize(features.double(), dim=1)
-    eig = torch.linalg.eigvalsh(x @ x.T / len(x)).clamp(min=0)
+    gram = x @ x.T if len(x) <= x.shape[1] else x.T @ x
+    eig = torch.linalg.eigvalsh(gram / len(x)).clamp(min=0)
     eig = eig[eig > 1e-12]
     return torch.exp(-(eig * eig.log()).sum()).item()
 

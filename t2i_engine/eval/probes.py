@@ -55,31 +55,36 @@ def write_probe(data_path: str | Path, out: str | Path, probe: str, *, cutoff: f
         raise InputError("--out", str(out), "expected a folder that does not exist yet")
     data = open_set(data_path, "data")
     transform = _fft(probe, cutoff) if probe.startswith("fft") else _vae(vae_model, weights, device)
-    keys, labels, pixels = [], [], []
-    batch = []
-    ids = list(data.class_ids)
-
-    def flush():
-        x = torch.stack([torch.from_numpy(np.array(it.image)).permute(2, 0, 1) for it in batch]).float() / 255
-        y = transform(x).clamp(0, 1)
-        pixels.extend((y * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
-        keys.extend(it.key for it in batch)
-        labels.extend(ids.index(it.class_id) for it in batch)
-        batch.clear()
-
-    for item in data.read():
-        batch.append(item)
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
     origin = {**data.origin, "probe": probe, "probe_of": str(data.path)}
     if probe.startswith("fft"):
         origin["cutoff"] = cutoff
     else:
         origin["vae_model"] = vae_model
-    # Keys of engine sets are unique file names; folder keys are "<class>/<name>".
-    return write_image_folder(out, pixels, labels, ids, data.class_names, origin, keys=[k.split("/")[-1] for k in keys])
+    # Engine keys are unique file names; folder keys are "<class>/<name>".
+    items = ((it.key.split("/")[-1], it.class_id, px) for it, px in _probed(data.read(), transform, batch_size))
+    return write_image_folder(out, items, list(data.class_ids), data.class_names, origin)
+
+
+def _probed(items, transform, batch_size: int):
+    """(item, probed uint8 HWC pixels) in order; images go through in batches of one size."""
+    batch, pixels = [], []
+
+    def flush():
+        x = torch.stack(pixels).float() / 255
+        y = (transform(x).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        done = list(zip(batch, y, strict=True))
+        batch.clear()
+        pixels.clear()
+        return done
+
+    for item in items:
+        px = torch.from_numpy(np.array(item.image)).permute(2, 0, 1)
+        if pixels and (px.shape != pixels[0].shape or len(batch) == batch_size):
+            yield from flush()
+        batch.append(item)
+        pixels.append(px)
+    if batch:
+        yield from flush()
 
 
 def _fft(probe: str, cutoff: float):

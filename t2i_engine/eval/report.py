@@ -3,7 +3,8 @@
 Inputs are run folders (their evals/*.json are read), eval JSON files and analysis JSON files.
 Rows are synthetic sets (by recipe hash): a synth->real eval fills the row of the set the run
 was trained on, a real->synth eval the row of the set it was tested on, an analysis the row of
-the set it analysed. Real->real evals give the real baseline line.
+the set it analysed, each per architecture. Real->real evals (the real baseline) and evals with a
+probed set on either side are listed beside the table; a probe of a set gets a row of its own.
 
 Writes table.md, table.csv, table.json and, where there is data for them,
 accuracy_vs_release.png, density_vs_coverage.png and accuracy_vs_guidance.png.
@@ -19,7 +20,7 @@ from pathlib import Path
 from ..engine.errors import InputError
 from ..engine.writer import atomic_write_text
 
-COLUMNS = ("model", "guidance", "released", "synth_to_real", "real_to_synth", "precision", "recall", "density",
+COLUMNS = ("model", "arch", "guidance", "released", "synth_to_real", "real_to_synth", "precision", "recall", "density",
            "coverage", "diversity", "vendi", "fid", "clipscore")
 HEADERS = {"synth_to_real": "synth->real", "real_to_synth": "real->synth"}
 
@@ -52,39 +53,67 @@ def collect(inputs: list[str | Path]) -> tuple[list[dict], list[dict]]:
 
 
 def _set_key(origin: dict) -> str:
-    return origin.get("recipe_hash") or origin.get("path", "?")
+    key = origin.get("recipe_hash") or origin.get("path", "?")
+    return f"{key}|{origin['probe']}|{origin.get('cutoff', '')}" if origin.get("probe") else key
 
 
 def build_rows(evals: list[dict], analyses: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Rows per (synthetic set, architecture); evals that are not plain synth->real or
+    real->synth (the real baseline, probes on either side) are listed beside the table."""
     from ..engine.registry import MODELS
 
-    rows: dict[str, dict] = {}
+    rows: dict[tuple, dict] = {}
+    sources: dict[tuple, str] = {}
 
-    def row_for(origin: dict) -> dict:
-        key = _set_key(origin)
+    def row_for(origin: dict, arch: str | None) -> dict:
+        key = (_set_key(origin), arch)
         if key not in rows:
             model = origin.get("model", "?")
             if origin.get("probe"):
                 model = f"{model} ({origin['probe']})"
             spec = MODELS.get(origin.get("model"))
             rows[key] = dict.fromkeys(COLUMNS)
-            rows[key].update(model=model, guidance=origin.get("guidance"), released=spec.released if spec else None)
+            rows[key].update(model=model, arch=arch, guidance=origin.get("guidance"), released=spec.released if spec else None)
         return rows[key]
 
-    baselines = []
+    def put(origin: dict, arch: str | None, column: str, value, source: str) -> None:
+        row = row_for(origin, arch)
+        cell = (_set_key(origin), arch, column)
+        if row[column] is not None and row[column] != value:
+            raise InputError("inputs", source, f"gives {column} {value} for {row['model']} ({arch}), but {sources[cell]} "
+                             f"gives {row[column]}; report one run per set and architecture")
+        row[column] = value
+        sources[cell] = source
+
+    others = []
     for e in evals:
-        if e["direction"] == "synth->real":
-            row_for(e["trained_on"])["synth_to_real"] = e["top1"]
-        elif e["direction"] == "real->synth":
-            row_for(e["data"])["real_to_synth"] = e["top1"]
+        trained, tested = e["trained_on"], e["data"]
+        plain_real = lambda o: o.get("kind") == "real" and not o.get("probe")  # noqa: E731
+        if e["direction"] == "synth->real" and plain_real(tested):
+            put(trained, e["arch"], "synth_to_real", e["top1"], e["run"])
+        elif e["direction"] == "real->synth" and plain_real(trained):
+            put(tested, e["arch"], "real_to_synth", e["top1"], e["run"])
         else:
-            baselines.append({"direction": e["direction"], "top1": e["top1"], "arch": e["arch"], "data": e["data"].get("path")})
+            others.append({"direction": e["direction"], "top1": e["top1"], "arch": e["arch"], "run": e["run"],
+                           "trained_on": _describe(trained), "data": _describe(tested),
+                           "probed": bool(trained.get("probe") or tested.get("probe"))})
     for a in analyses:
-        row, o = row_for(a["data"]), a["overall"]
-        for key in ("precision", "recall", "density", "coverage", "diversity", "vendi", "fid", "clipscore"):
-            row[key] = o.get(key)
-    ordered = sorted(rows.values(), key=lambda r: (r["released"] or "", r["model"], r["guidance"] if r["guidance"] is not None else -1))
-    return ordered, baselines
+        key = _set_key(a["data"])
+        targets = [r for (k, _), r in rows.items() if k == key] or [row_for(a["data"], None)]
+        for row in targets:
+            for col in ("precision", "recall", "density", "coverage", "diversity", "vendi", "fid", "clipscore"):
+                row[col] = a["overall"].get(col)
+    ordered = sorted(rows.values(), key=lambda r: (r["released"] or "", r["model"], r["guidance"] if r["guidance"] is not None else -1,
+                                                   r["arch"] or ""))
+    return ordered, others
+
+
+def _describe(origin: dict) -> str:
+    name = origin.get("name") or origin.get("model") or origin.get("path", "?")
+    text = f"{origin.get('kind', '?')} {name}"
+    if origin.get("guidance") is not None:
+        text += f" g{origin['guidance']:g}"
+    return text + (f" ({origin['probe']})" if origin.get("probe") else "")
 
 
 def _fmt(value) -> str:
@@ -96,8 +125,10 @@ def _fmt(value) -> str:
 def markdown(rows: list[dict], baselines: list[dict]) -> str:
     lines = ["| " + " | ".join(HEADERS.get(c, c) for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
-    for b in baselines:
-        lines.append(f"\n{b['direction']} baseline ({b['arch']}, tested on {b['data']}): top-1 {b['top1']:.3f}")
+    if baselines:
+        lines.append("\nOther evaluations (the real baseline, probes):\n")
+        lines += [f"- {b['direction']} ({b['arch']}): trained on {b['trained_on']}, tested on {b['data']}: top-1 {b['top1']:.3f}"
+                  for b in baselines]
     return "\n".join(lines)
 
 
@@ -125,7 +156,7 @@ def _plots(rows: list[dict], baselines: list[dict], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
-    real_line = next((b["top1"] for b in baselines if b["direction"] == "real->real"), None)
+    real_line = next((b["top1"] for b in baselines if b["direction"] == "real->real" and not b["probed"]), None)
 
     def save(fig, name):
         fig.tight_layout()

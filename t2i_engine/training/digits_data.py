@@ -66,5 +66,6 @@ def write_real_digits(out_dir) -> dict:
     for name, images, labels in (("train", split.train_images, split.train_labels), ("test", split.test_images, split.test_labels)):
         pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         origin = {"kind": "real", "name": f"digits-real-{name}", "source": "sklearn.datasets.load_digits, split seed 0"}
-        written[name] = write_image_folder(out_dir / name, list(pixels), labels.tolist(), ids, names, origin)
+        items = ((f"{i:06d}", ids[label], pixels[i]) for i, label in enumerate(labels.tolist()))
+        written[name] = write_image_folder(out_dir / name, items, ids, names, origin)
     return written

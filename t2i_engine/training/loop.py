@@ -2,7 +2,8 @@
 
 A run folder holds:
     config.json      the resolved settings, the classes (ids in label order), the data's origin
-    last.pt          model, optimiser, schedule and history after the last finished epoch
+    last.pt          model, optimiser, images seen (the schedule's position) and history after
+                     the last finished epoch
     best.safetensors the weights of the epoch with the lowest validation loss (model selection
                      never looks at the real test set)
     summary.csv      one row per finished epoch
@@ -10,7 +11,9 @@ A run folder holds:
 
 Every file is written to a temporary name, synced and renamed, so a run killed at any moment
 resumes (`--resume`) from its last finished epoch. Each epoch reseeds every RNG from (seed,
-epoch), so a resumed run repeats exactly what the uninterrupted run would have done.
+epoch), so a resumed run repeats exactly what the uninterrupted run would have done: bit for
+bit on a CPU (tested); on a GPU up to cuDNN's non-deterministic kernels, which we leave on
+for speed. The `lr` column of summary.csv is the rate at the end of the epoch.
 """
 
 from __future__ import annotations
@@ -97,16 +100,19 @@ def _train_locked(config: TrainConfig, data: LabelledSet, labels: dict[str, int]
     n_train, n_val = len(train_set), len(val_set)
     if n_train == 0:
         raise InputError("--val-fraction", config.val_fraction, "leaves no training images; lower it")
-    steps_per_epoch = -(-n_train // config.batch_size)
-    total, warmup = steps_per_epoch * config.epochs, round(steps_per_epoch * config.warmup_epochs)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
-        s, total, warmup, config.warmup_start_factor, config.min_lr / config.lr))
-    state = {"epoch": 0, "rows": [], "best_val_loss": None, "best_epoch": None}
+    steps_per_epoch = -(-n_train // config.batch_size)  # at least: each loader worker ends on its own partial batch
+
+    def lr_at(images_seen: int) -> float:
+        # The schedule runs on images seen, not steps: with several loader workers the number
+        # of (partial) batches per epoch varies, the number of images does not.
+        return config.lr * lr_factor(images_seen, n_train * config.epochs, round(n_train * config.warmup_epochs),
+                                     config.warmup_start_factor, config.min_lr / config.lr)
+
+    state = {"epoch": 0, "rows": [], "best_val_loss": None, "best_epoch": None, "images_seen": 0}
     if (out / CHECKPOINT).is_file():
         ckpt = torch.load(out / CHECKPOINT, map_location=dev, weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["schedule"])
         state = ckpt["state"]
     cutmix = _cutmix(len(labels)) if config.cutmix else None
     use_amp = dev.type == "cuda"
@@ -127,7 +133,11 @@ def _train_locked(config: TrainConfig, data: LabelledSet, labels: dict[str, int]
                 images = images.contiguous(memory_format=torch.channels_last)
             hard = targets
             if cutmix is not None:
+                # its own draws: with workers=0 the global RNG was just reseeded for a sample
+                torch.default_generator.manual_seed(stable_hash(config.seed, epoch, state["images_seen"], "cutmix"))
                 images, targets = cutmix(images, targets)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(state["images_seen"])
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(images)
                 loss = F.cross_entropy(logits.float(), targets)
@@ -136,7 +146,7 @@ def _train_locked(config: TrainConfig, data: LabelledSet, labels: dict[str, int]
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            schedule.step()
+            state["images_seen"] += len(hard)
             seen += len(hard)
             loss_sum += loss.item() * len(hard)
             correct += (logits.argmax(1) == hard).sum().item()
@@ -144,8 +154,8 @@ def _train_locked(config: TrainConfig, data: LabelledSet, labels: dict[str, int]
                 bar.update(1)
         if bar:
             bar.close()
-        val_loss, val_acc = _validate(model, val_set, config, dev, release) if n_val else (float("nan"), float("nan"))
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / max(seen, 1),
+        val_loss, val_acc = _validate(model, val_set, config, dev, release) if n_val else (None, None)
+        row = {"epoch": epoch, "lr": lr_at(state["images_seen"]), "train_loss": loss_sum / max(seen, 1),
                "train_acc": correct / max(seen, 1), "val_loss": val_loss, "val_acc": val_acc, "images": seen,
                "seconds": round(time.perf_counter() - t0, 2)}
         state["rows"].append(row)
@@ -155,11 +165,12 @@ def _train_locked(config: TrainConfig, data: LabelledSet, labels: dict[str, int]
             state["best_val_loss"], state["best_epoch"] = (None if n_val == 0 else val_loss), epoch
             _atomic_save_weights(model, out / BEST)
         _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(), "state": state}, out / CHECKPOINT)
+                            "state": state}, out / CHECKPOINT)
         _write_summary(out / SUMMARY, state["rows"])
         if progress:
-            print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}, "
-                  f"val loss {val_loss:.4f} acc {val_acc:.3f} ({row['seconds']:.1f} s)", flush=True)
+            val = f"val loss {val_loss:.4f} acc {val_acc:.3f}" if n_val else "no validation split"
+            print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}, {val} ({row['seconds']:.1f} s)",
+                  flush=True)
     best = state["rows"][state["best_epoch"] - 1]
     result = {**header, "train_images": n_train, "val_images": n_val, "best_epoch": state["best_epoch"],
               "best": best, "last": state["rows"][-1], "device": str(dev), "versions": versions(),

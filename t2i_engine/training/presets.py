@@ -122,8 +122,8 @@ def train_transform(config: TrainConfig):
             v2.RandomHorizontalFlip(),
             *tail,
         ])
-    # "shift": resize to the training size (if not already), then move by up to 2 pixels (zero fill).
-    return v2.Compose([_ResizeIfNeeded(size), *tail, _RandomShift(2)])
+    # "shift": resize and centre-crop to the training size (as at test time), then move by up to 2 pixels.
+    return v2.Compose([_ResizeIfNeeded(size, crop=True), *tail, _RandomShift(2)])
 
 
 def eval_transform(config: TrainConfig):

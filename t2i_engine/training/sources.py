@@ -42,8 +42,14 @@ class Entry:
 class Item:
     key: str
     class_id: str
-    image: Image.Image  # RGB
+    data: bytes  # the encoded image: shuffle buffers hold these, not decoded pixels
     prompt: str | None
+
+    @property
+    def image(self) -> Image.Image:
+        """Decoded to RGB (grey, palette and alpha images too), on each access."""
+        with Image.open(io.BytesIO(self.data)) as im:
+            return im.convert("RGB")
 
 
 @dataclass
@@ -55,8 +61,9 @@ class LabelledSet:
     entries: list[Entry]
     units: list[object]  # shard tar paths, or lists of (key, class id, file) per unit
     origin: dict = field(default_factory=dict)  # kind (synthetic | real), model, guidance, recipe hash...
-    # Decoded units are kept while they fit in this many pixel bytes: a small set is decoded
-    # once per process instead of once per epoch; a large one streams from disk as always.
+    # The main process keeps the encoded bytes of the units it read while they fit in this
+    # budget: a small set (the digits) is read from disk once, not once per epoch. Loader
+    # workers live one epoch, so they do not cache.
     cache_bytes: int = 1 << 30
     _cache: dict = field(default_factory=dict, repr=False)
     _cached_bytes: int = 0
@@ -65,25 +72,26 @@ class LabelledSet:
         return {"path": str(self.path), "layout": self.layout, "images": len(self.entries), **self.origin}
 
     def read_unit(self, unit: int) -> Iterator[Item]:
+        from torch.utils.data import get_worker_info
+
         if unit in self._cache:
             yield from self._cache[unit]
             return
         items = []
-        for item in self._decode_unit(unit):
+        for item in self._read_unit(unit):
             yield item
             items.append(item)
-        size = sum(it.image.width * it.image.height * 3 for it in items)
-        if self._cached_bytes + size <= self.cache_bytes:
+        size = sum(len(it.data) for it in items)
+        if get_worker_info() is None and self._cached_bytes + size <= self.cache_bytes:
             self._cache[unit] = items
             self._cached_bytes += size
 
-    def _decode_unit(self, unit: int) -> Iterator[Item]:
+    def _read_unit(self, unit: int) -> Iterator[Item]:
         if self.layout == "shards":
             yield from _read_shard(self.units[unit])
         else:
             for key, class_id, file in self.units[unit]:
-                with Image.open(file) as im:
-                    yield Item(key, class_id, im.convert("RGB"), None)
+                yield Item(key, class_id, Path(file).read_bytes(), None)
 
     def read(self, keys: set[str] | None = None) -> Iterator[Item]:
         """Every item (or those in `keys`) in listing order, one unit at a time."""
@@ -95,7 +103,7 @@ class LabelledSet:
 
 
 def open_set(path: str | Path, field_name: str = "data") -> LabelledSet:
-    path = Path(path)
+    path = Path(path).resolve()
     if not path.is_dir():
         raise InputError(field_name, str(path), "expected a dataset folder made by `t2i-engine generate` or an ImageFolder tree (ROOT/<class id>/<image>)")
     if (path / "dataset.json").is_file():
@@ -130,29 +138,45 @@ def _open_shards(path: Path, field_name: str) -> LabelledSet:
 
 
 def _open_folder(path: Path, field_name: str) -> LabelledSet:
+    from .stream import stable_hash
+
     class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith((".", "_")))
-    entries, units, chunk = [], [], []
+    files = []
     for d in class_dirs:
-        for f in sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            key = f"{d.name}/{f.stem}"
-            chunk.append((key, d.name, f))
-            entries.append(Entry(key, d.name, len(units)))
-            if len(chunk) == FILES_PER_UNIT:
-                units.append(chunk)
-                chunk = []
-    if chunk:
-        units.append(chunk)
-    if not entries:
+        mine = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not mine:
+            raise InputError(field_name, str(d), f"this class folder holds no images ({'|'.join(IMAGE_SUFFIXES)}); "
+                             "remove it or add its images")
+        stems = [f.stem for f in mine]
+        if len(set(stems)) != len(stems):
+            dup = next(x for x in stems if stems.count(x) > 1)
+            raise InputError(field_name, str(d / dup), "two images share this name with different extensions; keys must be unique")
+        files += [(f"{d.name}/{f.stem}", d.name, f) for f in mine]
+    if not files:
         raise InputError(field_name, str(path), "found no images; expected a dataset folder with dataset.json or "
                          f"an ImageFolder tree ROOT/<class id>/<image{'|'.join(IMAGE_SUFFIXES)}>")
+    # Units mix classes (files in a fixed hashed order): a unit of one class would make the
+    # batches of a small shuffle buffer nearly single-class.
+    files.sort(key=lambda f: stable_hash("unit", f[0]))
+    units = [files[i : i + FILES_PER_UNIT] for i in range(0, len(files), FILES_PER_UNIT)]
+    entries = [Entry(key, cid, u) for u, unit in enumerate(units) for key, cid, _ in unit]
     names = {d.name: d.name for d in class_dirs}
-    if (path / CLASSES_FILE).is_file():
-        names.update(json.loads((path / CLASSES_FILE).read_text(encoding="utf-8")))
-    origin = {"kind": "real"}
-    if (path / SOURCE_FILE).is_file():
-        origin = json.loads((path / SOURCE_FILE).read_text(encoding="utf-8"))
-    ids = tuple(d.name for d in class_dirs if any(e.class_id == d.name for e in entries))
-    return LabelledSet(path, "folder", ids, {i: names[i] for i in ids}, entries, units, origin)
+    names.update(_read_json(path / CLASSES_FILE, field_name, {}))
+    origin = _read_json(path / SOURCE_FILE, field_name, {"kind": "real"})
+    ids = tuple(d.name for d in class_dirs)
+    return LabelledSet(path, "folder", ids, {i: str(names.get(i, i)) for i in ids}, entries, units, origin)
+
+
+def _read_json(path: Path, field_name: str, default: dict) -> dict:
+    if not path.is_file():
+        return default
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        value = None
+    if not isinstance(value, dict):
+        raise InputError(field_name, str(path), "expected a JSON object")
+    return value
 
 
 def _read_shard(tar: Path) -> Iterator[Item]:
@@ -161,8 +185,7 @@ def _read_shard(tar: Path) -> Iterator[Item]:
     for sample in wds.WebDataset(str(tar), shardshuffle=False, empty_check=False):
         meta = json.loads(sample["json"])
         data = next(v for k, v in sample.items() if k in ("png", "jpg", "jpeg", "webp"))
-        with Image.open(io.BytesIO(data)) as im:
-            yield Item(meta["key"], meta["class_id"], im.convert("RGB"), meta.get("prompt"))
+        yield Item(meta["key"], meta["class_id"], data, meta.get("prompt"))
 
 
 def match_classes(run_ids: tuple[str, ...], data: LabelledSet, field_name: str = "--data") -> dict[str, int]:
@@ -176,10 +199,10 @@ def match_classes(run_ids: tuple[str, ...], data: LabelledSet, field_name: str =
     return {c: i for i, c in enumerate(run_ids)}
 
 
-def write_image_folder(out: Path, images, labels, class_ids: list[str], class_names: dict[str, str], origin: dict,
-                       keys: list[str] | None = None) -> Path:
-    """Write uint8 HWC arrays or PIL images as ROOT/<class id>/<key>.png (lossless), with
-    classes.json and t2i-source.json; a finished folder is renamed into place at once."""
+def write_image_folder(out: Path, items, class_ids: list[str], class_names: dict[str, str], origin: dict) -> Path:
+    """Write (name, class id, image) items - PIL images or uint8 HWC arrays - as
+    ROOT/<class id>/<name>.png (lossless) as they come, with classes.json and t2i-source.json;
+    the folder is built under a temporary name and renamed into place when complete."""
     import os
     import shutil
 
@@ -192,10 +215,9 @@ def write_image_folder(out: Path, images, labels, class_ids: list[str], class_na
     shutil.rmtree(tmp, ignore_errors=True)
     for c in class_ids:
         (tmp / c).mkdir(parents=True)
-    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+    for name, class_id, image in items:
         im = image if isinstance(image, Image.Image) else Image.fromarray(image)
-        name = keys[i].split("/")[-1] if keys else f"{i:06d}"
-        im.save(tmp / class_ids[label] / f"{name}.png")
+        im.save(tmp / class_id / f"{name}.png")
     atomic_write_text(tmp / CLASSES_FILE, json.dumps(class_names, indent=1) + "\n")
     atomic_write_text(tmp / SOURCE_FILE, json.dumps(origin, indent=1) + "\n")
     os.replace(tmp, out)

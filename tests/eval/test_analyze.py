@@ -88,7 +88,7 @@ def test_fft_probe_writes_the_same_keys_and_classes(digits_world, tmp_path):
     assert [(e.key, e.class_id) for e in src.entries] == [(e.key, e.class_id) for e in probed.entries]
     assert probed.origin["probe"] == "fft-low" and probed.origin["kind"] == "real"
     first_src, first_probed = next(src.read()), next(probed.read())
-    x = torch.from_numpy(np.asarray(first_src.image)).permute(2, 0, 1).float()[None] / 255
+    x = torch.from_numpy(np.array(first_src.image)).permute(2, 0, 1).float()[None] / 255
     expected = (fft_filter(x, "low").clamp(0, 1) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
     assert np.array_equal(np.asarray(first_probed.image), expected)
 
@@ -116,9 +116,18 @@ def test_report_table_and_plots_carry_the_eval_and_analysis_numbers(digits_world
     assert row["model"] == "digits" and row["released"] == "2026-11" and row["guidance"] == 2.0
     assert row["synth_to_real"] == s2r["top1"] and row["real_to_synth"] == r2s["top1"]
     assert row["density"] == a["overall"]["density"] and row["coverage"] == a["overall"]["coverage"]
-    assert r["baselines"][0]["top1"] == base["top1"]
+    assert r["baselines"] == [{"direction": "real->real", "top1": base["top1"], "arch": "small-cnn", "run": base["run"],
+                               "trained_on": "real digits-real-train", "data": "real digits-real-test", "probed": False}]
     csv_lines = (tmp_path / "report" / "table.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("model,guidance,released,synth_to_real") and len(csv_lines) == 2
+    assert csv_lines[0].startswith("model,arch,guidance,released,synth_to_real") and len(csv_lines) == 2
+    # The synthetic-trained run tested on a low-passed real set is a probe: it is listed beside
+    # the table and leaves the row's synth->real alone.
+    low = write_probe(digits_world["real_test"], tmp_path / "low", "fft-low")
+    probe_eval = evaluate_run(tmp_path / "synth", low, device="cpu")
+    assert probe_eval["direction"] == "synth->real"
+    again = write_report([tmp_path / "synth", tmp_path / "real", tmp_path / "a.json"], tmp_path / "report2")
+    assert again["rows"][0]["synth_to_real"] == s2r["top1"]
+    assert any(b["probed"] and b["top1"] == probe_eval["top1"] for b in again["baselines"])
     for name in ("accuracy_vs_release.png", "density_vs_coverage.png"):
         with Image.open(tmp_path / "report" / name) as im:
             pixels = np.asarray(im.convert("L"))
@@ -141,3 +150,28 @@ def test_any_timm_or_torchvision_model_serves_as_features_from_a_local_file(lib,
     model.fc = torch.nn.Identity()
     with torch.no_grad():
         assert torch.allclose(feats, model.eval()(ex.to_tensor(images)), atol=1e-5)
+
+
+def test_probes_take_images_of_mixed_sizes_and_modes(tmp_path):
+    src = tmp_path / "mixed"
+    rng = np.random.default_rng(0)
+    for cls, shapes in (("a", [(20, 30), (32, 32)]), ("b", [(17, 9)])):
+        (src / cls).mkdir(parents=True)
+        for i, (h, w) in enumerate(shapes):
+            Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8), mode="L").save(src / cls / f"{i}.png")
+    out = write_probe(src, tmp_path / "high", "fft-high")
+    sizes = sorted(it.image.size for it in open_set(out).read())
+    assert sizes == [(9, 17), (30, 20), (32, 32)]
+
+
+def test_a_feature_file_that_cannot_be_used_is_an_input_error(cli, digits_world, tmp_path):
+    bad = tmp_path / "w.safetensors"
+    bad.write_bytes(b"not safetensors")
+    code, _, err = cli("analyze", digits_world["synthetic"], "--real", digits_world["real_test"], "--out", tmp_path / "a.json",
+                       "--features", f"timm:resnet18={bad}")
+    assert code == 2 and "cannot read weights" in err
+    pth = tmp_path / "pt_inception.pth"
+    pth.write_bytes(b"x")
+    code, _, err = cli("analyze", digits_world["synthetic"], "--real", digits_world["real_test"], "--out", tmp_path / "a.json",
+                       "--features", f"inception={pth}")
+    assert code == 2 and "--features" in err and ("torch-fidelity" in err or "cannot load it" in err)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from t2i_engine.eval import metrics
 from t2i_engine.eval.probes import fft_filter
@@ -26,15 +27,30 @@ def test_prdc_matches_a_hand_computed_case():
     assert r == pytest.approx({"precision": 2 / 3, "recall": 1.0, "density": 1.0, "coverage": 1.0})
 
 
-def test_prdc_second_hand_case_with_k_2():
-    # real 0, 1, 2, 10: k=2 radii: 0 -> 2, 1 -> 1, 2 -> 2, 10 -> 9
+def test_prdc_second_hand_case_with_k_2_and_ties_on_the_radius():
+    # real 0, 1, 2, 10: k=2 radii 0 -> 2, 1 -> 1, 2 -> 2, 10 -> 9
     # synthetic 0, 20, 21, 22: k=2 radii 0 -> 21, 20 -> 2, 21 -> 1, 22 -> 2
-    # precision: 0 (in balls of 0, 1, 2), 20/21/22: |x - 10| >= 10 > 9 -> 1/4
-    # density: 0 lies in balls of 0 (0<=2), 1 (1<=1), 2 (2<=2), 10 (10>9 no) -> 3; others 0 -> 3 / (2 * 4) = 0.375
-    # coverage: nearest synthetic to 0, 1, 2 is 0 (distances 0, 1, 2 within radii 2, 1, 2); to 10 it is 0 or 20 at 10 > 9 -> 3/4
-    # recall: real 0, 1, 2 lie in synthetic 0's ball (radius 21), 10 too (10 <= 21) -> 1
+    # "inside" is strictly closer than the radius (the reference code's <), so the ties below are out:
+    # precision: 0 is inside ball(0); 20/21/22 lie >= 10 from 10 (radius 9) -> 1/4
+    # density: 0 is inside ball(0) only (ball(1): 1 < 1 no, ball(2): 2 < 2 no, ball(10): no) -> 1 / (2 * 4)
+    # coverage: nearest synthetic to 0, 1, 2, 10 at 0, 1, 2, 10 against radii 2, 1, 2, 9 -> only 0 -> 1/4
+    # recall: real 0, 1, 2, 10 all lie within 21 of synthetic 0 -> 1
     r = metrics.prdc(pts(0, 1, 2, 10), pts(0, 20, 21, 22), k=2)
-    assert r == pytest.approx({"precision": 0.25, "recall": 1.0, "density": 0.375, "coverage": 0.75})
+    assert r == pytest.approx({"precision": 0.25, "recall": 1.0, "density": 0.125, "coverage": 0.25})
+
+
+def test_blocked_prdc_and_vendi_equal_the_whole_matrix_computation(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    real, fake = torch.randn(70, 4, generator=g), torch.randn(90, 4, generator=g) + 0.3
+    whole = metrics.prdc(real, fake, k=3)
+    monkeypatch.setattr(metrics, "_block", lambda *sets, elements=0: 7)  # many small blocks
+    assert metrics.prdc(real, fake, k=3) == whole
+    # more points than dimensions takes the D x D route; the N x N one must agree
+    x = torch.randn(40, 6, generator=g)
+    k = F.normalize(x.double(), dim=1)
+    eig = torch.linalg.eigvalsh(k @ k.T / 40).clamp(min=0)
+    eig = eig[eig > 1e-12]
+    assert metrics.vendi(x) == pytest.approx(torch.exp(-(eig * eig.log()).sum()).item(), rel=1e-9)
 
 
 def test_prdc_of_a_set_against_itself_is_complete():

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from t2i_engine.engine.errors import InputError
@@ -151,3 +152,26 @@ def test_sources_match_classes_by_id_not_position(digits_world):
     assert synth.class_ids == real.class_ids == tuple(str(d) for d in range(10))
     assert synth.class_names["7"] == "seven" and real.class_names["7"] == "seven"
     assert synth.origin["kind"] == "synthetic" and real.origin["kind"] == "real"
+
+
+def test_the_schedule_follows_images_seen_whatever_the_worker_count(digits_world, tmp_path):
+    # 597 images in 3 units over 2 workers: each worker ends on its own partial batch, so the
+    # step count differs from ceil(n / batch); the rate at each epoch's end must not.
+    config = resolve_config("small", {"epochs": 3, "workers": 2, "batch_size": 100, "val_fraction": 0})
+    result = train(config, digits_world["real_test"], tmp_path / "run", device="cpu", progress=False)
+    n = result["train_images"]
+    rows = [line.split(",") for line in _rows(tmp_path / "run")]
+    for epoch, row in enumerate(rows, start=1):
+        expected = config.lr * lr_factor(epoch * n, 3 * n, round(n * config.warmup_epochs), config.warmup_start_factor,
+                                         config.min_lr / config.lr)
+        assert float(row[1]) == pytest.approx(expected)
+    assert float(rows[-1][1]) == pytest.approx(config.min_lr)
+    assert result["best_epoch"] == 3 and result["best"]["val_loss"] is None  # no validation split: the last epoch
+
+
+def test_an_empty_class_folder_is_refused(tmp_path):
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    (tmp_path / "data" / "dog").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "cat" / "1.png")
+    with pytest.raises(InputError, match="dog.*holds no images"):
+        open_set(tmp_path / "data")
