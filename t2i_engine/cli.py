@@ -75,6 +75,8 @@ def _add_train_eval_parsers(sub) -> None:
     for flag in ("image-size", "epochs", "batch-size", "lr", "warmup-epochs", "val-fraction", "workers", "seed", "shuffle-buffer"):
         tr.add_argument(f"--{flag}")
     tr.add_argument("--shuffle-labels", metavar="SEED", help="control experiment: permute the labels across samples")
+    tr.add_argument("--precision", help="auto (bf16 autocast on a GPU, fp32 on a CPU) | bf16 | fp32")
+    tr.add_argument("--memory-format", help="auto (channels_last on a GPU) | channels_last | contiguous")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     tr.add_argument("--no-progress", action="store_true")

@@ -89,7 +89,8 @@ def _train_locked(config: TrainConfig, data: LabelledSet, labels: dict[str, int]
         return json.loads((out / RUN).read_text(encoding="utf-8"))
     torch.manual_seed(config.seed)
     model = build_model(config.arch, len(labels), config.image_size).to(dev)
-    if dev.type == "cuda":
+    channels_last = config.use_channels_last(dev.type)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     label_of_key = shuffled_labels(data, labels, config.shuffle_labels) if config.shuffle_labels is not None else None
@@ -115,7 +116,7 @@ def _train_locked(config: TrainConfig, data: LabelledSet, labels: dict[str, int]
         optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
     cutmix = _cutmix(len(labels)) if config.cutmix else None
-    use_amp = dev.type == "cuda"
+    use_amp = config.use_bf16(dev.type)
     release = functools.partial(_release_lock, lock_fd)
     start = time.perf_counter()
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
@@ -129,7 +130,7 @@ def _train_locked(config: TrainConfig, data: LabelledSet, labels: dict[str, int]
         bar = _progress(progress, steps_per_epoch, f"epoch {epoch}/{config.epochs}")
         for images, targets in loader:
             images, targets = images.to(dev, non_blocking=True), targets.to(dev, non_blocking=True)
-            if dev.type == "cuda":
+            if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             hard = targets
             if cutmix is not None:
@@ -192,7 +193,7 @@ def _validate(model, val_set: LabelledStream, config: TrainConfig, dev: torch.de
     for images, targets in DataLoader(val_set, batch_size=config.batch_size, num_workers=config.workers,
                                          worker_init_fn=worker_init):
         images, targets = images.to(dev), targets.to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=config.use_bf16(dev.type)):
             logits = model(images).float()
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
         correct += (logits.argmax(1) == targets).sum().item()

@@ -46,6 +46,14 @@ class TrainConfig:
     workers: int
     seed: int = 0
     shuffle_labels: int | None = None  # the leakage control: a seed permuting labels across samples
+    precision: str = "auto"  # auto (bf16 autocast on a GPU, fp32 on a CPU) | bf16 | fp32
+    memory_format: str = "auto"  # auto (channels_last on a GPU) | channels_last | contiguous
+
+    def use_bf16(self, device_type: str) -> bool:
+        return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
+
+    def use_channels_last(self, device_type: str) -> bool:
+        return self.memory_format == "channels_last" or (self.memory_format == "auto" and device_type == "cuda")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -66,6 +74,7 @@ OVERRIDES = {
     "batch_size": (int, 1, 65_536), "lr": (float, 1e-9, 10.0), "warmup_epochs": (float, 0, 10_000),
     "val_fraction": (float, 0.0, 0.5), "workers": (int, 0, 256), "seed": (int, 0, 2**63 - 1),
     "shuffle_buffer": (int, 1, 10_000_000), "shuffle_labels": (int, 0, 2**63 - 1),
+    "precision": (("auto", "bf16", "fp32"), None, None), "memory_format": (("auto", "channels_last", "contiguous"), None, None),
 }
 
 
@@ -78,6 +87,11 @@ def resolve_config(preset: str, overrides: dict) -> TrainConfig:
             continue
         kind, lo, hi = OVERRIDES[key]
         flag = "--" + key.replace("_", "-")
+        if isinstance(kind, tuple):
+            if raw not in kind:
+                raise InputError(flag, raw, f"expected one of {', '.join(kind)}")
+            values[key] = raw
+            continue
         try:
             value = kind(raw)
         except (TypeError, ValueError):

@@ -175,3 +175,33 @@ def test_an_empty_class_folder_is_refused(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "data" / "cat" / "1.png")
     with pytest.raises(InputError, match="dog.*holds no images"):
         open_set(tmp_path / "data")
+
+
+def test_bf16_autocast_and_channels_last_agree_with_the_fp32_reference(digits_world, tmp_path):
+    # The GPU defaults, forced on the CPU. Stated tolerance: real-test top-1 within 0.05 of the
+    # fp32/contiguous run after 5 epochs (bf16 rounding changes every step, not the outcome).
+    runs = {}
+    for name, precision, fmt in (("fp32", "fp32", "contiguous"), ("bf16", "bf16", "channels_last")):
+        config = resolve_config("small", {"epochs": 5, "precision": precision, "memory_format": fmt})
+        train(config, digits_world["real_train"], tmp_path / name, device="cpu", progress=False)
+        runs[name] = evaluate_run(tmp_path / name, digits_world["real_test"], device="cpu")["top1"]
+    a, b = load_file(tmp_path / "fp32" / "best.safetensors"), load_file(tmp_path / "bf16" / "best.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the bf16 path really ran
+    assert runs["fp32"] >= 0.5 and abs(runs["fp32"] - runs["bf16"]) <= 0.05, runs  # chance is 0.1
+
+
+def test_precision_and_memory_format_flags_are_checked(cli, tmp_path):
+    code, _, err = cli("train", tmp_path, "--out", tmp_path / "r", "--precision", "fp8")
+    assert code == 2 and "--precision" in err and "bf16" in err
+
+
+@pytest.mark.gpu
+def test_cuda_training_with_its_defaults_agrees_with_the_cpu_reference(digits_world, tmp_path):
+    # On a GPU the defaults are bf16 autocast, channels_last, pinned memory. Same tolerance as above.
+    config = resolve_config("small", {"epochs": 5})
+    top1 = {}
+    for device in ("cpu", "cuda"):
+        train(config, digits_world["real_train"], tmp_path / device, device=device, progress=False)
+        top1[device] = evaluate_run(tmp_path / device, digits_world["real_test"], device=device)["top1"]
+    assert json.loads((tmp_path / "cuda" / "run.json").read_text())["device"].startswith("cuda")
+    assert abs(top1["cpu"] - top1["cuda"]) <= 0.05, top1
