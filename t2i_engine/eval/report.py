@@ -136,6 +136,8 @@ def write_report(inputs: list[str | Path], out: str | Path) -> dict:
     evals, analyses = collect(inputs)
     rows, baselines = build_rows(evals, analyses)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError("--out", str(out), "expected a folder for the table and plots")
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows, baselines)
     atomic_write_text(out / "table.md", table + "\n")

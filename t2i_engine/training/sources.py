@@ -48,8 +48,11 @@ class Item:
     @property
     def image(self) -> Image.Image:
         """Decoded to RGB (grey, palette and alpha images too), on each access."""
-        with Image.open(io.BytesIO(self.data)) as im:
-            return im.convert("RGB")
+        try:
+            with Image.open(io.BytesIO(self.data)) as im:
+                return im.convert("RGB")
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated files
+            raise InputError("data", self.key, f"cannot decode this image ({e}); replace or remove it") from None
 
 
 @dataclass

@@ -205,3 +205,12 @@ def test_cuda_training_with_its_defaults_agrees_with_the_cpu_reference(digits_wo
         top1[device] = evaluate_run(tmp_path / device, digits_world["real_test"], device=device)["top1"]
     assert json.loads((tmp_path / "cuda" / "run.json").read_text())["device"].startswith("cuda")
     assert abs(top1["cpu"] - top1["cuda"]) <= 0.05, top1
+
+
+def test_an_undecodable_image_is_named_as_bad_input(cli, tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "data" / cls / "ok.png")
+    (tmp_path / "data" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    code, _, err = cli("train", tmp_path / "data", "--out", tmp_path / "run", "--epochs", "1", "--val-fraction", "0", "--no-progress")
+    assert code == 2 and "b/broken" in err and "cannot decode" in err
