@@ -51,12 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     gen.add_argument("--weights", help="local diffusers folder holding the model's weights")
     gen.add_argument("--encode-workers", help="image encoder processes (0: a thread)")
+    gen.add_argument("--part", help="I/N: only shards whose number %% N == I (for Slurm arrays, torchrun); auto: from "
+                     "SLURM_ARRAY_TASK_ID/COUNT or RANK/WORLD_SIZE. The last part to finish completes the manifest")
     gen.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ver = sub.add_parser("verify", help="check every shard of a dataset against its plan")
     ver.add_argument("dir", help="dataset folder")
     ver.add_argument("--repair", action="store_true", help="move bad shards to _rejected/ so `generate` remakes them")
+
+    fin = sub.add_parser("finalize", help="complete the manifest of a folder whose parts have all finished")
+    fin.add_argument("dir", help="dataset folder")
 
     mod = sub.add_parser("models", help="list the registry's models")
     mod.add_argument("--all", action="store_true", help="include test models")
@@ -126,7 +131,7 @@ def _add_train_eval_parsers(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"generate": _generate, "verify": _verify, "models": _models, "train": _train, "eval": _eval,
+        return {"generate": _generate, "verify": _verify, "models": _models, "finalize": _finalize, "train": _train, "eval": _eval,
                 "analyze": _analyze, "probe": _probe, "report": _report, "demo": _demo}[args.command](args)
     except InputError as e:
         print(f"t2i-engine {args.command}: error: {e}", file=sys.stderr)
@@ -151,16 +156,20 @@ def _generate(args) -> int:
             raise InputError("--encode-workers", args.encode_workers, "expected an integer from 0 to 64")
         workers = int(args.encode_workers)
 
-    from .engine.run import RunOptions, generate
+    from .engine.run import RunOptions, generate, parse_part
 
-    summary = generate(recipe, Path(args.out), RunOptions(device=args.device, weights=args.weights,
-                                                          encode_workers=workers, progress=not args.no_progress))
+    part = parse_part(args.part) if args.part is not None else None
+    summary = generate(recipe, Path(args.out), RunOptions(device=args.device, weights=args.weights, encode_workers=workers,
+                                                          progress=not args.no_progress, part=part))
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
         s = summary
         print(f"{s['images']} images in {s['wall_seconds']:.1f} s ({s['images_per_second']:.2f} images/s) on {s['device']}; "
               f"{s['shards_written']} shards written, {s['shards_skipped']} already done -> {s['out']}", file=sys.stderr)
+        if s["part"]:
+            print(f"part {s['part']}: " + ("the dataset is complete" if s["dataset_complete"] else "other parts are still to finish"),
+                  file=sys.stderr)
         print("time per stage (s): " + ", ".join(f"{k} {v:.2f}" for k, v in s["stage_seconds"].items()), file=sys.stderr)
     return 0
 
@@ -179,6 +188,14 @@ def _verify(args) -> int:
         moved = repair(out, problems)
         print(f"moved {len(moved)} files of bad shards aside; rerun `t2i-engine generate` with the same recipe to remake them", file=sys.stderr)
     return 1
+
+
+def _finalize(args) -> int:
+    from .engine.run import finalize
+
+    r = finalize(Path(args.dir))
+    print(f"complete: {r['num_samples']} samples in {r['shards']} shards -> {r['out']}", file=sys.stderr)
+    return 0
 
 
 def _models(args) -> int:

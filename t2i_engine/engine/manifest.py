@@ -70,7 +70,7 @@ def check_resumable(out_dir: Path, recipe: Recipe, *, weights: str | None, dtype
     very recipe, weights and dtype. Returns its manifest."""
     manifest = read_manifest(out_dir) if out_dir.is_dir() else None
     if manifest is None:
-        if out_dir.is_dir() and any(p.name != LOCK and not p.name.endswith(TMP_SUFFIX) for p in out_dir.iterdir()):
+        if out_dir.is_dir() and any(not p.name.startswith(LOCK) and not p.name.endswith(TMP_SUFFIX) for p in out_dir.iterdir()):
             raise InputError("out", str(out_dir), f"expected a new or empty folder, or one holding a t2i-engine dataset ({MANIFEST}); this one holds other files")
         return None
     if manifest.get("recipe_hash") != recipe.content_hash():
@@ -88,20 +88,50 @@ def check_resumable(out_dir: Path, recipe: Recipe, *, weights: str | None, dtype
 @contextmanager
 def exclusive_lock(out_dir: Path):
     """Hold the folder's lock for a whole run: two runs writing one folder would race on its files."""
-    fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    with _flock(out_dir / LOCK, fcntl.LOCK_EX | fcntl.LOCK_NB,
+                InputError("out", str(out_dir), "another t2i-engine process is writing this folder; wait for it or choose another folder")) as fd:
+        yield fd  # forked helpers that may outlive a killed run should close their copy
+
+
+@contextmanager
+def part_locks(out_dir: Path, part: tuple[int, int]):
+    """A part shares the folder with the other parts (a whole-folder run is kept out) and holds
+    its own part exclusively (the same part started twice is refused)."""
+    i, n = part
+    busy = InputError("out", str(out_dir), "a run of the whole dataset is writing this folder; wait for it, or run parts only")
+    with _flock(out_dir / LOCK, fcntl.LOCK_SH | fcntl.LOCK_NB, busy) as fd:
+        same = InputError("--part", f"{i}/{n}", "this part is already running on this folder; each part runs once at a time")
+        with _flock(out_dir / f"{LOCK}.part-{i}-of-{n}", fcntl.LOCK_EX | fcntl.LOCK_NB, same):
+            yield fd
+
+
+@contextmanager
+def finalize_lock(out_dir: Path):
+    """Serialises the parts' last look at the folder: whoever finishes last writes the manifest."""
+    with _flock(out_dir / f"{LOCK}.finalize", fcntl.LOCK_EX, None) as fd:
+        yield fd
+
+
+@contextmanager
+def _flock(path: Path, mode: int, refusal: InputError | None):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode)
         except BlockingIOError:
-            raise InputError("out", str(out_dir), "another t2i-engine process is writing this folder; wait for it or choose another folder") from None
-        yield fd  # forked helpers that may outlive a killed run should close their copy
+            raise refusal from None
+        yield fd
     finally:
         os.close(fd)
 
 
-def remove_stale_temporaries(out_dir: Path) -> list[Path]:
-    """Partial files of an interrupted run; never visible under a final name, safe to drop."""
+def remove_stale_temporaries(out_dir: Path, shards: list[str] | None = None) -> list[Path]:
+    """Partial files of an interrupted run; never visible under a final name, safe to drop. A
+    part removes only its own shards' (another part may be writing the rest right now)."""
     stale = sorted(out_dir.glob(f"*{TMP_SUFFIX}"))
+    if shards is not None:
+        mine = set(shards)
+        stale = [p for p in stale if p.name.split(".")[0] in mine]
     for p in stale:
         p.unlink()
     return stale

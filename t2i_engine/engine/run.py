@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import manifest as mf
+from .errors import InputError
 from .plan import WorkUnit, plan_units
 from .recipe import Recipe
 from .registry import get_model
@@ -36,6 +37,27 @@ class RunOptions:
     # processes beside a GPU
     encode_workers: int | None = None
     progress: bool = True
+    part: tuple[int, int] | None = None  # (i, n): only units whose shard number % n == i
+
+
+def parse_part(text: str, env: dict | None = None) -> tuple[int, int]:
+    """`I/N`, or `auto`: a Slurm array task (SLURM_ARRAY_TASK_ID, _COUNT, _MIN) or a torchrun
+    rank (RANK, WORLD_SIZE)."""
+    env = os.environ if env is None else env
+    allowed = "expected I/N with 0 <= I < N (e.g. 0/4), or auto (SLURM_ARRAY_TASK_ID/COUNT or RANK/WORLD_SIZE)"
+    if text == "auto":
+        if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+            raw = (env["SLURM_ARRAY_TASK_ID"], env.get("SLURM_ARRAY_TASK_MIN", "0"), env["SLURM_ARRAY_TASK_COUNT"])
+            if all(x.isdigit() for x in raw):
+                text = f"{int(raw[0]) - int(raw[1])}/{raw[2]}"
+        elif "RANK" in env and "WORLD_SIZE" in env:
+            text = f"{env['RANK']}/{env['WORLD_SIZE']}"
+        else:
+            raise InputError("--part", "auto", "found neither SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT nor RANK and WORLD_SIZE")
+    i, _, n = text.partition("/")
+    if not (i.isascii() and i.isdigit() and n.isascii() and n.isdigit()) or not 0 <= int(i) < int(n) <= 100_000:
+        raise InputError("--part", text, allowed)
+    return int(i), int(n)
 
 
 def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) -> dict:
@@ -51,27 +73,31 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
     existing = mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"])
 
     units = plan_units(recipe)
-    todo = _uncommitted(out_dir, units)
+    part = options.part
+    mine = [u for u in units if u.shard % part[1] == part[0]] if part else units
+    todo = _uncommitted(out_dir, mine)
     t_planned = time.perf_counter()
     if not todo and existing is not None and existing.get("complete"):
         # Finished: left untouched, but for a lost _info.json (it derives from the shards).
         if not (out_dir / mf.INFO).exists():
             with mf.exclusive_lock(out_dir):
                 mf.write_timm_info(out_dir, recipe, [read_record(out_dir, u.name) for u in units])
-        return _summary(recipe, out_dir, meta, units, todo, 0, {}, 0.0, t_start, t_planned, t_planned, time.perf_counter(), device)
+        return _summary(recipe, out_dir, meta, mine, todo, 0, {}, 0.0, t_start, t_planned, t_planned, time.perf_counter(), device, part)
 
     pipe = load_pipeline(spec, options.weights, device, dtype) if todo else None
     t_loaded = time.perf_counter()
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with mf.exclusive_lock(out_dir):
+    with mf.part_locks(out_dir, part) if part else mf.exclusive_lock(out_dir):
         # Under the lock, look again: a run that just ended may have committed more shards.
         mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"])
-        todo = _uncommitted(out_dir, units)
+        todo = _uncommitted(out_dir, mine)
         if todo and pipe is None:
             pipe = load_pipeline(spec, options.weights, device, dtype)
-        mf.remove_stale_temporaries(out_dir)
-        mf.write_manifest(out_dir, recipe, records=None, **meta)
+        mf.remove_stale_temporaries(out_dir, [u.name for u in mine] if part else None)
+        with mf.finalize_lock(out_dir):  # parts: the first one in writes it; the others find it
+            if not part or mf.read_manifest(out_dir) is None:
+                mf.write_manifest(out_dir, recipe, records=None, **meta)
 
         images, stages, writer_wait = 0, {}, 0.0
         if todo:
@@ -87,16 +113,40 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
             finally:
                 writer.close()
             stages, writer_wait = generator.stage_seconds, writer.wait_seconds
-        mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
-    return _summary(recipe, out_dir, meta, units, todo, images, stages, writer_wait, t_start, t_planned, t_loaded,
-                    time.perf_counter(), device)
+        if not part:
+            mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
+    if part:
+        # Each part commits its shards before it looks; so the last part to finish sees them all.
+        with mf.finalize_lock(out_dir):
+            if not _uncommitted(out_dir, units) and not (mf.read_manifest(out_dir) or {}).get("complete"):
+                mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
+    return _summary(recipe, out_dir, meta, mine, todo, images, stages, writer_wait, t_start, t_planned, t_loaded,
+                    time.perf_counter(), device, part)
+
+
+def finalize(out_dir: Path) -> dict:
+    """Write the complete manifest of a folder whose parts have all finished (what the last
+    part does by itself; for when it could not, e.g. it was killed after its last shard)."""
+    from .verify import load_dataset_recipe
+
+    out_dir = Path(out_dir)
+    manifest, recipe = load_dataset_recipe(out_dir)
+    units = plan_units(recipe)
+    with mf.exclusive_lock(out_dir):
+        missing = [u.name for u in _uncommitted(out_dir, units)]
+        if missing:
+            raise InputError("dir", str(out_dir), f"{len(missing)} of {len(units)} shards are not written yet "
+                             f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); run the parts that hold them first")
+        mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], device=manifest["device"],
+                          dtype=manifest["dtype"], weights=manifest["weights"])
+    return {"out": str(out_dir), "shards": len(units), "num_samples": recipe.num_samples}
 
 
 def _uncommitted(out_dir: Path, units: list[WorkUnit]) -> list[WorkUnit]:
     return [u for u in units if not (out_dir.is_dir() and is_committed(out_dir, u.name))]
 
 
-def _summary(recipe, out_dir, meta, units, todo, images, stages, writer_wait, t_start, t_planned, t_loaded, t_end, device) -> dict:
+def _summary(recipe, out_dir, meta, units, todo, images, stages, writer_wait, t_start, t_planned, t_loaded, t_end, device, part) -> dict:
     import torch
 
     wall = (t_end - t_start) - (t_loaded - t_planned)  # model loading is reported apart
@@ -110,6 +160,8 @@ def _summary(recipe, out_dir, meta, units, todo, images, stages, writer_wait, t_
         "images": images,
         "shards_written": len(todo),
         "shards_skipped": len(units) - len(todo),
+        "part": f"{part[0]}/{part[1]}" if part else None,
+        "dataset_complete": bool((mf.read_manifest(out_dir) or {}).get("complete")) if out_dir.is_dir() else False,
         "num_samples": recipe.num_samples,
         "wall_seconds": round(wall, 3),
         "images_per_second": round(images / wall, 3) if images else 0.0,
