@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--quality", help="JPEG/WebP quality, 1-100 (default 95)")
     gen.add_argument("--images-per-shard")
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    gen.add_argument("--devices", help="one worker process per device on a shared queue: all | 0,1,3 | cpu:N")
     gen.add_argument("--weights", help="local diffusers folder holding the model's weights")
     gen.add_argument("--encode-workers", help="image encoder processes (0: a thread)")
     gen.add_argument("--part", help="I/N: only shards whose number %% N == I (for Slurm arrays, torchrun); auto: from "
@@ -159,8 +160,13 @@ def _generate(args) -> int:
     from .engine.run import RunOptions, generate, parse_part
 
     part = parse_part(args.part) if args.part is not None else None
+    devices = None
+    if args.devices is not None:
+        from .engine.workers import parse_devices
+
+        devices = parse_devices(args.devices)
     summary = generate(recipe, Path(args.out), RunOptions(device=args.device, weights=args.weights, encode_workers=workers,
-                                                          progress=not args.no_progress, part=part))
+                                                          progress=not args.no_progress, part=part, devices=devices))
     if args.json:
         print(json.dumps(summary, indent=1))
     else:

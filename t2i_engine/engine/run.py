@@ -38,6 +38,7 @@ class RunOptions:
     encode_workers: int | None = None
     progress: bool = True
     part: tuple[int, int] | None = None  # (i, n): only units whose shard number % n == i
+    devices: list[str] | None = None  # one worker process per entry (workers.parse_devices)
 
 
 def parse_part(text: str, env: dict | None = None) -> tuple[int, int]:
@@ -67,7 +68,7 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
     out_dir = Path(out_dir)
     mf.check_output_dir(out_dir)
     spec = get_model(recipe.model)
-    device = resolve_device(options.device)
+    device = resolve_device(options.devices[0] if options.devices else options.device)
     dtype = resolve_dtype(spec, device)
     meta = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), weights=options.weights)
     existing = mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"])
@@ -84,7 +85,8 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
                 mf.write_timm_info(out_dir, recipe, [read_record(out_dir, u.name) for u in units])
         return _summary(recipe, out_dir, meta, mine, todo, 0, {}, 0.0, t_start, t_planned, t_planned, time.perf_counter(), device, part)
 
-    pipe = load_pipeline(spec, options.weights, device, dtype) if todo else None
+    # With worker processes the model loads in each of them, not here.
+    pipe = load_pipeline(spec, options.weights, device, dtype) if todo and not options.devices else None
     t_loaded = time.perf_counter()
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,15 +94,20 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
         # Under the lock, look again: a run that just ended may have committed more shards.
         mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"])
         todo = _uncommitted(out_dir, mine)
-        if todo and pipe is None:
+        if todo and pipe is None and not options.devices:
             pipe = load_pipeline(spec, options.weights, device, dtype)
         mf.remove_stale_temporaries(out_dir, [u.name for u in mine] if part else None)
         with mf.finalize_lock(out_dir):  # parts: the first one in writes it; the others find it
             if not part or mf.read_manifest(out_dir) is None:
                 mf.write_manifest(out_dir, recipe, records=None, **meta)
 
-        images, stages, writer_wait = 0, {}, 0.0
-        if todo:
+        images, stages, writer_wait, rates, restarts = 0, {}, 0.0, None, 0
+        if todo and options.devices:
+            from .workers import run_workers
+
+            images, rates, restarts = run_workers(todo, recipe, out_dir, devices=options.devices, weights=options.weights,
+                                        progress=options.progress)
+        elif todo:
             generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
                                   width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
             workers = options.encode_workers
@@ -120,8 +127,13 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
         with mf.finalize_lock(out_dir):
             if not _uncommitted(out_dir, units) and not (mf.read_manifest(out_dir) or {}).get("complete"):
                 mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
-    return _summary(recipe, out_dir, meta, mine, todo, images, stages, writer_wait, t_start, t_planned, t_loaded,
-                    time.perf_counter(), device, part)
+    summary = _summary(recipe, out_dir, meta, mine, todo, images, stages, writer_wait, t_start, t_planned, t_loaded,
+                       time.perf_counter(), device, part)
+    if options.devices:
+        summary["devices"] = options.devices
+        summary["device_images_per_second"] = rates
+        summary["worker_restarts"] = restarts
+    return summary
 
 
 def finalize(out_dir: Path) -> dict:
@@ -168,7 +180,7 @@ def _summary(recipe, out_dir, meta, units, todo, images, stages, writer_wait, t_
         "model_load_seconds": round(t_loaded - t_planned, 3),
         "stage_seconds": {**{k: round(v, 3) for k, v in stages.items()},
                           "planning": round(t_planned - t_start, 3), "writer_wait": round(writer_wait, 3)},
-        "outside_model_share": round(1 - model_seconds / wall, 4) if images else None,
+        "outside_model_share": round(1 - model_seconds / wall, 4) if images and stages else None,
         "peak_memory_bytes": peak,
     }
 

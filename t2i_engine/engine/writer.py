@@ -136,6 +136,11 @@ class ShardWriter:
         parts = self._parts.pop(unit.shard)
         self._commits.append(self._tar_thread.submit(self._write_shard, unit, parts))
 
+    def finished(self) -> list[ShardRecord]:
+        """Records of the shards written so far, without waiting for the rest."""
+        self._collect_written()
+        return self.records
+
     def close(self) -> list[ShardRecord]:
         """Wait for every queued shard; returns the records of shards written by this writer."""
         start = time.perf_counter()

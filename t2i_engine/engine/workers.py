@@ -1,0 +1,252 @@
+"""The local scheduler: one worker process per device, fed units one at a time.
+
+`generate --devices all|0,1,3|cpu:N` starts one spawned process per device. Each loads the model
+once and asks the parent for a unit whenever it has handed its last one to its writer, so a fast
+device takes more units and a slow one never holds a unit another could be doing. The parent
+knows which unit every worker holds: when a worker dies (killed, segfault, out of memory), its
+unfinished units go back on the queue and the worker is restarted on the same device, up to
+MAX_RESTARTS times per device; past that the run stops with an error naming the device and the
+units. Workers ignore Ctrl-C; the parent stops them, and committed shards are kept (a partial
+shard is never visible under its final name), so the next run resumes.
+
+A batch that runs out of GPU memory is retried at half its size, down to 1, and the size that
+worked is kept for that worker: batch size changes no sample (tested in test_generate.py).
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from .errors import InputError
+from .plan import WorkUnit
+
+MAX_RESTARTS = 3
+POLL_SECONDS = 0.2
+
+
+def parse_devices(text: str) -> list[str]:
+    """`cpu:N` -> N CPU workers; `all` -> every CUDA device; `0,1,3` -> those CUDA devices."""
+    import torch
+
+    allowed = "expected all, a list of CUDA device numbers such as 0,1,3, or cpu:N (N CPU workers, 1-64)"
+    if text.startswith("cpu:"):
+        n = text[4:]
+        if not (n.isascii() and n.isdigit()) or not 1 <= int(n) <= 64:
+            raise InputError("--devices", text, allowed)
+        return ["cpu"] * int(n)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if text == "all":
+        if count == 0:
+            raise InputError("--devices", text, "this machine has no CUDA device; use cpu:N")
+        return [f"cuda:{i}" for i in range(count)]
+    parts = text.split(",")
+    if not all(p.isascii() and p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+        raise InputError("--devices", text, allowed)
+    missing = [p for p in parts if int(p) >= count]
+    if missing:
+        raise InputError("--devices", text, f"this machine has {count} CUDA device(s); no device {', '.join(missing)}")
+    return [f"cuda:{p}" for p in parts]
+
+
+@dataclass
+class _Worker:
+    device: str
+    process: object = None
+    inbox: object = None
+    held: list[int] = field(default_factory=list)  # units handed over and not yet reported written
+    images: int = 0
+    seconds: float = 0.0  # time since its model was ready
+    ready_at: float | None = None
+    restarts: int = 0
+    failed_units: list[int] = field(default_factory=list)
+
+
+def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[str], weights: str | None,
+                progress: bool) -> tuple[int, dict, int]:
+    """Generate `units` on `devices`; returns (images written, per-device images/sec, restarts)."""
+    from tqdm import tqdm
+
+    import os
+
+    ctx = get_context("spawn")
+    # CPU workers split the cores between them rather than each taking them all.
+    cpu_threads = max(1, (os.cpu_count() or 1) // max(1, devices.count("cpu")))
+    outbox = ctx.Queue()
+    by_shard = {u.shard: u for u in units}
+    todo = [u.shard for u in units]  # handed out in plan order
+    workers = [_Worker(d) for d in devices]
+    written, images_done = set(), 0
+    total_images = sum(len(u.samples) for u in units)
+
+    def start(wid: int) -> None:
+        w = workers[wid]
+        w.inbox = ctx.Queue()
+        w.process = ctx.Process(target=worker_main, args=(wid, w.device, recipe.to_dict(), str(out_dir), weights, w.inbox, outbox,
+                                                          cpu_threads),
+                                daemon=True, name=f"t2i-engine-worker-{wid}")
+        w.process.start()
+
+    for wid in range(len(workers)):
+        start(wid)
+    bar = tqdm(total=total_images, unit="img", desc="generate", disable=None if progress else True, dynamic_ncols=True)
+    graceful = False
+    try:
+        while len(written) < len(units):
+            try:
+                msg = outbox.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                msg = None
+            if msg is not None:
+                kind, wid, *rest = msg
+                w = workers[wid]
+                if kind == "ready":
+                    w.ready_at = time.perf_counter()
+                elif kind == "want":
+                    shard = todo.pop(0) if todo else None
+                    if shard is not None:
+                        w.held.append(shard)
+                    w.inbox.put(shard)
+                elif kind == "written":
+                    shard, n = rest
+                    if shard in w.held:
+                        w.held.remove(shard)
+                    if shard not in written:
+                        written.add(shard)
+                        w.images += n
+                        images_done += n
+                        bar.update(n)
+                        bar.set_postfix_str(_rates(workers))
+                elif kind == "fatal":
+                    raise InputError("--devices", w.device, f"its worker failed: {rest[0]}")
+            for wid, w in enumerate(workers):
+                if w.process.is_alive() or w.process.exitcode is None:
+                    continue
+                if w.process.exitcode == 0 and not w.held:
+                    continue  # finished normally
+                _requeue(w, todo, written, by_shard, out_dir)
+                w.restarts += 1
+                if w.restarts > MAX_RESTARTS:
+                    raise RuntimeError(f"the worker on {w.device} died {w.restarts} times (last exit code {w.process.exitcode}); "
+                                       f"units it could not finish: {', '.join(f'{s:06d}' for s in w.failed_units)}")
+                start(wid)
+        graceful = True
+    finally:
+        # Done: let each worker finish and close its writer. Interrupted or failed: stop them
+        # now; their committed shards stay, and partial files are cleared by the next run.
+        bar.close()
+        for w in workers:
+            if w.process is not None and w.process.is_alive():
+                if graceful:
+                    w.inbox.put(None)
+                else:
+                    w.process.terminate()
+        deadline = time.monotonic() + 30
+        for w in workers:
+            if w.process is not None:
+                w.process.join(timeout=max(0.1, deadline - time.monotonic()))
+                if w.process.is_alive():
+                    w.process.terminate()
+                    w.process.join()
+    now = time.perf_counter()
+    rates = {f"{w.device}#{i}": round(w.images / (now - w.ready_at), 3) if w.ready_at else 0.0 for i, w in enumerate(workers)}
+    return images_done, rates, sum(w.restarts for w in workers)
+
+
+def _requeue(w: _Worker, todo: list[int], written: set[int], by_shard: dict, out_dir: Path) -> None:
+    from .writer import is_committed
+
+    for shard in w.held:
+        if is_committed(out_dir, by_shard[shard].name):
+            written.add(shard)  # it got its shard out before it died; count it once
+            continue
+        w.failed_units.append(shard)
+        todo.insert(0, shard)
+    w.held.clear()
+
+
+def _rates(workers: list[_Worker]) -> str:
+    now = time.perf_counter()
+    return " ".join(f"{w.device}:{w.images / (now - w.ready_at):.1f}/s" for w in workers if w.ready_at and now > w.ready_at)
+
+
+def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, weights: str | None, inbox, outbox,
+                cpu_threads: int) -> None:
+    """One device: load the model once, then generate the units the parent hands over."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    try:
+        import torch
+
+        if device_name == "cpu":
+            torch.set_num_threads(cpu_threads)
+        from .generator import Generator, load_pipeline, resolve_device, resolve_dtype
+        from .plan import plan_units
+        from .recipe import Recipe
+        from .registry import get_model
+        from .run import sample_meta
+        from .writer import ShardWriter
+
+        recipe = Recipe.from_dict(recipe_dict)
+        spec = get_model(recipe.model)
+        device = resolve_device(device_name)
+        pipe = load_pipeline(spec, weights, device, resolve_dtype(spec, device))
+        generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
+                              width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
+        units = {u.shard: u for u in plan_units(recipe)}
+        writer = ShardWriter(Path(out_dir), fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
+                             sample_meta=sample_meta(recipe), encode_workers=0)
+    except InputError as e:
+        outbox.put(("fatal", wid, str(e)))
+        return
+    outbox.put(("ready", wid))
+    batch_size, reported = recipe.batch_size, 0
+    try:
+        while True:
+            outbox.put(("want", wid))
+            shard = inbox.get()
+            if shard is None:
+                break
+            unit = units[shard]
+            start = 0
+            while start < len(unit.samples):
+                batch = list(unit.samples[start : start + batch_size])
+                try:
+                    images = generator.generate(batch)
+                except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
+                    if not _is_oom(e) or batch_size == 1:
+                        raise
+                    batch_size = max(1, batch_size // 2)  # kept for the rest of this worker's life
+                    _free_cuda_memory()
+                    continue
+                writer.add(unit, batch, images)
+                start += len(batch)
+            writer.commit(unit)
+            reported = _report_written(writer, units, outbox, wid, reported)
+    finally:
+        writer.close()
+        _report_written(writer, units, outbox, wid, reported)
+
+
+def _report_written(writer, units: dict, outbox, wid: int, reported: int) -> int:
+    records = writer.finished()
+    for record in records[reported:]:
+        shard = int(record.name.removesuffix(".tar"))
+        outbox.put(("written", wid, shard, len(units[shard].samples)))
+    return len(records)
+
+
+def _is_oom(error: Exception) -> bool:
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def _free_cuda_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

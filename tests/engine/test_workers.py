@@ -1,0 +1,100 @@
+"""The local scheduler (`--devices cpu:N`): the same shards whatever the worker count, and a
+worker killed mid-run is replaced without losing or duplicating a sample."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from t2i_engine.engine.errors import InputError
+from t2i_engine.engine.run import RunOptions, generate
+from t2i_engine.engine.verify import verify_dataset
+from t2i_engine.engine.workers import parse_devices
+from tests.conftest import CLI, tiny_recipe
+from tests.engine.test_generate import QUIET, shard_hashes
+
+pytestmark = pytest.mark.slow
+RECIPE = {"images_per_class": 8, "images_per_shard": 2}  # 24 samples in 12 shards
+YAML = ("model: tiny-sd\nclasses: [cat, dog, goldfish]\nimages_per_class: 8\nsteps: 2\nresolution: 32\n"
+        "batch_size: 2\nimages_per_shard: 2\n")  # = tiny_recipe(**RECIPE)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "out"
+    generate(tiny_recipe(**RECIPE), out, QUIET)
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_one_or_two_workers_write_the_same_shards_as_one_process(whole, tmp_path, n):
+    summary = generate(tiny_recipe(**RECIPE), tmp_path / "out", RunOptions(progress=False, devices=["cpu"] * n))
+    assert summary["images"] == 24 and summary["worker_restarts"] == 0 and len(summary["device_images_per_second"]) == n
+    assert shard_hashes(tmp_path / "out") == shard_hashes(whole)
+    assert verify_dataset(tmp_path / "out") == []
+
+
+def _worker_pids(parent: int) -> list[int]:
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    pids = []
+    for c in children:
+        try:
+            cmd = Path(f"/proc/{c}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+            pids.append(int(c))
+    return pids
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_every_sample_lands_once(whole, tmp_path):
+    recipe, out = tmp_path / "r.yaml", tmp_path / "out"
+    recipe.write_text(YAML)
+    proc = subprocess.Popen([*CLI, "generate", str(recipe), "--out", str(out), "--devices", "cpu:2", "--no-progress", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("*.tar"))) < 2:
+        time.sleep(0.05)
+    victims = _worker_pids(proc.pid)
+    assert victims and len(list(out.glob("*.tar"))) < 12, "the kill should land mid-run"
+    os.kill(victims[0], signal.SIGKILL)  # as a segfault or an out-of-memory kill would end it
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["worker_restarts"] == 1 and summary["dataset_complete"]
+    assert verify_dataset(out) == []
+    assert shard_hashes(out) == shard_hashes(whole)
+
+
+@pytest.mark.parametrize("text", ["cpu:0", "cpu:x", "tpu", "0,0", "1,-2", "all", "0"])
+def test_bad_devices_are_refused(text):
+    import torch
+
+    if torch.cuda.is_available() and text in ("all", "0"):
+        pytest.skip("valid on a machine with CUDA")
+    with pytest.raises(InputError, match="--devices"):
+        parse_devices(text)
+
+
+def test_ctrl_c_stops_the_workers_keeps_committed_shards_and_the_next_run_resumes(whole, tmp_path):
+    recipe, out = tmp_path / "r.yaml", tmp_path / "out"
+    recipe.write_text(YAML)
+    proc = subprocess.Popen([*CLI, "generate", str(recipe), "--out", str(out), "--devices", "cpu:2", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("*.tar")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in stderr
+    done = sorted(out.glob("*.tar"))
+    assert 1 <= len(done) < 12 and not json.loads((out / "dataset.json").read_text())["complete"]
+    summary = generate(tiny_recipe(**RECIPE), out, RunOptions(progress=False, devices=["cpu", "cpu"]))
+    assert summary["shards_skipped"] == len(done)
+    assert shard_hashes(out) == shard_hashes(whole) and verify_dataset(out) == []
