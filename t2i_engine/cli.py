@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--images-per-shard")
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     gen.add_argument("--devices", help="one worker process per device on a shared queue: all | 0,1,3 | cpu:N")
+    gen.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="run the units as Ray actors (one per GPU, or per CPU): on a local Ray instance, or the cluster at ADDRESS")
     gen.add_argument("--weights", help="local diffusers folder holding the model's weights")
     gen.add_argument("--encode-workers", help="image encoder processes (0: a thread)")
     gen.add_argument("--part", help="I/N: only shards whose number %% N == I (for Slurm arrays, torchrun); auto: from "
@@ -161,12 +163,15 @@ def _generate(args) -> int:
 
     part = parse_part(args.part) if args.part is not None else None
     devices = None
+    if args.devices is not None and args.ray is not None:
+        raise InputError("--ray", args.ray, "choose --devices (this machine) or --ray (a Ray cluster), not both")
     if args.devices is not None:
         from .engine.workers import parse_devices
 
         devices = parse_devices(args.devices)
     summary = generate(recipe, Path(args.out), RunOptions(device=args.device, weights=args.weights, encode_workers=workers,
-                                                          progress=not args.no_progress, part=part, devices=devices))
+                                                          progress=not args.no_progress, part=part, devices=devices,
+                                                          ray=args.ray))
     if args.json:
         print(json.dumps(summary, indent=1))
     else:

@@ -39,6 +39,7 @@ class RunOptions:
     progress: bool = True
     part: tuple[int, int] | None = None  # (i, n): only units whose shard number % n == i
     devices: list[str] | None = None  # one worker process per entry (workers.parse_devices)
+    ray: str | None = None  # "local" (a Ray instance of this machine) or a cluster address
 
 
 def parse_part(text: str, env: dict | None = None) -> tuple[int, int]:
@@ -86,7 +87,8 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
         return _summary(recipe, out_dir, meta, mine, todo, 0, {}, 0.0, t_start, t_planned, t_planned, time.perf_counter(), device, part)
 
     # With worker processes the model loads in each of them, not here.
-    pipe = load_pipeline(spec, options.weights, device, dtype) if todo and not options.devices else None
+    remote = bool(options.devices or options.ray)
+    pipe = load_pipeline(spec, options.weights, device, dtype) if todo and not remote else None
     t_loaded = time.perf_counter()
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,7 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
         # Under the lock, look again: a run that just ended may have committed more shards.
         mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"])
         todo = _uncommitted(out_dir, mine)
-        if todo and pipe is None and not options.devices:
+        if todo and pipe is None and not remote:
             pipe = load_pipeline(spec, options.weights, device, dtype)
         mf.remove_stale_temporaries(out_dir, [u.name for u in mine] if part else None)
         with mf.finalize_lock(out_dir):  # parts: the first one in writes it; the others find it
@@ -102,7 +104,12 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
                 mf.write_manifest(out_dir, recipe, records=None, **meta)
 
         images, stages, writer_wait, rates, restarts = 0, {}, 0.0, None, 0
-        if todo and options.devices:
+        if todo and options.ray:
+            from .ray_runner import run_ray
+
+            images, rates, restarts = run_ray(todo, recipe, out_dir, address=None if options.ray == "local" else options.ray,
+                                              weights=options.weights, progress=options.progress)
+        elif todo and options.devices:
             from .workers import run_workers
 
             images, rates, restarts = run_workers(todo, recipe, out_dir, devices=options.devices, weights=options.weights,
@@ -129,7 +136,9 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
                 mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
     summary = _summary(recipe, out_dir, meta, mine, todo, images, stages, writer_wait, t_start, t_planned, t_loaded,
                        time.perf_counter(), device, part)
-    if options.devices:
+    if options.ray:
+        summary["ray"] = rates
+    elif options.devices:
         summary["devices"] = options.devices
         summary["device_images_per_second"] = rates
         summary["worker_restarts"] = restarts

@@ -174,15 +174,13 @@ def _rates(workers: list[_Worker]) -> str:
     return " ".join(f"{w.device}:{w.images / (now - w.ready_at):.1f}/s" for w in workers if w.ready_at and now > w.ready_at)
 
 
-def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, weights: str | None, inbox, outbox,
-                cpu_threads: int) -> None:
-    """One device: load the model once, then generate the units the parent hands over."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    try:
+class UnitRunner:
+    """What every worker does, local process or Ray actor: load the model on one device once,
+    then generate whole units into shards."""
+
+    def __init__(self, device_name: str, recipe_dict: dict, out_dir: str, weights: str | None, cpu_threads: int):
         import torch
 
-        if device_name == "cpu":
-            torch.set_num_threads(cpu_threads)
         from .generator import Generator, load_pipeline, resolve_device, resolve_dtype
         from .plan import plan_units
         from .recipe import Recipe
@@ -190,45 +188,61 @@ def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, wei
         from .run import sample_meta
         from .writer import ShardWriter
 
+        if device_name == "cpu":
+            torch.set_num_threads(cpu_threads)
         recipe = Recipe.from_dict(recipe_dict)
         spec = get_model(recipe.model)
         device = resolve_device(device_name)
         pipe = load_pipeline(spec, weights, device, resolve_dtype(spec, device))
-        generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
-                              width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
-        units = {u.shard: u for u in plan_units(recipe)}
-        writer = ShardWriter(Path(out_dir), fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
-                             sample_meta=sample_meta(recipe), encode_workers=0)
+        self.generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
+                                   width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
+        self.units = {u.shard: u for u in plan_units(recipe)}
+        self.writer = ShardWriter(Path(out_dir), fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
+                                  sample_meta=sample_meta(recipe), encode_workers=0)
+        self.batch_size = recipe.batch_size
+
+    def run(self, shard: int) -> int:
+        """Generate unit `shard` and hand it to the writer; returns its image count."""
+        unit = self.units[shard]
+        start = 0
+        while start < len(unit.samples):
+            batch = list(unit.samples[start : start + self.batch_size])
+            try:
+                images = self.generator.generate(batch)
+            except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
+                if not _is_oom(e) or self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)  # kept for the rest of this worker's life
+                _free_cuda_memory()
+                continue
+            self.writer.add(unit, batch, images)
+            start += len(batch)
+        self.writer.commit(unit)
+        return len(unit.samples)
+
+
+def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, weights: str | None, inbox, outbox,
+                cpu_threads: int) -> None:
+    """One local device: load the model once, then generate the units the parent hands over."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    try:
+        runner = UnitRunner(device_name, recipe_dict, out_dir, weights, cpu_threads)
     except InputError as e:
         outbox.put(("fatal", wid, str(e)))
         return
     outbox.put(("ready", wid))
-    batch_size, reported = recipe.batch_size, 0
+    reported = 0
     try:
         while True:
             outbox.put(("want", wid))
             shard = inbox.get()
             if shard is None:
                 break
-            unit = units[shard]
-            start = 0
-            while start < len(unit.samples):
-                batch = list(unit.samples[start : start + batch_size])
-                try:
-                    images = generator.generate(batch)
-                except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
-                    if not _is_oom(e) or batch_size == 1:
-                        raise
-                    batch_size = max(1, batch_size // 2)  # kept for the rest of this worker's life
-                    _free_cuda_memory()
-                    continue
-                writer.add(unit, batch, images)
-                start += len(batch)
-            writer.commit(unit)
-            reported = _report_written(writer, units, outbox, wid, reported)
+            runner.run(shard)
+            reported = _report_written(runner.writer, runner.units, outbox, wid, reported)
     finally:
-        writer.close()
-        _report_written(writer, units, outbox, wid, reported)
+        runner.writer.close()
+        _report_written(runner.writer, runner.units, outbox, wid, reported)
 
 
 def _report_written(writer, units: dict, outbox, wid: int, reported: int) -> int:

@@ -141,6 +141,12 @@ class ShardWriter:
         self._collect_written()
         return self.records
 
+    def flush(self) -> list[ShardRecord]:
+        """Wait until every committed shard is on disk; the writer stays open."""
+        while self._commits:
+            self.records.append(self._commits.popleft().result())
+        return self.records
+
     def close(self) -> list[ShardRecord]:
         """Wait for every queued shard; returns the records of shards written by this writer."""
         start = time.perf_counter()

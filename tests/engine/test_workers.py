@@ -98,3 +98,8 @@ def test_ctrl_c_stops_the_workers_keeps_committed_shards_and_the_next_run_resume
     summary = generate(tiny_recipe(**RECIPE), out, RunOptions(progress=False, devices=["cpu", "cpu"]))
     assert summary["shards_skipped"] == len(done)
     assert shard_hashes(out) == shard_hashes(whole) and verify_dataset(out) == []
+
+
+def test_devices_and_ray_together_are_refused(cli, tmp_path):
+    code, _, err = cli("generate", "--out", tmp_path / "out", "--devices", "cpu:2", "--ray")
+    assert code == 2 and "--ray" in err and not (tmp_path / "out").exists()
