@@ -102,7 +102,28 @@ def part_locks(out_dir: Path, part: tuple[int, int]):
     with _flock(out_dir / LOCK, fcntl.LOCK_SH | fcntl.LOCK_NB, busy) as fd:
         same = InputError("--part", f"{i}/{n}", "this part is already running on this folder; each part runs once at a time")
         with _flock(out_dir / f"{LOCK}.part-{i}-of-{n}", fcntl.LOCK_EX | fcntl.LOCK_NB, same):
+            with finalize_lock(out_dir):
+                _check_split(out_dir, i, n)
             yield fd
+
+
+def _check_split(out_dir: Path, i: int, n: int) -> None:
+    """Parts of another split (0/3 beside 0/2) would write the same shards at once: refuse while
+    any of them runs. A finished split of another N is no obstacle."""
+    record = out_dir / f"{LOCK}.parts"
+    other = int(record.read_text()) if record.is_file() and record.read_text().strip().isdigit() else n
+    if other != n:
+        for j in range(other):
+            path = out_dir / f"{LOCK}.part-{j}-of-{other}"
+            if not path.exists():
+                continue
+            try:
+                with _flock(path, fcntl.LOCK_EX | fcntl.LOCK_NB, InputError("--part", f"{i}/{n}", "")):
+                    pass
+            except InputError:
+                raise InputError("--part", f"{i}/{n}", f"parts of another split (part {j}/{other}) are writing this folder; "
+                                 f"use --part I/{other}, or wait for them") from None
+    atomic_write_text(record, f"{n}\n")
 
 
 @contextmanager

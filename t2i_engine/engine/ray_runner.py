@@ -21,56 +21,72 @@ from .plan import WorkUnit
 MAX_RESTARTS = 3
 
 
-def run_ray(units: list[WorkUnit], recipe, out_dir: Path, *, address: str | None, weights: str | None,
-            progress: bool, max_actors: int | None = None) -> tuple[int, dict, int]:
-    """Generate `units` on a Ray cluster; returns (images written, actors per kind, 0)."""
+def connect(address: str | None) -> tuple[int, bool]:
+    """Join (or start) the Ray cluster before anything is written; returns (its GPUs, whether
+    this call started Ray and so must shut it down)."""
     try:
         import ray
-        from ray.util import ActorPool
     except ImportError:
         raise InputError("--ray", address or "local", "Ray is not installed: pip install 't2i-engine[ray]'") from None
-    from tqdm import tqdm
-
-    started_here = not ray.is_initialized()
-    if started_here:
+    started = not ray.is_initialized()
+    if started:
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise InputError("--ray", address, f"cannot connect to a Ray cluster there ({e}); start one with `ray start --head`, "
                              "or pass no address for a local one") from None
+    return int(ray.cluster_resources().get("GPU", 0)), started
+
+
+def shutdown() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def run_ray(units: list[WorkUnit], recipe, out_dir: Path, *, weights: str | None, dtype: str, progress: bool,
+            max_actors: int | None = None) -> tuple[int, dict, int]:
+    """Generate `units` on the connected Ray cluster; returns (images written, actors, 0). Every
+    actor runs in `dtype`, the precision the manifest records."""
+    import ray
+    from ray.util import ActorPool
+    from tqdm import tqdm
+
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+    count = min(len(units), gpus or cpus, max_actors or len(units))
+    options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+    actor_cls = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(_RayUnitWorker)
+    device = "cuda" if gpus else "cpu"
+    actors = [actor_cls.options(**options).remote(device, recipe.to_dict(), str(out_dir), weights, dtype) for _ in range(count)]
+    done = 0
     try:
-        resources = ray.cluster_resources()
-        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-        count = min(len(units), gpus or cpus, max_actors or len(units))
-        options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-        actor_cls = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(_RayUnitWorker)
-        device = "cuda" if gpus else "cpu"
-        actors = [actor_cls.options(**options).remote(device, recipe.to_dict(), str(out_dir), weights) for _ in range(count)]
         pool = ActorPool(actors)
-        done = 0
         with tqdm(total=sum(len(u.samples) for u in units), unit="img", desc=f"generate (ray, {count} {device} actors)",
                   disable=None if progress else True, dynamic_ncols=True) as bar:
             for n in pool.map_unordered(lambda actor, shard: actor.run.remote(shard), [u.shard for u in units]):
                 done += n
                 bar.update(n)
-        for actor in actors:
-            ray.kill(actor)
-        return done, {f"ray-{device}-actors": count}, 0
+    except ray.exceptions.RayError as e:
+        raise RuntimeError(f"Ray actors on {device} failed after {MAX_RESTARTS} restarts: {str(e)[:400]}") from None
     finally:
-        if started_here:
-            ray.shutdown()
+        for actor in actors:  # none may keep writing once the driver lets go of the folder
+            ray.kill(actor)
+    return done, {f"ray-{device}-actors": count}, 0
 
 
 class _RayUnitWorker:
     """A Ray actor around UnitRunner; `run` returns once the unit's shard is committed."""
 
-    def __init__(self, device: str, recipe_dict: dict, out_dir: str, weights: str | None):
+    def __init__(self, device: str, recipe_dict: dict, out_dir: str, weights: str | None, dtype: str):
         import ray
 
         if device == "cuda":
             device = "cuda:0"  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
         threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         self.runner = _make_runner(device, recipe_dict, out_dir, weights, threads)
+        if self.runner.dtype != dtype:
+            raise RuntimeError(f"this actor runs {self.runner.dtype}, the dataset is {dtype}")
 
     def run(self, shard: int) -> int:
         n = self.runner.run(shard)

@@ -63,13 +63,32 @@ def parse_part(text: str, env: dict | None = None) -> tuple[int, int]:
 
 
 def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) -> dict:
-    from .generator import Generator, load_pipeline, resolve_device, resolve_dtype
+    from .generator import resolve_device
 
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     mf.check_output_dir(out_dir)
     spec = get_model(recipe.model)
-    device = resolve_device(options.devices[0] if options.devices else options.device)
+    ray_started = False
+    if options.ray:
+        import torch
+
+        from . import ray_runner
+
+        gpus, ray_started = ray_runner.connect(None if options.ray == "local" else options.ray)
+        device = torch.device("cuda" if gpus else "cpu")  # the actors' device, not this machine's
+    else:
+        device = resolve_device(options.devices[0] if options.devices else options.device)
+    try:
+        return _generate(recipe, out_dir, options, spec, device, t_start)
+    finally:
+        if ray_started:
+            ray_runner.shutdown()
+
+
+def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, t_start: float) -> dict:
+    from .generator import Generator, load_pipeline, resolve_dtype
+
     dtype = resolve_dtype(spec, device)
     meta = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), weights=options.weights)
     existing = mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"])
@@ -107,8 +126,8 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
         if todo and options.ray:
             from .ray_runner import run_ray
 
-            images, rates, restarts = run_ray(todo, recipe, out_dir, address=None if options.ray == "local" else options.ray,
-                                              weights=options.weights, progress=options.progress)
+            images, rates, restarts = run_ray(todo, recipe, out_dir, weights=options.weights, dtype=meta["dtype"],
+                                              progress=options.progress)
         elif todo and options.devices:
             from .workers import run_workers
 
@@ -129,11 +148,12 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
             stages, writer_wait = generator.stage_seconds, writer.wait_seconds
         if not part:
             mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
-    if part:
-        # Each part commits its shards before it looks; so the last part to finish sees them all.
-        with mf.finalize_lock(out_dir):
-            if not _uncommitted(out_dir, units) and not (mf.read_manifest(out_dir) or {}).get("complete"):
-                mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
+        else:
+            # Still holding the shared lock (no whole-folder run can start in between). Each part
+            # commits its shards before it looks, so the last part to finish sees them all.
+            with mf.finalize_lock(out_dir):
+                if not _uncommitted(out_dir, units) and not (mf.read_manifest(out_dir) or {}).get("complete"):
+                    mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
     summary = _summary(recipe, out_dir, meta, mine, todo, images, stages, writer_wait, t_start, t_planned, t_loaded,
                        time.perf_counter(), device, part)
     if options.ray:

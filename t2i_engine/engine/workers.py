@@ -58,10 +58,11 @@ class _Worker:
     device: str
     process: object = None
     inbox: object = None
+    outbox: object = None  # its own: a worker killed while sending cannot jam the others' channel
     held: list[int] = field(default_factory=list)  # units handed over and not yet reported written
     images: int = 0
-    seconds: float = 0.0  # time since its model was ready
     ready_at: float | None = None
+    done: bool = False  # said goodbye: exited on purpose
     restarts: int = 0
     failed_units: list[int] = field(default_factory=list)
 
@@ -69,70 +70,85 @@ class _Worker:
 def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[str], weights: str | None,
                 progress: bool) -> tuple[int, dict, int]:
     """Generate `units` on `devices`; returns (images written, per-device images/sec, restarts)."""
-    from tqdm import tqdm
-
     import os
+
+    from tqdm import tqdm
 
     ctx = get_context("spawn")
     # CPU workers split the cores between them rather than each taking them all.
     cpu_threads = max(1, (os.cpu_count() or 1) // max(1, devices.count("cpu")))
-    outbox = ctx.Queue()
     by_shard = {u.shard: u for u in units}
     todo = [u.shard for u in units]  # handed out in plan order
     workers = [_Worker(d) for d in devices]
-    written, images_done = set(), 0
-    total_images = sum(len(u.samples) for u in units)
+    written: set[int] = set()
+    bar = tqdm(total=sum(len(u.samples) for u in units), unit="img", desc="generate", disable=None if progress else True,
+               dynamic_ncols=True)
 
     def start(wid: int) -> None:
         w = workers[wid]
-        w.inbox = ctx.Queue()
-        w.process = ctx.Process(target=worker_main, args=(wid, w.device, recipe.to_dict(), str(out_dir), weights, w.inbox, outbox,
-                                                          cpu_threads),
+        w.inbox, w.outbox, w.done, w.ready_at = ctx.Queue(), ctx.Queue(), False, None
+        w.process = ctx.Process(target=worker_main, args=(wid, w.device, recipe.to_dict(), str(out_dir), weights, w.inbox,
+                                                          w.outbox, cpu_threads, os.getpid()),
                                 daemon=True, name=f"t2i-engine-worker-{wid}")
         w.process.start()
 
+    def count_written(w: _Worker, shard: int) -> None:
+        if shard in w.held:
+            w.held.remove(shard)
+        if shard not in written:
+            written.add(shard)
+            n = len(by_shard[shard].samples)
+            w.images += n
+            bar.update(n)
+            bar.set_postfix_str(_rates(workers))
+
+    def handle(w: _Worker, msg: tuple) -> None:
+        kind, *rest = msg
+        if kind == "ready":
+            w.ready_at = time.perf_counter()
+        elif kind == "want":
+            shard = todo.pop(0) if todo else None
+            if shard is not None:
+                w.held.append(shard)
+            w.inbox.put(shard)
+        elif kind == "written":
+            count_written(w, rest[0])
+        elif kind == "bye":
+            w.done = True
+        elif kind == "fatal":
+            if rest[1]:  # bad input (a missing model): the same on every device, say it once
+                raise InputError("--devices", w.device, f"its worker could not start: {rest[0]}")
+            raise RuntimeError(f"the worker on {w.device} failed before its model was ready: {rest[0]}")
+
+    def drain(w: _Worker) -> bool:
+        got = False
+        while True:
+            try:
+                msg = w.outbox.get_nowait()
+            except (queue.Empty, OSError, EOFError):
+                return got
+            handle(w, msg)
+            got = True
+
     for wid in range(len(workers)):
         start(wid)
-    bar = tqdm(total=total_images, unit="img", desc="generate", disable=None if progress else True, dynamic_ncols=True)
     graceful = False
     try:
         while len(written) < len(units):
-            try:
-                msg = outbox.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                msg = None
-            if msg is not None:
-                kind, wid, *rest = msg
-                w = workers[wid]
-                if kind == "ready":
-                    w.ready_at = time.perf_counter()
-                elif kind == "want":
-                    shard = todo.pop(0) if todo else None
-                    if shard is not None:
-                        w.held.append(shard)
-                    w.inbox.put(shard)
-                elif kind == "written":
-                    shard, n = rest
-                    if shard in w.held:
-                        w.held.remove(shard)
-                    if shard not in written:
-                        written.add(shard)
-                        w.images += n
-                        images_done += n
-                        bar.update(n)
-                        bar.set_postfix_str(_rates(workers))
-                elif kind == "fatal":
-                    raise InputError("--devices", w.device, f"its worker failed: {rest[0]}")
+            if not any([drain(w) for w in workers]):
+                time.sleep(POLL_SECONDS / 10)
             for wid, w in enumerate(workers):
-                if w.process.is_alive() or w.process.exitcode is None:
+                if w.process.exitcode is None:
                     continue
-                if w.process.exitcode == 0 and not w.held:
-                    continue  # finished normally
-                _requeue(w, todo, written, by_shard, out_dir)
+                drain(w)  # read what it said before it went, then judge
+                if w.done and not w.held:
+                    continue
+                for shard in _requeue(w, todo, written, by_shard, out_dir):
+                    count_written(w, shard)  # it got that shard out before it died
                 w.restarts += 1
                 if w.restarts > MAX_RESTARTS:
                     raise RuntimeError(f"the worker on {w.device} died {w.restarts} times (last exit code {w.process.exitcode}); "
-                                       f"units it could not finish: {', '.join(f'{s:06d}' for s in w.failed_units)}")
+                                       f"units it could not finish: {', '.join(f'{s:06d}' for s in w.failed_units) or 'none'}")
                 start(wid)
         graceful = True
     finally:
@@ -154,19 +170,23 @@ def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[s
                     w.process.join()
     now = time.perf_counter()
     rates = {f"{w.device}#{i}": round(w.images / (now - w.ready_at), 3) if w.ready_at else 0.0 for i, w in enumerate(workers)}
-    return images_done, rates, sum(w.restarts for w in workers)
+    return sum(w.images for w in workers), rates, sum(w.restarts for w in workers)
 
 
-def _requeue(w: _Worker, todo: list[int], written: set[int], by_shard: dict, out_dir: Path) -> None:
+def _requeue(w: _Worker, todo: list[int], written: set[int], by_shard: dict, out_dir: Path) -> list[int]:
+    """Put a dead worker's unfinished units back at the head of the queue; returns those it had
+    committed before it died."""
     from .writer import is_committed
 
-    for shard in w.held:
-        if is_committed(out_dir, by_shard[shard].name):
-            written.add(shard)  # it got its shard out before it died; count it once
+    committed = []
+    for shard in list(w.held):
+        if shard in written or is_committed(out_dir, by_shard[shard].name):
+            committed.append(shard)
             continue
         w.failed_units.append(shard)
         todo.insert(0, shard)
-    w.held.clear()
+    w.held = list(committed)
+    return committed
 
 
 def _rates(workers: list[_Worker]) -> str:
@@ -193,7 +213,9 @@ class UnitRunner:
         recipe = Recipe.from_dict(recipe_dict)
         spec = get_model(recipe.model)
         device = resolve_device(device_name)
-        pipe = load_pipeline(spec, weights, device, resolve_dtype(spec, device))
+        torch_dtype = resolve_dtype(spec, device)
+        self.dtype = str(torch_dtype).removeprefix("torch.")
+        pipe = load_pipeline(spec, weights, device, torch_dtype)
         self.generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
                                    width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
         self.units = {u.shard: u for u in plan_units(recipe)}
@@ -222,34 +244,53 @@ class UnitRunner:
 
 
 def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, weights: str | None, inbox, outbox,
-                cpu_threads: int) -> None:
+                cpu_threads: int, parent_pid: int) -> None:
     """One local device: load the model once, then generate the units the parent hands over."""
+    import os
+    import traceback
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    _die_with_parent()
+    if os.getppid() != parent_pid:  # the parent went before the line above took effect
+        return
     try:
         runner = UnitRunner(device_name, recipe_dict, out_dir, weights, cpu_threads)
     except InputError as e:
-        outbox.put(("fatal", wid, str(e)))
+        outbox.put(("fatal", str(e), True))
         return
-    outbox.put(("ready", wid))
+    except Exception:  # noqa: BLE001 - reported to the parent, which stops the run
+        outbox.put(("fatal", traceback.format_exc(limit=3)[-600:], False))
+        return
+    outbox.put(("ready",))
     reported = 0
     try:
         while True:
-            outbox.put(("want", wid))
+            outbox.put(("want",))
             shard = inbox.get()
             if shard is None:
                 break
             runner.run(shard)
-            reported = _report_written(runner.writer, runner.units, outbox, wid, reported)
+            reported = _report_written(runner.writer, outbox, reported)
     finally:
         runner.writer.close()
-        _report_written(runner.writer, runner.units, outbox, wid, reported)
+        _report_written(runner.writer, outbox, reported)
+    outbox.put(("bye",))
 
 
-def _report_written(writer, units: dict, outbox, wid: int, reported: int) -> int:
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when the parent dies, so no orphan keeps writing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _report_written(writer, outbox, reported: int) -> int:
     records = writer.finished()
     for record in records[reported:]:
-        shard = int(record.name.removesuffix(".tar"))
-        outbox.put(("written", wid, shard, len(units[shard].samples)))
+        outbox.put(("written", int(record.name.removesuffix(".tar"))))
     return len(records)
 
 

@@ -113,3 +113,15 @@ def test_bad_parts_are_refused(text, env):
 def test_cli_refuses_a_bad_part_before_writing(cli, tmp_path):
     code, _, err = cli("generate", "--out", tmp_path / "out", "--model", "tiny-sd", "--part", "3/2")
     assert code == 2 and "--part" in err and not (tmp_path / "out").exists()
+
+
+def test_parts_of_another_split_are_refused_while_they_run(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with mf.part_locks(out, (0, 2)):
+        with pytest.raises(InputError, match=r"another split \(part 0/2\)"):
+            generate(tiny_recipe(**RECIPE), out, part(0, 3))
+    # nothing of split 2 runs any more: a split of 3 may take over
+    for i in range(3):
+        generate(tiny_recipe(**RECIPE), out, part(i, 3))
+    assert verify_dataset(out) == [] and json.loads((out / "dataset.json").read_text())["complete"]

@@ -85,8 +85,11 @@ def test_bad_devices_are_refused(text):
 def test_ctrl_c_stops_the_workers_keeps_committed_shards_and_the_next_run_resumes(whole, tmp_path):
     recipe, out = tmp_path / "r.yaml", tmp_path / "out"
     recipe.write_text(YAML)
+    # A shell that starts this suite in the background makes its children ignore SIGINT, and
+    # Python then installs no KeyboardInterrupt handler: give the run the default disposition.
     proc = subprocess.Popen([*CLI, "generate", str(recipe), "--out", str(out), "--devices", "cpu:2", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("*.tar")):
         time.sleep(0.05)
