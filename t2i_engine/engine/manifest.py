@@ -111,7 +111,8 @@ def _check_split(out_dir: Path, i: int, n: int) -> None:
     """Parts of another split (0/3 beside 0/2) would write the same shards at once: refuse while
     any of them runs. A finished split of another N is no obstacle."""
     record = out_dir / f"{LOCK}.parts"
-    other = int(record.read_text()) if record.is_file() and record.read_text().strip().isdigit() else n
+    text = record.read_text().strip() if record.is_file() else ""
+    other = int(text) if text.isdigit() else n
     if other != n:
         for j in range(other):
             path = out_dir / f"{LOCK}.part-{j}-of-{other}"

@@ -84,7 +84,10 @@ class _RayUnitWorker:
         if device == "cuda":
             device = "cuda:0"  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
         threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-        self.runner = _make_runner(device, recipe_dict, out_dir, weights, threads)
+        from .workers import UnitRunner
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.runner = UnitRunner(device, recipe_dict, out_dir, weights, threads)
         if self.runner.dtype != dtype:
             raise RuntimeError(f"this actor runs {self.runner.dtype}, the dataset is {dtype}")
 
@@ -93,9 +96,3 @@ class _RayUnitWorker:
         self.runner.writer.flush()
         return n
 
-
-def _make_runner(device, recipe_dict, out_dir, weights, threads):
-    from .workers import UnitRunner
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return UnitRunner(device, recipe_dict, out_dir, weights, threads)

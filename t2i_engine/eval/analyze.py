@@ -115,7 +115,8 @@ def _embed_stream(data: LabelledSet, keys: set[str], extractors: dict, batch: in
         done = {}
         for name, ex in extractors.items():
             if ex is not None:
-                done.setdefault(id(ex), ex(images))
+                if id(ex) not in done:  # an extractor serving several roles runs once
+                    done[id(ex)] = ex(images)
                 out[name].append(done[id(ex)])
         out["class_ids"] += [it.class_id for it in pending]
         out["prompts"] += [it.prompt for it in pending]

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..engine.recipe import build_recipe
@@ -32,6 +31,7 @@ from ..engine.verify import load_dataset_recipe
 from ..training.digits_data import load_split
 from ..training.digits_judge import load_judge
 from ..training.small_cnn import SmallCNN, accuracy, train_classifier
+from .metrics import pairwise_diversity
 
 GUIDANCES = (1.0, 2.0, 4.0, 7.5)
 CLASSIFIER_SEED = 1
@@ -53,13 +53,8 @@ def read_images(out_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.inference_mode()
 def diversity(judge: SmallCNN, images: torch.Tensor, labels: torch.Tensor) -> float:
-    feats = F.normalize(judge.embed(images), dim=1)
-    per_class = []
-    for c in labels.unique():
-        f = feats[labels == c]
-        d = torch.cdist(f, f)
-        per_class.append((d.sum() / (len(f) * (len(f) - 1))).item())
-    return float(np.mean(per_class))
+    feats = judge.embed(images)
+    return float(np.mean([pairwise_diversity(feats[labels == c]) for c in labels.unique()]))
 
 
 def evaluate(work_dir: Path, guidances=GUIDANCES, images_per_class: int = 500, judged_per_class: int = 100) -> dict:

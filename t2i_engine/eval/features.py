@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 from ..engine.errors import InputError
+from ..training.presets import IMAGENET_MEAN, IMAGENET_STD
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_HINT = ("a folder holding CLIP weights in transformers' layout (config.json, model.safetensors, tokenizer files), "
              "e.g. `hf download openai/clip-vit-base-patch32 --local-dir DIR` on a machine with a hub connection")
 INCEPTION_HINT = ("torch-fidelity's FID Inception file pt_inception-2015-12-05-6726825d.pth (from "

@@ -28,13 +28,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch.utils.data import DataLoader
 
 from ..engine.errors import InputError
 from ..engine.generator import resolve_device
 from ..engine.manifest import exclusive_lock, versions
-from ..engine.writer import TMP_SUFFIX, atomic_write_text, fsync_dir
+from ..engine.writer import atomic_write_bytes, atomic_write_text, fsync_dir
 from .archs import build_model, check_arch
 from .presets import TrainConfig, eval_transform, lr_factor, train_transform
 from .sources import LabelledSet, open_set
@@ -218,25 +219,12 @@ def _progress(enabled: bool, total: int, desc: str):
 def _atomic_torch_save(obj: dict, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    _atomic_write_bytes(path, buf.getvalue())
-
-
-def _atomic_save_weights(model: torch.nn.Module, path: Path) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
     fsync_dir(path.parent)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _atomic_save_weights(model: torch.nn.Module, path: Path) -> None:
+    atomic_write_bytes(path, save_safetensors({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}))
     fsync_dir(path.parent)
 
 
