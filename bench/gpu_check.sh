@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The one-shot GPU job (../shared/gpu/README.md): the card and versions, the GPU tests, and
-# smoke runs of the GPU paths, each result a file in RESULTS_DIR. Benchmarks (issue 6) will be
-# added after these checks. Keep the whole job well under 8 minutes on an H100.
+# The one-shot GPU job (../shared/gpu/README.md): the card and versions, the paper-protocol
+# benchmark, the GPU tests, a smoke run of --devices all, then the other models' benchmarks, in
+# that order of priority, each result a file in RESULTS_DIR (at most 8). Each step has its own
+# time limit so a slow one cannot eat the others; expected ~6 minutes on an H100.
 #
 # Prepare on the workstation (the GPU machine has no package index and lacks these):
 #   ../shared/gpu/wheels.sh webdataset==1.0.2 braceexpand==0.1.7 torchmetrics==1.9.0 \
 #     lightning-utilities==0.15.3 pytest==9.0.1 pluggy==1.6.0 iniconfig==2.3.0
 # then run with the device tool: carry [".whl"], command `bash bench/gpu_check.sh $OUT`.
 set -uo pipefail
-OUT=${1:?usage: bench/gpu_check.sh RESULTS_DIR}
+OUT=${1:?usage: bench/gpu_check.sh RESULTS_DIR [STEPS]}
+STEPS=${2:-sd15,pytest,devices,families}  # a second try may run only what failed
+want() { [[ ",$STEPS," == *",$1,"* ]]; }
 mkdir -p "$OUT"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -35,18 +38,41 @@ PYEOF
 } > "$OUT/env.log" 2>&1
 cat "$OUT/env.log"
 
+bench() {  # bench NAME ARGS...: one model, its JSON and its log lines
+  local name=$1; shift
+  step "bench $name $* -> bench-$name.json"
+  echo "=== bench $name $* ($(date +%T))" >> "$OUT/bench.log"
+  timeout "$LIMIT" $PY -m t2i_engine.cli bench "$name" "$@" --out "$OUT/bench-$name.json" >> "$OUT/bench.log" 2>&1
+  echo "exit $?" >> "$OUT/bench.log"
+  tail -12 "$OUT/bench.log"
+}
+
+# Issue 6's first figure: the paper's protocol (SD1.5, 512, 50 steps, guidance 2.0), our engine
+# against the paper's settings (fp16, batch 16) and diffusers bf16 at its best batch.
+want sd15 && LIMIT=200 bench sd15 --guidance 2.0 --batch 16,32 --baseline paper,diffusers --baseline-batch 16,32 --warmup 1 --reps 2
+
+if want pytest; then
 step "pytest -m gpu -> pytest-gpu.log (issue 4: CUDA training with bf16 autocast and channels_last)"
-timeout 300 $PY -m pytest -q -m gpu -rs tests > "$OUT/pytest-gpu.log" 2>&1
+timeout 300 $PY -m pytest -q -m gpu -rsP tests > "$OUT/pytest-gpu.log" 2>&1
 echo "exit $?" >> "$OUT/pytest-gpu.log"
 tail -5 "$OUT/pytest-gpu.log"
+fi
 
-step "generate --devices all on the embedded model, then verify -> devices-smoke.json (issue 5)"
+if want devices; then
+step "generate --devices all on the embedded model, then verify -> devices-smoke.log (issue 5)"
 rm -rf /tmp/gpu-smoke
 timeout 180 $PY -m t2i_engine.cli generate --out /tmp/gpu-smoke --model digits --images-per-class 200 \
-  --images-per-shard 100 --devices all --no-progress --json > "$OUT/devices-smoke.json" 2> "$OUT/devices-smoke.log"
+  --images-per-shard 100 --devices all --no-progress --json > "$OUT/devices-smoke.log" 2>&1
 echo "generate exit $?" >> "$OUT/devices-smoke.log"
 timeout 60 $PY -m t2i_engine.cli verify /tmp/gpu-smoke >> "$OUT/devices-smoke.log" 2>&1
 echo "verify exit $?" >> "$OUT/devices-smoke.log"
 tail -3 "$OUT/devices-smoke.log"
+fi
+
+# The other families run only as diffusers bf16 (the engine's generator runs SD1.x/2.x for now):
+# where diffusers stands against the FLOP-bound ceiling.
+want families && LIMIT=130 bench sdxl --steps 30 --backend none --baseline diffusers --baseline-batch 8 --warmup 1 --reps 1
+want families && LIMIT=130 bench flux-schnell --backend none --baseline diffusers --baseline-batch 4 --warmup 1 --reps 1
+want families && LIMIT=110 bench sd3-medium --steps 28 --backend none --baseline diffusers --baseline-batch 4 --warmup 1 --reps 1
 step "done; files in $OUT:"
 ls -la "$OUT"

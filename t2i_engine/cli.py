@@ -71,7 +71,27 @@ def _parser() -> argparse.ArgumentParser:
     mod.add_argument("--json", action="store_true")
 
     _add_train_eval_parsers(sub)
+    _add_bench_parser(sub)
     return parser
+
+
+def _add_bench_parser(sub) -> None:
+    be = sub.add_parser("bench", help="images/sec and model-FLOP utilisation of our backends against diffusers baselines, same run")
+    be.add_argument("model", help="registry model; without weights here, its real architecture with random weights")
+    be.add_argument("--backend", default="eager", help="our backends, comma-separated (eager), or none")
+    be.add_argument("--batch", help="engine batch sizes, comma-separated, or auto (doubles while it pays); default: the registry's")
+    be.add_argument("--baseline", default="paper,diffusers",
+                    help="paper (diffusers, fp16, batch 16) and/or diffusers (bf16, SDPA, best of --baseline-batch), or none")
+    be.add_argument("--baseline-batch", default="16,32", help="batch sizes tried for the diffusers bf16 baseline")
+    be.add_argument("--steps")
+    be.add_argument("--res", help="resolution: a size or HxW (default: the model's native)")
+    be.add_argument("--guidance")
+    be.add_argument("--warmup", default="1", help="untimed batches before each measurement")
+    be.add_argument("--reps", default="3", help="timed batches; the median counts")
+    be.add_argument("--device", default="auto")
+    be.add_argument("--weights", help="a local diffusers folder (default: the hub cache if it has the model, else random weights)")
+    be.add_argument("--out", help="write the results JSON here (atomically)")
+    be.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
 
 
 def _add_train_eval_parsers(sub) -> None:
@@ -135,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"generate": _generate, "verify": _verify, "models": _models, "finalize": _finalize, "train": _train, "eval": _eval,
-                "analyze": _analyze, "probe": _probe, "report": _report, "demo": _demo}[args.command](args)
+                "analyze": _analyze, "probe": _probe, "report": _report, "demo": _demo,
+                "bench": _bench}[args.command](args)
     except InputError as e:
         print(f"t2i-engine {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -294,6 +315,29 @@ def _demo(args) -> int:
     epochs = _int_flag("--epochs", args.epochs, 1, 10_000)
     r = run_demo(args.out, guidances=guidances, images_per_class=per_class, epochs=epochs, device=args.device)
     print(json.dumps(r, indent=1) if args.json else r["table"])
+    return 0
+
+
+def _bench(args) -> int:
+    from .benchmark.bench import BASELINES, BACKENDS, BenchOptions, check_options, parse_batches, parse_list, run_bench
+    from .benchmark.report import table
+    from .engine.writer import atomic_write_text
+
+    opts = BenchOptions(
+        model=args.model, backends=parse_list(args.backend, "--backend", BACKENDS),
+        batches=parse_batches(args.batch) if args.batch else (), steps=args.steps, resolution=args.res, guidance=args.guidance,
+        baselines=parse_list(args.baseline, "--baseline", BASELINES),
+        baseline_batches=parse_batches(args.baseline_batch, "--baseline-batch", allow_auto=False),
+        warmup=_int_flag("--warmup", args.warmup, 0, 1000), reps=_int_flag("--reps", args.reps, 1, 1000),
+        device=args.device, weights=args.weights,
+    )
+    check_options(opts)
+    if args.out and Path(args.out).is_dir():
+        raise InputError("--out", args.out, "expected a file path for the results JSON, not a folder")
+    result = run_bench(opts, log=lambda line: print(line, file=sys.stderr))
+    if args.out:
+        atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1) if args.json else table(result))
     return 0
 
 

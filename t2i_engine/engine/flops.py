@@ -38,3 +38,57 @@ def count_flops(build: Callable[[], torch.nn.Module], make_inputs: Callable[[], 
         with FlopCounterMode(display=False, custom_mapping=CUSTOM) as counter, torch.no_grad():
             model(*args, **kwargs)
     return counter.get_total_flops()
+
+
+def denoiser_inputs(pipe, family: str, height: int, width: int, text: dict | None = None) -> tuple[tuple, dict]:
+    """Arguments of one denoiser forward for one image at height x width, as the pipeline passes
+    them (uninitialised tensors: made under fake tensors, their values never matter). `text` is
+    the architecture's text.json, for the shapes of families built without text encoders."""
+    device, dtype = pipe.device, pipe.dtype
+    f = pipe.vae_scale_factor
+    h, w = height // f, width // f
+    t = torch.tensor([500.0], device=device)
+
+    def empty(*shape):
+        return torch.empty(*shape, device=device, dtype=dtype)
+
+    if family in ("sd", "sdxl"):
+        unet = pipe.unet
+        seq = pipe.tokenizer.model_max_length if pipe.tokenizer is not None else 77
+        kwargs = {"encoder_hidden_states": empty(1, seq, unet.config.cross_attention_dim)}
+        if family == "sdxl":
+            kwargs["added_cond_kwargs"] = {"text_embeds": empty(1, pipe.text_encoder_2.config.projection_dim), "time_ids": empty(1, 6)}
+        return (empty(1, unet.config.in_channels, h, w), t), kwargs
+    cfg = pipe.transformer.config
+    embeds, pooled = text["prompt_embeds_shape"][1:], text["pooled_prompt_embeds_shape"][1:]
+    kwargs = {"encoder_hidden_states": empty(1, *embeds), "pooled_projections": empty(1, *pooled), "timestep": t}
+    if family == "sd3":
+        return (), {"hidden_states": empty(1, cfg.in_channels, h, w), **kwargs}
+    if family == "flux":  # latents packed 2x2 into tokens; positions as ids
+        tokens = (h // 2) * (w // 2)
+        kwargs.update(hidden_states=empty(1, tokens, cfg.in_channels), img_ids=empty(tokens, 3), txt_ids=empty(embeds[0], 3))
+        if cfg.guidance_embeds:
+            kwargs["guidance"] = torch.tensor([3.5], device=device)
+        return (), kwargs
+    raise ValueError(f"no denoiser inputs for the {family} family")
+
+
+def pipeline_flops(pipe, family: str, *, steps: int, cfg: bool, height: int, width: int, text: dict | None = None) -> dict:
+    """FLOPs of one image through the denoising loop and the VAE decode. Text encoding is left
+    out: the engine encodes each unique prompt once, so per image it tends to zero."""
+    denoiser = pipe.unet if family in ("sd", "sdxl") else pipe.transformer
+    forward = count_flops(lambda: denoiser, lambda: denoiser_inputs(pipe, family, height, width, text))
+    f = pipe.vae_scale_factor
+    latent = lambda: ((torch.empty(1, pipe.vae.config.latent_channels, height // f, width // f, device=pipe.device, dtype=pipe.vae.dtype),), {})  # noqa: E731
+    decode = count_flops(lambda: _Decoder(pipe.vae), latent)
+    forwards = steps * (2 if cfg else 1)
+    return {"denoiser_forward": forward, "forwards_per_image": forwards, "vae_decode": decode, "per_image": forwards * forward + decode}
+
+
+class _Decoder(torch.nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents):
+        return self.vae.decode(latents, return_dict=False)[0]

@@ -38,10 +38,36 @@ def test_a_diffusers_attention_layer_matches_its_hand_count():
 
 
 @pytest.mark.slow
-def test_sd15_unet_at_512_matches_the_papers_count():
-    from diffusers import UNet2DConditionModel
+@pytest.mark.parametrize("name, res, forward, decode", [("sd15", 512, 0.803, 2.515), ("sdxl", 1024, 6.761, 10.47)])
+def test_the_shipped_architectures_match_the_papers_counts(name, res, forward, decode):
+    from t2i_engine.engine.architectures import build_random_pipeline
+    from t2i_engine.engine.flops import pipeline_flops
+    from t2i_engine.engine.registry import get_model
 
-    # SD1.5's UNet is diffusers' default UNet2DConditionModel with 768-wide text features
-    flops = count_flops(lambda: UNet2DConditionModel(cross_attention_dim=768),
-                        lambda: ((torch.empty(1, 4, 64, 64), torch.tensor([10])), {"encoder_hidden_states": torch.empty(1, 77, 768)}))
-    assert flops / 1e12 == pytest.approx(0.803, rel=0.005)  # ../PAPER: 0.803 TFLOP per forward per image
+    # Built on the meta device (no memory), counted under fake tensors: ../PAPER's TFLOP per
+    # forward per image (1 MAC = 2 FLOPs, attention included) and per VAE decode
+    spec = get_model(name)
+    pipe = build_random_pipeline(spec, torch.device("meta"), torch.float32)
+    f = pipeline_flops(pipe, spec.family, steps=50, cfg=True, height=res, width=res)
+    assert f["denoiser_forward"] / 1e12 == pytest.approx(forward, rel=0.005)
+    assert f["vae_decode"] / 1e12 == pytest.approx(decode, rel=0.005)
+    assert f["per_image"] == 100 * f["denoiser_forward"] + f["vae_decode"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, billions", [("sd3-medium", 2.028), ("flux-schnell", 11.9)])
+def test_transformer_families_build_with_their_known_sizes_and_count(name, billions):
+    from t2i_engine.engine.architectures import architecture, build_random_pipeline
+    from t2i_engine.engine.flops import pipeline_flops
+    from t2i_engine.engine.registry import get_model
+
+    spec = get_model(name)
+    pipe = build_random_pipeline(spec, torch.device("meta"), torch.bfloat16)
+    assert pipe.text_encoder is None  # these take prompt embeddings (architectures.prompt_inputs)
+    assert sum(p.numel() for p in pipe.transformer.parameters()) / 1e9 == pytest.approx(billions, rel=0.005)
+    f = pipeline_flops(pipe, spec.family, steps=1, cfg=False, height=1024, width=1024, text=architecture(name)["text"])
+    # Bounds from the weights: 2 FLOPs per weight per token it sees. At least half the weights
+    # (the image stream) see all 4096 image tokens; none sees more than image + text tokens, and
+    # attention adds well under 20% at this size.
+    text_tokens = architecture(name)["text"]["prompt_embeds_shape"][1]
+    assert 2 * 4096 * billions * 1e9 / 2 < f["denoiser_forward"] < 2 * (4096 + text_tokens) * billions * 1e9 * 1.2

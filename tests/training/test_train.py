@@ -197,14 +197,18 @@ def test_precision_and_memory_format_flags_are_checked(cli, tmp_path):
 
 @pytest.mark.gpu
 def test_cuda_training_with_its_defaults_agrees_with_the_cpu_reference(digits_world, tmp_path):
-    # On a GPU the defaults are bf16 autocast, channels_last, pinned memory. Same tolerance as above.
-    config = resolve_config("small", {"epochs": 5})
+    # On a GPU the defaults are bf16 autocast, channels_last, pinned memory. Unlike the CPU test
+    # above, the two runs also differ in kernels and random streams, so at 5 epochs (top-1 ~0.7,
+    # still climbing) they land 0.05 apart by trajectory alone (H100, 2026-11-26: 0.760 vs 0.710).
+    # Compared where training has levelled off instead: 20 epochs, within 0.05, and both >= 0.9.
+    config = resolve_config("small", {"epochs": 20})
     top1 = {}
     for device in ("cpu", "cuda"):
         train(config, digits_world["real_train"], tmp_path / device, device=device, progress=False)
         top1[device] = evaluate_run(tmp_path / device, digits_world["real_test"], device=device)["top1"]
+    print("real-test top-1 after 20 epochs:", top1)  # shown by `pytest -rP` (bench/gpu_check.sh)
     assert json.loads((tmp_path / "cuda" / "run.json").read_text())["device"].startswith("cuda")
-    assert abs(top1["cpu"] - top1["cuda"]) <= 0.05, top1
+    assert min(top1.values()) >= 0.9 and abs(top1["cpu"] - top1["cuda"]) <= 0.05, top1
 
 
 def test_an_undecodable_image_is_named_as_bad_input(cli, tmp_path):

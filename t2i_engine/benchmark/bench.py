@@ -1,0 +1,280 @@
+"""`t2i-engine bench MODEL`: images/sec and model-FLOP utilisation of our backends, with the
+baselines measured in the same process on the same device.
+
+Paths timed (each from prompts to encoded images, paths.py):
+- `engine:<backend>`: our engine, in the registry's dtype, at each `--batch`.
+- `baseline:paper`: the paper's generation settings: the diffusers pipeline in fp16, batch 16,
+  its default attention, one prompt list per call.
+- `baseline:diffusers`: diffusers in bf16 with SDPA at its best batch of `--baseline-batch`.
+On a CPU every path runs in float32 (half precision is slow or missing there); the JSON says so.
+
+MFU = FLOPs per image (engine/flops.py, counted under fake tensors) x images/sec / the dense
+matmul rate measured on this device in this run (bf16 on a GPU). The FLOP-bound ceiling is
+that rate / FLOPs per image. Without weights (none given, none in the hub cache) the model is its
+real architecture with random weights (engine/architectures.py): the same FLOPs and speed, not
+the same images; every result says which.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import torch
+
+from ..engine.errors import InputError
+from ..engine.registry import ModelSpec, get_model
+
+BACKENDS = ("eager",)  # issue 8 adds compile / onnx / tensorrt
+BASELINES = ("paper", "diffusers")
+PAPER_BATCH = 16
+AUTO_BATCH_LIMIT = 512
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    model: str
+    backends: tuple[str, ...] = ("eager",)
+    batches: tuple[int | str, ...] = ()  # () = the registry's batch size; "auto" doubles while it pays
+    steps: int | None = None
+    resolution: int | None = None
+    guidance: float | None = None
+    baselines: tuple[str, ...] = BASELINES
+    baseline_batches: tuple[int, ...] = (16, 32)
+    warmup: int = 1
+    reps: int = 3
+    device: str = "auto"
+    weights: str | None = None
+
+
+def parse_list(text: str, field_name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    items = tuple(x.strip() for x in text.split(",") if x.strip())
+    if items == ("none",):
+        return ()
+    for x in items:
+        if x not in allowed:
+            raise InputError(field_name, x, f"expected a comma-separated list of {', '.join(allowed)} (or none)")
+    return items
+
+
+def parse_batches(text: str, field_name: str = "--batch", allow_auto: bool = True) -> tuple[int | str, ...]:
+    out: list[int | str] = []
+    for x in (x.strip() for x in text.split(",")):
+        if allow_auto and x == "auto":
+            out.append(x)
+        elif x.isascii() and x.isdigit() and 1 <= int(x) <= 4096:
+            out.append(int(x))
+        else:
+            raise InputError(field_name, x, "expected comma-separated batch sizes from 1 to 4096" + (" or auto" if allow_auto else ""))
+    return tuple(out)
+
+
+def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
+    """Everything that can refuse the input, before a model is built."""
+    from ..engine.architectures import PIPELINE_FAMILIES
+    from ..engine.generator import SUPPORTED_FAMILIES
+    from ..engine.recipe import build_recipe
+
+    spec = get_model(opts.model)
+    if opts.backends and spec.family not in SUPPORTED_FAMILIES:
+        raise InputError("--backend", ",".join(opts.backends), f"the engine does not run the {spec.family} family yet "
+                         f"(families: {', '.join(SUPPORTED_FAMILIES)}); --backend none measures the diffusers baselines alone")
+    if spec.family not in PIPELINE_FAMILIES and not (spec.builder or spec.bundled or opts.weights):
+        raise InputError("model", spec.name, f"no random-weight pipeline for the {spec.family} family yet; pass --weights")
+    if not opts.backends and not opts.baselines:
+        raise InputError("--backend", "none", "nothing to measure: give a backend or a baseline")
+    for name, value in (("--warmup", opts.warmup), ("--reps", opts.reps)):
+        if not isinstance(value, int) or not (0 if name == "--warmup" else 1) <= value <= 1000:
+            raise InputError(name, value, "expected an integer from 1 to 1000 (--warmup may be 0)")
+    raw = {"model": spec.name, "steps": opts.steps, "guidance": opts.guidance, "images_per_class": 1}
+    if opts.resolution is not None:
+        raw["resolution"] = opts.resolution
+    return spec, build_recipe(raw)  # validates steps, guidance and resolution as generate does
+
+
+def run_bench(opts: BenchOptions, log=print) -> dict:
+    from ..engine.generator import resolve_device, resolve_dtype
+    from ..engine.plan import plan_units
+    from ..engine.recipe import build_recipe
+    from . import measure
+
+    spec, recipe = check_options(opts)
+    device = resolve_device(opts.device)
+    dtype = resolve_dtype(spec, device)
+    batches = opts.batches or (spec.batch_size,)
+    largest = max([b for b in batches if b != "auto"] + list(opts.baseline_batches if "diffusers" in opts.baselines else ())
+                  + [PAPER_BATCH, AUTO_BATCH_LIMIT if "auto" in batches else spec.batch_size])
+    n_samples = largest * (opts.warmup + opts.reps)
+    recipe = build_recipe({"model": spec.name, "steps": recipe.steps, "guidance": recipe.guidance,
+                           "resolution": list(recipe.resolution), "images_per_class": math.ceil(n_samples / 10),
+                           "images_per_shard": n_samples})
+    samples = list(plan_units(recipe)[0].samples)
+    height, width = recipe.resolution
+
+    log(f"[bench] {spec.name}: building the pipeline on {device} ({str(dtype).removeprefix('torch.')})")
+    pipe, weights = obtain_pipeline(spec, opts.weights, device, dtype)
+    result = {
+        "model": spec.name, "family": spec.family, "weights": weights,
+        "settings": {"steps": recipe.steps, "guidance": recipe.guidance, "height": height, "width": width,
+                     "negative_prompt": recipe.negative_prompt, "format": recipe.format, "warmup": opts.warmup, "reps": opts.reps},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": {"type": device.type, "name": measure.device_name(device), "cpu": measure.cpu_model(),
+                   "torch_threads": torch.get_num_threads()},
+        "versions": measure.versions(),
+    }
+    sampler = measure.NvmlSampler(device)
+    result["device"]["nvml"] = sampler.static()
+
+    log("[bench] counting FLOPs under fake tensors")
+    flops = model_flops(pipe, spec, recipe)
+    rate = measure.matmul_rate(device)
+    result["flops"] = {**flops, "cfg": _uses_cfg(pipe, spec, recipe.guidance),
+                       "note": "1 multiply-add = 2 FLOPs; denoiser forwards x steps (x2 with CFG) + VAE decode; text encoding excluded (cached)"}
+    result["matmul"] = rate
+    result["ceiling_images_per_second"] = round(rate["flops_per_second"] / flops["per_image"], 4)
+    log(f"[bench] {flops['per_image'] / 1e12:.4g} TFLOP per image; dense {rate['dtype']} matmul "
+        f"{rate['flops_per_second'] / 1e12:.4g} TFLOP/s; ceiling {result['ceiling_images_per_second']:.4g} images/s")
+
+    runs = []
+    for backend in opts.backends:
+        runs += _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec)
+    for name in opts.baselines:
+        runs += _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device)
+    for run in runs:
+        if "images_per_second" in run:
+            run["mfu"] = round(flops["per_image"] * run["images_per_second"] / rate["flops_per_second"], 4)
+    result["runs"] = runs
+    result["headline"] = headline(runs)
+    return result
+
+
+def obtain_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dtype: torch.dtype):
+    """The model with its weights where they exist here, else its real architecture with random
+    weights. Returns (pipeline, a description of the weights used)."""
+    from ..engine.generator import _from_pretrained, bundled_path, load_pipeline
+
+    if weights or spec.bundled or spec.builder:
+        pipe = load_pipeline(spec, weights, device, dtype) if spec.family == "sd" else _from_pretrained(spec, weights, dtype).to(device)
+        what = weights or (f"bundled ({bundled_path(spec)})" if spec.bundled else f"random, from {spec.builder} (a test model)")
+        return pipe, what
+    cached = _hub_cache(spec)
+    if cached:
+        return load_pipeline(spec, cached, device, dtype), f"hub cache ({cached})"
+    from ..engine.architectures import build_random_pipeline
+
+    pipe = build_random_pipeline(spec, device, dtype)
+    return pipe, f"random: the real architecture (t2i_engine/assets/configs/{spec.name}), random weights; same FLOPs and speed, not its images"
+
+
+def _hub_cache(spec: ModelSpec) -> str | None:
+    if spec.hub_id is None or spec.family != "sd":
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(spec.hub_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or no hub library): random weights
+        return None
+
+
+def _uses_cfg(pipe, spec: ModelSpec, guidance: float) -> bool:
+    if spec.family == "flux":
+        return False  # distilled guidance (an embedding) or none; true CFG is not used here
+    if spec.family in ("sd", "sdxl"):
+        return guidance > 1.0 and pipe.unet.config.time_cond_proj_dim is None
+    return guidance > 1.0
+
+
+def model_flops(pipe, spec: ModelSpec, recipe) -> dict:
+    from ..engine.flops import pipeline_flops
+
+    text = None
+    if spec.family in ("sd3", "flux"):
+        from ..engine.architectures import architecture
+
+        text = architecture(spec.name)["text"]
+    return pipeline_flops(pipe, spec.family, steps=recipe.steps, cfg=_uses_cfg(pipe, spec, recipe.guidance),
+                          height=recipe.resolution[0], width=recipe.resolution[1], text=text)
+
+
+def _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec) -> list[dict]:
+    from .paths import attention_processors, engine_path
+
+    measured: dict[int, dict] = {}
+
+    def measure(batch: int) -> dict:
+        run = {"path": f"engine:{backend}", "dtype": str(pipe.dtype).removeprefix("torch."), "attention": attention_processors(pipe)}
+        try:
+            run.update(engine_path(pipe, recipe, samples, batch=batch, warmup=opts.warmup, reps=opts.reps))
+            log(f"[bench] engine:{backend} batch {batch}: {run['images_per_second']:.4g} images/s")
+        except torch.cuda.OutOfMemoryError:
+            run.update(batch=batch, error="out of memory")
+            log(f"[bench] engine:{backend} batch {batch}: out of memory")
+            torch.cuda.empty_cache()
+        measured[batch] = run
+        return run
+
+    for batch in batches:
+        if batch != "auto" and batch not in measured:
+            measure(batch)
+    if "auto" in batches:  # double from the registry's batch while it pays (> 5% more images/sec)
+        batch, best = spec.batch_size, None
+        while batch <= AUTO_BATCH_LIMIT:
+            run = measured.get(batch) or measure(batch)
+            if "images_per_second" not in run or (best and run["images_per_second"] <= 1.05 * best["images_per_second"]):
+                break
+            best, batch = run, batch * 2
+        if best is not None:
+            best["auto_batch"] = True
+    return list(measured.values())
+
+
+def _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device) -> list[dict]:
+    from .paths import attention_processors, diffusers_path
+
+    on_gpu = device.type == "cuda"
+    dtype = (torch.float16 if name == "paper" else torch.bfloat16) if on_gpu else torch.float32
+    if pipe.dtype != dtype:
+        pipe.to(dtype=dtype)
+    if name == "diffusers":
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer
+        if spec.family in ("sd", "sdxl"):
+            denoiser.set_attn_processor(AttnProcessor2_0())  # SDPA, named explicitly
+    call_kwargs = None
+    if spec.family in ("sd3", "flux"):
+        from ..engine.architectures import prompt_inputs
+
+        cfg = _uses_cfg(pipe, spec, recipe.guidance)
+        call_kwargs = lambda n: prompt_inputs(spec, n, device, dtype, cfg)  # noqa: E731
+    batches = (PAPER_BATCH,) if name == "paper" else opts.baseline_batches
+    runs = []
+    for batch in batches:
+        run = {"path": f"baseline:{name}", "dtype": str(dtype).removeprefix("torch."), "attention": attention_processors(pipe)}
+        try:
+            run.update(diffusers_path(pipe, recipe, samples, batch=batch, warmup=opts.warmup, reps=opts.reps, call_kwargs=call_kwargs))
+            log(f"[bench] baseline:{name} batch {batch}: {run['images_per_second']:.4g} images/s")
+        except torch.cuda.OutOfMemoryError:
+            run.update(batch=batch, error="out of memory")
+            log(f"[bench] baseline:{name} batch {batch}: out of memory")
+            torch.cuda.empty_cache()
+        runs.append(run)
+    if name == "diffusers":
+        ok = [r for r in runs if "images_per_second" in r]
+        if ok:
+            max(ok, key=lambda r: r["images_per_second"])["best_batch"] = True
+    return runs
+
+
+def headline(runs: list[dict]) -> dict:
+    """Our best run against each baseline's (the paper's one batch; diffusers' best batch)."""
+    ok = [r for r in runs if "images_per_second" in r]
+    best = lambda prefix: max((r for r in ok if r["path"].startswith(prefix)), key=lambda r: r["images_per_second"], default=None)  # noqa: E731
+    ours, paper, diffusers = best("engine:"), best("baseline:paper"), best("baseline:diffusers")
+    out = {"best_engine": None if ours is None else {k: ours[k] for k in ("path", "batch", "images_per_second", "mfu")}}
+    for key, base in (("vs_paper_baseline", paper), ("vs_diffusers_bf16_best_batch", diffusers)):
+        out[key] = round(ours["images_per_second"] / base["images_per_second"], 3) if ours and base else None
+    out["best_mfu"] = max((r["mfu"] for r in ok), default=None)
+    return out

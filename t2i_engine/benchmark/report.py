@@ -1,0 +1,24 @@
+"""A bench result as a short table for the terminal and for bench/RESULTS.md."""
+
+from __future__ import annotations
+
+
+def table(result: dict) -> str:
+    s = result["settings"]
+    head = (f"{result['model']} {s['height']}x{s['width']}, {s['steps']} steps, guidance {s['guidance']} on {result['device']['name']}"
+            f" | weights: {result['weights'].split(':')[0]} | {result['flops']['per_image'] / 1e12:.4g} TFLOP/image,"
+            f" {result['matmul']['dtype']} matmul {result['matmul']['flops_per_second'] / 1e12:.4g} TFLOP/s,"
+            f" ceiling {result['ceiling_images_per_second']:.4g} images/s")
+    lines = [head, "", "| path | dtype | batch | images/s | end-to-end | MFU | peak GiB | GPU util % | W |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        if "error" in r:
+            lines.append(f"| {r['path']} | {r['dtype']} | {r['batch']} | {r['error']} | | | | | |")
+            continue
+        nvml = r.get("nvml") or {}
+        peak = f"{r['peak_memory_bytes'] / 2**30:.1f}" if r.get("peak_memory_bytes") else "-"
+        mark = " (auto)" if r.get("auto_batch") else " (best)" if r.get("best_batch") else ""
+        lines.append(f"| {r['path']} | {r['dtype']} | {r['batch']}{mark} | {r['images_per_second']:.4g} | {r['end_to_end_images_per_second']:.4g}"
+                     f" | {r['mfu']:.1%} | {peak} | {nvml.get('gpu_utilization_percent_mean', '-')} | {nvml.get('power_watts_mean', '-')} |")
+    h = result["headline"]
+    lines += ["", f"ours vs paper settings: {h['vs_paper_baseline']}x; vs diffusers bf16 at its best batch: {h['vs_diffusers_bf16_best_batch']}x"]
+    return "\n".join(lines)
