@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import time
 from pathlib import Path
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def write_record(bench: str, model: str, results: list[dict], out_dir: str, file_stem: str) -> Path:
     """Write results with the git sha, device, torch threads and library versions."""
     import torch
 
+    from t2i_engine.benchmark.measure import cpu_model
     from t2i_engine.engine.manifest import versions
 
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    record = {"bench": bench, "date": time.strftime("%Y-%m-%d"), "git": sha, "device": f"CPU: {cpu_name()}",
+    record = {"bench": bench, "date": time.strftime("%Y-%m-%d"), "git": sha, "device": f"CPU: {cpu_model()}",
               "torch_threads": torch.get_num_threads(), "versions": versions(), "model": model, "results": results}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -332,12 +333,14 @@ def _bench(args) -> int:
         device=args.device, weights=args.weights,
     )
     check_options(opts)
-    if args.out and Path(args.out).is_dir():
-        raise InputError("--out", args.out, "expected a file path for the results JSON, not a folder")
+    if args.out:
+        out = Path(args.out)
+        if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+            raise InputError("--out", args.out, "expected a file path for the results JSON in an existing, writable folder")
     result = run_bench(opts, log=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(result, indent=1) if args.json else table(result), flush=True)  # first: a failed write loses nothing
     if args.out:
         atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1) if args.json else table(result))
     return 0
 
 

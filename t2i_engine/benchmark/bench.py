@@ -30,6 +30,7 @@ BACKENDS = ("eager",)  # issue 8 adds compile / onnx / tensorrt
 BASELINES = ("paper", "diffusers")
 PAPER_BATCH = 16
 AUTO_BATCH_LIMIT = 512
+MAX_SAMPLES = 100_000  # batch x (warmup + reps): a benchmark, not a dataset
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,10 @@ def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
         raise InputError("model", spec.name, f"no random-weight pipeline for the {spec.family} family yet; pass --weights")
     if not opts.backends and not opts.baselines:
         raise InputError("--backend", "none", "nothing to measure: give a backend or a baseline")
+    largest = max([b for b in opts.batches if b != "auto"] + list(opts.baseline_batches) + [PAPER_BATCH], default=0)
+    if largest * (opts.warmup + opts.reps) > MAX_SAMPLES:
+        raise InputError("--batch", largest, f"with --warmup {opts.warmup} and --reps {opts.reps} that plans "
+                         f"{largest * (opts.warmup + opts.reps):,} images; keep batch x (warmup + reps) within {MAX_SAMPLES:,}")
     for name, value in (("--warmup", opts.warmup), ("--reps", opts.reps)):
         if not isinstance(value, int) or not (0 if name == "--warmup" else 1) <= value <= 1000:
             raise InputError(name, value, "expected an integer from 1 to 1000 (--warmup may be 0)")
@@ -129,21 +134,25 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
     log("[bench] counting FLOPs under fake tensors")
     flops = model_flops(pipe, spec, recipe)
     rate = measure.matmul_rate(device)
-    result["flops"] = {**flops, "cfg": _uses_cfg(pipe, spec, recipe.guidance),
-                       "note": "1 multiply-add = 2 FLOPs; denoiser forwards x steps (x2 with CFG) + VAE decode; text encoding excluded (cached)"}
     result["matmul"] = rate
-    result["ceiling_images_per_second"] = round(rate["flops_per_second"] / flops["per_image"], 4)
-    log(f"[bench] {flops['per_image'] / 1e12:.4g} TFLOP per image; dense {rate['dtype']} matmul "
-        f"{rate['flops_per_second'] / 1e12:.4g} TFLOP/s; ceiling {result['ceiling_images_per_second']:.4g} images/s")
+    log(f"[bench] {flops['denoiser_forward'] / 1e12:.4g} TFLOP per denoiser forward, {flops['vae_decode'] / 1e12:.4g} per decode "
+        f"(per image); dense {rate['dtype']} matmul {rate['flops_per_second'] / 1e12:.4g} TFLOP/s")
 
     runs = []
     for backend in opts.backends:
         runs += _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec)
     for name in opts.baselines:
         runs += _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device)
-    for run in runs:
-        if "images_per_second" in run:
-            run["mfu"] = round(flops["per_image"] * run["images_per_second"] / rate["flops_per_second"], 4)
+    ok = [r for r in runs if "images_per_second" in r]
+    for run in ok:  # each run's FLOPs from the forwards it really made
+        run["flops_per_image"] = run["denoiser_forwards_per_image"] * flops["denoiser_forward"] + flops["vae_decode"]
+        run["mfu"] = round(run["flops_per_image"] * run["images_per_second"] / rate["flops_per_second"], 4)
+    if ok:
+        flops["forwards_per_image"] = ok[0]["denoiser_forwards_per_image"]
+        flops["per_image"] = ok[0]["flops_per_image"]
+    result["flops"] = {**flops, "note": "1 multiply-add = 2 FLOPs; denoiser forwards per image (counted in the run; x2 with CFG) "
+                       "x FLOPs of one forward + one VAE decode; text encoding excluded (cached)"}
+    result["ceiling_images_per_second"] = round(rate["flops_per_second"] / flops["per_image"], 4)
     result["runs"] = runs
     result["headline"] = headline(runs)
     return result
@@ -152,23 +161,30 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
 def obtain_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dtype: torch.dtype):
     """The model with its weights where they exist here, else its real architecture with random
     weights. Returns (pipeline, a description of the weights used)."""
-    from ..engine.generator import _from_pretrained, bundled_path, load_pipeline
+    from ..engine.generator import _from_pretrained, apply_registry_settings, bundled_path, load_pipeline
+
+    def load(source):
+        if spec.family == "sd":
+            return load_pipeline(spec, source, device, dtype)
+        pipe = _from_pretrained(spec, source, dtype).to(device)
+        apply_registry_settings(spec, pipe)
+        return pipe
 
     if weights or spec.bundled or spec.builder:
-        pipe = load_pipeline(spec, weights, device, dtype) if spec.family == "sd" else _from_pretrained(spec, weights, dtype).to(device)
         what = weights or (f"bundled ({bundled_path(spec)})" if spec.bundled else f"random, from {spec.builder} (a test model)")
-        return pipe, what
+        return load(weights), what
     cached = _hub_cache(spec)
     if cached:
-        return load_pipeline(spec, cached, device, dtype), f"hub cache ({cached})"
+        return load(cached), f"hub cache ({cached})"
     from ..engine.architectures import build_random_pipeline
 
     pipe = build_random_pipeline(spec, device, dtype)
+    apply_registry_settings(spec, pipe)
     return pipe, f"random: the real architecture (t2i_engine/assets/configs/{spec.name}), random weights; same FLOPs and speed, not its images"
 
 
 def _hub_cache(spec: ModelSpec) -> str | None:
-    if spec.hub_id is None or spec.family != "sd":
+    if spec.hub_id is None:
         return None
     try:
         from huggingface_hub import snapshot_download
@@ -178,7 +194,9 @@ def _hub_cache(spec: ModelSpec) -> str | None:
         return None
 
 
-def _uses_cfg(pipe, spec: ModelSpec, guidance: float) -> bool:
+def uses_cfg(pipe, spec: ModelSpec, guidance: float) -> bool:
+    """Whether the pipeline runs classifier-free guidance (two denoiser passes per step): for
+    the nominal FLOPs counted before a run; runs count their real forwards."""
     if spec.family == "flux":
         return False  # distilled guidance (an embedding) or none; true CFG is not used here
     if spec.family in ("sd", "sdxl"):
@@ -194,7 +212,7 @@ def model_flops(pipe, spec: ModelSpec, recipe) -> dict:
         from ..engine.architectures import architecture
 
         text = architecture(spec.name)["text"]
-    return pipeline_flops(pipe, spec.family, steps=recipe.steps, cfg=_uses_cfg(pipe, spec, recipe.guidance),
+    return pipeline_flops(pipe, spec.family, steps=recipe.steps, cfg=uses_cfg(pipe, spec, recipe.guidance),
                           height=recipe.resolution[0], width=recipe.resolution[1], text=text)
 
 
@@ -211,7 +229,8 @@ def _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec) -> li
         except torch.cuda.OutOfMemoryError:
             run.update(batch=batch, error="out of memory")
             log(f"[bench] engine:{backend} batch {batch}: out of memory")
-            torch.cuda.empty_cache()
+        if "error" in run:
+            torch.cuda.empty_cache()  # here, not in the except block, whose traceback still holds the tensors
         measured[batch] = run
         return run
 
@@ -231,23 +250,31 @@ def _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec) -> li
 
 
 def _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device) -> list[dict]:
-    from .paths import attention_processors, diffusers_path
+    from .paths import denoiser
 
     on_gpu = device.type == "cuda"
     dtype = (torch.float16 if name == "paper" else torch.bfloat16) if on_gpu else torch.float32
     if pipe.dtype != dtype:
         pipe.to(dtype=dtype)
-    if name == "diffusers":
+    processors = denoiser(pipe).attn_processors  # restored afterwards: no path leaks into the next
+    if name == "diffusers" and spec.family in ("sd", "sdxl"):
         from diffusers.models.attention_processor import AttnProcessor2_0
 
-        denoiser = getattr(pipe, "unet", None) or pipe.transformer
-        if spec.family in ("sd", "sdxl"):
-            denoiser.set_attn_processor(AttnProcessor2_0())  # SDPA, named explicitly
+        denoiser(pipe).set_attn_processor(AttnProcessor2_0())  # SDPA, named explicitly
+    try:
+        return _time_baseline(pipe, spec, recipe, samples, name, opts, log, device, dtype)
+    finally:
+        denoiser(pipe).set_attn_processor(processors)
+
+
+def _time_baseline(pipe, spec, recipe, samples, name, opts, log, device, dtype) -> list[dict]:
+    from .paths import attention_processors, diffusers_path
+
     call_kwargs = None
     if spec.family in ("sd3", "flux"):
         from ..engine.architectures import prompt_inputs
 
-        cfg = _uses_cfg(pipe, spec, recipe.guidance)
+        cfg = uses_cfg(pipe, spec, recipe.guidance)
         call_kwargs = lambda n: prompt_inputs(spec, n, device, dtype, cfg)  # noqa: E731
     batches = (PAPER_BATCH,) if name == "paper" else opts.baseline_batches
     runs = []
@@ -259,6 +286,7 @@ def _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device) -> list
         except torch.cuda.OutOfMemoryError:
             run.update(batch=batch, error="out of memory")
             log(f"[bench] baseline:{name} batch {batch}: out of memory")
+        if "error" in run:
             torch.cuda.empty_cache()
         runs.append(run)
     if name == "diffusers":

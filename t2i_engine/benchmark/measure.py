@@ -122,10 +122,12 @@ def cpu_model() -> str:
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version(), "cuda": torch.version.cuda}
-    for name in ("torch", "triton", "diffusers", "transformers"):
-        try:
-            out[name] = importlib.import_module(name).__version__
-        except Exception:  # noqa: BLE001 - absent is a fact worth recording
-            out[name] = None
+    """The manifest's versions (distributions) plus what a GPU figure depends on."""
+    from ..engine.manifest import versions as package_versions
+
+    out = {**package_versions(), "cuda": torch.version.cuda}
+    try:
+        out["triton"] = importlib.import_module("triton").__version__
+    except Exception:  # noqa: BLE001 - absent is a fact worth recording
+        out["triton"] = None
     return out

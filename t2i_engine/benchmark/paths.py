@@ -7,16 +7,17 @@
   (text encoded every call, diffusers' own latents and decode to PIL), then each image encoded
   in the same thread, as `image.save(...)` in a loop does.
 
-Both time `reps` batches after `warmup` batches and report the median batch's images/sec, and
-the time per stage per image.
+Both time `reps` batches after `warmup` untimed ones and report images/sec over the timed
+window (until the last timed image is encoded, and written for the engine), the median batch's
+rate beside it, the time per stage per image, and how many denoiser forwards each image took.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,59 +38,88 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _result(times: list[float], batch: int, wall: float, stages: dict, sampler: NvmlSampler, device: torch.device) -> dict:
+def denoiser(pipe):
+    return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+
+
+@contextmanager
+def count_denoiser_images(pipe):
+    """Counts the images the denoiser sees (a CFG call on 2B latents counts 2B): forwards per
+    image are then exact for any scheduler (PNDM runs 51 calls for 50 steps) and pipeline."""
+    seen = [0]
+
+    def hook(module, args, kwargs):
+        x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        seen[0] += x.shape[0]
+
+    handle = denoiser(pipe).register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def _result(times: list[float], batch: int, wall: float, stages: dict, sampler: NvmlSampler, device: torch.device, seen: int) -> dict:
     images = batch * len(times)
     return {
         "batch": batch,
         "timed_batches": len(times),
         "batch_seconds": [round(t, 4) for t in times],
-        "images_per_second": round(batch / statistics.median(times), 4),
-        "end_to_end_images_per_second": round(images / wall, 4),
+        # The figure that counts: timed images over the time until the last of them is encoded
+        # and written (the engine's encoding overlaps the next batch, so one batch's time alone
+        # would leave it out).
+        "images_per_second": round(images / wall, 4),
+        "median_batch_images_per_second": round(batch / statistics.median(times), 4),
+        "denoiser_forwards_per_image": seen / images,
         "stage_seconds_per_image": {k: round(v / images, 6) for k, v in stages.items()},
         "peak_memory_bytes": _peak_memory(device),
         "nvml": sampler.summary(),
     }
 
 
-def engine_path(pipe, recipe: Recipe, samples: list[Sample], *, batch: int, warmup: int, reps: int, encode_workers: int | None = None) -> dict:
+def engine_path(pipe, recipe: Recipe, samples: list[Sample], *, batch: int, warmup: int, reps: int) -> dict:
+    """Warm-up batches go to a shard of their own, encoded and written before the clock starts;
+    the timed batches' clock stops when their shard is on disk."""
     from ..engine.generator import Generator
     from ..engine.plan import WorkUnit
-    from ..engine.run import sample_meta
+    from ..engine.run import default_encode_workers, sample_meta
     from ..engine.writer import ShardWriter
 
     device = pipe.device
     generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
                           width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
-    if encode_workers is None:  # what `generate` uses (run.py)
-        encode_workers = 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
-    unit = WorkUnit(0, tuple(samples[: batch * (warmup + reps)]))
+    warm = WorkUnit(0, tuple(samples[: batch * warmup]))
+    timed = WorkUnit(1, tuple(samples[batch * warmup : batch * (warmup + reps)]))
     times: list[float] = []
     with tempfile.TemporaryDirectory(prefix="t2i-bench-") as tmp:
         writer = ShardWriter(Path(tmp), fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
-                             sample_meta=sample_meta(recipe), encode_workers=encode_workers)
+                             sample_meta=sample_meta(recipe), encode_workers=default_encode_workers(device))
         sampler = NvmlSampler(device)
         try:
-            for i in range(warmup + reps):
-                if i == warmup:
-                    writer.flush()
-                    before, wait_before = dict(generator.stage_seconds), writer.wait_seconds
-                    _reset_peak(device)
-                    sampler.__enter__()
-                    start = time.perf_counter()
-                chunk = list(unit.samples[i * batch : (i + 1) * batch])
-                t0 = time.perf_counter()
-                writer.add(unit, chunk, generator.generate(chunk))
-                if i >= warmup:
+            writer.start_encoders()
+            for i in range(warmup):
+                chunk = list(warm.samples[i * batch : (i + 1) * batch])
+                writer.add(warm, chunk, generator.generate(chunk))
+            if warmup:
+                writer.commit(warm)
+            writer.drain()
+            before, wait_before = dict(generator.stage_seconds), writer.wait_seconds
+            _reset_peak(device)
+            with sampler, count_denoiser_images(pipe) as seen:
+                start = time.perf_counter()
+                for i in range(reps):
+                    chunk = list(timed.samples[i * batch : (i + 1) * batch])
+                    t0 = time.perf_counter()
+                    writer.add(timed, chunk, generator.generate(chunk))
                     times.append(time.perf_counter() - t0)
-            writer.commit(unit)
-            writer.close()  # the last batches' encoding and the shard's write belong to the run
-            wall = time.perf_counter() - start
+                writer.commit(timed)
+                writer.drain()
+                wall = time.perf_counter() - start
         finally:
-            sampler.__exit__(None, None, None)
             writer.close()
     stages = {k: generator.stage_seconds[k] - before[k] for k in generator.stage_seconds}
     stages["encode_and_write_wait"] = writer.wait_seconds - wait_before
-    return _result(times, batch, wall, stages, sampler, device)
+    return _result(times, batch, wall, stages, sampler, device, seen[0])
 
 
 def diffusers_path(pipe, recipe: Recipe, samples: list[Sample], *, batch: int, warmup: int, reps: int,
@@ -100,33 +130,33 @@ def diffusers_path(pipe, recipe: Recipe, samples: list[Sample], *, batch: int, w
     times: list[float] = []
     stages = {"pipeline_call": 0.0, "encode": 0.0}
     sampler = NvmlSampler(device)
-    try:
-        for i in range(warmup + reps):
-            if i == warmup:
-                _reset_peak(device)
-                stages = dict.fromkeys(stages, 0.0)
-                sampler.__enter__()
-                start = time.perf_counter()
-            chunk = samples[i * batch : (i + 1) * batch]
-            text = call_kwargs(len(chunk)) if call_kwargs else {"prompt": [s.prompt for s in chunk], "negative_prompt": [recipe.negative_prompt] * len(chunk)}
-            t0 = time.perf_counter()
-            out = pipe(**text, num_inference_steps=recipe.steps, guidance_scale=recipe.guidance, height=recipe.resolution[0],
-                       width=recipe.resolution[1], generator=[torch.Generator(device).manual_seed(s.seed % 2**63) for s in chunk])
-            synchronize(device)
-            t1 = time.perf_counter()
-            for image in out.images:
-                encode_image(np.asarray(image), recipe.format, recipe.quality)
-            t2 = time.perf_counter()
-            stages["pipeline_call"] += t1 - t0
-            stages["encode"] += t2 - t1
-            if i >= warmup:
-                times.append(t2 - t0)
+
+    def one_batch(chunk: list[Sample]) -> None:
+        text = call_kwargs(len(chunk)) if call_kwargs else {"prompt": [s.prompt for s in chunk], "negative_prompt": [recipe.negative_prompt] * len(chunk)}
+        t0 = time.perf_counter()
+        out = pipe(**text, num_inference_steps=recipe.steps, guidance_scale=recipe.guidance, height=recipe.resolution[0],
+                   width=recipe.resolution[1], generator=[torch.Generator(device).manual_seed(s.seed % 2**63) for s in chunk])
+        synchronize(device)
+        t1 = time.perf_counter()
+        for image in out.images:
+            encode_image(np.asarray(image), recipe.format, recipe.quality)
+        t2 = time.perf_counter()
+        stages["pipeline_call"] += t1 - t0
+        stages["encode"] += t2 - t1
+        times.append(t2 - t0)
+
+    for i in range(warmup):
+        one_batch(samples[i * batch : (i + 1) * batch])
+    times.clear()
+    stages.update(pipeline_call=0.0, encode=0.0)
+    _reset_peak(device)
+    with sampler, count_denoiser_images(pipe) as seen:
+        start = time.perf_counter()
+        for i in range(warmup, warmup + reps):
+            one_batch(samples[i * batch : (i + 1) * batch])
         wall = time.perf_counter() - start
-    finally:
-        sampler.__exit__(None, None, None)
-    return _result(times, batch, wall, stages, sampler, device)
+    return _result(times, batch, wall, stages, sampler, device, seen[0])
 
 
 def attention_processors(pipe) -> list[str]:
-    denoiser = getattr(pipe, "unet", None) or pipe.transformer
-    return sorted({type(p).__name__ for p in denoiser.attn_processors.values()})
+    return sorted({type(p).__name__ for p in denoiser(pipe).attn_processors.values()})

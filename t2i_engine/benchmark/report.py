@@ -9,16 +9,17 @@ def table(result: dict) -> str:
             f" | weights: {result['weights'].split(':')[0]} | {result['flops']['per_image'] / 1e12:.4g} TFLOP/image,"
             f" {result['matmul']['dtype']} matmul {result['matmul']['flops_per_second'] / 1e12:.4g} TFLOP/s,"
             f" ceiling {result['ceiling_images_per_second']:.4g} images/s")
-    lines = [head, "", "| path | dtype | batch | images/s | end-to-end | MFU | peak GiB | GPU util % | W |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "", "| path | dtype | batch | images/s | median batch | MFU | forwards/image | peak GiB | GPU util % | W |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
         if "error" in r:
-            lines.append(f"| {r['path']} | {r['dtype']} | {r['batch']} | {r['error']} | | | | | |")
+            lines.append(f"| {r['path']} | {r['dtype']} | {r['batch']} | {r['error']} | | | | | | |")
             continue
         nvml = r.get("nvml") or {}
         peak = f"{r['peak_memory_bytes'] / 2**30:.1f}" if r.get("peak_memory_bytes") else "-"
         mark = " (auto)" if r.get("auto_batch") else " (best)" if r.get("best_batch") else ""
-        lines.append(f"| {r['path']} | {r['dtype']} | {r['batch']}{mark} | {r['images_per_second']:.4g} | {r['end_to_end_images_per_second']:.4g}"
-                     f" | {r['mfu']:.1%} | {peak} | {nvml.get('gpu_utilization_percent_mean', '-')} | {nvml.get('power_watts_mean', '-')} |")
+        lines.append(f"| {r['path']} | {r['dtype']} | {r['batch']}{mark} | {r['images_per_second']:.4g} | {r['median_batch_images_per_second']:.4g}"
+                     f" | {r['mfu']:.1%} | {r['denoiser_forwards_per_image']:g} | {peak} | {nvml.get('gpu_utilization_percent_mean', '-')} | {nvml.get('power_watts_mean', '-')} |")
     h = result["headline"]
-    lines += ["", f"ours vs paper settings: {h['vs_paper_baseline']}x; vs diffusers bf16 at its best batch: {h['vs_diffusers_bf16_best_batch']}x"]
+    lines += ["", f"ours vs the paper settings: {h['vs_paper_baseline']}x; vs diffusers at its best batch: {h['vs_diffusers_bf16_best_batch']}x"]
     return "\n".join(lines)

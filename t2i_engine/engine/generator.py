@@ -64,14 +64,20 @@ def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dt
         pipe = getattr(importlib.import_module(module), func)()
     else:
         pipe = _from_pretrained(spec, weights or bundled_path(spec), dtype)
+    apply_registry_settings(spec, pipe)
+    if pipe.unet.dtype != dtype:  # built models come in float32; loaded ones already in dtype
+        pipe = pipe.to(dtype=dtype)
+    return pipe.to(device)
+
+
+def apply_registry_settings(spec: ModelSpec, pipe) -> None:
+    """What the registry changes in any pipeline of the model, however it was made: the
+    scheduler the paper's code used, and no progress bar (a tqdm write per step)."""
     if spec.scheduler:
         import diffusers
 
         pipe.scheduler = getattr(diffusers, spec.scheduler).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    if pipe.unet.dtype != dtype:  # built models come in float32; loaded ones already in dtype
-        pipe = pipe.to(dtype=dtype)
-    return pipe.to(device)
 
 
 def bundled_path(spec: ModelSpec) -> str | None:

@@ -33,9 +33,7 @@ from .writer import ShardWriter, is_committed, read_record
 class RunOptions:
     device: str = "auto"
     weights: str | None = None  # a local diffusers folder instead of the hub id
-    # None: a thread on a CPU device (measured faster on 2 cores, bench/RESULTS.md), up to 8
-    # processes beside a GPU
-    encode_workers: int | None = None
+    encode_workers: int | None = None  # None: default_encode_workers(device)
     progress: bool = True
     part: tuple[int, int] | None = None  # (i, n): only units whose shard number % n == i
     devices: list[str] | None = None  # one worker process per entry (workers.parse_devices)
@@ -136,9 +134,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
         elif todo:
             generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
                                   width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
-            workers = options.encode_workers
-            if workers is None:
-                workers = 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
+            workers = default_encode_workers(device) if options.encode_workers is None else options.encode_workers
             writer = ShardWriter(out_dir, fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
                                  sample_meta=sample_meta(recipe), encode_workers=workers)
             try:
@@ -212,6 +208,12 @@ def _summary(recipe, out_dir, meta, units, todo, images, stages, writer_wait, t_
         "outside_model_share": round(1 - model_seconds / wall, 4) if images and stages else None,
         "peak_memory_bytes": peak,
     }
+
+
+def default_encode_workers(device) -> int:
+    """A thread on a CPU device (measured faster on 2 cores, bench/RESULTS.md); beside a GPU, a
+    process per spare core, up to 8."""
+    return 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def sample_meta(recipe: Recipe) -> dict:

@@ -105,6 +105,10 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _noop() -> None:
+    return None
+
+
 class ShardWriter:
     def __init__(self, out_dir: Path, *, fmt: str, quality: int, extension: str, sample_meta: dict,
                  encode_workers: int = 1, max_pending: int | None = None):
@@ -134,6 +138,21 @@ class ShardWriter:
             self.wait_seconds += time.perf_counter() - start
         while self._pending and self._pending[0].done():
             self._pending.popleft()
+
+    def start_encoders(self) -> None:
+        """Start every encoder now (a process pool starts them on demand), so that start-up
+        does not land in the first batches; used before timing."""
+        workers = getattr(self._pool, "_max_workers", 1)
+        for f in [self._pool.submit(_noop) for _ in range(workers)]:
+            f.result()
+
+    def drain(self) -> None:
+        """Wait until every queued batch is encoded and every committed shard written."""
+        start = time.perf_counter()
+        while self._pending:
+            self._pending.popleft().result()
+        self.wait_seconds += time.perf_counter() - start
+        self.flush()
 
     def commit(self, unit: WorkUnit) -> None:
         """All batches of `unit` were added: write its shard once they are encoded."""

@@ -26,12 +26,11 @@ def test_the_result_carries_every_field_with_nvml_null_on_a_cpu(tiny_result):
                                                           ("baseline:diffusers", 2), ("baseline:diffusers", 4)]
     for run in r["runs"]:
         assert run["nvml"] is None and run["peak_memory_bytes"] is None
-        assert run["images_per_second"] > 0 and run["end_to_end_images_per_second"] > 0
+        assert run["images_per_second"] > 0 and run["median_batch_images_per_second"] > 0
         # MFU is FLOPs per image x images/sec over the matmul rate measured in the same run
-        assert run["mfu"] == pytest.approx(r["flops"]["per_image"] * run["images_per_second"] / r["matmul"]["flops_per_second"], abs=1e-4)
+        assert run["mfu"] == pytest.approx(run["flops_per_image"] * run["images_per_second"] / r["matmul"]["flops_per_second"], abs=1e-4)
     engine = r["runs"][0]
     assert set(engine["stage_seconds_per_image"]) == {"text_encoding", "denoising", "decoding", "encode_and_write_wait"}
-    assert sum(engine["stage_seconds_per_image"].values()) * 2 <= max(engine["batch_seconds"]) * 1.05 + 0.05
     assert r["ceiling_images_per_second"] == pytest.approx(r["matmul"]["flops_per_second"] / r["flops"]["per_image"], rel=1e-3)
     assert sum(1 for x in r["runs"] if x.get("best_batch")) == 1
 
@@ -41,11 +40,48 @@ def test_flops_per_image_are_the_denoiser_forwards_plus_one_decode(tiny_result):
     from t2i_engine.engine.tiny import build_tiny_sd
 
     f = tiny_result["flops"]
-    assert f["cfg"] and f["forwards_per_image"] == 2 * 2  # 2 steps, guidance 5 > 1: two forwards per step
+    # counted in the runs: 2 DDIM steps, guidance 5 > 1, so two forwards per step, on every path
+    assert all(x["denoiser_forwards_per_image"] == 4 for x in tiny_result["runs"]) and f["forwards_per_image"] == 4
     assert f["per_image"] == f["forwards_per_image"] * f["denoiser_forward"] + f["vae_decode"]
     unet = build_tiny_sd().unet  # one forward at the 4x4 latent of 32 px, counted directly
     direct = count_flops(lambda: unet, lambda: ((torch.empty(1, 4, 4, 4), torch.tensor([1])), {"encoder_hidden_states": torch.empty(1, 77, 32)}))
     assert f["denoiser_forward"] == direct
+
+
+def test_forwards_are_counted_not_assumed_pndm_runs_one_more_step():
+    from diffusers import PNDMScheduler
+
+    from t2i_engine.benchmark.paths import count_denoiser_images
+    from t2i_engine.engine.generator import Generator
+    from t2i_engine.engine.plan import plan_units
+    from t2i_engine.engine.tiny import build_tiny_sd
+    from tests.conftest import tiny_recipe
+
+    sample = plan_units(tiny_recipe())[0].samples[:1]
+    pipe = build_tiny_sd()
+    counts = {}
+    for name, scheduler in (("ddim", pipe.scheduler), ("pndm", PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True))):
+        pipe.scheduler = scheduler
+        with count_denoiser_images(pipe) as seen:
+            Generator(pipe, steps=2, guidance=5.0, height=32, width=32).generate(list(sample))
+        counts[name] = seen[0]
+    assert counts == {"ddim": 2 * 2, "pndm": 2 * 3}  # SD1.5's PNDM (skip_prk_steps) makes 51 calls for 50 steps
+
+
+def test_encoding_that_cannot_keep_up_shows_in_the_engines_rate(monkeypatch):
+    import time
+
+    from t2i_engine.engine import writer
+
+    def slow_encode(images, fmt, quality):
+        time.sleep(0.5)  # per batch of 2: at most 4 images/s, whatever the model does
+        return real_encode(images, fmt, quality)
+
+    real_encode = writer.encode_batch
+    monkeypatch.setattr(writer, "encode_batch", slow_encode)
+    r = run_bench(BenchOptions(**{**TINY, "steps": "1", "reps": 3}, batches=(2,), baselines=()), log=lambda line: None)
+    (run,) = r["runs"]
+    assert run["images_per_second"] <= 4.2 < run["median_batch_images_per_second"]
 
 
 def test_the_headline_ratios_are_ours_over_each_baseline(tiny_result):
@@ -81,7 +117,14 @@ def test_bad_input_is_refused_before_any_model_is_built(cli, args, flag):
     assert code == 2 and flag in err and out == ""
 
 
-def test_the_cli_writes_the_json_it_prints(cli, tmp_path):
+def test_the_cli_prints_the_table_and_writes_the_json(cli, tmp_path):
     code, out, _ = cli("bench", "tiny-sd", "--steps", "1", "--res", "32", "--batch", "2", "--baseline", "none", "--reps", "1",
-                       "--device", "cpu", "--json", "--out", tmp_path / "r.json")
-    assert code == 0 and json.loads(out) == json.loads((tmp_path / "r.json").read_text())
+                       "--device", "cpu", "--out", tmp_path / "r.json")
+    (run,) = json.loads((tmp_path / "r.json").read_text())["runs"]
+    row = next(line for line in out.splitlines() if line.startswith("| engine:eager"))
+    assert code == 0 and f"| {run['images_per_second']:.4g} |" in row and f"{run['mfu']:.1%}" in row
+
+
+def test_an_unwritable_out_is_refused_before_the_run(cli, tmp_path):
+    code, out, err = cli("bench", "tiny-sd", "--out", tmp_path / "missing" / "r.json")
+    assert code == 2 and "--out" in err and out == ""
