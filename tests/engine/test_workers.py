@@ -106,3 +106,80 @@ def test_ctrl_c_stops_the_workers_keeps_committed_shards_and_the_next_run_resume
 def test_devices_and_ray_together_are_refused(cli, tmp_path):
     code, _, err = cli("generate", "--out", tmp_path / "out", "--devices", "cpu:2", "--ray")
     assert code == 2 and "--ray" in err and not (tmp_path / "out").exists()
+
+
+def _runner(tmp_path: Path, device: str, recipe):
+    from t2i_engine.engine.workers import UnitRunner
+
+    (tmp_path / "out").mkdir()
+    return UnitRunner(device, recipe.to_dict(), str(tmp_path / "out"), None, cpu_threads=2)
+
+
+def test_an_out_of_memory_batch_is_retried_at_half_size_and_the_size_is_kept(tmp_path):
+    import torch
+
+    # Fault injection below the thing under test: the generator is real, but refuses (as CUDA
+    # would) any batch of more than 2 images. UnitRunner must halve 4 -> 2 once, keep 2, and
+    # write byte for byte what a run planned at batch 2 writes.
+    reference = tmp_path / "reference"
+    generate(tiny_recipe(images_per_class=4, images_per_shard=4, batch_size=2), reference, QUIET)
+    runner = _runner(tmp_path, "cpu", tiny_recipe(images_per_class=4, images_per_shard=4, batch_size=4))
+    real, sizes = runner.generator.generate, []
+
+    def at_most_two(batch):
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return real(batch)
+
+    runner.generator.generate = at_most_two
+    for shard in sorted(runner.units):
+        runner.run(shard)
+    runner.writer.close()
+    assert runner.batch_size == 2 and sizes == [4] + [2] * 6  # 12 samples: one refusal, then pairs
+    assert shard_hashes(tmp_path / "out") == shard_hashes(reference)
+
+
+@pytest.mark.parametrize("error", ["other", "oom at batch 1"])
+def test_other_errors_and_out_of_memory_at_batch_one_are_not_retried(tmp_path, error):
+    import torch
+
+    runner = _runner(tmp_path, "cpu", tiny_recipe(images_per_class=1, images_per_shard=3, batch_size=1 if "oom" in error else 3))
+    exc = torch.cuda.OutOfMemoryError("CUDA out of memory") if "oom" in error else RuntimeError("a CUDA kernel failed")
+
+    def failing(batch):
+        raise exc
+
+    runner.generator.generate = failing
+    with pytest.raises(type(exc)):
+        runner.run(0)
+    runner.writer.close()
+
+
+@pytest.mark.gpu
+def test_a_real_cuda_out_of_memory_halves_the_batch_and_loses_nothing(tmp_path):
+    import torch
+
+    # A memory cap of the model plus ~4 images' activations: a batch of 32 cannot fit, so the
+    # worker must halve until it does, and every sample still lands once.
+    recipe = tiny_recipe(images_per_class=32, images_per_shard=96, batch_size=32, resolution=512)
+    runner = _runner(tmp_path, "cuda", recipe)
+    sample = list(runner.units[0].samples[:1])
+    runner.generator.generate(sample)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    runner.generator.generate(sample)
+    one = torch.cuda.max_memory_allocated() - base
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.empty_cache()  # the cap counts what the allocator holds, cached blocks included
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (base + 4 * one) / total))
+    try:
+        assert runner.run(0) == 96
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        runner.writer.close()
+    print("batch after out-of-memory:", runner.batch_size, "one image's activations:", one)
+    assert 1 <= runner.batch_size < 32
+    (record,) = runner.writer.records
+    assert record.count == 96
