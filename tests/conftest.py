@@ -47,6 +47,18 @@ def pytest_collection_modifyitems(config, items):
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 
 
+def _interpret_triton_without_cuda() -> None:
+    # Triton kernels run on the CPU under its interpreter, which must be chosen before triton is
+    # first imported (diffusers imports it). On a GPU machine the kernels compile as in use.
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+_interpret_triton_without_cuda()
+
+
 @pytest.fixture(scope="session")
 def digits_world(tmp_path_factory):
     """Real digits as ImageFolder trees and one small synthetic digits set (60 per class,

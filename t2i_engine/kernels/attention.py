@@ -1,0 +1,182 @@
+"""Fused attention forward in Triton (FlashAttention-2 style), with its PyTorch reference.
+
+`flash_attention(q, k, v, *, scale=None, mask=None)`:
+- q is [B, H, Lq, D]; k and v are [B, Hkv, Lk, D] with H a multiple of Hkv (grouped key/value
+  heads, as Lumina-2; Hkv == H is ordinary attention). Any strides: the [B, S, H, D] tensors the
+  diffusers processors hold are passed as `x.transpose(1, 2)`, a view, with no copy.
+- mask (optional): boolean (True = attend, as in `F.scaled_dot_product_attention`) or additive
+  float, broadcastable to [B, H, Lq, Lk]; a key-padding mask is [B, 1, 1, Lk]. Broadcast
+  dimensions are read with stride 0, never materialised.
+- fp16, bf16 or fp32 inputs; scores, softmax statistics and the output accumulate in fp32.
+- Any Lq and Lk (the tails of the last blocks are masked); head dims up to 256 (the block is
+  the next power of two, the padding masked).
+- A query row whose keys are all masked out returns zeros (PyTorch's SDPA returns NaN there).
+
+Online softmax: for each block of queries, key/value blocks are visited once, keeping the
+running row maximum m, the running sum l of exp(s - m) and the unnormalised output, rescaled
+by exp(m_old - m_new) whenever the maximum grows; exp2 with log2(e) folded into the scale.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+MAX_HEAD_DIM = 256
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _configs():
+    if interpreting():  # the CPU interpreter: one small config (autotuning would run them all)
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n, w, s in [(128, 64, 8, 3), (128, 128, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2), (64, 128, 4, 2)]]
+
+
+def _prune(configs, named_args, **kwargs):
+    # a 256-wide head with 128x128 tiles does not fit Hopper's shared memory
+    if named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 64)) >= 256:
+        return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64] or configs[-1:]
+    return configs
+
+
+@triton.autotune(configs=_configs(), key=["LQ", "LK", "BLOCK_D", "HAS_MASK"], prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _attention_fwd(
+    Q, K, V, O, MASK, qk_scale,
+    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, smb, smh, smm, smn,
+    H, GROUP, LQ, LK, D,
+    HAS_MASK: tl.constexpr, DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP  # the key/value head this query head reads
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < LQ
+    d_ok = offs_d < D
+
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if DOT_FP32:
+        q = q.to(tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    k_base = K + b * skb + hk * skh
+    v_base = V + b * svb + hk * svh
+    for start_n in range(0, LK, BLOCK_N):
+        cols = start_n + offs_n
+        col_ok = cols < LK
+        k = tl.load(k_base + cols[None, :] * skn + offs_d[:, None] * skd, mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+        if DOT_FP32:
+            k = k.to(tl.float32)
+        s = tl.dot(q, k) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
+        if HAS_MASK:
+            bias = tl.load(MASK + b * smb + h * smh + offs_m[:, None] * smm + cols[None, :] * smn,
+                           mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+            s += bias * 1.4426950408889634
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row masked so far: no NaN from -inf - -inf
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + cols[:, None] * svn + offs_d[None, :] * svd, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        if DOT_FP32:
+            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # all keys masked: zeros
+    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok[None, :])
+
+
+def _check(q, k, v, mask):
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be [B, H, S, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    (b, h, _, d), (bk, hk, lk, dk) = q.shape, k.shape
+    if v.shape != k.shape or bk != b or dk != d or h % hk:
+        raise ValueError(f"k and v must be [B, Hkv, Lk, D] with H % Hkv == 0; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+
+
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> str | None:
+    """None if the kernel runs this call, else why not (the caller falls back to SDPA)."""
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {q.dtype}"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"
+    if not (q.is_cuda or interpreting()):
+        return f"device {q.device} (Triton runs on CUDA)"
+    if q.requires_grad and torch.is_grad_enabled():
+        return "autograd (the kernel is forward only)"
+    if mask is not None and (mask.dim() > 4 or any(m not in (1, s) for m, s in zip(mask.shape[::-1], (k.shape[2], q.shape[2], q.shape[1], q.shape[0])))):
+        return f"mask of shape {tuple(mask.shape)} (not broadcastable to [B, H, Lq, Lk])"
+    return None
+
+
+def _mask_operand(mask: torch.Tensor, b: int, h: int, lq: int, lk: int) -> torch.Tensor:
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(~mask, float("-inf"))
+    while mask.dim() < 4:
+        mask = mask.unsqueeze(0)
+    return mask.expand(b, h, lq, lk)  # stride 0 where broadcast: nothing copied
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    _check(q, k, v, mask)
+    why = supports(q, k, v, mask)
+    if why:
+        raise ValueError(f"flash_attention does not run this call: {why}; use scaled_dot_product_attention")
+    b, h, lq, d = q.shape
+    lk = k.shape[2]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    out = torch.empty(b, h, lq, d, dtype=q.dtype, device=q.device)
+    m = _mask_operand(mask, b, h, lq, lk) if mask is not None else None
+    mask_strides = m.stride() if m is not None else (0, 0, 0, 0)
+    block_d = max(16, triton.next_power_of_2(d))
+    # The CPU interpreter computes a bf16 tl.dot wrongly; there the dots run in fp32.
+    dot_fp32 = q.dtype == torch.float32 or (interpreting() and q.dtype == torch.bfloat16)
+
+    def grid(meta):
+        return (triton.cdiv(lq, meta["BLOCK_M"]), b * h)
+
+    _attention_fwd[grid](
+        q, k, v, out, m if m is not None else q, scale * LOG2E,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
+        h, h // k.shape[1], lq, lk, d,
+        HAS_MASK=m is not None, DOT_FP32=dot_fp32, BLOCK_D=block_d,
+    )
+    return out
+
+
+def flash_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The same contract in plain PyTorch, computed in fp32 (or the inputs' wider dtype)."""
+    _check(q, k, v, mask)
+    work = torch.promote_types(q.dtype, torch.float32)
+    group = q.shape[1] // k.shape[1]
+    qf, kf, vf = q.to(work), k.to(work).repeat_interleave(group, 1), v.to(work).repeat_interleave(group, 1)
+    s = (qf @ kf.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.to(work)
+    m = s.amax(-1, keepdim=True)
+    p = torch.exp(s - torch.where(torch.isinf(m) & (m < 0), torch.zeros_like(m), m))
+    denom = p.sum(-1, keepdim=True)
+    out = (p @ vf) / torch.where(denom == 0, torch.ones_like(denom), denom)
+    return out.to(q.dtype)
