@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one-shot GPU job (../shared/gpu/README.md): the card and versions, the paper-protocol
-# benchmark, the GPU tests, a smoke run of --devices all, then the other models' benchmarks, in
-# that order of priority, each result a file in RESULTS_DIR (at most 8). Each step has its own
+# benchmark, the GPU tests, the Triton kernels' tests compiled, a smoke run of --devices all, then
+# the other models' benchmarks, in that order of priority, each result a file in RESULTS_DIR
+# (at most 8 besides the bench JSONs' log). Each step has its own
 # time limit so a slow one cannot eat the others; expected ~6 minutes on an H100.
 #
 # Prepare on the workstation (the GPU machine has no package index and lacks these):
@@ -10,7 +11,7 @@
 # then run with the device tool: carry [".whl"], command `bash bench/gpu_check.sh $OUT`.
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_check.sh RESULTS_DIR [STEPS]}
-STEPS=${2:-sd15,pytest,devices,families}  # a second try may run only what failed
+STEPS=${2:-sd15,pytest,kernels,devices,families}  # a second try may run only what failed
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
 mkdir -p "$OUT"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
@@ -56,6 +57,13 @@ step "pytest -m gpu -> pytest-gpu.log (issue 4: CUDA training with bf16 autocast
 timeout 300 $PY -m pytest -q -m gpu -rsP tests > "$OUT/pytest-gpu.log" 2>&1
 echo "exit $?" >> "$OUT/pytest-gpu.log"
 tail -5 "$OUT/pytest-gpu.log"
+fi
+
+if want kernels; then
+step "pytest tests/kernels (compiled, autotuned) -> pytest-kernels.log (issue 7)"
+timeout 240 $PY -m pytest -q -rsP tests/kernels > "$OUT/pytest-kernels.log" 2>&1
+echo "exit $?" >> "$OUT/pytest-kernels.log"
+tail -3 "$OUT/pytest-kernels.log"
 fi
 
 if want devices; then

@@ -107,7 +107,7 @@ def _attention_fwd(
 def _check(q, k, v, mask):
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be [B, H, S, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    (b, h, _, d), (bk, hk, lk, dk) = q.shape, k.shape
+    (b, h, _, d), (bk, hk, _, dk) = q.shape, k.shape
     if v.shape != k.shape or bk != b or dk != d or h % hk:
         raise ValueError(f"k and v must be [B, Hkv, Lk, D] with H % Hkv == 0; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if not q.dtype == k.dtype == v.dtype:

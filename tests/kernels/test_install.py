@@ -1,0 +1,107 @@
+"""`kernels.install`: tiny random SD1.5-, SD3- and FLUX-shaped denoisers give the same output
+with the Triton attention routed in as without (fp32; max abs difference under 1e-4), and the
+kernel really ran."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from t2i_engine.kernels import install
+
+TOLERANCE = 1e-4  # fp32: the kernel's error against PyTorch's was ~4e-7 per attention (test_attention.py)
+
+
+def _sd15():
+    from t2i_engine.engine.tiny import build_tiny_sd
+
+    unet = build_tiny_sd().unet
+    g = torch.Generator().manual_seed(0)
+    # a 4x4 latent and one image: the interpreter's time grows with programs (batch x heads x blocks)
+    return unet, ((torch.randn(1, 4, 4, 4, generator=g), torch.tensor([500])),
+                  {"encoder_hidden_states": torch.randn(1, 77, 32, generator=g)})
+
+
+def _sd3():
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    model = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=16,
+                                  num_attention_heads=2, joint_attention_dim=24, caption_projection_dim=32,
+                                  pooled_projection_dim=8, out_channels=4, qk_norm="rms_norm", dual_attention_layers=(0,))
+    g = torch.Generator().manual_seed(1)
+    return model, ((), {"hidden_states": torch.randn(2, 4, 16, 16, generator=g), "encoder_hidden_states": torch.randn(2, 13, 24, generator=g),
+                        "pooled_projections": torch.randn(2, 8, generator=g), "timestep": torch.tensor([3.0, 700.0])})
+
+
+def _flux():
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                   num_attention_heads=2, joint_attention_dim=24, pooled_projection_dim=8,
+                                   guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+    g = torch.Generator().manual_seed(2)
+    tokens, text = 64, 11
+    return model, ((), {"hidden_states": torch.randn(1, tokens, 16, generator=g), "encoder_hidden_states": torch.randn(1, text, 24, generator=g),
+                        "pooled_projections": torch.randn(1, 8, generator=g), "timestep": torch.tensor([0.5]),
+                        "img_ids": torch.randn(tokens, 3, generator=g), "txt_ids": torch.zeros(text, 3), "guidance": torch.tensor([3.5])})
+
+
+def _out(model, args, kwargs) -> torch.Tensor:
+    out = model(*args, **kwargs)
+    return out.sample if hasattr(out, "sample") else out[0]
+
+
+@pytest.mark.parametrize("build", [_sd15, _sd3, _flux], ids=["sd15-shaped", "sd3-shaped", "flux-shaped"])
+def test_routed_attention_gives_the_same_output(build):
+    model, (args, kwargs) = build()
+    model.eval()
+    with torch.no_grad():
+        reference = _out(model, args, kwargs)
+        mode = install(model, attention="triton")
+        routed = _out(model, args, kwargs)
+        install(model, attention="sdpa")
+        again = _out(model, args, kwargs)
+    diff = (routed - reference).abs().max().item()
+    print(f"{build.__name__}: {mode.calls} kernel calls, fallbacks {mode.fallbacks}, max |diff| {diff:.3g}")
+    assert mode.calls > 0 and not mode.fallbacks
+    assert diff <= TOLERANCE
+    assert torch.equal(again, reference)  # "sdpa" took the routing out
+
+
+def test_a_pipeline_routes_its_denoiser_and_vae():
+    from t2i_engine.engine.generator import Generator
+    from t2i_engine.engine.plan import plan_units
+    from t2i_engine.engine.tiny import build_tiny_sd
+    from tests.conftest import tiny_recipe
+
+    pipe = build_tiny_sd()
+    pipe.set_progress_bar_config(disable=True)
+    samples = list(plan_units(tiny_recipe())[0].samples[:1])
+    generator = Generator(pipe, steps=1, guidance=5.0, height=32, width=32)
+    reference = generator.generate(samples)
+    mode = install(pipe, attention="triton")
+    routed = generator.generate(samples)
+    install(pipe, attention="sdpa")
+    assert mode.calls > 0 and not mode.fallbacks
+    assert all("forward" not in vars(m) for m in (pipe.unet, pipe.vae))  # uninstalled: the class's forward again
+    # uint8 images: routing may move a pixel by one level where a value sits on a rounding edge
+    assert abs(routed.astype(int) - reference.astype(int)).max() <= 1
+
+
+def test_unsupported_calls_fall_back_to_sdpa_and_are_counted():
+    from t2i_engine.kernels.routing import TritonAttention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 8, 512, generator=g) for _ in range(3))  # the VAE's single 512-wide head
+    with TritonAttention() as mode:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        causal = torch.nn.functional.scaled_dot_product_attention(q[..., :64], k[..., :64], v[..., :64], is_causal=True)
+    assert torch.equal(out, torch.nn.functional.scaled_dot_product_attention(q, k, v)) and causal.shape == (1, 1, 8, 64)
+    assert mode.calls == 0 and mode.fallbacks == {"head dim 512 > 256": 1, "is_causal": 1}
+
+
+def test_bad_attention_names_are_refused():
+    with pytest.raises(ValueError, match="triton, sdpa"):
+        install(torch.nn.Linear(2, 2), attention="flash")
