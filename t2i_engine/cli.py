@@ -88,7 +88,7 @@ def _add_bench_parser(sub) -> None:
     be.add_argument("--res", help="resolution: a size or HxW (default: the model's native)")
     be.add_argument("--guidance")
     be.add_argument("--warmup", default="1", help="untimed batches before each measurement")
-    be.add_argument("--reps", default="3", help="timed batches; the median counts")
+    be.add_argument("--reps", default="3", help="timed batches: images/sec over all of them, the median batch beside it")
     be.add_argument("--device", default="auto")
     be.add_argument("--weights", help="a local diffusers folder (default: the hub cache if it has the model, else random weights)")
     be.add_argument("--out", help="write the results JSON here (atomically)")
