@@ -65,9 +65,10 @@ def test_transformer_families_build_with_their_known_sizes_and_count(name, billi
     pipe = build_random_pipeline(spec, torch.device("meta"), torch.bfloat16)
     assert pipe.text_encoder is None  # these take prompt embeddings (architectures.prompt_inputs)
     assert sum(p.numel() for p in pipe.transformer.parameters()) / 1e9 == pytest.approx(billions, rel=0.005)
-    f = pipeline_flops(pipe, spec.family, steps=1, cfg=False, height=1024, width=1024, text=architecture(name)["text"])
-    # Bounds from the weights: 2 FLOPs per weight per token it sees. At least half the weights
-    # (the image stream) see all 4096 image tokens; none sees more than image + text tokens, and
-    # attention adds well under 20% at this size.
-    text_tokens = architecture(name)["text"]["prompt_embeds_shape"][1]
-    assert 2 * 4096 * billions * 1e9 / 2 < f["denoiser_forward"] < 2 * (4096 + text_tokens) * billions * 1e9 * 1.2
+    if name == "sd3-medium":  # (FLUX's count, 69.5 TFLOP, is in bench/RESULTS.md; 8 s more here)
+        f = pipeline_flops(pipe, spec.family, steps=1, cfg=False, height=1024, width=1024, text=architecture(name)["text"])
+        # Bounds from the weights: 2 FLOPs per weight per token it sees. At least half the weights
+        # (the image stream) see all 4096 image tokens; none sees more than image + text tokens,
+        # and attention adds well under 20% at this size.
+        text_tokens = architecture(name)["text"]["prompt_embeds_shape"][1]
+        assert 2 * 4096 * billions * 1e9 / 2 < f["denoiser_forward"] < 2 * (4096 + text_tokens) * billions * 1e9 * 1.2

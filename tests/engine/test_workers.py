@@ -32,7 +32,7 @@ def whole(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("n", [2])  # (1 worker is the same path with one process less; dropped for CI time)
 def test_one_or_two_workers_write_the_same_shards_as_one_process(whole, tmp_path, n):
     summary = generate(tiny_recipe(**RECIPE), tmp_path / "out", RunOptions(progress=False, devices=["cpu"] * n))
     assert summary["images"] == 24 and summary["worker_restarts"] == 0 and len(summary["device_images_per_second"]) == n

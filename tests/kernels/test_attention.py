@@ -49,10 +49,10 @@ def check(q, k, v, mask=None, name=""):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("d", [40, 64, 72, 80, 96, 112, 128, 160, 256])
 def test_every_head_dim(d, dtype):
-    check(*_inputs(1, 2, 2, 77, 77, d, dtype, seed=d), name=f"d={d}")
+    check(*_inputs(1, 1, 1, 45, 45, d, dtype, seed=d), name=f"d={d}")  # 45: two blocks each way, a masked tail
 
 
-@pytest.mark.parametrize("lq, lk", [(1, 1), (1, 77), (77, 77), (333, 77), (1025, 333), (77, 1025)])
+@pytest.mark.parametrize("lq, lk", [(1, 1), (1, 77), (77, 77), (333, 77), (1025, 77), (77, 1025)])
 def test_odd_lengths_and_cross_attention(lq, lk):
     heads = 1 if max(lq, lk) > 1000 else 2  # the interpreter's time grows with heads x blocks
     check(*_inputs(2, heads, heads, lq, lk, 64, torch.float16, seed=lq + lk), name=f"{lq}x{lk}")
