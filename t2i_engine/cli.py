@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                      "SLURM_ARRAY_TASK_ID/COUNT or RANK/WORLD_SIZE. The last part to finish completes the manifest")
     gen.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.add_argument("--attention", default="sdpa", help="sdpa (PyTorch) or triton (our fused kernel, CUDA); recorded in the manifest")
 
     ver = sub.add_parser("verify", help="check every shard of a dataset against its plan")
     ver.add_argument("dir", help="dataset folder")
@@ -91,6 +92,7 @@ def _add_bench_parser(sub) -> None:
     be.add_argument("--reps", default="3", help="timed batches: images/sec over all of them, the median batch beside it")
     be.add_argument("--device", default="auto")
     be.add_argument("--weights", help="a local diffusers folder (default: the hub cache if it has the model, else random weights)")
+    be.add_argument("--attention", default="sdpa", help="the engine's attention: sdpa or triton (our fused kernel); baselines keep diffusers'")
     be.add_argument("--out", help="write the results JSON here (atomically)")
     be.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
 
@@ -193,7 +195,7 @@ def _generate(args) -> int:
         devices = parse_devices(args.devices)
     summary = generate(recipe, Path(args.out), RunOptions(device=args.device, weights=args.weights, encode_workers=workers,
                                                           progress=not args.no_progress, part=part, devices=devices,
-                                                          ray=args.ray))
+                                                          ray=args.ray, attention=args.attention))
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -330,7 +332,7 @@ def _bench(args) -> int:
         baselines=parse_list(args.baseline, "--baseline", BASELINES),
         baseline_batches=parse_batches(args.baseline_batch, "--baseline-batch", allow_auto=False),
         warmup=_int_flag("--warmup", args.warmup, 0, 1000), reps=_int_flag("--reps", args.reps, 1, 1000),
-        device=args.device, weights=args.weights,
+        device=args.device, weights=args.weights, attention=args.attention,
     )
     check_options(opts)
     if args.out:

@@ -47,6 +47,7 @@ class BenchOptions:
     reps: int = 3
     device: str = "auto"
     weights: str | None = None
+    attention: str = "sdpa"  # the engine paths' attention (kernels.install); baselines keep diffusers' own
 
 
 def parse_list(text: str, field_name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -74,7 +75,7 @@ def parse_batches(text: str, field_name: str = "--batch", allow_auto: bool = Tru
 def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
     """Everything that can refuse the input, before a model is built."""
     from ..engine.architectures import PIPELINE_FAMILIES
-    from ..engine.generator import SUPPORTED_FAMILIES
+    from ..engine.generator import ATTENTION, SUPPORTED_FAMILIES
     from ..engine.recipe import build_recipe
 
     spec = get_model(opts.model)
@@ -83,6 +84,8 @@ def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
                          f"(families: {', '.join(SUPPORTED_FAMILIES)}); --backend none measures the diffusers baselines alone")
     if spec.family not in PIPELINE_FAMILIES and not (spec.builder or spec.bundled or opts.weights):
         raise InputError("model", spec.name, f"no random-weight pipeline for the {spec.family} family yet; pass --weights")
+    if opts.attention not in ATTENTION:
+        raise InputError("--attention", opts.attention, f"expected one of {', '.join(ATTENTION)}")
     if not opts.backends and not opts.baselines:
         raise InputError("--backend", "none", "nothing to measure: give a backend or a baseline")
     largest = max([b for b in opts.batches if b != "auto"] + list(opts.baseline_batches) + [PAPER_BATCH], default=0)
@@ -99,13 +102,14 @@ def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
 
 
 def run_bench(opts: BenchOptions, log=print) -> dict:
-    from ..engine.generator import resolve_device, resolve_dtype
+    from ..engine.generator import check_attention, resolve_device, resolve_dtype
     from ..engine.plan import plan_units
     from ..engine.recipe import build_recipe
     from . import measure
 
     spec, recipe = check_options(opts)
     device = resolve_device(opts.device)
+    check_attention(opts.attention, device)
     dtype = resolve_dtype(spec, device)
     batches = opts.batches or (spec.batch_size,)
     largest = max([b for b in batches if b != "auto"] + list(opts.baseline_batches if "diffusers" in opts.baselines else ())
@@ -139,8 +143,15 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
         f"(per image); dense {rate['dtype']} matmul {rate['flops_per_second'] / 1e12:.4g} TFLOP/s")
 
     runs = []
-    for backend in opts.backends:
-        runs += _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec)
+    if opts.backends:
+        from ..kernels import install
+
+        install(pipe, attention=opts.attention)
+        try:
+            for backend in opts.backends:
+                runs += _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec)
+        finally:
+            install(pipe, attention="sdpa")
     for name in opts.baselines:
         runs += _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device)
     ok = [r for r in runs if "images_per_second" in r]
@@ -222,7 +233,8 @@ def _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec) -> li
     measured: dict[int, dict] = {}
 
     def measure(batch: int) -> dict:
-        run = {"path": f"engine:{backend}", "dtype": str(pipe.dtype).removeprefix("torch."), "attention": attention_processors(pipe)}
+        run = {"path": f"engine:{backend}", "dtype": str(pipe.dtype).removeprefix("torch."), "attention": attention_processors(pipe),
+               "attention_kernel": opts.attention}
         try:
             run.update(engine_path(pipe, recipe, samples, batch=batch, warmup=opts.warmup, reps=opts.reps))
             log(f"[bench] engine:{backend} batch {batch}: {run['images_per_second']:.4g} images/s")

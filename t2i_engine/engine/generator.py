@@ -55,8 +55,22 @@ def resolve_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
     return getattr(torch, spec.dtype) if device.type == "cuda" else torch.float32
 
 
-def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dtype: torch.dtype):
-    """Build (test models) or load (hub id or local folder) the model's diffusers pipeline."""
+ATTENTION = ("sdpa", "triton")
+
+
+def check_attention(attention: str, device: torch.device) -> None:
+    """Before anything loads: the attention implementation exists and can run on `device`."""
+    from ..kernels.triton_env import interpreting
+
+    if attention not in ATTENTION:
+        raise InputError("attention", attention, f"expected one of {', '.join(ATTENTION)}")
+    if attention == "triton" and device.type != "cuda" and not interpreting():
+        raise InputError("attention", attention, f"the Triton kernels run on CUDA devices; this run is on {device.type} (use sdpa)")
+
+
+def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa"):
+    """Build (test models) or load (hub id or local folder) the model's diffusers pipeline, with
+    its attention routed through our Triton kernel if asked (kernels.install)."""
     if spec.family not in SUPPORTED_FAMILIES:
         raise InputError("model", spec.name, f"the {spec.family} family has no generator adapter yet; supported families: {', '.join(SUPPORTED_FAMILIES)}")
     if spec.builder and weights is None:
@@ -67,7 +81,12 @@ def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dt
     apply_registry_settings(spec, pipe)
     if pipe.unet.dtype != dtype:  # built models come in float32; loaded ones already in dtype
         pipe = pipe.to(dtype=dtype)
-    return pipe.to(device)
+    pipe = pipe.to(device)
+    if attention == "triton":
+        from ..kernels import install
+
+        install(pipe, attention="triton")
+    return pipe
 
 
 def apply_registry_settings(spec: ModelSpec, pipe) -> None:

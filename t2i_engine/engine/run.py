@@ -38,6 +38,7 @@ class RunOptions:
     part: tuple[int, int] | None = None  # (i, n): only units whose shard number % n == i
     devices: list[str] | None = None  # one worker process per entry (workers.parse_devices)
     ray: str | None = None  # "local" (a Ray instance of this machine) or a cluster address
+    attention: str = "sdpa"  # or "triton": our fused kernel (kernels.install); recorded in the manifest
 
 
 def parse_part(text: str, env: dict | None = None) -> tuple[int, int]:
@@ -85,11 +86,12 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
 
 
 def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, t_start: float) -> dict:
-    from .generator import Generator, load_pipeline, resolve_dtype
+    from .generator import Generator, check_attention, load_pipeline, resolve_dtype
 
+    check_attention(options.attention, device)
     dtype = resolve_dtype(spec, device)
-    meta = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), weights=options.weights)
-    existing = mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"])
+    meta = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), weights=options.weights, attention=options.attention)
+    existing = mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"], attention=meta["attention"])
 
     units = plan_units(recipe)
     part = options.part
@@ -105,16 +107,16 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
 
     # With worker processes the model loads in each of them, not here.
     remote = bool(options.devices or options.ray)
-    pipe = load_pipeline(spec, options.weights, device, dtype) if todo and not remote else None
+    pipe = load_pipeline(spec, options.weights, device, dtype, options.attention) if todo and not remote else None
     t_loaded = time.perf_counter()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with mf.part_locks(out_dir, part) if part else mf.exclusive_lock(out_dir):
         # Under the lock, look again: a run that just ended may have committed more shards.
-        mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"])
+        mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"], attention=meta["attention"])
         todo = _uncommitted(out_dir, mine)
         if todo and pipe is None and not remote:
-            pipe = load_pipeline(spec, options.weights, device, dtype)
+            pipe = load_pipeline(spec, options.weights, device, dtype, options.attention)
         mf.remove_stale_temporaries(out_dir, [u.name for u in mine] if part else None)
         with mf.finalize_lock(out_dir):  # parts: the first one in writes it; the others find it
             if not part or mf.read_manifest(out_dir) is None:
@@ -124,12 +126,12 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
         if todo and options.ray:
             from .ray_runner import run_ray
 
-            images, rates, restarts = run_ray(todo, recipe, out_dir, weights=options.weights, dtype=meta["dtype"],
+            images, rates, restarts = run_ray(todo, recipe, out_dir, weights=options.weights, dtype=meta["dtype"], attention=options.attention,
                                               progress=options.progress)
         elif todo and options.devices:
             from .workers import run_workers
 
-            images, rates, restarts = run_workers(todo, recipe, out_dir, devices=options.devices, weights=options.weights,
+            images, rates, restarts = run_workers(todo, recipe, out_dir, devices=options.devices, weights=options.weights, attention=options.attention,
                                         progress=options.progress)
         elif todo:
             generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
@@ -175,7 +177,7 @@ def finalize(out_dir: Path) -> dict:
             raise InputError("dir", str(out_dir), f"{len(missing)} of {len(units)} shards are not written yet "
                              f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); run the parts that hold them first")
         mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], device=manifest["device"],
-                          dtype=manifest["dtype"], weights=manifest["weights"])
+                          dtype=manifest["dtype"], weights=manifest["weights"], attention=manifest.get("attention", "sdpa"))
     return {"out": str(out_dir), "shards": len(units), "num_samples": recipe.num_samples}
 
 

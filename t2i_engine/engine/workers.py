@@ -67,7 +67,7 @@ class _Worker:
     failed_units: list[int] = field(default_factory=list)
 
 
-def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[str], weights: str | None,
+def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[str], weights: str | None, attention: str = "sdpa",
                 progress: bool) -> tuple[int, dict, int]:
     """Generate `units` on `devices`; returns (images written, per-device images/sec, restarts)."""
     import os
@@ -87,7 +87,7 @@ def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[s
     def start(wid: int) -> None:
         w = workers[wid]
         w.inbox, w.outbox, w.done, w.ready_at = ctx.Queue(), ctx.Queue(), False, None
-        w.process = ctx.Process(target=worker_main, args=(wid, w.device, recipe.to_dict(), str(out_dir), weights, w.inbox,
+        w.process = ctx.Process(target=worker_main, args=(wid, w.device, recipe.to_dict(), str(out_dir), (weights, attention), w.inbox,
                                                           w.outbox, cpu_threads, os.getpid()),
                                 daemon=True, name=f"t2i-engine-worker-{wid}")
         w.process.start()
@@ -198,7 +198,7 @@ class UnitRunner:
     """What every worker does, local process or Ray actor: load the model on one device once,
     then generate whole units into shards."""
 
-    def __init__(self, device_name: str, recipe_dict: dict, out_dir: str, weights: str | None, cpu_threads: int):
+    def __init__(self, device_name: str, recipe_dict: dict, out_dir: str, weights: str | None, cpu_threads: int, attention: str = "sdpa"):
         import torch
 
         from .generator import Generator, load_pipeline, resolve_device, resolve_dtype
@@ -215,7 +215,7 @@ class UnitRunner:
         device = resolve_device(device_name)
         torch_dtype = resolve_dtype(spec, device)
         self.dtype = str(torch_dtype).removeprefix("torch.")
-        pipe = load_pipeline(spec, weights, device, torch_dtype)
+        pipe = load_pipeline(spec, weights, device, torch_dtype, attention)
         self.generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
                                    width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
         self.units = {u.shard: u for u in plan_units(recipe)}
@@ -243,7 +243,7 @@ class UnitRunner:
         return len(unit.samples)
 
 
-def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, weights: str | None, inbox, outbox,
+def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, model: tuple[str | None, str], inbox, outbox,
                 cpu_threads: int, parent_pid: int) -> None:
     """One local device: load the model once, then generate the units the parent hands over."""
     import os
@@ -254,7 +254,8 @@ def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, wei
     if os.getppid() != parent_pid:  # the parent went before the line above took effect
         return
     try:
-        runner = UnitRunner(device_name, recipe_dict, out_dir, weights, cpu_threads)
+        weights, attention = model
+        runner = UnitRunner(device_name, recipe_dict, out_dir, weights, cpu_threads, attention)
     except InputError as e:
         outbox.put(("fatal", str(e), True))
         return

@@ -20,18 +20,15 @@ by exp(m_old - m_new) whenever the maximum grows; exp2 with log2(e) folded into 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .triton_env import interpreting
+
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _configs():

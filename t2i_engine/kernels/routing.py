@@ -5,11 +5,14 @@ Every diffusers attention processor (UNet or DiT, SD1.x to FLUX) ends in one cal
 TorchFunctionMode, entered around the forward of each denoiser and VAE, replaces that call with
 `flash_attention` whenever the kernel supports it; anything else (the VAE's single 512-wide
 head, dropout, a causal flag, a CPU without the interpreter) goes to PyTorch's SDPA, logged
-once per reason. `install(..., attention="sdpa")` takes the routing out again.
+once per reason. With norm="triton" it does the same for `F.group_norm` (norm.py; the fused
+GroupNorm + SiLU is not routed yet: the SiLU is a separate call in diffusers' ResNet blocks).
+`install(..., attention="sdpa")` takes the routing out again.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import torch
@@ -18,24 +21,43 @@ from torch.overrides import TorchFunctionMode
 
 log = logging.getLogger(__name__)
 ATTENTION = ("triton", "sdpa")
+NORM = ("triton", "torch")
 ROUTED_COMPONENTS = ("unet", "transformer", "vae")
 
 
 class TritonAttention(TorchFunctionMode):
-    """Counts what it routes (`calls`) and what it leaves to SDPA (`fallbacks`, by reason)."""
+    """Counts what it routes (`calls`; `norm_calls` with norm=True) and what it leaves to
+    PyTorch (`fallbacks`, by reason)."""
 
-    def __init__(self):
+    def __init__(self, attention: bool = True, norm: bool = False):
         super().__init__()
-        self.calls = 0
+        self.attention, self.norm = attention, norm
+        self.calls = self.norm_calls = 0
         self.fallbacks: dict[str, int] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
+        out = None
+        if func is F.scaled_dot_product_attention and self.attention:
             out = self._attention(*args, **kwargs)
-            if out is not None:
-                return out
-        return func(*args, **kwargs)
+        elif func is F.group_norm and self.norm:
+            out = self._group_norm(*args, **kwargs)
+        return func(*args, **kwargs) if out is None else out
+
+    def _fallback(self, why: str, what: str) -> None:
+        if why not in self.fallbacks:
+            log.info("%s -> PyTorch", what)
+        self.fallbacks[why] = self.fallbacks.get(why, 0) + 1
+
+    def _group_norm(self, input, num_groups, weight=None, bias=None, eps=1e-5):
+        from .norm import group_norm, supports
+
+        why = supports(input, num_groups)
+        if why:
+            self._fallback(why, f"group_norm: {why} (x {tuple(input.shape)})")
+            return None
+        self.norm_calls += 1
+        return group_norm(input, num_groups, weight, bias, eps)
 
     def _attention(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         from .attention import flash_attention, supports
@@ -49,9 +71,7 @@ class TritonAttention(TorchFunctionMode):
         else:
             why = supports(query, key, value, attn_mask)
         if why:
-            if why not in self.fallbacks:
-                log.info("attention: %s -> PyTorch SDPA (q %s, k %s)", why, tuple(query.shape), tuple(key.shape))
-            self.fallbacks[why] = self.fallbacks.get(why, 0) + 1
+            self._fallback(why, f"attention: {why} (q {tuple(query.shape)}, k {tuple(key.shape)})")
             return None
         self.calls += 1
         return flash_attention(query, key, value, scale=scale, mask=attn_mask)
@@ -77,11 +97,14 @@ def _modules(target) -> list[torch.nn.Module]:
     return [components[name] for name in ROUTED_COMPONENTS if isinstance(components.get(name), torch.nn.Module)]
 
 
-def install(target, attention: str = "triton") -> TritonAttention | None:
-    """Route the attention of a pipeline's denoiser and VAE (or of one module) through the
-    Triton kernel, or back to SDPA. Returns the mode (its counters) for "triton"."""
+def install(target, attention: str = "triton", norm: str = "torch") -> TritonAttention | None:
+    """Route the attention (and, with norm="triton", the GroupNorms) of a pipeline's denoiser
+    and VAE, or of one module, through the Triton kernels, or back to PyTorch with
+    attention="sdpa". Returns the mode, whose counters say what ran where."""
     if attention not in ATTENTION:
         raise ValueError(f"attention={attention!r}: expected one of {', '.join(ATTENTION)}")
+    if norm not in NORM:
+        raise ValueError(f"norm={norm!r}: expected one of {', '.join(NORM)}")
     modules = _modules(target)
     for module in modules:  # undo an earlier install first: never two modes deep
         routed = module.__dict__.get("forward")
@@ -90,13 +113,11 @@ def install(target, attention: str = "triton") -> TritonAttention | None:
                 del module.forward  # the class's own forward again
             else:
                 module.forward = routed.original  # a forward someone else had wrapped
-    if attention == "sdpa":
+    if attention == "sdpa" and norm == "torch":
         return None
-    try:
-        from . import attention  # noqa: F401 - needs triton
-    except ImportError as e:
-        raise ImportError(f"attention='triton' needs the triton package ({e}); use attention='sdpa'") from None
-    mode = TritonAttention()
+    if importlib.util.find_spec("triton") is None:
+        raise ImportError("the Triton kernels need the triton package (it comes with CUDA builds of torch); use attention='sdpa'")
+    mode = TritonAttention(attention=attention == "triton", norm=norm == "triton")
     for module in modules:
         module.forward = _Routed(module.forward, mode)
     return mode

@@ -105,3 +105,53 @@ def test_unsupported_calls_fall_back_to_sdpa_and_are_counted():
 def test_bad_attention_names_are_refused():
     with pytest.raises(ValueError, match="triton, sdpa"):
         install(torch.nn.Linear(2, 2), attention="flash")
+
+
+def test_generate_with_triton_attention_records_it_and_matches_sdpa(tmp_path):
+    import json
+
+    from t2i_engine.engine.errors import InputError
+    from t2i_engine.engine.run import RunOptions, generate
+    from t2i_engine.engine.verify import verify_dataset
+    from tests.conftest import tiny_recipe
+
+    recipe = tiny_recipe(classes=["cat"], images_per_class=1, steps=1, format="png")  # one image: the interpreter is slow
+    runs = {}
+    for attention in ("sdpa", "triton"):
+        generate(recipe, tmp_path / attention, RunOptions(device="cpu", progress=False, attention=attention))
+        assert verify_dataset(tmp_path / attention) == []
+        assert json.loads((tmp_path / attention / "dataset.json").read_text())["attention"] == attention
+        runs[attention] = _pixels(tmp_path / attention)
+    assert runs["sdpa"].keys() == runs["triton"].keys() == {"cat_000000.png"}
+    assert max(abs(runs["sdpa"][k] - runs["triton"][k]).max() for k in runs["sdpa"]) <= 1  # uint8 levels
+    with pytest.raises(InputError, match="attention 'triton'"):  # one dataset, one attention
+        generate(recipe, tmp_path / "triton", RunOptions(device="cpu", progress=False, attention="sdpa"))
+
+
+def _pixels(folder) -> dict:
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    out = {}
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".png"):
+                    out[m.name] = np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read()))).astype(int)
+    return out
+
+
+def test_triton_attention_is_refused_where_it_cannot_run(cli, tmp_path, monkeypatch):
+    from t2i_engine.engine.errors import InputError
+    from t2i_engine.engine.generator import check_attention
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(InputError, match="CUDA"):
+        check_attention("triton", torch.device("cpu"))
+    code, _, err = cli("generate", "--out", tmp_path / "o", "--model", "tiny-sd", "--attention", "flash")
+    assert code == 2 and "attention" in err and "sdpa, triton" in err
+    code, _, err = cli("bench", "tiny-sd", "--attention", "flash")
+    assert code == 2 and "--attention" in err

@@ -1,0 +1,105 @@
+"""GroupNorm, optionally fused with the SiLU that follows it in every UNet and VAE ResNet block,
+in Triton, with its PyTorch reference.
+
+`group_norm(x, num_groups, weight, bias, eps, silu=False)`: x is [N, C, H, W] in any memory
+layout (NCHW or channels_last: addresses come from the strides), fp16, bf16 or fp32; statistics
+in fp32. One program per (sample, group) walks the group's C/G channels x H*W positions three
+times: the mean, the variance about it (two passes, no cancellation from sum of squares), then
+normalise, scale and shift per channel, apply SiLU if asked, store in x's dtype and layout.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .triton_env import interpreting
+
+
+@triton.jit
+def _group_norm_fwd(
+    X, Y, W, B, sn, sc, sh, sw, yn, yc, yh, yw,
+    C, HW, WIDTH, CPG, G, eps,
+    HAS_AFFINE: tl.constexpr, SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n = pid // G
+    g = pid % G
+    cs = g * CPG + tl.arange(0, BLOCK_C)
+    c_ok = tl.arange(0, BLOCK_C) < CPG
+    count = CPG * HW
+
+    total = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
+    for start in range(0, HW, BLOCK_S):
+        s = start + tl.arange(0, BLOCK_S)
+        ok = c_ok[:, None] & (s < HW)[None, :]
+        x = tl.load(X + n * sn + cs[:, None] * sc + (s // WIDTH)[None, :] * sh + (s % WIDTH)[None, :] * sw, mask=ok, other=0.0)
+        total += x.to(tl.float32)
+    mean = tl.sum(tl.sum(total, 1), 0) / count
+
+    total = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
+    for start in range(0, HW, BLOCK_S):
+        s = start + tl.arange(0, BLOCK_S)
+        ok = c_ok[:, None] & (s < HW)[None, :]
+        x = tl.load(X + n * sn + cs[:, None] * sc + (s // WIDTH)[None, :] * sh + (s % WIDTH)[None, :] * sw, mask=ok, other=0.0)
+        d = tl.where(ok, x.to(tl.float32) - mean, 0.0)
+        total += d * d
+    rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(total, 1), 0) / count + eps)
+
+    if HAS_AFFINE:
+        w = tl.load(W + cs, mask=c_ok, other=1.0).to(tl.float32)
+        b = tl.load(B + cs, mask=c_ok, other=0.0).to(tl.float32)
+    for start in range(0, HW, BLOCK_S):
+        s = start + tl.arange(0, BLOCK_S)
+        ok = c_ok[:, None] & (s < HW)[None, :]
+        h, wi = (s // WIDTH)[None, :], (s % WIDTH)[None, :]
+        x = tl.load(X + n * sn + cs[:, None] * sc + h * sh + wi * sw, mask=ok, other=0.0).to(tl.float32)
+        y = (x - mean) * rstd
+        if HAS_AFFINE:
+            y = y * w[:, None] + b[:, None]
+        if SILU:
+            y = y / (1.0 + tl.exp(-y))
+        tl.store(Y + n * yn + cs[:, None] * yc + h * yh + wi * yw, y.to(Y.dtype.element_ty), mask=ok)
+
+
+def supports(x: torch.Tensor, num_groups: int) -> str | None:
+    """None if the kernel runs this call, else why not."""
+    if x.dim() != 4:
+        return f"{x.dim()}-d input (the kernel takes [N, C, H, W])"
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {x.dtype}"
+    if not (x.is_cuda or interpreting()):
+        return f"device {x.device} (Triton runs on CUDA)"
+    if x.requires_grad and torch.is_grad_enabled():
+        return "autograd (the kernel is forward only)"
+    if x.shape[1] % num_groups:
+        return f"{x.shape[1]} channels in {num_groups} groups"
+    return None
+
+
+def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+               eps: float = 1e-5, *, silu: bool = False) -> torch.Tensor:
+    why = supports(x, num_groups)
+    if why:
+        raise ValueError(f"group_norm does not run this call: {why}; use torch.nn.functional.group_norm")
+    n, c, h, w = x.shape
+    y = torch.empty_like(x)  # keeps x's memory layout (channels_last stays channels_last)
+    cpg = c // num_groups
+    block_c = triton.next_power_of_2(cpg)
+    block_s = max(16, min(triton.next_power_of_2(h * w), 4096 // block_c))
+    affine = weight is not None
+    _group_norm_fwd[(n * num_groups,)](
+        x, y, weight if affine else x, bias if affine else x, *x.stride(), *y.stride(),
+        c, h * w, w, cpg, num_groups, eps,
+        HAS_AFFINE=affine, SILU=silu, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4,
+    )
+    return y
+
+
+def group_norm_ref(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                   eps: float = 1e-5, *, silu: bool = False) -> torch.Tensor:
+    """The same contract in plain PyTorch, in fp32."""
+    y = F.group_norm(x.float(), num_groups, None if weight is None else weight.float(), None if bias is None else bias.float(), eps)
+    return (F.silu(y) if silu else y).to(x.dtype)

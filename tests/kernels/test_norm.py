@@ -1,0 +1,70 @@
+"""The Triton GroupNorm (+ SiLU) against its reference, on the CPU under TRITON_INTERPRET=1 or
+compiled on a GPU. Tolerance rule as for attention: at most twice PyTorch's own error in the
+same dtype against an fp32 reference, plus a floor."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from t2i_engine.kernels import install
+from t2i_engine.kernels.norm import group_norm, group_norm_ref, supports
+
+FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _case(n, c, h, w, dtype, channels_last, seed=0):
+    g = torch.Generator("cpu").manual_seed(seed)
+    x = (torch.randn(n, c, h, w, generator=g) * 3 + 1).to(DEVICE, dtype)  # an offset mean, as activations have
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = torch.randn(c, generator=g).to(DEVICE, dtype)
+    bias = torch.randn(c, generator=g).to(DEVICE, dtype)
+    return x, weight, bias
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("silu", [False, True], ids=["norm", "norm+silu"])
+@pytest.mark.parametrize("c, groups, hw", [(64, 32, 9), (40, 8, 5)])  # 2 and 5 channels per group; odd sizes
+def test_group_norm_matches_the_reference(c, groups, hw, silu, channels_last, dtype):
+    x, weight, bias = _case(2, c, hw, hw, dtype, channels_last, seed=c + hw)
+    ref = group_norm_ref(x.float(), groups, weight.float(), bias.float(), silu=silu)
+    ours = group_norm(x, groups, weight, bias, silu=silu)
+    theirs = F.group_norm(x, groups, weight, bias)
+    theirs = (F.silu(theirs) if silu else theirs).float()
+    err = (ours.float() - ref).abs()
+    torch_err = (theirs - ref).abs().max().item()
+    where = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
+    print(f"{dtype} {'cl' if channels_last else 'nchw'} silu={silu}: worst {err.max().item():.3g} at {where}; PyTorch's {torch_err:.3g}")
+    assert err.max().item() <= 2 * torch_err + FLOOR[dtype]
+    assert ours.dtype == x.dtype and ours.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_without_affine_parameters():
+    x, _, _ = _case(1, 32, 6, 7, torch.float32, False)
+    assert (group_norm(x, 4) - group_norm_ref(x, 4)).abs().max().item() <= 1e-5
+
+
+def test_what_the_kernel_does_not_run_is_named():
+    assert "groups" in supports(torch.zeros(1, 30, 2, 2, device=DEVICE), 4)
+    assert "3-d" in supports(torch.zeros(1, 32, 4, device=DEVICE), 4)
+
+
+def test_routed_group_norms_in_a_unet_give_the_same_output():
+    from t2i_engine.engine.tiny import build_tiny_sd
+
+    unet = build_tiny_sd().unet.eval()
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randn(1, 4, 4, 4, generator=g), torch.tensor([500]))
+    kwargs = {"encoder_hidden_states": torch.randn(1, 77, 32, generator=g)}
+    with torch.no_grad():
+        reference = unet(*args, **kwargs).sample
+        mode = install(unet, attention="sdpa", norm="triton")
+        routed = unet(*args, **kwargs).sample
+        install(unet, attention="sdpa")
+    print(f"{mode.norm_calls} group norms routed, {mode.calls} attention calls, max |diff| {(routed - reference).abs().max().item():.3g}")
+    assert mode.norm_calls > 0 and mode.calls == 0
+    assert (routed - reference).abs().max().item() <= 1e-4
