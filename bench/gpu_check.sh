@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one-shot GPU job (../shared/gpu/README.md): the card and versions, the paper-protocol
 # benchmark, the GPU tests, the Triton kernels' tests compiled, a smoke run of --devices all, then
-# the other models' benchmarks, in that order of priority, each result a file in RESULTS_DIR
-# (at most 8 besides the bench JSONs' log). Each step has its own
+# the other models' benchmarks, in that order of priority: env.log, checks.log (tests and the
+# smoke run), bench.log and one bench-*.json per benchmark (8 files in all). Each step has its own
 # time limit so a slow one cannot eat the others; expected ~6 minutes on an H100.
 #
 # Prepare on the workstation (the GPU machine has no package index and lacks these):
@@ -39,11 +39,13 @@ PYEOF
 } > "$OUT/env.log" 2>&1
 cat "$OUT/env.log"
 
-bench() {  # bench NAME ARGS...: one model, its JSON and its log lines
-  local name=$1; shift
-  step "bench $name $* -> bench-$name.json"
+bench() {  # bench [LABEL] MODEL ARGS...: one run, its JSON (bench-LABEL.json) and its log lines
+  local label=$1; shift
+  local name=$label
+  [[ ${1:-} != -* && -n ${1:-} ]] && { name=$1; shift; }
+  step "bench $name $* -> bench-$label.json"
   echo "=== bench $name $* ($(date +%T))" >> "$OUT/bench.log"
-  timeout "$LIMIT" $PY -m t2i_engine.cli bench "$name" "$@" --out "$OUT/bench-$name.json" >> "$OUT/bench.log" 2>&1
+  timeout "$LIMIT" $PY -m t2i_engine.cli bench "$name" "$@" --out "$OUT/bench-$label.json" >> "$OUT/bench.log" 2>&1
   echo "exit $?" >> "$OUT/bench.log"
   tail -12 "$OUT/bench.log"
 }
@@ -53,28 +55,30 @@ bench() {  # bench NAME ARGS...: one model, its JSON and its log lines
 want sd15 && LIMIT=200 bench sd15 --guidance 2.0 --batch 16,32 --baseline paper,diffusers --baseline-batch 16,32 --warmup 1 --reps 2
 
 if want pytest; then
-step "pytest -m gpu -> pytest-gpu.log (issue 4: CUDA training with bf16 autocast and channels_last)"
-timeout 300 $PY -m pytest -q -m gpu -rsP tests > "$OUT/pytest-gpu.log" 2>&1
-echo "exit $?" >> "$OUT/pytest-gpu.log"
-tail -5 "$OUT/pytest-gpu.log"
+step "pytest -m gpu -> checks.log (CUDA training with bf16 autocast and channels_last; a real CUDA out-of-memory)"
+timeout 300 $PY -m pytest -q -m gpu -rsP tests >> "$OUT/checks.log" 2>&1
+echo "pytest -m gpu exit $?" >> "$OUT/checks.log"
+tail -5 "$OUT/checks.log"
 fi
 
 if want kernels; then
-step "pytest tests/kernels (compiled, autotuned) -> pytest-kernels.log (issue 7)"
-timeout 240 $PY -m pytest -q -rsP tests/kernels > "$OUT/pytest-kernels.log" 2>&1
-echo "exit $?" >> "$OUT/pytest-kernels.log"
-tail -3 "$OUT/pytest-kernels.log"
+step "pytest tests/kernels (compiled, autotuned) -> checks.log (issue 7)"
+timeout 240 $PY -m pytest -q -rsP tests/kernels >> "$OUT/checks.log" 2>&1
+echo "pytest tests/kernels exit $?" >> "$OUT/checks.log"
+tail -3 "$OUT/checks.log"
+# our attention in the paper protocol, beside the eager figure above (same run)
+LIMIT=150 bench sd15-triton sd15 --guidance 2.0 --attention triton --batch 32 --baseline none --warmup 1 --reps 2
 fi
 
 if want devices; then
-step "generate --devices all on the embedded model, then verify -> devices-smoke.log (issue 5)"
+step "generate --devices all on the embedded model, then verify -> checks.log (issue 5)"
 rm -rf /tmp/gpu-smoke
 timeout 180 $PY -m t2i_engine.cli generate --out /tmp/gpu-smoke --model digits --images-per-class 200 \
-  --images-per-shard 100 --devices all --no-progress --json > "$OUT/devices-smoke.log" 2>&1
-echo "generate exit $?" >> "$OUT/devices-smoke.log"
-timeout 60 $PY -m t2i_engine.cli verify /tmp/gpu-smoke >> "$OUT/devices-smoke.log" 2>&1
-echo "verify exit $?" >> "$OUT/devices-smoke.log"
-tail -3 "$OUT/devices-smoke.log"
+  --images-per-shard 100 --devices all --no-progress --json >> "$OUT/checks.log" 2>&1
+echo "generate exit $?" >> "$OUT/checks.log"
+timeout 60 $PY -m t2i_engine.cli verify /tmp/gpu-smoke >> "$OUT/checks.log" 2>&1
+echo "verify exit $?" >> "$OUT/checks.log"
+tail -3 "$OUT/checks.log"
 fi
 
 # The other families run only as diffusers bf16 (the engine's generator runs SD1.x/2.x for now):
