@@ -146,12 +146,14 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
     if opts.backends:
         from ..kernels import install
 
-        install(pipe, attention=opts.attention)
+        mode = install(pipe, attention=opts.attention)
         try:
             for backend in opts.backends:
                 runs += _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec)
         finally:
             install(pipe, attention="sdpa")
+        if mode is not None:  # what really ran: a kernel that always fell back would otherwise go unseen
+            result["kernels"] = {"attention_calls": mode.calls, "fallbacks": mode.fallbacks}
     for name in opts.baselines:
         runs += _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device)
     ok = [r for r in runs if "images_per_second" in r]

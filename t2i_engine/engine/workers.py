@@ -213,6 +213,8 @@ class UnitRunner:
         recipe = Recipe.from_dict(recipe_dict)
         spec = get_model(recipe.model)
         device = resolve_device(device_name)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # kernels that launch on the current device (Triton) follow the worker's
         torch_dtype = resolve_dtype(spec, device)
         self.dtype = str(torch_dtype).removeprefix("torch.")
         pipe = load_pipeline(spec, weights, device, torch_dtype, attention)

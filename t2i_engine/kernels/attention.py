@@ -19,6 +19,7 @@ by exp(m_old - m_new) whenever the maximum grows; exp2 with log2(e) folded into 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -56,8 +57,8 @@ def _attention_fwd(
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    b = (pid_bh // H).to(tl.int64)  # int64 offsets: B*H*L*D passes 2^31 at large batches (FLUX at 1024 from ~150)
+    h = (pid_bh % H).to(tl.int64)
     hk = h // GROUP  # the key/value head this query head reads
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -79,11 +80,14 @@ def _attention_fwd(
         k = tl.load(k_base + cols[None, :] * skn + offs_d[:, None] * skd, mask=d_ok[:, None] & col_ok[None, :], other=0.0)
         if DOT_FP32:
             k = k.to(tl.float32)
-        s = tl.dot(q, k) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
+        if DOT_FP32:  # exact fp32 products: tl.dot would otherwise use TF32 on a GPU (~1e-3 error)
+            s = tl.dot(q, k, input_precision="ieee") * qk_scale
+        else:
+            s = tl.dot(q, k) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
         if HAS_MASK:
             bias = tl.load(MASK + b * smb + h * smh + offs_m[:, None] * smm + cols[None, :] * smn,
                            mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-            s += bias * 1.4426950408889634
+            s += bias.to(tl.float32) * 1.4426950408889634
         s = tl.where(col_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row masked so far: no NaN from -inf - -inf
@@ -92,7 +96,7 @@ def _attention_fwd(
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + cols[:, None] * svn + offs_d[None, :] * svd, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
         if DOT_FP32:
-            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
+            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
@@ -119,7 +123,7 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tens
         return f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"
     if not (q.is_cuda or interpreting()):
         return f"device {q.device} (Triton runs on CUDA)"
-    if q.requires_grad and torch.is_grad_enabled():
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, mask)):
         return "autograd (the kernel is forward only)"
     if mask is not None and (mask.dim() > 4 or any(m not in (1, s) for m, s in zip(mask.shape[::-1], (k.shape[2], q.shape[2], q.shape[1], q.shape[0])))):
         return f"mask of shape {tuple(mask.shape)} (not broadcastable to [B, H, Lq, Lk])"
@@ -129,6 +133,8 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tens
 def _mask_operand(mask: torch.Tensor, b: int, h: int, lq: int, lk: int) -> torch.Tensor:
     if mask.dtype == torch.bool:
         mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(~mask, float("-inf"))
+    elif mask.dtype != torch.float32:  # scaled in fp32 in the kernel; a half mask loses the small terms
+        mask = mask.float()
     while mask.dim() < 4:
         mask = mask.unsqueeze(0)
     return mask.expand(b, h, lq, lk)  # stride 0 where broadcast: nothing copied
@@ -153,12 +159,13 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale:
     def grid(meta):
         return (triton.cdiv(lq, meta["BLOCK_M"]), b * h)
 
-    _attention_fwd[grid](
-        q, k, v, out, m if m is not None else q, scale * LOG2E,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
-        h, h // k.shape[1], lq, lk, d,
-        HAS_MASK=m is not None, DOT_FP32=dot_fp32, BLOCK_D=block_d,
-    )
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():  # Triton launches on the current device
+        _attention_fwd[grid](
+            q, k, v, out, m if m is not None else q, scale * LOG2E,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
+            h, h // k.shape[1], lq, lk, d,
+            HAS_MASK=m is not None, DOT_FP32=dot_fp32, BLOCK_D=block_d,
+        )
     return out
 
 

@@ -1,7 +1,7 @@
 """GroupNorm, optionally fused with the SiLU that follows it in every UNet and VAE ResNet block,
 in Triton, with its PyTorch reference.
 
-`group_norm(x, num_groups, weight, bias, eps, silu=False)`: x is [N, C, H, W] in any memory
+`group_norm(x, num_groups, weight, bias, eps, silu=False)`: x is [N, C, H, W] (or [N, C, L]) in any memory
 layout (NCHW or channels_last: addresses come from the strides), fp16, bf16 or fp32; statistics
 in fp32. One program per (sample, group) walks the group's C/G channels x H*W positions three
 times: the mean, the variance about it (two passes, no cancellation from sum of squares), then
@@ -9,6 +9,8 @@ normalise, scale and shift per channel, apply SiLU if asked, store in x's dtype 
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +27,7 @@ def _group_norm_fwd(
     HAS_AFFINE: tl.constexpr, SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    n = pid // G
+    n = (pid // G).to(tl.int64)  # int64 offsets: a VAE's last norm at batch 16 is 2^31 elements
     g = pid % G
     cs = g * CPG + tl.arange(0, BLOCK_C)
     c_ok = tl.arange(0, BLOCK_C) < CPG
@@ -66,8 +68,8 @@ def _group_norm_fwd(
 
 def supports(x: torch.Tensor, num_groups: int) -> str | None:
     """None if the kernel runs this call, else why not."""
-    if x.dim() != 4:
-        return f"{x.dim()}-d input (the kernel takes [N, C, H, W])"
+    if x.dim() not in (3, 4):
+        return f"{x.dim()}-d input (the kernel takes [N, C, H, W] or [N, C, L])"
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"dtype {x.dtype}"
     if not (x.is_cuda or interpreting()):
@@ -84,17 +86,20 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = N
     why = supports(x, num_groups)
     if why:
         raise ValueError(f"group_norm does not run this call: {why}; use torch.nn.functional.group_norm")
+    if x.dim() == 3:  # [N, C, L] (the group norm in front of a VAE's attention): L x 1 pixels, a view
+        return group_norm(x.unsqueeze(-1), num_groups, weight, bias, eps, silu=silu).squeeze(-1)
     n, c, h, w = x.shape
     y = torch.empty_like(x)  # keeps x's memory layout (channels_last stays channels_last)
     cpg = c // num_groups
     block_c = triton.next_power_of_2(cpg)
     block_s = max(16, min(triton.next_power_of_2(h * w), 4096 // block_c))
     affine = weight is not None
-    _group_norm_fwd[(n * num_groups,)](
-        x, y, weight if affine else x, bias if affine else x, *x.stride(), *y.stride(),
-        c, h * w, w, cpg, num_groups, eps,
-        HAS_AFFINE=affine, SILU=silu, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4,
-    )
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():  # Triton launches on the current device
+        _group_norm_fwd[(n * num_groups,)](
+            x, y, weight if affine else x, bias if affine else x, *x.stride(), *y.stride(),
+            c, h * w, w, cpg, num_groups, eps,
+            HAS_AFFINE=affine, SILU=silu, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4,
+        )
     return y
 
 

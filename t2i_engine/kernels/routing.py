@@ -12,6 +12,7 @@ GroupNorm + SiLU is not routed yet: the SiLU is a separate call in diffusers' Re
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 
@@ -33,6 +34,7 @@ class TritonAttention(TorchFunctionMode):
         super().__init__()
         self.attention, self.norm = attention, norm
         self.calls = self.norm_calls = 0
+        self.depth = 0  # routed methods currently running (entered once, however nested)
         self.fallbacks: dict[str, int] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -45,8 +47,8 @@ class TritonAttention(TorchFunctionMode):
         return func(*args, **kwargs) if out is None else out
 
     def _fallback(self, why: str, what: str) -> None:
-        if why not in self.fallbacks:
-            log.info("%s -> PyTorch", what)
+        if why not in self.fallbacks:  # a warning: a run that quietly never used the kernel would mislead
+            log.warning("%s -> PyTorch", what)
         self.fallbacks[why] = self.fallbacks.get(why, 0) + 1
 
     def _group_norm(self, input, num_groups, weight=None, bias=None, eps=1e-5):
@@ -68,6 +70,8 @@ class TritonAttention(TorchFunctionMode):
             why = f"{query.dim()}-d inputs"
         elif key.shape[1] != query.shape[1] and not enable_gqa:
             why = "different head counts without enable_gqa"
+        elif value.shape[-1] != query.shape[-1] or key.shape[0] != query.shape[0] or value.shape != key.shape:
+            why = "value head dim or batch unlike the query's"
         else:
             why = supports(query, key, value, attn_mask)
         if why:
@@ -78,14 +82,25 @@ class TritonAttention(TorchFunctionMode):
 
 
 class _Routed:
-    """A module's forward, run under the mode; keeps the original for uninstalling."""
+    """A module's method, run under the mode; keeps the original for uninstalling."""
 
-    def __init__(self, forward, mode: TritonAttention):
-        self.original, self.mode = forward, mode
+    def __init__(self, method, mode: TritonAttention):
+        self.original, self.mode = method, mode
+        functools.update_wrapper(self, method)  # the signature stays visible (diffusers inspects forward's)
 
     def __call__(self, *args, **kwargs):
-        with self.mode:
+        if self.mode.depth:  # e.g. a VAE's forward calling its own decode: already inside
             return self.original(*args, **kwargs)
+        self.mode.depth += 1
+        try:
+            with self.mode:
+                return self.original(*args, **kwargs)
+        finally:
+            self.mode.depth -= 1
+
+
+# Pipelines call a VAE's decode (and encode), not its forward; a denoiser's forward.
+METHODS = ("forward", "decode", "encode")
 
 
 def _modules(target) -> list[torch.nn.Module]:
@@ -95,6 +110,16 @@ def _modules(target) -> list[torch.nn.Module]:
     if not isinstance(components, dict):
         raise TypeError(f"expected a diffusers pipeline or a torch module, got {type(target).__name__}")
     return [components[name] for name in ROUTED_COMPONENTS if isinstance(components.get(name), torch.nn.Module)]
+
+
+def _unroute(module: torch.nn.Module) -> None:
+    for name in METHODS:
+        routed = module.__dict__.get(name)
+        if isinstance(routed, _Routed):
+            if getattr(routed.original, "__func__", None) is getattr(type(module), name, None):
+                delattr(module, name)  # the class's own method again
+            else:
+                setattr(module, name, routed.original)  # a method someone else had wrapped
 
 
 def install(target, attention: str = "triton", norm: str = "torch") -> TritonAttention | None:
@@ -107,17 +132,15 @@ def install(target, attention: str = "triton", norm: str = "torch") -> TritonAtt
         raise ValueError(f"norm={norm!r}: expected one of {', '.join(NORM)}")
     modules = _modules(target)
     for module in modules:  # undo an earlier install first: never two modes deep
-        routed = module.__dict__.get("forward")
-        if isinstance(routed, _Routed):
-            if getattr(routed.original, "__func__", None) is type(module).forward:
-                del module.forward  # the class's own forward again
-            else:
-                module.forward = routed.original  # a forward someone else had wrapped
+        _unroute(module)
     if attention == "sdpa" and norm == "torch":
         return None
     if importlib.util.find_spec("triton") is None:
         raise ImportError("the Triton kernels need the triton package (it comes with CUDA builds of torch); use attention='sdpa'")
     mode = TritonAttention(attention=attention == "triton", norm=norm == "triton")
     for module in modules:
-        module.forward = _Routed(module.forward, mode)
+        for name in METHODS:
+            method = getattr(module, name, None)
+            if callable(method):
+                setattr(module, name, _Routed(method, mode))
     return mode

@@ -10,6 +10,11 @@ import torch
 from t2i_engine.kernels import install
 
 TOLERANCE = 1e-4  # fp32: the kernel's error against PyTorch's was ~4e-7 per attention (test_attention.py)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU runs the kernels through the interpreter
+
+
+def _to(args, kwargs):
+    return tuple(a.to(DEVICE) for a in args), {k: v.to(DEVICE) for k, v in kwargs.items()}
 
 
 def _sd15():
@@ -56,7 +61,8 @@ def _out(model, args, kwargs) -> torch.Tensor:
 @pytest.mark.parametrize("build", [_sd15, _sd3, _flux], ids=["sd15-shaped", "sd3-shaped", "flux-shaped"])
 def test_routed_attention_gives_the_same_output(build):
     model, (args, kwargs) = build()
-    model.eval()
+    model.eval().to(DEVICE)
+    args, kwargs = _to(args, kwargs)
     with torch.no_grad():
         reference = _out(model, args, kwargs)
         mode = install(model, attention="triton")
@@ -76,7 +82,7 @@ def test_a_pipeline_routes_its_denoiser_and_vae():
     from t2i_engine.engine.tiny import build_tiny_sd
     from tests.conftest import tiny_recipe
 
-    pipe = build_tiny_sd()
+    pipe = build_tiny_sd().to(DEVICE)
     pipe.set_progress_bar_config(disable=True)
     samples = list(plan_units(tiny_recipe())[0].samples[:1])
     generator = Generator(pipe, steps=1, guidance=5.0, height=32, width=32)
@@ -85,9 +91,23 @@ def test_a_pipeline_routes_its_denoiser_and_vae():
     routed = generator.generate(samples)
     install(pipe, attention="sdpa")
     assert mode.calls > 0 and not mode.fallbacks
-    assert all("forward" not in vars(m) for m in (pipe.unet, pipe.vae))  # uninstalled: the class's forward again
+    assert not {"forward", "decode", "encode"} & (set(vars(pipe.unet)) | set(vars(pipe.vae)))  # uninstalled: the class's own methods
     # uint8 images: routing may move a pixel by one level where a value sits on a rounding edge
     assert abs(routed.astype(int) - reference.astype(int)).max() <= 1
+
+
+def test_the_vae_decode_is_routed_too():
+    from t2i_engine.engine.tiny import build_tiny_sd
+
+    vae = build_tiny_sd().vae.to(DEVICE).eval()
+    latents = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    with torch.no_grad():
+        reference = vae.decode(latents).sample
+        mode = install(vae, attention="triton", norm="triton")  # pipelines call decode, not forward
+        routed = vae.decode(latents).sample
+        install(vae, attention="sdpa")
+    assert mode.calls > 0 and mode.norm_calls > 0 and not mode.fallbacks
+    assert (routed - reference).abs().max().item() <= TOLERANCE
 
 
 def test_unsupported_calls_fall_back_to_sdpa_and_are_counted():
@@ -118,14 +138,14 @@ def test_generate_with_triton_attention_records_it_and_matches_sdpa(tmp_path):
     recipe = tiny_recipe(classes=["cat"], images_per_class=1, steps=1, format="png")  # one image: the interpreter is slow
     runs = {}
     for attention in ("sdpa", "triton"):
-        generate(recipe, tmp_path / attention, RunOptions(device="cpu", progress=False, attention=attention))
+        generate(recipe, tmp_path / attention, RunOptions(device=DEVICE, progress=False, attention=attention))
         assert verify_dataset(tmp_path / attention) == []
         assert json.loads((tmp_path / attention / "dataset.json").read_text())["attention"] == attention
         runs[attention] = _pixels(tmp_path / attention)
     assert runs["sdpa"].keys() == runs["triton"].keys() == {"cat_000000.png"}
     assert max(abs(runs["sdpa"][k] - runs["triton"][k]).max() for k in runs["sdpa"]) <= 1  # uint8 levels
     with pytest.raises(InputError, match="attention 'triton'"):  # one dataset, one attention
-        generate(recipe, tmp_path / "triton", RunOptions(device="cpu", progress=False, attention="sdpa"))
+        generate(recipe, tmp_path / "triton", RunOptions(device=DEVICE, progress=False, attention="sdpa"))
 
 
 def _pixels(folder) -> dict:
