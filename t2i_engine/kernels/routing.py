@@ -2,7 +2,8 @@
 
 Every diffusers attention processor (UNet or DiT, SD1.x to FLUX) ends in one call,
 `F.scaled_dot_product_attention` on [B, H, S, D] tensors, often strided views. A
-TorchFunctionMode, entered around the forward of each denoiser and VAE, replaces that call with
+TorchFunctionMode, entered around the forward of each denoiser and the forward, decode and
+encode of each VAE (pipelines call a VAE's decode, never its forward), replaces that call with
 `flash_attention` whenever the kernel supports it; anything else (the VAE's single 512-wide
 head, dropout, a causal flag, a CPU without the interpreter) goes to PyTorch's SDPA, logged
 once per reason. With norm="triton" it does the same for `F.group_norm` (norm.py; the fused
