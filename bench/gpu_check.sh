@@ -68,6 +68,10 @@ echo "pytest tests/kernels exit $?" >> "$OUT/checks.log"
 tail -3 "$OUT/checks.log"
 # our attention in the paper protocol, beside the eager figure above (same run)
 LIMIT=150 bench sd15-triton sd15 --guidance 2.0 --attention triton --batch 32 --baseline none --warmup 1 --reps 2
+step "bench/attention.py: our kernel against SDPA's backends on real shapes -> bench.log (JSON lines)"
+echo "=== bench/attention.py ($(date +%T))" >> "$OUT/bench.log"
+timeout 150 $PY bench/attention.py --models sd15,sdxl,sd3-medium,flux-schnell >> "$OUT/bench.log" 2>&1
+echo "exit $?" >> "$OUT/bench.log"
 fi
 
 if want devices; then
