@@ -44,18 +44,17 @@ def attention_shapes(name: str) -> Counter:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from t2i_engine.engine.architectures import architecture, build_random_pipeline
-    from t2i_engine.engine.flops import denoiser_inputs
+    from t2i_engine.engine.flops import denoiser, denoiser_inputs
     from t2i_engine.engine.registry import get_model
 
     spec = get_model(name)
     pipe = build_random_pipeline(spec, torch.device("meta"), torch.bfloat16)
-    denoiser = pipe.unet if spec.family in ("sd", "sdxl") else pipe.transformer
     text = architecture(name)["text"] if spec.family in ("sd3", "flux") else None
     record = _Record()
     with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
         args, kwargs = denoiser_inputs(pipe, spec.family, *spec.resolution, text)
         with record:
-            denoiser(*args, **kwargs)
+            denoiser(pipe)(*args, **kwargs)
     return record.shapes
 
 

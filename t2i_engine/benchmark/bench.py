@@ -17,6 +17,7 @@ the same images; every result says which.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -88,13 +89,13 @@ def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
         raise InputError("--attention", opts.attention, f"expected one of {', '.join(ATTENTION)}")
     if not opts.backends and not opts.baselines:
         raise InputError("--backend", "none", "nothing to measure: give a backend or a baseline")
-    largest = max([b for b in opts.batches if b != "auto"] + list(opts.baseline_batches) + [PAPER_BATCH], default=0)
-    if largest * (opts.warmup + opts.reps) > MAX_SAMPLES:
-        raise InputError("--batch", largest, f"with --warmup {opts.warmup} and --reps {opts.reps} that plans "
-                         f"{largest * (opts.warmup + opts.reps):,} images; keep batch x (warmup + reps) within {MAX_SAMPLES:,}")
     for name, value in (("--warmup", opts.warmup), ("--reps", opts.reps)):
         if not isinstance(value, int) or not (0 if name == "--warmup" else 1) <= value <= 1000:
             raise InputError(name, value, "expected an integer from 1 to 1000 (--warmup may be 0)")
+    if planned_images(opts, spec) > MAX_SAMPLES:
+        raise InputError("--batch", ",".join(map(str, opts.batches)) or spec.batch_size,
+                         f"with --warmup {opts.warmup} and --reps {opts.reps} that plans {planned_images(opts, spec):,} images; "
+                         f"keep batch x (warmup + reps) within {MAX_SAMPLES:,}")
     raw = {"model": spec.name, "steps": opts.steps, "guidance": opts.guidance, "images_per_class": 1}
     if opts.resolution is not None:
         raw["resolution"] = opts.resolution
@@ -104,7 +105,6 @@ def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
 def run_bench(opts: BenchOptions, log=print) -> dict:
     from ..engine.generator import check_attention, resolve_device, resolve_dtype
     from ..engine.plan import plan_units
-    from ..engine.recipe import build_recipe
     from . import measure
 
     spec, recipe = check_options(opts)
@@ -112,12 +112,8 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
     check_attention(opts.attention, device)
     dtype = resolve_dtype(spec, device)
     batches = opts.batches or (spec.batch_size,)
-    largest = max([b for b in batches if b != "auto"] + list(opts.baseline_batches if "diffusers" in opts.baselines else ())
-                  + [PAPER_BATCH, AUTO_BATCH_LIMIT if "auto" in batches else spec.batch_size])
-    n_samples = largest * (opts.warmup + opts.reps)
-    recipe = build_recipe({"model": spec.name, "steps": recipe.steps, "guidance": recipe.guidance,
-                           "resolution": list(recipe.resolution), "images_per_class": math.ceil(n_samples / 10),
-                           "images_per_shard": n_samples})
+    n_samples = planned_images(opts, spec)
+    recipe = dataclasses.replace(recipe, images_per_class=math.ceil(n_samples / len(recipe.classes)), images_per_shard=n_samples)
     samples = list(plan_units(recipe)[0].samples)
     height, width = recipe.resolution
 
@@ -237,15 +233,7 @@ def _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec) -> li
     def measure(batch: int) -> dict:
         run = {"path": f"engine:{backend}", "dtype": str(pipe.dtype).removeprefix("torch."), "attention": attention_processors(pipe),
                "attention_kernel": opts.attention}
-        try:
-            run.update(engine_path(pipe, recipe, samples, batch=batch, warmup=opts.warmup, reps=opts.reps))
-            log(f"[bench] engine:{backend} batch {batch}: {run['images_per_second']:.4g} images/s")
-        except torch.cuda.OutOfMemoryError:
-            run.update(batch=batch, error="out of memory")
-            log(f"[bench] engine:{backend} batch {batch}: out of memory")
-        if "error" in run:
-            torch.cuda.empty_cache()  # here, not in the except block, whose traceback still holds the tensors
-        measured[batch] = run
+        measured[batch] = _attempt(run, batch, log, lambda: engine_path(pipe, recipe, samples, batch=batch, warmup=opts.warmup, reps=opts.reps))
         return run
 
     for batch in batches:
@@ -294,20 +282,34 @@ def _time_baseline(pipe, spec, recipe, samples, name, opts, log, device, dtype) 
     runs = []
     for batch in batches:
         run = {"path": f"baseline:{name}", "dtype": str(dtype).removeprefix("torch."), "attention": attention_processors(pipe)}
-        try:
-            run.update(diffusers_path(pipe, recipe, samples, batch=batch, warmup=opts.warmup, reps=opts.reps, call_kwargs=call_kwargs))
-            log(f"[bench] baseline:{name} batch {batch}: {run['images_per_second']:.4g} images/s")
-        except torch.cuda.OutOfMemoryError:
-            run.update(batch=batch, error="out of memory")
-            log(f"[bench] baseline:{name} batch {batch}: out of memory")
-        if "error" in run:
-            torch.cuda.empty_cache()
-        runs.append(run)
+        runs.append(_attempt(run, batch, log, lambda: diffusers_path(pipe, recipe, samples, batch=batch, warmup=opts.warmup,
+                                                                       reps=opts.reps, call_kwargs=call_kwargs)))
     if name == "diffusers":
         ok = [r for r in runs if "images_per_second" in r]
         if ok:
             max(ok, key=lambda r: r["images_per_second"])["best_batch"] = True
     return runs
+
+
+def _attempt(run: dict, batch: int, log, timed) -> dict:
+    """Fill `run` with `timed()`'s figures, or with the out-of-memory it ran into."""
+    try:
+        run.update(timed())
+        log(f"[bench] {run['path']} batch {batch}: {run['images_per_second']:.4g} images/s")
+    except torch.cuda.OutOfMemoryError:
+        run.update(batch=batch, error="out of memory")
+        log(f"[bench] {run['path']} batch {batch}: out of memory")
+    if "error" in run:
+        torch.cuda.empty_cache()  # here, not in the except block, whose traceback still holds the tensors
+    return run
+
+
+def planned_images(opts: BenchOptions, spec: ModelSpec) -> int:
+    """Samples the runs can use: the largest batch any of them may take x (warmup + reps)."""
+    batches = opts.batches or (spec.batch_size,)
+    largest = max([b for b in batches if b != "auto"] + list(opts.baseline_batches if "diffusers" in opts.baselines else ())
+                  + [PAPER_BATCH, AUTO_BATCH_LIMIT if "auto" in batches else spec.batch_size])
+    return largest * (opts.warmup + opts.reps)
 
 
 def headline(runs: list[dict]) -> dict:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..engine.encode import encode_image
+from ..engine.flops import denoiser
 from ..engine.plan import Sample
 from ..engine.recipe import Recipe
 from .measure import NvmlSampler, synchronize
@@ -36,10 +37,6 @@ def _peak_memory(device: torch.device) -> int | None:
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-
-def denoiser(pipe):
-    return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
 
 
 @contextmanager

@@ -27,7 +27,7 @@ if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
     CUSTOM[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa_cpu_flops  # the counter passes shapes
 
 
-def count_flops(build: Callable[[], torch.nn.Module], make_inputs: Callable[[], tuple[tuple, dict]]) -> int:
+def count_flops(build: Callable[[], Callable], make_inputs: Callable[[], tuple[tuple, dict]]) -> int:
     """FLOPs of one forward of `build()` on `make_inputs()`, both made under fake tensors (no
     memory, no arithmetic)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -38,6 +38,11 @@ def count_flops(build: Callable[[], torch.nn.Module], make_inputs: Callable[[], 
         with FlopCounterMode(display=False, custom_mapping=CUSTOM) as counter, torch.no_grad():
             model(*args, **kwargs)
     return counter.get_total_flops()
+
+
+def denoiser(pipe):
+    """The pipeline's denoiser: a UNet (SD, SDXL) or a transformer (SD3, FLUX, ...)."""
+    return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
 
 
 def denoiser_inputs(pipe, family: str, height: int, width: int, text: dict | None = None) -> tuple[tuple, dict]:
@@ -76,19 +81,10 @@ def denoiser_inputs(pipe, family: str, height: int, width: int, text: dict | Non
 def pipeline_flops(pipe, family: str, *, steps: int, cfg: bool, height: int, width: int, text: dict | None = None) -> dict:
     """FLOPs of one image through the denoising loop and the VAE decode. Text encoding is left
     out: the engine encodes each unique prompt once, so per image it tends to zero."""
-    denoiser = pipe.unet if family in ("sd", "sdxl") else pipe.transformer
-    forward = count_flops(lambda: denoiser, lambda: denoiser_inputs(pipe, family, height, width, text))
+    forward = count_flops(lambda: denoiser(pipe), lambda: denoiser_inputs(pipe, family, height, width, text))
     f = pipe.vae_scale_factor
     latent = lambda: ((torch.empty(1, pipe.vae.config.latent_channels, height // f, width // f, device=pipe.device, dtype=pipe.vae.dtype),), {})  # noqa: E731
-    decode = count_flops(lambda: _Decoder(pipe.vae), latent)
+    decode = count_flops(lambda: pipe.vae.decode, latent)
     forwards = steps * (2 if cfg else 1)
     return {"denoiser_forward": forward, "forwards_per_image": forwards, "vae_decode": decode, "per_image": forwards * forward + decode}
 
-
-class _Decoder(torch.nn.Module):
-    def __init__(self, vae):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, latents):
-        return self.vae.decode(latents, return_dict=False)[0]

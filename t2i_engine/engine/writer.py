@@ -119,7 +119,8 @@ class ShardWriter:
         self._pool = (ProcessPoolExecutor(encode_workers, mp_context=get_context("spawn"), initializer=_ignore_sigint) if encode_workers > 0
                       else ThreadPoolExecutor(1, thread_name_prefix="encoder"))
         self._tar_thread = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
-        self._max_pending = max_pending or 2 * max(encode_workers, 1) + 2
+        self._workers = max(encode_workers, 1)
+        self._max_pending = max_pending or 2 * self._workers + 2
         self._pending: deque[Future] = deque()
         self._parts: dict[int, list[tuple[list[Sample], Future]]] = {}
         self._commits: deque[Future] = deque()  # shard writes not yet collected into records
@@ -142,8 +143,7 @@ class ShardWriter:
     def start_encoders(self) -> None:
         """Start every encoder now (a process pool starts them on demand), so that start-up
         does not land in the first batches; used before timing."""
-        workers = getattr(self._pool, "_max_workers", 1)
-        for f in [self._pool.submit(_noop) for _ in range(workers)]:
+        for f in [self._pool.submit(_noop) for _ in range(self._workers)]:
             f.result()
 
     def drain(self) -> None:

@@ -117,6 +117,10 @@ def _check(q, k, v, mask):
 
 def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> str | None:
     """None if the kernel runs this call, else why not (the caller falls back to SDPA)."""
+    try:
+        _check(q, k, v, mask)
+    except ValueError as e:
+        return str(e).split(";")[0]  # the rule broken, without this call's shapes: one reason per kind
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"dtype {q.dtype}"
     if q.shape[-1] > MAX_HEAD_DIM:

@@ -67,14 +67,10 @@ class TritonAttention(TorchFunctionMode):
 
         if dropout_p or is_causal:
             why = "dropout" if dropout_p else "is_causal"
-        elif query.dim() != 4 or key.dim() != 4:
-            why = f"{query.dim()}-d inputs"
-        elif key.shape[1] != query.shape[1] and not enable_gqa:
-            why = "different head counts without enable_gqa"
-        elif value.shape[-1] != query.shape[-1] or key.shape[0] != query.shape[0] or value.shape != key.shape:
-            why = "value head dim or batch unlike the query's"
+        elif key.dim() == query.dim() and key.shape[1] != query.shape[1] and not enable_gqa:
+            why = "different head counts without enable_gqa"  # SDPA itself refuses these
         else:
-            why = supports(query, key, value, attn_mask)
+            why = supports(query, key, value, attn_mask)  # shapes, dtype, device, head dim, mask
         if why:
             self._fallback(why, f"attention: {why} (q {tuple(query.shape)}, k {tuple(key.shape)})")
             return None
