@@ -3,7 +3,7 @@
 # benchmark, the GPU tests, the Triton kernels' tests compiled, a smoke run of --devices all, then
 # the other models' benchmarks, in that order of priority: env.log, checks.log (tests and the
 # smoke run), bench.log and one bench-*.json per benchmark (8 files in all). Each step has its own
-# time limit so a slow one cannot eat the others; expected ~6 minutes on an H100.
+# time limit so a slow one cannot eat the others; expected ~7 minutes on an H100.
 #
 # Prepare on the workstation (the GPU machine has no package index and lacks these):
 #   ../shared/gpu/wheels.sh webdataset==1.0.2 braceexpand==0.1.7 torchmetrics==1.9.0 \
@@ -66,8 +66,15 @@ step "pytest tests/kernels (compiled, autotuned) -> checks.log (issue 7)"
 timeout 240 $PY -m pytest -q -rsP tests/kernels >> "$OUT/checks.log" 2>&1
 echo "pytest tests/kernels exit $?" >> "$OUT/checks.log"
 tail -3 "$OUT/checks.log"
-# our attention in the paper protocol, beside the eager figure above (same run)
+# our kernels in the paper protocol, beside the eager figure above (same run): attention and the
+# fused GroupNorm + SiLU together (bench-sd15-triton.json), then attention alone (JSON into bench.log:
+# the job's 8 files are taken), so each kernel's share shows
 LIMIT=150 bench sd15-triton sd15 --guidance 2.0 --attention triton --batch 32 --baseline none --warmup 1 --reps 2
+step "bench sd15 --attention triton --norm torch -> bench.log"
+echo "=== bench sd15 --attention triton --norm torch ($(date +%T))" >> "$OUT/bench.log"
+timeout 150 $PY -m t2i_engine.cli bench sd15 --guidance 2.0 --attention triton --norm torch --batch 32 --baseline none \
+  --warmup 1 --reps 2 --json >> "$OUT/bench.log" 2>&1
+echo "exit $?" >> "$OUT/bench.log"
 step "bench/attention.py: our kernel against SDPA's backends on real shapes -> bench.log (JSON lines)"
 echo "=== bench/attention.py ($(date +%T))" >> "$OUT/bench.log"
 timeout 150 $PY bench/attention.py --models sd15,sdxl,sd3-medium,flux-schnell >> "$OUT/bench.log" 2>&1

@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                      "SLURM_ARRAY_TASK_ID/COUNT or RANK/WORLD_SIZE. The last part to finish completes the manifest")
     gen.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
-    gen.add_argument("--attention", default="sdpa", help="sdpa (PyTorch) or triton (our fused kernel, CUDA); recorded in the manifest")
+    gen.add_argument("--attention", default="sdpa", help="sdpa (PyTorch) or triton (our fused attention and GroupNorm + SiLU "
+                     "kernels, CUDA); recorded in the manifest")
 
     ver = sub.add_parser("verify", help="check every shard of a dataset against its plan")
     ver.add_argument("dir", help="dataset folder")
@@ -93,6 +94,7 @@ def _add_bench_parser(sub) -> None:
     be.add_argument("--device", default="auto")
     be.add_argument("--weights", help="a local diffusers folder (default: the hub cache if it has the model, else random weights)")
     be.add_argument("--attention", default="sdpa", help="the engine's attention: sdpa or triton (our fused kernel); baselines keep diffusers'")
+    be.add_argument("--norm", help="the engine's GroupNorm (+ SiLU): torch or triton (fused kernel); default: triton with --attention triton")
     be.add_argument("--out", help="write the results JSON here (atomically)")
     be.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
 
@@ -332,7 +334,7 @@ def _bench(args) -> int:
         baselines=parse_list(args.baseline, "--baseline", BASELINES),
         baseline_batches=parse_batches(args.baseline_batch, "--baseline-batch", allow_auto=False),
         warmup=_int_flag("--warmup", args.warmup, 0, 1000), reps=_int_flag("--reps", args.reps, 1, 1000),
-        device=args.device, weights=args.weights, attention=args.attention,
+        device=args.device, weights=args.weights, attention=args.attention, norm=args.norm,
     )
     check_options(opts)
     if args.out:

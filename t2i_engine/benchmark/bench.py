@@ -49,6 +49,7 @@ class BenchOptions:
     device: str = "auto"
     weights: str | None = None
     attention: str = "sdpa"  # the engine paths' attention (kernels.install); baselines keep diffusers' own
+    norm: str | None = None  # the engine paths' GroupNorm (+ SiLU): "triton" or "torch"; None follows attention
 
 
 def parse_list(text: str, field_name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -73,6 +74,14 @@ def parse_batches(text: str, field_name: str = "--batch", allow_auto: bool = Tru
     return tuple(out)
 
 
+NORM = ("triton", "torch")
+
+
+def kernel_norm(opts: BenchOptions) -> str:
+    """The GroupNorm the engine paths run: --norm, or what --attention implies (kernels.install)."""
+    return opts.norm or ("triton" if opts.attention == "triton" else "torch")
+
+
 def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
     """Everything that can refuse the input, before a model is built."""
     from ..engine.architectures import PIPELINE_FAMILIES
@@ -87,6 +96,8 @@ def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
         raise InputError("model", spec.name, f"no random-weight pipeline for the {spec.family} family yet; pass --weights")
     if opts.attention not in ATTENTION:
         raise InputError("--attention", opts.attention, f"expected one of {', '.join(ATTENTION)}")
+    if opts.norm not in (None, *NORM):
+        raise InputError("--norm", opts.norm, f"expected one of {', '.join(NORM)}")
     if not opts.backends and not opts.baselines:
         raise InputError("--backend", "none", "nothing to measure: give a backend or a baseline")
     for name, value in (("--warmup", opts.warmup), ("--reps", opts.reps)):
@@ -110,6 +121,8 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
     spec, recipe = check_options(opts)
     device = resolve_device(opts.device)
     check_attention(opts.attention, device)
+    if kernel_norm(opts) == "triton":  # the same Triton requirement as the attention kernel's
+        check_attention("triton", device, field_name="--norm")
     dtype = resolve_dtype(spec, device)
     batches = opts.batches or (spec.batch_size,)
     n_samples = planned_images(opts, spec)
@@ -142,14 +155,15 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
     if opts.backends:
         from ..kernels import install
 
-        mode = install(pipe, attention=opts.attention)
+        mode = install(pipe, attention=opts.attention, norm=opts.norm)
         try:
             for backend in opts.backends:
                 runs += _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec)
         finally:
             install(pipe, attention="sdpa")
         if mode is not None:  # what really ran: a kernel that always fell back would otherwise go unseen
-            result["kernels"] = {"attention_calls": mode.calls, "fallbacks": mode.fallbacks}
+            result["kernels"] = {"attention_calls": mode.calls, "group_norm_calls": mode.norm_calls,
+                                 "fused_group_norm_silu_calls": mode.fused_calls, "fallbacks": mode.fallbacks}
     for name in opts.baselines:
         runs += _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device)
     ok = [r for r in runs if "images_per_second" in r]
@@ -232,7 +246,7 @@ def _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec) -> li
 
     def measure(batch: int) -> dict:
         run = {"path": f"engine:{backend}", "dtype": str(pipe.dtype).removeprefix("torch."), "attention": attention_processors(pipe),
-               "attention_kernel": opts.attention}
+               "attention_kernel": opts.attention, "norm_kernel": kernel_norm(opts)}
         measured[batch] = _attempt(run, batch, log, lambda: engine_path(pipe, recipe, samples, batch=batch, warmup=opts.warmup, reps=opts.reps))
         return run
 

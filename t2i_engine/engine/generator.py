@@ -58,14 +58,14 @@ def resolve_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
 ATTENTION = ("sdpa", "triton")
 
 
-def check_attention(attention: str, device: torch.device) -> None:
+def check_attention(attention: str, device: torch.device, field_name: str = "attention") -> None:
     """Before anything loads: the attention implementation exists and can run on `device`."""
     from ..kernels.triton_env import interpreting
 
     if attention not in ATTENTION:
-        raise InputError("attention", attention, f"expected one of {', '.join(ATTENTION)}")
+        raise InputError(field_name, attention, f"expected one of {', '.join(ATTENTION)}")
     if attention == "triton" and device.type != "cuda" and not interpreting():
-        raise InputError("attention", attention, f"the Triton kernels run on CUDA devices; this run is on {device.type} (use sdpa)")
+        raise InputError(field_name, attention, f"the Triton kernels run on CUDA devices; this run is on {device.type} (use sdpa)")
 
 
 def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa"):

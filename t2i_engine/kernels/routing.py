@@ -6,9 +6,9 @@ TorchFunctionMode, entered around the forward of each denoiser and the forward, 
 encode of each VAE (pipelines call a VAE's decode, never its forward), replaces that call with
 `flash_attention` whenever the kernel supports it; anything else (the VAE's single 512-wide
 head, dropout, a causal flag, a CPU without the interpreter) goes to PyTorch's SDPA, logged
-once per reason. With norm="triton" it does the same for `F.group_norm` (norm.py; the fused
-GroupNorm + SiLU is not routed yet: the SiLU is a separate call in diffusers' ResNet blocks).
-`install(..., attention="sdpa")` takes the routing out again.
+once per reason. With norm="triton" (the default alongside attention="triton") it does the same
+for `F.group_norm` (norm.py), and the GroupNorm + SiLU pairs of the ResNet blocks run as one
+fused kernel (fused_norm.py). `install(..., attention="sdpa")` takes the routing out again.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .fused_norm import fuse, unfuse
+
 log = logging.getLogger(__name__)
 ATTENTION = ("triton", "sdpa")
 NORM = ("triton", "torch")
@@ -28,13 +30,13 @@ ROUTED_COMPONENTS = ("unet", "transformer", "vae")
 
 
 class TritonAttention(TorchFunctionMode):
-    """Counts what it routes (`calls`; `norm_calls` with norm=True) and what it leaves to
-    PyTorch (`fallbacks`, by reason)."""
+    """Counts what it routes (`calls`; with norm=True `norm_calls`, of which `fused_calls` had
+    their SiLU fused) and what it leaves to PyTorch (`fallbacks`, by reason)."""
 
     def __init__(self, attention: bool = True, norm: bool = False):
         super().__init__()
         self.attention, self.norm = attention, norm
-        self.calls = self.norm_calls = 0
+        self.calls = self.norm_calls = self.fused_calls = 0
         self.depth = 0  # routed methods currently running (entered once, however nested)
         self.fallbacks: dict[str, int] = {}
 
@@ -119,10 +121,13 @@ def _unroute(module: torch.nn.Module) -> None:
                 setattr(module, name, routed.original)  # a method someone else had wrapped
 
 
-def install(target, attention: str = "triton", norm: str = "torch") -> TritonAttention | None:
-    """Route the attention (and, with norm="triton", the GroupNorms) of a pipeline's denoiser
-    and VAE, or of one module, through the Triton kernels, or back to PyTorch with
-    attention="sdpa". Returns the mode, whose counters say what ran where."""
+def install(target, attention: str = "triton", norm: str | None = None) -> TritonAttention | None:
+    """Route the attention and the GroupNorms (+ SiLU) of a pipeline's denoiser and VAE, or of
+    one module, through the Triton kernels, or back to PyTorch with attention="sdpa". `norm`
+    follows `attention` unless given ("triton" or "torch"), so each can be measured alone.
+    Returns the mode, whose counters say what ran where."""
+    if norm is None:
+        norm = "triton" if attention == "triton" else "torch"
     if attention not in ATTENTION:
         raise ValueError(f"attention={attention!r}: expected one of {', '.join(ATTENTION)}")
     if norm not in NORM:
@@ -130,6 +135,7 @@ def install(target, attention: str = "triton", norm: str = "torch") -> TritonAtt
     modules = _modules(target)
     for module in modules:  # undo an earlier install first: never two modes deep
         _unroute(module)
+        unfuse(module)
     if attention == "sdpa" and norm == "torch":
         return None
     if importlib.util.find_spec("triton") is None:
@@ -140,4 +146,6 @@ def install(target, attention: str = "triton", norm: str = "torch") -> TritonAtt
             method = getattr(module, name, None)
             if callable(method):
                 setattr(module, name, _Routed(method, mode))
+        if mode.norm:
+            fuse(module, mode)
     return mode

@@ -1,6 +1,6 @@
-"""`kernels.install`: tiny random SD1.5-, SD3- and FLUX-shaped denoisers give the same output
-with the Triton attention routed in as without (fp32; max abs difference under 1e-4), and the
-kernel really ran."""
+"""`kernels.install`: tiny random denoisers shaped like each family's (SD1.5, SD3, FLUX, Sana,
+Lumina-2, Qwen-Image, PixArt) give the same output with the Triton kernels routed in as without
+(fp32; max abs difference under 1e-4), and the kernel really ran."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU runs the kern
 
 
 def _to(args, kwargs):
-    return tuple(a.to(DEVICE) for a in args), {k: v.to(DEVICE) for k, v in kwargs.items()}
+    return tuple(a.to(DEVICE) for a in args), {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in kwargs.items()}
 
 
 def _sd15():
@@ -53,12 +53,53 @@ def _flux():
                         "img_ids": torch.randn(tokens, 3, generator=g), "txt_ids": torch.zeros(text, 3), "guidance": torch.tensor([3.5])})
 
 
+def _sana():  # its linear self-attention is not SDPA: only the softmax cross-attention routes
+    from diffusers import SanaTransformer2DModel
+    torch.manual_seed(0)
+    model = SanaTransformer2DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+        num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=12, mlp_ratio=2.5,
+        sample_size=8, patch_size=1, norm_elementwise_affine=False, norm_eps=1e-6)
+    g = torch.Generator().manual_seed(3)
+    return model, ((), {"hidden_states": torch.randn(1, 4, 4, 4, generator=g), "encoder_hidden_states": torch.randn(1, 5, 12, generator=g),
+                    "encoder_attention_mask": torch.tensor([[1, 1, 1, 0, 0]]), "timestep": torch.tensor([500])})
+
+def _lumina():  # 4 query heads over 2 key/value heads (diffusers repeats them before SDPA), RoPE, a padding mask
+    from diffusers import Lumina2Transformer2DModel
+    torch.manual_seed(0)
+    model = Lumina2Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, hidden_size=32, num_layers=1, num_refiner_layers=1,
+        num_attention_heads=4, num_kv_heads=2, multiple_of=16, cap_feat_dim=12, axes_dim_rope=(4, 2, 2), axes_lens=(32, 16, 16))
+    g = torch.Generator().manual_seed(4)
+    return model, ((), {"hidden_states": torch.randn(1, 4, 8, 8, generator=g), "timestep": torch.tensor([0.3]),
+                    "encoder_hidden_states": torch.randn(1, 5, 12, generator=g), "encoder_attention_mask": torch.tensor([[1, 1, 1, 1, 0]]).bool()})
+
+def _qwen():  # joint text+image attention with RoPE and a text mask
+    from diffusers import QwenImageTransformer2DModel
+    torch.manual_seed(0)
+    model = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=12, axes_dims_rope=(4, 6, 6))
+    g = torch.Generator().manual_seed(5)
+    return model, ((), {"hidden_states": torch.randn(1, 16, 16, generator=g), "encoder_hidden_states": torch.randn(1, 5, 12, generator=g),
+                    "encoder_hidden_states_mask": torch.tensor([[1, 1, 1, 1, 0]]), "timestep": torch.tensor([0.5]),
+                    "img_shapes": [(1, 4, 4)]})
+
+def _pixart():  # self-attention, and cross-attention with a caption mask
+    from diffusers import PixArtTransformer2DModel
+    torch.manual_seed(0)
+    model = PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1,
+        cross_attention_dim=16, caption_channels=12, sample_size=8, patch_size=2, norm_type="ada_norm_single", attention_bias=True,
+        norm_elementwise_affine=False, norm_eps=1e-6, num_embeds_ada_norm=1000)
+    g = torch.Generator().manual_seed(6)
+    return model, ((), {"hidden_states": torch.randn(1, 4, 8, 8, generator=g), "encoder_hidden_states": torch.randn(1, 5, 12, generator=g),
+                    "encoder_attention_mask": torch.tensor([[1, 1, 1, 0, 0]]), "timestep": torch.tensor([500]),
+                    "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}})
+
 def _out(model, args, kwargs) -> torch.Tensor:
     out = model(*args, **kwargs)
     return out.sample if hasattr(out, "sample") else out[0]
 
 
-@pytest.mark.parametrize("build", [_sd15, _sd3, _flux], ids=["sd15-shaped", "sd3-shaped", "flux-shaped"])
+@pytest.mark.parametrize("build", [_sd15, _sd3, _flux, _sana, _lumina, _qwen, _pixart],
+                         ids=["sd15-shaped", "sd3-shaped", "flux-shaped", "sana-shaped", "lumina2-shaped", "qwen-image-shaped", "pixart-shaped"])
 def test_routed_attention_gives_the_same_output(build):
     model, (args, kwargs) = build()
     model.eval().to(DEVICE)
@@ -127,7 +168,7 @@ def test_bad_attention_names_are_refused():
         install(torch.nn.Linear(2, 2), attention="flash")
 
 
-def test_generate_with_triton_attention_records_it_and_matches_sdpa(tmp_path):
+def test_generate_with_triton_kernels_records_it_and_matches_sdpa(tmp_path):
     import json
 
     from t2i_engine.engine.errors import InputError
@@ -175,3 +216,5 @@ def test_triton_attention_is_refused_where_it_cannot_run(cli, tmp_path, monkeypa
     assert code == 2 and "attention" in err and "sdpa, triton" in err
     code, _, err = cli("bench", "tiny-sd", "--attention", "flash")
     assert code == 2 and "--attention" in err
+    code, _, err = cli("bench", "tiny-sd", "--norm", "apex")
+    assert code == 2 and "--norm" in err and "triton, torch" in err

@@ -55,18 +55,65 @@ def test_what_the_kernel_does_not_run_is_named():
     assert (group_norm(x, 8) - group_norm_ref(x, 8)).abs().max().item() <= 1e-5
 
 
-def test_routed_group_norms_in_a_unet_give_the_same_output():
+def _unet_case():
     from t2i_engine.engine.tiny import build_tiny_sd
 
     unet = build_tiny_sd().unet.eval().to(DEVICE)
     g = torch.Generator().manual_seed(0)
     args = (torch.randn(1, 4, 4, 4, generator=g).to(DEVICE), torch.tensor([500], device=DEVICE))
-    kwargs = {"encoder_hidden_states": torch.randn(1, 77, 32, generator=g).to(DEVICE)}
+    return unet, args, {"encoder_hidden_states": torch.randn(1, 77, 32, generator=g).to(DEVICE)}
+
+
+def test_routed_and_fused_group_norms_in_a_unet_give_the_same_output():
+    unet, args, kwargs = _unet_case()
+    pairs = 2 * sum(1 for m in unet.modules() if type(m).__name__ == "ResnetBlock2D") + 1  # norm1, norm2; the closing norm
     with torch.no_grad():
         reference = unet(*args, **kwargs).sample
         mode = install(unet, attention="sdpa", norm="triton")
         routed = unet(*args, **kwargs).sample
         install(unet, attention="sdpa")
-    print(f"{mode.norm_calls} group norms routed, {mode.calls} attention calls, max |diff| {(routed - reference).abs().max().item():.3g}")
-    assert mode.norm_calls > 0 and mode.calls == 0
-    assert (routed - reference).abs().max().item() <= 1e-4
+        again = unet(*args, **kwargs).sample
+    diff = (routed - reference).abs().max().item()
+    print(f"{mode.norm_calls} group norms routed ({mode.fused_calls} fused with their SiLU), {mode.calls} attention calls, max |diff| {diff:.3g}")
+    assert mode.fused_calls == pairs and mode.norm_calls > mode.fused_calls and mode.calls == 0  # the transformer blocks' norms are unfused
+    assert diff <= 1e-4
+    assert torch.equal(again, reference) and "forward" not in unet.conv_act.__dict__  # uninstalled: the modules' own forwards
+
+
+def test_a_vae_decoder_fuses_its_norms_and_decodes_the_same():
+    from t2i_engine.engine.tiny import build_tiny_sd
+
+    vae = build_tiny_sd().vae.eval().to(DEVICE)
+    z = torch.randn(1, vae.config.latent_channels, 4, 4, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    with torch.no_grad():
+        reference = vae.decode(z).sample
+        mode = install(vae, attention="sdpa", norm="triton")
+        fused = vae.decode(z).sample
+        install(vae, attention="sdpa")
+    print(f"{mode.fused_calls} fused, max |diff| {(fused - reference).abs().max().item():.3g}")
+    assert mode.fused_calls > 0 and (fused - reference).abs().max().item() <= 1e-4
+
+
+def test_a_scale_shift_block_fuses_only_its_first_norm():
+    from diffusers.models.resnet import ResnetBlock2D
+
+    torch.manual_seed(0)
+    block = ResnetBlock2D(in_channels=8, out_channels=8, temb_channels=6, groups=4, time_embedding_norm="scale_shift").eval().to(DEVICE)
+    x, temb = torch.randn(1, 8, 5, 5).to(DEVICE), torch.randn(1, 6).to(DEVICE)
+    with torch.no_grad():
+        reference = block(x, temb)
+        mode = install(block, attention="sdpa", norm="triton")
+        fused = block(x, temb)
+    assert mode.fused_calls == 1 and mode.norm_calls == 2  # norm2 is followed by the time scale/shift, not the SiLU
+    assert (fused - reference).abs().max().item() <= 1e-5
+
+
+def test_a_broken_hand_off_raises_instead_of_misplacing_the_silu():
+    from diffusers.models.resnet import ResnetBlock2D
+
+    block = ResnetBlock2D(in_channels=8, out_channels=8, temb_channels=None, groups=4).eval().to(DEVICE)
+    install(block, attention="sdpa", norm="triton")
+    with torch.no_grad():
+        h = block.norm1(torch.randn(1, 8, 3, 3).to(DEVICE))
+        with pytest.raises(RuntimeError, match="did not go straight to its SiLU"):
+            block.nonlinearity(h * 2)  # an op between the norm and its activation
