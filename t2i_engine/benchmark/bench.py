@@ -121,7 +121,7 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
     spec, recipe = check_options(opts)
     device = resolve_device(opts.device)
     check_attention(opts.attention, device)
-    if kernel_norm(opts) == "triton":  # the same Triton requirement as the attention kernel's
+    if opts.backends and kernel_norm(opts) == "triton":  # the same Triton requirement as the attention kernel's
         check_attention("triton", device, field_name="--norm")
     dtype = resolve_dtype(spec, device)
     batches = opts.batches or (spec.batch_size,)

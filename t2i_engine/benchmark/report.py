@@ -18,8 +18,8 @@ def table(result: dict) -> str:
         nvml = r.get("nvml") or {}
         peak = f"{r['peak_memory_bytes'] / 2**30:.1f}" if r.get("peak_memory_bytes") else "-"
         mark = " (auto)" if r.get("auto_batch") else " (best)" if r.get("best_batch") else ""
-        path = r["path"] + ("+triton-attention" if r.get("attention_kernel") == "triton" else "") \
-            + ("+triton-norm" if r.get("norm_kernel") == "triton" else "")
+        kernels = (r.get("attention_kernel") == "triton", r.get("norm_kernel") == "triton")
+        path = r["path"] + {(True, True): "+triton", (True, False): "+triton-attention", (False, True): "+triton-norm"}.get(kernels, "")
         lines.append(f"| {path} | {r['dtype']} | {r['batch']}{mark} | {r['images_per_second']:.4g} | {r['median_batch_images_per_second']:.4g}"
                      f" | {r['mfu']:.1%} | {r['denoiser_forwards_per_image']:g} | {peak} | {nvml.get('gpu_utilization_percent_mean', '-')} | {nvml.get('power_watts_mean', '-')} |")
     h = result["headline"]

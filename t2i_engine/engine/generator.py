@@ -65,7 +65,8 @@ def check_attention(attention: str, device: torch.device, field_name: str = "att
     if attention not in ATTENTION:
         raise InputError(field_name, attention, f"expected one of {', '.join(ATTENTION)}")
     if attention == "triton" and device.type != "cuda" and not interpreting():
-        raise InputError(field_name, attention, f"the Triton kernels run on CUDA devices; this run is on {device.type} (use sdpa)")
+        raise InputError(field_name, attention, f"the Triton kernels run on CUDA devices; this run is on {device.type} "
+                         f"(use {'torch' if field_name == '--norm' else 'sdpa'})")
 
 
 def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa"):

@@ -8,29 +8,28 @@ goes straight into the activation are fused, found by class: ResnetBlock2D's nor
 unless a scale/shift sits between them), and the closing conv_norm_out / conv_act of
 UNet2DConditionModel and the VAE's Encoder and Decoder. Anything that breaks the hand-off (a
 future diffusers that puts an op between the two) raises instead of silently applying SiLU at
-the wrong point. Calls the kernel cannot take run the original modules.
+the wrong point. Calls the kernel cannot take, and norms with forward hooks, run the original
+modules. One pipeline per thread: the hand-off is per module, not per thread.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 from torch import nn
 
 
 class _SiLUAfterFusedNorm:
-    """The activation's forward while fused: passes the norm's already-activated output through."""
+    """The activation's forward while fused: passes the norm's already-activated output through.
+    It calls the class's forward, not a saved bound method, so a pickled model loads sane."""
 
     def __init__(self, act: nn.Module):
-        self.original = act.forward
-        functools.update_wrapper(self, self.original)
+        self.act = act
         self.pending: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         pending, self.pending = self.pending, None
         if pending is None:  # not after a fused norm (a ResNet block's time embedding, a fallback)
-            return self.original(x)
+            return type(self.act).forward(self.act, x)
         if x is not pending:
             raise RuntimeError("fused GroupNorm + SiLU: the norm's output did not go straight to its SiLU in this "
                                "diffusers version; install the kernels with norm='torch'")
@@ -42,15 +41,15 @@ class _FusedGroupNorm:
 
     def __init__(self, norm: nn.GroupNorm, act: _SiLUAfterFusedNorm, mode):
         self.norm, self.act, self.mode = norm, act, mode
-        self.original = norm.forward
-        functools.update_wrapper(self, self.original)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         from .norm import group_norm, supports  # triton loads on first use, as everywhere in kernels/
 
         norm = self.norm
-        if supports(x, norm.num_groups):
-            return self.original(x)  # the routing mode, if norm="triton", counts the fallback
+        # Hooks on the norm or its SiLU would see (or edit) the output at the wrong point: unfused.
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (norm, self.act.act))
+        if hooked or supports(x, norm.num_groups, norm.weight, norm.bias):
+            return type(norm).forward(norm, x)  # the routing mode, if norm="triton", counts a fallback
         y = group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps, silu=True)
         self.mode.norm_calls += 1
         self.mode.fused_calls += 1
@@ -65,7 +64,10 @@ def _pairs(module: nn.Module):
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
     def fusable(norm, act):
-        return type(norm) is nn.GroupNorm and norm.affine and type(act) is nn.SiLU
+        act_forward = act.__dict__.get("forward")  # ours once the block's other norm is fused
+        return (type(norm) is nn.GroupNorm and norm.affine and type(act) is nn.SiLU
+                and "forward" not in norm.__dict__  # someone else's forward (accelerate's offload hooks): left alone
+                and (act_forward is None or isinstance(act_forward, _SiLUAfterFusedNorm)))
 
     for m in module.modules():
         if isinstance(m, ResnetBlock2D):

@@ -66,7 +66,7 @@ def _group_norm_fwd(
         tl.store(Y + n * yn + cs[:, None] * yc + h * yh + wi * yw, y.to(Y.dtype.element_ty), mask=ok)
 
 
-def supports(x: torch.Tensor, num_groups: int) -> str | None:
+def supports(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> str | None:
     """None if the kernel runs this call, else why not."""
     if x.dim() not in (3, 4):
         return f"{x.dim()}-d input (the kernel takes [N, C, H, W] or [N, C, L])"
@@ -74,8 +74,8 @@ def supports(x: torch.Tensor, num_groups: int) -> str | None:
         return f"dtype {x.dtype}"
     if not (x.is_cuda or interpreting()):
         return f"device {x.device} (Triton runs on CUDA)"
-    if x.requires_grad and torch.is_grad_enabled():
-        return "autograd (the kernel is forward only)"
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return "autograd (the kernel is forward only)"  # a trainable norm weight too: its gradient would vanish
     if x.shape[1] % num_groups:
         return f"{x.shape[1]} channels in {num_groups} groups"
     return None
@@ -83,7 +83,7 @@ def supports(x: torch.Tensor, num_groups: int) -> str | None:
 
 def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                eps: float = 1e-5, *, silu: bool = False) -> torch.Tensor:
-    why = supports(x, num_groups)
+    why = supports(x, num_groups, weight, bias)
     if why:
         raise ValueError(f"group_norm does not run this call: {why}; use torch.nn.functional.group_norm")
     if x.dim() == 3:  # [N, C, L] (the group norm in front of a VAE's attention): L x 1 pixels, a view

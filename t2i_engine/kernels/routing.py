@@ -57,7 +57,7 @@ class TritonAttention(TorchFunctionMode):
     def _group_norm(self, input, num_groups, weight=None, bias=None, eps=1e-5):
         from .norm import group_norm, supports
 
-        why = supports(input, num_groups)
+        why = supports(input, num_groups, weight, bias)
         if why:
             self._fallback(why, f"group_norm: {why} (x {tuple(input.shape)})")
             return None

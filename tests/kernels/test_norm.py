@@ -117,3 +117,50 @@ def test_a_broken_hand_off_raises_instead_of_misplacing_the_silu():
         h = block.norm1(torch.randn(1, 8, 3, 3).to(DEVICE))
         with pytest.raises(RuntimeError, match="did not go straight to its SiLU"):
             block.nonlinearity(h * 2)  # an op between the norm and its activation
+
+
+def _block():
+    from diffusers.models.resnet import ResnetBlock2D
+
+    torch.manual_seed(1)
+    return ResnetBlock2D(in_channels=8, out_channels=8, temb_channels=None, groups=4).eval().to(DEVICE)
+
+
+def test_what_the_fused_pairs_leave_to_pytorch_still_computes_right():
+    import io
+
+    block, x = _block(), torch.randn(1, 8, 3, 3).to(DEVICE)
+    with torch.no_grad():
+        reference = block(x, None)
+    mode = install(block, attention="sdpa", norm="triton")
+    # trainable norm weights: the forward-only kernel would drop their gradient
+    block.norm1.weight.requires_grad_(True)
+    block(x, None).sum().backward()
+    assert block.norm1.weight.grad is not None and mode.fused_calls == 0
+    block.norm1.weight.requires_grad_(False)
+    # a forward hook on the norm must see the norm's output, before the SiLU
+    seen = []
+    handle = block.norm1.register_forward_hook(lambda m, i, o: seen.append(o.min().item()))
+    with torch.no_grad():
+        hooked = block(x, None)
+    handle.remove()
+    assert seen[0] < 0 and (hooked - reference).abs().max().item() <= 1e-5  # SiLU outputs are > -0.28; a GroupNorm's reach lower
+    # a saved and reloaded model runs (the wrappers keep no bound methods that would reload as themselves)
+    buffer = io.BytesIO()
+    torch.save(block, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        assert (loaded(x, None) - reference).abs().max().item() <= 1e-5
+
+
+def test_a_norm_whose_forward_someone_else_replaced_is_left_alone():
+    block = _block()
+    theirs = block.norm1.forward
+    block.norm1.forward = theirs  # as accelerate's offload hooks do
+    mode = install(block, attention="sdpa", norm="triton")
+    with torch.no_grad():
+        block(torch.randn(1, 8, 3, 3).to(DEVICE), None)
+    assert mode.fused_calls == 1  # norm2 only
+    install(block, attention="sdpa")
+    assert block.norm1.__dict__["forward"] == theirs
