@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out/demo
 
-.PHONY: setup run test
+.PHONY: setup run test test-heavy
 
 setup: $(VENV)/.installed
 
@@ -23,3 +23,7 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Also the tests too slow for the 15-minute suite (torch.compile on a CPU: minutes each).
+test-heavy: setup
+	$(PY) -m pytest -q --heavy -m heavy

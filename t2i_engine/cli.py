@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     gen.add_argument("--attention", default="sdpa", help="sdpa (PyTorch) or triton (our fused attention and GroupNorm + SiLU "
                      "kernels, CUDA); recorded in the manifest")
+    gen.add_argument("--backend", default="eager", help="eager (PyTorch), onnx (ONNX Runtime), tensorrt, or compile (torch.compile); "
+                     "built into the artifact cache on first use (see `t2i-engine build`); recorded in the manifest")
 
     ver = sub.add_parser("verify", help="check every shard of a dataset against its plan")
     ver.add_argument("dir", help="dataset folder")
@@ -75,7 +77,24 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_train_eval_parsers(sub)
     _add_bench_parser(sub)
+    _add_build_parser(sub)
     return parser
+
+
+def _add_build_parser(sub) -> None:
+    bu = sub.add_parser("build", help="export a model's components (ONNX, TensorRT, compiled) into the artifact cache")
+    bu.add_argument("model", nargs="?", help="registry model (see `t2i-engine models`)")
+    bu.add_argument("--backend", default="onnx", help="onnx | tensorrt | compile")
+    bu.add_argument("--batch", help="MIN:OPT:MAX images per call the artifacts serve (default 1:16:32)")
+    bu.add_argument("--res", help="resolution: a size or HxW (default: the model's native)")
+    bu.add_argument("--precision", help="fp32 | fp16 | bf16 | fp8 (default: the model's dtype on a GPU, fp32 on a CPU)")
+    bu.add_argument("--components", default="denoiser,vae_decoder,text_encoder", help="which: denoiser, vae_decoder, text_encoder")
+    bu.add_argument("--exporter", default="dynamo", help="ONNX exporter: dynamo (TorchScript if it fails) or torchscript")
+    bu.add_argument("--device", default="auto")
+    bu.add_argument("--weights", help="a local diffusers folder (default: the hub cache, or random weights for test models)")
+    bu.add_argument("--cache-dir", help="artifact cache folder (default: $T2I_ENGINE_CACHE or ~/.cache/t2i-engine/artifacts)")
+    bu.add_argument("--list", action="store_true", help="list the cache's artifacts instead of building")
+    bu.add_argument("--json", action="store_true")
 
 
 def _add_bench_parser(sub) -> None:
@@ -161,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"generate": _generate, "verify": _verify, "models": _models, "finalize": _finalize, "train": _train, "eval": _eval,
                 "analyze": _analyze, "probe": _probe, "report": _report, "demo": _demo,
-                "bench": _bench}[args.command](args)
+                "bench": _bench, "build": _build}[args.command](args)
     except InputError as e:
         print(f"t2i-engine {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -197,7 +216,7 @@ def _generate(args) -> int:
         devices = parse_devices(args.devices)
     summary = generate(recipe, Path(args.out), RunOptions(device=args.device, weights=args.weights, encode_workers=workers,
                                                           progress=not args.no_progress, part=part, devices=devices,
-                                                          ray=args.ray, attention=args.attention))
+                                                          ray=args.ray, attention=args.attention, backend=args.backend))
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -345,6 +364,48 @@ def _bench(args) -> int:
     print(json.dumps(result, indent=1) if args.json else table(result), flush=True)  # first: a failed write loses nothing
     if args.out:
         atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def _build(args) -> int:
+    from .export.cache import ArtifactCache
+
+    if args.list:
+        entries = ArtifactCache(Path(args.cache_dir) if args.cache_dir else None).entries()
+        if args.json:
+            print(json.dumps(entries, indent=1))
+        for e in [] if args.json else entries:
+            profile = e.get("profile", {})
+            print(f"{e['name']}  {profile.get('height')}x{profile.get('width')}  batch {profile.get('batch', 'any')}  "
+                  f"{e.get('arch')}  {e['bytes'] / 2**20:.1f} MiB  built {e.get('built_at')}  {e['path']}")
+        return 0
+    if not args.model:
+        raise InputError("model", None, "expected a registry model to build (see `t2i-engine models`), or --list")
+    from .engine.registry import get_model
+    from .export.build import BUILT, BuildOptions, build
+    from .export.onnx_export import EXPORTERS
+    from .export.specs import parse_profile
+
+    spec = get_model(args.model)
+    if args.backend not in BUILT:
+        raise InputError("--backend", args.backend, f"expected one of {', '.join(BUILT)}")
+    if args.exporter not in EXPORTERS:
+        raise InputError("--exporter", args.exporter, f"expected one of {', '.join(EXPORTERS)}")
+    kinds = ("denoiser", "vae_decoder", "text_encoder")
+    components = tuple(c.strip() for c in args.components.split(","))
+    if not components or any(c not in kinds for c in components):
+        raise InputError("--components", args.components, f"expected a comma-separated list of {', '.join(kinds)}")
+    if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+        raise InputError("--cache-dir", args.cache_dir, "expected a folder")
+    opts = BuildOptions(model=spec.name, backend=args.backend, profile=parse_profile(args.batch, args.res, spec.resolution),
+                        precision=args.precision, device=args.device, weights=args.weights, exporter=args.exporter,
+                        components=components, cache_dir=args.cache_dir)
+    results = build(opts, log_line=lambda line: print(line, file=sys.stderr))
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            print(f"{r['component']}: {'built' if r['built'] else 'already built'} -> {r['path']}")
     return 0
 
 

@@ -34,6 +34,11 @@ def cli(capsys):
     return run
 
 
+def pytest_addoption(parser):
+    parser.addoption("--heavy", action="store_true", help="also run the tests marked heavy (minutes each on 2 CPU cores: "
+                     "torch.compile on a CPU); `make test-heavy`")
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
@@ -41,6 +46,11 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs CUDA")
         for item in items:
             if "gpu" in item.keywords:
+                item.add_marker(skip)
+    if not config.getoption("--heavy"):  # kept out of the 15-minute suite; run with --heavy
+        skip = pytest.mark.skip(reason="heavy: run with --heavy (make test-heavy)")
+        for item in items:
+            if "heavy" in item.keywords:
                 item.add_marker(skip)
 
 

@@ -27,7 +27,7 @@ import torch
 from ..engine.errors import InputError
 from ..engine.registry import ModelSpec, get_model
 
-BACKENDS = ("eager",)  # issue 8 adds compile / onnx / tensorrt
+BACKENDS = ("eager", "onnx", "tensorrt", "compile")  # export.build; built into the artifact cache on first use
 BASELINES = ("paper", "diffusers")
 PAPER_BATCH = 16
 AUTO_BATCH_LIMIT = 512
@@ -114,7 +114,7 @@ def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
 
 
 def run_bench(opts: BenchOptions, log=print) -> dict:
-    from ..engine.generator import check_attention, resolve_device, resolve_dtype
+    from ..engine.generator import check_attention, check_runtime, resolve_device, resolve_dtype
     from ..engine.plan import plan_units
     from . import measure
 
@@ -124,6 +124,8 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
     if opts.backends and kernel_norm(opts) == "triton":  # the same Triton requirement as the attention kernel's
         check_attention("triton", device, field_name="--norm")
     dtype = resolve_dtype(spec, device)
+    for backend in opts.backends:  # installed, runnable here in this dtype, compatible with --attention
+        check_runtime(backend, opts.attention, device, dtype, spec.name)
     batches = opts.batches or (spec.batch_size,)
     n_samples = planned_images(opts, spec)
     recipe = dataclasses.replace(recipe, images_per_class=math.ceil(n_samples / len(recipe.classes)), images_per_shard=n_samples)
@@ -158,7 +160,14 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
         mode = install(pipe, attention=opts.attention, norm=opts.norm)
         try:
             for backend in opts.backends:
-                runs += _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec)
+                artifacts = _use_backend(pipe, spec, backend, device, recipe, batches, log)
+                try:
+                    runs += [{**r, "artifacts": artifacts} if artifacts else r
+                             for r in _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec)]
+                finally:
+                    from ..export.build import remove_backend
+
+                    remove_backend(pipe)
         finally:
             install(pipe, attention="sdpa")
         if mode is not None:  # what really ran: a kernel that always fell back would otherwise go unseen
@@ -237,6 +246,18 @@ def model_flops(pipe, spec: ModelSpec, recipe) -> dict:
         text = architecture(spec.name)["text"]
     return pipeline_flops(pipe, spec.family, steps=recipe.steps, cfg=uses_cfg(pipe, spec, recipe.guidance),
                           height=recipe.resolution[0], width=recipe.resolution[1], text=text)
+
+
+def _use_backend(pipe, spec, backend: str, device, recipe, batches, log) -> dict:
+    if backend == "eager":
+        return {}
+    from ..export.build import apply_backend
+    from ..export.specs import Profile
+
+    sizes = [b for b in batches if b != "auto"] or [spec.batch_size]
+    profile = Profile((min(sizes), max(sizes), 2 * max(sizes)), *recipe.resolution)
+    log(f"[bench] engine:{backend}: building or loading its artifacts")
+    return apply_backend(pipe, spec.name, backend, device, profile, log_line=log)
 
 
 def _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec) -> list[dict]:

@@ -69,7 +69,19 @@ def check_attention(attention: str, device: torch.device, field_name: str = "att
                          f"(use {'torch' if field_name == '--norm' else 'sdpa'})")
 
 
-def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa"):
+def check_runtime(backend: str, attention: str, device: torch.device, dtype: torch.dtype, model: str | None = None) -> None:
+    """Before anything loads: the backend exists, takes the model, runs here in this dtype, and
+    goes with the attention."""
+    from ..export.build import check_backend
+
+    precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+    check_backend(backend, precision, device, model=model)
+    if backend != "eager" and attention == "triton":
+        raise InputError("attention", attention, f"the Triton kernels run in PyTorch's eager modules; with --backend {backend} use sdpa")
+
+
+def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa",
+                  backend: str = "eager", resolution: tuple[int, int] | None = None, batch: int = 16):
     """Build (test models) or load (hub id or local folder) the model's diffusers pipeline, with
     its attention routed through our Triton kernel if asked (kernels.install)."""
     if spec.family not in SUPPORTED_FAMILIES:
@@ -87,6 +99,12 @@ def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dt
         from ..kernels import install
 
         install(pipe, attention="triton")
+    if backend != "eager":  # built (or found in the artifact cache) for this resolution
+        from ..export.build import apply_backend
+        from ..export.specs import Profile
+
+        height, width = resolution or spec.resolution
+        apply_backend(pipe, spec.name, backend, device, Profile((1, batch, 2 * batch), height, width))
     return pipe
 
 

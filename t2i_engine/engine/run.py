@@ -39,6 +39,7 @@ class RunOptions:
     devices: list[str] | None = None  # one worker process per entry (workers.parse_devices)
     ray: str | None = None  # "local" (a Ray instance of this machine) or a cluster address
     attention: str = "sdpa"  # or "triton": our fused kernel (kernels.install); recorded in the manifest
+    backend: str = "eager"  # or onnx, tensorrt, compile (export.build.apply_backend); recorded in the manifest
 
 
 def parse_part(text: str, env: dict | None = None) -> tuple[int, int]:
@@ -86,12 +87,15 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
 
 
 def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, t_start: float) -> dict:
-    from .generator import Generator, check_attention, load_pipeline, resolve_dtype
+    from .generator import Generator, check_attention, check_runtime, load_pipeline, resolve_dtype
 
     check_attention(options.attention, device)
     dtype = resolve_dtype(spec, device)
-    meta = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), weights=options.weights, attention=options.attention)
-    existing = mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"], attention=meta["attention"])
+    check_runtime(options.backend, options.attention, device, dtype, spec.name)
+    meta = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), weights=options.weights, attention=options.attention,
+                backend=options.backend)
+    existing = mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"], attention=meta["attention"],
+                                  backend=meta["backend"])
 
     units = plan_units(recipe)
     part = options.part
@@ -107,16 +111,17 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
 
     # With worker processes the model loads in each of them, not here.
     remote = bool(options.devices or options.ray)
-    pipe = load_pipeline(spec, options.weights, device, dtype, options.attention) if todo and not remote else None
+    runtime = dict(attention=options.attention, backend=options.backend, resolution=recipe.resolution, batch=recipe.batch_size)
+    pipe = load_pipeline(spec, options.weights, device, dtype, **runtime) if todo and not remote else None
     t_loaded = time.perf_counter()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with mf.part_locks(out_dir, part) if part else mf.exclusive_lock(out_dir):
         # Under the lock, look again: a run that just ended may have committed more shards.
-        mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"], attention=meta["attention"])
+        mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"], attention=meta["attention"], backend=meta["backend"])
         todo = _uncommitted(out_dir, mine)
         if todo and pipe is None and not remote:
-            pipe = load_pipeline(spec, options.weights, device, dtype, options.attention)
+            pipe = load_pipeline(spec, options.weights, device, dtype, **runtime)
         mf.remove_stale_temporaries(out_dir, [u.name for u in mine] if part else None)
         with mf.finalize_lock(out_dir):  # parts: the first one in writes it; the others find it
             if not part or mf.read_manifest(out_dir) is None:
@@ -127,12 +132,12 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
             from .ray_runner import run_ray
 
             images, rates, restarts = run_ray(todo, recipe, out_dir, weights=options.weights, dtype=meta["dtype"], attention=options.attention,
-                                              progress=options.progress)
+                                              backend=options.backend, progress=options.progress)
         elif todo and options.devices:
             from .workers import run_workers
 
             images, rates, restarts = run_workers(todo, recipe, out_dir, devices=options.devices, weights=options.weights, attention=options.attention,
-                                        progress=options.progress)
+                                                  backend=options.backend, progress=options.progress)
         elif todo:
             generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
                                   width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
@@ -177,7 +182,8 @@ def finalize(out_dir: Path) -> dict:
             raise InputError("dir", str(out_dir), f"{len(missing)} of {len(units)} shards are not written yet "
                              f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); run the parts that hold them first")
         mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], device=manifest["device"],
-                          dtype=manifest["dtype"], weights=manifest["weights"], attention=manifest.get("attention", "sdpa"))
+                          dtype=manifest["dtype"], weights=manifest["weights"], attention=manifest.get("attention", "sdpa"),
+                          backend=manifest.get("backend", "eager"))
     return {"out": str(out_dir), "shards": len(units), "num_samples": recipe.num_samples}
 
 

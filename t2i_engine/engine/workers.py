@@ -68,7 +68,7 @@ class _Worker:
 
 
 def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[str], weights: str | None, attention: str = "sdpa",
-                progress: bool) -> tuple[int, dict, int]:
+                backend: str = "eager", progress: bool) -> tuple[int, dict, int]:
     """Generate `units` on `devices`; returns (images written, per-device images/sec, restarts)."""
     import os
 
@@ -87,7 +87,7 @@ def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[s
     def start(wid: int) -> None:
         w = workers[wid]
         w.inbox, w.outbox, w.done, w.ready_at = ctx.Queue(), ctx.Queue(), False, None
-        w.process = ctx.Process(target=worker_main, args=(wid, w.device, recipe.to_dict(), str(out_dir), (weights, attention), w.inbox,
+        w.process = ctx.Process(target=worker_main, args=(wid, w.device, recipe.to_dict(), str(out_dir), (weights, attention, backend), w.inbox,
                                                           w.outbox, cpu_threads, os.getpid()),
                                 daemon=True, name=f"t2i-engine-worker-{wid}")
         w.process.start()
@@ -198,7 +198,8 @@ class UnitRunner:
     """What every worker does, local process or Ray actor: load the model on one device once,
     then generate whole units into shards."""
 
-    def __init__(self, device_name: str, recipe_dict: dict, out_dir: str, weights: str | None, cpu_threads: int, attention: str = "sdpa"):
+    def __init__(self, device_name: str, recipe_dict: dict, out_dir: str, weights: str | None, cpu_threads: int, attention: str = "sdpa",
+                 backend: str = "eager"):
         import torch
 
         from .generator import Generator, load_pipeline, resolve_device, resolve_dtype
@@ -217,7 +218,8 @@ class UnitRunner:
             torch.cuda.set_device(device)  # kernels that launch on the current device (Triton) follow the worker's
         torch_dtype = resolve_dtype(spec, device)
         self.dtype = str(torch_dtype).removeprefix("torch.")
-        pipe = load_pipeline(spec, weights, device, torch_dtype, attention)
+        pipe = load_pipeline(spec, weights, device, torch_dtype, attention=attention, backend=backend, resolution=recipe.resolution,
+                             batch=recipe.batch_size)
         self.generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
                                    width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
         self.units = {u.shard: u for u in plan_units(recipe)}
@@ -256,8 +258,8 @@ def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, mod
     if os.getppid() != parent_pid:  # the parent went before the line above took effect
         return
     try:
-        weights, attention = model
-        runner = UnitRunner(device_name, recipe_dict, out_dir, weights, cpu_threads, attention)
+        weights, attention, backend = model
+        runner = UnitRunner(device_name, recipe_dict, out_dir, weights, cpu_threads, attention, backend)
     except InputError as e:
         outbox.put(("fatal", str(e), True))
         return

@@ -28,7 +28,7 @@ def _case(n, c, h, w, dtype, channels_last, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("silu", [False, True], ids=["norm", "norm+silu"])
-@pytest.mark.parametrize("c, groups, hw", [(64, 32, 9), (40, 8, 23)])  # 2 and 5 channels per group; odd sizes; 23x23 takes two tiles
+@pytest.mark.parametrize("c, groups, hw", [(16, 8, 9), (40, 8, 23)])  # 2 and 5 channels per group; odd sizes; 23x23 takes two tiles
 def test_group_norm_matches_the_reference(c, groups, hw, silu, channels_last, dtype):
     x, weight, bias = _case(2, c, hw, hw, dtype, channels_last, seed=c + hw)
     ref = group_norm_ref(x.float(), groups, weight.float(), bias.float(), silu=silu)

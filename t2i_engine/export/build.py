@@ -1,0 +1,204 @@
+"""`t2i-engine build` and the backends of `generate` / `bench`: build each component once into the
+artifact cache, then put the built runtime in place of the PyTorch component.
+
+Backends: "eager" (PyTorch as loaded), "onnx" (ONNX Runtime; CUDA provider where
+onnxruntime-gpu is installed), "tensorrt" (engines built from the ONNX files; only where
+TensorRT and a GPU exist), "compile" (torch.compile with fused QKV projections, channels_last,
+and on a GPU max-autotune with CUDA graphs, one per batch size; its build is a warm start:
+torch's compile caches, saved after compiling each batch size of the profile).
+ONNX and TensorRT replace the denoiser and the VAE decoder; the text encoders run once per
+unique prompt (the embedding cache) and stay in PyTorch, though `build` exports them too.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from ..engine.errors import InputError
+from .cache import ArtifactCache, artifact_key, device_arch, library_versions, weights_hash
+from .specs import ComponentSpec, Profile, component_specs
+
+log = logging.getLogger(__name__)
+BACKENDS = ("eager", "onnx", "tensorrt", "compile")
+BUILT = ("onnx", "tensorrt", "compile")  # what `build` makes
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": None}
+RUNTIME_KINDS = ("denoiser", "vae_decoder")  # replaced in the pipeline; text encoders stay in PyTorch
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    model: str
+    backend: str = "onnx"
+    profile: Profile = field(default_factory=Profile)
+    precision: str | None = None  # None: the model's dtype on a GPU, fp32 on a CPU
+    device: str = "auto"
+    weights: str | None = None
+    exporter: str = "dynamo"
+    components: tuple[str, ...] = ("denoiser", "vae_decoder", "text_encoder")
+    cache_dir: str | None = None
+
+
+def resolve_precision(opts: BuildOptions, spec, device: torch.device) -> str:
+    if opts.precision:
+        return opts.precision
+    if device.type != "cuda":
+        return "fp32"
+    return {"float16": "fp16", "bfloat16": "bf16"}.get(spec.dtype, "fp32")
+
+
+def check_backend(backend: str, precision: str, device: torch.device, field_name: str = "--backend", model: str | None = None) -> None:
+    """Everything that can refuse a backend before a model loads."""
+    if backend not in BACKENDS:
+        raise InputError(field_name, backend, f"expected one of {', '.join(BACKENDS)}")
+    if backend in ("onnx", "tensorrt") and model:
+        from .specs import unsupported_reason
+
+        why = unsupported_reason(model)
+        if why:
+            raise InputError(field_name, backend, f"{model}: {why}; --backend compile or eager run it")
+    if precision not in PRECISIONS:
+        raise InputError("--precision", precision, f"expected one of {', '.join(PRECISIONS)}")
+    if precision == "fp8" and backend != "tensorrt":
+        raise InputError("--precision", precision, "fp8 runs only in TensorRT (--backend tensorrt)")
+    if backend == "onnx":
+        import importlib.util
+
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise InputError(field_name, backend, f"needs {' and '.join(missing)}: pip install 't2i-engine[export]'")
+        if precision not in ("fp32", "fp16"):
+            raise InputError("--precision", precision, "ONNX Runtime runs fp32 or fp16 (bf16: --backend compile or tensorrt)")
+        from .onnx_runtime import providers_for
+
+        providers_for(device)  # a GPU run needs onnxruntime-gpu's CUDA provider
+    if backend == "tensorrt":
+        from .tensorrt_runtime import check_tensorrt
+
+        check_tensorrt(device, precision)
+
+
+def _torch_dtype(precision: str) -> torch.dtype:
+    return PRECISIONS[precision] or torch.float16  # fp8: TensorRT quantises an fp16 graph
+
+
+def load_for_build(opts: BuildOptions):
+    """The registry model's pipeline on its device in the build precision, and the resolved
+    options (precision, resolution defaults filled in)."""
+    from ..engine.generator import load_pipeline, resolve_device
+    from ..engine.registry import get_model
+
+    spec = get_model(opts.model)
+    device = resolve_device(opts.device)
+    precision = resolve_precision(opts, spec, device)
+    check_backend(opts.backend, precision, device, model=spec.name)
+    if opts.backend == "eager":
+        raise InputError("--backend", "eager", f"nothing to build; expected one of {', '.join(BUILT)}")
+    pipe = load_pipeline(spec, opts.weights, device, _torch_dtype(precision) if device.type == "cuda" else torch.float32)
+    if device.type != "cuda" and precision != "fp32":
+        pipe = pipe.to(dtype=_torch_dtype(precision))
+    return spec, pipe, device, replace(opts, precision=precision)
+
+
+def build(opts: BuildOptions, log_line=print) -> list[dict]:
+    """Build every requested component of the model (or find it built). One dict per component:
+    name, path, whether it was built now, and its meta."""
+    spec, pipe, device, opts = load_for_build(opts)
+    cache = ArtifactCache(Path(opts.cache_dir) if opts.cache_dir else None)
+    if opts.backend == "compile":
+        from .compiled import build_compiled
+
+        return [build_compiled(pipe, spec.name, opts, device, cache, log_line)]
+    results = []
+    for comp in component_specs(pipe, opts.profile, opts.components):
+        folder, built, meta = ensure_component(comp, spec.name, opts, device, cache, log_line)
+        results.append({"component": comp.component, "kind": comp.kind, "path": str(folder), "built": built, **meta})
+    return results
+
+
+def component_fields(comp: ComponentSpec, model: str, opts: BuildOptions, device: torch.device) -> dict:
+    module = comp.source
+    profile = {"height": opts.profile.height, "width": opts.profile.width}
+    if opts.backend == "tensorrt":  # ONNX files take any batch; TensorRT engines are built for the profile
+        profile["batch"] = list(opts.profile.batch)
+    # The inputs' shapes: the graph is fixed to them but for the batch (resolution, text length).
+    # Not the exporter: either one's file serves, so a build with the other is found, not redone.
+    return {"model": model, "component": comp.component, "class": type(module).__name__, "weights_sha256": weights_hash(module),
+            "backend": opts.backend, "precision": opts.precision, "profile": profile,
+            "inputs": {i.name: list(i.shape) for i in comp.inputs},
+            "arch": device_arch(device), "versions": library_versions(opts.backend)}
+
+
+def ensure_component(comp: ComponentSpec, model: str, opts: BuildOptions, device: torch.device, cache: ArtifactCache, log_line):
+    fields = component_fields(comp, model, opts, device)
+    key = artifact_key(fields)
+    name = f"{model}-{comp.component}-{opts.backend}-{opts.precision}"
+
+    def make(tmp: Path) -> dict:
+        log_line(f"[build] {name}: exporting to ONNX ({opts.exporter})")
+        dtype = _torch_dtype(opts.precision)
+        source = comp if comp.source.dtype == dtype else dataclasses.replace(comp, module=copy.deepcopy(comp.module).to(dtype))
+        used = export_onnx(source, tmp / "model.onnx", dtype=dtype, exporter=opts.exporter)
+        extra = {"exporter": used, "outputs": comp.outputs}
+        if opts.backend == "tensorrt":
+            from .tensorrt_runtime import build_engine
+
+            log_line(f"[build] {name}: building the TensorRT engine")
+            build_engine(tmp / "model.onnx", tmp / "model.plan", comp, opts.profile, opts.precision, cache.root)
+        return extra
+
+    from .onnx_export import export_onnx
+
+    folder, built = cache.build(name, key, fields, make)
+    log_line(f"[build] {name}: {'built' if built else 'cached'} -> {folder}")
+    return folder, built, json.loads((folder / "meta.json").read_text())
+
+
+def remove_backend(pipe) -> None:
+    """Undo apply_backend: the pipeline's own PyTorch modules again."""
+    from .compiled import unprepare
+    from .swap import restore
+
+    restore(pipe)
+    unprepare(pipe)
+
+
+def apply_backend(pipe, model: str, backend: str, device: torch.device, profile: Profile, *, precision: str | None = None,
+                  cache_dir: str | None = None, log_line=None) -> dict:
+    """Put the backend's runtimes in place of the pipeline's denoiser and VAE decoder, building
+    what the cache lacks. Returns what was used (artifact folders) for the run's records."""
+    log_line = log_line or (lambda line: log.info("%s", line))
+    if backend == "eager":
+        return {}
+    dtype = pipe.unet.dtype if getattr(pipe, "unet", None) is not None else pipe.transformer.dtype
+    precision = precision or {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+    check_backend(backend, precision, device)
+    opts = BuildOptions(model=model, backend=backend, profile=profile, precision=precision, cache_dir=cache_dir,
+                        components=RUNTIME_KINDS)
+    cache = ArtifactCache(Path(cache_dir) if cache_dir else None)
+    if backend == "compile":
+        from .compiled import compile_pipeline
+
+        return compile_pipeline(pipe, model, opts, device, cache, log_line)
+    from .swap import swap
+
+    used = {}
+    for comp in component_specs(pipe, profile, RUNTIME_KINDS):
+        folder, _, _ = ensure_component(comp, model, opts, device, cache, log_line)
+        if backend == "onnx":
+            from .onnx_runtime import OnnxRunner
+
+            runner = OnnxRunner(folder / "model.onnx", comp, device, _torch_dtype(precision))
+        else:
+            from .tensorrt_runtime import TensorRTRunner
+
+            runner = TensorRTRunner(folder / "model.plan", comp, device)
+        swap(pipe, comp, runner)
+        used[comp.component] = str(folder)
+    return used

@@ -1,0 +1,90 @@
+"""Put a runner (ONNX Runtime, TensorRT) in place of a pipeline component, transparently.
+
+The pipeline keeps calling `pipe.unet(...)` / `pipe.transformer(...)` and `pipe.vae.decode(...)`
+with diffusers' own arguments; the module's instance-level forward (decode for the VAE) turns
+those into the spec's inputs, runs the runner and returns what diffusers would have returned.
+The module itself stays (its config, dtype and device are read by the pipeline). Arguments the
+export does not carry (a ControlNet's residuals, attention kwargs) are refused, not dropped.
+`restore(pipe)` puts the PyTorch forwards back.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+
+from .specs import ComponentSpec
+
+IGNORED = {"return_dict", "cross_attention_kwargs", "joint_attention_kwargs", "attention_kwargs", "generator"}  # None or no effect
+
+
+class _Swapped:
+    def __init__(self, module, method: str, spec: ComponentSpec, runner):
+        self.original = getattr(module, method)
+        functools.update_wrapper(self, self.original)
+        self.signature = inspect.signature(self.original)
+        self.spec, self.runner, self.method = spec, runner, method
+        self.names = [i.name for i in spec.inputs]
+
+    def __call__(self, *args, **kwargs):
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        given = dict(bound.arguments)
+        given.update(given.pop("added_cond_kwargs", None) or {})  # SDXL's text_embeds and time_ids
+        if self.method == "decode":
+            given["latent"] = given.pop("z")
+        batch = given[self.names[0]].shape[0]
+        inputs = []
+        for name in self.names:
+            value = given.pop(name, None)
+            if value is None and name == "guidance":
+                raise ValueError(f"{self.spec.component}: exported with a guidance input, called without one")
+            if name == "timestep":  # diffusers passes a scalar or a 0-d tensor to UNets
+                value = torch.as_tensor(value).reshape(-1).expand(batch)
+            inputs.append(value)
+        extra = [k for k, v in given.items() if k not in IGNORED and v is not None and v is not self.signature.parameters[k].default
+                 and self.signature.parameters[k].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+        if extra:
+            raise ValueError(f"{self.spec.component} runs an exported graph that does not take {', '.join(extra)}; use --backend eager")
+        out = self.runner(*inputs)
+        dtype = _float_dtype(inputs)
+        out = out.to(dtype) if dtype is not None else out
+        if not given.get("return_dict", True):
+            return (out,)
+        return _output(self.spec.kind, out)
+
+
+def _float_dtype(inputs) -> torch.dtype | None:
+    return next((t.dtype for t in inputs if torch.is_tensor(t) and t.is_floating_point()), None)
+
+
+def _output(kind: str, out: torch.Tensor):
+    if kind == "vae_decoder":
+        from diffusers.models.autoencoders.vae import DecoderOutput
+
+        return DecoderOutput(sample=out)
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+    return Transformer2DModelOutput(sample=out)  # .sample, as UNet2DConditionOutput has
+
+
+def swap(pipe, spec: ComponentSpec, runner) -> None:
+    module = getattr(pipe, spec.component)
+    method = "decode" if spec.kind == "vae_decoder" else "forward"
+    _restore(module)
+    setattr(module, method, _Swapped(module, method, spec, runner))
+
+
+def _restore(module) -> None:
+    for method in ("forward", "decode"):
+        if isinstance(module.__dict__.get(method), _Swapped):
+            delattr(module, method)
+
+
+def restore(pipe) -> None:
+    for name in ("unet", "transformer", "vae"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            _restore(module)
