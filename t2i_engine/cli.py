@@ -62,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--attention", default="sdpa", help="sdpa (PyTorch) or triton (our fused attention and GroupNorm + SiLU "
                      "kernels, CUDA); recorded in the manifest")
     gen.add_argument("--backend", default="eager", help="eager (PyTorch), onnx (ONNX Runtime), tensorrt, or compile (torch.compile); "
-                     "built into the artifact cache on first use (see `t2i-engine build`); recorded in the manifest")
+                     "ONNX and TensorRT files are built into the artifact cache on first use, compile's warm start by "
+                     "`t2i-engine build --backend compile`; recorded in the manifest")
 
     ver = sub.add_parser("verify", help="check every shard of a dataset against its plan")
     ver.add_argument("dir", help="dataset folder")

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 
 import torch
 
+from ..engine.architectures import obtain_pipeline
 from ..engine.errors import InputError
 from ..engine.registry import ModelSpec, get_model
 
@@ -124,8 +125,9 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
     if opts.backends and kernel_norm(opts) == "triton":  # the same Triton requirement as the attention kernel's
         check_attention("triton", device, field_name="--norm")
     dtype = resolve_dtype(spec, device)
-    for backend in opts.backends:  # installed, runnable here in this dtype, compatible with --attention
-        check_runtime(backend, opts.attention, device, dtype, spec.name)
+    kernels = "triton" if "triton" in (opts.attention, kernel_norm(opts)) else "sdpa"
+    for backend in opts.backends:  # installed, runnable here in this dtype, compatible with the Triton kernels
+        check_runtime(backend, kernels, device, dtype, spec.name)
     batches = opts.batches or (spec.batch_size,)
     n_samples = planned_images(opts, spec)
     recipe = dataclasses.replace(recipe, images_per_class=math.ceil(n_samples / len(recipe.classes)), images_per_shard=n_samples)
@@ -160,8 +162,8 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
         mode = install(pipe, attention=opts.attention, norm=opts.norm)
         try:
             for backend in opts.backends:
-                artifacts = _use_backend(pipe, spec, backend, device, recipe, batches, log)
                 try:
+                    artifacts = _use_backend(pipe, spec, backend, device, recipe, batches, log)
                     runs += [{**r, "artifacts": artifacts} if artifacts else r
                              for r in _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec)]
                 finally:
@@ -188,42 +190,6 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
     result["runs"] = runs
     result["headline"] = headline(runs)
     return result
-
-
-def obtain_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dtype: torch.dtype):
-    """The model with its weights where they exist here, else its real architecture with random
-    weights. Returns (pipeline, a description of the weights used)."""
-    from ..engine.generator import _from_pretrained, apply_registry_settings, bundled_path, load_pipeline
-
-    def load(source):
-        if spec.family == "sd":
-            return load_pipeline(spec, source, device, dtype)
-        pipe = _from_pretrained(spec, source, dtype).to(device)
-        apply_registry_settings(spec, pipe)
-        return pipe
-
-    if weights or spec.bundled or spec.builder:
-        what = weights or (f"bundled ({bundled_path(spec)})" if spec.bundled else f"random, from {spec.builder} (a test model)")
-        return load(weights), what
-    cached = _hub_cache(spec)
-    if cached:
-        return load(cached), f"hub cache ({cached})"
-    from ..engine.architectures import build_random_pipeline
-
-    pipe = build_random_pipeline(spec, device, dtype)
-    apply_registry_settings(spec, pipe)
-    return pipe, f"random: the real architecture (t2i_engine/assets/configs/{spec.name}), random weights; same FLOPs and speed, not its images"
-
-
-def _hub_cache(spec: ModelSpec) -> str | None:
-    if spec.hub_id is None:
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(spec.hub_id, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached (or no hub library): random weights
-        return None
 
 
 def uses_cfg(pipe, spec: ModelSpec, guidance: float) -> bool:

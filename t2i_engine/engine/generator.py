@@ -77,7 +77,8 @@ def check_runtime(backend: str, attention: str, device: torch.device, dtype: tor
     precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
     check_backend(backend, precision, device, model=model)
     if backend != "eager" and attention == "triton":
-        raise InputError("attention", attention, f"the Triton kernels run in PyTorch's eager modules; with --backend {backend} use sdpa")
+        raise InputError("attention", attention, f"the Triton kernels run in PyTorch's eager modules; with --backend {backend} "
+                         "use --attention sdpa (and --norm torch)")
 
 
 def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa",

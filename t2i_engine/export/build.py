@@ -23,7 +23,7 @@ import torch
 
 from ..engine.errors import InputError
 from .cache import ArtifactCache, artifact_key, device_arch, library_versions, weights_hash
-from .specs import ComponentSpec, Profile, component_specs
+from .specs import ComponentSpec, Profile, component_specs, text_length
 
 log = logging.getLogger(__name__)
 BACKENDS = ("eager", "onnx", "tensorrt", "compile")
@@ -88,10 +88,16 @@ def _torch_dtype(precision: str) -> torch.dtype:
     return PRECISIONS[precision] or torch.float16  # fp8: TensorRT quantises an fp16 graph
 
 
+def export_dtype(comp: ComponentSpec, precision: str) -> torch.dtype:
+    """The precision's dtype, but fp32 for a VAE diffusers itself upcasts (SDXL's overflows in fp16)."""
+    return torch.float32 if comp.notes.get("fp32") else _torch_dtype(precision)
+
+
 def load_for_build(opts: BuildOptions):
     """The registry model's pipeline on its device in the build precision, and the resolved
     options (precision, resolution defaults filled in)."""
-    from ..engine.generator import load_pipeline, resolve_device
+    from ..engine.architectures import obtain_pipeline
+    from ..engine.generator import resolve_device
     from ..engine.registry import get_model
 
     spec = get_model(opts.model)
@@ -100,7 +106,9 @@ def load_for_build(opts: BuildOptions):
     check_backend(opts.backend, precision, device, model=spec.name)
     if opts.backend == "eager":
         raise InputError("--backend", "eager", f"nothing to build; expected one of {', '.join(BUILT)}")
-    pipe = load_pipeline(spec, opts.weights, device, _torch_dtype(precision) if device.type == "cuda" else torch.float32)
+    # Any family with weights here or a buildable architecture (random weights), not only the
+    # ones the engine generates with yet
+    pipe, _ = obtain_pipeline(spec, opts.weights, device, _torch_dtype(precision) if device.type == "cuda" else torch.float32)
     if device.type != "cuda" and precision != "fp32":
         pipe = pipe.to(dtype=_torch_dtype(precision))
     return spec, pipe, device, replace(opts, precision=precision)
@@ -116,7 +124,7 @@ def build(opts: BuildOptions, log_line=print) -> list[dict]:
 
         return [build_compiled(pipe, spec.name, opts, device, cache, log_line)]
     results = []
-    for comp in component_specs(pipe, opts.profile, opts.components):
+    for comp in component_specs(pipe, opts.profile, opts.components, text_length(spec.name)):
         folder, built, meta = ensure_component(comp, spec.name, opts, device, cache, log_line)
         results.append({"component": comp.component, "kind": comp.kind, "path": str(folder), "built": built, **meta})
     return results
@@ -142,10 +150,10 @@ def ensure_component(comp: ComponentSpec, model: str, opts: BuildOptions, device
 
     def make(tmp: Path) -> dict:
         log_line(f"[build] {name}: exporting to ONNX ({opts.exporter})")
-        dtype = _torch_dtype(opts.precision)
+        dtype = export_dtype(comp, opts.precision)
         source = comp if comp.source.dtype == dtype else dataclasses.replace(comp, module=copy.deepcopy(comp.module).to(dtype))
         used = export_onnx(source, tmp / "model.onnx", dtype=dtype, exporter=opts.exporter)
-        extra = {"exporter": used, "outputs": comp.outputs}
+        extra = {"exporter": used, "outputs": comp.outputs, "dtype": str(dtype).removeprefix("torch.")}
         if opts.backend == "tensorrt":
             from .tensorrt_runtime import build_engine
 
@@ -189,12 +197,12 @@ def apply_backend(pipe, model: str, backend: str, device: torch.device, profile:
     from .swap import swap
 
     used = {}
-    for comp in component_specs(pipe, profile, RUNTIME_KINDS):
+    for comp in component_specs(pipe, profile, RUNTIME_KINDS, text_length(model)):
         folder, _, _ = ensure_component(comp, model, opts, device, cache, log_line)
         if backend == "onnx":
             from .onnx_runtime import OnnxRunner
 
-            runner = OnnxRunner(folder / "model.onnx", comp, device, _torch_dtype(precision))
+            runner = OnnxRunner(folder / "model.onnx", comp, device, export_dtype(comp, precision))
         else:
             from .tensorrt_runtime import TensorRTRunner
 

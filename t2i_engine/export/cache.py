@@ -37,7 +37,7 @@ def weights_hash(module: torch.nn.Module) -> str:
     for name, t in sorted(module.state_dict().items()):
         t = t.detach()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -84,7 +84,10 @@ class ArtifactCache:
         if found:
             return found, False
         self.root.mkdir(parents=True, exist_ok=True)
-        self._sweep(name, key)
+        self._sweep()
+        final = self.folder(name, key)
+        if final.is_dir():  # under the final name without meta.json: not ours (we rename complete folders)
+            shutil.rmtree(final)
         tmp = self.root / f".tmp-{name}-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
@@ -97,7 +100,6 @@ class ArtifactCache:
                 if f.is_file():
                     with open(f, "rb+") as fh:
                         os.fsync(fh.fileno())
-            final = self.folder(name, key)
             try:
                 os.rename(tmp, final)
             except OSError:  # someone else finished the same build first: theirs stands
@@ -124,9 +126,10 @@ class ArtifactCache:
             out.append(meta)
         return out
 
-    def _sweep(self, name: str, key: str) -> None:
-        """Temporary folders of this artifact left by a killed build (its process is gone)."""
-        for tmp in self.root.glob(f".tmp-{name}-{key}-*"):
+    def _sweep(self) -> None:
+        """Temporary folders left by killed builds (their process is gone; a cache shared by
+        several machines would need host names in these folders' names too)."""
+        for tmp in self.root.glob(".tmp-*"):
             pid = tmp.name.split("-")[-2]
             if pid.isdigit() and not _alive(int(pid)):
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -7,9 +7,12 @@ graphs), with static shapes, so each batch size gets its own graphs; a CPU uses 
 mode. The denoiser's forward and the VAE's decode are compiled; text encoders run once per
 prompt and are left alone.
 
-The "artifact" is a warm start: `build` compiles and runs each batch size of the profile, then
-saves torch's compile caches (torch.compiler.save_cache_artifacts); a later run with the same
-key loads them before compiling, so it skips the kernel compilation and autotuning.
+The "artifact" is a warm start: `build` runs the engine's own generation at each batch size of
+the profile (so what compiles is what a run calls: the scheduler's timesteps, the guidance
+batch), then saves torch's compile caches (torch.compiler.save_cache_artifacts). A later run
+whose key matches and whose batch size was warmed loads them before compiling, and skips the
+kernel compilation and autotuning. `generate --backend compile` without a build compiles on
+first use and saves nothing.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from pathlib import Path
 
 import torch
 
+from ..engine.errors import InputError
 from .cache import ArtifactCache, artifact_key, device_arch, library_versions, weights_hash
 
 CACHE_FILE = "compile-cache.bin"
+FUSED = ("to_qkv", "to_kv", "to_added_qkv")  # what diffusers' fuse_projections adds to an attention module
 
 
 def _denoiser(pipe):
@@ -28,10 +33,11 @@ def _denoiser(pipe):
 
 
 def _fields(pipe, model: str, opts, device: torch.device) -> dict:
+    """Computed before prepare(): the fused projections are not weights of the model."""
     den = _denoiser(pipe)
     return {"model": model, "component": "pipeline", "class": type(den).__name__,
             "weights_sha256": {"denoiser": weights_hash(den), "vae": weights_hash(pipe.vae)}, "backend": "compile",
-            # the batch sizes warmed are in the meta, not the key: a cache serves whichever it holds
+            # the batch sizes warmed are in the meta, not the key: a run looks for one that holds its own
             "precision": opts.precision, "profile": {"height": opts.profile.height, "width": opts.profile.width},
             "arch": device_arch(device), "versions": library_versions("compile")}
 
@@ -55,7 +61,8 @@ def prepare(pipe, device: torch.device) -> None:
 
 
 def unprepare(pipe) -> None:
-    """Back to the eager modules (bench measures eager and baselines on the same pipeline)."""
+    """Back to the eager modules, weights and layout as loaded (bench measures eager paths and
+    baselines on the same pipeline, and later backends hash the weights)."""
     den = _denoiser(pipe)
     if not getattr(den, "_t2i_compiled", False):
         return
@@ -63,49 +70,60 @@ def unprepare(pipe) -> None:
     del pipe.vae.decode
     for module in (den, pipe.vae):
         if hasattr(module, "unfuse_qkv_projections"):
-            module.unfuse_qkv_projections()
+            module.unfuse_qkv_projections()  # the processors; the fused weights stay unless removed
+        for m in module.modules():
+            if getattr(m, "fused_projections", False):
+                for name in FUSED:
+                    m._modules.pop(name, None)
+                m.fused_projections = False
+        module.to(memory_format=torch.contiguous_format)
     den._t2i_compiled = False
+    torch._dynamo.reset()  # drops the compiled graphs (and their CUDA-graph memory)
 
 
-def _warm(pipe, specs, batches: list[int]) -> None:
-    with torch.inference_mode():
-        for b in batches:
-            for spec in specs:
-                inputs = spec.sample_inputs(b, _denoiser(pipe).dtype, pipe.device)
-                if spec.kind == "vae_decoder":
-                    pipe.vae.decode(*inputs, return_dict=False)
-                else:
-                    spec.module(*inputs)
+def _warm(pipe, spec, profile, batches: list[int]) -> None:
+    """One small generation per batch size through the engine's Generator: the calls a run makes."""
+    from ..engine.generator import Generator
+    from ..engine.plan import Sample
+
+    generator = Generator(pipe, steps=2, guidance=spec.guidance, height=profile.height, width=profile.width)
+    for b in batches:
+        generator.generate([Sample(i, f"warm_{i:06d}", 0, "warm", "warm", "a photo", i) for i in range(b)])
 
 
 def build_compiled(pipe, model: str, opts, device: torch.device, cache: ArtifactCache, log_line) -> dict:
-    from .specs import component_specs
+    from ..engine.generator import SUPPORTED_FAMILIES
+    from ..engine.registry import get_model
 
+    spec = get_model(model)
+    if spec.family not in SUPPORTED_FAMILIES:
+        raise InputError("model", model, f"the compile build warms up through the engine's generator, which runs "
+                         f"{', '.join(SUPPORTED_FAMILIES)} so far (the {spec.family} family: issue 9)")
     fields = _fields(pipe, model, opts, device)
-    key = artifact_key(fields)
-    name = f"{model}-pipeline-compile-{opts.precision}"
+    batches = sorted(set(opts.profile.batch))
+    name = f"{model}-pipeline-compile-{opts.precision}-b{'_'.join(map(str, batches))}"
+    key = artifact_key({**fields, "batches": batches})
 
     def make(tmp: Path) -> dict:
         prepare(pipe, device)
-        batches = sorted(set(opts.profile.batch))
-        specs = component_specs(pipe, opts.profile, ("denoiser", "vae_decoder"))
         log_line(f"[build] {name}: compiling for batch sizes {batches}")
-        _warm(pipe, specs, batches)
+        _warm(pipe, spec, opts.profile, batches)
         saved = torch.compiler.save_cache_artifacts()
         if saved is None:
             raise RuntimeError("torch.compiler.save_cache_artifacts() returned nothing to save")
         (tmp / CACHE_FILE).write_bytes(saved[0])
-        return {"batches_compiled": batches}
+        return {"batches": batches, "match": artifact_key(fields)}
 
     folder, built = cache.build(name, key, fields, make)
     log_line(f"[build] {name}: {'built' if built else 'cached'} -> {folder}")
-    return {"component": "pipeline", "kind": "compile", "path": str(folder), "built": built}
+    return {"component": "pipeline", "kind": "compile", "path": str(folder), "built": built, "batches": batches}
 
 
 def compile_pipeline(pipe, model: str, opts, device: torch.device, cache: ArtifactCache, log_line) -> dict:
-    """The runtime: load a matching build's caches if there is one, then compile."""
-    key = artifact_key(_fields(pipe, model, opts, device))
-    found = cache.lookup(f"{model}-pipeline-compile-{opts.precision}", key)
+    """The runtime: load the caches of a matching build that warmed this batch size, then compile."""
+    match = artifact_key(_fields(pipe, model, opts, device))
+    batch = opts.profile.batch[1]
+    found = next((Path(e["path"]) for e in cache.entries() if e.get("match") == match and batch in e.get("batches", ())), None)
     if found:
         torch.compiler.load_cache_artifacts((found / CACHE_FILE).read_bytes())
         log_line(f"[compile] warm start from {found}")

@@ -34,6 +34,7 @@ def export_onnx(spec: ComponentSpec, path: Path, *, dtype: torch.dtype = torch.f
     device = next(module.parameters()).device
     args = spec.sample_inputs(example_batch, dtype, device)
     used = exporter
+    before = set(path.parent.iterdir())
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python branches on shapes: the specs fix those shapes
         if exporter == "dynamo":
@@ -43,6 +44,8 @@ def export_onnx(spec: ComponentSpec, path: Path, *, dtype: torch.dtype = torch.f
                 log.warning("dynamo ONNX export of %s failed (%s: %s); using the TorchScript exporter",
                             spec.component, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
                 used = "torchscript"
+                for leftover in set(path.parent.iterdir()) - before:  # a half-written graph or weights file
+                    leftover.unlink()
         if used == "torchscript":
             _torchscript(spec, module, args, path)
     size = sum(p.numel() * p.element_size() for p in module.parameters())

@@ -27,7 +27,11 @@ def providers_for(device: torch.device) -> list[str]:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise InputError("--backend", "onnx", f"onnxruntime {ort.__version__} here has no CUDA provider; "
                          "install onnxruntime-gpu (pip install 'onnxruntime-gpu') or run on the CPU")
-    return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": _index(device)}), "CPUExecutionProvider"]
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 class OnnxRunner:
@@ -54,8 +58,8 @@ class OnnxRunner:
         out = torch.empty(tuple(batch if d == BATCH else d for d in self.spec.output_shape), dtype=self.dtype, device=self.device)
         binding = self.session.io_binding()
         for name, t in feeds.items():
-            binding.bind_input(name, "cuda", self.device.index or 0, NUMPY[t.dtype], tuple(t.shape), t.data_ptr())
-        binding.bind_output(self.spec.outputs[0], "cuda", self.device.index or 0, NUMPY[self.dtype], tuple(out.shape), out.data_ptr())
+            binding.bind_input(name, "cuda", _index(self.device), NUMPY[t.dtype], tuple(t.shape), t.data_ptr())
+        binding.bind_output(self.spec.outputs[0], "cuda", _index(self.device), NUMPY[self.dtype], tuple(out.shape), out.data_ptr())
         torch.cuda.current_stream(self.device).synchronize()  # ONNX Runtime runs on its own stream: inputs must be ready
         self.session.run_with_iobinding(binding)  # returns when its stream is done
         return out

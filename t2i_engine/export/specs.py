@@ -41,6 +41,17 @@ def unsupported_reason(model: str) -> str | None:
     return None
 
 
+def text_length(model: str) -> int | None:
+    """The prompt-embedding length the registry model's pipeline passes its denoiser (from its
+    shipped text config: SD3 333, FLUX-dev 512, FLUX-schnell 256); None without a config."""
+    from ..engine.architectures import CONFIG_ROOT, architecture
+
+    if not (CONFIG_ROOT / model).is_dir():
+        return None
+    shape = architecture(model)["text"].get("prompt_embeds_shape")
+    return int(shape[1]) if shape else None
+
+
 @dataclass(frozen=True)
 class Profile:
     """Batch sizes (min, opt, max) and the image size in pixels the artifacts are built for."""
@@ -62,8 +73,8 @@ def parse_profile(batch: str | None, res: str | None, default_res: tuple[int, in
             raise InputError("--batch", batch, "expected MIN <= OPT <= MAX")
     height, width = default_res
     if res:
-        h, _, w = res.lower().partition("x")
-        w = w or h
+        h, x, w = res.lower().partition("x")
+        w = w if x else h
         if not (h.isascii() and h.isdigit() and w.isascii() and w.isdigit() and 64 <= int(h) <= 4096 and 64 <= int(w) <= 4096
                 and int(h) % 16 == 0 and int(w) % 16 == 0):
             raise InputError("--res", res, "expected a size or HxW, multiples of 16 from 64 to 4096")
@@ -96,6 +107,9 @@ class ComponentSpec:
     def shape(self, inp: Input, batch: int) -> tuple[int, ...]:
         return tuple(batch if d == BATCH else d for d in inp.shape)
 
+    # Timesteps go in as fp32 whatever the precision: eager models build the time embedding in
+    # fp32, and fp16 would round 951.37 to 951.5 (bf16: to 952).
+
     def sample_inputs(self, batch: int, dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0) -> tuple[torch.Tensor, ...]:
         g = torch.Generator("cpu").manual_seed(seed)
         out = []
@@ -108,7 +122,7 @@ class ComponentSpec:
                 out.append(torch.rand(shape, generator=g) * self.notes.get("timestep_scale", 1000.0))
             else:
                 out.append(torch.randn(shape, generator=g))
-        return tuple(t.to(device, dtype if t.is_floating_point() else t.dtype) for t in out)
+        return tuple(t.to(device, inp.dtype or dtype) for t, inp in zip(out, self.inputs))
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         axes = {i.name: {0: BATCH} for i in self.inputs if i.shape and i.shape[0] == BATCH}
@@ -190,7 +204,7 @@ def denoiser_spec(pipe, profile: Profile, text_len: int | None = None) -> Compon
     h, w = profile.height // scale, profile.width // scale
     if cls == "UNet2DConditionModel":
         text = text_len or getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77)  # CLIP pads to its length
-        inputs = [Input("sample", (BATCH, cfg.in_channels, h, w)), Input("timestep", (BATCH,)),
+        inputs = [Input("sample", (BATCH, cfg.in_channels, h, w)), Input("timestep", (BATCH,), torch.float32),
                   Input("encoder_hidden_states", (BATCH, text, cfg.cross_attention_dim))]
         added = cfg.addition_embed_type == "text_time"
         if added:  # SDXL: the pooled text embedding and the six size/crop numbers
@@ -202,13 +216,13 @@ def denoiser_spec(pipe, profile: Profile, text_len: int | None = None) -> Compon
     if cls == "SD3Transformer2DModel":
         text = text_len or 333  # SD3's pipelines: 77 CLIP tokens then 256 T5 tokens
         inputs = [Input("hidden_states", (BATCH, cfg.in_channels, h, w)), Input("encoder_hidden_states", (BATCH, text, cfg.joint_attention_dim)),
-                  Input("pooled_projections", (BATCH, cfg.pooled_projection_dim)), Input("timestep", (BATCH,))]
+                  Input("pooled_projections", (BATCH, cfg.pooled_projection_dim)), Input("timestep", (BATCH,), torch.float32)]
         return ComponentSpec(name, "denoiser", inputs, ["out_sample"], _SD3(model), (BATCH, cfg.out_channels, h, w))
     if cls == "FluxTransformer2DModel":
         text = text_len or 512
         tokens, channels = (h // 2) * (w // 2), cfg.in_channels  # in_channels counts the packed 2x2 patch already
         inputs = [Input("hidden_states", (BATCH, tokens, channels)), Input("encoder_hidden_states", (BATCH, text, cfg.joint_attention_dim)),
-                  Input("pooled_projections", (BATCH, cfg.pooled_projection_dim)), Input("timestep", (BATCH,)),
+                  Input("pooled_projections", (BATCH, cfg.pooled_projection_dim)), Input("timestep", (BATCH,), torch.float32),
                   Input("img_ids", (tokens, 3)), Input("txt_ids", (text, 3))]
         if cfg.guidance_embeds:
             inputs.append(Input("guidance", (BATCH,)))
@@ -224,7 +238,10 @@ def vae_decoder_spec(pipe, profile: Profile) -> ComponentSpec:
         raise InputError("model", type(vae).__name__, "no export spec for this VAE yet (AutoencoderKL)")
     scale = getattr(pipe, "vae_scale_factor", 8)
     latent = Input("latent", (BATCH, vae.config.latent_channels, profile.height // scale, profile.width // scale))
-    return ComponentSpec("vae", "vae_decoder", [latent], ["image"], _VaeDecoder(vae), (BATCH, vae.config.out_channels, profile.height, profile.width))
+    # force_upcast (SDXL's VAE): it overflows in fp16, so diffusers decodes it in fp32; so does its export
+    notes = {"fp32": bool(getattr(vae.config, "force_upcast", False))}
+    return ComponentSpec("vae", "vae_decoder", [latent], ["image"], _VaeDecoder(vae),
+                         (BATCH, vae.config.out_channels, profile.height, profile.width), notes=notes)
 
 
 def text_encoder_specs(pipe) -> list[ComponentSpec]:
@@ -250,12 +267,13 @@ def text_encoder_specs(pipe) -> list[ComponentSpec]:
     return specs
 
 
-def component_specs(pipe, profile: Profile, components: tuple[str, ...] = ("denoiser", "vae_decoder", "text_encoder")) -> list[ComponentSpec]:
+def component_specs(pipe, profile: Profile, components: tuple[str, ...] = ("denoiser", "vae_decoder", "text_encoder"),
+                    text_len: int | None = None) -> list[ComponentSpec]:
     specs = []
     if "text_encoder" in components:
         specs += text_encoder_specs(pipe)
     if "denoiser" in components:
-        specs.append(denoiser_spec(pipe, profile))
+        specs.append(denoiser_spec(pipe, profile, text_len))
     if "vae_decoder" in components:
         specs.append(vae_decoder_spec(pipe, profile))
     return specs

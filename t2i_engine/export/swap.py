@@ -17,13 +17,13 @@ import torch
 
 from .specs import ComponentSpec
 
-IGNORED = {"return_dict", "cross_attention_kwargs", "joint_attention_kwargs", "attention_kwargs", "generator"}  # None or no effect
+IGNORED = {"return_dict", "generator"}  # no effect on the graph's result
 
 
 class _Swapped:
     def __init__(self, module, method: str, spec: ComponentSpec, runner):
         self.original = getattr(module, method)
-        functools.update_wrapper(self, self.original)
+        functools.update_wrapper(self, self.original, updated=())  # not the wrapped object's __dict__: a wrapper's would overwrite ours
         self.signature = inspect.signature(self.original)
         self.spec, self.runner, self.method = spec, runner, method
         self.names = [i.name for i in spec.inputs]
@@ -32,7 +32,12 @@ class _Swapped:
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         given = dict(bound.arguments)
-        given.update(given.pop("added_cond_kwargs", None) or {})  # SDXL's text_embeds and time_ids
+        added = given.pop("added_cond_kwargs", None) or {}  # SDXL's text_embeds and time_ids
+        unknown = set(added) - set(self.names)
+        if unknown:
+            raise ValueError(f"{self.spec.component} runs an exported graph that does not take added_cond_kwargs "
+                             f"{', '.join(sorted(unknown))}; use --backend eager")
+        given.update(added)
         if self.method == "decode":
             given["latent"] = given.pop("z")
         batch = given[self.names[0]].shape[0]
@@ -79,8 +84,12 @@ def swap(pipe, spec: ComponentSpec, runner) -> None:
 
 def _restore(module) -> None:
     for method in ("forward", "decode"):
-        if isinstance(module.__dict__.get(method), _Swapped):
-            delattr(module, method)
+        swapped = module.__dict__.get(method)
+        if isinstance(swapped, _Swapped):
+            if getattr(swapped.original, "__func__", None) is getattr(type(module), method, None):
+                delattr(module, method)  # the class's own method again
+            else:
+                setattr(module, method, swapped.original)  # what was there before (e.g. the kernels' routing)
 
 
 def restore(pipe) -> None:

@@ -10,6 +10,7 @@ stream: inputs and outputs are torch tensors whose addresses TensorRT reads and 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -53,14 +54,15 @@ def build_engine(onnx_path: Path, plan_path: Path, spec: ComponentSpec, profile:
         if name in names:
             opt.set_shape(name, lo, mid, hi)
     config.add_optimization_profile(opt)
-    timing_path = cache_root / f"tensorrt-timing-{torch.cuda.get_device_capability()}-{trt.__version__}.cache"
+    major, minor = torch.cuda.get_device_capability()
+    timing_path = cache_root / f"tensorrt-timing-sm_{major}{minor}-{trt.__version__}.cache"
     timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=False)
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise RuntimeError(f"TensorRT could not build an engine for {spec.component}")
     plan_path.write_bytes(bytes(engine))
-    tmp = timing_path.with_suffix(".tmp")
+    tmp = timing_path.with_name(f"{timing_path.name}.{os.getpid()}.tmp")  # builds in parallel each write their own
     tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     tmp.replace(timing_path)
 
@@ -69,8 +71,11 @@ class TensorRTRunner:
     def __init__(self, plan_path: Path, spec: ComponentSpec, device: torch.device):
         trt = _trt()
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(plan_path.read_bytes())
-        self.context = self.engine.create_execution_context()
+        with torch.cuda.device(device):  # TensorRT puts an engine on the current device
+            self.engine = self.runtime.deserialize_cuda_engine(plan_path.read_bytes())
+            if self.engine is None:
+                raise RuntimeError(f"TensorRT could not load {plan_path} (built by another TensorRT version or GPU?); rebuild it")
+            self.context = self.engine.create_execution_context()
         self.spec, self.device = spec, device
         self.names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
         types = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16, trt.int64: torch.int64}
@@ -84,11 +89,15 @@ class TensorRTRunner:
                 continue
             t = t.to(self.device, self.dtypes[inp.name]).contiguous()
             keep.append(t)
-            self.context.set_input_shape(inp.name, tuple(t.shape))
+            if not self.context.set_input_shape(inp.name, tuple(t.shape)):
+                raise ValueError(f"{self.spec.component}: input {inp.name} of shape {tuple(t.shape)} is outside the engine's "
+                                 "profile; build it for this batch range (t2i-engine build --backend tensorrt --batch MIN:OPT:MAX)")
             self.context.set_tensor_address(inp.name, t.data_ptr())
         batch = inputs[0].shape[0]
         out = torch.empty(tuple(batch if d == BATCH else d for d in self.spec.output_shape), dtype=self.out_dtype, device=self.device)
         self.context.set_tensor_address(self.spec.outputs[0], out.data_ptr())
-        if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+        with torch.cuda.device(self.device):
+            ok = self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream)
+        if not ok:
             raise RuntimeError(f"TensorRT failed to run {self.spec.component}")
         return out

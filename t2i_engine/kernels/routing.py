@@ -85,7 +85,9 @@ class _Routed:
 
     def __init__(self, method, mode: TritonAttention):
         self.original, self.mode = method, mode
-        functools.update_wrapper(self, method)  # the signature stays visible (diffusers inspects forward's)
+        # the signature stays visible (diffusers inspects forward's); updated=(): a wrapped wrapper's
+        # __dict__ (its own `original`) must not overwrite ours
+        functools.update_wrapper(self, method, updated=())
 
     def __call__(self, *args, **kwargs):
         if self.mode.depth:  # e.g. a VAE's forward calling its own decode: already inside
