@@ -398,7 +398,7 @@ def _build(args) -> int:
         raise InputError("--components", args.components, f"expected a comma-separated list of {', '.join(kinds)}")
     if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
         raise InputError("--cache-dir", args.cache_dir, "expected a folder")
-    opts = BuildOptions(model=spec.name, backend=args.backend, profile=parse_profile(args.batch, args.res, spec.resolution),
+    opts = BuildOptions(model=spec.name, backend=args.backend, profile=parse_profile(args.batch, args.res, spec.resolution, spec.resolution_multiple),
                         precision=args.precision, device=args.device, weights=args.weights, exporter=args.exporter,
                         components=components, cache_dir=args.cache_dir)
     results = build(opts, log_line=lambda line: print(line, file=sys.stderr))

@@ -61,8 +61,8 @@ class Profile:
     width: int = 512
 
 
-def parse_profile(batch: str | None, res: str | None, default_res: tuple[int, int]) -> Profile:
-    """`--batch MIN:OPT:MAX` (or one size) and `--res SIZE` or `HxW`."""
+def parse_profile(batch: str | None, res: str | None, default_res: tuple[int, int], multiple: int = 8) -> Profile:
+    """`--batch MIN:OPT:MAX` (or one size) and `--res SIZE` or `HxW` (multiples of the model's `multiple`)."""
     sizes: tuple[int, ...] = (1, 16, 32)
     if batch:
         parts = batch.split(":")
@@ -75,9 +75,9 @@ def parse_profile(batch: str | None, res: str | None, default_res: tuple[int, in
     if res:
         h, x, w = res.lower().partition("x")
         w = w if x else h
-        if not (h.isascii() and h.isdigit() and w.isascii() and w.isdigit() and 64 <= int(h) <= 4096 and 64 <= int(w) <= 4096
-                and int(h) % 16 == 0 and int(w) % 16 == 0):
-            raise InputError("--res", res, "expected a size or HxW, multiples of 16 from 64 to 4096")
+        if not (h.isascii() and h.isdigit() and w.isascii() and w.isdigit() and multiple <= int(h) <= 4096 and multiple <= int(w) <= 4096
+                and int(h) % multiple == 0 and int(w) % multiple == 0):
+            raise InputError("--res", res, f"expected a size or HxW, multiples of {multiple} up to 4096")
         height, width = int(h), int(w)
     return Profile(sizes, height, width)
 

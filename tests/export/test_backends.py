@@ -34,11 +34,16 @@ def _recipe():
 
 
 @pytest.mark.parametrize("backend", ["onnx", pytest.param("compile", marks=pytest.mark.heavy)])
-def test_generate_with_a_backend_matches_eager(backend, tmp_path, monkeypatch):
+def test_generate_with_a_backend_matches_eager(backend, tmp_path, monkeypatch, cli):
     from t2i_engine.engine.errors import InputError
     from t2i_engine.engine.verify import verify_dataset
 
     monkeypatch.setenv("T2I_ENGINE_CACHE", str(tmp_path / "cache"))
+    if backend == "onnx":  # built ahead, with the faster exporter (the dynamo one: test_onnx.py); generate must find it
+        code, _, err = cli("build", "digits", "--backend", "onnx", "--components", "denoiser,vae_decoder", "--exporter", "torchscript",
+                           "--device", "cpu")
+        assert code == 0, err
+        built = sorted((tmp_path / "cache").iterdir())
     recipe = _recipe()
     generate(recipe, tmp_path / "eager", RunOptions(device="cpu", progress=False))
     generate(recipe, tmp_path / backend, RunOptions(device="cpu", progress=False, backend=backend))
@@ -52,8 +57,8 @@ def test_generate_with_a_backend_matches_eager(backend, tmp_path, monkeypatch):
     assert images.keys() == eager_images.keys() and worst <= 2
     with pytest.raises(InputError, match=f"backend '{backend}'"):  # one dataset, one backend
         generate(recipe, tmp_path / backend, RunOptions(device="cpu", progress=False))
-    if backend == "onnx":  # built once: the cache holds the denoiser and the VAE decoder
-        assert sorted(p.name.split("-onnx-")[0] for p in (tmp_path / "cache").iterdir()) == ["digits-unet", "digits-vae"]
+    if backend == "onnx":  # nothing built anew: the run used the two artifacts of the build
+        assert sorted((tmp_path / "cache").iterdir()) == built and [p.name.split("-onnx-")[0] for p in built] == ["digits-unet", "digits-vae"]
 
 
 def test_bad_backends_are_refused_before_anything_loads(cli, tmp_path):

@@ -86,7 +86,7 @@ def test_build_cli_lists_the_cache_and_refuses_bad_input(cli, tmp_path):
     assert code == 0 and "vae: already built" in out
     code, out, _ = cli("build", "--list", "--cache-dir", tmp_path)
     assert code == 0 and "tiny-sd-vae-onnx-fp32" in out and "64x64" in out
-    for args, field in [(("--backend", "trt"), "--backend"), (("--batch", "4:2:8"), "--batch"), (("--res", "100"), "--res"),
+    for args, field in [(("--backend", "trt"), "--backend"), (("--batch", "4:2:8"), "--batch"), (("--res", "100"), "--res"), (("--res", "64x"), "--res"),
                         (("--precision", "int4"), "--precision"), (("--precision", "bf16"), "--precision"),
                         (("--components", "unet"), "--components"), (("--exporter", "fx"), "--exporter")]:
         code, _, err = cli("build", "tiny-sd", "--cache-dir", tmp_path, "--device", "cpu", *args)

@@ -32,14 +32,13 @@ def _check(spec, path, batches=(1, 3)):
 
 
 # The dynamo exporter (the default) takes 5-16 s per component here, the TorchScript exporter under
-# two: dynamo for the transformers (the TorchScript exporter cannot take FLUX's RMSNorm), TorchScript
-# for the rest, to keep the suite's time. The dynamo path of a UNet and a VAE runs in
-# test_backends.py (generate --backend onnx on the embedded model).
+# two: dynamo for the denoisers of SD1.5, SD3 and FLUX (the TorchScript exporter cannot take FLUX's
+# RMSNorm), TorchScript for the rest, to keep the suite's time.
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_each_component_exports_and_matches_pytorch_at_two_batch_sizes(family, tmp_path):
     pipe = FAMILIES[family]()
     denoiser = denoiser_spec(pipe, PROFILE, getattr(pipe, "text_len", None))
-    exporter = "torchscript" if family in ("sd15", "sdxl") else "dynamo"
+    exporter = "torchscript" if family == "sdxl" else "dynamo"
     assert export_onnx(denoiser, tmp_path / "denoiser.onnx", exporter=exporter) == exporter
     _check(denoiser, tmp_path / "denoiser.onnx")
     for spec in [*text_encoder_specs(pipe), vae_decoder_spec(pipe, PROFILE)]:

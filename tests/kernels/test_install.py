@@ -176,7 +176,7 @@ def test_generate_with_triton_kernels_records_it_and_matches_sdpa(tmp_path):
     from t2i_engine.engine.verify import verify_dataset
     from tests.conftest import tiny_recipe
 
-    recipe = tiny_recipe(classes=["cat"], images_per_class=1, steps=1, format="png")  # one image: the interpreter is slow
+    recipe = tiny_recipe(classes=["cat"], images_per_class=1, steps=1, resolution=16, format="png")  # one small image: the interpreter is slow
     runs = {}
     for attention in ("sdpa", "triton"):
         generate(recipe, tmp_path / attention, RunOptions(device=DEVICE, progress=False, attention=attention))
