@@ -70,3 +70,19 @@ def test_bad_backends_are_refused_before_anything_loads(cli, tmp_path):
     assert code == 2 and "triton" in err and not (tmp_path / "o").exists()
     code, _, err = cli("build", "sana-1.6b", "--backend", "onnx", "--device", "cpu", "--cache-dir", tmp_path / "c")
     assert code == 2 and "SanaTransformer2DModel" in err and not (tmp_path / "c").exists()  # said before anything loads
+
+
+def test_bench_measures_a_backend_beside_eager_and_restores_the_pipeline(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("T2I_ENGINE_CACHE", str(tmp_path / "cache"))
+    code, _, err = cli("build", "tiny-sd", "--backend", "onnx", "--components", "denoiser,vae_decoder", "--exporter", "torchscript",
+                       "--res", "32", "--device", "cpu")
+    assert code == 0, err
+    code, _, err = cli("bench", "tiny-sd", "--steps", "1", "--res", "32", "--batch", "2", "--backend", "eager,onnx", "--baseline", "paper",
+                       "--reps", "1", "--device", "cpu", "--out", tmp_path / "r.json")
+    assert code == 0, err
+    runs = {r["path"]: r for r in json.loads((tmp_path / "r.json").read_text())["runs"]}
+    assert set(runs) == {"engine:eager", "engine:onnx", "baseline:paper"} and all(r["images_per_second"] > 0 for r in runs.values())
+    assert sorted(runs["engine:onnx"]["artifacts"]) == ["unet", "vae"] and "artifacts" not in runs["engine:eager"]
+    # the swapped UNet is still counted by bench's forward hook: the same forwards per image as eager
+    assert runs["engine:onnx"]["denoiser_forwards_per_image"] == runs["engine:eager"]["denoiser_forwards_per_image"] > 0
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # the bench found the build's artifacts
