@@ -54,7 +54,7 @@ def build_denoiser(arch: dict):
 def build_vae(arch: dict):
     import diffusers
 
-    return getattr(diffusers, arch["meta"].get("vae_class", "AutoencoderKL")).from_config(arch["vae"])
+    return getattr(diffusers, arch["meta"].get("vae_class", "AutoencoderKL").split(" ")[0]).from_config(arch["vae"])
 
 
 def build_text_encoder(entry: dict):

@@ -33,7 +33,7 @@ def unsupported_reason(model: str) -> str | None:
     if not (CONFIG_ROOT / model).is_dir():
         return None  # test models and the embedded one: SD1.5-shaped
     meta = architecture(model)["meta"]
-    denoiser, vae = meta["denoiser_class"].split(" ")[0], meta.get("vae_class", "AutoencoderKL")
+    denoiser, vae = meta["denoiser_class"].split(" ")[0], meta.get("vae_class", "AutoencoderKL").split(" ")[0]
     if denoiser not in DENOISERS:
         return f"its denoiser {denoiser} has no export spec yet (supported: {', '.join(DENOISERS)})"
     if vae not in VAES:
