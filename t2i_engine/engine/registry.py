@@ -12,6 +12,7 @@ loads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 from .errors import InputError
 
@@ -79,10 +80,49 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+# The first diffusers release holding each family's pipeline and denoiser classes (release notes:
+# SD3 0.29, FLUX 0.30, Sana 0.32, Lumina-Image 2.0 0.33, Qwen-Image 0.35).
+DIFFUSERS_SINCE = {"sd": "0.19", "sdxl": "0.19", "pixart": "0.22", "sd3": "0.29", "flux": "0.30", "sana": "0.32",
+                   "lumina2": "0.33", "qwen-image": "0.35"}
+
+
+def check_diffusers(spec: ModelSpec, installed: str | None = None) -> None:
+    """Refuse a model whose family the installed diffusers predates, naming the release needed
+    (read from the package metadata: diffusers is not imported)."""
+    installed = installed or _installed_diffusers()
+    if installed is None:
+        raise InputError("model", spec.name, "needs diffusers, which is not installed: pip install 'diffusers>=0.35'")
+    need = DIFFUSERS_SINCE.get(spec.family)
+    if need and _release(installed) < _release(need):
+        raise InputError("model", spec.name, f"the {spec.family} family ({spec.pipeline}) needs diffusers >= {need}; "
+                         f"this environment has {installed}: pip install -U 'diffusers>={need}'")
+
+
+@cache
+def _installed_diffusers() -> str | None:
+    import importlib.metadata as md
+
+    try:
+        return md.version("diffusers")
+    except md.PackageNotFoundError:
+        return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    parts = []
+    for p in version.split(".")[:3]:
+        digits = "".join(c for c in p if c.isdigit()) if p[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
 def get_model(name: object, field: str = "model") -> ModelSpec:
     if not isinstance(name, str) or name not in MODELS:
         raise InputError(field, name, f"expected a registry model: {', '.join(MODELS)}")
     spec = MODELS[name]
     if not spec.standalone:
         raise InputError(field, name, f"{spec.note}; pick a text-to-image model")
+    check_diffusers(spec)
     return spec

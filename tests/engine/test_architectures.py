@@ -42,3 +42,17 @@ def test_the_real_architecture_instantiates_with_its_known_size(name):
     print(f"{name}: {type(denoiser).__name__} {count:.4f}B, {type(vae).__name__} {sum(p.numel() for p in vae.parameters()) / 1e6:.1f}M")
     if billions is not None:
         assert count == pytest.approx(billions, rel=tolerance)
+
+
+def test_a_family_newer_than_the_installed_diffusers_names_the_release_it_needs():
+    from t2i_engine.engine.errors import InputError
+    from t2i_engine.engine.registry import check_diffusers, get_model
+
+    for name in MODELS:  # the installed diffusers runs every family
+        if MODELS[name].standalone:
+            get_model(name)
+    for name, need in (("sana-1.6b", "0.32"), ("qwen-image", "0.35"), ("flux-dev", "0.30")):
+        with pytest.raises(InputError, match=rf"needs diffusers >= {need}; this environment has 0\.29\.2"):
+            check_diffusers(MODELS[name], installed="0.29.2")
+    check_diffusers(MODELS["sd3-medium"], installed="0.29.2")  # SD3 arrived in 0.29
+    check_diffusers(MODELS["qwen-image"], installed="0.36.0.dev0")
