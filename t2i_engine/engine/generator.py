@@ -10,7 +10,8 @@
 Images leave as a numpy array `[B, H, W, 3]` of uint8 on the CPU, rounded the way diffusers'
 `output_type="pil"` rounds.
 
-Stable Diffusion 1.x/2.x family pipelines only, for now; other families get their own adapters.
+What differs between pipeline families (embeddings, negatives, noise shape, decoding) is in
+adapters.py: Stable Diffusion 1.x/2.x and SDXL so far; the other families come next (issue 9).
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ from .errors import InputError, ModelUnavailable
 from .plan import Sample
 from .registry import ModelSpec
 
-SUPPORTED_FAMILIES = ("sd",)
+SUPPORTED_FAMILIES = ("sd", "sdxl")  # those with an adapter (adapters.py)
+
+
+def _family_of(pipe) -> str:
+    return "sdxl" if type(pipe).__name__.startswith("StableDiffusionXL") else "sd"
 EMBED_CACHE_SIZE = 4096  # prompts; captions regimes have one prompt per image
 
 
@@ -93,7 +98,7 @@ def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dt
     else:
         pipe = _from_pretrained(spec, weights or bundled_path(spec), dtype)
     apply_registry_settings(spec, pipe)
-    if pipe.unet.dtype != dtype:  # built models come in float32; loaded ones already in dtype
+    if pipe.dtype != dtype:  # built models come in float32; loaded ones already in dtype
         pipe = pipe.to(dtype=dtype)
     pipe = pipe.to(device)
     if attention == "triton":
@@ -150,31 +155,36 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 class Generator:
-    """Turns lists of samples into images with one pipeline and fixed sampling settings."""
+    """Turns lists of samples into images with one pipeline and fixed sampling settings; what
+    differs between pipeline families is in its adapter (adapters.py)."""
 
-    def __init__(self, pipe, *, steps: int, guidance: float, height: int, width: int, negative_prompt: str = ""):
+    def __init__(self, pipe, *, steps: int, guidance: float, height: int, width: int, negative_prompt: str = "", family: str | None = None):
+        from .adapters import ADAPTERS
+
         self.pipe = pipe
-        self.device, self.dtype = pipe.device, pipe.unet.dtype
+        self.adapter = ADAPTERS[family or _family_of(pipe)]
+        self.device, self.dtype = pipe.device, self.adapter.denoiser(pipe).dtype
         self.steps, self.guidance = steps, guidance
         self.height, self.width = height, width
         self.negative_prompt = negative_prompt
-        self.latent_shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._negative: torch.Tensor | None = None
+        self.latent_shape = self.adapter.latent_shape(pipe, height, width)
+        self._cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._negative: dict[str, torch.Tensor] | None = None
         self.stage_seconds = {"text_encoding": 0.0, "denoising": 0.0, "decoding": 0.0}
 
     @property
     def uses_guidance(self) -> bool:
-        return self.guidance > 1.0 and self.pipe.unet.config.time_cond_proj_dim is None
+        return self.adapter.uses_guidance(self.pipe, self.guidance)
 
     @torch.inference_mode()
     def generate(self, samples: list[Sample]) -> np.ndarray:
         with self._stage("text_encoding"):
-            embeds = self.prompt_embeds([s.prompt for s in samples])
-            negative = self.negative_embeds(len(samples)) if self.uses_guidance else None
+            embeds = self.prompt_inputs([s.prompt for s in samples])
+            if self.uses_guidance:
+                embeds.update(self.negative_inputs(len(samples)))
         with self._stage("denoising"):
             latents = self.pipe(
-                prompt_embeds=embeds, negative_prompt_embeds=negative, latents=self.initial_latents(samples),
+                **embeds, latents=self.adapter.prepare_latents(self.pipe, self.initial_latents(samples)),
                 num_inference_steps=self.steps, guidance_scale=self.guidance,
                 height=self.height, width=self.width, output_type="latent",
             ).images
@@ -185,27 +195,33 @@ class Generator:
         noise = [torch.randn(self.latent_shape, generator=torch.Generator("cpu").manual_seed(s.seed)) for s in samples]
         return torch.stack(noise).to(self.device, self.dtype)
 
-    def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
+    def prompt_inputs(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """The pipeline's prompt keyword arguments for `prompts`, each unique prompt encoded once."""
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         if missing:
-            embeds, _ = self.pipe.encode_prompt(missing, self.device, 1, False)
-            for p, e in zip(missing, embeds):
-                self._cache[p] = e
+            encoded = self.adapter.encode(self.pipe, missing, self.device)
+            for i, p in enumerate(missing):
+                self._cache[p] = {k: v[i] for k, v in encoded.items()}
         for p in prompts:
             self._cache.move_to_end(p)
-        out = torch.stack([self._cache[p] for p in prompts])
+        out = {k: torch.stack([self._cache[p][k] for p in prompts]) for k in self._cache[prompts[0]]}
         while len(self._cache) > EMBED_CACHE_SIZE:
             self._cache.popitem(last=False)
         return out
 
-    def negative_embeds(self, n: int) -> torch.Tensor:
+    def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
+        return self.prompt_inputs(prompts)["prompt_embeds"]
+
+    def negative_inputs(self, n: int) -> dict[str, torch.Tensor]:
         if self._negative is None:
-            self._negative = self.pipe.encode_prompt([self.negative_prompt], self.device, 1, False)[0]
-        return self._negative.expand(n, -1, -1)
+            self._negative = self.adapter.negative(self.pipe, self.negative_prompt, self.device)
+        return {k: v.expand(n, *v.shape[1:]) for k, v in self._negative.items()}
+
+    def negative_embeds(self, n: int) -> torch.Tensor:
+        return self.negative_inputs(n)["negative_prompt_embeds"]
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
-        vae = self.pipe.vae
-        images = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        images = self.adapter.decode(self.pipe, latents)
         images = (images.float() / 2 + 0.5).clamp(0, 1)
         return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 

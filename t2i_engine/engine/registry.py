@@ -76,6 +76,8 @@ MODELS: dict[str, ModelSpec] = {
         # Random-weight test model: SD1.5's classes and layout at a few hundred thousand weights.
         _m("tiny-sd", "StableDiffusionPipeline", None, "float32", 64, 20, 5.0, "", builder="t2i_engine.engine.tiny:build_tiny_sd",
            test_model=True, note="random weights from a fixed seed; for tests and benchmarks"),
+        _m("tiny-sdxl", "StableDiffusionXLPipeline", None, "float32", 64, 20, 5.0, "", "sdxl", builder="t2i_engine.engine.tiny:build_tiny_sdxl",
+           test_model=True, note="SDXL's classes at toy sizes, random weights from a fixed seed; for tests"),
     ]
 }
 

@@ -1,0 +1,80 @@
+"""Family adapters: what differs between pipeline families around the same Generator.
+
+Each adapter says how a family's prompt embeddings are computed (once per unique prompt, one
+row per prompt, so the Generator can cache and re-batch them), what its negative prompt becomes,
+how they are passed back to the pipeline, the shape of one sample's initial noise, whether the
+run uses classifier-free guidance, and how latents become images in [-1, 1].
+
+- sd: Stable Diffusion 1.x/2.x (one CLIP; SD2's v-prediction lives in its scheduler config).
+- sdxl: two CLIPs (the penultimate states of both, concatenated) and the second's pooled
+  embedding; an empty negative prompt is zeros where the model says so
+  (force_zeros_for_empty_prompt), as diffusers does; its VAE decodes in fp32 where it would
+  overflow in fp16 (force_upcast).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class SDAdapter:
+    family = "sd"
+
+    def encode(self, pipe, prompts: list[str], device) -> dict[str, torch.Tensor]:
+        return {"prompt_embeds": pipe.encode_prompt(prompts, device, 1, False)[0]}
+
+    def negative(self, pipe, text: str, device) -> dict[str, torch.Tensor]:
+        return {"negative_prompt_embeds": pipe.encode_prompt([text], device, 1, False)[0]}
+
+    def denoiser(self, pipe):
+        return pipe.unet
+
+    def uses_guidance(self, pipe, guidance: float) -> bool:
+        return guidance > 1.0 and pipe.unet.config.time_cond_proj_dim is None
+
+    def latent_shape(self, pipe, height: int, width: int) -> tuple[int, ...]:
+        return (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+
+    def prepare_latents(self, pipe, noise: torch.Tensor) -> torch.Tensor:
+        return noise
+
+    def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        vae = pipe.vae
+        return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+
+
+class SDXLAdapter(SDAdapter):
+    family = "sdxl"
+
+    def encode(self, pipe, prompts, device):
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+    def negative(self, pipe, text, device):
+        out = self.encode(pipe, [text], device)
+        if text == "" and pipe.config.force_zeros_for_empty_prompt:  # diffusers' own choice for an empty negative
+            out = {k: torch.zeros_like(v) for k, v in out.items()}
+        return {"negative_" + k: v for k, v in out.items()}
+
+    def decode(self, pipe, latents):
+        vae = pipe.vae
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast  # SDXL's VAE overflows in fp16
+        if upcast:
+            vae.to(torch.float32)
+            latents = latents.float()
+        try:
+            mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+            if mean is not None and std is not None:
+                shape = (1, -1, 1, 1)
+                mean = torch.tensor(mean).view(shape).to(latents)
+                std = torch.tensor(std).view(shape).to(latents)
+                latents = latents * std / vae.config.scaling_factor + mean
+            else:
+                latents = latents / vae.config.scaling_factor
+            return vae.decode(latents, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+
+
+ADAPTERS = {a.family: a for a in (SDAdapter(), SDXLAdapter())}
