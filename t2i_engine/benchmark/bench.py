@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from ..engine.architectures import obtain_pipeline
+from ..engine.architectures import _hub_cache, obtain_pipeline
 from ..engine.errors import InputError
 from ..engine.registry import ModelSpec, get_model
 
@@ -95,6 +95,11 @@ def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
                          f"(families: {', '.join(SUPPORTED_FAMILIES)}); --backend none measures the diffusers baselines alone")
     if spec.family not in PIPELINE_FAMILIES and not (spec.builder or spec.bundled or opts.weights):
         raise InputError("model", spec.name, f"no random-weight pipeline for the {spec.family} family yet; pass --weights")
+    if opts.backends and spec.family in ("sd3", "flux") and not (spec.builder or opts.weights or _hub_cache(spec)):
+        # their random-weight architectures take prompt embeddings, with no text encoders (T5-XXL's
+        # tokenizer cannot be built here), and the engine encodes its prompts itself
+        raise InputError("--backend", ",".join(opts.backends), f"the engine runs {spec.name} only with its weights (--weights or the hub "
+                         "cache); --backend none measures diffusers on its random-weight architecture")
     if opts.attention not in ATTENTION:
         raise InputError("--attention", opts.attention, f"expected one of {', '.join(ATTENTION)}")
     if opts.norm not in (None, *NORM):

@@ -10,6 +10,10 @@ run uses classifier-free guidance, and how latents become images in [-1, 1].
   embedding; an empty negative prompt is zeros where the model says so
   (force_zeros_for_empty_prompt), as diffusers does; its VAE decodes in fp32 where it would
   overflow in fp16 (force_upcast).
+- sd3: two CLIPs and T5 (their states joined along the sequence), pooled CLIP embeddings, true
+  CFG; the VAE's latents are scaled and shifted.
+- flux: CLIP (pooled only) and T5; guidance distilled into the model, no negative pass; the
+  noise is drawn per sample at the latent size, then packed into 2x2 tokens.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ class SDAdapter:
     def prepare_latents(self, pipe, noise: torch.Tensor) -> torch.Tensor:
         return noise
 
-    def decode(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, pipe, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         vae = pipe.vae
         return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
 
@@ -56,7 +60,7 @@ class SDXLAdapter(SDAdapter):
             out = {k: torch.zeros_like(v) for k, v in out.items()}
         return {"negative_" + k: v for k, v in out.items()}
 
-    def decode(self, pipe, latents):
+    def decode(self, pipe, latents, height, width):
         vae = pipe.vae
         upcast = vae.dtype == torch.float16 and vae.config.force_upcast  # SDXL's VAE overflows in fp16
         if upcast:
@@ -77,4 +81,54 @@ class SDXLAdapter(SDAdapter):
                 vae.to(torch.float16)
 
 
-ADAPTERS = {a.family: a for a in (SDAdapter(), SDXLAdapter())}
+class SD3Adapter(SDAdapter):
+    family = "sd3"
+
+    def encode(self, pipe, prompts, device):
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+    def negative(self, pipe, text, device):
+        return {"negative_" + k: v for k, v in self.encode(pipe, [text], device).items()}
+
+    def denoiser(self, pipe):
+        return pipe.transformer
+
+    def uses_guidance(self, pipe, guidance):
+        return guidance > 1.0
+
+    def latent_shape(self, pipe, height, width):
+        return (pipe.transformer.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+
+    def decode(self, pipe, latents, height, width):
+        vae = pipe.vae
+        return vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor, return_dict=False)[0]
+
+
+class FluxAdapter(SD3Adapter):
+    """Guidance is distilled into the model (dev: an embedding of guidance_scale; schnell: none),
+    never a second, negative pass. Latents are packed 2x2 into tokens."""
+
+    family = "flux"
+
+    def encode(self, pipe, prompts, device):
+        embeds, pooled, _ = pipe.encode_prompt(prompts, None, device=device, num_images_per_prompt=1)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+    def uses_guidance(self, pipe, guidance):
+        return False
+
+    def latent_shape(self, pipe, height, width):
+        scale = pipe.vae_scale_factor * 2  # the VAE's factor, then the 2x2 packing
+        return (pipe.transformer.config.in_channels // 4, 2 * (height // scale), 2 * (width // scale))
+
+    def prepare_latents(self, pipe, noise):
+        b, c, h, w = noise.shape
+        return pipe._pack_latents(noise, b, c, h, w)
+
+    def decode(self, pipe, latents, height, width):
+        return super().decode(pipe, pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor), height, width)
+
+
+ADAPTERS = {a.family: a for a in (SDAdapter(), SDXLAdapter(), SD3Adapter(), FluxAdapter())}

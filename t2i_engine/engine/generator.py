@@ -30,11 +30,12 @@ from .errors import InputError, ModelUnavailable
 from .plan import Sample
 from .registry import ModelSpec
 
-SUPPORTED_FAMILIES = ("sd", "sdxl")  # those with an adapter (adapters.py)
+SUPPORTED_FAMILIES = ("sd", "sdxl", "sd3", "flux")  # those with an adapter (adapters.py)
+PIPELINE_FAMILY = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
 
 
 def _family_of(pipe) -> str:
-    return "sdxl" if type(pipe).__name__.startswith("StableDiffusionXL") else "sd"
+    return PIPELINE_FAMILY.get(type(pipe).__name__, "sd")
 EMBED_CACHE_SIZE = 4096  # prompts; captions regimes have one prompt per image
 
 
@@ -95,6 +96,9 @@ def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dt
     if spec.builder and weights is None:
         module, func = spec.builder.split(":")
         pipe = getattr(importlib.import_module(module), func)()
+        for component in pipe.components.values():  # built modules start in training mode (T5's dropout would fire)
+            if isinstance(component, torch.nn.Module):
+                component.eval()
     else:
         pipe = _from_pretrained(spec, weights or bundled_path(spec), dtype)
     apply_registry_settings(spec, pipe)
@@ -221,7 +225,7 @@ class Generator:
         return self.negative_inputs(n)["negative_prompt_embeds"]
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
-        images = self.adapter.decode(self.pipe, latents)
+        images = self.adapter.decode(self.pipe, latents, self.height, self.width)
         images = (images.float() / 2 + 0.5).clamp(0, 1)
         return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 

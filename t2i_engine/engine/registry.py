@@ -78,6 +78,10 @@ MODELS: dict[str, ModelSpec] = {
            test_model=True, note="random weights from a fixed seed; for tests and benchmarks"),
         _m("tiny-sdxl", "StableDiffusionXLPipeline", None, "float32", 64, 20, 5.0, "", "sdxl", builder="t2i_engine.engine.tiny:build_tiny_sdxl",
            test_model=True, note="SDXL's classes at toy sizes, random weights from a fixed seed; for tests"),
+        _m("tiny-sd3", "StableDiffusion3Pipeline", None, "float32", 64, 20, 5.0, "", "sd3", builder="t2i_engine.engine.tiny:build_tiny_sd3",
+           resolution_multiple=16, test_model=True, note="SD3's classes at toy sizes, random weights from a fixed seed; for tests"),
+        _m("tiny-flux", "FluxPipeline", None, "float32", 64, 20, 3.5, "", "flux", builder="t2i_engine.engine.tiny:build_tiny_flux",
+           resolution_multiple=16, test_model=True, note="FLUX.1-dev's classes at toy sizes, random weights from a fixed seed; for tests"),
     ]
 }
 

@@ -88,3 +88,52 @@ def build_tiny_sdxl():
     return StableDiffusionXLPipeline(vae=_tiny_vae(SEED + 13, force_upcast=False), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
                                      force_zeros_for_empty_prompt=True)
+
+
+def _tiny_t5(tokenizer, seed: int, d_model: int = 32):
+    """T5's encoder at toy size. Its tokenizer is one of ours (CLIP BPE over the word list): T5's
+    own is a SentencePiece model we cannot build here; only the token ids differ."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
+                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
+
+
+def build_tiny_sd3():
+    """`tiny-sd3`: SD3's classes and wiring (two CLIPs with projections and T5, joined; an MMDiT
+    with dual attention in its first block, as SD3.5-medium; flow matching) at toy sizes."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    tokenizers = [build_clip_tokenizer(WORDS) for _ in range(3)]
+    tokenizers[2].model_max_length = 32  # T5's length in our pipelines' calls is max_sequence_length
+    text_encoder = _tiny_clip(tokenizers[0], SEED + 20, projection=True, hidden=16)
+    text_encoder_2 = _tiny_clip(tokenizers[1], SEED + 21, projection=True, hidden=16)
+    text_encoder_3 = _tiny_t5(tokenizers[2], SEED + 22)
+    torch.manual_seed(SEED + 23)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8,
+                                        num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32,
+                                        pooled_projection_dim=32, out_channels=16, qk_norm="rms_norm", dual_attention_layers=(0,))
+    vae = _tiny_vae(SEED + 24, latent_channels=16, shift_factor=0.0609, scaling_factor=1.5305)
+    return StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+                                    text_encoder=text_encoder, tokenizer=tokenizers[0], text_encoder_2=text_encoder_2,
+                                    tokenizer_2=tokenizers[1], text_encoder_3=text_encoder_3, tokenizer_3=tokenizers[2])
+
+
+def build_tiny_flux(guidance_embeds: bool = True):
+    """`tiny-flux`: FLUX.1-dev's classes and wiring (CLIP pooled + T5 states, a guidance
+    embedding, RoPE over text and image ids, 2x2-packed latents, flow matching) at toy sizes."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    tokenizer, tokenizer_2 = build_clip_tokenizer(WORDS), build_clip_tokenizer(WORDS)
+    text_encoder = _tiny_clip(tokenizer, SEED + 30, hidden=16)
+    text_encoder_2 = _tiny_t5(tokenizer_2, SEED + 31)
+    torch.manual_seed(SEED + 32)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16,
+                                         guidance_embeds=guidance_embeds, axes_dims_rope=(4, 6, 6))
+    vae = _tiny_vae(SEED + 33, latent_channels=16, shift_factor=0.1159, scaling_factor=0.3611)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                        tokenizer_2=tokenizer_2, transformer=transformer)

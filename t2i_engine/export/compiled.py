@@ -99,6 +99,9 @@ def build_compiled(pipe, model: str, opts, device: torch.device, cache: Artifact
     if spec.family not in SUPPORTED_FAMILIES:
         raise InputError("model", model, f"the compile build warms up through the engine's generator, which runs "
                          f"{', '.join(SUPPORTED_FAMILIES)} so far (the {spec.family} family: issue 9)")
+    if getattr(pipe, "text_encoder", None) is None:
+        raise InputError("model", model, "its pipeline here has no text encoders (a random-weight architecture takes prompt "
+                         "embeddings), so the engine cannot run it to warm up; pass --weights")
     fields = _fields(pipe, model, opts, device)
     batches = sorted(set(opts.profile.batch))
     name = f"{model}-pipeline-compile-{opts.precision}-b{'_'.join(map(str, batches))}"

@@ -108,7 +108,7 @@ def test_auto_batch_doubles_until_it_stops_paying():
     (["tiny-sd", "--baseline-batch", "auto"], "--baseline-batch"),
     (["tiny-sd", "--steps", "0"], "steps"),
     (["sd15", "--res", "500"], "resolution"),
-    (["flux-schnell"], "--backend"),  # the engine's generator does not run FLUX yet; says --backend none
+    (["flux-schnell"], "--backend"),  # random-weight FLUX has no text encoders for the engine; says --backend none
     (["nope"], "model"),
     (["tiny-sd", "--backend", "none", "--baseline", "none"], "--backend"),
 ])
