@@ -12,7 +12,8 @@
 #     lightning-utilities==0.15.3 pytest==9.0.1 pluggy==1.6.0 iniconfig==2.3.0
 # then run with the device tool: carry [".whl"], command `bash bench/gpu_check.sh $OUT STEPS`. One
 # call may run 600 s at most, so split the job: `sd15,pytest,kernels` (~6 min), then
-# `export,devices,families` (~8 min); the second call's files replace the first's (copy them out).
+# `export,devices,families` (~8 min), and `export-sdxl` (compile on SDXL; not in the default list)
+# if time is left; each call's files replace the last's (copy them out).
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_check.sh RESULTS_DIR [STEPS]}
 STEPS=${2:-sd15,pytest,kernels,export,devices,families}  # a second try may run only what failed
@@ -54,6 +55,14 @@ bench() {  # bench [LABEL] MODEL ARGS...: one run, its JSON (bench-LABEL.json) a
   tail -12 "$OUT/bench.log"
 }
 
+# A benchmark whose JSON goes into bench.log only (--json): the job brings back at most 8 files.
+family() {  # family MODEL ARGS...
+  step "bench $* -> bench.log"
+  echo "=== bench $* ($(date +%T))" >> "$OUT/bench.log"
+  timeout "$LIMIT" $PY -m t2i_engine.cli bench "$@" --json >> "$OUT/bench.log" 2>&1
+  echo "exit $?" >> "$OUT/bench.log"
+}
+
 # Issue 6's first figure: the paper's protocol (SD1.5, 512, 50 steps, guidance 2.0), our engine
 # against the paper's settings (fp16, batch 16) and diffusers bf16 at its best batch.
 want sd15 && LIMIT=200 bench sd15 --guidance 2.0 --batch 16,32 --baseline paper,diffusers --baseline-batch 16,32 --warmup 1 --reps 2
@@ -86,12 +95,13 @@ echo "exit $?" >> "$OUT/bench.log"
 fi
 
 # Issue 8: the compile backend (fused QKV, channels_last, max-autotune with CUDA graphs) against eager
-# in the same run, SD1.5 at 512 / 50 steps; the first batch compiles and autotunes (its time is in
-# the log), the timed ones run the graphs. SDXL waits for the engine to run its family (issue 9);
+# in the same run, SD1.5 at 512 / 50 steps, then SDXL at 1024 / 30 steps (step export-sdxl); the
+# first batch compiles and autotunes (its time is in the log), the timed ones run the graphs.
 # ONNX Runtime here is the CPU build (no onnxruntime-gpu), and TensorRT is not installed.
 if want export; then
 LIMIT=420 bench sd15-compile sd15 --guidance 2.0 --backend eager,compile --batch 32 --baseline none --warmup 1 --reps 2
 fi
+want export-sdxl && LIMIT=500 family sdxl --steps 30 --backend eager,compile --batch 8 --baseline none --warmup 1 --reps 1
 
 if want devices; then
 step "generate --devices all on the embedded model, then verify -> checks.log (issue 5)"
@@ -105,14 +115,7 @@ tail -3 "$OUT/checks.log"
 fi
 
 # The other families run only as diffusers bf16 (the engine's generator runs SD1.x/2.x for now):
-# where diffusers stands against the FLOP-bound ceiling. Their JSON goes into bench.log (--json):
-# the job brings back at most 8 files.
-family() {  # family MODEL ARGS...
-  step "bench $* -> bench.log"
-  echo "=== bench $* ($(date +%T))" >> "$OUT/bench.log"
-  timeout "$LIMIT" $PY -m t2i_engine.cli bench "$@" --json >> "$OUT/bench.log" 2>&1
-  echo "exit $?" >> "$OUT/bench.log"
-}
+# where diffusers stands against the FLOP-bound ceiling (JSON into bench.log).
 want families && LIMIT=130 family sdxl --steps 30 --backend none --baseline diffusers --baseline-batch 8 --warmup 1 --reps 1
 want families && LIMIT=130 family flux-schnell --backend none --baseline diffusers --baseline-batch 4 --warmup 1 --reps 1
 want families && LIMIT=110 family sd3-medium --steps 28 --backend none --baseline diffusers --baseline-batch 4 --warmup 1 --reps 1
