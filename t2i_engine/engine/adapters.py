@@ -12,6 +12,7 @@ run uses classifier-free guidance, and how latents become images in [-1, 1].
   overflow in fp16 (force_upcast).
 - sd3: two CLIPs and T5 (their states joined along the sequence), pooled CLIP embeddings, true
   CFG; the VAE's latents are scaled and shifted.
+- pixart: T5 alone, its attention mask passed along; no resolution binning.
 - flux: CLIP (pooled only) and T5; guidance distilled into the model, no negative pass; the
   noise is drawn per sample at the latent size, then packed into 2x2 tokens.
 """
@@ -41,6 +42,10 @@ class SDAdapter:
 
     def prepare_latents(self, pipe, noise: torch.Tensor) -> torch.Tensor:
         return noise
+
+    def call_kwargs(self) -> dict:
+        """Extra arguments for the pipeline call."""
+        return {}
 
     def decode(self, pipe, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         vae = pipe.vae
@@ -131,4 +136,21 @@ class FluxAdapter(SD3Adapter):
         return super().decode(pipe, pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor), height, width)
 
 
-ADAPTERS = {a.family: a for a in (SDAdapter(), SDXLAdapter(), SD3Adapter(), FluxAdapter())}
+class PixArtAdapter(SD3Adapter):
+    """T5 alone, with its attention mask passed along; captions cleaned as diffusers does by
+    default; no resolution binning (the recipe's size is the size made)."""
+
+    family = "pixart"
+
+    def encode(self, pipe, prompts, device):
+        embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device, clean_caption=True)
+        return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+
+    def call_kwargs(self):
+        return {"use_resolution_binning": False, "negative_prompt": None}  # its default is "", which clashes with embeddings
+
+    def decode(self, pipe, latents, height, width):
+        return SDAdapter.decode(self, pipe, latents, height, width)
+
+
+ADAPTERS = {a.family: a for a in (SDAdapter(), SDXLAdapter(), SD3Adapter(), FluxAdapter(), PixArtAdapter())}

@@ -30,8 +30,9 @@ from .errors import InputError, ModelUnavailable
 from .plan import Sample
 from .registry import ModelSpec
 
-SUPPORTED_FAMILIES = ("sd", "sdxl", "sd3", "flux")  # those with an adapter (adapters.py)
-PIPELINE_FAMILY = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
+SUPPORTED_FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart")  # those with an adapter (adapters.py)
+PIPELINE_FAMILY = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux",
+                   "PixArtAlphaPipeline": "pixart"}
 
 
 def _family_of(pipe) -> str:
@@ -190,7 +191,7 @@ class Generator:
             latents = self.pipe(
                 **embeds, latents=self.adapter.prepare_latents(self.pipe, self.initial_latents(samples)),
                 num_inference_steps=self.steps, guidance_scale=self.guidance,
-                height=self.height, width=self.width, output_type="latent",
+                height=self.height, width=self.width, output_type="latent", **self.adapter.call_kwargs(),
             ).images
         with self._stage("decoding"):
             return self.decode(latents)

@@ -137,3 +137,19 @@ def build_tiny_flux(guidance_embeds: bool = True):
                                                 base_image_seq_len=256, max_image_seq_len=4096)
     return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
                         tokenizer_2=tokenizer_2, transformer=transformer)
+
+
+def build_tiny_pixart():
+    """`tiny-pixart`: PixArt-alpha's classes and wiring (T5 with its attention mask, a DiT with
+    adaLN-single and cross-attention, DPM-Solver) at toy sizes."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+
+    tokenizer = build_clip_tokenizer(WORDS, max_length=120)
+    text_encoder = _tiny_t5(tokenizer, SEED + 40)
+    torch.manual_seed(SEED + 41)
+    transformer = PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2,
+                                           cross_attention_dim=32, caption_channels=32, sample_size=8, patch_size=2,
+                                           norm_type="ada_norm_single", attention_bias=True, norm_elementwise_affine=False,
+                                           norm_eps=1e-6, num_embeds_ada_norm=1000)
+    return PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_tiny_vae(SEED + 42), transformer=transformer,
+                               scheduler=DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear"))

@@ -15,7 +15,7 @@ from t2i_engine.engine.plan import plan_samples
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.registry import MODELS
 
-FAMILIES = ["tiny-sdxl", "tiny-sd3", "tiny-flux"]
+FAMILIES = ["tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-pixart"]
 TOL = 1
 
 
@@ -39,10 +39,12 @@ def test_the_engine_matches_the_plain_pipeline(family, guidance, negative):
     samples = plan_samples(_recipe(name))
     gen = Generator(pipe, steps=3, guidance=guidance, height=32, width=32, negative_prompt=negative)
     ours = gen.generate(samples)
+    plain = {k: v for k, v in gen.adapter.call_kwargs().items() if k != "negative_prompt"}  # the pipeline's default negative
+    if negative:
+        plain["negative_prompt"] = [negative] * 4
     with torch.inference_mode():
-        ref = pipe(prompt=[s.prompt for s in samples], negative_prompt=[negative] * 4 if negative else None,
-                   latents=gen.adapter.prepare_latents(pipe, gen.initial_latents(samples)), num_inference_steps=3, guidance_scale=guidance,
-                   height=32, width=32, output_type="np").images
+        ref = pipe(prompt=[s.prompt for s in samples], latents=gen.adapter.prepare_latents(pipe, gen.initial_latents(samples)),
+                   num_inference_steps=3, guidance_scale=guidance, height=32, width=32, output_type="np", **plain).images
     ref = (ref * 255).round().astype(np.uint8)
     assert ours.shape == (4, 32, 32, 3) and ours.std() > 0
     assert _worst(ours, ref) <= TOL
