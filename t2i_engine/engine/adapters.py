@@ -13,6 +13,7 @@ run uses classifier-free guidance, and how latents become images in [-1, 1].
 - sd3: two CLIPs and T5 (their states joined along the sequence), pooled CLIP embeddings, true
   CFG; the VAE's latents are scaled and shifted.
 - pixart: T5 alone, its attention mask passed along; no resolution binning.
+- sana: a Gemma encoder behind the pipeline's default instruction; DC-AE; no resolution binning.
 - flux: CLIP (pooled only) and T5; guidance distilled into the model, no negative pass; the
   noise is drawn per sample at the latent size, then packed into 2x2 tokens.
 """
@@ -153,4 +154,26 @@ class PixArtAdapter(SD3Adapter):
         return SDAdapter.decode(self, pipe, latents, height, width)
 
 
-ADAPTERS = {a.family: a for a in (SDAdapter(), SDXLAdapter(), SD3Adapter(), FluxAdapter(), PixArtAdapter())}
+class SanaAdapter(PixArtAdapter):
+    """A Gemma encoder read with the pipeline's default "complex human instruction" in front of
+    each prompt (as its own call does); the negative prompt without it, at the same length."""
+
+    family = "sana"
+
+    def _instruction(self, pipe):
+        import inspect
+
+        return inspect.signature(type(pipe).__call__).parameters["complex_human_instruction"].default
+
+    def encode(self, pipe, prompts, device):
+        embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device,
+                                                complex_human_instruction=self._instruction(pipe))
+        return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+
+    def negative(self, pipe, text, device):
+        _, _, embeds, mask = pipe.encode_prompt([""], do_classifier_free_guidance=True, negative_prompt=text, device=device,
+                                                complex_human_instruction=self._instruction(pipe))
+        return {"negative_prompt_embeds": embeds, "negative_prompt_attention_mask": mask}
+
+
+ADAPTERS = {a.family: a for a in (SDAdapter(), SDXLAdapter(), SD3Adapter(), FluxAdapter(), PixArtAdapter(), SanaAdapter())}

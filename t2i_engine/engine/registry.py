@@ -84,6 +84,8 @@ MODELS: dict[str, ModelSpec] = {
            resolution_multiple=16, test_model=True, note="FLUX.1-dev's classes at toy sizes, random weights from a fixed seed; for tests"),
         _m("tiny-pixart", "PixArtAlphaPipeline", None, "float32", 64, 20, 4.5, "", "pixart", builder="t2i_engine.engine.tiny:build_tiny_pixart",
            resolution_multiple=16, test_model=True, note="PixArt-alpha's classes at toy sizes, random weights from a fixed seed; for tests"),
+        _m("tiny-sana", "SanaPipeline", None, "float32", 64, 20, 4.5, "", "sana", builder="t2i_engine.engine.tiny:build_tiny_sana",
+           resolution_multiple=16, test_model=True, note="Sana's classes at toy sizes, random weights from a fixed seed; for tests"),
     ]
 }
 

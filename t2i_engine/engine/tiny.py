@@ -153,3 +153,29 @@ def build_tiny_pixart():
                                            norm_eps=1e-6, num_embeds_ada_norm=1000)
     return PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_tiny_vae(SEED + 42), transformer=transformer,
                                scheduler=DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear"))
+
+
+def build_tiny_sana():
+    """`tiny-sana`: Sana's classes and wiring (a Gemma-2 encoder, linear-attention DiT with
+    softmax cross-attention, the deep-compression autoencoder, DPM-Solver with flow matching) at
+    toy sizes. Gemma's tokenizer is a SentencePiece model we cannot build: ours stands in."""
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    tokenizer = build_clip_tokenizer(WORDS, max_length=300)
+    torch.manual_seed(SEED + 50)
+    text_encoder = Gemma2Model(Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
+                                            pad_token_id=tokenizer.pad_token_id, attn_implementation="eager"))
+    torch.manual_seed(SEED + 51)
+    transformer = SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=2,
+                                         attention_head_dim=8, num_cross_attention_heads=2, cross_attention_head_dim=8,
+                                         cross_attention_dim=16, caption_channels=32, sample_size=16)
+    torch.manual_seed(SEED + 52)
+    vae = AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=4, encoder_block_types=("ResBlock", "EfficientViTBlock"),
+                        decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 16),
+                        decoder_block_out_channels=(8, 16), encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+                        encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1), downsample_block_type="conv",
+                        upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407)
+    scheduler = DPMSolverMultistepScheduler(flow_shift=3.0, use_flow_sigmas=True, prediction_type="flow_prediction")
+    return SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
