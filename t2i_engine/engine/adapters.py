@@ -14,6 +14,7 @@ run uses classifier-free guidance, and how latents become images in [-1, 1].
   CFG; the VAE's latents are scaled and shifted.
 - pixart: T5 alone, its attention mask passed along; no resolution binning.
 - sana: a Gemma encoder behind the pipeline's default instruction; DC-AE; no resolution binning.
+- lumina2: a Gemma encoder's penultimate states behind its system prompt; grouped-head DiT.
 - flux: CLIP (pooled only) and T5; guidance distilled into the model, no negative pass; the
   noise is drawn per sample at the latent size, then packed into 2x2 tokens.
 """
@@ -176,4 +177,19 @@ class SanaAdapter(PixArtAdapter):
         return {"negative_prompt_embeds": embeds, "negative_prompt_attention_mask": mask}
 
 
-ADAPTERS = {a.family: a for a in (SDAdapter(), SDXLAdapter(), SD3Adapter(), FluxAdapter(), PixArtAdapter(), SanaAdapter())}
+class Lumina2Adapter(SD3Adapter):
+    """A Gemma encoder's penultimate states behind the pipeline's system prompt, with the mask."""
+
+    family = "lumina2"
+
+    def encode(self, pipe, prompts, device):
+        embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device)
+        return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+
+    def negative(self, pipe, text, device):
+        _, _, embeds, mask = pipe.encode_prompt([""], do_classifier_free_guidance=True, negative_prompt=text, device=device)
+        return {"negative_prompt_embeds": embeds, "negative_prompt_attention_mask": mask}
+
+
+ADAPTERS = {a.family: a for a in (SDAdapter(), SDXLAdapter(), SD3Adapter(), FluxAdapter(), PixArtAdapter(), SanaAdapter(),
+                                  Lumina2Adapter())}

@@ -30,9 +30,9 @@ from .errors import InputError, ModelUnavailable
 from .plan import Sample
 from .registry import ModelSpec
 
-SUPPORTED_FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "sana")  # those with an adapter (adapters.py)
+SUPPORTED_FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "sana", "lumina2")  # those with an adapter (adapters.py)
 PIPELINE_FAMILY = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux",
-                   "PixArtAlphaPipeline": "pixart", "SanaPipeline": "sana"}
+                   "PixArtAlphaPipeline": "pixart", "SanaPipeline": "sana", "Lumina2Pipeline": "lumina2"}
 
 
 def _family_of(pipe) -> str:

@@ -160,13 +160,9 @@ def build_tiny_sana():
     softmax cross-attention, the deep-compression autoencoder, DPM-Solver with flow matching) at
     toy sizes. Gemma's tokenizer is a SentencePiece model we cannot build: ours stands in."""
     from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
-    from transformers import Gemma2Config, Gemma2Model
 
     tokenizer = build_clip_tokenizer(WORDS, max_length=300)
-    torch.manual_seed(SEED + 50)
-    text_encoder = Gemma2Model(Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                            num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
-                                            pad_token_id=tokenizer.pad_token_id, attn_implementation="eager"))
+    text_encoder = _tiny_gemma2(tokenizer, SEED + 50)
     torch.manual_seed(SEED + 51)
     transformer = SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=2,
                                          attention_head_dim=8, num_cross_attention_heads=2, cross_attention_head_dim=8,
@@ -179,3 +175,29 @@ def build_tiny_sana():
                         upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407)
     scheduler = DPMSolverMultistepScheduler(flow_shift=3.0, use_flow_sigmas=True, prediction_type="flow_prediction")
     return SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
+
+
+def _tiny_gemma2(tokenizer, seed: int, hidden: int = 32):
+    from transformers import Gemma2Config, Gemma2Model
+
+    torch.manual_seed(seed)
+    return Gemma2Model(Gemma2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                                    num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
+                                    pad_token_id=tokenizer.pad_token_id, attn_implementation="eager"))
+
+
+def build_tiny_lumina2():
+    """`tiny-lumina2`: Lumina-Image 2.0's classes and wiring (a Gemma-2 encoder behind a system
+    prompt, a DiT with grouped key/value heads and 3-axis RoPE, FLUX's VAE, flow matching) at toy
+    sizes; our tokenizer stands in for Gemma's."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+
+    tokenizer = build_clip_tokenizer(WORDS, max_length=256)
+    text_encoder = _tiny_gemma2(tokenizer, SEED + 60)
+    torch.manual_seed(SEED + 61)
+    transformer = Lumina2Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, hidden_size=32, num_layers=1, num_refiner_layers=1,
+                                            num_attention_heads=4, num_kv_heads=2, multiple_of=16, cap_feat_dim=32,
+                                            axes_dim_rope=(4, 2, 2), axes_lens=(320, 32, 32))
+    vae = _tiny_vae(SEED + 62, latent_channels=16, shift_factor=0.1159, scaling_factor=0.3611)
+    return Lumina2Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                           tokenizer=tokenizer)
