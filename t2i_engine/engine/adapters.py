@@ -15,6 +15,8 @@ run uses classifier-free guidance, and how latents become images in [-1, 1].
 - pixart: T5 alone, its attention mask passed along; no resolution binning.
 - sana: a Gemma encoder behind the pipeline's default instruction; DC-AE; no resolution binning.
 - lumina2: a Gemma encoder's penultimate states behind its system prompt; grouped-head DiT.
+- qwen-image: Qwen2.5-VL behind a chat template, prompts of their own lengths padded per batch;
+  true CFG with the negative prompt; packed latents; a 3-D VAE.
 - flux: CLIP (pooled only) and T5; guidance distilled into the model, no negative pass; the
   noise is drawn per sample at the latent size, then packed into 2x2 tokens.
 """
@@ -45,9 +47,16 @@ class SDAdapter:
     def prepare_latents(self, pipe, noise: torch.Tensor) -> torch.Tensor:
         return noise
 
-    def call_kwargs(self) -> dict:
+    def call_kwargs(self, guidance: float) -> dict:
         """Extra arguments for the pipeline call."""
         return {}
+
+    def rows(self, encoded: dict[str, torch.Tensor], n: int) -> list[dict[str, torch.Tensor]]:
+        """A batch of encodings as one dict per prompt (what the cache keeps)."""
+        return [{k: v[i] for k, v in encoded.items()} for i in range(n)]
+
+    def collate(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
     def decode(self, pipe, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         vae = pipe.vae
@@ -148,7 +157,7 @@ class PixArtAdapter(SD3Adapter):
         embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device, clean_caption=True)
         return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
 
-    def call_kwargs(self):
+    def call_kwargs(self, guidance):
         return {"use_resolution_binning": False, "negative_prompt": None}  # its default is "", which clashes with embeddings
 
     def decode(self, pipe, latents, height, width):
@@ -191,5 +200,51 @@ class Lumina2Adapter(SD3Adapter):
         return {"negative_prompt_embeds": embeds, "negative_prompt_attention_mask": mask}
 
 
+class QwenImageAdapter(FluxAdapter):
+    """Qwen2.5-VL's last states behind the pipeline's chat template, each prompt as long as it is
+    (padded per batch, with the mask, as the pipeline pads); packed latents; its own 3-D VAE.
+    Guidance > 1 is true CFG (true_cfg_scale) against the recipe's negative prompt, empty by
+    default, as for every other family; diffusers' own call guides only when it is given a
+    negative prompt, so a plain call matches with negative_prompt="" passed."""
+
+    family = "qwen-image"
+
+    def encode(self, pipe, prompts, device):
+        embeds, mask = pipe.encode_prompt(prompts, device=device)
+        if mask is None:  # diffusers drops a mask with nothing masked; the rows need their lengths
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        return {"prompt_embeds": embeds, "prompt_embeds_mask": mask}
+
+    def rows(self, encoded, n):
+        keys = list(encoded)
+        mask = encoded[keys[1]]
+        return [{k: v[i, : int(mask[i].sum())] for k, v in encoded.items()} for i in range(n)]
+
+    def collate(self, rows):
+        longest = max(r[next(iter(r))].shape[0] for r in rows)
+        out = {}
+        for k in rows[0]:
+            padded = [torch.cat([r[k], r[k].new_zeros(longest - r[k].shape[0], *r[k].shape[1:])]) for r in rows]
+            out[k] = torch.stack(padded)
+        return out
+
+    def negative(self, pipe, text, device):
+        return {"negative_" + k: v for k, v in self.encode(pipe, [text], device).items()}
+
+    def uses_guidance(self, pipe, guidance):
+        return guidance > 1.0
+
+    def call_kwargs(self, guidance):
+        return {"true_cfg_scale": guidance, "guidance_scale": None}
+
+    def decode(self, pipe, latents, height, width):
+        vae = pipe.vae
+        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor).to(vae.dtype)
+        shape = (1, vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents)
+        std = torch.tensor(vae.config.latents_std).view(shape).to(latents)
+        return vae.decode(latents * std + mean, return_dict=False)[0][:, :, 0]
+
+
 ADAPTERS = {a.family: a for a in (SDAdapter(), SDXLAdapter(), SD3Adapter(), FluxAdapter(), PixArtAdapter(), SanaAdapter(),
-                                  Lumina2Adapter())}
+                                  Lumina2Adapter(), QwenImageAdapter())}

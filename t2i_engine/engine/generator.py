@@ -30,9 +30,9 @@ from .errors import InputError, ModelUnavailable
 from .plan import Sample
 from .registry import ModelSpec
 
-SUPPORTED_FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "sana", "lumina2")  # those with an adapter (adapters.py)
+SUPPORTED_FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "sana", "lumina2", "qwen-image")  # those with an adapter (adapters.py)
 PIPELINE_FAMILY = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux",
-                   "PixArtAlphaPipeline": "pixart", "SanaPipeline": "sana", "Lumina2Pipeline": "lumina2"}
+                   "PixArtAlphaPipeline": "pixart", "SanaPipeline": "sana", "Lumina2Pipeline": "lumina2", "QwenImagePipeline": "qwen-image"}
 
 
 def _family_of(pipe) -> str:
@@ -188,11 +188,11 @@ class Generator:
             if self.uses_guidance:
                 embeds.update(self.negative_inputs(len(samples)))
         with self._stage("denoising"):
-            latents = self.pipe(
-                **embeds, latents=self.adapter.prepare_latents(self.pipe, self.initial_latents(samples)),
-                num_inference_steps=self.steps, guidance_scale=self.guidance,
-                height=self.height, width=self.width, output_type="latent", **self.adapter.call_kwargs(),
-            ).images
+            call = dict(embeds, latents=self.adapter.prepare_latents(self.pipe, self.initial_latents(samples)),
+                        num_inference_steps=self.steps, guidance_scale=self.guidance, height=self.height, width=self.width,
+                        output_type="latent")
+            call.update(self.adapter.call_kwargs(self.guidance))  # a family's own (Qwen-Image: true_cfg_scale)
+            latents = self.pipe(**call).images
         with self._stage("decoding"):
             return self.decode(latents)
 
@@ -205,11 +205,11 @@ class Generator:
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         if missing:
             encoded = self.adapter.encode(self.pipe, missing, self.device)
-            for i, p in enumerate(missing):
-                self._cache[p] = {k: v[i] for k, v in encoded.items()}
+            for p, row in zip(missing, self.adapter.rows(encoded, len(missing))):
+                self._cache[p] = row
         for p in prompts:
             self._cache.move_to_end(p)
-        out = {k: torch.stack([self._cache[p][k] for p in prompts]) for k in self._cache[prompts[0]]}
+        out = self.adapter.collate([self._cache[p] for p in prompts])
         while len(self._cache) > EMBED_CACHE_SIZE:
             self._cache.popitem(last=False)
         return out

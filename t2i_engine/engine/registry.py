@@ -88,6 +88,9 @@ MODELS: dict[str, ModelSpec] = {
            resolution_multiple=16, test_model=True, note="Sana's classes at toy sizes, random weights from a fixed seed; for tests"),
         _m("tiny-lumina2", "Lumina2Pipeline", None, "float32", 64, 20, 4.0, "", "lumina2", builder="t2i_engine.engine.tiny:build_tiny_lumina2",
            resolution_multiple=16, test_model=True, note="Lumina-Image 2.0's classes at toy sizes, random weights from a fixed seed; for tests"),
+        _m("tiny-qwen-image", "QwenImagePipeline", None, "float32", 64, 20, 4.0, "", "qwen-image",
+           builder="t2i_engine.engine.tiny:build_tiny_qwen_image", resolution_multiple=16, test_model=True,
+           note="Qwen-Image's classes at toy sizes, random weights from a fixed seed; for tests"),
     ]
 }
 

@@ -201,3 +201,29 @@ def build_tiny_lumina2():
     vae = _tiny_vae(SEED + 62, latent_channels=16, shift_factor=0.1159, scaling_factor=0.3611)
     return Lumina2Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
                            tokenizer=tokenizer)
+
+
+def build_tiny_qwen_image():
+    """`tiny-qwen-image`: Qwen-Image's classes and wiring (a Qwen2.5-VL text encoder behind its
+    chat template, an MMDiT with 3-axis RoPE, packed latents, its 3-D VAE, flow matching) at toy
+    sizes; our tokenizer stands in for Qwen's."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tokenizer = build_clip_tokenizer(WORDS, max_length=1024)
+    torch.manual_seed(SEED + 70)
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+                     "vocab_size": len(tokenizer), "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                     "rope_theta": 1000000.0},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
+        hidden_size=16, vocab_size=len(tokenizer))
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    torch.manual_seed(SEED + 71)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16,
+                                              num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(4, 6, 6))
+    torch.manual_seed(SEED + 72)
+    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+                                 latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    return QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                             transformer=transformer)

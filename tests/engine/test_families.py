@@ -15,7 +15,7 @@ from t2i_engine.engine.plan import plan_samples
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.registry import MODELS
 
-FAMILIES = ["tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-sana", "tiny-lumina2"]
+FAMILIES = ["tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-sana", "tiny-lumina2", "tiny-qwen-image"]
 TOL = 1
 
 
@@ -39,12 +39,13 @@ def test_the_engine_matches_the_plain_pipeline(family, guidance, negative):
     samples = plan_samples(_recipe(name))
     gen = Generator(pipe, steps=3, guidance=guidance, height=32, width=32, negative_prompt=negative)
     ours = gen.generate(samples)
-    plain = {k: v for k, v in gen.adapter.call_kwargs().items() if k != "negative_prompt"}  # the pipeline's default negative
-    if negative:
+    plain = dict(prompt=[s.prompt for s in samples], latents=gen.adapter.prepare_latents(pipe, gen.initial_latents(samples)),
+                 num_inference_steps=3, guidance_scale=guidance, height=32, width=32, output_type="np")
+    plain.update({k: v for k, v in gen.adapter.call_kwargs(guidance).items() if k != "negative_prompt"})  # its default negative
+    if negative or (gen.uses_guidance and name == "tiny-qwen-image"):  # Qwen-Image guides only when given a negative prompt
         plain["negative_prompt"] = [negative] * 4
     with torch.inference_mode():
-        ref = pipe(prompt=[s.prompt for s in samples], latents=gen.adapter.prepare_latents(pipe, gen.initial_latents(samples)),
-                   num_inference_steps=3, guidance_scale=guidance, height=32, width=32, output_type="np", **plain).images
+        ref = pipe(**plain).images
     ref = (ref * 255).round().astype(np.uint8)
     assert ours.shape == (4, 32, 32, 3) and ours.std() > 0
     assert _worst(ours, ref) <= TOL
