@@ -76,6 +76,10 @@ MODELS: dict[str, ModelSpec] = {
         # Random-weight test model: SD1.5's classes and layout at a few hundred thousand weights.
         _m("tiny-sd", "StableDiffusionPipeline", None, "float32", 64, 20, 5.0, "", builder="t2i_engine.engine.tiny:build_tiny_sd",
            test_model=True, note="random weights from a fixed seed; for tests and benchmarks"),
+        _m("tiny-sd2", "StableDiffusionPipeline", None, "float32", 64, 20, 5.0, "", builder="t2i_engine.engine.tiny:build_tiny_sd2",
+           test_model=True, note="SD 2.x's wiring (v-prediction) at toy sizes, random weights from a fixed seed; for tests"),
+        _m("tiny-flux-schnell", "FluxPipeline", None, "float32", 64, 4, 0.0, "", "flux", builder="t2i_engine.engine.tiny:build_tiny_flux_schnell",
+           resolution_multiple=16, test_model=True, note="FLUX.1-schnell's wiring (no guidance embedding) at toy sizes; for tests"),
         _m("tiny-sdxl", "StableDiffusionXLPipeline", None, "float32", 64, 20, 5.0, "", "sdxl", builder="t2i_engine.engine.tiny:build_tiny_sdxl",
            test_model=True, note="SDXL's classes at toy sizes, random weights from a fixed seed; for tests"),
         _m("tiny-sd3", "StableDiffusion3Pipeline", None, "float32", 64, 20, 5.0, "", "sd3", builder="t2i_engine.engine.tiny:build_tiny_sd3",

@@ -227,3 +227,31 @@ def build_tiny_qwen_image():
                                  latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
     return QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                              transformer=transformer)
+
+
+def build_tiny_sd2():
+    """`tiny-sd2`: SD 2.x's wiring (v-prediction, linear projections in the transformer blocks,
+    a larger head dim, Euler's "leading" spacing) at toy sizes."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = build_clip_tokenizer(WORDS)
+    text_encoder = _tiny_clip(tokenizer, SEED + 80)
+    torch.manual_seed(SEED + 81)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
+    )
+    torch.manual_seed(SEED + 82)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+                        block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                                       prediction_type="v_prediction", timestep_spacing="leading")
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def build_tiny_flux_schnell():
+    """`tiny-flux-schnell`: FLUX.1-schnell's wiring: as tiny-flux, without a guidance embedding."""
+    return build_tiny_flux(guidance_embeds=False)

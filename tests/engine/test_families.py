@@ -15,7 +15,7 @@ from t2i_engine.engine.plan import plan_samples
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.registry import MODELS
 
-FAMILIES = ["tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-sana", "tiny-lumina2", "tiny-qwen-image"]
+FAMILIES = ["tiny-sd2", "tiny-flux-schnell", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-sana", "tiny-lumina2", "tiny-qwen-image"]
 TOL = 1
 
 
