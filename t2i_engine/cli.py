@@ -22,7 +22,7 @@ RECIPE_FLAGS = {
     "template_mode": "prompt.template_mode", "captions": "prompt.captions", "images_per_class": "images_per_class",
     "steps": "steps", "guidance": "guidance", "resolution": "resolution", "negative_prompt": "negative_prompt",
     "seed": "seed", "batch_size": "batch_size", "format": "format", "quality": "quality",
-    "images_per_shard": "images_per_shard",
+    "images_per_shard": "images_per_shard", "zero_guidance": "zero_guidance",
 }
 
 
@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--format", help="jpeg | png | webp")
     gen.add_argument("--quality", help="JPEG/WebP quality, 1-100 (default 95)")
     gen.add_argument("--images-per-shard")
+    gen.add_argument("--zero-guidance", help="what guidance 0 means: conditional (diffusers: the prompt alone) or unconditional "
+                     "(the paper's code: the empty prompt alone, on non-distilled models)")
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     gen.add_argument("--devices", help="one worker process per device on a shared queue: all | 0,1,3 | cpu:N")
     gen.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",

@@ -163,7 +163,8 @@ class Generator:
     """Turns lists of samples into images with one pipeline and fixed sampling settings; what
     differs between pipeline families is in its adapter (adapters.py)."""
 
-    def __init__(self, pipe, *, steps: int, guidance: float, height: int, width: int, negative_prompt: str = "", family: str | None = None):
+    def __init__(self, pipe, *, steps: int, guidance: float, height: int, width: int, negative_prompt: str = "", family: str | None = None,
+                 zero_guidance: str = "conditional"):
         from .adapters import ADAPTERS
 
         self.pipe = pipe
@@ -172,6 +173,8 @@ class Generator:
         self.steps, self.guidance = steps, guidance
         self.height, self.width = height, width
         self.negative_prompt = negative_prompt
+        # the paper's guidance 0: noise = uncond + 0 * (cond - uncond), the negative branch alone
+        self.unconditional = zero_guidance == "unconditional" and guidance == 0
         self.latent_shape = self.adapter.latent_shape(pipe, height, width)
         self._cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._negative: dict[str, torch.Tensor] | None = None
@@ -184,9 +187,12 @@ class Generator:
     @torch.inference_mode()
     def generate(self, samples: list[Sample]) -> np.ndarray:
         with self._stage("text_encoding"):
-            embeds = self.prompt_inputs([s.prompt for s in samples])
-            if self.uses_guidance:
-                embeds.update(self.negative_inputs(len(samples)))
+            if self.unconditional:
+                embeds = {k.removeprefix("negative_"): v for k, v in self.negative_inputs(len(samples)).items()}
+            else:
+                embeds = self.prompt_inputs([s.prompt for s in samples])
+                if self.uses_guidance:
+                    embeds.update(self.negative_inputs(len(samples)))
         with self._stage("denoising"):
             call = dict(embeds, latents=self.adapter.prepare_latents(self.pipe, self.initial_latents(samples)),
                         num_inference_steps=self.steps, guidance_scale=self.guidance, height=self.height, width=self.width,

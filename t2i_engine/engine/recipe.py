@@ -17,6 +17,8 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
     format: jpeg                    # jpeg | png | webp
     quality: 95                     # jpeg and webp
     images_per_shard: 1000
+    zero_guidance: conditional      # or unconditional: guidance 0 on a non-distilled model means
+                                    # the empty prompt alone, as in the paper's code (not diffusers')
 
 The recipe is stored resolved (class list and captions included) in the dataset's manifest, so
 `verify` and resume never re-read the class or caption files. Its hash covers everything that
@@ -58,7 +60,9 @@ DEFAULTS: dict[str, object] = {
     "format": "jpeg",
     "quality": 95,
     "images_per_shard": 1000,
+    "zero_guidance": "conditional",
 }
+ZERO_GUIDANCE = ("conditional", "unconditional")
 # Fields that change how the work is done, not what the dataset holds.
 EXECUTION_FIELDS = ("batch_size",)
 
@@ -78,6 +82,9 @@ class Recipe:
     format: str
     quality: int
     images_per_shard: int
+    # What guidance 0 means: "conditional" (diffusers: guidance <= 1 runs the prompt alone) or
+    # "unconditional" (the paper's code: the CFG formula at 0, i.e. the negative prompt's branch alone)
+    zero_guidance: str = "conditional"
 
     @property
     def num_samples(self) -> int:
@@ -105,6 +112,8 @@ class Recipe:
     def content_hash(self) -> str:
         """sha256 of the fields that decide the dataset's content (not execution fields)."""
         d = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+        if d["zero_guidance"] == "conditional":  # the default, and the meaning before the field existed: old hashes hold
+            del d["zero_guidance"]
         d["prompt"].pop("captions_file")  # where captions came from is provenance, not content
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -181,7 +190,16 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         format=fmt,
         quality=_int(merged["quality"], "quality", 1, 100),
         images_per_shard=_int(merged["images_per_shard"], "images_per_shard", 1, 10**6),
+        zero_guidance=_zero_guidance(merged["zero_guidance"], spec),
     )
+
+
+def _zero_guidance(value: object, spec) -> str:
+    if value not in ZERO_GUIDANCE:
+        raise InputError("zero_guidance", value, f"expected one of {', '.join(ZERO_GUIDANCE)}")
+    if value == "unconditional" and spec.family in ("flux",):
+        raise InputError("zero_guidance", value, f"{spec.name} is guidance-distilled: it has no unconditional branch (use conditional)")
+    return value
 
 
 def load_recipe(path: str | Path | None, overrides: dict | None = None) -> Recipe:

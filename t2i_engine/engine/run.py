@@ -140,7 +140,8 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                                                   backend=options.backend, progress=options.progress)
         elif todo:
             generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
-                                  width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
+                                  width=recipe.resolution[1], negative_prompt=recipe.negative_prompt,
+                                  zero_guidance=recipe.zero_guidance)
             workers = default_encode_workers(device) if options.encode_workers is None else options.encode_workers
             writer = ShardWriter(out_dir, fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
                                  sample_meta=sample_meta(recipe), encode_workers=workers)

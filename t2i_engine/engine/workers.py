@@ -221,7 +221,8 @@ class UnitRunner:
         pipe = load_pipeline(spec, weights, device, torch_dtype, attention=attention, backend=backend, resolution=recipe.resolution,
                              batch=recipe.batch_size)
         self.generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
-                                   width=recipe.resolution[1], negative_prompt=recipe.negative_prompt)
+                                   width=recipe.resolution[1], negative_prompt=recipe.negative_prompt,
+                                   zero_guidance=recipe.zero_guidance)
         self.units = {u.shard: u for u in plan_units(recipe)}
         self.writer = ShardWriter(Path(out_dir), fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
                                   sample_meta=sample_meta(recipe), encode_workers=0)

@@ -70,3 +70,25 @@ def test_a_two_class_recipe_generates_valid_shards(family, tmp_path):
     name, _ = family
     summary = generate(_recipe(name), tmp_path / name, RunOptions(device="cpu", progress=False))
     assert summary["images"] == 4 and verify_dataset(tmp_path / name) == []
+
+
+def test_zero_guidance_unconditional_is_the_empty_prompt_alone_and_an_explicit_choice():
+    from t2i_engine.engine.errors import InputError
+
+    pipe = load_pipeline(MODELS["tiny-sdxl"], None, torch.device("cpu"), torch.float32)
+    samples = plan_samples(_recipe("tiny-sdxl"))[:2]
+    conditional = Generator(pipe, steps=3, guidance=0.0, height=32, width=32).generate(samples)
+    paper = Generator(pipe, steps=3, guidance=0.0, height=32, width=32, zero_guidance="unconditional").generate(samples)
+    assert _worst(paper, conditional) > 2 * TOL  # not the prompt's image (a random tiny model: a weak prompt, a small change)
+    # the paper's formula at 0 leaves CFG's negative branch: for SDXL the zeroed empty prompt, for both samples
+    with torch.inference_mode():
+        ref = pipe(prompt_embeds=torch.zeros(2, 77, 64), pooled_prompt_embeds=torch.zeros(2, 32),
+                   latents=Generator(pipe, steps=3, guidance=0.0, height=32, width=32).initial_latents(samples),
+                   num_inference_steps=3, guidance_scale=0.0, height=32, width=32, output_type="np").images
+    assert _worst(paper, (ref * 255).round().astype(np.uint8)) <= TOL
+    recipe = _recipe("tiny-sdxl", zero_guidance="unconditional", guidance=0)
+    assert recipe.zero_guidance == "unconditional" and recipe.content_hash() != _recipe("tiny-sdxl", guidance=0).content_hash()
+    with pytest.raises(InputError, match="zero_guidance"):
+        _recipe("tiny-flux", zero_guidance="unconditional")
+    with pytest.raises(InputError, match="zero_guidance"):
+        _recipe("tiny-sdxl", zero_guidance="paper")
