@@ -12,12 +12,13 @@ run uses classifier-free guidance, and how latents become images in [-1, 1].
   overflow in fp16 (force_upcast).
 - sd3: two CLIPs and T5 (their states joined along the sequence), pooled CLIP embeddings, true
   CFG; the VAE's latents are scaled and shifted.
-- pixart: T5 alone, its attention mask passed along; no resolution binning.
+- pixart: T5 alone, its attention mask passed along; captions not cleaned; no resolution binning.
 - sana: a Gemma encoder behind the pipeline's default instruction; DC-AE; no resolution binning.
 - lumina2: a Gemma encoder's penultimate states behind its system prompt; grouped-head DiT.
 - qwen-image: Qwen2.5-VL behind a chat template, prompts of their own lengths padded per batch;
   true CFG with the negative prompt; packed latents; a 3-D VAE.
-- flux: CLIP (pooled only) and T5; guidance distilled into the model, no negative pass; the
+- flux: CLIP (pooled only) and T5 (at the registry model's length: schnell 256, dev 512);
+  guidance distilled into the model, no negative pass, so the negative prompt is unused; the
   noise is drawn per sample at the latent size, then packed into 2x2 tokens.
 """
 
@@ -60,6 +61,7 @@ class SDAdapter:
 
     def decode(self, pipe, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         vae = pipe.vae
+        latents = latents.to(vae.dtype)  # some loops end in fp32 (Sana's)
         return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
 
 
@@ -119,6 +121,7 @@ class SD3Adapter(SDAdapter):
 
     def decode(self, pipe, latents, height, width):
         vae = pipe.vae
+        latents = latents.to(vae.dtype)
         return vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor, return_dict=False)[0]
 
 
@@ -129,7 +132,8 @@ class FluxAdapter(SD3Adapter):
     family = "flux"
 
     def encode(self, pipe, prompts, device):
-        embeds, pooled, _ = pipe.encode_prompt(prompts, None, device=device, num_images_per_prompt=1)
+        length = getattr(pipe, "_t2i_max_sequence_length", 512)  # load_pipeline sets the registry model's (schnell: 256)
+        embeds, pooled, _ = pipe.encode_prompt(prompts, None, device=device, num_images_per_prompt=1, max_sequence_length=length)
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
     def uses_guidance(self, pipe, guidance):
@@ -148,17 +152,20 @@ class FluxAdapter(SD3Adapter):
 
 
 class PixArtAdapter(SD3Adapter):
-    """T5 alone, with its attention mask passed along; captions cleaned as diffusers does by
-    default; no resolution binning (the recipe's size is the size made)."""
+    """T5 alone, with its attention mask passed along; captions not cleaned (see encode); no
+    resolution binning (the recipe's size is the size made)."""
 
     family = "pixart"
 
     def encode(self, pipe, prompts, device):
-        embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device, clean_caption=True)
+        # clean_caption off: diffusers' cleaning needs bs4 and ftfy and silently skips without them,
+        # so the same recipe would make other embeddings on another machine
+        embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device, clean_caption=False)
         return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
 
     def call_kwargs(self, guidance):
-        return {"use_resolution_binning": False, "negative_prompt": None}  # its default is "", which clashes with embeddings
+        # negative_prompt: its default "" clashes with embeddings passed in
+        return {"use_resolution_binning": False, "negative_prompt": None, "clean_caption": False}
 
     def decode(self, pipe, latents, height, width):
         return SDAdapter.decode(self, pipe, latents, height, width)

@@ -11,11 +11,13 @@ Images leave as a numpy array `[B, H, W, 3]` of uint8 on the CPU, rounded the wa
 `output_type="pil"` rounds.
 
 What differs between pipeline families (embeddings, negatives, noise shape, decoding) is in
-adapters.py: Stable Diffusion 1.x/2.x and SDXL so far; the other families come next (issue 9).
+adapters.py: SD 1.x/2.x, SDXL, SD3/3.5, FLUX, PixArt-alpha, Sana, Lumina-2 and Qwen-Image. Noise a
+scheduler draws while sampling (ancestral ones) comes from per-sample generators too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import time
@@ -31,13 +33,20 @@ from .plan import Sample
 from .registry import ModelSpec
 
 SUPPORTED_FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "sana", "lumina2", "qwen-image")  # those with an adapter (adapters.py)
-PIPELINE_FAMILY = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux",
+PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux",
                    "PixArtAlphaPipeline": "pixart", "SanaPipeline": "sana", "Lumina2Pipeline": "lumina2", "QwenImagePipeline": "qwen-image"}
 
 
 def _family_of(pipe) -> str:
-    return PIPELINE_FAMILY.get(type(pipe).__name__, "sd")
+    """The family load_pipeline recorded, else the pipeline class's."""
+    family = getattr(pipe, "_t2i_family", None) or PIPELINE_FAMILY.get(type(pipe).__name__)
+    if family is None:
+        raise InputError("model", type(pipe).__name__, f"no generator adapter for this pipeline class; families: {', '.join(SUPPORTED_FAMILIES)}")
+    return family
+
+
 EMBED_CACHE_SIZE = 4096  # prompts; captions regimes have one prompt per image
+EMBED_CACHE_BYTES = 1 << 30  # and at most 1 GiB: one FLUX prompt is 4 MiB in bf16, 16 MiB in fp32
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,6 +131,12 @@ def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dt
 def apply_registry_settings(spec: ModelSpec, pipe) -> None:
     """What the registry changes in any pipeline of the model, however it was made: the
     scheduler the paper's code used, and no progress bar (a tqdm write per step)."""
+    pipe._t2i_family = spec.family
+    if spec.family == "flux":  # the T5 length the paper's code used (schnell 256, dev 512), from the shipped text config
+        from .architectures import CONFIG_ROOT, architecture
+
+        if (CONFIG_ROOT / spec.name).is_dir():
+            pipe._t2i_max_sequence_length = architecture(spec.name)["text"]["prompt_embeds_shape"][1]
     if spec.scheduler:
         import diffusers
 
@@ -196,7 +211,7 @@ class Generator:
         with self._stage("denoising"):
             call = dict(embeds, latents=self.adapter.prepare_latents(self.pipe, self.initial_latents(samples)),
                         num_inference_steps=self.steps, guidance_scale=self.guidance, height=self.height, width=self.width,
-                        output_type="latent")
+                        output_type="latent", generator=self.step_generators(samples))
             call.update(self.adapter.call_kwargs(self.guidance))  # a family's own (Qwen-Image: true_cfg_scale)
             latents = self.pipe(**call).images
         with self._stage("decoding"):
@@ -205,6 +220,14 @@ class Generator:
     def initial_latents(self, samples: list[Sample]) -> torch.Tensor:
         noise = [torch.randn(self.latent_shape, generator=torch.Generator("cpu").manual_seed(s.seed)) for s in samples]
         return torch.stack(noise).to(self.device, self.dtype)
+
+    @staticmethod
+    def step_generators(samples: list[Sample]) -> list[torch.Generator]:
+        """Per-sample CPU generators for noise a scheduler draws during sampling (ancestral ones:
+        SDXL-turbo's Euler-a), from a seed derived from the sample's, so the image does not depend
+        on the batch, the device or the process's random state; the initial noise uses the seed itself."""
+        return [torch.Generator("cpu").manual_seed(int.from_bytes(hashlib.sha256(f"{s.seed}:steps".encode()).digest()[:8], "little"))
+                for s in samples]
 
     def prompt_inputs(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """The pipeline's prompt keyword arguments for `prompts`, each unique prompt encoded once."""
@@ -216,9 +239,13 @@ class Generator:
         for p in prompts:
             self._cache.move_to_end(p)
         out = self.adapter.collate([self._cache[p] for p in prompts])
-        while len(self._cache) > EMBED_CACHE_SIZE:
+        while len(self._cache) > EMBED_CACHE_SIZE or (len(self._cache) > 1 and self._cache_bytes() > EMBED_CACHE_BYTES):
             self._cache.popitem(last=False)
         return out
+
+    def _cache_bytes(self) -> int:
+        row = next(iter(self._cache.values()))  # rows are alike in size (Qwen-Image's vary a little)
+        return len(self._cache) * sum(t.numel() * t.element_size() for t in row.values())
 
     def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
         return self.prompt_inputs(prompts)["prompt_embeds"]

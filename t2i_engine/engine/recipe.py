@@ -112,7 +112,7 @@ class Recipe:
     def content_hash(self) -> str:
         """sha256 of the fields that decide the dataset's content (not execution fields)."""
         d = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
-        if d["zero_guidance"] == "conditional":  # the default, and the meaning before the field existed: old hashes hold
+        if d["zero_guidance"] == "conditional" or d["guidance"] != 0:  # no effect on the images: old hashes hold
             del d["zero_guidance"]
         d["prompt"].pop("captions_file")  # where captions came from is provenance, not content
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -197,8 +197,9 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
 def _zero_guidance(value: object, spec) -> str:
     if value not in ZERO_GUIDANCE:
         raise InputError("zero_guidance", value, f"expected one of {', '.join(ZERO_GUIDANCE)}")
-    if value == "unconditional" and spec.family in ("flux",):
-        raise InputError("zero_guidance", value, f"{spec.name} is guidance-distilled: it has no unconditional branch (use conditional)")
+    if value == "unconditional" and spec.distilled:
+        raise InputError("zero_guidance", value, f"{spec.name} is guidance-distilled: guidance 0 is its normal setting, and it "
+                         "has no unconditional branch to fall back to (use conditional)")
     return value
 
 

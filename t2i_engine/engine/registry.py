@@ -11,6 +11,7 @@ loads.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 
@@ -29,7 +30,8 @@ class ModelSpec:
     released: str = ""
     family: str = "sd"
     scheduler: str | None = None  # a diffusers scheduler class replacing the pipeline's own
-    resolution_multiple: int = 8  # height and width must be multiples of this
+    resolution_multiple: int = 8  # height and width must be multiples of this (VAE factor x patch size)
+    distilled: bool = False  # guidance distilled into the model (turbo, schnell, FLUX-dev): no unconditional branch
     builder: str | None = None  # "module:function" building a random-weight pipeline
     bundled: str | None = None  # folder under t2i_engine/assets holding weights shipped in the wheel
     test_model: bool = False  # hidden from `models` unless --all
@@ -50,18 +52,23 @@ MODELS: dict[str, ModelSpec] = {
         _m("sd21", "StableDiffusionPipeline", "stabilityai/stable-diffusion-2-1", "float16", 768, 50, 7.5, "2022-12",
            scheduler="DPMSolverMultistepScheduler"),
         _m("sdxl", "StableDiffusionXLPipeline", "stabilityai/stable-diffusion-xl-base-1.0", "float16", 1024, 50, 5.0, "2023-07", "sdxl"),
-        _m("sdxl-turbo", "StableDiffusionXLPipeline", "stabilityai/sdxl-turbo", "float16", 512, 4, 0.0, "2023-11", "sdxl"),
-        _m("sd3-medium", "StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3-medium-diffusers", "bfloat16", 1024, 28, 7.0, "2024-06", "sd3"),
+        _m("sdxl-turbo", "StableDiffusionXLPipeline", "stabilityai/sdxl-turbo", "float16", 512, 4, 0.0, "2023-11", "sdxl", distilled=True),
+        _m("sd3-medium", "StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3-medium-diffusers", "bfloat16", 1024, 28, 7.0, "2024-06", "sd3",
+           resolution_multiple=16),
         _m("flux-dev", "FluxPipeline", "black-forest-labs/FLUX.1-dev", "bfloat16", 1024, 50, 3.5, "2024-08", "flux",
-           resolution_multiple=16, note="max_sequence_length 512; guidance is distilled (embedded), not CFG"),
+           resolution_multiple=16, distilled=True, note="max_sequence_length 512; guidance is distilled (embedded), not CFG"),
         _m("flux-schnell", "FluxPipeline", "black-forest-labs/FLUX.1-schnell", "bfloat16", 1024, 4, 0.0, "2024-08", "flux",
-           resolution_multiple=16, note="max_sequence_length 256"),
-        _m("sd35-large", "StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3.5-large", "bfloat16", 1024, 28, 3.5, "2024-10", "sd3"),
-        _m("sd35-medium", "StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3.5-medium", "bfloat16", 1024, 40, 4.5, "2024-10", "sd3"),
-        _m("sd35-large-turbo", "StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3.5-large-turbo", "bfloat16", 1024, 4, 0.0, "2024-10", "sd3"),
+           resolution_multiple=16, distilled=True, note="max_sequence_length 256"),
+        _m("sd35-large", "StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3.5-large", "bfloat16", 1024, 28, 3.5, "2024-10", "sd3",
+           resolution_multiple=16),
+        _m("sd35-medium", "StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3.5-medium", "bfloat16", 1024, 40, 4.5, "2024-10", "sd3",
+           resolution_multiple=16),
+        _m("sd35-large-turbo", "StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3.5-large-turbo", "bfloat16", 1024, 4, 0.0, "2024-10", "sd3",
+           resolution_multiple=16, distilled=True),
         _m("sana-1.6b", "SanaPipeline", "Efficient-Large-Model/Sana_1600M_1024px_diffusers", "bfloat16", 1024, 50, 7.5, "2024-11", "sana",
            resolution_multiple=32),
-        _m("lumina2", "Lumina2Pipeline", "Alpha-VLLM/Lumina-Image-2.0", "bfloat16", 1024, 50, 7.5, "2025-01", "lumina2"),
+        _m("lumina2", "Lumina2Pipeline", "Alpha-VLLM/Lumina-Image-2.0", "bfloat16", 1024, 50, 7.5, "2025-01", "lumina2",
+           resolution_multiple=16),
         _m("qwen-image", "QwenImagePipeline", "Qwen/Qwen-Image", "bfloat16", 1024, 50, 7.5, "2025-08", "qwen-image",
            resolution_multiple=16, note="true CFG (true_cfg_scale)"),
         # In the paper's code, outside its headline plot.
@@ -69,7 +76,8 @@ MODELS: dict[str, ModelSpec] = {
            scheduler="EulerDiscreteScheduler"),
         _m("sdxl-refiner", "StableDiffusionXLImg2ImgPipeline", "stabilityai/stable-diffusion-xl-refiner-1.0", "float16", 1024, 50, 5.0,
            "2023-07", "sdxl", standalone=False, note="refines sdxl latents (high-noise fraction 0.8); not a text-to-image model alone"),
-        _m("pixart-alpha", "PixArtAlphaPipeline", "PixArt-alpha/PixArt-XL-2-512x512", "float16", 512, 20, 4.5, "2023-11", "pixart"),
+        _m("pixart-alpha", "PixArtAlphaPipeline", "PixArt-alpha/PixArt-XL-2-512x512", "float16", 512, 20, 4.5, "2023-11", "pixart",
+           resolution_multiple=16),
         # The embedded model, trained on scikit-learn's handwritten digits (assets/digits/README.md).
         _m("digits", "StableDiffusionPipeline", None, "float32", 32, 15, 2.0, "2026-11", bundled="digits", batch_size=100,
            note="shipped in the package; 32x32 digits, classes 'digits'"),
@@ -79,13 +87,13 @@ MODELS: dict[str, ModelSpec] = {
         _m("tiny-sd2", "StableDiffusionPipeline", None, "float32", 64, 20, 5.0, "", builder="t2i_engine.engine.tiny:build_tiny_sd2",
            test_model=True, note="SD 2.x's wiring (v-prediction) at toy sizes, random weights from a fixed seed; for tests"),
         _m("tiny-flux-schnell", "FluxPipeline", None, "float32", 64, 4, 0.0, "", "flux", builder="t2i_engine.engine.tiny:build_tiny_flux_schnell",
-           resolution_multiple=16, test_model=True, note="FLUX.1-schnell's wiring (no guidance embedding) at toy sizes; for tests"),
+           resolution_multiple=16, distilled=True, test_model=True, note="FLUX.1-schnell's wiring (no guidance embedding) at toy sizes; for tests"),
         _m("tiny-sdxl", "StableDiffusionXLPipeline", None, "float32", 64, 20, 5.0, "", "sdxl", builder="t2i_engine.engine.tiny:build_tiny_sdxl",
            test_model=True, note="SDXL's classes at toy sizes, random weights from a fixed seed; for tests"),
         _m("tiny-sd3", "StableDiffusion3Pipeline", None, "float32", 64, 20, 5.0, "", "sd3", builder="t2i_engine.engine.tiny:build_tiny_sd3",
            resolution_multiple=16, test_model=True, note="SD3's classes at toy sizes, random weights from a fixed seed; for tests"),
         _m("tiny-flux", "FluxPipeline", None, "float32", 64, 20, 3.5, "", "flux", builder="t2i_engine.engine.tiny:build_tiny_flux",
-           resolution_multiple=16, test_model=True, note="FLUX.1-dev's classes at toy sizes, random weights from a fixed seed; for tests"),
+           resolution_multiple=16, distilled=True, test_model=True, note="FLUX.1-dev's classes at toy sizes, random weights from a fixed seed; for tests"),
         _m("tiny-pixart", "PixArtAlphaPipeline", None, "float32", 64, 20, 4.5, "", "pixart", builder="t2i_engine.engine.tiny:build_tiny_pixart",
            resolution_multiple=16, test_model=True, note="PixArt-alpha's classes at toy sizes, random weights from a fixed seed; for tests"),
         _m("tiny-sana", "SanaPipeline", None, "float32", 64, 20, 4.5, "", "sana", builder="t2i_engine.engine.tiny:build_tiny_sana",
@@ -128,12 +136,14 @@ def _installed_diffusers() -> str | None:
 
 
 def _release(version: str) -> tuple[int, ...]:
+    """'0.35.0' -> (0, 35, 0); '0.32rc1' -> (0, 32); 'v0.40.0' -> (0, 40, 0)."""
     parts = []
-    for p in version.split(".")[:3]:
-        digits = "".join(c for c in p if c.isdigit()) if p[:1].isdigit() else ""
-        if not digits:
+    for p in version.lstrip("vV").split(".")[:3]:
+        digits = re.match(r"[0-9]*", p).group()
+        if digits:
+            parts.append(int(digits))
+        if digits != p:  # a pre-release or local suffix ends the release number
             break
-        parts.append(int(digits))
     return tuple(parts)
 
 

@@ -92,3 +92,31 @@ def test_zero_guidance_unconditional_is_the_empty_prompt_alone_and_an_explicit_c
         _recipe("tiny-flux", zero_guidance="unconditional")
     with pytest.raises(InputError, match="zero_guidance"):
         _recipe("tiny-sdxl", zero_guidance="paper")
+
+
+def test_a_scheduler_that_draws_noise_while_sampling_still_follows_the_seed():
+    """SDXL-turbo samples with Euler-ancestral: per-sample step generators keep each image a
+    function of its own seed, whatever the batch or the process's random state."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    pipe = load_pipeline(MODELS["tiny-sdxl"], None, torch.device("cpu"), torch.float32)
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    samples = plan_samples(_recipe("tiny-sdxl"))
+    gen = Generator(pipe, steps=4, guidance=0.0, height=32, width=32)
+    torch.manual_seed(1)
+    together = gen.generate(samples)
+    torch.manual_seed(2)
+    alone = np.concatenate([gen.generate([s]) for s in samples])
+    assert _worst(together, alone) <= TOL
+
+
+def test_low_precision_decodes_in_the_vae_dtype():
+    # Sana's sampling loop ends in fp32 latents; its VAE runs in the pipeline's dtype
+    pipe = load_pipeline(MODELS["tiny-sana"], None, torch.device("cpu"), torch.bfloat16)
+    samples = plan_samples(_recipe("tiny-sana"))[:2]
+    gen = Generator(pipe, steps=2, guidance=4.5, height=32, width=32)
+    ours = gen.generate(samples)
+    with torch.inference_mode():
+        ref = pipe(prompt=[s.prompt for s in samples], latents=gen.initial_latents(samples), num_inference_steps=2, guidance_scale=4.5,
+                   height=32, width=32, output_type="np", use_resolution_binning=False).images
+    assert _worst(ours, (ref * 255).round().astype(np.uint8)) <= TOL
