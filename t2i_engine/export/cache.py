@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from ..engine.writer import fsync_dir
+
 META = "meta.json"
 FORMAT = 1  # bump when what a build writes changes
 
@@ -107,7 +109,7 @@ class ArtifactCache:
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)
                 return final, False
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             return final, True
         except BaseException:  # KeyboardInterrupt included: nothing half-written stays
             shutil.rmtree(tmp, ignore_errors=True)
@@ -144,10 +146,3 @@ def _alive(pid: int) -> bool:
         return True
     return True
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
