@@ -36,9 +36,6 @@ class SDAdapter:
     def negative(self, pipe, text: str, device) -> dict[str, torch.Tensor]:
         return {"negative_prompt_embeds": pipe.encode_prompt([text], device, 1, False)[0]}
 
-    def denoiser(self, pipe):
-        return pipe.unet
-
     def uses_guidance(self, pipe, guidance: float) -> bool:
         return guidance > 1.0 and pipe.unet.config.time_cond_proj_dim is None
 
@@ -109,9 +106,6 @@ class SD3Adapter(SDAdapter):
 
     def negative(self, pipe, text, device):
         return {"negative_" + k: v for k, v in self.encode(pipe, [text], device).items()}
-
-    def denoiser(self, pipe):
-        return pipe.transformer
 
     def uses_guidance(self, pipe, guidance):
         return guidance > 1.0

@@ -40,6 +40,15 @@ def architecture(name: str) -> dict:
     return {part: json.loads((folder / f"{part}.json").read_text()) for part in ("denoiser", "vae", "scheduler", "text", "meta")}
 
 
+def text_length(model: str) -> int | None:
+    """The prompt-embedding length the registry model's pipeline passes its denoiser (from its
+    shipped text config: SD3 333, FLUX-dev 512, FLUX-schnell 256); None without a config."""
+    if not (CONFIG_ROOT / model).is_dir():
+        return None
+    shape = architecture(model)["text"].get("prompt_embeds_shape")
+    return int(shape[1]) if shape else None
+
+
 def denoiser_class(arch: dict):
     import diffusers
 

@@ -138,10 +138,11 @@ def apply_registry_settings(spec: ModelSpec, pipe) -> None:
     scheduler the paper's code used, and no progress bar (a tqdm write per step)."""
     pipe._t2i_family = spec.family
     if spec.family == "flux":  # the T5 length the paper's code used (schnell 256, dev 512), from the shipped text config
-        from .architectures import CONFIG_ROOT, architecture
+        from .architectures import text_length
 
-        if (CONFIG_ROOT / spec.name).is_dir():
-            pipe._t2i_max_sequence_length = architecture(spec.name)["text"]["prompt_embeds_shape"][1]
+        length = text_length(spec.name)
+        if length:
+            pipe._t2i_max_sequence_length = length
     if spec.scheduler:
         import diffusers
 
@@ -186,10 +187,11 @@ class Generator:
     def __init__(self, pipe, *, steps: int, guidance: float, height: int, width: int, negative_prompt: str = "", family: str | None = None,
                  zero_guidance: str = "conditional"):
         from .adapters import ADAPTERS
+        from .flops import denoiser
 
         self.pipe = pipe
         self.adapter = ADAPTERS[family or _family_of(pipe)]
-        self.device, self.dtype = pipe.device, self.adapter.denoiser(pipe).dtype
+        self.device, self.dtype = pipe.device, denoiser(pipe).dtype
         self.steps, self.guidance = steps, guidance
         self.height, self.width = height, width
         self.negative_prompt = negative_prompt
@@ -252,16 +254,10 @@ class Generator:
         row = next(iter(self._cache.values()))  # rows are alike in size (Qwen-Image's vary a little)
         return len(self._cache) * sum(t.numel() * t.element_size() for t in row.values())
 
-    def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
-        return self.prompt_inputs(prompts)["prompt_embeds"]
-
     def negative_inputs(self, n: int) -> dict[str, torch.Tensor]:
         if self._negative is None:
             self._negative = self.adapter.negative(self.pipe, self.negative_prompt, self.device)
         return {k: v.expand(n, *v.shape[1:]) for k, v in self._negative.items()}
-
-    def negative_embeds(self, n: int) -> torch.Tensor:
-        return self.negative_inputs(n)["negative_prompt_embeds"]
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         images = self.adapter.decode(self.pipe, latents, self.height, self.width)

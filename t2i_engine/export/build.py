@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
+from ..engine.architectures import text_length
 from ..engine.errors import InputError
 from .cache import ArtifactCache, artifact_key, device_arch, library_versions, weights_hash
-from .specs import ComponentSpec, Profile, component_specs, text_length
+from .specs import ComponentSpec, Profile, component_specs
 
 log = logging.getLogger(__name__)
 BACKENDS = ("eager", "onnx", "tensorrt", "compile")
@@ -184,7 +185,9 @@ def apply_backend(pipe, model: str, backend: str, device: torch.device, profile:
     log_line = log_line or (lambda line: log.info("%s", line))
     if backend == "eager":
         return {}
-    dtype = pipe.unet.dtype if getattr(pipe, "unet", None) is not None else pipe.transformer.dtype
+    from ..engine.flops import denoiser
+
+    dtype = denoiser(pipe).dtype
     precision = precision or {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
     check_backend(backend, precision, device)
     opts = BuildOptions(model=model, backend=backend, profile=profile, precision=precision, cache_dir=cache_dir,

@@ -22,19 +22,16 @@ from pathlib import Path
 import torch
 
 from ..engine.errors import InputError
+from ..engine.flops import denoiser
 from .cache import ArtifactCache, artifact_key, device_arch, library_versions, weights_hash
 
 CACHE_FILE = "compile-cache.bin"
 FUSED = ("to_qkv", "to_kv", "to_added_qkv")  # what diffusers' fuse_projections adds to an attention module
 
 
-def _denoiser(pipe):
-    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
-
-
 def _fields(pipe, model: str, opts, device: torch.device) -> dict:
     """Computed before prepare(): the fused projections are not weights of the model."""
-    den = _denoiser(pipe)
+    den = denoiser(pipe)
     return {"model": model, "component": "pipeline", "class": type(den).__name__,
             "weights_sha256": {"denoiser": weights_hash(den), "vae": weights_hash(pipe.vae)}, "backend": "compile",
             # the batch sizes warmed are in the meta, not the key: a run looks for one that holds its own
@@ -44,7 +41,7 @@ def _fields(pipe, model: str, opts, device: torch.device) -> dict:
 
 def prepare(pipe, device: torch.device) -> None:
     """Fuse, lay out and compile in place (idempotent: a compiled pipeline is left as it is)."""
-    den = _denoiser(pipe)
+    den = denoiser(pipe)
     if getattr(den, "_t2i_compiled", False):
         return
     for module in (den, pipe.vae):
@@ -63,7 +60,7 @@ def prepare(pipe, device: torch.device) -> None:
 def unprepare(pipe) -> None:
     """Back to the eager modules, weights and layout as loaded (bench measures eager paths and
     baselines on the same pipeline, and later backends hash the weights)."""
-    den = _denoiser(pipe)
+    den = denoiser(pipe)
     if not getattr(den, "_t2i_compiled", False):
         return
     den._compiled_call_impl = None  # what nn.Module.compile set

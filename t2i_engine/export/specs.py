@@ -41,17 +41,6 @@ def unsupported_reason(model: str) -> str | None:
     return None
 
 
-def text_length(model: str) -> int | None:
-    """The prompt-embedding length the registry model's pipeline passes its denoiser (from its
-    shipped text config: SD3 333, FLUX-dev 512, FLUX-schnell 256); None without a config."""
-    from ..engine.architectures import CONFIG_ROOT, architecture
-
-    if not (CONFIG_ROOT / model).is_dir():
-        return None
-    shape = architecture(model)["text"].get("prompt_embeds_shape")
-    return int(shape[1]) if shape else None
-
-
 @dataclass(frozen=True)
 class Profile:
     """Batch sizes (min, opt, max) and the image size in pixels the artifacts are built for."""

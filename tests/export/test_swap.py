@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 
+from t2i_engine.engine.architectures import text_length
 from t2i_engine.export.cache import weights_hash
-from t2i_engine.export.specs import Profile, denoiser_spec, text_length
+from t2i_engine.export.specs import Profile, denoiser_spec
 
 
 def test_restore_gives_back_what_was_there_before_the_swap():
