@@ -22,7 +22,8 @@ RECIPE_FLAGS = {
     "template_mode": "prompt.template_mode", "captions": "prompt.captions", "images_per_class": "images_per_class",
     "steps": "steps", "guidance": "guidance", "resolution": "resolution", "negative_prompt": "negative_prompt",
     "seed": "seed", "batch_size": "batch_size", "format": "format", "quality": "quality",
-    "images_per_shard": "images_per_shard", "zero_guidance": "zero_guidance",
+    "images_per_shard": "images_per_shard", "zero_guidance": "zero_guidance", "refiner": "refiner",
+    "high_noise_fraction": "high_noise_fraction",
 }
 
 
@@ -51,11 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--images-per-shard")
     gen.add_argument("--zero-guidance", help="what guidance 0 means: conditional (diffusers: the prompt alone) or unconditional "
                      "(the paper's code: the empty prompt alone, on non-distilled models)")
+    gen.add_argument("--refiner", help="a second-stage model for the last steps (sdxl: sdxl-refiner)")
+    gen.add_argument("--high-noise-fraction", help="with --refiner: the base model's share of the steps (default 0.8)")
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     gen.add_argument("--devices", help="one worker process per device on a shared queue: all | 0,1,3 | cpu:N")
     gen.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                      help="run the units as Ray actors (one per GPU, or per CPU): on a local Ray instance, or the cluster at ADDRESS")
     gen.add_argument("--weights", help="local diffusers folder holding the model's weights")
+    gen.add_argument("--refiner-weights", help="local diffusers folder holding the refiner's weights")
     gen.add_argument("--encode-workers", help="image encoder processes (0: a thread)")
     gen.add_argument("--part", help="I/N: only shards whose number %% N == I (for Slurm arrays, torchrun); auto: from "
                      "SLURM_ARRAY_TASK_ID/COUNT or RANK/WORLD_SIZE. The last part to finish completes the manifest")
@@ -217,7 +221,8 @@ def _generate(args) -> int:
         from .engine.workers import parse_devices
 
         devices = parse_devices(args.devices)
-    summary = generate(recipe, Path(args.out), RunOptions(device=args.device, weights=args.weights, encode_workers=workers,
+    summary = generate(recipe, Path(args.out), RunOptions(device=args.device, weights=args.weights, refiner_weights=args.refiner_weights,
+                                                          encode_workers=workers,
                                                           progress=not args.no_progress, part=part, devices=devices,
                                                           ray=args.ray, attention=args.attention, backend=args.backend))
     if args.json:

@@ -83,9 +83,7 @@ def engine_path(pipe, recipe: Recipe, samples: list[Sample], *, batch: int, warm
     from ..engine.writer import ShardWriter
 
     device = pipe.device
-    generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
-                          width=recipe.resolution[1], negative_prompt=recipe.negative_prompt,
-                          zero_guidance=recipe.zero_guidance)
+    generator = Generator.for_recipe(pipe, recipe)
     warm = WorkUnit(0, tuple(samples[: batch * warmup]))
     timed = WorkUnit(1, tuple(samples[batch * warmup : batch * (warmup + reps)]))
     times: list[float] = []

@@ -13,6 +13,10 @@ Images leave as a numpy array `[B, H, W, 3]` of uint8 on the CPU, rounded the wa
 What differs between pipeline families (embeddings, negatives, noise shape, decoding) is in
 adapters.py: SD 1.x/2.x, SDXL, SD3/3.5, FLUX, PixArt-alpha, Sana, Lumina-2 and Qwen-Image. Noise a
 scheduler draws while sampling (ancestral ones) comes from per-sample generators too.
+
+A refiner (SDXL's) is a second pipeline: the base denoises the first `high_noise_fraction` of the
+steps and hands over its latents, the refiner the rest; its prompt embeddings are cached beside
+the base's, under REFINER-prefixed keys.
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ import torch
 
 from .errors import InputError, ModelUnavailable
 from .plan import Sample
-from .registry import ModelSpec
+from .registry import MODELS, ModelSpec
 
 SUPPORTED_FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "sana", "lumina2", "qwen-image")  # those with an adapter (adapters.py)
-PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux",
+PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
+                   "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux",
                    "PixArtAlphaPipeline": "pixart", "SanaPipeline": "sana", "Lumina2Pipeline": "lumina2", "QwenImagePipeline": "qwen-image"}
 
 
@@ -45,6 +50,7 @@ def _family_of(pipe) -> str:
     return family
 
 
+REFINER = "refiner."  # the key prefix of a refiner's prompt inputs in the embedding cache
 EMBED_CACHE_SIZE = 4096  # prompts; captions regimes have one prompt per image
 EMBED_CACHE_BYTES = 1 << 30  # and at most 1 GiB: one FLUX prompt is 4 MiB in bf16, 16 MiB in fp32
 
@@ -133,6 +139,48 @@ def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dt
     return pipe
 
 
+def load_refiner(recipe, base, weights: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa"):
+    """The recipe's second stage, or None: its registry model built (test models) or loaded
+    around the base's second text encoder and VAE, which the two stages share (diffusers' SDXL
+    example), in the base's device and dtype."""
+    if recipe.refiner is None:
+        return None
+    spec = MODELS[recipe.refiner]
+    if spec.builder and weights is None:
+        module, func = spec.builder.split(":")
+        refiner = getattr(importlib.import_module(module), func)(base)
+    else:
+        refiner = _from_pretrained(spec, weights, dtype, flag="--refiner-weights", text_encoder_2=base.text_encoder_2,
+                                   tokenizer_2=base.tokenizer_2, vae=base.vae)
+    apply_registry_settings(spec, refiner)
+    _check_split(recipe, base, refiner)
+    if refiner.dtype != dtype:  # built refiners come in float32; loaded ones already in dtype
+        refiner = refiner.to(dtype=dtype)
+    refiner = refiner.to(device)
+    if attention == "triton":  # the shared modules are already routed with the base
+        from ..kernels import install
+
+        install(refiner.unet, attention="triton")
+    return refiner
+
+
+def _check_split(recipe, base, refiner) -> None:
+    """Each stage must run at least one step. diffusers splits the step grid at the training
+    timestep (1 - high_noise_fraction) x T: the base takes the timesteps at or above it
+    (denoising_end), the refiner those below (denoising_start)."""
+    import copy
+
+    counts = []
+    for pipe, below in ((base, False), (refiner, True)):
+        scheduler = copy.deepcopy(pipe.scheduler)
+        scheduler.set_timesteps(recipe.steps)
+        cutoff = int(round(scheduler.config.num_train_timesteps * (1 - recipe.high_noise_fraction)))
+        counts.append(int(((scheduler.timesteps < cutoff) == below).sum()))
+    if min(counts) == 0:
+        raise InputError("high_noise_fraction", recipe.high_noise_fraction, f"with {recipe.steps} steps, the base would run "
+                         f"{counts[0]} and the refiner {counts[1]}: each stage needs at least one (change steps or the fraction)")
+
+
 def apply_registry_settings(spec: ModelSpec, pipe) -> None:
     """What the registry changes in any pipeline of the model, however it was made: the
     scheduler the paper's code used, and no progress bar (a tqdm write per step)."""
@@ -155,23 +203,24 @@ def bundled_path(spec: ModelSpec) -> str | None:
     return str(Path(__file__).resolve().parents[1] / "assets" / spec.bundled) if spec.bundled else None
 
 
-def _from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype):
+def _from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype, flag: str = "--weights", **components):
+    """`components`: modules to use instead of the folder's own (a refiner's shared ones)."""
     import diffusers
 
     source = weights or spec.hub_id
     if weights is not None and not Path(weights).is_dir():
-        raise InputError("weights", weights, "expected a local diffusers folder (with model_index.json)")
+        raise InputError(flag.removeprefix("--").replace("-", "_"), weights, "expected a local diffusers folder (with model_index.json)")
     extra = {"safety_checker": None, "requires_safety_checker": False} if "StableDiffusion" in spec.pipeline and spec.family == "sd" else {}
     # diffusers 0.36 renamed torch_dtype to dtype and deprecates the old name.
     dtype_kw = "dtype" if _version_tuple(diffusers.__version__) >= (0, 36) else "torch_dtype"
     try:
         return getattr(diffusers, spec.pipeline).from_pretrained(
-            source, use_safetensors=True, trust_remote_code=False, **{dtype_kw: dtype}, **extra
+            source, use_safetensors=True, trust_remote_code=False, **{dtype_kw: dtype}, **extra, **components
         )
     except (OSError, ValueError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         how = (f"fetch them on a connected machine with `hf download {spec.hub_id}` (they land in the hub cache, which HF_HOME points to) "
-               f"or pass --weights PATH to a local diffusers folder")
+               f"or pass {flag} PATH to a local diffusers folder")
         reason = "HF_HUB_OFFLINE is set and they are not in the local cache" if offline else f"{e.__class__.__name__}: {str(e).splitlines()[0][:160]}"
         raise ModelUnavailable("model", spec.name, f"weights of {source} could not be loaded ({reason}); {how}") from None
 
@@ -185,7 +234,7 @@ class Generator:
     differs between pipeline families is in its adapter (adapters.py)."""
 
     def __init__(self, pipe, *, steps: int, guidance: float, height: int, width: int, negative_prompt: str = "", family: str | None = None,
-                 zero_guidance: str = "conditional"):
+                 zero_guidance: str = "conditional", refiner=None, high_noise_fraction: float | None = None):
         from .adapters import ADAPTERS
         from .flops import denoiser
 
@@ -200,7 +249,21 @@ class Generator:
         self.latent_shape = self.adapter.latent_shape(pipe, height, width)
         self._cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._negative: dict[str, torch.Tensor] | None = None
-        self.stage_seconds = {"text_encoding": 0.0, "denoising": 0.0, "decoding": 0.0}
+        self.refiner, self.high_noise_fraction = refiner, high_noise_fraction
+        if refiner is not None and not 0 < (high_noise_fraction or 0) < 1:
+            raise ValueError(f"high_noise_fraction={high_noise_fraction!r}: a refiner needs the base's share of the steps, in (0, 1)")
+        # the pipelines whose prompt inputs the cache keeps, each under its key prefix
+        self._stages = [("", pipe, self.adapter)] + ([(REFINER, refiner, ADAPTERS[_family_of(refiner)])] if refiner is not None else [])
+        self.stage_seconds = {"text_encoding": 0.0, "denoising": 0.0, **({"refining": 0.0} if refiner is not None else {}), "decoding": 0.0}
+
+    @classmethod
+    def for_recipe(cls, pipe, recipe, refiner=None) -> Generator:
+        """The Generator of `recipe`'s sampling settings (its refiner from load_refiner)."""
+        if (recipe.refiner is None) != (refiner is None):
+            raise ValueError(f"the recipe's refiner is {recipe.refiner!r}; pass its pipeline (load_refiner), or none without one")
+        return cls(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0], width=recipe.resolution[1],
+                   negative_prompt=recipe.negative_prompt, zero_guidance=recipe.zero_guidance, refiner=refiner,
+                   high_noise_fraction=recipe.high_noise_fraction)
 
     @property
     def uses_guidance(self) -> bool:
@@ -210,17 +273,25 @@ class Generator:
     def generate(self, samples: list[Sample]) -> np.ndarray:
         with self._stage("text_encoding"):
             if self.unconditional:
-                embeds = {k.removeprefix("negative_"): v for k, v in self.negative_inputs(len(samples)).items()}
+                embeds = {k.replace("negative_", "", 1): v for k, v in self.negative_inputs(len(samples)).items()}
             else:
                 embeds = self.prompt_inputs([s.prompt for s in samples])
                 if self.uses_guidance:
                     embeds.update(self.negative_inputs(len(samples)))
+        refiner_embeds = {k.removeprefix(REFINER): embeds.pop(k) for k in list(embeds) if k.startswith(REFINER)}
         with self._stage("denoising"):
             call = dict(embeds, latents=self.adapter.prepare_latents(self.pipe, self.initial_latents(samples)),
                         num_inference_steps=self.steps, guidance_scale=self.guidance, height=self.height, width=self.width,
                         output_type="latent", generator=self.step_generators(samples))
             call.update(self.adapter.call_kwargs(self.guidance))  # a family's own (Qwen-Image: true_cfg_scale)
+            if self.refiner is not None:
+                call["denoising_end"] = float(self.high_noise_fraction)
             latents = self.pipe(**call).images
+        if self.refiner is not None:
+            with self._stage("refining"):  # the same step grid, from where the base stopped, with no noise added
+                latents = self.refiner(**refiner_embeds, image=latents, num_inference_steps=self.steps, guidance_scale=self.guidance,
+                                       denoising_start=float(self.high_noise_fraction), output_type="latent",
+                                       generator=self.step_generators(samples, "refiner")).images
         with self._stage("decoding"):
             return self.decode(latents)
 
@@ -229,19 +300,23 @@ class Generator:
         return torch.stack(noise).to(self.device, self.dtype)
 
     @staticmethod
-    def step_generators(samples: list[Sample]) -> list[torch.Generator]:
+    def step_generators(samples: list[Sample], stage: str = "steps") -> list[torch.Generator]:
         """Per-sample CPU generators for noise a scheduler draws during sampling (ancestral ones:
         SDXL-turbo's Euler-a), from a seed derived from the sample's, so the image does not depend
-        on the batch, the device or the process's random state; the initial noise uses the seed itself."""
-        return [torch.Generator("cpu").manual_seed(int.from_bytes(hashlib.sha256(f"{s.seed}:steps".encode()).digest()[:8], "little"))
+        on the batch, the device or the process's random state; the initial noise uses the seed
+        itself, a refiner's steps a seed of their own."""
+        return [torch.Generator("cpu").manual_seed(int.from_bytes(hashlib.sha256(f"{s.seed}:{stage}".encode()).digest()[:8], "little"))
                 for s in samples]
 
     def prompt_inputs(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """The pipeline's prompt keyword arguments for `prompts`, each unique prompt encoded once."""
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         if missing:
-            encoded = self.adapter.encode(self.pipe, missing, self.device)
-            for p, row in zip(missing, self.adapter.rows(encoded, len(missing))):
+            rows: list[dict[str, torch.Tensor]] = [{} for _ in missing]
+            for prefix, pipe, adapter in self._stages:
+                for row, part in zip(rows, adapter.rows(adapter.encode(pipe, missing, self.device), len(missing))):
+                    row.update({prefix + k: v for k, v in part.items()})
+            for p, row in zip(missing, rows):
                 self._cache[p] = row
         for p in prompts:
             self._cache.move_to_end(p)
@@ -256,7 +331,8 @@ class Generator:
 
     def negative_inputs(self, n: int) -> dict[str, torch.Tensor]:
         if self._negative is None:
-            self._negative = self.adapter.negative(self.pipe, self.negative_prompt, self.device)
+            self._negative = {prefix + k: v for prefix, pipe, adapter in self._stages
+                              for k, v in adapter.negative(pipe, self.negative_prompt, self.device).items()}
         return {k: v.expand(n, *v.shape[1:]) for k, v in self._negative.items()}
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:

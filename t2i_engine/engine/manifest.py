@@ -66,9 +66,10 @@ def check_output_dir(out_dir: Path) -> None:
 
 
 def check_resumable(out_dir: Path, recipe: Recipe, *, weights: str | None, dtype: str, attention: str = "sdpa",
-                    backend: str = "eager") -> dict | None:
+                    backend: str = "eager", refiner_weights: str | None = None) -> dict | None:
     """The folder must be new, empty (but for our own temporaries), or hold a dataset of this
-    very recipe, weights, dtype, attention implementation and backend. Returns its manifest."""
+    very recipe, weights (the refiner's too), dtype, attention implementation and backend.
+    Returns its manifest."""
     manifest = read_manifest(out_dir) if out_dir.is_dir() else None
     if manifest is None:
         if out_dir.is_dir() and any(not p.name.startswith(LOCK) and not p.name.endswith(TMP_SUFFIX) for p in out_dir.iterdir()):
@@ -79,7 +80,8 @@ def check_resumable(out_dir: Path, recipe: Recipe, *, weights: str | None, dtype
         differ = [k for k in new if k != "batch_size" and stored.get(k) != new[k]]
         raise InputError("out", str(out_dir), f"it holds a dataset made from another recipe (differs in: {', '.join(differ) or 'content'}); "
                          "rerun with the same recipe to resume, or choose a new folder")
-    for key, value in (("weights", weights), ("dtype", dtype), ("attention", attention), ("backend", backend)):
+    for key, value in (("weights", weights), ("dtype", dtype), ("attention", attention), ("backend", backend),
+                       ("refiner_weights", refiner_weights)):
         if manifest.get(key, {"attention": "sdpa", "backend": "eager"}.get(key)) != value:  # older manifests: sdpa, eager
             raise InputError("out", str(out_dir), f"its shards were made with {key} {manifest.get(key)!r}, this run would use {value!r}; "
                              "one dataset must come from one model and precision: resume with the same setting or choose a new folder")
@@ -161,7 +163,7 @@ def remove_stale_temporaries(out_dir: Path, shards: list[str] | None = None) -> 
 
 
 def write_manifest(out_dir: Path, recipe: Recipe, *, records: list[ShardRecord] | None, device: str, dtype: str, weights: str | None,
-                   attention: str = "sdpa", backend: str = "eager") -> None:
+                   attention: str = "sdpa", backend: str = "eager", refiner_weights: str | None = None) -> None:
     complete = records is not None
     manifest = {
         "format": FORMAT,
@@ -172,6 +174,7 @@ def write_manifest(out_dir: Path, recipe: Recipe, *, records: list[ShardRecord] 
         "shards": [r.__dict__ for r in records] if complete else [],
         "recipe": recipe.to_dict(),
         "weights": weights,
+        "refiner_weights": refiner_weights,
         "device": device,
         "dtype": dtype,
         "attention": attention,

@@ -45,7 +45,7 @@ def shutdown() -> None:
 
 
 def run_ray(units: list[WorkUnit], recipe, out_dir: Path, *, weights: str | None, dtype: str, progress: bool, attention: str = "sdpa",
-            backend: str = "eager", max_actors: int | None = None) -> tuple[int, dict, int]:
+            backend: str = "eager", max_actors: int | None = None, refiner_weights: str | None = None) -> tuple[int, dict, int]:
     """Generate `units` on the connected Ray cluster; returns (images written, actors, 0). Every
     actor runs in `dtype`, the precision the manifest records."""
     import ray
@@ -58,7 +58,8 @@ def run_ray(units: list[WorkUnit], recipe, out_dir: Path, *, weights: str | None
     options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     actor_cls = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(_RayUnitWorker)
     device = "cuda" if gpus else "cpu"
-    actors = [actor_cls.options(**options).remote(device, recipe.to_dict(), str(out_dir), weights, dtype, attention, backend) for _ in range(count)]
+    actors = [actor_cls.options(**options).remote(device, recipe.to_dict(), str(out_dir), weights, dtype, attention, backend, refiner_weights)
+              for _ in range(count)]
     done = 0
     try:
         pool = ActorPool(actors)
@@ -79,7 +80,7 @@ class _RayUnitWorker:
     """A Ray actor around UnitRunner; `run` returns once the unit's shard is committed."""
 
     def __init__(self, device: str, recipe_dict: dict, out_dir: str, weights: str | None, dtype: str, attention: str = "sdpa",
-                 backend: str = "eager"):
+                 backend: str = "eager", refiner_weights: str | None = None):
         import ray
 
         if device == "cuda":
@@ -88,7 +89,7 @@ class _RayUnitWorker:
         from .workers import UnitRunner
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.runner = UnitRunner(device, recipe_dict, out_dir, weights, threads, attention, backend)
+        self.runner = UnitRunner(device, recipe_dict, out_dir, weights, threads, attention, backend, refiner_weights)
         if self.runner.dtype != dtype:
             raise RuntimeError(f"this actor runs {self.runner.dtype}, the dataset is {dtype}")
 

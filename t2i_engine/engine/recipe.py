@@ -19,6 +19,9 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
     images_per_shard: 1000
     zero_guidance: conditional      # or unconditional: guidance 0 on a non-distilled model means
                                     # the empty prompt alone, as in the paper's code (not diffusers')
+    refiner: sdxl-refiner           # a second stage (model sdxl only): the base model denoises the
+    high_noise_fraction: 0.8        # first 80% of the steps, the refiner the rest (diffusers'
+                                    # "ensemble of expert denoisers"); both default to none
 
 The recipe is stored resolved (class list and captions included) in the dataset's manifest, so
 `verify` and resume never re-read the class or caption files. Its hash covers everything that
@@ -40,7 +43,7 @@ import yaml
 from .classes import ClassEntry, load_classes
 from .errors import InputError, check_text
 from .prompts import PromptSpec, load_prompt_spec
-from .registry import get_model
+from .registry import get_model, get_refiner
 
 FORMATS = ("jpeg", "png", "webp")
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
@@ -61,7 +64,10 @@ DEFAULTS: dict[str, object] = {
     "quality": 95,
     "images_per_shard": 1000,
     "zero_guidance": "conditional",
+    "refiner": None,
+    "high_noise_fraction": None,
 }
+HIGH_NOISE_FRACTION = 0.8  # the paper's code and diffusers' SDXL example
 ZERO_GUIDANCE = ("conditional", "unconditional")
 # Fields that change how the work is done, not what the dataset holds.
 EXECUTION_FIELDS = ("batch_size",)
@@ -85,6 +91,10 @@ class Recipe:
     # What guidance 0 means: "conditional" (diffusers: guidance <= 1 runs the prompt alone) or
     # "unconditional" (the paper's code: the CFG formula at 0, i.e. the negative prompt's branch alone)
     zero_guidance: str = "conditional"
+    # A second-stage registry model (registry.get_refiner) and the share of the denoising the base
+    # model does before handing its latents over; both None without a refiner
+    refiner: str | None = None
+    high_noise_fraction: float | None = None
 
     @property
     def num_samples(self) -> int:
@@ -114,6 +124,8 @@ class Recipe:
         d = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
         if d["zero_guidance"] == "conditional" or d["guidance"] != 0:  # no effect on the images: old hashes hold
             del d["zero_guidance"]
+        if d["refiner"] is None:  # likewise: recipes without a refiner keep their hashes
+            del d["refiner"], d["high_noise_fraction"]
         d["prompt"].pop("captions_file")  # where captions came from is provenance, not content
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -191,6 +203,7 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         quality=_int(merged["quality"], "quality", 1, 100),
         images_per_shard=_int(merged["images_per_shard"], "images_per_shard", 1, 10**6),
         zero_guidance=_zero_guidance(merged["zero_guidance"], spec),
+        **_refiner(merged["refiner"], merged["high_noise_fraction"], spec, steps),
     )
 
 
@@ -201,6 +214,21 @@ def _zero_guidance(value: object, spec) -> str:
         raise InputError("zero_guidance", value, f"{spec.name} is guidance-distilled: guidance 0 is its normal setting, and it "
                          "has no unconditional branch to fall back to (use conditional)")
     return value
+
+
+def _refiner(name: object, fraction: object, spec, steps: int) -> dict:
+    if name is None:
+        if fraction is not None:
+            raise InputError("high_noise_fraction", fraction, "is the base model's share of the steps before a refiner; "
+                             "it needs a refiner (recipe key refiner)")
+        return {}
+    refiner = get_refiner(name, spec)
+    fraction = HIGH_NOISE_FRACTION if fraction is None else _number(fraction, "high_noise_fraction", 0.0, 1.0)
+    if steps < 2:
+        raise InputError("steps", steps, f"a refiner ({refiner.name}) takes some of the steps: expected at least 2")
+    if not 0 < fraction < 1:  # that each stage gets a step depends on the scheduler's grid: load_refiner checks
+        raise InputError("high_noise_fraction", fraction, "expected a number between 0 and 1 (both excluded)")
+    return {"refiner": refiner.name, "high_noise_fraction": fraction}
 
 
 def load_recipe(path: str | Path | None, overrides: dict | None = None) -> Recipe:

@@ -36,6 +36,7 @@ class ModelSpec:
     bundled: str | None = None  # folder under t2i_engine/assets holding weights shipped in the wheel
     test_model: bool = False  # hidden from `models` unless --all
     standalone: bool = True  # False: a refiner, not a text-to-image model of its own
+    refines: tuple[str, ...] = ()  # a refiner: the base models whose latents it takes (recipe key `refiner`)
     batch_size: int = 16  # default images per model call (the paper's 16; more where it pays)
     note: str = ""
 
@@ -75,7 +76,8 @@ MODELS: dict[str, ModelSpec] = {
         _m("sd20", "StableDiffusionPipeline", "stabilityai/stable-diffusion-2", "float16", 768, 50, 7.5, "2022-11",
            scheduler="EulerDiscreteScheduler"),
         _m("sdxl-refiner", "StableDiffusionXLImg2ImgPipeline", "stabilityai/stable-diffusion-xl-refiner-1.0", "float16", 1024, 50, 5.0,
-           "2023-07", "sdxl", standalone=False, note="refines sdxl latents (high-noise fraction 0.8); not a text-to-image model alone"),
+           "2023-07", "sdxl", standalone=False, refines=("sdxl",),
+           note="second stage of sdxl (recipe: refiner: sdxl-refiner; it takes the last 20% of the steps); not a text-to-image model alone"),
         _m("pixart-alpha", "PixArtAlphaPipeline", "PixArt-alpha/PixArt-XL-2-512x512", "float16", 512, 20, 4.5, "2023-11", "pixart",
            resolution_multiple=16),
         # The embedded model, trained on scikit-learn's handwritten digits (assets/digits/README.md).
@@ -90,6 +92,9 @@ MODELS: dict[str, ModelSpec] = {
            resolution_multiple=16, distilled=True, test_model=True, note="FLUX.1-schnell's wiring (no guidance embedding) at toy sizes; for tests"),
         _m("tiny-sdxl", "StableDiffusionXLPipeline", None, "float32", 64, 20, 5.0, "", "sdxl", builder="t2i_engine.engine.tiny:build_tiny_sdxl",
            test_model=True, note="SDXL's classes at toy sizes, random weights from a fixed seed; for tests"),
+        _m("tiny-sdxl-refiner", "StableDiffusionXLImg2ImgPipeline", None, "float32", 64, 20, 5.0, "", "sdxl",
+           builder="t2i_engine.engine.tiny:build_tiny_sdxl_refiner", test_model=True, standalone=False, refines=("tiny-sdxl",),
+           note="the SDXL refiner's classes at toy sizes (tiny-sdxl's second text encoder and VAE); for tests"),
         _m("tiny-sd3", "StableDiffusion3Pipeline", None, "float32", 64, 20, 5.0, "", "sd3", builder="t2i_engine.engine.tiny:build_tiny_sd3",
            resolution_multiple=16, test_model=True, note="SD3's classes at toy sizes, random weights from a fixed seed; for tests"),
         _m("tiny-flux", "FluxPipeline", None, "float32", 64, 20, 3.5, "", "flux", builder="t2i_engine.engine.tiny:build_tiny_flux",
@@ -155,3 +160,13 @@ def get_model(name: object, field: str = "model") -> ModelSpec:
         raise InputError(field, name, f"{spec.note}; pick a text-to-image model")
     check_diffusers(spec)
     return spec
+
+
+def get_refiner(name: object, base: ModelSpec) -> ModelSpec:
+    """The refiner a recipe names for `base`: a second-stage registry model made for it."""
+    fits = [m.name for m in MODELS.values() if base.name in m.refines]
+    if not isinstance(name, str) or name not in fits:
+        allowed = f"expected one of {', '.join(fits)}" if fits else f"{base.name} has no refiner in the registry; leave it out"
+        raise InputError("refiner", name, allowed)
+    check_diffusers(MODELS[name])
+    return MODELS[name]

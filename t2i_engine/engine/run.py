@@ -33,6 +33,7 @@ from .writer import ShardWriter, is_committed, read_record
 class RunOptions:
     device: str = "auto"
     weights: str | None = None  # a local diffusers folder instead of the hub id
+    refiner_weights: str | None = None  # likewise for the recipe's refiner
     encode_workers: int | None = None  # None: default_encode_workers(device)
     progress: bool = True
     part: tuple[int, int] | None = None  # (i, n): only units whose shard number % n == i
@@ -87,15 +88,18 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
 
 
 def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, t_start: float) -> dict:
-    from .generator import Generator, check_attention, check_runtime, load_pipeline, resolve_dtype
+    from .generator import Generator, check_attention, check_runtime, load_pipeline, load_refiner, resolve_dtype
 
     check_attention(options.attention, device)
     dtype = resolve_dtype(spec, device)
     check_runtime(options.backend, options.attention, device, dtype, spec.name)
+    if recipe.refiner and options.backend != "eager":
+        raise InputError("backend", options.backend, f"the refiner ({recipe.refiner}) runs in PyTorch: use --backend eager")
+    if options.refiner_weights and not recipe.refiner:
+        raise InputError("--refiner-weights", options.refiner_weights, "the recipe has no refiner (recipe key refiner)")
     meta = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), weights=options.weights, attention=options.attention,
-                backend=options.backend)
-    existing = mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"], attention=meta["attention"],
-                                  backend=meta["backend"])
+                backend=options.backend, refiner_weights=options.refiner_weights)
+    existing = mf.check_resumable(out_dir, recipe, **_kept(meta))
 
     units = plan_units(recipe)
     part = options.part
@@ -113,15 +117,17 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     remote = bool(options.devices or options.ray)
     runtime = dict(attention=options.attention, backend=options.backend, resolution=recipe.resolution, batch=recipe.batch_size)
     pipe = load_pipeline(spec, options.weights, device, dtype, **runtime) if todo and not remote else None
+    refiner = load_refiner(recipe, pipe, options.refiner_weights, device, dtype, options.attention) if pipe is not None else None
     t_loaded = time.perf_counter()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with mf.part_locks(out_dir, part) if part else mf.exclusive_lock(out_dir):
         # Under the lock, look again: a run that just ended may have committed more shards.
-        mf.check_resumable(out_dir, recipe, weights=meta["weights"], dtype=meta["dtype"], attention=meta["attention"], backend=meta["backend"])
+        mf.check_resumable(out_dir, recipe, **_kept(meta))
         todo = _uncommitted(out_dir, mine)
         if todo and pipe is None and not remote:
             pipe = load_pipeline(spec, options.weights, device, dtype, **runtime)
+            refiner = load_refiner(recipe, pipe, options.refiner_weights, device, dtype, options.attention)
         mf.remove_stale_temporaries(out_dir, [u.name for u in mine] if part else None)
         with mf.finalize_lock(out_dir):  # parts: the first one in writes it; the others find it
             if not part or mf.read_manifest(out_dir) is None:
@@ -132,16 +138,14 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
             from .ray_runner import run_ray
 
             images, rates, restarts = run_ray(todo, recipe, out_dir, weights=options.weights, dtype=meta["dtype"], attention=options.attention,
-                                              backend=options.backend, progress=options.progress)
+                                              backend=options.backend, progress=options.progress, refiner_weights=options.refiner_weights)
         elif todo and options.devices:
             from .workers import run_workers
 
             images, rates, restarts = run_workers(todo, recipe, out_dir, devices=options.devices, weights=options.weights, attention=options.attention,
-                                                  backend=options.backend, progress=options.progress)
+                                                  backend=options.backend, progress=options.progress, refiner_weights=options.refiner_weights)
         elif todo:
-            generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
-                                  width=recipe.resolution[1], negative_prompt=recipe.negative_prompt,
-                                  zero_guidance=recipe.zero_guidance)
+            generator = Generator.for_recipe(pipe, recipe, refiner)
             workers = default_encode_workers(device) if options.encode_workers is None else options.encode_workers
             writer = ShardWriter(out_dir, fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
                                  sample_meta=sample_meta(recipe), encode_workers=workers)
@@ -184,8 +188,13 @@ def finalize(out_dir: Path) -> dict:
                              f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); run the parts that hold them first")
         mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], device=manifest["device"],
                           dtype=manifest["dtype"], weights=manifest["weights"], attention=manifest.get("attention", "sdpa"),
-                          backend=manifest.get("backend", "eager"))
+                          backend=manifest.get("backend", "eager"), refiner_weights=manifest.get("refiner_weights"))
     return {"out": str(out_dir), "shards": len(units), "num_samples": recipe.num_samples}
+
+
+def _kept(meta: dict) -> dict:
+    """The settings a resumed run must share with the folder's shards (all but the device)."""
+    return {k: v for k, v in meta.items() if k != "device"}
 
 
 def _uncommitted(out_dir: Path, units: list[WorkUnit]) -> list[WorkUnit]:
@@ -227,8 +236,11 @@ def default_encode_workers(device) -> int:
 
 def sample_meta(recipe: Recipe) -> dict:
     """Settings every sample's KEY.json repeats, so one image file says how it was made."""
-    return {"model": recipe.model, "steps": recipe.steps, "guidance": recipe.guidance,
+    meta = {"model": recipe.model, "steps": recipe.steps, "guidance": recipe.guidance,
             "resolution": list(recipe.resolution), "negative_prompt": recipe.negative_prompt}
+    if recipe.refiner:
+        meta.update(refiner=recipe.refiner, high_noise_fraction=recipe.high_noise_fraction)
+    return meta
 
 
 def _run_units(units: list[WorkUnit], recipe: Recipe, generator, writer: ShardWriter, progress: bool) -> int:

@@ -90,6 +90,27 @@ def build_tiny_sdxl():
                                      force_zeros_for_empty_prompt=True)
 
 
+def build_tiny_sdxl_refiner(base):
+    """`tiny-sdxl-refiner`: the SDXL refiner's classes and wiring (an img2img pipeline conditioned on
+    the base's second text encoder alone, with an aesthetic score among its five time ids) at toy
+    sizes, sharing `base`'s second text encoder and VAE, as diffusers' SDXL example shares them."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+
+    text_encoder_2 = base.text_encoder_2
+    hidden, pooled = text_encoder_2.config.hidden_size, text_encoder_2.config.projection_dim
+    torch.manual_seed(SEED + 14)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=hidden, attention_head_dim=8, norm_num_groups=8, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=pooled + 5 * 8, transformer_layers_per_block=1,
+    )
+    return StableDiffusionXLImg2ImgPipeline(vae=base.vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None,
+                                            tokenizer_2=base.tokenizer_2, unet=unet,
+                                            scheduler=EulerDiscreteScheduler.from_config(base.scheduler.config),
+                                            requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+
+
 def _tiny_t5(tokenizer, seed: int, d_model: int = 32):
     """T5's encoder at toy size. Its tokenizer is one of ours (CLIP BPE over the word list): T5's
     own is a SentencePiece model we cannot build here; only the token ids differ."""

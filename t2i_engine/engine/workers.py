@@ -68,7 +68,7 @@ class _Worker:
 
 
 def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[str], weights: str | None, attention: str = "sdpa",
-                backend: str = "eager", progress: bool) -> tuple[int, dict, int]:
+                backend: str = "eager", progress: bool, refiner_weights: str | None = None) -> tuple[int, dict, int]:
     """Generate `units` on `devices`; returns (images written, per-device images/sec, restarts)."""
     import os
 
@@ -87,7 +87,7 @@ def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[s
     def start(wid: int) -> None:
         w = workers[wid]
         w.inbox, w.outbox, w.done, w.ready_at = ctx.Queue(), ctx.Queue(), False, None
-        w.process = ctx.Process(target=worker_main, args=(wid, w.device, recipe.to_dict(), str(out_dir), (weights, attention, backend), w.inbox,
+        w.process = ctx.Process(target=worker_main, args=(wid, w.device, recipe.to_dict(), str(out_dir), (weights, attention, backend, refiner_weights), w.inbox,
                                                           w.outbox, cpu_threads, os.getpid()),
                                 daemon=True, name=f"t2i-engine-worker-{wid}")
         w.process.start()
@@ -199,10 +199,10 @@ class UnitRunner:
     then generate whole units into shards."""
 
     def __init__(self, device_name: str, recipe_dict: dict, out_dir: str, weights: str | None, cpu_threads: int, attention: str = "sdpa",
-                 backend: str = "eager"):
+                 backend: str = "eager", refiner_weights: str | None = None):
         import torch
 
-        from .generator import Generator, load_pipeline, resolve_device, resolve_dtype
+        from .generator import Generator, load_pipeline, load_refiner, resolve_device, resolve_dtype
         from .plan import plan_units
         from .recipe import Recipe
         from .registry import get_model
@@ -220,9 +220,8 @@ class UnitRunner:
         self.dtype = str(torch_dtype).removeprefix("torch.")
         pipe = load_pipeline(spec, weights, device, torch_dtype, attention=attention, backend=backend, resolution=recipe.resolution,
                              batch=recipe.batch_size)
-        self.generator = Generator(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0],
-                                   width=recipe.resolution[1], negative_prompt=recipe.negative_prompt,
-                                   zero_guidance=recipe.zero_guidance)
+        refiner = load_refiner(recipe, pipe, refiner_weights, device, torch_dtype, attention)
+        self.generator = Generator.for_recipe(pipe, recipe, refiner)
         self.units = {u.shard: u for u in plan_units(recipe)}
         self.writer = ShardWriter(Path(out_dir), fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
                                   sample_meta=sample_meta(recipe), encode_workers=0)
@@ -248,7 +247,7 @@ class UnitRunner:
         return len(unit.samples)
 
 
-def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, model: tuple[str | None, str], inbox, outbox,
+def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, model: tuple, inbox, outbox,
                 cpu_threads: int, parent_pid: int) -> None:
     """One local device: load the model once, then generate the units the parent hands over."""
     import os
@@ -259,8 +258,8 @@ def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, mod
     if os.getppid() != parent_pid:  # the parent went before the line above took effect
         return
     try:
-        weights, attention, backend = model
-        runner = UnitRunner(device_name, recipe_dict, out_dir, weights, cpu_threads, attention, backend)
+        weights, attention, backend, refiner_weights = model
+        runner = UnitRunner(device_name, recipe_dict, out_dir, weights, cpu_threads, attention, backend, refiner_weights)
     except InputError as e:
         outbox.put(("fatal", str(e), True))
         return

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from t2i_engine.engine.generator import Generator, load_pipeline
+from t2i_engine.engine.generator import Generator, load_pipeline, load_refiner
 from t2i_engine.engine.plan import plan_samples
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.registry import MODELS
@@ -120,3 +120,65 @@ def test_low_precision_decodes_in_the_vae_dtype():
         ref = pipe(prompt=[s.prompt for s in samples], latents=gen.initial_latents(samples), num_inference_steps=2, guidance_scale=4.5,
                    height=32, width=32, output_type="np", use_resolution_binning=False).images
     assert _worst(ours, (ref * 255).round().astype(np.uint8)) <= TOL
+
+
+def _refined(**fields):
+    return _recipe("tiny-sdxl", **{"steps": 4, "refiner": "tiny-sdxl-refiner", "high_noise_fraction": 0.5, **fields})
+
+
+@pytest.mark.parametrize("negative", ["", "a photo"])
+def test_the_sdxl_refiner_takes_the_last_steps_as_in_diffusers_ensemble(negative):
+    """Base to denoising_end, refiner from denoising_start on the base's latents, as diffusers'
+    SDXL example runs them from prompt strings; batch 1 equals batch 4 from the cache."""
+    recipe = _refined(negative_prompt=negative)
+    pipe = load_pipeline(MODELS["tiny-sdxl"], None, torch.device("cpu"), torch.float32)
+    refiner = load_refiner(recipe, pipe, None, torch.device("cpu"), torch.float32)
+    assert refiner.text_encoder_2 is pipe.text_encoder_2 and refiner.vae is pipe.vae and refiner.text_encoder is None
+    samples = plan_samples(recipe)
+    gen = Generator.for_recipe(pipe, recipe, refiner)
+    ours = gen.generate(samples)
+    prompts, negatives = [s.prompt for s in samples], [negative] * 4 if negative else None
+    with torch.inference_mode():
+        latents = pipe(prompt=prompts, negative_prompt=negatives, latents=gen.initial_latents(samples), num_inference_steps=4,
+                       guidance_scale=5.0, height=32, width=32, denoising_end=0.5, output_type="latent").images
+        ref = refiner(prompt=prompts, negative_prompt=negatives, image=latents, num_inference_steps=4, guidance_scale=5.0,
+                      denoising_start=0.5, output_type="np").images
+    assert _worst(ours, (ref * 255).round().astype(np.uint8)) <= TOL
+    base_alone = Generator.for_recipe(pipe, _recipe("tiny-sdxl", steps=4, negative_prompt=negative)).generate(samples)
+    assert _worst(ours, base_alone) > 10 and gen.stage_seconds["refining"] > 0  # the refiner ran its steps
+    assert _worst(np.concatenate([gen.generate([s]) for s in samples]), ours) <= TOL
+
+
+def test_a_refined_recipe_makes_its_own_dataset_and_bad_refiners_are_refused(tmp_path):
+    import json
+
+    from t2i_engine.engine.errors import InputError
+    from t2i_engine.engine.recipe import Recipe
+    from t2i_engine.engine.run import RunOptions, generate
+    from t2i_engine.engine.verify import verify_dataset
+
+    recipe = _refined()
+    out = tmp_path / "refined"
+    assert generate(recipe, out, RunOptions(device="cpu", progress=False))["images"] == 4 and verify_dataset(out) == []
+    stored = json.loads((out / "dataset.json").read_text())["recipe"]
+    assert stored["refiner"] == "tiny-sdxl-refiner" and stored["high_noise_fraction"] == 0.5
+    with pytest.raises(InputError, match="high_noise_fraction"):  # another split is another dataset: no resume into it
+        generate(_refined(high_noise_fraction=0.75), out, RunOptions(device="cpu", progress=False))
+    # recipes without a refiner keep the hashes their manifests hold (written before these keys existed)
+    plain = _recipe("tiny-sdxl", steps=4)
+    old = {k: v for k, v in plain.to_dict().items() if k not in ("refiner", "high_noise_fraction")}
+    assert Recipe.from_dict(old).content_hash() == plain.content_hash() != recipe.content_hash()
+    for fields, field in [({"refiner": "sdxl-refiner"}, "refiner"),  # made for sdxl, not tiny-sdxl
+                          ({"refiner": "tiny-sdxl-refiner", "high_noise_fraction": 1.0}, "high_noise_fraction"),
+                          ({"refiner": "tiny-sdxl-refiner", "steps": 1}, "steps"),
+                          ({"high_noise_fraction": 0.8}, "high_noise_fraction")]:  # without a refiner
+        with pytest.raises(InputError, match=field):
+            _recipe("tiny-sdxl", **fields)
+    with pytest.raises(InputError, match="refiner"):
+        _recipe("tiny-sd", refiner="tiny-sdxl-refiner")
+    with pytest.raises(InputError, match="high_noise_fraction"):  # 4 leading steps: 751, 501, 251, 1; none above 800 for the base
+        load_refiner(_refined(high_noise_fraction=0.2), load_pipeline(MODELS["tiny-sdxl"], None, torch.device("cpu"), torch.float32),
+                     None, torch.device("cpu"), torch.float32)
+    with pytest.raises(InputError, match="backend"):
+        generate(recipe, tmp_path / "onnx", RunOptions(device="cpu", progress=False, backend="onnx"))
+    assert not (tmp_path / "onnx").exists()
