@@ -114,8 +114,20 @@ echo "verify exit $?" >> "$OUT/checks.log"
 tail -3 "$OUT/checks.log"
 fi
 
-# The other families run only as diffusers bf16 (the engine's generator runs SD1.x/2.x for now):
-# where diffusers stands against the FLOP-bound ceiling (JSON into bench.log).
+if want families; then
+step "generate tiny-sdxl with tiny-sdxl-refiner (the second stage, issue 9), sdpa and triton, then verify -> checks.log"
+for att in sdpa triton; do
+  rm -rf /tmp/gpu-refiner
+  timeout 120 $PY -m t2i_engine.cli generate --out /tmp/gpu-refiner --model tiny-sdxl --refiner tiny-sdxl-refiner --steps 4 \
+    --resolution 64 --images-per-class 4 --device cuda --attention $att --no-progress --json >> "$OUT/checks.log" 2>&1
+  echo "generate refiner ($att) exit $?" >> "$OUT/checks.log"
+  timeout 60 $PY -m t2i_engine.cli verify /tmp/gpu-refiner >> "$OUT/checks.log" 2>&1
+  echo "verify refiner ($att) exit $?" >> "$OUT/checks.log"
+done
+fi
+
+# The big families run as diffusers bf16 with random weights (random-weight SD3/FLUX have no text
+# encoders for the engine's cache): where diffusers stands against the FLOP-bound ceiling (bench.log).
 want families && LIMIT=130 family sdxl --steps 30 --backend none --baseline diffusers --baseline-batch 8 --warmup 1 --reps 1
 want families && LIMIT=130 family flux-schnell --backend none --baseline diffusers --baseline-batch 4 --warmup 1 --reps 1
 want families && LIMIT=110 family sd3-medium --steps 28 --backend none --baseline diffusers --baseline-batch 4 --warmup 1 --reps 1
