@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--images-per-shard")
     gen.add_argument("--zero-guidance", help="what guidance 0 means: conditional (diffusers: the prompt alone) or unconditional "
                      "(the paper's code: the empty prompt alone, on non-distilled models)")
-    gen.add_argument("--refiner", help="a second-stage model for the last steps (sdxl: sdxl-refiner)")
+    gen.add_argument("--refiner", help="a second-stage model for the last steps (sdxl: sdxl-refiner; none: off)")
     gen.add_argument("--high-noise-fraction", help="with --refiner: the base model's share of the steps (default 0.8)")
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     gen.add_argument("--devices", help="one worker process per device on a shared queue: all | 0,1,3 | cpu:N")

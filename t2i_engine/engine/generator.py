@@ -34,7 +34,7 @@ import torch
 
 from .errors import InputError, ModelUnavailable
 from .plan import Sample
-from .registry import MODELS, ModelSpec
+from .registry import ModelSpec
 
 SUPPORTED_FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "sana", "lumina2", "qwen-image")  # those with an adapter (adapters.py)
 PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
@@ -139,48 +139,6 @@ def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dt
     return pipe
 
 
-def load_refiner(recipe, base, weights: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa"):
-    """The recipe's second stage, or None: its registry model built (test models) or loaded
-    around the base's second text encoder and VAE, which the two stages share (diffusers' SDXL
-    example), in the base's device and dtype."""
-    if recipe.refiner is None:
-        return None
-    spec = MODELS[recipe.refiner]
-    if spec.builder and weights is None:
-        module, func = spec.builder.split(":")
-        refiner = getattr(importlib.import_module(module), func)(base)
-    else:
-        refiner = _from_pretrained(spec, weights, dtype, flag="--refiner-weights", text_encoder_2=base.text_encoder_2,
-                                   tokenizer_2=base.tokenizer_2, vae=base.vae)
-    apply_registry_settings(spec, refiner)
-    _check_split(recipe, base, refiner)
-    if refiner.dtype != dtype:  # built refiners come in float32; loaded ones already in dtype
-        refiner = refiner.to(dtype=dtype)
-    refiner = refiner.to(device)
-    if attention == "triton":  # the shared modules are already routed with the base
-        from ..kernels import install
-
-        install(refiner.unet, attention="triton")
-    return refiner
-
-
-def _check_split(recipe, base, refiner) -> None:
-    """Each stage must run at least one step. diffusers splits the step grid at the training
-    timestep (1 - high_noise_fraction) x T: the base takes the timesteps at or above it
-    (denoising_end), the refiner those below (denoising_start)."""
-    import copy
-
-    counts = []
-    for pipe, below in ((base, False), (refiner, True)):
-        scheduler = copy.deepcopy(pipe.scheduler)
-        scheduler.set_timesteps(recipe.steps)
-        cutoff = int(round(scheduler.config.num_train_timesteps * (1 - recipe.high_noise_fraction)))
-        counts.append(int(((scheduler.timesteps < cutoff) == below).sum()))
-    if min(counts) == 0:
-        raise InputError("high_noise_fraction", recipe.high_noise_fraction, f"with {recipe.steps} steps, the base would run "
-                         f"{counts[0]} and the refiner {counts[1]}: each stage needs at least one (change steps or the fraction)")
-
-
 def apply_registry_settings(spec: ModelSpec, pipe) -> None:
     """What the registry changes in any pipeline of the model, however it was made: the
     scheduler the paper's code used, and no progress bar (a tqdm write per step)."""
@@ -218,11 +176,17 @@ def _from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype, f
             source, use_safetensors=True, trust_remote_code=False, **{dtype_kw: dtype}, **extra, **components
         )
     except (OSError, ValueError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        how = (f"fetch them on a connected machine with `hf download {spec.hub_id}` (they land in the hub cache, which HF_HOME points to) "
-               f"or pass {flag} PATH to a local diffusers folder")
-        reason = "HF_HUB_OFFLINE is set and they are not in the local cache" if offline else f"{e.__class__.__name__}: {str(e).splitlines()[0][:160]}"
-        raise ModelUnavailable("model", spec.name, f"weights of {source} could not be loaded ({reason}); {how}") from None
+        raise unavailable(spec, source, e, flag) from None
+
+
+def unavailable(spec: ModelSpec, source: str, error: Exception, flag: str = "--weights") -> ModelUnavailable:
+    """The error for weights (or a config) that could not be loaded: why, and how to get them."""
+    field = "refiner" if flag == "--refiner-weights" else "model"
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    how = (f"fetch them on a connected machine with `hf download {spec.hub_id}` (they land in the hub cache, which HF_HOME points to) "
+           f"or pass {flag} PATH to a local diffusers folder")
+    reason = "HF_HUB_OFFLINE is set and they are not in the local cache" if offline else f"{error.__class__.__name__}: {str(error).splitlines()[0][:160]}"
+    return ModelUnavailable(field, spec.name, f"weights of {source} could not be loaded ({reason}); {how}")
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -291,9 +255,18 @@ class Generator:
             with self._stage("refining"):  # the same step grid, from where the base stopped, with no noise added
                 latents = self.refiner(**refiner_embeds, image=latents, num_inference_steps=self.steps, guidance_scale=self.guidance,
                                        denoising_start=float(self.high_noise_fraction), output_type="latent",
-                                       generator=self.step_generators(samples, "refiner")).images
+                                       generator=self.step_generators(samples, "refiner"), **self._refiner_conditioning()).images
         with self._stage("decoding"):
             return self.decode(latents)
+
+    def _refiner_conditioning(self) -> dict:
+        """The paper's guidance 0 is CFG's negative branch alone, and the refiner's negative branch
+        conditions on the negative aesthetic score (2.5 by default; the positive one is 6.0)."""
+        if not self.unconditional:
+            return {}
+        import inspect
+
+        return {"aesthetic_score": inspect.signature(type(self.refiner).__call__).parameters["negative_aesthetic_score"].default}
 
     def initial_latents(self, samples: list[Sample]) -> torch.Tensor:
         noise = [torch.randn(self.latent_shape, generator=torch.Generator("cpu").manual_seed(s.seed)) for s in samples]

@@ -19,7 +19,7 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
     images_per_shard: 1000
     zero_guidance: conditional      # or unconditional: guidance 0 on a non-distilled model means
                                     # the empty prompt alone, as in the paper's code (not diffusers')
-    refiner: sdxl-refiner           # a second stage (model sdxl only): the base model denoises the
+    refiner: sdxl-refiner           # a second stage (model sdxl only; none: off): the base model denoises the
     high_noise_fraction: 0.8        # first 80% of the steps, the refiner the rest (diffusers'
                                     # "ensemble of expert denoisers"); both default to none
 
@@ -217,7 +217,7 @@ def _zero_guidance(value: object, spec) -> str:
 
 
 def _refiner(name: object, fraction: object, spec, steps: int) -> dict:
-    if name is None:
+    if name is None or name == "none":  # "none": a flag turning off a recipe file's refiner
         if fraction is not None:
             raise InputError("high_noise_fraction", fraction, "is the base model's share of the steps before a refiner; "
                              "it needs a refiner (recipe key refiner)")
@@ -226,7 +226,7 @@ def _refiner(name: object, fraction: object, spec, steps: int) -> dict:
     fraction = HIGH_NOISE_FRACTION if fraction is None else _number(fraction, "high_noise_fraction", 0.0, 1.0)
     if steps < 2:
         raise InputError("steps", steps, f"a refiner ({refiner.name}) takes some of the steps: expected at least 2")
-    if not 0 < fraction < 1:  # that each stage gets a step depends on the scheduler's grid: load_refiner checks
+    if not 0 < fraction < 1:  # that each stage gets a step depends on the scheduler's grid: refiner.check_refiner
         raise InputError("high_noise_fraction", fraction, "expected a number between 0 and 1 (both excluded)")
     return {"refiner": refiner.name, "high_noise_fraction": fraction}
 

@@ -88,15 +88,15 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
 
 
 def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, t_start: float) -> dict:
-    from .generator import Generator, check_attention, check_runtime, load_pipeline, load_refiner, resolve_dtype
+    from .generator import Generator, check_attention, check_runtime, load_pipeline, resolve_dtype
+    from .refiner import check_refiner, load_refiner
 
     check_attention(options.attention, device)
     dtype = resolve_dtype(spec, device)
     check_runtime(options.backend, options.attention, device, dtype, spec.name)
     if recipe.refiner and options.backend != "eager":
         raise InputError("backend", options.backend, f"the refiner ({recipe.refiner}) runs in PyTorch: use --backend eager")
-    if options.refiner_weights and not recipe.refiner:
-        raise InputError("--refiner-weights", options.refiner_weights, "the recipe has no refiner (recipe key refiner)")
+    check_refiner(recipe, options.weights, options.refiner_weights)
     meta = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), weights=options.weights, attention=options.attention,
                 backend=options.backend, refiner_weights=options.refiner_weights)
     existing = mf.check_resumable(out_dir, recipe, **_kept(meta))

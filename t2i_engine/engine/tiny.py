@@ -93,7 +93,8 @@ def build_tiny_sdxl():
 def build_tiny_sdxl_refiner(base):
     """`tiny-sdxl-refiner`: the SDXL refiner's classes and wiring (an img2img pipeline conditioned on
     the base's second text encoder alone, with an aesthetic score among its five time ids) at toy
-    sizes, sharing `base`'s second text encoder and VAE, as diffusers' SDXL example shares them."""
+    sizes, sharing `base`'s second text encoder and VAE, as diffusers' SDXL example shares them, and
+    sampling on a copy of its scheduler (refiner.check_refiner relies on that)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
 
     text_encoder_2 = base.text_encoder_2
@@ -108,7 +109,7 @@ def build_tiny_sdxl_refiner(base):
     return StableDiffusionXLImg2ImgPipeline(vae=base.vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None,
                                             tokenizer_2=base.tokenizer_2, unet=unet,
                                             scheduler=EulerDiscreteScheduler.from_config(base.scheduler.config),
-                                            requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+                                            requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False)
 
 
 def _tiny_t5(tokenizer, seed: int, d_model: int = 32):

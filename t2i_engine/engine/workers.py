@@ -202,9 +202,10 @@ class UnitRunner:
                  backend: str = "eager", refiner_weights: str | None = None):
         import torch
 
-        from .generator import Generator, load_pipeline, load_refiner, resolve_device, resolve_dtype
+        from .generator import Generator, load_pipeline, resolve_device, resolve_dtype
         from .plan import plan_units
         from .recipe import Recipe
+        from .refiner import load_refiner
         from .registry import get_model
         from .run import sample_meta
         from .writer import ShardWriter

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from t2i_engine.engine.generator import Generator, load_pipeline, load_refiner
+from t2i_engine.engine.generator import Generator, load_pipeline
+from t2i_engine.engine.refiner import load_refiner
 from t2i_engine.engine.plan import plan_samples
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.registry import MODELS
@@ -149,6 +150,19 @@ def test_the_sdxl_refiner_takes_the_last_steps_as_in_diffusers_ensemble(negative
     assert _worst(np.concatenate([gen.generate([s]) for s in samples]), ours) <= TOL
 
 
+def test_the_papers_guidance_0_gives_the_refiner_its_negative_aesthetic_score():
+    """CFG's negative branch alone: the refiner's time ids carry the negative aesthetic score (2.5),
+    not the positive 6.0 (a tiny random UNet barely reacts to it, so its input is checked)."""
+    pipe = load_pipeline(MODELS["tiny-sdxl"], None, torch.device("cpu"), torch.float32)
+    seen = []
+    for zero_guidance in ("conditional", "unconditional"):
+        recipe = _refined(guidance=0, zero_guidance=zero_guidance)
+        refiner = load_refiner(recipe, pipe, None, torch.device("cpu"), torch.float32)
+        refiner.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["added_cond_kwargs"]["time_ids"][:, -1]), with_kwargs=True)
+        Generator.for_recipe(pipe, recipe, refiner).generate(plan_samples(recipe)[:2])
+    assert [t.tolist() for t in seen] == [[6.0, 6.0]] * 2 + [[2.5, 2.5]] * 2  # the refiner's 2 steps of 4 in each mode
+
+
 def test_a_refined_recipe_makes_its_own_dataset_and_bad_refiners_are_refused(tmp_path):
     import json
 
@@ -176,9 +190,11 @@ def test_a_refined_recipe_makes_its_own_dataset_and_bad_refiners_are_refused(tmp
             _recipe("tiny-sdxl", **fields)
     with pytest.raises(InputError, match="refiner"):
         _recipe("tiny-sd", refiner="tiny-sdxl-refiner")
-    with pytest.raises(InputError, match="high_noise_fraction"):  # 4 leading steps: 751, 501, 251, 1; none above 800 for the base
-        load_refiner(_refined(high_noise_fraction=0.2), load_pipeline(MODELS["tiny-sdxl"], None, torch.device("cpu"), torch.float32),
-                     None, torch.device("cpu"), torch.float32)
+    for devices in (None, ["cpu"]):  # 4 leading steps: 751, 501, 251, 1; none at or above 800 for the base
+        with pytest.raises(InputError, match="high_noise_fraction.*the base would run 0 and the refiner 4"):
+            generate(_refined(high_noise_fraction=0.2), tmp_path / "split", RunOptions(device="cpu", devices=devices, progress=False))
+        assert not (tmp_path / "split").exists()  # refused before the workers start, so a corrected rerun may use the folder
+    assert _recipe("tiny-sdxl", refiner="none").refiner is None
     with pytest.raises(InputError, match="backend"):
         generate(recipe, tmp_path / "onnx", RunOptions(device="cpu", progress=False, backend="onnx"))
     assert not (tmp_path / "onnx").exists()

@@ -1,0 +1,100 @@
+"""A refiner as a second stage: diffusers' "ensemble of expert denoisers" for SDXL.
+
+The base model denoises the first `high_noise_fraction` of the steps (`denoising_end`) and hands
+its latents over; the refiner, an img2img pipeline, runs the rest of the same step grid
+(`denoising_start`) without adding noise. The two share the base's second text encoder and VAE.
+The Generator runs both stages (generator.py); this module checks a recipe's refiner before
+anything loads, and loads it.
+
+Where the grid splits: at the training timestep T - fraction x T (diffusers' own arithmetic), the
+base taking the timesteps at or above it, the refiner those below; each stage must get one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+from .registry import MODELS
+
+
+def check_refiner(recipe, weights: str | None, refiner_weights: str | None) -> None:
+    """Before any weights load or anything is written (local and worker runs alike): the
+    refiner's folder exists and the split gives each stage a step, read from the two
+    schedulers' configs."""
+    if recipe.refiner is None:
+        if refiner_weights is not None:
+            raise InputError("--refiner-weights", refiner_weights, "the recipe has no refiner (recipe key refiner)")
+        return
+    if refiner_weights is not None and not Path(refiner_weights).is_dir():
+        raise InputError("--refiner-weights", refiner_weights, "expected a local diffusers folder (with model_index.json)")
+    spec = MODELS[recipe.refiner]
+    base = _scheduler(MODELS[recipe.model], weights, "--weights")
+    # a built (test) refiner samples on its base's scheduler (tiny.build_tiny_sdxl_refiner)
+    refiner = base if spec.builder and refiner_weights is None else _scheduler(spec, refiner_weights, "--refiner-weights")
+    _check_split(recipe, base, refiner)
+
+
+def load_refiner(recipe, base, weights: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa"):
+    """The recipe's second stage, or None: its registry model built (test models) or loaded
+    around the base's second text encoder and VAE, in the base's device and dtype."""
+    from .generator import _from_pretrained, apply_registry_settings
+
+    if recipe.refiner is None:
+        return None
+    spec = MODELS[recipe.refiner]
+    if spec.builder and weights is None:
+        module, func = spec.builder.split(":")
+        refiner = getattr(importlib.import_module(module), func)(base)
+    else:
+        # no watermarker: diffusers' img2img pipeline would stamp even the latents it returns
+        refiner = _from_pretrained(spec, weights, dtype, flag="--refiner-weights", text_encoder_2=base.text_encoder_2,
+                                   tokenizer_2=base.tokenizer_2, vae=base.vae, add_watermarker=False)
+    apply_registry_settings(spec, refiner)
+    _check_split(recipe, base.scheduler, refiner.scheduler)
+    if refiner.dtype != dtype:  # built refiners come in float32; loaded ones already in dtype
+        refiner = refiner.to(dtype=dtype)
+    refiner = refiner.to(device)
+    if attention == "triton":  # the shared modules are already routed with the base
+        from ..kernels import install
+
+        install(refiner.unet, attention="triton")
+    return refiner
+
+
+def _scheduler(spec, weights: str | None, flag: str):
+    """The scheduler `spec`'s pipeline samples with (the registry's replacement included), from
+    its config alone; test models are built (they are small)."""
+    import diffusers
+
+    from .generator import bundled_path, unavailable
+
+    if spec.builder and weights is None:
+        module, func = spec.builder.split(":")
+        scheduler = getattr(importlib.import_module(module), func)().scheduler
+        return getattr(diffusers, spec.scheduler).from_config(scheduler.config) if spec.scheduler else scheduler
+    source = weights or bundled_path(spec) or spec.hub_id
+    try:
+        config = diffusers.DDPMScheduler.load_config(source, subfolder="scheduler")  # any scheduler class reads the folder's config
+    except (OSError, ValueError) as e:
+        raise unavailable(spec, source, e, flag) from None
+    return getattr(diffusers, spec.scheduler or config["_class_name"]).from_config(config)
+
+
+def _check_split(recipe, base, refiner) -> None:
+    """Each stage runs at least one step of `recipe.steps` (schedulers are copied, not changed)."""
+    import copy
+
+    counts = []
+    for scheduler, below in ((base, False), (refiner, True)):
+        scheduler = copy.deepcopy(scheduler)
+        scheduler.set_timesteps(recipe.steps)
+        total = scheduler.config.num_train_timesteps
+        cutoff = int(round(total - recipe.high_noise_fraction * total))  # as StableDiffusionXL(Img2Img)Pipeline computes it
+        counts.append(int(((scheduler.timesteps < cutoff) == below).sum()))
+    if min(counts) == 0:
+        raise InputError("high_noise_fraction", recipe.high_noise_fraction, f"with {recipe.steps} steps, the base would run "
+                         f"{counts[0]} and the refiner {counts[1]}: each stage needs at least one (change steps or the fraction)")
