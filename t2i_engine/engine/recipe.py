@@ -19,9 +19,9 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
     images_per_shard: 1000
     zero_guidance: conditional      # or unconditional: guidance 0 on a non-distilled model means
                                     # the empty prompt alone, as in the paper's code (not diffusers')
-    refiner: sdxl-refiner           # a second stage (model sdxl only; none: off): the base model denoises the
-    high_noise_fraction: 0.8        # first 80% of the steps, the refiner the rest (diffusers'
-                                    # "ensemble of expert denoisers"); both default to none
+    refiner: sdxl-refiner           # a second stage (model sdxl only; default none): the base
+    high_noise_fraction: 0.8        # model denoises the first 80% of the steps, the refiner the
+                                    # rest (diffusers' "ensemble of expert denoisers")
 
 The recipe is stored resolved (class list and captions included) in the dataset's manifest, so
 `verify` and resume never re-read the class or caption files. Its hash covers everything that
