@@ -1,5 +1,7 @@
 """The local scheduler (`--devices cpu:N`): the same shards whatever the worker count, and a
-worker killed mid-run is replaced without losing or duplicating a sample."""
+worker killed mid-run is replaced without losing or duplicating a sample. Workers split the
+cores, so their floats may differ from one process's in the last bits: images are compared
+within one level (PNG), everything else byte for byte."""
 
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ from t2i_engine.engine.run import RunOptions, generate
 from t2i_engine.engine.verify import verify_dataset
 from t2i_engine.engine.workers import parse_devices
 from tests.conftest import CLI, tiny_recipe
-from tests.engine.test_generate import QUIET, shard_hashes
+from tests.engine.test_generate import QUIET, sample_differences, shard_hashes
 
 pytestmark = pytest.mark.slow
-RECIPE = {"images_per_class": 8, "images_per_shard": 2}  # 24 samples in 12 shards
+RECIPE = {"images_per_class": 8, "images_per_shard": 2, "format": "png"}  # 24 samples in 12 shards
 YAML = ("model: tiny-sd\nclasses: [cat, dog, goldfish]\nimages_per_class: 8\nsteps: 2\nresolution: 32\n"
-        "batch_size: 2\nimages_per_shard: 2\n")  # = tiny_recipe(**RECIPE)
+        "batch_size: 2\nimages_per_shard: 2\nformat: png\n")  # = tiny_recipe(**RECIPE)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def whole(tmp_path_factory):
 def test_one_or_two_workers_write_the_same_shards_as_one_process(whole, tmp_path, n):
     summary = generate(tiny_recipe(**RECIPE), tmp_path / "out", RunOptions(progress=False, devices=["cpu"] * n))
     assert summary["images"] == 24 and summary["worker_restarts"] == 0 and len(summary["device_images_per_second"]) == n
-    assert shard_hashes(tmp_path / "out") == shard_hashes(whole)
+    assert sample_differences(tmp_path / "out", whole) == []
     assert verify_dataset(tmp_path / "out") == []
 
 
@@ -69,7 +71,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_sample_lands_once(whole, 
     summary = json.loads(stdout)
     assert summary["worker_restarts"] == 1 and summary["dataset_complete"]
     assert verify_dataset(out) == []
-    assert shard_hashes(out) == shard_hashes(whole)
+    assert sample_differences(out, whole) == []
 
 
 @pytest.mark.parametrize("text", ["cpu:0", "cpu:x", "tpu", "0,0", "1,-2", "all", "0"])
@@ -100,7 +102,7 @@ def test_ctrl_c_stops_the_workers_keeps_committed_shards_and_the_next_run_resume
     assert 1 <= len(done) < 12 and not json.loads((out / "dataset.json").read_text())["complete"]
     summary = generate(tiny_recipe(**RECIPE), out, RunOptions(progress=False, devices=["cpu", "cpu"]))
     assert summary["shards_skipped"] == len(done)
-    assert shard_hashes(out) == shard_hashes(whole) and verify_dataset(out) == []
+    assert sample_differences(out, whole) == [] and verify_dataset(out) == []
 
 
 def test_devices_and_ray_together_are_refused(cli, tmp_path):
