@@ -182,9 +182,10 @@ def _from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype, f
 def unavailable(spec: ModelSpec, source: str, error: Exception, flag: str = "--weights") -> ModelUnavailable:
     """The error for weights (or a config) that could not be loaded: why, and how to get them."""
     field = "refiner" if flag == "--refiner-weights" else "model"
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    how = (f"fetch them on a connected machine with `hf download {spec.hub_id}` (they land in the hub cache, which HF_HOME points to) "
-           f"or pass {flag} PATH to a local diffusers folder")
+    local = Path(source).is_dir()
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") and not local
+    how = (f"fetch them on a connected machine with `hf download {spec.hub_id}` (they land in the hub cache, which HF_HOME points to) or "
+           if spec.hub_id and not local else "") + f"pass {flag} PATH to a complete local diffusers folder"
     reason = "HF_HUB_OFFLINE is set and they are not in the local cache" if offline else f"{error.__class__.__name__}: {str(error).splitlines()[0][:160]}"
     return ModelUnavailable(field, spec.name, f"weights of {source} could not be loaded ({reason}); {how}")
 

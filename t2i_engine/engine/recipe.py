@@ -217,10 +217,12 @@ def _zero_guidance(value: object, spec) -> str:
 
 
 def _refiner(name: object, fraction: object, spec, steps: int) -> dict:
-    if name is None or name == "none":  # "none": a flag turning off a recipe file's refiner
+    if name == "none":  # said outright (a flag turning off a recipe file's refiner): a fraction beside it is moot
+        return {}
+    if name is None:
         if fraction is not None:
             raise InputError("high_noise_fraction", fraction, "is the base model's share of the steps before a refiner; "
-                             "it needs a refiner (recipe key refiner)")
+                             "it needs a refiner (recipe key refiner; none: off)")
         return {}
     refiner = get_refiner(name, spec)
     fraction = HIGH_NOISE_FRACTION if fraction is None else _number(fraction, "high_noise_fraction", 0.0, 1.0)

@@ -21,16 +21,19 @@ from .errors import InputError
 from .registry import MODELS
 
 
-def check_refiner(recipe, weights: str | None, refiner_weights: str | None) -> None:
+def check_refiner(recipe, weights: str | None, refiner_weights: str | None, read_configs: bool = True) -> None:
     """Before any weights load or anything is written (local and worker runs alike): the
-    refiner's folder exists and the split gives each stage a step, read from the two
-    schedulers' configs."""
+    weights folders exist and (`read_configs`: when there is work to do) the split gives each
+    stage a step, read from the two schedulers' configs."""
     if recipe.refiner is None:
         if refiner_weights is not None:
             raise InputError("--refiner-weights", refiner_weights, "the recipe has no refiner (recipe key refiner)")
         return
-    if refiner_weights is not None and not Path(refiner_weights).is_dir():
-        raise InputError("--refiner-weights", refiner_weights, "expected a local diffusers folder (with model_index.json)")
+    if not read_configs:
+        return
+    for flag, folder in (("--weights", weights), ("--refiner-weights", refiner_weights)):
+        if folder is not None and not Path(folder).is_dir():  # not a hub id: the engine's ids are registry names
+            raise InputError(flag, folder, "expected a local diffusers folder (with model_index.json)")
     spec = MODELS[recipe.refiner]
     base = _scheduler(MODELS[recipe.model], weights, "--weights")
     # a built (test) refiner samples on its base's scheduler (tiny.build_tiny_sdxl_refiner)
@@ -78,10 +81,12 @@ def _scheduler(spec, weights: str | None, flag: str):
         return getattr(diffusers, spec.scheduler).from_config(scheduler.config) if spec.scheduler else scheduler
     source = weights or bundled_path(spec) or spec.hub_id
     try:
-        config = diffusers.DDPMScheduler.load_config(source, subfolder="scheduler")  # any scheduler class reads the folder's config
-    except (OSError, ValueError) as e:
+        # the class the pipeline loads is the one model_index.json names; any scheduler class reads the config
+        name = spec.scheduler or diffusers.DiffusionPipeline.load_config(source)["scheduler"][1]
+        config = diffusers.DDPMScheduler.load_config(source, subfolder="scheduler")
+        return getattr(diffusers, name).from_config(config)
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
         raise unavailable(spec, source, e, flag) from None
-    return getattr(diffusers, spec.scheduler or config["_class_name"]).from_config(config)
 
 
 def _check_split(recipe, base, refiner) -> None:

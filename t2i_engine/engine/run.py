@@ -96,7 +96,6 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     check_runtime(options.backend, options.attention, device, dtype, spec.name)
     if recipe.refiner and options.backend != "eager":
         raise InputError("backend", options.backend, f"the refiner ({recipe.refiner}) runs in PyTorch: use --backend eager")
-    check_refiner(recipe, options.weights, options.refiner_weights)
     meta = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), weights=options.weights, attention=options.attention,
                 backend=options.backend, refiner_weights=options.refiner_weights)
     existing = mf.check_resumable(out_dir, recipe, **_kept(meta))
@@ -105,6 +104,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     part = options.part
     mine = [u for u in units if u.shard % part[1] == part[0]] if part else units
     todo = _uncommitted(out_dir, mine)
+    check_refiner(recipe, options.weights, options.refiner_weights, read_configs=bool(todo))  # nothing to do: no configs needed
     t_planned = time.perf_counter()
     if not todo and existing is not None and existing.get("complete"):
         # Finished: left untouched, but for a lost _info.json (it derives from the shards).

@@ -95,7 +95,7 @@ def build_tiny_sdxl_refiner(base):
     the base's second text encoder alone, with an aesthetic score among its five time ids) at toy
     sizes, sharing `base`'s second text encoder and VAE, as diffusers' SDXL example shares them, and
     sampling on a copy of its scheduler (refiner.check_refiner relies on that)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
 
     text_encoder_2 = base.text_encoder_2
     hidden, pooled = text_encoder_2.config.hidden_size, text_encoder_2.config.projection_dim
@@ -108,7 +108,7 @@ def build_tiny_sdxl_refiner(base):
     )
     return StableDiffusionXLImg2ImgPipeline(vae=base.vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None,
                                             tokenizer_2=base.tokenizer_2, unet=unet,
-                                            scheduler=EulerDiscreteScheduler.from_config(base.scheduler.config),
+                                            scheduler=type(base.scheduler).from_config(base.scheduler.config),
                                             requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False)
 
 

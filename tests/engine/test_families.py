@@ -194,7 +194,9 @@ def test_a_refined_recipe_makes_its_own_dataset_and_bad_refiners_are_refused(tmp
         with pytest.raises(InputError, match="high_noise_fraction.*the base would run 0 and the refiner 4"):
             generate(_refined(high_noise_fraction=0.2), tmp_path / "split", RunOptions(device="cpu", devices=devices, progress=False))
         assert not (tmp_path / "split").exists()  # refused before the workers start, so a corrected rerun may use the folder
-    assert _recipe("tiny-sdxl", refiner="none").refiner is None
+    assert _recipe("tiny-sdxl", refiner="none", high_noise_fraction=0.7).refiner is None  # a flag turning a file's refiner off
+    with pytest.raises(InputError, match="--weights"):  # a path, not a hub id: refused at once, not after the hub's retries
+        generate(recipe, tmp_path / "w", RunOptions(device="cpu", progress=False, weights=str(tmp_path / "no-such-folder")))
     with pytest.raises(InputError, match="backend"):
         generate(recipe, tmp_path / "onnx", RunOptions(device="cpu", progress=False, backend="onnx"))
     assert not (tmp_path / "onnx").exists()

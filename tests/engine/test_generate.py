@@ -26,9 +26,11 @@ def shard_hashes(folder: Path) -> dict[str, str]:
 
 def sample_differences(folder: Path, reference: Path, levels: int = 1) -> list[str]:
     """What differs between two datasets' shards beyond rounding: the same shards, members and
-    member order, the same labels and metadata byte for byte, and images within `levels` per
-    pixel. For runs with other CPU thread counts, whose floats differ in the last bits (README);
-    lossless formats only (a JPEG re-encoding spreads a moved pixel over its block)."""
+    member order, the same labels and metadata byte for byte, and PNG images within `levels`
+    per pixel, with at most 1% of an image's values moved (a rounding edge is rare; a shift of
+    the whole image is a bug). For runs with other CPU thread counts, whose floats differ in the
+    last bits (README); other formats compare as bytes (a lossy re-encoding spreads a moved
+    pixel over its block)."""
     import tarfile
 
     names = [p.name for p in sorted(folder.glob("*.tar"))]
@@ -42,10 +44,10 @@ def sample_differences(folder: Path, reference: Path, levels: int = 1) -> list[s
                 continue
             for member in a.getnames():
                 x, y = a.extractfile(member).read(), b.extractfile(member).read()
-                if member.endswith((".png", ".webp")):
-                    diff = np.abs(np.asarray(Image.open(io.BytesIO(x)), int) - np.asarray(Image.open(io.BytesIO(y)), int)).max()
-                    if diff > levels:
-                        out.append(f"{name}/{member}: {diff} levels")
+                if member.endswith(".png"):
+                    diff = np.abs(np.asarray(Image.open(io.BytesIO(x)), int) - np.asarray(Image.open(io.BytesIO(y)), int))
+                    if diff.max() > levels or np.count_nonzero(diff) > diff.size // 100:
+                        out.append(f"{name}/{member}: {diff.max()} levels, {np.count_nonzero(diff)} values moved")
                 elif x != y:
                     out.append(f"{name}/{member}: bytes differ")
     drop = lambda rows: [{k: v for k, v in r.items() if k != "sha256"} for r in rows]  # noqa: E731 - the images' hashes
