@@ -114,9 +114,8 @@ def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dt
         pipe = getattr(importlib.import_module(module), func)()
         # Built modules start in training mode: the text encoders' dropout (T5's) would fire, so they
         # go to eval mode. The denoisers and VAEs have no dropout and stay as built: eval mode computes
-        # the same there but with other memory layouts (ResnetBlock2D), so other last bits, and the
-        # worker tests compare tiny-sd's shards byte for byte across CPU thread counts, which already
-        # differ in the last bits; as built, no pixel crosses a rounding edge.
+        # the same there but with other memory layouts (ResnetBlock2D), so other last bits, which
+        # would move pixels of test models whose datasets earlier versions made.
         for name, component in pipe.components.items():
             if name.startswith("text_encoder") and isinstance(component, torch.nn.Module):
                 component.eval()
