@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import os
 import time
 from collections import OrderedDict
@@ -110,8 +111,7 @@ def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dt
     if spec.family not in SUPPORTED_FAMILIES:
         raise InputError("model", spec.name, f"the {spec.family} family has no generator adapter yet; supported families: {', '.join(SUPPORTED_FAMILIES)}")
     if spec.builder and weights is None:
-        module, func = spec.builder.split(":")
-        pipe = getattr(importlib.import_module(module), func)()
+        pipe = builder(spec)()
         # Built modules start in training mode: the text encoders' dropout (T5's) would fire, so they
         # go to eval mode. The denoisers and VAEs have no dropout and stay as built: eval mode computes
         # the same there but with other memory layouts (ResnetBlock2D), so other last bits, which
@@ -136,6 +136,13 @@ def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dt
         height, width = resolution or spec.resolution
         apply_backend(pipe, spec.name, backend, device, Profile((1, batch, 2 * batch), height, width))
     return pipe
+
+
+def builder(spec: ModelSpec):
+    """The function a test model's registry entry names ("module:function"), which builds its
+    pipeline with random weights (a refiner's takes the base pipeline)."""
+    module, func = spec.builder.split(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def apply_registry_settings(spec: ModelSpec, pipe) -> None:
@@ -214,6 +221,10 @@ class Generator:
         self._cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._negative: dict[str, torch.Tensor] | None = None
         self.refiner, self.high_noise_fraction = refiner, high_noise_fraction
+        # the paper's guidance 0 is CFG's negative branch alone, and a refiner's negative branch
+        # conditions on the negative aesthetic score (2.5 by default; the positive one is 6.0)
+        self._refiner_extra = ({"aesthetic_score": inspect.signature(type(refiner).__call__).parameters["negative_aesthetic_score"].default}
+                               if refiner is not None and self.unconditional else {})
         if refiner is not None and not 0 < (high_noise_fraction or 0) < 1:
             raise ValueError(f"high_noise_fraction={high_noise_fraction!r}: a refiner needs the base's share of the steps, in (0, 1)")
         # the pipelines whose prompt inputs the cache keeps, each under its key prefix
@@ -255,18 +266,9 @@ class Generator:
             with self._stage("refining"):  # the same step grid, from where the base stopped, with no noise added
                 latents = self.refiner(**refiner_embeds, image=latents, num_inference_steps=self.steps, guidance_scale=self.guidance,
                                        denoising_start=float(self.high_noise_fraction), output_type="latent",
-                                       generator=self.step_generators(samples, "refiner"), **self._refiner_conditioning()).images
+                                       generator=self.step_generators(samples, "refiner"), **self._refiner_extra).images
         with self._stage("decoding"):
             return self.decode(latents)
-
-    def _refiner_conditioning(self) -> dict:
-        """The paper's guidance 0 is CFG's negative branch alone, and the refiner's negative branch
-        conditions on the negative aesthetic score (2.5 by default; the positive one is 6.0)."""
-        if not self.unconditional:
-            return {}
-        import inspect
-
-        return {"aesthetic_score": inspect.signature(type(self.refiner).__call__).parameters["negative_aesthetic_score"].default}
 
     def initial_latents(self, samples: list[Sample]) -> torch.Tensor:
         noise = [torch.randn(self.latent_shape, generator=torch.Generator("cpu").manual_seed(s.seed)) for s in samples]

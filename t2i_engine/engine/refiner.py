@@ -12,7 +12,6 @@ base taking the timesteps at or above it, the refiner those below; each stage mu
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import torch
@@ -44,14 +43,13 @@ def check_refiner(recipe, weights: str | None, refiner_weights: str | None, read
 def load_refiner(recipe, base, weights: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa"):
     """The recipe's second stage, or None: its registry model built (test models) or loaded
     around the base's second text encoder and VAE, in the base's device and dtype."""
-    from .generator import _from_pretrained, apply_registry_settings
+    from .generator import _from_pretrained, apply_registry_settings, builder
 
     if recipe.refiner is None:
         return None
     spec = MODELS[recipe.refiner]
     if spec.builder and weights is None:
-        module, func = spec.builder.split(":")
-        refiner = getattr(importlib.import_module(module), func)(base)
+        refiner = builder(spec)(base)
     else:
         # no watermarker: diffusers' img2img pipeline would stamp even the latents it returns
         refiner = _from_pretrained(spec, weights, dtype, flag="--refiner-weights", text_encoder_2=base.text_encoder_2,
@@ -73,12 +71,12 @@ def _scheduler(spec, weights: str | None, flag: str):
     its config alone; test models are built (they are small)."""
     import diffusers
 
-    from .generator import bundled_path, unavailable
+    from .generator import apply_registry_settings, builder, bundled_path, unavailable
 
     if spec.builder and weights is None:
-        module, func = spec.builder.split(":")
-        scheduler = getattr(importlib.import_module(module), func)().scheduler
-        return getattr(diffusers, spec.scheduler).from_config(scheduler.config) if spec.scheduler else scheduler
+        pipe = builder(spec)()
+        apply_registry_settings(spec, pipe)
+        return pipe.scheduler
     source = weights or bundled_path(spec) or spec.hub_id
     try:
         # the class the pipeline loads is the one model_index.json names; any scheduler class reads the config
