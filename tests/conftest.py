@@ -82,3 +82,27 @@ def digits_world(tmp_path_factory):
     generate(recipe, root / "synthetic", RunOptions(device="cpu", progress=False))
     return {"real_train": root / "real" / "train", "real_test": root / "real" / "test", "synthetic": root / "synthetic",
             "root": root}
+
+
+@pytest.fixture(scope="session")
+def digits_runs(digits_world):
+    """The small CNN trained 2 epochs on the synthetic digits ("synth") and on the real training
+    digits ("real"), shared read-only: a test that evaluates or reports copies one first
+    (copy_run), since eval writes its record into the run's folder."""
+    from t2i_engine.training.loop import train
+    from t2i_engine.training.presets import resolve_config
+
+    root = digits_world["root"] / "runs"
+    config = resolve_config("small", {"epochs": 2})
+    runs = {"synth": root / "synth", "real": root / "real"}
+    train(config, digits_world["synthetic"], runs["synth"], device="cpu", progress=False)
+    train(config, digits_world["real_train"], runs["real"], device="cpu", progress=False)
+    return runs
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """A private copy of a shared trained run (digits_runs)."""
+    import shutil
+
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("evals", ".t2i-engine.lock*"))
+    return dest

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 def test_demo_runs_the_whole_loop_and_its_table_matches_a_separate_eval(cli, tmp_path):
     out = tmp_path / "demo"
-    code, stdout, err = cli("demo", "--out", out, "--guidance", "2", "--guidance", "7.5", "--images-per-class", "10",
+    code, stdout, err = cli("demo", "--out", out, "--guidance", "2", "--guidance", "7.5", "--images-per-class", "5",
                             "--epochs", "2", "--device", "cpu", "--json")
     assert code == 0, err
     result = json.loads(stdout)
@@ -28,7 +28,7 @@ def test_demo_runs_the_whole_loop_and_its_table_matches_a_separate_eval(cli, tmp
 
     # A second demo in the same folder resumes: nothing is regenerated or retrained.
     before = (out / "runs" / "real" / "best.safetensors").stat().st_mtime_ns
-    code, stdout2, _ = cli("demo", "--out", out, "--guidance", "2", "--guidance", "7.5", "--images-per-class", "10",
+    code, stdout2, _ = cli("demo", "--out", out, "--guidance", "2", "--guidance", "7.5", "--images-per-class", "5",
                            "--epochs", "2", "--device", "cpu", "--json")
     assert code == 0 and json.loads(stdout2)["table"] == result["table"]
     assert (out / "runs" / "real" / "best.safetensors").stat().st_mtime_ns == before

@@ -48,9 +48,9 @@ def test_parts_started_at_once_as_processes_share_the_folder_without_overlap(who
     recipe.write_text("model: tiny-sd\nclasses: [cat, dog, goldfish]\nimages_per_class: 5\nsteps: 2\nresolution: 32\n"
                       "batch_size: 2\nimages_per_shard: 3\n")  # = tiny_recipe(**RECIPE)
     args = ["generate", str(recipe), "--out", str(out), "--device", "cpu", "--encode-workers", "0", "--no-progress"]
-    procs = [subprocess.Popen([*CLI, *args, "--part", f"{i}/3"], stderr=subprocess.PIPE, text=True) for i in range(3)]
+    procs = [subprocess.Popen([*CLI, *args, "--part", f"{i}/2"], stderr=subprocess.PIPE, text=True) for i in range(2)]
     errors = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert [p.returncode for p in procs] == [0, 0], errors
     assert shard_hashes(out) == shard_hashes(whole)
     assert json.loads((out / "dataset.json").read_text())["complete"] and verify_dataset(out) == []
 

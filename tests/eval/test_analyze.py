@@ -13,9 +13,8 @@ from t2i_engine.eval.analyze import analyze
 from t2i_engine.eval.classify import evaluate_run
 from t2i_engine.eval.probes import fft_filter, write_probe
 from t2i_engine.eval.report import write_report
-from t2i_engine.training.loop import train
-from t2i_engine.training.presets import resolve_config
 from t2i_engine.training.sources import open_set
+from tests.conftest import copy_run
 
 pytestmark = pytest.mark.slow
 
@@ -103,10 +102,9 @@ def test_vae_probe_round_trips_real_digits_through_the_embedded_vae(digits_world
     assert 0 < np.abs(a - b).mean() < 0.1 * 255
 
 
-def test_report_table_and_plots_carry_the_eval_and_analysis_numbers(digits_world, tmp_path):
-    cfg = resolve_config("small", {"epochs": 2})
-    train(cfg, digits_world["synthetic"], tmp_path / "synth", device="cpu", progress=False)
-    train(cfg, digits_world["real_train"], tmp_path / "real", device="cpu", progress=False)
+def test_report_table_and_plots_carry_the_eval_and_analysis_numbers(digits_world, digits_runs, tmp_path):
+    copy_run(digits_runs["synth"], tmp_path / "synth")
+    copy_run(digits_runs["real"], tmp_path / "real")
     s2r = evaluate_run(tmp_path / "synth", digits_world["real_test"], device="cpu")
     r2s = evaluate_run(tmp_path / "real", digits_world["synthetic"], device="cpu")
     base = evaluate_run(tmp_path / "real", digits_world["real_test"], device="cpu")

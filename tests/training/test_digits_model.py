@@ -34,8 +34,9 @@ def test_tokenizer_keeps_each_digit_name_whole():
 
 def test_training_from_scratch_lowers_both_losses():
     split = load_split()
-    images, labels = split.train_images[:96] * 2 - 1, split.train_labels[:96]
-    cfg = TrainConfig(vae_steps=40, vae_batch_size=16, unet_steps=60, batch_size=32, warmup_steps=5)
+    # Measured here: the VAE's loss falls to 0.45x and the UNet's to 0.78x of their first steps'.
+    images, labels = split.train_images[:64] * 2 - 1, split.train_labels[:64]
+    cfg = TrainConfig(vae_steps=25, vae_batch_size=16, unet_steps=30, batch_size=32, warmup_steps=5)
     tokenizer, text_encoder, vae, unet, scheduler = build_components()
     gen = torch.Generator().manual_seed(0)
     vae_losses = train_vae(vae, images, cfg, gen, log=lambda *_: None)

@@ -20,27 +20,29 @@ from t2i_engine.training.loop import train
 from t2i_engine.training.presets import lr_factor, resolve_config
 from t2i_engine.training.sources import open_set
 
-from ..conftest import CLI
+from ..conftest import CLI, copy_run
 
 pytestmark = pytest.mark.slow
 
 
 def test_synthetic_digits_teach_real_digits_and_shuffled_labels_teach_nothing(digits_world, tmp_path):
-    config = resolve_config("small", {"epochs": 20})
+    # 8 epochs at batch 32 (136 steps) reach the small preset's 20 epochs at batch 128 (100 steps)
+    # in a third of the time: 0.93 real-test top-1 here either way.
+    config = resolve_config("small", {"epochs": 8, "batch_size": 32})
     train(config, digits_world["synthetic"], tmp_path / "synth", device="cpu", progress=False)
     honest = evaluate_run(tmp_path / "synth", digits_world["real_test"], device="cpu")
     assert honest["direction"] == "synth->real" and honest["top1"] >= 0.85
 
     # The control: the same images with their labels permuted across samples. If the accuracy
     # above came from anything but the pixels (file order, keys, leakage), it would survive this.
-    shuffled = resolve_config("small", {"epochs": 20, "shuffle_labels": 0})
+    shuffled = resolve_config("small", {"epochs": 8, "batch_size": 32, "shuffle_labels": 0})
     train(shuffled, digits_world["synthetic"], tmp_path / "shuffled", device="cpu", progress=False)
     control = evaluate_run(tmp_path / "shuffled", digits_world["real_test"], device="cpu")
     assert control["top1"] <= 0.2
 
 
-def test_eval_reports_consistent_top1_top5_per_class_and_confusion(digits_world, tmp_path):
-    train(resolve_config("small", {"epochs": 3}), digits_world["real_train"], tmp_path / "run", device="cpu", progress=False)
+def test_eval_reports_consistent_top1_top5_per_class_and_confusion(digits_world, digits_runs, tmp_path):
+    copy_run(digits_runs["real"], tmp_path / "run")
     r = evaluate_run(tmp_path / "run", digits_world["synthetic"], device="cpu")
     confusion = torch.tensor(r["confusion"])
     assert r["direction"] == "real->synth" and r["images"] == 600 == confusion.sum()
@@ -51,8 +53,8 @@ def test_eval_reports_consistent_top1_top5_per_class_and_confusion(digits_world,
     assert json.loads((tmp_path / "run" / "evals").glob("*.json").__next__().read_text())["top1"] == r["top1"]
 
 
-def test_eval_refuses_data_whose_class_ids_differ(digits_world, tmp_path):
-    train(resolve_config("small", {"epochs": 1}), digits_world["real_test"], tmp_path / "run", device="cpu", progress=False)
+def test_eval_refuses_data_whose_class_ids_differ(digits_world, digits_runs, tmp_path):
+    copy_run(digits_runs["real"], tmp_path / "run")
     partial = tmp_path / "partial"
     for cls in ("0", "1"):
         (partial / cls).mkdir(parents=True)
@@ -69,8 +71,10 @@ def _rows(run):
 
 def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(digits_world, tmp_path):
     # Two loader workers: determinism must not depend on which worker delivers first.
+    # Only the killed run needs a process of its own; the others run here (the same config).
     args = ["train", str(digits_world["real_test"]), "--preset", "small", "--epochs", "3", "--workers", "2", "--no-progress"]
-    subprocess.run([*CLI, *args, "--out", str(tmp_path / "straight")], check=True, capture_output=True)
+    config = resolve_config("small", {"epochs": 3, "workers": 2})
+    train(config, digits_world["real_test"], tmp_path / "straight", device="cpu", progress=False)
 
     proc = subprocess.Popen([*CLI, *args, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -82,8 +86,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(digits_w
     assert len(_rows(tmp_path / "killed")) == 1, "the kill should land in epoch 2"
     assert not (tmp_path / "killed" / "run.json").exists()
 
-    done = subprocess.run([*CLI, *args, "--out", str(tmp_path / "killed"), "--resume"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    train(config, digits_world["real_test"], tmp_path / "killed", resume=True, device="cpu", progress=False)
     straight, resumed = (json.loads((tmp_path / n / "run.json").read_text()) for n in ("straight", "killed"))
     # Stated tolerance: identical. Measured on this CPU: every weight bit-identical.
     assert resumed["best"] == {**straight["best"], "seconds": resumed["best"]["seconds"]}
@@ -98,7 +101,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(digits_w
 
 def test_paper_preset_trains_with_its_augmentations_and_cutmix(digits_world, tmp_path):
     config = resolve_config("paper", {"arch": "resnet18", "image_size": 32, "epochs": 2, "warmup_epochs": 1,
-                                      "batch_size": 64, "workers": 2})
+                                      "batch_size": 64, "workers": 0})
     assert config.cutmix and config.augment == "paper" and config.grad_clip == 1.0 and config.lr == 1e-3
     result = train(config, digits_world["real_test"], tmp_path / "run", device="cpu", progress=False)
     assert result["config"]["arch"] == "resnet18" and len(_rows(tmp_path / "run")) == 2
@@ -179,10 +182,11 @@ def test_an_empty_class_folder_is_refused(tmp_path):
 
 def test_bf16_autocast_and_channels_last_agree_with_the_fp32_reference(digits_world, tmp_path):
     # The GPU defaults, forced on the CPU. Stated tolerance: real-test top-1 within 0.05 of the
-    # fp32/contiguous run after 5 epochs (bf16 rounding changes every step, not the outcome).
+    # fp32/contiguous run after 2 epochs at batch 32 (bf16 rounding changes every step, not the
+    # outcome; measured here: 0.876 and 0.883).
     runs = {}
     for name, precision, fmt in (("fp32", "fp32", "contiguous"), ("bf16", "bf16", "channels_last")):
-        config = resolve_config("small", {"epochs": 5, "precision": precision, "memory_format": fmt})
+        config = resolve_config("small", {"epochs": 2, "batch_size": 32, "precision": precision, "memory_format": fmt})
         train(config, digits_world["real_train"], tmp_path / name, device="cpu", progress=False)
         runs[name] = evaluate_run(tmp_path / name, digits_world["real_test"], device="cpu")["top1"]
     a, b = load_file(tmp_path / "fp32" / "best.safetensors"), load_file(tmp_path / "bf16" / "best.safetensors")
