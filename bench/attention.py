@@ -43,9 +43,10 @@ def attention_shapes(name: str) -> Counter:
     """{(H, Hkv, Lq, Lk, D): calls per denoiser forward} at the model's native resolution."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from t2i_engine.engine.architectures import architecture, build_random_pipeline
-    from t2i_engine.engine.flops import denoiser, denoiser_inputs
-    from t2i_engine.engine.registry import get_model
+    from t2i_engine.models.architectures import architecture, build_random_pipeline
+    from t2i_engine.models.pipelines import denoiser
+    from t2i_engine.models.flops import denoiser_inputs
+    from t2i_engine.models.registry import get_model
 
     spec = get_model(name)
     pipe = build_random_pipeline(spec, torch.device("meta"), torch.bfloat16)

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from t2i_engine.benchmark.bench import uses_cfg
-from t2i_engine.engine.architectures import PIPELINE_FAMILIES, architecture, build_random_pipeline
-from t2i_engine.engine.flops import pipeline_flops
-from t2i_engine.engine.generator import apply_registry_settings
-from t2i_engine.engine.registry import MODELS
+from t2i_engine.models.architectures import PIPELINE_FAMILIES, architecture, build_random_pipeline
+from t2i_engine.models.flops import pipeline_flops
+from t2i_engine.models.pipelines import apply_registry_settings
+from t2i_engine.models.registry import MODELS
 
 PAPER_MODELS = ["sd15", "sd21", "sdxl", "sdxl-turbo", "sd3-medium", "flux-dev", "flux-schnell", "sd35-large",
                 "sd35-medium", "sd35-large-turbo", "sana-1.6b", "lumina2", "qwen-image"]

@@ -16,22 +16,21 @@ import sys
 import time
 from pathlib import Path
 
-from .engine.errors import InputError
+from .errors import InputError
+from .engine.recipe import build_recipe
+from .engine.run import RunOptions, generate
+from .eval.analyze import analyze
+from .eval.classify import evaluate_run
+from .eval.report import write_report
+from .training.digits_data import write_real_digits
+from .training.loop import train
+from .training.presets import resolve_config
 
 GUIDANCES = (1.0, 2.0, 7.5)
 
 
 def run_demo(out: str | Path, *, guidances=GUIDANCES, images_per_class: int = 100, epochs: int | None = None,
              device: str = "auto", progress: bool = True) -> dict:
-    from .engine.recipe import build_recipe
-    from .engine.run import RunOptions, generate
-    from .eval.analyze import analyze
-    from .eval.classify import evaluate_run
-    from .eval.report import write_report
-    from .training.digits_data import write_real_digits
-    from .training.loop import train
-    from .training.presets import resolve_config
-
     out = Path(out)
     recipes = {g: build_recipe({"model": "digits", "guidance": g, "images_per_class": images_per_class}) for g in guidances}
     config = resolve_config("small", {"epochs": epochs})

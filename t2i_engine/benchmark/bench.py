@@ -8,10 +8,10 @@ Paths timed (each from prompts to encoded images, paths.py):
 - `baseline:diffusers`: diffusers in bf16 with SDPA at its best batch of `--baseline-batch`.
 On a CPU every path runs in float32 (half precision is slow or missing there); the JSON says so.
 
-MFU = FLOPs per image (engine/flops.py, counted under fake tensors) x images/sec / the dense
+MFU = FLOPs per image (models/flops.py, counted under fake tensors) x images/sec / the dense
 matmul rate measured on this device in this run (bf16 on a GPU). The FLOP-bound ceiling is
 that rate / FLOPs per image. Without weights (none given, none in the hub cache) the model is its
-real architecture with random weights (engine/architectures.py): the same FLOPs and speed, not
+real architecture with random weights (models/architectures.py): the same FLOPs and speed, not
 the same images; every result says which.
 """
 
@@ -24,9 +24,21 @@ from datetime import datetime, timezone
 
 import torch
 
-from ..engine.architectures import _hub_cache, obtain_pipeline
-from ..engine.errors import InputError
-from ..engine.registry import ModelSpec, get_model
+from ..models.pipelines import denoiser, hub_cache, obtain_pipeline, resolve_dtype
+from ..errors import InputError
+from ..models.registry import ModelSpec, get_model
+from ..models.architectures import PIPELINE_FAMILIES, architecture, prompt_inputs
+from ..engine.runtime import ATTENTION, check_attention, check_runtime
+from ..engine.adapters import SUPPORTED_FAMILIES
+from ..engine.recipe import build_recipe
+from ..devices import resolve_device
+from ..engine.plan import plan_units
+from . import measure
+from ..kernels import install
+from ..export.build import remove_backend, apply_backend
+from ..models.flops import pipeline_flops
+from ..export.specs import Profile
+from .paths import attention_processors, diffusers_path, engine_path
 
 BACKENDS = ("eager", "onnx", "tensorrt", "compile")  # export.build; built into the artifact cache on first use
 BASELINES = ("paper", "diffusers")
@@ -85,17 +97,13 @@ def kernel_norm(opts: BenchOptions) -> str:
 
 def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
     """Everything that can refuse the input, before a model is built."""
-    from ..engine.architectures import PIPELINE_FAMILIES
-    from ..engine.generator import ATTENTION, SUPPORTED_FAMILIES
-    from ..engine.recipe import build_recipe
-
     spec = get_model(opts.model)
     if opts.backends and spec.family not in SUPPORTED_FAMILIES:
         raise InputError("--backend", ",".join(opts.backends), f"the engine does not run the {spec.family} family yet "
                          f"(families: {', '.join(SUPPORTED_FAMILIES)}); --backend none measures the diffusers baselines alone")
     if spec.family not in PIPELINE_FAMILIES and not (spec.builder or spec.bundled or opts.weights):
         raise InputError("model", spec.name, f"no random-weight pipeline for the {spec.family} family yet; pass --weights")
-    if opts.backends and spec.family in ("sd3", "flux") and not (spec.builder or opts.weights or _hub_cache(spec)):
+    if opts.backends and spec.family in ("sd3", "flux") and not (spec.builder or opts.weights or hub_cache(spec)):
         # their random-weight architectures take prompt embeddings, with no text encoders (T5-XXL's
         # tokenizer cannot be built here), and the engine encodes its prompts itself
         raise InputError("--backend", ",".join(opts.backends), f"the engine runs {spec.name} only with its weights (--weights or the hub "
@@ -120,10 +128,6 @@ def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
 
 
 def run_bench(opts: BenchOptions, log=print) -> dict:
-    from ..engine.generator import check_attention, check_runtime, resolve_device, resolve_dtype
-    from ..engine.plan import plan_units
-    from . import measure
-
     spec, recipe = check_options(opts)
     device = resolve_device(opts.device)
     check_attention(opts.attention, device)
@@ -162,8 +166,6 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
 
     runs = []
     if opts.backends:
-        from ..kernels import install
-
         mode = install(pipe, attention=opts.attention, norm=opts.norm)
         try:
             for backend in opts.backends:
@@ -172,8 +174,6 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
                     runs += [{**r, "artifacts": artifacts} if artifacts else r
                              for r in _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec)]
                 finally:
-                    from ..export.build import remove_backend
-
                     remove_backend(pipe)
         finally:
             install(pipe, attention="sdpa")
@@ -208,12 +208,8 @@ def uses_cfg(pipe, spec: ModelSpec, guidance: float) -> bool:
 
 
 def model_flops(pipe, spec: ModelSpec, recipe) -> dict:
-    from ..engine.flops import pipeline_flops
-
     text = None
     if spec.family in ("sd3", "flux"):
-        from ..engine.architectures import architecture
-
         text = architecture(spec.name)["text"]
     return pipeline_flops(pipe, spec.family, steps=recipe.steps, cfg=uses_cfg(pipe, spec, recipe.guidance),
                           height=recipe.resolution[0], width=recipe.resolution[1], text=text)
@@ -222,9 +218,6 @@ def model_flops(pipe, spec: ModelSpec, recipe) -> dict:
 def _use_backend(pipe, spec, backend: str, device, recipe, batches, log) -> dict:
     if backend == "eager":
         return {}
-    from ..export.build import apply_backend
-    from ..export.specs import Profile
-
     sizes = [b for b in batches if b != "auto"] or [spec.batch_size]
     profile = Profile((min(sizes), max(sizes), 2 * max(sizes)), *recipe.resolution)
     log(f"[bench] engine:{backend}: building or loading its artifacts")
@@ -232,8 +225,6 @@ def _use_backend(pipe, spec, backend: str, device, recipe, batches, log) -> dict
 
 
 def _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec) -> list[dict]:
-    from .paths import attention_processors, engine_path
-
     measured: dict[int, dict] = {}
 
     def measure(batch: int) -> dict:
@@ -258,8 +249,6 @@ def _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec) -> li
 
 
 def _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device) -> list[dict]:
-    from .paths import denoiser
-
     on_gpu = device.type == "cuda"
     dtype = (torch.float16 if name == "paper" else torch.bfloat16) if on_gpu else torch.float32
     if pipe.dtype != dtype:
@@ -276,12 +265,8 @@ def _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device) -> list
 
 
 def _time_baseline(pipe, spec, recipe, samples, name, opts, log, device, dtype) -> list[dict]:
-    from .paths import attention_processors, diffusers_path
-
     call_kwargs = None
     if spec.family in ("sd3", "flux"):
-        from ..engine.architectures import prompt_inputs
-
         cfg = uses_cfg(pipe, spec, recipe.guidance)
         call_kwargs = lambda n: prompt_inputs(spec, n, device, dtype, cfg)  # noqa: E731
     batches = (PAPER_BATCH,) if name == "paper" else opts.baseline_batches

@@ -11,6 +11,7 @@ import threading
 import time
 
 import torch
+from ..engine.manifest import versions as package_versions
 
 
 def synchronize(device: torch.device) -> None:
@@ -123,8 +124,6 @@ def cpu_model() -> str:
 
 def versions() -> dict:
     """The manifest's versions (distributions) plus what a GPU figure depends on."""
-    from ..engine.manifest import versions as package_versions
-
     out = {**package_versions(), "cuda": torch.version.cuda}
     try:
         out["triton"] = importlib.import_module("triton").__version__

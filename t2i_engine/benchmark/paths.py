@@ -24,10 +24,12 @@ import numpy as np
 import torch
 
 from ..engine.encode import encode_image
-from ..engine.flops import denoiser
-from ..engine.plan import Sample
+from ..models.pipelines import denoiser
+from ..engine.plan import Sample, WorkUnit
 from ..engine.recipe import Recipe
 from .measure import NvmlSampler, synchronize
+from ..engine.generator import Generator
+from ..engine.units import default_encode_workers, shard_writer
 
 
 def _peak_memory(device: torch.device) -> int | None:
@@ -77,19 +79,13 @@ def _result(times: list[float], batch: int, wall: float, stages: dict, sampler: 
 def engine_path(pipe, recipe: Recipe, samples: list[Sample], *, batch: int, warmup: int, reps: int) -> dict:
     """Warm-up batches go to a shard of their own, encoded and written before the clock starts;
     the timed batches' clock stops when their shard is on disk."""
-    from ..engine.generator import Generator
-    from ..engine.plan import WorkUnit
-    from ..engine.run import default_encode_workers, sample_meta
-    from ..engine.writer import ShardWriter
-
     device = pipe.device
     generator = Generator.for_recipe(pipe, recipe)
     warm = WorkUnit(0, tuple(samples[: batch * warmup]))
     timed = WorkUnit(1, tuple(samples[batch * warmup : batch * (warmup + reps)]))
     times: list[float] = []
     with tempfile.TemporaryDirectory(prefix="t2i-bench-") as tmp:
-        writer = ShardWriter(Path(tmp), fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
-                             sample_meta=sample_meta(recipe), encode_workers=default_encode_workers(device))
+        writer = shard_writer(recipe, Path(tmp), default_encode_workers(device))
         sampler = NvmlSampler(device)
         try:
             writer.start_encoders()

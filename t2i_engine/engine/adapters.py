@@ -30,6 +30,9 @@ import torch
 class SDAdapter:
     family = "sd"
 
+    def __init__(self, text_length: int | None = None):
+        self.text_length = text_length  # the prompt length the registry model's pipeline uses (FLUX's T5)
+
     def encode(self, pipe, prompts: list[str], device) -> dict[str, torch.Tensor]:
         return {"prompt_embeds": pipe.encode_prompt(prompts, device, 1, False)[0]}
 
@@ -126,7 +129,7 @@ class FluxAdapter(SD3Adapter):
     family = "flux"
 
     def encode(self, pipe, prompts, device):
-        length = getattr(pipe, "_t2i_max_sequence_length", 512)  # load_pipeline sets the registry model's (schnell: 256)
+        length = self.text_length or 512  # the registry model's (schnell: 256); diffusers' default otherwise
         embeds, pooled, _ = pipe.encode_prompt(prompts, None, device=device, num_images_per_prompt=1, max_sequence_length=length)
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
@@ -247,5 +250,6 @@ class QwenImageAdapter(FluxAdapter):
         return vae.decode(latents * std + mean, return_dict=False)[0][:, :, 0]
 
 
-ADAPTERS = {a.family: a for a in (SDAdapter(), SDXLAdapter(), SD3Adapter(), FluxAdapter(), PixArtAdapter(), SanaAdapter(),
-                                  Lumina2Adapter(), QwenImageAdapter())}
+ADAPTERS = {a.family: a for a in (SDAdapter, SDXLAdapter, SD3Adapter, FluxAdapter, PixArtAdapter, SanaAdapter, Lumina2Adapter,
+                                  QwenImageAdapter)}
+SUPPORTED_FAMILIES = tuple(ADAPTERS)  # the families the engine generates with

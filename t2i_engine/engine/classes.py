@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError, check_text
+from ..errors import InputError, check_text
 
 BUILTIN_SETS: dict[str, tuple[tuple[str, str], ...]] = {
     "digits": tuple(

@@ -21,183 +21,33 @@ the base's, under REFINER-prefixed keys.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import inspect
-import os
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import InputError, ModelUnavailable
+from ..errors import InputError
+from ..models.architectures import text_length
+from ..models.pipelines import denoiser, family_of
+from ..models.registry import get_model
+from ..seeds import step_seed
+from .adapters import ADAPTERS, SUPPORTED_FAMILIES
 from .plan import Sample
-from .registry import ModelSpec
-
-SUPPORTED_FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "sana", "lumina2", "qwen-image")  # those with an adapter (adapters.py)
-PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
-                   "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux",
-                   "PixArtAlphaPipeline": "pixart", "SanaPipeline": "sana", "Lumina2Pipeline": "lumina2", "QwenImagePipeline": "qwen-image"}
-
-
-def _family_of(pipe) -> str:
-    """The family load_pipeline recorded, else the pipeline class's."""
-    family = getattr(pipe, "_t2i_family", None) or PIPELINE_FAMILY.get(type(pipe).__name__)
-    if family is None:
-        raise InputError("model", type(pipe).__name__, f"no generator adapter for this pipeline class; families: {', '.join(SUPPORTED_FAMILIES)}")
-    return family
-
 
 REFINER = "refiner."  # the key prefix of a refiner's prompt inputs in the embedding cache
 EMBED_CACHE_SIZE = 4096  # prompts; captions regimes have one prompt per image
 EMBED_CACHE_BYTES = 1 << 30  # and at most 1 GiB: one FLUX prompt is 4 MiB in bf16, 16 MiB in fp32
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError("device", name, "expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("device", name, "CUDA is not available on this machine; use cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError("device", name, f"this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type != "cpu":
-        raise InputError("device", name, "expected auto, cpu, cuda or cuda:N")
-    return device
-
-
-def resolve_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
-    # Half precision on a CPU is slow and, for some ops, missing: the CPU runs float32.
-    return getattr(torch, spec.dtype) if device.type == "cuda" else torch.float32
-
-
-ATTENTION = ("sdpa", "triton")
-
-
-def check_attention(attention: str, device: torch.device, field_name: str = "attention") -> None:
-    """Before anything loads: the attention implementation exists and can run on `device`."""
-    from ..kernels.triton_env import interpreting
-
-    if attention not in ATTENTION:
-        raise InputError(field_name, attention, f"expected one of {', '.join(ATTENTION)}")
-    if attention == "triton" and device.type != "cuda" and not interpreting():
-        raise InputError(field_name, attention, f"the Triton kernels run on CUDA devices; this run is on {device.type} "
-                         f"(use {'torch' if field_name == '--norm' else 'sdpa'})")
-
-
-def check_runtime(backend: str, attention: str, device: torch.device, dtype: torch.dtype, model: str | None = None) -> None:
-    """Before anything loads: the backend exists, takes the model, runs here in this dtype, and
-    goes with the attention."""
-    from ..export.build import check_backend
-
-    precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
-    check_backend(backend, precision, device, model=model)
-    if backend != "eager" and attention == "triton":
-        raise InputError("attention", attention, f"the Triton kernels run in PyTorch's eager modules; with --backend {backend} "
-                         "use --attention sdpa (and --norm torch)")
-
-
-def load_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa",
-                  backend: str = "eager", resolution: tuple[int, int] | None = None, batch: int = 16):
-    """Build (test models) or load (hub id or local folder) the model's diffusers pipeline, with
-    its attention routed through our Triton kernel if asked (kernels.install)."""
-    if spec.family not in SUPPORTED_FAMILIES:
-        raise InputError("model", spec.name, f"the {spec.family} family has no generator adapter yet; supported families: {', '.join(SUPPORTED_FAMILIES)}")
-    if spec.builder and weights is None:
-        pipe = builder(spec)()
-        # Built modules start in training mode: the text encoders' dropout (T5's) would fire, so they
-        # go to eval mode. The denoisers and VAEs have no dropout and stay as built: eval mode computes
-        # the same there but with other memory layouts (ResnetBlock2D), so other last bits, which
-        # would move pixels of test models whose datasets earlier versions made.
-        for name, component in pipe.components.items():
-            if name.startswith("text_encoder") and isinstance(component, torch.nn.Module):
-                component.eval()
-    else:
-        pipe = _from_pretrained(spec, weights or bundled_path(spec), dtype)
-    apply_registry_settings(spec, pipe)
-    if pipe.dtype != dtype:  # built models come in float32; loaded ones already in dtype
-        pipe = pipe.to(dtype=dtype)
-    pipe = pipe.to(device)
-    if attention == "triton":
-        from ..kernels import install
-
-        install(pipe, attention="triton")
-    if backend != "eager":  # built (or found in the artifact cache) for this resolution
-        from ..export.build import apply_backend
-        from ..export.specs import Profile
-
-        height, width = resolution or spec.resolution
-        apply_backend(pipe, spec.name, backend, device, Profile((1, batch, 2 * batch), height, width))
-    return pipe
-
-
-def builder(spec: ModelSpec):
-    """The function a test model's registry entry names ("module:function"), which builds its
-    pipeline with random weights (a refiner's takes the base pipeline)."""
-    module, func = spec.builder.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
-def apply_registry_settings(spec: ModelSpec, pipe) -> None:
-    """What the registry changes in any pipeline of the model, however it was made: the
-    scheduler the paper's code used, and no progress bar (a tqdm write per step)."""
-    pipe._t2i_family = spec.family
-    if spec.family == "flux":  # the T5 length the paper's code used (schnell 256, dev 512), from the shipped text config
-        from .architectures import text_length
-
-        length = text_length(spec.name)
-        if length:
-            pipe._t2i_max_sequence_length = length
-    if spec.scheduler:
-        import diffusers
-
-        pipe.scheduler = getattr(diffusers, spec.scheduler).from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-
-
-def bundled_path(spec: ModelSpec) -> str | None:
-    """The folder of weights shipped inside the package, for models that have one."""
-    return str(Path(__file__).resolve().parents[1] / "assets" / spec.bundled) if spec.bundled else None
-
-
-def _from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype, flag: str = "--weights", **components):
-    """`components`: modules to use instead of the folder's own (a refiner's shared ones)."""
-    import diffusers
-
-    source = weights or spec.hub_id
-    if weights is not None and not Path(weights).is_dir():
-        raise InputError(flag.removeprefix("--").replace("-", "_"), weights, "expected a local diffusers folder (with model_index.json)")
-    extra = {"safety_checker": None, "requires_safety_checker": False} if "StableDiffusion" in spec.pipeline and spec.family == "sd" else {}
-    # diffusers 0.36 renamed torch_dtype to dtype and deprecates the old name.
-    dtype_kw = "dtype" if _version_tuple(diffusers.__version__) >= (0, 36) else "torch_dtype"
-    try:
-        return getattr(diffusers, spec.pipeline).from_pretrained(
-            source, use_safetensors=True, trust_remote_code=False, **{dtype_kw: dtype}, **extra, **components
-        )
-    except (OSError, ValueError) as e:
-        raise unavailable(spec, source, e, flag) from None
-
-
-def unavailable(spec: ModelSpec, source: str, error: Exception, flag: str = "--weights") -> ModelUnavailable:
-    """The error for weights (or a config) that could not be loaded: why, and how to get them."""
-    field = "refiner" if flag == "--refiner-weights" else "model"
-    local = Path(source).is_dir()
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") and not local
-    how = (f"fetch them on a connected machine with `hf download {spec.hub_id}` (they land in the hub cache, which HF_HOME points to) or "
-           if spec.hub_id and not local else "") + f"pass {flag} PATH to a complete local diffusers folder"
-    reason = "HF_HUB_OFFLINE is set and they are not in the local cache" if offline else f"{error.__class__.__name__}: {str(error).splitlines()[0][:160]}"
-    return ModelUnavailable(field, spec.name, f"weights of {source} could not be loaded ({reason}); {how}")
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+def _adapter(pipe, family: str | None, text_length: int | None = None):
+    """The family's adapter: the one given (the registry's), else the pipeline class's."""
+    family = family or family_of(pipe)
+    if family not in ADAPTERS:
+        raise InputError("model", type(pipe).__name__, f"no generator adapter for this pipeline class; families: {', '.join(SUPPORTED_FAMILIES)}")
+    return ADAPTERS[family](text_length)
 
 
 class Generator:
@@ -205,12 +55,9 @@ class Generator:
     differs between pipeline families is in its adapter (adapters.py)."""
 
     def __init__(self, pipe, *, steps: int, guidance: float, height: int, width: int, negative_prompt: str = "", family: str | None = None,
-                 zero_guidance: str = "conditional", refiner=None, high_noise_fraction: float | None = None):
-        from .adapters import ADAPTERS
-        from .flops import denoiser
-
+                 text_length: int | None = None, zero_guidance: str = "conditional", refiner=None, high_noise_fraction: float | None = None):
         self.pipe = pipe
-        self.adapter = ADAPTERS[family or _family_of(pipe)]
+        self.adapter = _adapter(pipe, family, text_length)
         self.device, self.dtype = pipe.device, denoiser(pipe).dtype
         self.steps, self.guidance = steps, guidance
         self.height, self.width = height, width
@@ -228,17 +75,18 @@ class Generator:
         if refiner is not None and not 0 < (high_noise_fraction or 0) < 1:
             raise ValueError(f"high_noise_fraction={high_noise_fraction!r}: a refiner needs the base's share of the steps, in (0, 1)")
         # the pipelines whose prompt inputs the cache keeps, each under its key prefix
-        self._stages = [("", pipe, self.adapter)] + ([(REFINER, refiner, ADAPTERS[_family_of(refiner)])] if refiner is not None else [])
+        self._stages = [("", pipe, self.adapter)] + ([(REFINER, refiner, _adapter(refiner, None))] if refiner is not None else [])
         self.stage_seconds = {"text_encoding": 0.0, "denoising": 0.0, **({"refining": 0.0} if refiner is not None else {}), "decoding": 0.0}
 
     @classmethod
     def for_recipe(cls, pipe, recipe, refiner=None) -> Generator:
-        """The Generator of `recipe`'s sampling settings (its refiner from load_refiner)."""
+        """The Generator of `recipe`'s sampling settings, with its registry model's family and text
+        length (its refiner from load_refiner)."""
         if (recipe.refiner is None) != (refiner is None):
             raise ValueError(f"the recipe's refiner is {recipe.refiner!r}; pass its pipeline (load_refiner), or none without one")
         return cls(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0], width=recipe.resolution[1],
-                   negative_prompt=recipe.negative_prompt, zero_guidance=recipe.zero_guidance, refiner=refiner,
-                   high_noise_fraction=recipe.high_noise_fraction)
+                   negative_prompt=recipe.negative_prompt, family=get_model(recipe.model).family, text_length=text_length(recipe.model),
+                   zero_guidance=recipe.zero_guidance, refiner=refiner, high_noise_fraction=recipe.high_noise_fraction)
 
     @property
     def uses_guidance(self) -> bool:
@@ -280,8 +128,7 @@ class Generator:
         SDXL-turbo's Euler-a), from a seed derived from the sample's, so the image does not depend
         on the batch, the device or the process's random state; the initial noise uses the seed
         itself, a refiner's steps a seed of their own."""
-        return [torch.Generator("cpu").manual_seed(int.from_bytes(hashlib.sha256(f"{s.seed}:{stage}".encode()).digest()[:8], "little"))
-                for s in samples]
+        return [torch.Generator("cpu").manual_seed(step_seed(s.seed, stage)) for s in samples]
 
     def prompt_inputs(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """The pipeline's prompt keyword arguments for `prompts`, each unique prompt encoded once."""

@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 from .recipe import Recipe
-from .writer import TMP_SUFFIX, ShardRecord, atomic_write_text
+from ..files import TMP_SUFFIX, atomic_write_text
+from .writer import ShardRecord
 
 MANIFEST = "dataset.json"
 INFO = "_info.json"

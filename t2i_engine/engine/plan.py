@@ -10,10 +10,9 @@ initial noise does not depend on devices, workers, batch size or interruptions.
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from dataclasses import dataclass
 
+from ..seeds import sample_seed
 from .recipe import Recipe
 
 
@@ -40,13 +39,6 @@ class WorkUnit:
 
 def shard_name(shard: int) -> str:
     return f"{shard:06d}"
-
-
-def sample_seed(recipe_seed: int, index: int) -> int:
-    """The 64-bit seed of sample `index`: blake2b of both numbers, so nearby indices (and
-    nearby recipe seeds) give unrelated streams."""
-    digest = hashlib.blake2b(struct.pack("<QQ", recipe_seed, index), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
 
 
 def plan_samples(recipe: Recipe) -> list[Sample]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .classes import ClassEntry
-from .errors import InputError, check_text
+from ..errors import InputError, check_text
 
 REGIMES = ("class-name", "template", "captions")
 TEMPLATE_MODES = ("cycle", "sample")

@@ -15,8 +15,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 from .plan import WorkUnit
+from .runtime import ModelOptions
+from .units import UnitRunner
 
 MAX_RESTARTS = 3
 
@@ -44,8 +46,8 @@ def shutdown() -> None:
     ray.shutdown()
 
 
-def run_ray(units: list[WorkUnit], recipe, out_dir: Path, *, weights: str | None, dtype: str, progress: bool, attention: str = "sdpa",
-            backend: str = "eager", max_actors: int | None = None, refiner_weights: str | None = None) -> tuple[int, dict, int]:
+def run_ray(units: list[WorkUnit], recipe, out_dir: Path, *, model: ModelOptions, dtype: str, progress: bool,
+            max_actors: int | None = None) -> tuple[int, dict, int]:
     """Generate `units` on the connected Ray cluster; returns (images written, actors, 0). Every
     actor runs in `dtype`, the precision the manifest records."""
     import ray
@@ -58,8 +60,7 @@ def run_ray(units: list[WorkUnit], recipe, out_dir: Path, *, weights: str | None
     options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     actor_cls = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(_RayUnitWorker)
     device = "cuda" if gpus else "cpu"
-    actors = [actor_cls.options(**options).remote(device, recipe.to_dict(), str(out_dir), weights, dtype, attention, backend, refiner_weights)
-              for _ in range(count)]
+    actors = [actor_cls.options(**options).remote(device, recipe.to_dict(), str(out_dir), model, dtype) for _ in range(count)]
     done = 0
     try:
         pool = ActorPool(actors)
@@ -79,22 +80,19 @@ def run_ray(units: list[WorkUnit], recipe, out_dir: Path, *, weights: str | None
 class _RayUnitWorker:
     """A Ray actor around UnitRunner; `run` returns once the unit's shard is committed."""
 
-    def __init__(self, device: str, recipe_dict: dict, out_dir: str, weights: str | None, dtype: str, attention: str = "sdpa",
-                 backend: str = "eager", refiner_weights: str | None = None):
+    def __init__(self, device: str, recipe_dict: dict, out_dir: str, model: ModelOptions, dtype: str):
         import ray
 
         if device == "cuda":
             device = "cuda:0"  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
         threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-        from .workers import UnitRunner
-
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.runner = UnitRunner(device, recipe_dict, out_dir, weights, threads, attention, backend, refiner_weights)
+        self.runner = UnitRunner.load(device, recipe_dict, out_dir, model, threads)
         if self.runner.dtype != dtype:
             raise RuntimeError(f"this actor runs {self.runner.dtype}, the dataset is {dtype}")
 
     def run(self, shard: int) -> int:
-        n = self.runner.run(shard)
+        n = self.runner.run_shard(shard)
         self.runner.writer.flush()
         return n
 

@@ -41,9 +41,9 @@ from pathlib import Path
 import yaml
 
 from .classes import ClassEntry, load_classes
-from .errors import InputError, check_text
+from ..errors import InputError, check_text
 from .prompts import PromptSpec, load_prompt_spec
-from .registry import get_model, get_refiner
+from ..models.registry import get_model, get_refiner
 
 FORMATS = ("jpeg", "png", "webp")
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}

@@ -12,12 +12,15 @@ base taking the timesteps at or above it, the refiner those below; each stage mu
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 
-from .errors import InputError
-from .registry import MODELS
+from ..errors import InputError
+from ..kernels import install
+from ..models.pipelines import apply_registry_settings, builder, bundled_path, from_pretrained, unavailable
+from ..models.registry import MODELS
 
 
 def check_refiner(recipe, weights: str | None, refiner_weights: str | None, read_configs: bool = True) -> None:
@@ -43,8 +46,6 @@ def check_refiner(recipe, weights: str | None, refiner_weights: str | None, read
 def load_refiner(recipe, base, weights: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa"):
     """The recipe's second stage, or None: its registry model built (test models) or loaded
     around the base's second text encoder and VAE, in the base's device and dtype."""
-    from .generator import _from_pretrained, apply_registry_settings, builder
-
     if recipe.refiner is None:
         return None
     spec = MODELS[recipe.refiner]
@@ -52,16 +53,14 @@ def load_refiner(recipe, base, weights: str | None, device: torch.device, dtype:
         refiner = builder(spec)(base)
     else:
         # no watermarker: diffusers' img2img pipeline would stamp even the latents it returns
-        refiner = _from_pretrained(spec, weights, dtype, flag="--refiner-weights", text_encoder_2=base.text_encoder_2,
-                                   tokenizer_2=base.tokenizer_2, vae=base.vae, add_watermarker=False)
+        refiner = from_pretrained(spec, weights, dtype, flag="--refiner-weights", text_encoder_2=base.text_encoder_2,
+                                  tokenizer_2=base.tokenizer_2, vae=base.vae, add_watermarker=False)
     apply_registry_settings(spec, refiner)
     _check_split(recipe, base.scheduler, refiner.scheduler)
     if refiner.dtype != dtype:  # built refiners come in float32; loaded ones already in dtype
         refiner = refiner.to(dtype=dtype)
     refiner = refiner.to(device)
     if attention == "triton":  # the shared modules are already routed with the base
-        from ..kernels import install
-
         install(refiner.unet, attention="triton")
     return refiner
 
@@ -70,8 +69,6 @@ def _scheduler(spec, weights: str | None, flag: str):
     """The scheduler `spec`'s pipeline samples with (the registry's replacement included), from
     its config alone; test models are built (they are small)."""
     import diffusers
-
-    from .generator import apply_registry_settings, builder, bundled_path, unavailable
 
     if spec.builder and weights is None:
         pipe = builder(spec)()
@@ -89,7 +86,6 @@ def _scheduler(spec, weights: str | None, flag: str):
 
 def _check_split(recipe, base, refiner) -> None:
     """Each stage runs at least one step of `recipe.steps` (schedulers are copied, not changed)."""
-    import copy
 
     counts = []
     for scheduler, below in ((base, False), (refiner, True)):

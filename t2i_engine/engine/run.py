@@ -19,14 +19,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
+from ..devices import resolve_device
+from ..errors import InputError
+from ..models.pipelines import resolve_dtype
+from ..models.registry import get_model
 from . import manifest as mf
-from .errors import InputError
+from . import ray_runner
 from .plan import WorkUnit, plan_units
 from .recipe import Recipe
-from .registry import get_model
-from .writer import ShardWriter, is_committed, read_record
+from .refiner import check_refiner
+from .runtime import ModelOptions, check_attention, check_family, check_runtime, load_generator
+from .units import UnitRunner, default_encode_workers, shard_writer
+from .verify import load_dataset_recipe
+from .workers import run_workers
+from .writer import is_committed, read_record
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,11 @@ class RunOptions:
     ray: str | None = None  # "local" (a Ray instance of this machine) or a cluster address
     attention: str = "sdpa"  # or "triton": our fused kernel (kernels.install); recorded in the manifest
     backend: str = "eager"  # or onnx, tensorrt, compile (export.build.apply_backend); recorded in the manifest
+
+    @property
+    def model(self) -> ModelOptions:
+        """What the run loads, as every runner (in-process, worker, Ray actor) takes it."""
+        return ModelOptions(weights=self.weights, refiner_weights=self.refiner_weights, attention=self.attention, backend=self.backend)
 
 
 def parse_part(text: str, env: dict | None = None) -> tuple[int, int]:
@@ -64,18 +78,12 @@ def parse_part(text: str, env: dict | None = None) -> tuple[int, int]:
 
 
 def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) -> dict:
-    from .generator import resolve_device
-
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     mf.check_output_dir(out_dir)
     spec = get_model(recipe.model)
     ray_started = False
     if options.ray:
-        import torch
-
-        from . import ray_runner
-
         gpus, ray_started = ray_runner.connect(None if options.ray == "local" else options.ray)
         device = torch.device("cuda" if gpus else "cpu")  # the actors' device, not this machine's
     else:
@@ -88,9 +96,7 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
 
 
 def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, t_start: float) -> dict:
-    from .generator import Generator, check_attention, check_runtime, load_pipeline, resolve_dtype
-    from .refiner import check_refiner, load_refiner
-
+    check_family(spec)
     check_attention(options.attention, device)
     dtype = resolve_dtype(spec, device)
     check_runtime(options.backend, options.attention, device, dtype, spec.name)
@@ -115,9 +121,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
 
     # With worker processes the model loads in each of them, not here.
     remote = bool(options.devices or options.ray)
-    runtime = dict(attention=options.attention, backend=options.backend, resolution=recipe.resolution, batch=recipe.batch_size)
-    pipe = load_pipeline(spec, options.weights, device, dtype, **runtime) if todo and not remote else None
-    refiner = load_refiner(recipe, pipe, options.refiner_weights, device, dtype, options.attention) if pipe is not None else None
+    generator = load_generator(recipe, options.model, device) if todo and not remote else None
     t_loaded = time.perf_counter()
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,9 +129,8 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
         # Under the lock, look again: a run that just ended may have committed more shards.
         mf.check_resumable(out_dir, recipe, **_kept(meta))
         todo = _uncommitted(out_dir, mine)
-        if todo and pipe is None and not remote:
-            pipe = load_pipeline(spec, options.weights, device, dtype, **runtime)
-            refiner = load_refiner(recipe, pipe, options.refiner_weights, device, dtype, options.attention)
+        if todo and generator is None and not remote:
+            generator = load_generator(recipe, options.model, device)
         mf.remove_stale_temporaries(out_dir, [u.name for u in mine] if part else None)
         with mf.finalize_lock(out_dir):  # parts: the first one in writes it; the others find it
             if not part or mf.read_manifest(out_dir) is None:
@@ -135,25 +138,19 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
 
         images, stages, writer_wait, rates, restarts = 0, {}, 0.0, None, 0
         if todo and options.ray:
-            from .ray_runner import run_ray
-
-            images, rates, restarts = run_ray(todo, recipe, out_dir, weights=options.weights, dtype=meta["dtype"], attention=options.attention,
-                                              backend=options.backend, progress=options.progress, refiner_weights=options.refiner_weights)
+            images, rates, restarts = ray_runner.run_ray(todo, recipe, out_dir, model=options.model, dtype=meta["dtype"],
+                                                         progress=options.progress)
         elif todo and options.devices:
-            from .workers import run_workers
-
-            images, rates, restarts = run_workers(todo, recipe, out_dir, devices=options.devices, weights=options.weights, attention=options.attention,
-                                                  backend=options.backend, progress=options.progress, refiner_weights=options.refiner_weights)
+            images, rates, restarts = run_workers(todo, recipe, out_dir, devices=options.devices, model=options.model,
+                                                  progress=options.progress)
         elif todo:
-            generator = Generator.for_recipe(pipe, recipe, refiner)
             workers = default_encode_workers(device) if options.encode_workers is None else options.encode_workers
-            writer = ShardWriter(out_dir, fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
-                                 sample_meta=sample_meta(recipe), encode_workers=workers)
+            runner = UnitRunner(generator, shard_writer(recipe, out_dir, workers), recipe.batch_size)
             try:
-                images = _run_units(todo, recipe, generator, writer, options.progress)
+                images = _run_units(todo, runner, options.progress)
             finally:
-                writer.close()
-            stages, writer_wait = generator.stage_seconds, writer.wait_seconds
+                runner.writer.close()
+            stages, writer_wait = generator.stage_seconds, runner.writer.wait_seconds
         if not part:
             mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
         else:
@@ -176,8 +173,6 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
 def finalize(out_dir: Path) -> dict:
     """Write the complete manifest of a folder whose parts have all finished (what the last
     part does by itself; for when it could not, e.g. it was killed after its last shard)."""
-    from .verify import load_dataset_recipe
-
     out_dir = Path(out_dir)
     manifest, recipe = load_dataset_recipe(out_dir)
     units = plan_units(recipe)
@@ -202,8 +197,6 @@ def _uncommitted(out_dir: Path, units: list[WorkUnit]) -> list[WorkUnit]:
 
 
 def _summary(recipe, out_dir, meta, units, todo, images, stages, writer_wait, t_start, t_planned, t_loaded, t_end, device, part) -> dict:
-    import torch
-
     wall = (t_end - t_start) - (t_loaded - t_planned)  # model loading is reported apart
     model_seconds = sum(stages.values())
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -228,30 +221,7 @@ def _summary(recipe, out_dir, meta, units, todo, images, stages, writer_wait, t_
     }
 
 
-def default_encode_workers(device) -> int:
-    """A thread on a CPU device (measured faster on 2 cores, bench/RESULTS.md); beside a GPU, a
-    process per spare core, up to 8."""
-    return 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-def sample_meta(recipe: Recipe) -> dict:
-    """Settings every sample's KEY.json repeats, so one image file says how it was made."""
-    meta = {"model": recipe.model, "steps": recipe.steps, "guidance": recipe.guidance,
-            "resolution": list(recipe.resolution), "negative_prompt": recipe.negative_prompt}
-    if recipe.refiner:
-        meta.update(refiner=recipe.refiner, high_noise_fraction=recipe.high_noise_fraction)
-    return meta
-
-
-def _run_units(units: list[WorkUnit], recipe: Recipe, generator, writer: ShardWriter, progress: bool) -> int:
-    total = sum(len(u.samples) for u in units)
-    done = 0
-    with tqdm(total=total, unit="img", desc="generate", disable=None if progress else True, dynamic_ncols=True) as bar:
-        for unit in units:
-            for start in range(0, len(unit.samples), recipe.batch_size):
-                batch = list(unit.samples[start : start + recipe.batch_size])
-                writer.add(unit, batch, generator.generate(batch))
-                done += len(batch)
-                bar.update(len(batch))
-            writer.commit(unit)
-    return done
+def _run_units(units: list[WorkUnit], runner: UnitRunner, progress: bool) -> int:
+    with tqdm(total=sum(len(u.samples) for u in units), unit="img", desc="generate", disable=None if progress else True,
+              dynamic_ncols=True) as bar:
+        return sum(runner.run(unit, on_batch=bar.update) for unit in units)

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import manifest as mf
-from .errors import InputError
+from ..errors import InputError
 from .plan import WorkUnit, plan_units
 from .recipe import Recipe
-from .writer import file_sha256, shard_paths
+from ..files import file_sha256
+from .writer import shard_paths
 
 REJECTED = "_rejected"
 

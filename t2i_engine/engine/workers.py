@@ -9,8 +9,8 @@ MAX_RESTARTS times per device; past that the run stops with an error naming the 
 units. Workers ignore Ctrl-C; the parent stops them, and committed shards are kept (a partial
 shard is never visible under its final name), so the next run resumes.
 
-A batch that runs out of GPU memory is retried at half its size, down to 1, and the size that
-worked is kept for that worker: batch size changes no sample (tested in test_generate.py).
+Each worker runs units with the one UnitRunner (units.py), which retries a batch that runs out
+of GPU memory at half its size and keeps the size that worked.
 """
 
 from __future__ import annotations
@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 from .plan import WorkUnit
+from .runtime import ModelOptions
+from .units import UnitRunner
+from .writer import is_committed
 
 MAX_RESTARTS = 3
 POLL_SECONDS = 0.2
@@ -67,8 +70,7 @@ class _Worker:
     failed_units: list[int] = field(default_factory=list)
 
 
-def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[str], weights: str | None, attention: str = "sdpa",
-                backend: str = "eager", progress: bool, refiner_weights: str | None = None) -> tuple[int, dict, int]:
+def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[str], model: ModelOptions, progress: bool) -> tuple[int, dict, int]:
     """Generate `units` on `devices`; returns (images written, per-device images/sec, restarts)."""
     import os
 
@@ -87,7 +89,7 @@ def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[s
     def start(wid: int) -> None:
         w = workers[wid]
         w.inbox, w.outbox, w.done, w.ready_at = ctx.Queue(), ctx.Queue(), False, None
-        w.process = ctx.Process(target=worker_main, args=(wid, w.device, recipe.to_dict(), str(out_dir), (weights, attention, backend, refiner_weights), w.inbox,
+        w.process = ctx.Process(target=worker_main, args=(wid, w.device, recipe.to_dict(), str(out_dir), model, w.inbox,
                                                           w.outbox, cpu_threads, os.getpid()),
                                 daemon=True, name=f"t2i-engine-worker-{wid}")
         w.process.start()
@@ -176,8 +178,6 @@ def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[s
 def _requeue(w: _Worker, todo: list[int], written: set[int], by_shard: dict, out_dir: Path) -> list[int]:
     """Put a dead worker's unfinished units back at the head of the queue; returns those it had
     committed before it died."""
-    from .writer import is_committed
-
     committed = []
     for shard in list(w.held):
         if shard in written or is_committed(out_dir, by_shard[shard].name):
@@ -194,61 +194,7 @@ def _rates(workers: list[_Worker]) -> str:
     return " ".join(f"{w.device}:{w.images / (now - w.ready_at):.1f}/s" for w in workers if w.ready_at and now > w.ready_at)
 
 
-class UnitRunner:
-    """What every worker does, local process or Ray actor: load the model on one device once,
-    then generate whole units into shards."""
-
-    def __init__(self, device_name: str, recipe_dict: dict, out_dir: str, weights: str | None, cpu_threads: int, attention: str = "sdpa",
-                 backend: str = "eager", refiner_weights: str | None = None):
-        import torch
-
-        from .generator import Generator, load_pipeline, resolve_device, resolve_dtype
-        from .plan import plan_units
-        from .recipe import Recipe
-        from .refiner import load_refiner
-        from .registry import get_model
-        from .run import sample_meta
-        from .writer import ShardWriter
-
-        if device_name == "cpu":
-            torch.set_num_threads(cpu_threads)
-        recipe = Recipe.from_dict(recipe_dict)
-        spec = get_model(recipe.model)
-        device = resolve_device(device_name)
-        if device.type == "cuda" and device.index is not None:
-            torch.cuda.set_device(device)  # kernels that launch on the current device (Triton) follow the worker's
-        torch_dtype = resolve_dtype(spec, device)
-        self.dtype = str(torch_dtype).removeprefix("torch.")
-        pipe = load_pipeline(spec, weights, device, torch_dtype, attention=attention, backend=backend, resolution=recipe.resolution,
-                             batch=recipe.batch_size)
-        refiner = load_refiner(recipe, pipe, refiner_weights, device, torch_dtype, attention)
-        self.generator = Generator.for_recipe(pipe, recipe, refiner)
-        self.units = {u.shard: u for u in plan_units(recipe)}
-        self.writer = ShardWriter(Path(out_dir), fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
-                                  sample_meta=sample_meta(recipe), encode_workers=0)
-        self.batch_size = recipe.batch_size
-
-    def run(self, shard: int) -> int:
-        """Generate unit `shard` and hand it to the writer; returns its image count."""
-        unit = self.units[shard]
-        start = 0
-        while start < len(unit.samples):
-            batch = list(unit.samples[start : start + self.batch_size])
-            try:
-                images = self.generator.generate(batch)
-            except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
-                if not _is_oom(e) or self.batch_size == 1:
-                    raise
-                self.batch_size = max(1, self.batch_size // 2)  # kept for the rest of this worker's life
-                _free_cuda_memory()
-                continue
-            self.writer.add(unit, batch, images)
-            start += len(batch)
-        self.writer.commit(unit)
-        return len(unit.samples)
-
-
-def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, model: tuple, inbox, outbox,
+def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, model: ModelOptions, inbox, outbox,
                 cpu_threads: int, parent_pid: int) -> None:
     """One local device: load the model once, then generate the units the parent hands over."""
     import os
@@ -259,8 +205,7 @@ def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, mod
     if os.getppid() != parent_pid:  # the parent went before the line above took effect
         return
     try:
-        weights, attention, backend, refiner_weights = model
-        runner = UnitRunner(device_name, recipe_dict, out_dir, weights, cpu_threads, attention, backend, refiner_weights)
+        runner = UnitRunner.load(device_name, recipe_dict, out_dir, model, cpu_threads)
     except InputError as e:
         outbox.put(("fatal", str(e), True))
         return
@@ -275,7 +220,7 @@ def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, mod
             shard = inbox.get()
             if shard is None:
                 break
-            runner.run(shard)
+            runner.run_shard(shard)
             reported = _report_written(runner.writer, outbox, reported)
     finally:
         runner.writer.close()
@@ -298,16 +243,3 @@ def _report_written(writer, outbox, reported: int) -> int:
     for record in records[reported:]:
         outbox.put(("written", int(record.name.removesuffix(".tar"))))
     return len(records)
-
-
-def _is_oom(error: Exception) -> bool:
-    import torch
-
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-def _free_cuda_memory() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

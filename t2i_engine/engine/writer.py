@@ -22,7 +22,6 @@ give byte-identical shards.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -37,11 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import TMP_SUFFIX, atomic_write_text, file_sha256, fsync_dir
 from .encode import encode_batch
 from .plan import Sample, WorkUnit
-
-TMP_SUFFIX = ".tmp"
-
 
 @dataclass(frozen=True)
 class ShardRecord:
@@ -69,35 +66,6 @@ def is_committed(out_dir: Path, name: str) -> bool:
 
 def read_record(out_dir: Path, name: str) -> ShardRecord:
     return ShardRecord(**json.loads(shard_paths(out_dir, name)[2].read_text(encoding="utf-8")))
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _ignore_sigint() -> None:

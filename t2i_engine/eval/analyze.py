@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.errors import InputError
-from ..engine.writer import atomic_write_text
+from ..errors import InputError
+from ..files import atomic_write_text
 from ..training.sources import LabelledSet, match_classes, open_set
-from ..training.stream import stable_hash
+from ..seeds import stable_hash
 from . import metrics
 from .features import clip_text_features, load_clip_tokenizer, load_extractor
 

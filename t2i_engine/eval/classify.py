@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..engine.generator import resolve_device
-from ..engine.writer import atomic_write_text
+from ..devices import resolve_device
+from ..files import atomic_write_text
 from ..training.loop import load_run
 from ..training.presets import TrainConfig, eval_transform
 from ..training.sources import match_classes, open_set
-from ..training.stream import LabelledStream, stable_hash
+from ..training.stream import LabelledStream
+from ..seeds import stable_hash
 
 
 def evaluate_run(run: str | Path, data_path: str | Path, *, out: str | Path | None = None, device: str = "auto",

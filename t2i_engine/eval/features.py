@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..engine.errors import InputError
+from ..errors import InputError
 from ..training.presets import IMAGENET_MEAN, IMAGENET_STD
+from ..training.digits_judge import load_judge
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 CLIP_HINT = ("a folder holding CLIP weights in transformers' layout (config.json, model.safetensors, tokenizer files), "
@@ -77,8 +78,6 @@ def _as_tensor(out) -> torch.Tensor:
 def load_extractor(spec: str, field: str = "--features", device: str = "cpu") -> Extractor:
     name, _, path = spec.partition("=")
     if name == "judge" and not path:
-        from ..training.digits_judge import load_judge
-
         # The judge normalises inside and takes [0, 1] pixels at 32 px.
         return Extractor("judge", load_judge().to(device), 32, (0, 0, 0), (1, 1, 1), "judge")
     if not path:

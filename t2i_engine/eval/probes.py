@@ -19,8 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.errors import InputError
+from ..errors import InputError
 from ..training.sources import open_set, write_image_folder
+from ..models.pipelines import bundled_path
+from ..devices import resolve_device
+from ..models.registry import get_model
 
 PROBES = ("fft-low", "fft-high", "vae")
 
@@ -95,8 +98,6 @@ def _fft(probe: str, cutoff: float):
 def _vae(model_name: str, weights: str | None, device: str):
     from diffusers import AutoencoderKL
 
-    from ..engine.generator import bundled_path, resolve_device
-    from ..engine.registry import get_model
 
     spec = get_model(model_name, "--vae-model")
     source = weights or bundled_path(spec) or spec.hub_id

@@ -17,8 +17,9 @@ import io
 import json
 from pathlib import Path
 
-from ..engine.errors import InputError
-from ..engine.writer import atomic_write_text
+from ..errors import InputError
+from ..files import atomic_write_text
+from ..models.registry import MODELS
 
 COLUMNS = ("model", "arch", "guidance", "released", "synth_to_real", "real_to_synth", "precision", "recall", "density",
            "coverage", "diversity", "vendi", "fid", "clipscore")
@@ -60,8 +61,6 @@ def _set_key(origin: dict) -> str:
 def build_rows(evals: list[dict], analyses: list[dict]) -> tuple[list[dict], list[dict]]:
     """Rows per (synthetic set, architecture); evals that are not plain synth->real or
     real->synth (the real baseline, probes on either side) are listed beside the table."""
-    from ..engine.registry import MODELS
-
     rows: dict[tuple, dict] = {}
     sources: dict[tuple, str] = {}
 

@@ -21,10 +21,18 @@ from pathlib import Path
 
 import torch
 
-from ..engine.architectures import text_length
-from ..engine.errors import InputError
+from ..devices import resolve_device
+from ..errors import InputError
+from ..models.architectures import text_length
+from ..models.pipelines import denoiser, obtain_pipeline
+from ..models.registry import get_model
 from .cache import ArtifactCache, artifact_key, device_arch, library_versions, weights_hash
-from .specs import ComponentSpec, Profile, component_specs
+from .compiled import build_compiled, compile_pipeline, unprepare
+from .onnx_export import export_onnx
+from .onnx_runtime import OnnxRunner, providers_for
+from .specs import ComponentSpec, Profile, component_specs, unsupported_reason
+from .swap import restore, swap
+from .tensorrt_runtime import TensorRTRunner, build_engine, check_tensorrt
 
 log = logging.getLogger(__name__)
 BACKENDS = ("eager", "onnx", "tensorrt", "compile")
@@ -59,8 +67,6 @@ def check_backend(backend: str, precision: str, device: torch.device, field_name
     if backend not in BACKENDS:
         raise InputError(field_name, backend, f"expected one of {', '.join(BACKENDS)}")
     if backend in ("onnx", "tensorrt") and model:
-        from .specs import unsupported_reason
-
         why = unsupported_reason(model)
         if why:
             raise InputError(field_name, backend, f"{model}: {why}; --backend compile or eager run it")
@@ -76,12 +82,8 @@ def check_backend(backend: str, precision: str, device: torch.device, field_name
             raise InputError(field_name, backend, f"needs {' and '.join(missing)}: pip install 't2i-engine[export]'")
         if precision not in ("fp32", "fp16"):
             raise InputError("--precision", precision, "ONNX Runtime runs fp32 or fp16 (bf16: --backend compile or tensorrt)")
-        from .onnx_runtime import providers_for
-
         providers_for(device)  # a GPU run needs onnxruntime-gpu's CUDA provider
     if backend == "tensorrt":
-        from .tensorrt_runtime import check_tensorrt
-
         check_tensorrt(device, precision)
 
 
@@ -97,10 +99,6 @@ def export_dtype(comp: ComponentSpec, precision: str) -> torch.dtype:
 def load_for_build(opts: BuildOptions):
     """The registry model's pipeline on its device in the build precision, and the resolved
     options (precision, resolution defaults filled in)."""
-    from ..engine.architectures import obtain_pipeline
-    from ..engine.generator import resolve_device
-    from ..engine.registry import get_model
-
     spec = get_model(opts.model)
     device = resolve_device(opts.device)
     precision = resolve_precision(opts, spec, device)
@@ -115,15 +113,16 @@ def load_for_build(opts: BuildOptions):
     return spec, pipe, device, replace(opts, precision=precision)
 
 
-def build(opts: BuildOptions, log_line=print) -> list[dict]:
+def build(opts: BuildOptions, log_line=print, warm=None) -> list[dict]:
     """Build every requested component of the model (or find it built). One dict per component:
-    name, path, whether it was built now, and its meta."""
+    name, path, whether it was built now, and its meta. `warm(pipe, model, profile, batches)`:
+    the compile backend's warm-up (engine.runtime.warm_up), which this layer cannot import."""
     spec, pipe, device, opts = load_for_build(opts)
     cache = ArtifactCache(Path(opts.cache_dir) if opts.cache_dir else None)
     if opts.backend == "compile":
-        from .compiled import build_compiled
-
-        return [build_compiled(pipe, spec.name, opts, device, cache, log_line)]
+        if warm is None:
+            raise ValueError("the compile build needs a warm-up that runs the engine (engine.runtime.build_artifacts passes it)")
+        return [build_compiled(pipe, spec.name, opts, device, cache, log_line, warm)]
     results = []
     for comp in component_specs(pipe, opts.profile, opts.components, text_length(spec.name)):
         folder, built, meta = ensure_component(comp, spec.name, opts, device, cache, log_line)
@@ -156,13 +155,10 @@ def ensure_component(comp: ComponentSpec, model: str, opts: BuildOptions, device
         used = export_onnx(source, tmp / "model.onnx", dtype=dtype, exporter=opts.exporter)
         extra = {"exporter": used, "outputs": comp.outputs, "dtype": str(dtype).removeprefix("torch.")}
         if opts.backend == "tensorrt":
-            from .tensorrt_runtime import build_engine
-
             log_line(f"[build] {name}: building the TensorRT engine")
             build_engine(tmp / "model.onnx", tmp / "model.plan", comp, opts.profile, opts.precision, cache.root)
         return extra
 
-    from .onnx_export import export_onnx
 
     folder, built = cache.build(name, key, fields, make)
     log_line(f"[build] {name}: {'built' if built else 'cached'} -> {folder}")
@@ -171,9 +167,6 @@ def ensure_component(comp: ComponentSpec, model: str, opts: BuildOptions, device
 
 def remove_backend(pipe) -> None:
     """Undo apply_backend: the pipeline's own PyTorch modules again."""
-    from .compiled import unprepare
-    from .swap import restore
-
     restore(pipe)
     unprepare(pipe)
 
@@ -185,8 +178,6 @@ def apply_backend(pipe, model: str, backend: str, device: torch.device, profile:
     log_line = log_line or (lambda line: log.info("%s", line))
     if backend == "eager":
         return {}
-    from ..engine.flops import denoiser
-
     dtype = denoiser(pipe).dtype
     precision = precision or {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
     check_backend(backend, precision, device)
@@ -194,21 +185,13 @@ def apply_backend(pipe, model: str, backend: str, device: torch.device, profile:
                         components=RUNTIME_KINDS)
     cache = ArtifactCache(Path(cache_dir) if cache_dir else None)
     if backend == "compile":
-        from .compiled import compile_pipeline
-
         return compile_pipeline(pipe, model, opts, device, cache, log_line)
-    from .swap import swap
-
     used = {}
     for comp in component_specs(pipe, profile, RUNTIME_KINDS, text_length(model)):
         folder, _, _ = ensure_component(comp, model, opts, device, cache, log_line)
         if backend == "onnx":
-            from .onnx_runtime import OnnxRunner
-
             runner = OnnxRunner(folder / "model.onnx", comp, device, export_dtype(comp, precision))
         else:
-            from .tensorrt_runtime import TensorRTRunner
-
             runner = TensorRTRunner(folder / "model.plan", comp, device)
         swap(pipe, comp, runner)
         used[comp.component] = str(folder)

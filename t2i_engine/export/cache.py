@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine.writer import fsync_dir
+from ..files import fsync_dir
 
 META = "meta.json"
 FORMAT = 1  # bump when what a build writes changes

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..engine.errors import InputError
-from ..engine.flops import denoiser
+from ..errors import InputError
+from ..models.pipelines import denoiser
 from .cache import ArtifactCache, artifact_key, device_arch, library_versions, weights_hash
 
 CACHE_FILE = "compile-cache.bin"
@@ -39,10 +39,14 @@ def _fields(pipe, model: str, opts, device: torch.device) -> dict:
             "arch": device_arch(device), "versions": library_versions("compile")}
 
 
+def _compiled(den) -> bool:
+    return getattr(den, "_compiled_call_impl", None) is not None  # what nn.Module.compile sets
+
+
 def prepare(pipe, device: torch.device) -> None:
     """Fuse, lay out and compile in place (idempotent: a compiled pipeline is left as it is)."""
     den = denoiser(pipe)
-    if getattr(den, "_t2i_compiled", False):
+    if _compiled(den):
         return
     for module in (den, pipe.vae):
         if hasattr(module, "fuse_qkv_projections"):
@@ -54,14 +58,13 @@ def prepare(pipe, device: torch.device) -> None:
     mode = "max-autotune" if device.type == "cuda" else None
     den.compile(mode=mode, dynamic=False)
     pipe.vae.decode = torch.compile(pipe.vae.decode, mode=mode, dynamic=False)
-    den._t2i_compiled = True
 
 
 def unprepare(pipe) -> None:
     """Back to the eager modules, weights and layout as loaded (bench measures eager paths and
     baselines on the same pipeline, and later backends hash the weights)."""
     den = denoiser(pipe)
-    if not getattr(den, "_t2i_compiled", False):
+    if not _compiled(den):
         return
     den._compiled_call_impl = None  # what nn.Module.compile set
     del pipe.vae.decode
@@ -74,28 +77,12 @@ def unprepare(pipe) -> None:
                     m._modules.pop(name, None)
                 m.fused_projections = False
         module.to(memory_format=torch.contiguous_format)
-    den._t2i_compiled = False
     torch._dynamo.reset()  # drops the compiled graphs (and their CUDA-graph memory)
 
 
-def _warm(pipe, spec, profile, batches: list[int]) -> None:
-    """One small generation per batch size through the engine's Generator: the calls a run makes."""
-    from ..engine.generator import Generator
-    from ..engine.plan import Sample
-
-    generator = Generator(pipe, steps=2, guidance=spec.guidance, height=profile.height, width=profile.width)
-    for b in batches:
-        generator.generate([Sample(i, f"warm_{i:06d}", 0, "warm", "warm", "a photo", i) for i in range(b)])
-
-
-def build_compiled(pipe, model: str, opts, device: torch.device, cache: ArtifactCache, log_line) -> dict:
-    from ..engine.generator import SUPPORTED_FAMILIES
-    from ..engine.registry import get_model
-
-    spec = get_model(model)
-    if spec.family not in SUPPORTED_FAMILIES:
-        raise InputError("model", model, f"the compile build warms up through the engine's generator, which runs "
-                         f"{', '.join(SUPPORTED_FAMILIES)} so far (the {spec.family} family: issue 9)")
+def build_compiled(pipe, model: str, opts, device: torch.device, cache: ArtifactCache, log_line, warm) -> dict:
+    """`warm(pipe, model, profile, batches)` runs the generation a run makes at each batch size
+    (engine.runtime.warm_up: this layer knows no generator)."""
     if getattr(pipe, "text_encoder", None) is None:
         raise InputError("model", model, "its pipeline here has no text encoders (a random-weight architecture takes prompt "
                          "embeddings), so the engine cannot run it to warm up; pass --weights")
@@ -107,7 +94,7 @@ def build_compiled(pipe, model: str, opts, device: torch.device, cache: Artifact
     def make(tmp: Path) -> dict:
         prepare(pipe, device)
         log_line(f"[build] {name}: compiling for batch sizes {batches}")
-        _warm(pipe, spec, opts.profile, batches)
+        warm(pipe, model, opts.profile, batches)
         saved = torch.compiler.save_cache_artifacts()
         if saved is None:
             raise RuntimeError("torch.compiler.save_cache_artifacts() returned nothing to save")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.errors import InputError
+from ..errors import InputError
 from .specs import BATCH, ComponentSpec
 
 NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}

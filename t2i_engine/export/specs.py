@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..engine.errors import InputError
+from ..errors import InputError
+from ..models.architectures import CONFIG_ROOT, architecture
 
 BATCH = "batch"
 DENOISERS = ("UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel")  # what denoiser_spec declares
@@ -28,8 +29,6 @@ VAES = ("AutoencoderKL",)
 def unsupported_reason(model: str) -> str | None:
     """Why the ONNX / TensorRT backends cannot take a registry model, judged from its shipped
     architecture config before anything loads (None: they can, or the model has no config)."""
-    from ..engine.architectures import CONFIG_ROOT, architecture
-
     if not (CONFIG_ROOT / model).is_dir():
         return None  # test models and the embedded one: SD1.5-shaped
     meta = architecture(model)["meta"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine.errors import InputError
+from ..errors import InputError
 from .specs import BATCH, ComponentSpec, Profile
 
 INSTALL = "pip install 't2i-engine[trt]' (tensorrt>=10, from NVIDIA's index: pip install tensorrt)"

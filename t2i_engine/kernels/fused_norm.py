@@ -43,7 +43,7 @@ class _FusedGroupNorm:
         self.norm, self.act, self.mode = norm, act, mode
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from .norm import group_norm, supports  # triton loads on first use, as everywhere in kernels/
+        from .norm import group_norm, supports  # heavy: triton (loaded on first use, as everywhere in kernels/)
 
         norm = self.norm
         # Hooks on the norm or its SiLU would see (or edit) the output at the wrong point: unfused.

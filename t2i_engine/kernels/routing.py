@@ -55,7 +55,7 @@ class TritonAttention(TorchFunctionMode):
         self.fallbacks[why] = self.fallbacks.get(why, 0) + 1
 
     def _group_norm(self, input, num_groups, weight=None, bias=None, eps=1e-5):
-        from .norm import group_norm, supports
+        from .norm import group_norm, supports  # heavy: triton (loaded on first use)
 
         why = supports(input, num_groups, weight, bias)
         if why:
@@ -65,7 +65,7 @@ class TritonAttention(TorchFunctionMode):
         return group_norm(input, num_groups, weight, bias, eps)
 
     def _attention(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        from .attention import flash_attention, supports
+        from .attention import flash_attention, supports  # heavy: triton (loaded on first use)
 
         if dropout_p or is_causal:
             why = "dropout" if dropout_p else "is_causal"

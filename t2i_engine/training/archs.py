@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..engine.errors import InputError
+from ..errors import InputError
 from .small_cnn import SmallCNN
 
 ALIASES = {

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from ..engine.classes import load_classes
+from .sources import write_image_folder
 
 SPLIT_SEED = 0
 TEST_SIZE = 597
@@ -55,8 +57,6 @@ def write_real_digits(out_dir) -> dict:
     named by their index in scikit-learn's set; what `train`/`eval`/`analyze` read as real data."""
     from pathlib import Path
 
-    from ..engine.classes import load_classes
-    from .sources import write_image_folder
 
     out_dir = Path(out_dir)
     classes = load_classes("digits")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.classes import BUILTIN_SETS
-from ..engine.tokenizer import build_clip_tokenizer
+from ..models.tokenizer import build_clip_tokenizer
 from .digits_data import load_split
 
 NAMES = [name for _, name in BUILTIN_SETS["digits"]]

@@ -32,14 +32,15 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from torch.utils.data import DataLoader
 
-from ..engine.errors import InputError
-from ..engine.generator import resolve_device
+from ..errors import InputError
+from ..devices import resolve_device
 from ..engine.manifest import exclusive_lock, versions
-from ..engine.writer import atomic_write_bytes, atomic_write_text, fsync_dir
+from ..files import atomic_write_bytes, atomic_write_text, fsync_dir
 from .archs import build_model, check_arch
 from .presets import TrainConfig, eval_transform, lr_factor, train_transform
 from .sources import LabelledSet, open_set
-from .stream import LabelledStream, shuffled_labels, stable_hash
+from .stream import LabelledStream, shuffled_labels
+from ..seeds import stable_hash
 
 CONFIG, CHECKPOINT, BEST, SUMMARY, RUN = "config.json", "last.pt", "best.safetensors", "summary.csv", "run.json"
 SUMMARY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "images", "seconds")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine.errors import InputError
+from ..errors import InputError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -22,7 +22,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..engine.errors import InputError
+from ..errors import InputError
+from ..engine.verify import load_dataset_recipe
+from ..engine.writer import shard_paths
+from ..seeds import stable_hash
+from ..files import atomic_write_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FILES_PER_UNIT = 256
@@ -115,9 +119,6 @@ def open_set(path: str | Path, field_name: str = "data") -> LabelledSet:
 
 
 def _open_shards(path: Path, field_name: str) -> LabelledSet:
-    from ..engine.verify import load_dataset_recipe
-    from ..engine.writer import shard_paths
-
     try:
         manifest, recipe = load_dataset_recipe(path)
     except InputError as e:
@@ -141,8 +142,6 @@ def _open_shards(path: Path, field_name: str) -> LabelledSet:
 
 
 def _open_folder(path: Path, field_name: str) -> LabelledSet:
-    from .stream import stable_hash
-
     class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith((".", "_")))
     files = []
     for d in class_dirs:
@@ -209,7 +208,6 @@ def write_image_folder(out: Path, items, class_ids: list[str], class_names: dict
     import os
     import shutil
 
-    from ..engine.writer import atomic_write_text
 
     out = Path(out)
     if out.exists():

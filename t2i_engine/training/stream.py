@@ -9,20 +9,14 @@ sequence of batches on every run, which is what makes `--resume` land on the sam
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..seeds import stable_hash
 from .sources import LabelledSet
-
-
-def stable_hash(*parts: object) -> int:
-    """A 63-bit hash of the parts, the same in every process and Python version."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 def in_validation(key: str, fraction: float) -> bool:

@@ -36,8 +36,8 @@ def test_the_result_carries_every_field_with_nvml_null_on_a_cpu(tiny_result):
 
 
 def test_flops_per_image_are_the_denoiser_forwards_plus_one_decode(tiny_result):
-    from t2i_engine.engine.flops import count_flops
-    from t2i_engine.engine.tiny import build_tiny_sd
+    from t2i_engine.models.flops import count_flops
+    from t2i_engine.models.tiny import build_tiny_sd
 
     f = tiny_result["flops"]
     # counted in the runs: 2 DDIM steps, guidance 5 > 1, so two forwards per step, on every path
@@ -54,7 +54,7 @@ def test_forwards_are_counted_not_assumed_pndm_runs_one_more_step():
     from t2i_engine.benchmark.paths import count_denoiser_images
     from t2i_engine.engine.generator import Generator
     from t2i_engine.engine.plan import plan_units
-    from t2i_engine.engine.tiny import build_tiny_sd
+    from t2i_engine.models.tiny import build_tiny_sd
     from tests.conftest import tiny_recipe
 
     sample = plan_units(tiny_recipe())[0].samples[:1]

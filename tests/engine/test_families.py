@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from t2i_engine.engine.generator import Generator, load_pipeline
+from t2i_engine.engine.generator import Generator
+from t2i_engine.models.pipelines import load_pipeline
 from t2i_engine.engine.refiner import load_refiner
 from t2i_engine.engine.plan import plan_samples
 from t2i_engine.engine.recipe import build_recipe
-from t2i_engine.engine.registry import MODELS
+from t2i_engine.models.registry import MODELS
 
 FAMILIES = ["tiny-sd2", "tiny-flux-schnell", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-sana", "tiny-lumina2", "tiny-qwen-image"]
 TOL = 1
@@ -74,7 +75,7 @@ def test_a_two_class_recipe_generates_valid_shards(family, tmp_path):
 
 
 def test_zero_guidance_unconditional_is_the_empty_prompt_alone_and_an_explicit_choice():
-    from t2i_engine.engine.errors import InputError
+    from t2i_engine.errors import InputError
 
     pipe = load_pipeline(MODELS["tiny-sdxl"], None, torch.device("cpu"), torch.float32)
     samples = plan_samples(_recipe("tiny-sdxl"))[:2]
@@ -166,7 +167,7 @@ def test_the_papers_guidance_0_gives_the_refiner_its_negative_aesthetic_score():
 def test_a_refined_recipe_makes_its_own_dataset_and_bad_refiners_are_refused(tmp_path):
     import json
 
-    from t2i_engine.engine.errors import InputError
+    from t2i_engine.errors import InputError
     from t2i_engine.engine.recipe import Recipe
     from t2i_engine.engine.run import RunOptions, generate
     from t2i_engine.engine.verify import verify_dataset

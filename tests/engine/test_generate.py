@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2i_engine.engine.errors import InputError
+from t2i_engine.errors import InputError
 from t2i_engine.engine.run import RunOptions, generate
 from t2i_engine.engine.verify import verify_dataset
 from tests.conftest import tiny_recipe

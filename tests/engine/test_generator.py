@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from t2i_engine.engine.generator import Generator, load_pipeline
+from t2i_engine.engine.generator import Generator
+from t2i_engine.models.pipelines import load_pipeline
 from t2i_engine.engine.plan import plan_samples
-from t2i_engine.engine.registry import MODELS
+from t2i_engine.models.registry import MODELS
 from tests.conftest import tiny_recipe
 
 TOL = 1  # uint8 levels

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from t2i_engine.engine import manifest as mf
-from t2i_engine.engine.errors import InputError
+from t2i_engine.errors import InputError
 from t2i_engine.engine.run import RunOptions, finalize, generate, parse_part
 from t2i_engine.engine.verify import verify_dataset
 from tests.conftest import CLI, tiny_recipe

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from t2i_engine.engine.plan import plan_samples, plan_units, sample_seed
+from t2i_engine.engine.plan import plan_samples, plan_units
+from t2i_engine.seeds import sample_seed
 from tests.conftest import tiny_recipe
 
 

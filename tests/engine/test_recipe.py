@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from t2i_engine.engine.errors import InputError
+from t2i_engine.errors import InputError
 from t2i_engine.engine.recipe import Recipe, build_recipe, load_recipe
-from t2i_engine.engine.registry import MODELS
+from t2i_engine.models.registry import MODELS
 
 
 def test_defaults_take_the_models_settings():

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from t2i_engine.engine.errors import InputError
+from t2i_engine.errors import InputError
 from t2i_engine.engine.run import RunOptions, generate
+from t2i_engine.engine.runtime import ModelOptions
+from t2i_engine.engine.units import UnitRunner
 from t2i_engine.engine.verify import verify_dataset
 from t2i_engine.engine.workers import parse_devices
 from tests.conftest import CLI, tiny_recipe
@@ -118,10 +120,8 @@ def test_devices_and_ray_together_are_refused(cli, tmp_path):
 
 
 def _runner(tmp_path: Path, device: str, recipe):
-    from t2i_engine.engine.workers import UnitRunner
-
     (tmp_path / "out").mkdir()
-    return UnitRunner(device, recipe.to_dict(), str(tmp_path / "out"), None, cpu_threads=2)
+    return UnitRunner.load(device, recipe.to_dict(), str(tmp_path / "out"), ModelOptions(), cpu_threads=2)
 
 
 def test_an_out_of_memory_batch_is_retried_at_half_size_and_the_size_is_kept(tmp_path):
@@ -143,7 +143,7 @@ def test_an_out_of_memory_batch_is_retried_at_half_size_and_the_size_is_kept(tmp
 
     runner.generator.generate = at_most_two
     for shard in sorted(runner.units):
-        runner.run(shard)
+        runner.run_shard(shard)
     runner.writer.close()
     assert runner.batch_size == 2 and sizes == [4] + [2] * 6  # 12 samples: one refusal, then pairs
     assert shard_hashes(tmp_path / "out") == shard_hashes(reference)
@@ -161,7 +161,7 @@ def test_other_errors_and_out_of_memory_at_batch_one_are_not_retried(tmp_path, e
 
     runner.generator.generate = failing
     with pytest.raises(type(exc)):
-        runner.run(0)
+        runner.run_shard(0)
     runner.writer.close()
 
 
@@ -184,7 +184,7 @@ def test_a_real_cuda_out_of_memory_halves_the_batch_and_loses_nothing(tmp_path):
     torch.cuda.empty_cache()  # the cap counts what the allocator holds, cached blocks included
     torch.cuda.set_per_process_memory_fraction(min(1.0, (base + 4 * one) / total))
     try:
-        assert runner.run(0) == 96
+        assert runner.run_shard(0) == 96
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         runner.writer.close()

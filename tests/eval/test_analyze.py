@@ -25,7 +25,7 @@ def tiny_clip(tmp_path_factory):
     downloaded here): exercises loading, image/text embedding, CLIPScore and zero-shot."""
     from transformers import CLIPConfig, CLIPModel
 
-    from t2i_engine.engine.tokenizer import build_clip_tokenizer
+    from t2i_engine.models.tokenizer import build_clip_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny-clip")
     words = "a photo of zero one two three four five six seven eight nine digit handwritten".split()

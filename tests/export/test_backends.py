@@ -35,7 +35,7 @@ def _recipe():
 
 @pytest.mark.parametrize("backend", ["onnx", pytest.param("compile", marks=pytest.mark.heavy)])
 def test_generate_with_a_backend_matches_eager(backend, tmp_path, monkeypatch, cli):
-    from t2i_engine.engine.errors import InputError
+    from t2i_engine.errors import InputError
     from t2i_engine.engine.verify import verify_dataset
 
     monkeypatch.setenv("T2I_ENGINE_CACHE", str(tmp_path / "cache"))

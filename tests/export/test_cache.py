@@ -16,7 +16,7 @@ CPU = torch.device("cpu")
 
 
 def _vae_spec():
-    from t2i_engine.engine.tiny import build_tiny_sd
+    from t2i_engine.models.tiny import build_tiny_sd
 
     return vae_decoder_spec(build_tiny_sd(), Profile((1, 2, 4), 64, 64))
 
@@ -48,7 +48,7 @@ def test_a_second_build_is_a_no_op_and_changes_rebuild(tmp_path):
 
 
 def test_an_interrupted_build_leaves_no_artifact_and_a_killed_one_is_swept(tmp_path, monkeypatch):
-    from t2i_engine.export import onnx_export
+    from t2i_engine.export import build
 
     cache = ArtifactCache(tmp_path)
     spec = _vae_spec()
@@ -57,14 +57,14 @@ def test_an_interrupted_build_leaves_no_artifact_and_a_killed_one_is_swept(tmp_p
         path.write_bytes(b"half an onnx file")
         raise KeyboardInterrupt
 
-    real = onnx_export.export_onnx
-    monkeypatch.setattr(onnx_export, "export_onnx", interrupted)
+    real = build.export_onnx
+    monkeypatch.setattr(build, "export_onnx", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _ensure(spec, cache)
     assert list(tmp_path.iterdir()) == [] and cache.entries() == []
 
     # a build killed with -9 leaves its hidden folder; the next build of that artifact removes it
-    monkeypatch.setattr(onnx_export, "export_onnx", real)
+    monkeypatch.setattr(build, "export_onnx", real)
     folder, built, meta = _ensure(spec, cache)
     dead = tmp_path / f".tmp-{folder.name.rsplit('-', 1)[0]}-{meta['key']}-{2**22 + 12345}-deadbeef"
     dead.mkdir()

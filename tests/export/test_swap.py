@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import torch
 
-from t2i_engine.engine.architectures import text_length
+from t2i_engine.models.architectures import text_length
 from t2i_engine.export.cache import weights_hash
 from t2i_engine.export.specs import Profile, denoiser_spec
 
 
 def test_restore_gives_back_what_was_there_before_the_swap():
-    from t2i_engine.engine.tiny import build_tiny_sd
+    from t2i_engine.models.tiny import build_tiny_sd
     from t2i_engine.export.swap import restore, swap
     from t2i_engine.kernels import install
     from t2i_engine.kernels.routing import _Routed
@@ -37,7 +37,7 @@ def test_restore_gives_back_what_was_there_before_the_swap():
 
 
 def test_compile_preparation_is_undone_to_the_loaded_weights():
-    from t2i_engine.engine.tiny import build_tiny_sd
+    from t2i_engine.models.tiny import build_tiny_sd
     from t2i_engine.export.compiled import prepare, unprepare
 
     pipe = build_tiny_sd()

@@ -18,7 +18,7 @@ def _to(args, kwargs):
 
 
 def _sd15():
-    from t2i_engine.engine.tiny import build_tiny_sd
+    from t2i_engine.models.tiny import build_tiny_sd
 
     unet = build_tiny_sd().unet
     g = torch.Generator().manual_seed(0)
@@ -120,7 +120,7 @@ def test_routed_attention_gives_the_same_output(build):
 def test_a_pipeline_routes_its_denoiser_and_vae():
     from t2i_engine.engine.generator import Generator
     from t2i_engine.engine.plan import plan_units
-    from t2i_engine.engine.tiny import build_tiny_sd
+    from t2i_engine.models.tiny import build_tiny_sd
     from tests.conftest import tiny_recipe
 
     pipe = build_tiny_sd().to(DEVICE)
@@ -138,7 +138,7 @@ def test_a_pipeline_routes_its_denoiser_and_vae():
 
 
 def test_the_vae_decode_is_routed_too():
-    from t2i_engine.engine.tiny import build_tiny_sd
+    from t2i_engine.models.tiny import build_tiny_sd
 
     vae = build_tiny_sd().vae.to(DEVICE).eval()
     latents = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)).to(DEVICE)
@@ -171,7 +171,7 @@ def test_bad_attention_names_are_refused():
 def test_generate_with_triton_kernels_records_it_and_matches_sdpa(tmp_path):
     import json
 
-    from t2i_engine.engine.errors import InputError
+    from t2i_engine.errors import InputError
     from t2i_engine.engine.run import RunOptions, generate
     from t2i_engine.engine.verify import verify_dataset
     from tests.conftest import tiny_recipe
@@ -206,8 +206,8 @@ def _pixels(folder) -> dict:
 
 
 def test_triton_attention_is_refused_where_it_cannot_run(cli, tmp_path, monkeypatch):
-    from t2i_engine.engine.errors import InputError
-    from t2i_engine.engine.generator import check_attention
+    from t2i_engine.errors import InputError
+    from t2i_engine.engine.runtime import check_attention
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(InputError, match="CUDA"):

@@ -56,7 +56,7 @@ def test_what_the_kernel_does_not_run_is_named():
 
 
 def _unet_case():
-    from t2i_engine.engine.tiny import build_tiny_sd
+    from t2i_engine.models.tiny import build_tiny_sd
 
     unet = build_tiny_sd().unet.eval().to(DEVICE)
     g = torch.Generator().manual_seed(0)
@@ -81,7 +81,7 @@ def test_routed_and_fused_group_norms_in_a_unet_give_the_same_output():
 
 
 def test_a_vae_decoder_fuses_its_norms_and_decodes_the_same():
-    from t2i_engine.engine.tiny import build_tiny_sd
+    from t2i_engine.models.tiny import build_tiny_sd
 
     vae = build_tiny_sd().vae.eval().to(DEVICE)
     z = torch.randn(1, vae.config.latent_channels, 4, 4, generator=torch.Generator().manual_seed(1)).to(DEVICE)

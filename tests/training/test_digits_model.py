@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from t2i_engine.engine.generator import Generator, bundled_path, load_pipeline
+from t2i_engine.engine.generator import Generator
+from t2i_engine.models.pipelines import bundled_path, load_pipeline
 from t2i_engine.engine.plan import plan_samples
 from t2i_engine.engine.recipe import build_recipe
-from t2i_engine.engine.registry import MODELS
+from t2i_engine.models.registry import MODELS
 from t2i_engine.training.digits_data import load_split
 from t2i_engine.training.digits_judge import load_judge
 from t2i_engine.training.digits_model import NAMES, TrainConfig, build_components, latent_moments, train_denoiser, train_vae

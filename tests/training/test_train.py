@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from t2i_engine.engine.errors import InputError
+from t2i_engine.errors import InputError
 from t2i_engine.eval.classify import evaluate_run
 from t2i_engine.training.archs import PAPER_ARCHS, build_model
 from t2i_engine.training.loop import train

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .pipelines import denoiser
+
 
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     b, h, lq, d = query_shape
@@ -38,11 +40,6 @@ def count_flops(build: Callable[[], Callable], make_inputs: Callable[[], tuple[t
         with FlopCounterMode(display=False, custom_mapping=CUSTOM) as counter, torch.no_grad():
             model(*args, **kwargs)
     return counter.get_total_flops()
-
-
-def denoiser(pipe):
-    """The pipeline's denoiser: a UNet (SD, SDXL) or a transformer (SD3, FLUX, ...)."""
-    return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
 
 
 def denoiser_inputs(pipe, family: str, height: int, width: int, text: dict | None = None) -> tuple[tuple, dict]:

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-from .errors import InputError
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -84,29 +84,29 @@ MODELS: dict[str, ModelSpec] = {
         _m("digits", "StableDiffusionPipeline", None, "float32", 32, 15, 2.0, "2026-11", bundled="digits", batch_size=100,
            note="shipped in the package; 32x32 digits, classes 'digits'"),
         # Random-weight test model: SD1.5's classes and layout at a few hundred thousand weights.
-        _m("tiny-sd", "StableDiffusionPipeline", None, "float32", 64, 20, 5.0, "", builder="t2i_engine.engine.tiny:build_tiny_sd",
+        _m("tiny-sd", "StableDiffusionPipeline", None, "float32", 64, 20, 5.0, "", builder="t2i_engine.models.tiny:build_tiny_sd",
            test_model=True, note="random weights from a fixed seed; for tests and benchmarks"),
-        _m("tiny-sd2", "StableDiffusionPipeline", None, "float32", 64, 20, 5.0, "", builder="t2i_engine.engine.tiny:build_tiny_sd2",
+        _m("tiny-sd2", "StableDiffusionPipeline", None, "float32", 64, 20, 5.0, "", builder="t2i_engine.models.tiny:build_tiny_sd2",
            test_model=True, note="SD 2.x's wiring (v-prediction) at toy sizes, random weights from a fixed seed; for tests"),
-        _m("tiny-flux-schnell", "FluxPipeline", None, "float32", 64, 4, 0.0, "", "flux", builder="t2i_engine.engine.tiny:build_tiny_flux_schnell",
+        _m("tiny-flux-schnell", "FluxPipeline", None, "float32", 64, 4, 0.0, "", "flux", builder="t2i_engine.models.tiny:build_tiny_flux_schnell",
            resolution_multiple=16, distilled=True, test_model=True, note="FLUX.1-schnell's wiring (no guidance embedding) at toy sizes; for tests"),
-        _m("tiny-sdxl", "StableDiffusionXLPipeline", None, "float32", 64, 20, 5.0, "", "sdxl", builder="t2i_engine.engine.tiny:build_tiny_sdxl",
+        _m("tiny-sdxl", "StableDiffusionXLPipeline", None, "float32", 64, 20, 5.0, "", "sdxl", builder="t2i_engine.models.tiny:build_tiny_sdxl",
            test_model=True, note="SDXL's classes at toy sizes, random weights from a fixed seed; for tests"),
         _m("tiny-sdxl-refiner", "StableDiffusionXLImg2ImgPipeline", None, "float32", 64, 20, 5.0, "", "sdxl",
-           builder="t2i_engine.engine.tiny:build_tiny_sdxl_refiner", test_model=True, standalone=False, refines=("tiny-sdxl",),
+           builder="t2i_engine.models.tiny:build_tiny_sdxl_refiner", test_model=True, standalone=False, refines=("tiny-sdxl",),
            note="the SDXL refiner's classes at toy sizes (tiny-sdxl's second text encoder and VAE); for tests"),
-        _m("tiny-sd3", "StableDiffusion3Pipeline", None, "float32", 64, 20, 5.0, "", "sd3", builder="t2i_engine.engine.tiny:build_tiny_sd3",
+        _m("tiny-sd3", "StableDiffusion3Pipeline", None, "float32", 64, 20, 5.0, "", "sd3", builder="t2i_engine.models.tiny:build_tiny_sd3",
            resolution_multiple=16, test_model=True, note="SD3's classes at toy sizes, random weights from a fixed seed; for tests"),
-        _m("tiny-flux", "FluxPipeline", None, "float32", 64, 20, 3.5, "", "flux", builder="t2i_engine.engine.tiny:build_tiny_flux",
+        _m("tiny-flux", "FluxPipeline", None, "float32", 64, 20, 3.5, "", "flux", builder="t2i_engine.models.tiny:build_tiny_flux",
            resolution_multiple=16, distilled=True, test_model=True, note="FLUX.1-dev's classes at toy sizes, random weights from a fixed seed; for tests"),
-        _m("tiny-pixart", "PixArtAlphaPipeline", None, "float32", 64, 20, 4.5, "", "pixart", builder="t2i_engine.engine.tiny:build_tiny_pixart",
+        _m("tiny-pixart", "PixArtAlphaPipeline", None, "float32", 64, 20, 4.5, "", "pixart", builder="t2i_engine.models.tiny:build_tiny_pixart",
            resolution_multiple=16, test_model=True, note="PixArt-alpha's classes at toy sizes, random weights from a fixed seed; for tests"),
-        _m("tiny-sana", "SanaPipeline", None, "float32", 64, 20, 4.5, "", "sana", builder="t2i_engine.engine.tiny:build_tiny_sana",
+        _m("tiny-sana", "SanaPipeline", None, "float32", 64, 20, 4.5, "", "sana", builder="t2i_engine.models.tiny:build_tiny_sana",
            resolution_multiple=16, test_model=True, note="Sana's classes at toy sizes, random weights from a fixed seed; for tests"),
-        _m("tiny-lumina2", "Lumina2Pipeline", None, "float32", 64, 20, 4.0, "", "lumina2", builder="t2i_engine.engine.tiny:build_tiny_lumina2",
+        _m("tiny-lumina2", "Lumina2Pipeline", None, "float32", 64, 20, 4.0, "", "lumina2", builder="t2i_engine.models.tiny:build_tiny_lumina2",
            resolution_multiple=16, test_model=True, note="Lumina-Image 2.0's classes at toy sizes, random weights from a fixed seed; for tests"),
         _m("tiny-qwen-image", "QwenImagePipeline", None, "float32", 64, 20, 4.0, "", "qwen-image",
-           builder="t2i_engine.engine.tiny:build_tiny_qwen_image", resolution_multiple=16, test_model=True,
+           builder="t2i_engine.models.tiny:build_tiny_qwen_image", resolution_multiple=16, test_model=True,
            note="Qwen-Image's classes at toy sizes, random weights from a fixed seed; for tests"),
     ]
 }

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from t2i_engine.engine.architectures import CONFIG_ROOT, architecture, build_denoiser, build_vae
-from t2i_engine.engine.registry import MODELS
+from t2i_engine.models.architectures import CONFIG_ROOT, architecture, build_denoiser, build_vae
+from t2i_engine.models.registry import MODELS
 
 # Denoiser parameters in billions, as published, and the tolerance their rounding allows. Exact
 # counts where they are commonly quoted to the parameter (SD1.x/2.x/XL UNets, SD3-medium, FLUX);
@@ -45,8 +45,8 @@ def test_the_real_architecture_instantiates_with_its_known_size(name):
 
 
 def test_a_family_newer_than_the_installed_diffusers_names_the_release_it_needs():
-    from t2i_engine.engine.errors import InputError
-    from t2i_engine.engine.registry import check_diffusers, get_model
+    from t2i_engine.errors import InputError
+    from t2i_engine.models.registry import check_diffusers, get_model
 
     for name in MODELS:  # the installed diffusers runs every family
         if MODELS[name].standalone:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 from .registry import ModelSpec
+from .tokenizer import build_clip_tokenizer
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "assets" / "configs"
 # Families whose whole pipeline can be built here; others still have their configs (meta-device
@@ -78,8 +79,6 @@ def build_random_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dt
     directly on `device` (a 12B transformer initialises in seconds on a GPU) and cast to `dtype`."""
     import diffusers
 
-    from .tokenizer import build_clip_tokenizer
-
     if spec.family not in PIPELINE_FAMILIES:
         raise InputError("model", spec.name, f"no random-weight pipeline for the {spec.family} family yet; "
                          f"families with one: {', '.join(PIPELINE_FAMILIES)}")
@@ -126,38 +125,3 @@ def prompt_inputs(spec: ModelSpec, batch: int, device: torch.device, dtype: torc
     if guidance and spec.family == "sd3":
         kw.update(negative_prompt_embeds=draw(text["prompt_embeds_shape"]), negative_pooled_prompt_embeds=draw(text["pooled_prompt_embeds_shape"]))
     return kw
-
-
-def obtain_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dtype: torch.dtype):
-    """The model with its weights where they exist here, else its real architecture with random
-    weights. Returns (pipeline, a description of the weights used)."""
-    from .generator import _from_pretrained, apply_registry_settings, bundled_path, load_pipeline
-
-    def load(source):
-        if spec.family == "sd":
-            return load_pipeline(spec, source, device, dtype)
-        pipe = _from_pretrained(spec, source, dtype).to(device)
-        apply_registry_settings(spec, pipe)
-        return pipe
-
-    if weights or spec.bundled or spec.builder:
-        what = weights or (f"bundled ({bundled_path(spec)})" if spec.bundled else f"random, from {spec.builder} (a test model)")
-        return load(weights), what
-    cached = _hub_cache(spec)
-    if cached:
-        return load(cached), f"hub cache ({cached})"
-    pipe = build_random_pipeline(spec, device, dtype)
-    apply_registry_settings(spec, pipe)
-    return pipe, f"random: the real architecture (t2i_engine/assets/configs/{spec.name}), random weights; same FLOPs and speed, not its images"
-
-
-def _hub_cache(spec: ModelSpec) -> str | None:
-    if spec.hub_id is None:
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(spec.hub_id, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached (or no hub library): random weights
-        return None
-

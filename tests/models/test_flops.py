@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from t2i_engine.engine.flops import count_flops
+from t2i_engine.models.flops import count_flops
 
 
 def test_a_convolution_costs_two_flops_per_multiply_add():
@@ -40,9 +40,9 @@ def test_a_diffusers_attention_layer_matches_its_hand_count():
 @pytest.mark.slow
 @pytest.mark.parametrize("name, res, forward, decode", [("sd15", 512, 0.803, 2.515), ("sdxl", 1024, 6.761, 10.47)])
 def test_the_shipped_architectures_match_the_papers_counts(name, res, forward, decode):
-    from t2i_engine.engine.architectures import build_random_pipeline
-    from t2i_engine.engine.flops import pipeline_flops
-    from t2i_engine.engine.registry import get_model
+    from t2i_engine.models.architectures import build_random_pipeline
+    from t2i_engine.models.flops import pipeline_flops
+    from t2i_engine.models.registry import get_model
 
     # Built on the meta device (no memory), counted under fake tensors: ../PAPER's TFLOP per
     # forward per image (1 MAC = 2 FLOPs, attention included) and per VAE decode
@@ -57,9 +57,9 @@ def test_the_shipped_architectures_match_the_papers_counts(name, res, forward, d
 @pytest.mark.slow
 @pytest.mark.parametrize("name, billions", [("sd3-medium", 2.028), ("flux-schnell", 11.9)])
 def test_transformer_families_build_with_their_known_sizes_and_count(name, billions):
-    from t2i_engine.engine.architectures import architecture, build_random_pipeline
-    from t2i_engine.engine.flops import pipeline_flops
-    from t2i_engine.engine.registry import get_model
+    from t2i_engine.models.architectures import architecture, build_random_pipeline
+    from t2i_engine.models.flops import pipeline_flops
+    from t2i_engine.models.registry import get_model
 
     spec = get_model(name)
     pipe = build_random_pipeline(spec, torch.device("meta"), torch.bfloat16)

@@ -1,0 +1,108 @@
+"""The pipeline a run generates with: the registry model's plain pipeline (models/pipelines.py),
+its attention and norms routed through our Triton kernels if asked (kernels.install), its
+denoiser and VAE decoder replaced by a built backend if asked (export/), and, for the compile
+backend's build, the warm-up that runs the engine's own generation.
+
+`ModelOptions` is the one frozen record of what a run loads, passed unchanged from the command
+line to the in-process runner, the local workers and the Ray actors. Everything that can refuse
+it (`check_*`) runs before anything loads or is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InputError
+from ..export.build import apply_backend, build, check_backend
+from ..export.specs import Profile
+from ..kernels import install
+from ..kernels.triton_env import interpreting
+from ..models.architectures import text_length
+from ..models.pipelines import load_pipeline, resolve_dtype
+from ..models.registry import ModelSpec, get_model
+from .adapters import SUPPORTED_FAMILIES
+from .generator import Generator
+from .plan import Sample
+from .refiner import load_refiner
+
+ATTENTION = ("sdpa", "triton")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What a run loads besides the recipe's model: recorded in the manifest, checked on resume."""
+
+    weights: str | None = None  # a local diffusers folder instead of the hub id
+    refiner_weights: str | None = None  # likewise for the recipe's refiner
+    attention: str = "sdpa"  # or "triton": our fused kernels (kernels.install)
+    backend: str = "eager"  # or onnx, tensorrt, compile (export.build.apply_backend)
+
+
+def check_family(spec: ModelSpec) -> None:
+    if spec.family not in SUPPORTED_FAMILIES:
+        raise InputError("model", spec.name, f"the {spec.family} family has no generator adapter yet; supported families: "
+                         f"{', '.join(SUPPORTED_FAMILIES)}")
+
+
+def check_attention(attention: str, device: torch.device, field_name: str = "attention") -> None:
+    """Before anything loads: the attention implementation exists and can run on `device`."""
+    if attention not in ATTENTION:
+        raise InputError(field_name, attention, f"expected one of {', '.join(ATTENTION)}")
+    if attention == "triton" and device.type != "cuda" and not interpreting():
+        raise InputError(field_name, attention, f"the Triton kernels run on CUDA devices; this run is on {device.type} "
+                         f"(use {'torch' if field_name == '--norm' else 'sdpa'})")
+
+
+def check_runtime(backend: str, attention: str, device: torch.device, dtype: torch.dtype, model: str | None = None) -> None:
+    """Before anything loads: the backend exists, takes the model, runs here in this dtype, and
+    goes with the attention."""
+    precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+    check_backend(backend, precision, device, model=model)
+    if backend != "eager" and attention == "triton":
+        raise InputError("attention", attention, f"the Triton kernels run in PyTorch's eager modules; with --backend {backend} "
+                         "use --attention sdpa (and --norm torch)")
+
+
+def load_run_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa",
+                      backend: str = "eager", resolution: tuple[int, int] | None = None, batch: int = 16):
+    """The model's pipeline with its attention routed through our Triton kernels if asked, and
+    its denoiser and VAE decoder replaced by `backend`'s runtimes (built, or found in the
+    artifact cache, for this resolution and a profile around `batch`)."""
+    check_family(spec)
+    pipe = load_pipeline(spec, weights, device, dtype)
+    if attention == "triton":
+        install(pipe, attention="triton")
+    if backend != "eager":
+        height, width = resolution or spec.resolution
+        apply_backend(pipe, spec.name, backend, device, Profile((1, batch, 2 * batch), height, width))
+    return pipe
+
+
+def load_generator(recipe, model: ModelOptions, device: torch.device) -> Generator:
+    """The Generator of `recipe` on `device`: its model (and refiner) loaded as `model` says."""
+    spec = get_model(recipe.model)
+    dtype = resolve_dtype(spec, device)
+    pipe = load_run_pipeline(spec, model.weights, device, dtype, attention=model.attention, backend=model.backend,
+                             resolution=recipe.resolution, batch=recipe.batch_size)
+    refiner = load_refiner(recipe, pipe, model.refiner_weights, device, dtype, model.attention)
+    return Generator.for_recipe(pipe, recipe, refiner)
+
+
+def warm_up(pipe, model: str, profile: Profile, batches: list[int]) -> None:
+    """One small generation per batch size through the engine's Generator: the calls a run makes
+    (the compile backend's build, export/compiled.py, compiles what these calls run)."""
+    spec = get_model(model)
+    check_family(spec)
+    generator = Generator(pipe, steps=2, guidance=spec.guidance, height=profile.height, width=profile.width, family=spec.family,
+                          text_length=text_length(model))
+    for b in batches:
+        generator.generate([Sample(i, f"warm_{i:06d}", 0, "warm", "warm", "a photo", i) for i in range(b)])
+
+
+def build_artifacts(opts, log_line=print) -> list[dict]:
+    """`t2i-engine build`: export.build.build, with the engine's warm-up for the compile backend."""
+    if opts.backend == "compile":
+        check_family(get_model(opts.model))
+    return build(opts, log_line, warm=warm_up)

@@ -1,0 +1,102 @@
+"""One unit of work -> one committed shard, done the same way wherever it runs: in the `generate`
+process itself, in a local worker process (workers.py) or in a Ray actor (ray_runner.py).
+
+A `UnitRunner` holds a Generator (the model, loaded once) and a ShardWriter. `run(unit)` makes
+the unit's images batch by batch and hands them to the writer, which commits the shard once
+they are encoded. A batch that runs out of GPU memory is retried at half its size, down to 1,
+and the size that worked is kept: batch size changes no sample (tested in test_generate.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..devices import resolve_device
+from .generator import Generator
+from .plan import WorkUnit, plan_units
+from .recipe import Recipe
+from .runtime import ModelOptions, load_generator
+from .writer import ShardWriter
+
+
+def default_encode_workers(device: torch.device) -> int:
+    """A thread on a CPU device (measured faster on 2 cores, bench/RESULTS.md); beside a GPU, a
+    process per spare core, up to 8."""
+    return 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def sample_meta(recipe: Recipe) -> dict:
+    """Settings every sample's KEY.json repeats, so one image file says how it was made."""
+    meta = {"model": recipe.model, "steps": recipe.steps, "guidance": recipe.guidance,
+            "resolution": list(recipe.resolution), "negative_prompt": recipe.negative_prompt}
+    if recipe.refiner:
+        meta.update(refiner=recipe.refiner, high_noise_fraction=recipe.high_noise_fraction)
+    return meta
+
+
+def shard_writer(recipe: Recipe, out_dir: Path, encode_workers: int) -> ShardWriter:
+    return ShardWriter(Path(out_dir), fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
+                       sample_meta=sample_meta(recipe), encode_workers=encode_workers)
+
+
+class UnitRunner:
+    """A model on one device and a writer into one folder: generates whole units into shards."""
+
+    def __init__(self, generator: Generator, writer: ShardWriter, batch_size: int, units: dict[int, WorkUnit] | None = None):
+        self.generator, self.writer, self.batch_size = generator, writer, batch_size
+        self.units = units  # shard number -> unit, for callers that are handed numbers (workers, actors)
+
+    @classmethod
+    def load(cls, device_name: str, recipe_dict: dict, out_dir: str | Path, model: ModelOptions, cpu_threads: int) -> UnitRunner:
+        """A worker's runner: its recipe's model loaded on `device_name` (with `cpu_threads` torch
+        threads on a CPU), its own writer encoding on a thread, and the plan's units by number."""
+        if device_name == "cpu":
+            torch.set_num_threads(cpu_threads)
+        recipe = Recipe.from_dict(recipe_dict)
+        device = resolve_device(device_name)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # kernels that launch on the current device (Triton) follow the worker's
+        generator = load_generator(recipe, model, device)
+        units = {u.shard: u for u in plan_units(recipe)}
+        return cls(generator, shard_writer(recipe, out_dir, encode_workers=0), recipe.batch_size, units)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.generator.dtype).removeprefix("torch.")
+
+    def run_shard(self, shard: int) -> int:
+        return self.run(self.units[shard])
+
+    def run(self, unit: WorkUnit, on_batch: Callable[[int], None] | None = None) -> int:
+        """Generate `unit` and hand it to the writer (committed once encoded); returns its image
+        count. `on_batch(n)` is told of each batch of n images handed over."""
+        start = 0
+        while start < len(unit.samples):
+            batch = list(unit.samples[start : start + self.batch_size])
+            try:
+                images = self.generator.generate(batch)
+            except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
+                if not _is_oom(e) or self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)  # kept for the rest of this runner's life
+                _free_cuda_memory()
+                continue
+            self.writer.add(unit, batch, images)
+            start += len(batch)
+            if on_batch is not None:
+                on_batch(len(batch))
+        self.writer.commit(unit)
+        return len(unit.samples)
+
+
+def _is_oom(error: Exception) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def _free_cuda_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
