@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out/demo
 
-.PHONY: setup run test test-heavy
+.PHONY: setup run test test-heavy lint format
 
 setup: $(VENV)/.installed
 
@@ -22,7 +22,16 @@ run: setup
 	$(VENV)/bin/t2i-engine demo --out $(OUT)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff (configured in pyproject.toml): lint and formatting, checked by CI before the tests.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 # Also the tests too slow for the 15-minute suite (torch.compile on a CPU: minutes each).
 test-heavy: setup

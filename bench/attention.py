@@ -44,8 +44,8 @@ def attention_shapes(name: str) -> Counter:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from t2i_engine.models.architectures import architecture, build_random_pipeline
-    from t2i_engine.models.pipelines import denoiser
     from t2i_engine.models.flops import denoiser_inputs
+    from t2i_engine.models.pipelines import denoiser
     from t2i_engine.models.registry import get_model
 
     spec = get_model(name)
@@ -111,7 +111,16 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         for (h, hkv, lq, lk, d), calls in sorted(attention_shapes(name).items()):
-            row = {"model": name, "B": args.batch, "H": h, "Hkv": hkv, "Lq": lq, "Lk": lk, "D": d, "calls_per_forward": calls}
+            row = {
+                "model": name,
+                "B": args.batch,
+                "H": h,
+                "Hkv": hkv,
+                "Lq": lq,
+                "Lk": lk,
+                "D": d,
+                "calls_per_forward": calls,
+            }
             if not args.list:
                 if not torch.cuda.is_available():
                     raise SystemExit("timing needs CUDA; --list prints the shapes on any machine")
@@ -119,8 +128,10 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.out:
-        meta = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (shapes only)",
-                "torch": torch.__version__}
+        meta = {
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (shapes only)",
+            "torch": torch.__version__,
+        }
         with open(args.out, "w") as f:
             json.dump({**meta, "rows": rows}, f, indent=1)
 

@@ -28,13 +28,21 @@ def main() -> None:
     for batch in (16, 100):
         recipe = build_recipe({"images_per_class": 100, "batch_size": batch})
         runs = repeat_generate(recipe, RunOptions(device="cpu", progress=False), args.repeats)
-        results.append({
-            "batch_size": batch, "images": runs[0]["images"], "steps": recipe.steps, "guidance": recipe.guidance,
-            "resolution": list(recipe.resolution), "format": recipe.format,
-            **medians(runs, ("wall_seconds", "images_per_second", "model_load_seconds")),
-        })
-        print(f"batch {batch}: 1000 images in {results[-1]['wall_seconds_median']:.1f} s "
-              f"({results[-1]['images_per_second_median']:.1f} images/s)")
+        results.append(
+            {
+                "batch_size": batch,
+                "images": runs[0]["images"],
+                "steps": recipe.steps,
+                "guidance": recipe.guidance,
+                "resolution": list(recipe.resolution),
+                "format": recipe.format,
+                **medians(runs, ("wall_seconds", "images_per_second", "model_load_seconds")),
+            }
+        )
+        print(
+            f"batch {batch}: 1000 images in {results[-1]['wall_seconds_median']:.1f} s "
+            f"({results[-1]['images_per_second_median']:.1f} images/s)"
+        )
 
     write_record("digits_speed", "digits (embedded, trained weights)", results, args.out, "digits-speed-cpu")
 

@@ -38,16 +38,32 @@ def main() -> None:
 
     results = []
     for label, fields, workers in CONFIGS:
-        recipe = build_recipe({"model": "tiny-sd", "classes": "digits", "images_per_class": args.images_per_class,
-                               "batch_size": 16, "images_per_shard": 100, **fields})
+        recipe = build_recipe(
+            {
+                "model": "tiny-sd",
+                "classes": "digits",
+                "images_per_class": args.images_per_class,
+                "batch_size": 16,
+                "images_per_shard": 100,
+                **fields,
+            }
+        )
         runs = repeat_generate(recipe, RunOptions(device="cpu", progress=False, encode_workers=workers), args.repeats)
-        results.append({
-            "config": label, "steps": recipe.steps, "resolution": list(recipe.resolution), "batch_size": recipe.batch_size,
-            "images": runs[0]["images"], "encode_workers": workers,
-            **medians(runs, ("outside_model_share", "images_per_second", "wall_seconds")),
-        })
-        print(f"{label}: outside the model {100 * results[-1]['outside_model_share_median']:.2f}% of wall time, "
-              f"{results[-1]['images_per_second_median']:.1f} images/s")
+        results.append(
+            {
+                "config": label,
+                "steps": recipe.steps,
+                "resolution": list(recipe.resolution),
+                "batch_size": recipe.batch_size,
+                "images": runs[0]["images"],
+                "encode_workers": workers,
+                **medians(runs, ("outside_model_share", "images_per_second", "wall_seconds")),
+            }
+        )
+        print(
+            f"{label}: outside the model {100 * results[-1]['outside_model_share_median']:.2f}% of wall time, "
+            f"{results[-1]['images_per_second_median']:.1f} images/s"
+        )
 
     write_record("overhead", "tiny-sd (random weights)", results, args.out, "overhead-cpu")
 

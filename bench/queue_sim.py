@@ -55,15 +55,26 @@ def main(argv: list[str] | None = None) -> None:
             ideal = ideal_makespan(args.units, speeds, args.unit_seconds)
             dyn = dynamic_makespan(args.units, speeds, args.unit_seconds, args.latency)
             sta = static_makespan(args.units, speeds, args.unit_seconds, args.latency)
-            rows.append({"devices": n, "speeds": label, "ideal_s": round(ideal, 1), "dynamic_s": round(dyn, 1),
-                         "static_s": round(sta, 1), "dynamic_over_ideal": round(dyn / ideal - 1, 4),
-                         "static_over_ideal": round(sta / ideal - 1, 4)})
+            rows.append(
+                {
+                    "devices": n,
+                    "speeds": label,
+                    "ideal_s": round(ideal, 1),
+                    "dynamic_s": round(dyn, 1),
+                    "static_s": round(sta, 1),
+                    "dynamic_over_ideal": round(dyn / ideal - 1, 4),
+                    "static_over_ideal": round(sta / ideal - 1, 4),
+                }
+            )
     result = {"units": args.units, "unit_seconds": args.unit_seconds, "latency_s": args.latency, "rows": rows}
     print("| devices | speeds | ideal (s) | dynamic queue (s) | over ideal | static split (s) | over ideal |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['devices']} | {r['speeds']} | {r['ideal_s']} | {r['dynamic_s']} | {100 * r['dynamic_over_ideal']:.2f}% | "
-              f"{r['static_s']} | {100 * r['static_over_ideal']:.2f}% |")
+        print(
+            f"| {r['devices']} | {r['speeds']} | {r['ideal_s']} | {r['dynamic_s']} | "
+            f"{100 * r['dynamic_over_ideal']:.2f}% | "
+            f"{r['static_s']} | {100 * r['static_over_ideal']:.2f}% |"
+        )
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
         print(f"-> {args.out}", file=sys.stderr)

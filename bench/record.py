@@ -16,8 +16,16 @@ def write_record(bench: str, model: str, results: list[dict], out_dir: str, file
     from t2i_engine.engine.manifest import versions
 
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    record = {"bench": bench, "date": time.strftime("%Y-%m-%d"), "git": sha, "device": f"CPU: {cpu_model()}",
-              "torch_threads": torch.get_num_threads(), "versions": versions(), "model": model, "results": results}
+    record = {
+        "bench": bench,
+        "date": time.strftime("%Y-%m-%d"),
+        "git": sha,
+        "device": f"CPU: {cpu_model()}",
+        "torch_threads": torch.get_num_threads(),
+        "versions": versions(),
+        "model": model,
+        "results": results,
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{file_stem}-{record['date']}.json"

@@ -25,11 +25,24 @@ from .models.registry import MODELS, get_model
 
 # generate flag -> recipe key; every recipe key has a flag.
 RECIPE_FLAGS = {
-    "model": "model", "classes": "classes", "prompt_regime": "prompt.regime", "template": "prompt.templates",
-    "template_mode": "prompt.template_mode", "captions": "prompt.captions", "images_per_class": "images_per_class",
-    "steps": "steps", "guidance": "guidance", "resolution": "resolution", "negative_prompt": "negative_prompt",
-    "seed": "seed", "batch_size": "batch_size", "format": "format", "quality": "quality",
-    "images_per_shard": "images_per_shard", "zero_guidance": "zero_guidance", "refiner": "refiner",
+    "model": "model",
+    "classes": "classes",
+    "prompt_regime": "prompt.regime",
+    "template": "prompt.templates",
+    "template_mode": "prompt.template_mode",
+    "captions": "prompt.captions",
+    "images_per_class": "images_per_class",
+    "steps": "steps",
+    "guidance": "guidance",
+    "resolution": "resolution",
+    "negative_prompt": "negative_prompt",
+    "seed": "seed",
+    "batch_size": "batch_size",
+    "format": "format",
+    "quality": "quality",
+    "images_per_shard": "images_per_shard",
+    "zero_guidance": "zero_guidance",
+    "refiner": "refiner",
     "high_noise_fraction": "high_noise_fraction",
 }
 # Closed sets whose home module loads torch (the CLI answers --help and bad flags without it);
@@ -52,17 +65,17 @@ class _UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
-        raise _UsageError(message)
+        raise _UsageError(_usage_line(message, recipe_flags=self.prog.endswith(" generate")))
 
 
-def _usage_line(message: str) -> str:
+def _usage_line(message: str, recipe_flags: bool) -> str:
     """argparse's refusal as this CLI words every bad input: `FIELD: VALUE is not allowed; ALLOWED`.
-    A recipe flag is named by its recipe key, as the recipe's own checks name it."""
+    A flag of `generate` that sets a recipe key is named by the key, as the recipe's checks name it."""
     match = re.fullmatch(r"argument (\S+?)(?:/\S+)?: (.*)", message, re.S)
     if not match:
         return message
     flag, text = match.groups()
-    field = RECIPE_FLAGS.get(flag.removeprefix("--").replace("-", "_"), flag)
+    field = RECIPE_FLAGS.get(flag.removeprefix("--").replace("-", "_"), flag) if recipe_flags else flag
     choice = re.fullmatch(r"invalid choice: (.*) \(choose from (.*)\)", text, re.S)
     if choice:
         allowed = ", ".join(c.strip().strip("'\"") for c in choice.group(2).split(","))
@@ -111,172 +124,487 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_generate_parser(sub) -> None:
-    gen = sub.add_parser("generate", help="generate a dataset into webdataset shards (resumable)",
-                         description="Generate the dataset a recipe describes into webdataset shards; rerun the same command "
-                         "to resume. Each recipe flag overrides the recipe file's key of the same name.")
-    gen.add_argument("recipe", nargs="?", metavar="RECIPE", help="recipe YAML (default: none; the built-in defaults apply)")
+    gen = sub.add_parser(
+        "generate",
+        help="generate a dataset into webdataset shards (resumable)",
+        description="Generate the dataset a recipe describes into webdataset shards; rerun the same command "
+        "to resume. Each recipe flag overrides the recipe file's key of the same name.",
+    )
+    gen.add_argument(
+        "recipe", nargs="?", metavar="RECIPE", help="recipe YAML (default: none; the built-in defaults apply)"
+    )
     rec = gen.add_argument_group("recipe (each overrides the recipe key of the same name)")
-    rec.add_argument("--model", type=str, metavar="NAME", help="registry model, see `t2i-engine models` (default: digits)")
-    rec.add_argument("--classes", type=str, metavar="SPEC",
-                     help="built-in class set, a class file (.txt/.json/.csv), or a folder with wnids.txt and words.txt (default: digits)")
-    rec.add_argument("--prompt-regime", choices=("class-name", "template", "captions"),
-                     help="how prompts are made (default: template; --template or --captions alone imply theirs)")
-    rec.add_argument("--template", action="append", type=str, metavar="TEXT",
-                     help="a prompt template holding {name}; repeat for several (default: 'a photo of a {name}')")
-    rec.add_argument("--template-mode", choices=("cycle", "sample"), help="how templates are picked per sample (default: cycle)")
-    rec.add_argument("--captions", type=str, metavar="FILE", help="captions file (.json/.csv) for the captions regime (default: none)")
+    rec.add_argument(
+        "--model", type=str, metavar="NAME", help="registry model, see `t2i-engine models` (default: digits)"
+    )
+    rec.add_argument(
+        "--classes",
+        type=str,
+        metavar="SPEC",
+        help="built-in class set, a class file (.txt/.json/.csv), or a folder with wnids.txt and words.txt "
+        "(default: digits)",
+    )
+    rec.add_argument(
+        "--prompt-regime",
+        choices=("class-name", "template", "captions"),
+        help="how prompts are made (default: template; --template or --captions alone imply theirs)",
+    )
+    rec.add_argument(
+        "--template",
+        action="append",
+        type=str,
+        metavar="TEXT",
+        help="a prompt template holding {name}; repeat for several (default: 'a photo of a {name}')",
+    )
+    rec.add_argument(
+        "--template-mode", choices=("cycle", "sample"), help="how templates are picked per sample (default: cycle)"
+    )
+    rec.add_argument(
+        "--captions",
+        type=str,
+        metavar="FILE",
+        help="captions file (.json/.csv) for the captions regime (default: none)",
+    )
     # Numbers stay text here: the recipe checks them, naming the recipe key, as it does in a file.
     rec.add_argument("--images-per-class", type=str, metavar="N", help="images of each class (default: 10)")
     rec.add_argument("--steps", type=str, metavar="N", help="denoising steps (default: the model's)")
-    rec.add_argument("--guidance", type=str, metavar="SCALE", help="classifier-free guidance scale (default: the model's)")
-    rec.add_argument("--resolution", type=str, metavar="SIZE", help="SIZE or HEIGHTxWIDTH in pixels (default: the model's native)")
+    rec.add_argument(
+        "--guidance", type=str, metavar="SCALE", help="classifier-free guidance scale (default: the model's)"
+    )
+    rec.add_argument(
+        "--resolution", type=str, metavar="SIZE", help="SIZE or HEIGHTxWIDTH in pixels (default: the model's native)"
+    )
     rec.add_argument("--negative-prompt", type=str, metavar="TEXT", help="the negative prompt (default: empty)")
-    rec.add_argument("--seed", type=str, metavar="N", help="the recipe seed every sample's seed derives from (default: 0)")
-    rec.add_argument("--batch-size", type=str, metavar="N", help="images per model call; changes no sample (default: the model's)")
+    rec.add_argument(
+        "--seed", type=str, metavar="N", help="the recipe seed every sample's seed derives from (default: 0)"
+    )
+    rec.add_argument(
+        "--batch-size", type=str, metavar="N", help="images per model call; changes no sample (default: the model's)"
+    )
     rec.add_argument("--format", choices=("jpeg", "png", "webp"), help="image format (default: jpeg)")
     rec.add_argument("--quality", type=str, metavar="Q", help="JPEG/WebP quality, 1-100 (default: 95)")
     rec.add_argument("--images-per-shard", type=str, metavar="N", help="samples per shard (default: 1000)")
-    rec.add_argument("--zero-guidance", choices=("conditional", "unconditional"),
-                     help="what guidance 0 means: the prompt alone (conditional, diffusers') or the empty prompt alone "
-                     "(unconditional, the paper's code; non-distilled models) (default: conditional)")
-    rec.add_argument("--refiner", type=str, metavar="NAME", help="a second-stage model for the last steps (sdxl: sdxl-refiner; none: off) (default: none)")
-    rec.add_argument("--high-noise-fraction", type=str, metavar="F", help="with --refiner: the base model's share of the steps (default: 0.8)")
+    rec.add_argument(
+        "--zero-guidance",
+        choices=("conditional", "unconditional"),
+        help="what guidance 0 means: the prompt alone (conditional, diffusers') or the empty prompt alone "
+        "(unconditional, the paper's code; non-distilled models) (default: conditional)",
+    )
+    rec.add_argument(
+        "--refiner",
+        type=str,
+        metavar="NAME",
+        help="a second-stage model for the last steps (sdxl: sdxl-refiner; none: off) (default: none)",
+    )
+    rec.add_argument(
+        "--high-noise-fraction",
+        type=str,
+        metavar="F",
+        help="with --refiner: the base model's share of the steps (default: 0.8)",
+    )
 
     dev = gen.add_argument_group("devices and scale-out")
-    dev.add_argument("--device", type=str, default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
-    dev.add_argument("--devices", type=str, metavar="LIST",
-                     help="one worker process per device on a shared queue: all | 0,1,3 | cpu:N (default: one process, --device)")
-    dev.add_argument("--ray", nargs="?", const="local", type=str, metavar="ADDRESS",
-                     help="run the units as Ray actors (one per GPU, or per CPU): on a local Ray instance, or the cluster at "
-                     "ADDRESS (default: off)")
-    dev.add_argument("--part", type=str, metavar="I/N", help="only shards whose number %% N == I (Slurm arrays, torchrun); auto: from "
-                     "SLURM_ARRAY_TASK_ID/COUNT or RANK/WORLD_SIZE; the last part to finish completes the manifest (default: all)")
+    dev.add_argument(
+        "--device",
+        type=str,
+        default="auto",
+        metavar="DEVICE",
+        help="auto | cpu | cuda | cuda:N (default: %(default)s)",
+    )
+    dev.add_argument(
+        "--devices",
+        type=str,
+        metavar="LIST",
+        help="one worker process per device on a shared queue: all | 0,1,3 | cpu:N (default: one process, --device)",
+    )
+    dev.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        type=str,
+        metavar="ADDRESS",
+        help="run the units as Ray actors (one per GPU, or per CPU): on a local Ray instance, or the cluster at "
+        "ADDRESS (default: off)",
+    )
+    dev.add_argument(
+        "--part",
+        type=str,
+        metavar="I/N",
+        help="only shards whose number %% N == I (Slurm arrays, torchrun); auto: from "
+        "SLURM_ARRAY_TASK_ID/COUNT or RANK/WORLD_SIZE; the last part to finish completes the manifest (default: all)",
+    )
 
     run = gen.add_argument_group("runtime and speed")
-    run.add_argument("--attention", choices=ATTENTION, default="sdpa",
-                     help="sdpa (PyTorch) or triton (our fused attention and GroupNorm + SiLU kernels, CUDA); recorded in the "
-                     "manifest (default: %(default)s)")
-    run.add_argument("--backend", choices=BACKENDS, default="eager",
-                     help="eager (PyTorch), onnx (ONNX Runtime), tensorrt, or compile (torch.compile); ONNX and TensorRT files are "
-                     "built into the artifact cache on first use, compile's warm start by `t2i-engine build --backend compile`; "
-                     "recorded in the manifest (default: %(default)s)")
-    run.add_argument("--weights", type=str, metavar="DIR", help="local diffusers folder of the model's weights (default: the hub cache)")
-    run.add_argument("--refiner-weights", type=str, metavar="DIR", help="local diffusers folder of the refiner's weights (default: the hub cache)")
-    run.add_argument("--encode-workers", type=_int(0, 64), metavar="N",
-                     help="image encoder processes, 0: a thread (default: a thread on a CPU, a process per spare core up to 8 beside a GPU)")
+    run.add_argument(
+        "--attention",
+        choices=ATTENTION,
+        default="sdpa",
+        help="sdpa (PyTorch) or triton (our fused attention and GroupNorm + SiLU kernels, CUDA); recorded in the "
+        "manifest (default: %(default)s)",
+    )
+    run.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="eager",
+        help="eager (PyTorch), onnx (ONNX Runtime), tensorrt, or compile (torch.compile); ONNX and TensorRT files are "
+        "built into the artifact cache on first use, compile's warm start by `t2i-engine build --backend compile`; "
+        "recorded in the manifest (default: %(default)s)",
+    )
+    run.add_argument(
+        "--weights",
+        type=str,
+        metavar="DIR",
+        help="local diffusers folder of the model's weights (default: the hub cache)",
+    )
+    run.add_argument(
+        "--refiner-weights",
+        type=str,
+        metavar="DIR",
+        help="local diffusers folder of the refiner's weights (default: the hub cache)",
+    )
+    run.add_argument(
+        "--encode-workers",
+        type=_int(0, 64),
+        metavar="N",
+        help="image encoder processes, 0: a thread (default: a thread on a CPU, a process per spare core up to 8 "
+        "beside a GPU)",
+    )
 
     out = gen.add_argument_group("output")
-    out.add_argument("--out", type=Path, required=True, metavar="DIR",
-                     help="output folder: new, empty, or a dataset of the same recipe to resume (required)")
-    out.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout (default: a line on stderr)")
+    out.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="output folder: new, empty, or a dataset of the same recipe to resume (required)",
+    )
+    out.add_argument(
+        "--json", action="store_true", help="print the run summary as JSON on stdout (default: a line on stderr)"
+    )
     out.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar on a terminal)")
 
 
 def _add_build_parser(sub) -> None:
     bu = sub.add_parser("build", help="export a model's components (ONNX, TensorRT, compiled) into the artifact cache")
-    bu.add_argument("model", nargs="?", type=str, metavar="MODEL", help="registry model, see `t2i-engine models` (required unless --list)")
+    bu.add_argument(
+        "model",
+        nargs="?",
+        type=str,
+        metavar="MODEL",
+        help="registry model, see `t2i-engine models` (required unless --list)",
+    )
     bu.add_argument("--backend", choices=BUILT, default="onnx", help="what to build (default: %(default)s)")
-    bu.add_argument("--batch", type=str, metavar="MIN:OPT:MAX", help="images per call the artifacts serve (default: 1:16:32)")
+    bu.add_argument(
+        "--batch", type=str, metavar="MIN:OPT:MAX", help="images per call the artifacts serve (default: 1:16:32)"
+    )
     bu.add_argument("--res", type=str, metavar="SIZE", help="resolution: a size or HxW (default: the model's native)")
     bu.add_argument("--precision", choices=PRECISIONS, help="default: the model's dtype on a GPU, fp32 on a CPU")
-    bu.add_argument("--components", type=str, default="denoiser,vae_decoder,text_encoder", metavar="LIST",
-                    help="comma-separated: denoiser, vae_decoder, text_encoder (default: all three)")
-    bu.add_argument("--exporter", choices=EXPORTERS, default="dynamo", help="ONNX exporter; dynamo falls back to TorchScript (default: %(default)s)")
-    bu.add_argument("--device", type=str, default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
-    bu.add_argument("--weights", type=str, metavar="DIR",
-                    help="a local diffusers folder (default: the hub cache, or random weights for test models)")
-    bu.add_argument("--cache-dir", type=Path, metavar="DIR", help="artifact cache folder (default: $T2I_ENGINE_CACHE or ~/.cache/t2i-engine/artifacts)")
+    bu.add_argument(
+        "--components",
+        type=str,
+        default="denoiser,vae_decoder,text_encoder",
+        metavar="LIST",
+        help="comma-separated: denoiser, vae_decoder, text_encoder (default: all three)",
+    )
+    bu.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default="dynamo",
+        help="ONNX exporter; dynamo falls back to TorchScript (default: %(default)s)",
+    )
+    bu.add_argument(
+        "--device",
+        type=str,
+        default="auto",
+        metavar="DEVICE",
+        help="auto | cpu | cuda | cuda:N (default: %(default)s)",
+    )
+    bu.add_argument(
+        "--weights",
+        type=str,
+        metavar="DIR",
+        help="a local diffusers folder (default: the hub cache, or random weights for test models)",
+    )
+    bu.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="artifact cache folder (default: $T2I_ENGINE_CACHE or ~/.cache/t2i-engine/artifacts)",
+    )
     bu.add_argument("--list", action="store_true", help="list the cache's artifacts instead of building")
     bu.add_argument("--json", action="store_true", help="print JSON instead of lines")
 
 
 def _add_bench_parser(sub) -> None:
-    be = sub.add_parser("bench", help="images/sec and model-FLOP utilisation of our backends against diffusers baselines, same run")
-    be.add_argument("model", type=str, metavar="MODEL", help="registry model; without weights here, its real architecture with random weights")
-    be.add_argument("--backend", type=str, default="eager", metavar="LIST",
-                    help=f"our backends, comma-separated from {', '.join(BACKENDS)}, or none (default: %(default)s)")
-    be.add_argument("--batch", type=str, metavar="LIST", help="engine batch sizes, comma-separated, or auto (doubles while it pays) "
-                    "(default: the registry's)")
-    be.add_argument("--baseline", type=str, default="paper,diffusers", metavar="LIST",
-                    help="paper (diffusers, fp16, batch 16) and/or diffusers (bf16, SDPA, best of --baseline-batch), or none "
-                    "(default: %(default)s)")
-    be.add_argument("--baseline-batch", type=str, default="16,32", metavar="LIST",
-                    help="batch sizes tried for the diffusers bf16 baseline (default: %(default)s)")
+    be = sub.add_parser(
+        "bench", help="images/sec and model-FLOP utilisation of our backends against diffusers baselines, same run"
+    )
+    be.add_argument(
+        "model",
+        type=str,
+        metavar="MODEL",
+        help="registry model; without weights here, its real architecture with random weights",
+    )
+    be.add_argument(
+        "--backend",
+        type=str,
+        default="eager",
+        metavar="LIST",
+        help=f"our backends, comma-separated from {', '.join(BACKENDS)}, or none (default: %(default)s)",
+    )
+    be.add_argument(
+        "--batch",
+        type=str,
+        metavar="LIST",
+        help="engine batch sizes, comma-separated, or auto (doubles while it pays) (default: the registry's)",
+    )
+    be.add_argument(
+        "--baseline",
+        type=str,
+        default="paper,diffusers",
+        metavar="LIST",
+        help="paper (diffusers, fp16, batch 16) and/or diffusers (bf16, SDPA, best of --baseline-batch), or none "
+        "(default: %(default)s)",
+    )
+    be.add_argument(
+        "--baseline-batch",
+        type=str,
+        default="16,32",
+        metavar="LIST",
+        help="batch sizes tried for the diffusers bf16 baseline (default: %(default)s)",
+    )
     be.add_argument("--steps", type=str, metavar="N", help="denoising steps (default: the model's)")
     be.add_argument("--res", type=str, metavar="SIZE", help="resolution: a size (default: the model's native)")
     be.add_argument("--guidance", type=str, metavar="SCALE", help="guidance scale (default: the model's)")
-    be.add_argument("--warmup", type=_int(0, 1000), default=1, metavar="N", help="untimed batches before each measurement (default: %(default)s)")
-    be.add_argument("--reps", type=_int(1, 1000), default=3, metavar="N",
-                    help="timed batches: images/sec over all of them, the median batch beside it (default: %(default)s)")
-    be.add_argument("--device", type=str, default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
-    be.add_argument("--weights", type=str, metavar="DIR", help="a local diffusers folder (default: the hub cache if it has the model, else random weights)")
-    be.add_argument("--attention", choices=ATTENTION, default="sdpa",
-                    help="the engine's attention; baselines keep diffusers' (default: %(default)s)")
-    be.add_argument("--norm", choices=NORMS, help="the engine's GroupNorm (+ SiLU) (default: triton with --attention triton, else torch)")
+    be.add_argument(
+        "--warmup",
+        type=_int(0, 1000),
+        default=1,
+        metavar="N",
+        help="untimed batches before each measurement (default: %(default)s)",
+    )
+    be.add_argument(
+        "--reps",
+        type=_int(1, 1000),
+        default=3,
+        metavar="N",
+        help="timed batches: images/sec over all of them, the median batch beside it (default: %(default)s)",
+    )
+    be.add_argument(
+        "--device",
+        type=str,
+        default="auto",
+        metavar="DEVICE",
+        help="auto | cpu | cuda | cuda:N (default: %(default)s)",
+    )
+    be.add_argument(
+        "--weights",
+        type=str,
+        metavar="DIR",
+        help="a local diffusers folder (default: the hub cache if it has the model, else random weights)",
+    )
+    be.add_argument(
+        "--attention",
+        choices=ATTENTION,
+        default="sdpa",
+        help="the engine's attention; baselines keep diffusers' (default: %(default)s)",
+    )
+    be.add_argument(
+        "--norm",
+        choices=NORMS,
+        help="the engine's GroupNorm (+ SiLU) (default: triton with --attention triton, else torch)",
+    )
     be.add_argument("--out", type=Path, metavar="FILE", help="write the results JSON here, atomically (default: none)")
     be.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
 
 
 def _add_train_eval_parsers(sub) -> None:
     tr = sub.add_parser("train", help="train a classifier on a dataset folder or an ImageFolder tree (resumable)")
-    tr.add_argument("data", type=Path, metavar="DATA", help="dataset folder from `generate`, or an ImageFolder tree ROOT/<class id>/<image>")
-    tr.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder: new or empty; an unfinished run with --resume (required)")
-    tr.add_argument("--preset", choices=PRESETS, default="small", help="the recipe every other flag overrides (default: %(default)s)")
-    tr.add_argument("--arch", type=str, metavar="NAME",
-                    help="small-cnn, resnet18, resnet50, vit-ti/16, convnext-t, swin-t, or any torchvision/timm name (default: the preset's)")
+    tr.add_argument(
+        "data",
+        type=Path,
+        metavar="DATA",
+        help="dataset folder from `generate`, or an ImageFolder tree ROOT/<class id>/<image>",
+    )
+    tr.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="run folder: new or empty; an unfinished run with --resume (required)",
+    )
+    tr.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="small",
+        help="the recipe every other flag overrides (default: %(default)s)",
+    )
+    tr.add_argument(
+        "--arch",
+        type=str,
+        metavar="NAME",
+        help="small-cnn, resnet18, resnet50, vit-ti/16, convnext-t, swin-t, or any torchvision/timm name "
+        "(default: the preset's)",
+    )
     # Ranges are the preset table's (training.presets.OVERRIDES), checked there.
-    for flag, kind, metavar in (("image-size", int, "PX"), ("epochs", int, "N"), ("batch-size", int, "N"), ("lr", float, "LR"),
-                                ("warmup-epochs", float, "N"), ("val-fraction", float, "F"), ("workers", int, "N"),
-                                ("seed", int, "N"), ("shuffle-buffer", int, "N")):
+    for flag, kind, metavar in (
+        ("image-size", int, "PX"),
+        ("epochs", int, "N"),
+        ("batch-size", int, "N"),
+        ("lr", float, "LR"),
+        ("warmup-epochs", float, "N"),
+        ("val-fraction", float, "F"),
+        ("workers", int, "N"),
+        ("seed", int, "N"),
+        ("shuffle-buffer", int, "N"),
+    ):
         tr.add_argument(f"--{flag}", type=str, metavar=metavar, help=f"({kind.__name__}; default: the preset's)")
-    tr.add_argument("--shuffle-labels", type=str, metavar="SEED", help="control experiment: permute the labels across samples (default: off)")
-    tr.add_argument("--precision", choices=TRAIN_PRECISIONS, help="auto: bf16 autocast on a GPU, fp32 on a CPU (default: auto)")
+    tr.add_argument(
+        "--shuffle-labels",
+        type=str,
+        metavar="SEED",
+        help="control experiment: permute the labels across samples (default: off)",
+    )
+    tr.add_argument(
+        "--precision", choices=TRAIN_PRECISIONS, help="auto: bf16 autocast on a GPU, fp32 on a CPU (default: auto)"
+    )
     tr.add_argument("--memory-format", choices=MEMORY_FORMATS, help="auto: channels_last on a GPU (default: auto)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
-    tr.add_argument("--device", type=str, default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    tr.add_argument(
+        "--device",
+        type=str,
+        default="auto",
+        metavar="DEVICE",
+        help="auto | cpu | cuda | cuda:N (default: %(default)s)",
+    )
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ev = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of a run on a labelled set")
     ev.add_argument("run", type=Path, metavar="RUN", help="a finished run folder")
-    ev.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset folder or ImageFolder tree with the run's class ids (required)")
+    ev.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="dataset folder or ImageFolder tree with the run's class ids (required)",
+    )
     ev.add_argument("--out", type=Path, metavar="FILE", help="JSON file (default: RUN/evals/<data>.json)")
-    ev.add_argument("--device", type=str, default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
-    ev.add_argument("--batch-size", type=_int(1, 65536), default=256, metavar="N", help="images per forward (default: %(default)s)")
-    ev.add_argument("--workers", type=_int(0, 256), default=0, metavar="N", help="loader processes (default: %(default)s)")
+    ev.add_argument(
+        "--device",
+        type=str,
+        default="auto",
+        metavar="DEVICE",
+        help="auto | cpu | cuda | cuda:N (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--batch-size", type=_int(1, 65536), default=256, metavar="N", help="images per forward (default: %(default)s)"
+    )
+    ev.add_argument(
+        "--workers", type=_int(0, 256), default=0, metavar="N", help="loader processes (default: %(default)s)"
+    )
 
-    an = sub.add_parser("analyze", help="PRDC, Vendi, diversity, FID/KID and CLIP alignment of a synthetic set against real images")
+    an = sub.add_parser(
+        "analyze", help="PRDC, Vendi, diversity, FID/KID and CLIP alignment of a synthetic set against real images"
+    )
     an.add_argument("data", type=Path, metavar="DATA", help="the synthetic set (dataset folder or ImageFolder tree)")
-    an.add_argument("--real", type=Path, required=True, metavar="DIR", help="real images of the same class ids (required)")
+    an.add_argument(
+        "--real", type=Path, required=True, metavar="DIR", help="real images of the same class ids (required)"
+    )
     an.add_argument("--out", type=Path, required=True, metavar="FILE", help="JSON file to write (required)")
-    an.add_argument("--features", type=str, default="judge", metavar="SPEC",
-                    help="judge | clip=DIR | inception=FILE | timm:NAME=FILE | torchvision:NAME=FILE (default: %(default)s)")
-    an.add_argument("--fid-features", type=str, metavar="SPEC", help="another extractor for FID/KID (default: --features)")
-    an.add_argument("--clip", type=str, metavar="DIR", help="CLIP folder (transformers layout) for CLIPScore and zero-shot alignment (default: none)")
-    an.add_argument("--k", type=_int(1, 100), default=5, metavar="K", help="PRDC neighbourhood size (default: %(default)s)")
-    an.add_argument("--max-per-class", type=_int(1, 10**9), metavar="N", help="at most this many images per class and side (default: all)")
-    an.add_argument("--seed", type=_int(0, 2**63 - 1), default=0, metavar="N", help="the balancing sample's seed (default: %(default)s)")
-    an.add_argument("--device", type=str, default="cpu", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    an.add_argument(
+        "--features",
+        type=str,
+        default="judge",
+        metavar="SPEC",
+        help="judge | clip=DIR | inception=FILE | timm:NAME=FILE | torchvision:NAME=FILE (default: %(default)s)",
+    )
+    an.add_argument(
+        "--fid-features", type=str, metavar="SPEC", help="another extractor for FID/KID (default: --features)"
+    )
+    an.add_argument(
+        "--clip",
+        type=str,
+        metavar="DIR",
+        help="CLIP folder (transformers layout) for CLIPScore and zero-shot alignment (default: none)",
+    )
+    an.add_argument(
+        "--k", type=_int(1, 100), default=5, metavar="K", help="PRDC neighbourhood size (default: %(default)s)"
+    )
+    an.add_argument(
+        "--max-per-class",
+        type=_int(1, 10**9),
+        metavar="N",
+        help="at most this many images per class and side (default: all)",
+    )
+    an.add_argument(
+        "--seed",
+        type=_int(0, 2**63 - 1),
+        default=0,
+        metavar="N",
+        help="the balancing sample's seed (default: %(default)s)",
+    )
+    an.add_argument(
+        "--device", type=str, default="cpu", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: %(default)s)"
+    )
 
     pr = sub.add_parser("probe", help="write a probed copy of a set: fft-low, fft-high, or a VAE round trip")
     pr.add_argument("kind", choices=PROBES, help="the probe")
     pr.add_argument("data", type=Path, metavar="DATA", help="dataset folder or ImageFolder tree")
     pr.add_argument("--out", type=Path, required=True, metavar="DIR", help="new ImageFolder tree to write (required)")
-    pr.add_argument("--cutoff", type=_float, default=0.1, metavar="F", help="FFT cutoff in cycles per pixel (default: %(default)s)")
-    pr.add_argument("--vae-model", type=str, metavar="MODEL", help="registry model whose VAE makes the round trip (vae: required)")
-    pr.add_argument("--weights", type=str, metavar="DIR", help="local diffusers folder of that model (default: the hub cache or shipped weights)")
-    pr.add_argument("--device", type=str, default="cpu", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    pr.add_argument(
+        "--cutoff", type=_float, default=0.1, metavar="F", help="FFT cutoff in cycles per pixel (default: %(default)s)"
+    )
+    pr.add_argument(
+        "--vae-model", type=str, metavar="MODEL", help="registry model whose VAE makes the round trip (vae: required)"
+    )
+    pr.add_argument(
+        "--weights",
+        type=str,
+        metavar="DIR",
+        help="local diffusers folder of that model (default: the hub cache or shipped weights)",
+    )
+    pr.add_argument(
+        "--device", type=str, default="cpu", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: %(default)s)"
+    )
 
     rp = sub.add_parser("report", help="the paper-style table (md/csv/json) and plots from runs and analyses")
     rp.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="run folders, eval JSONs, analysis JSONs")
     rp.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the table and PNGs (required)")
 
-    de = sub.add_parser("demo", help="the whole loop on the embedded digits model: generate, train, eval, analyze, report")
-    de.add_argument("--out", type=Path, default=Path("out/demo"), metavar="DIR", help="work folder; an existing one resumes (default: %(default)s)")
-    de.add_argument("--guidance", action="append", type=str, metavar="SCALE",
-                    help="guidance scale of one synthetic set; repeat (default: 1, 2 and 7.5)")
-    de.add_argument("--images-per-class", type=_int(1, 100_000), default=100, metavar="N", help="images of each digit per set (default: %(default)s)")
-    de.add_argument("--epochs", type=_int(1, 10_000), metavar="N", help="training epochs (default: the small preset's 30)")
-    de.add_argument("--device", type=str, default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    de = sub.add_parser(
+        "demo", help="the whole loop on the embedded digits model: generate, train, eval, analyze, report"
+    )
+    de.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out/demo"),
+        metavar="DIR",
+        help="work folder; an existing one resumes (default: %(default)s)",
+    )
+    de.add_argument(
+        "--guidance",
+        action="append",
+        type=str,
+        metavar="SCALE",
+        help="guidance scale of one synthetic set; repeat (default: 1, 2 and 7.5)",
+    )
+    de.add_argument(
+        "--images-per-class",
+        type=_int(1, 100_000),
+        default=100,
+        metavar="N",
+        help="images of each digit per set (default: %(default)s)",
+    )
+    de.add_argument(
+        "--epochs", type=_int(1, 10_000), metavar="N", help="training epochs (default: the small preset's 30)"
+    )
+    de.add_argument(
+        "--device",
+        type=str,
+        default="auto",
+        metavar="DEVICE",
+        help="auto | cpu | cuda | cuda:N (default: %(default)s)",
+    )
     de.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -284,17 +612,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
     except _UsageError as e:
-        print(f"t2i-engine: error: {_usage_line(str(e))}", file=sys.stderr)
+        print(f"t2i-engine: error: {e}", file=sys.stderr)
         return 2
     try:
-        return {"generate": _generate, "verify": _verify, "models": _models, "finalize": _finalize, "train": _train, "eval": _eval,
-                "analyze": _analyze, "probe": _probe, "report": _report, "demo": _demo,
-                "bench": _bench, "build": _build}[args.command](args)
+        return {
+            "generate": _generate,
+            "verify": _verify,
+            "models": _models,
+            "finalize": _finalize,
+            "train": _train,
+            "eval": _eval,
+            "analyze": _analyze,
+            "probe": _probe,
+            "report": _report,
+            "demo": _demo,
+            "bench": _bench,
+            "build": _build,
+        }[args.command](args)
     except InputError as e:
         print(f"t2i-engine {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"t2i-engine {args.command}: interrupted; committed shards are kept, rerun the same command to resume", file=sys.stderr)
+        print(
+            f"t2i-engine {args.command}: interrupted; committed shards are kept, rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -313,19 +655,41 @@ def _generate(args) -> int:
 
     part = parse_part(args.part) if args.part is not None else None
     devices = parse_devices(args.devices) if args.devices is not None else None
-    summary = generate(recipe, args.out, RunOptions(device=args.device, weights=args.weights, refiner_weights=args.refiner_weights,
-                                                    encode_workers=args.encode_workers, progress=not args.no_progress, part=part,
-                                                    devices=devices, ray=args.ray, attention=args.attention, backend=args.backend))
+    summary = generate(
+        recipe,
+        args.out,
+        RunOptions(
+            device=args.device,
+            weights=args.weights,
+            refiner_weights=args.refiner_weights,
+            encode_workers=args.encode_workers,
+            progress=not args.no_progress,
+            part=part,
+            devices=devices,
+            ray=args.ray,
+            attention=args.attention,
+            backend=args.backend,
+        ),
+    )
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
         s = summary
-        print(f"{s['images']} images in {s['wall_seconds']:.1f} s ({s['images_per_second']:.2f} images/s) on {s['device']}; "
-              f"{s['shards_written']} shards written, {s['shards_skipped']} already done -> {s['out']}", file=sys.stderr)
+        print(
+            f"{s['images']} images in {s['wall_seconds']:.1f} s ({s['images_per_second']:.2f} images/s) on "
+            f"{s['device']}; "
+            f"{s['shards_written']} shards written, {s['shards_skipped']} already done -> {s['out']}",
+            file=sys.stderr,
+        )
         if s["part"]:
-            print(f"part {s['part']}: " + ("the dataset is complete" if s["dataset_complete"] else "other parts are still to finish"),
-                  file=sys.stderr)
-        print("time per stage (s): " + ", ".join(f"{k} {v:.2f}" for k, v in s["stage_seconds"].items()), file=sys.stderr)
+            print(
+                f"part {s['part']}: "
+                + ("the dataset is complete" if s["dataset_complete"] else "other parts are still to finish"),
+                file=sys.stderr,
+            )
+        print(
+            "time per stage (s): " + ", ".join(f"{k} {v:.2f}" for k, v in s["stage_seconds"].items()), file=sys.stderr
+        )
     return 0
 
 
@@ -334,11 +698,17 @@ def _verify(args) -> int:
     for p in problems:
         print(p)
     if not problems:
-        print(f"ok: every planned sample of {args.dir} is present exactly once with its planned label", file=sys.stderr)
+        print(
+            f"ok: every planned sample of {args.dir} is present exactly once with its planned label", file=sys.stderr
+        )
         return 0
     if args.repair:
         moved = repair(args.dir, problems)
-        print(f"moved {len(moved)} files of bad shards aside; rerun `t2i-engine generate` with the same recipe to remake them", file=sys.stderr)
+        print(
+            f"moved {len(moved)} files of bad shards aside; rerun `t2i-engine generate` with the same recipe to "
+            "remake them",
+            file=sys.stderr,
+        )
     return 1
 
 
@@ -357,7 +727,10 @@ def _models(args) -> int:
         return 0
     print(f"{'name':<18}{'pipeline':<34}{'dtype':<10}{'res':>6}{'steps':>6}{'cfg':>6}  hub id")
     for m in rows:
-        print(f"{m.name:<18}{m.pipeline:<34}{m.dtype:<10}{m.resolution[0]:>6}{m.steps:>6}{m.guidance:>6}  {m.hub_id or '(built from config)'}")
+        print(
+            f"{m.name:<18}{m.pipeline:<34}{m.dtype:<10}{m.resolution[0]:>6}{m.steps:>6}{m.guidance:>6}  "
+            f"{m.hub_id or '(built from config)'}"
+        )
     return 0
 
 
@@ -369,16 +742,25 @@ def _train(args) -> int:
     config = resolve_config(args.preset, {key: getattr(args, key) for key in OVERRIDES})
     result = train(config, args.data, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
     best = result["best"]
-    val = f"val loss {best['val_loss']:.4f}, val acc {best['val_acc']:.4f}" if result["val_images"] else "no validation split"
-    print(f"chosen epoch {result['best_epoch']}/{config.epochs}: {val} "
-          f"({result['train_images']} training, {result['val_images']} validation images) -> {args.out}", file=sys.stderr)
+    val = (
+        f"val loss {best['val_loss']:.4f}, val acc {best['val_acc']:.4f}"
+        if result["val_images"]
+        else "no validation split"
+    )
+    print(
+        f"chosen epoch {result['best_epoch']}/{config.epochs}: {val} "
+        f"({result['train_images']} training, {result['val_images']} validation images) -> {args.out}",
+        file=sys.stderr,
+    )
     return 0
 
 
 def _eval(args) -> int:
     from .eval.classify import evaluate_run  # heavy: torch
 
-    r = evaluate_run(args.run, args.data, out=args.out, device=args.device, batch_size=args.batch_size, workers=args.workers)
+    r = evaluate_run(
+        args.run, args.data, out=args.out, device=args.device, batch_size=args.batch_size, workers=args.workers
+    )
     top5 = f", top-5 {r['top5']:.4f}" if r["top5"] is not None else ""
     print(f"{r['direction']}: top-1 {r['top1']:.4f}{top5} on {r['images']} images -> {r['path']}")
     return 0
@@ -387,8 +769,18 @@ def _eval(args) -> int:
 def _analyze(args) -> int:
     from .eval.analyze import analyze  # heavy: torch
 
-    r = analyze(args.data, args.real, args.out, features=args.features, fid_features=args.fid_features, clip=args.clip,
-                k=args.k, max_per_class=args.max_per_class, seed=args.seed, device=args.device)
+    r = analyze(
+        args.data,
+        args.real,
+        args.out,
+        features=args.features,
+        fid_features=args.fid_features,
+        clip=args.clip,
+        k=args.k,
+        max_per_class=args.max_per_class,
+        seed=args.seed,
+        device=args.device,
+    )
     print(json.dumps(r["overall"], indent=1))
     return 0
 
@@ -396,7 +788,15 @@ def _analyze(args) -> int:
 def _probe(args) -> int:
     from .eval.probes import write_probe  # heavy: torch
 
-    out = write_probe(args.data, args.out, args.kind, cutoff=args.cutoff, vae_model=args.vae_model, weights=args.weights, device=args.device)
+    out = write_probe(
+        args.data,
+        args.out,
+        args.kind,
+        cutoff=args.cutoff,
+        vae_model=args.vae_model,
+        weights=args.weights,
+        device=args.device,
+    )
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -412,7 +812,9 @@ def _demo(args) -> int:
     from .demo import check_guidances, run_demo  # heavy: torch
 
     guidances = check_guidances(args.guidance)
-    r = run_demo(args.out, guidances=guidances, images_per_class=args.images_per_class, epochs=args.epochs, device=args.device)
+    r = run_demo(
+        args.out, guidances=guidances, images_per_class=args.images_per_class, epochs=args.epochs, device=args.device
+    )
     print(json.dumps(r, indent=1) if args.json else r["table"])
     return 0
 
@@ -423,19 +825,32 @@ def _bench(args) -> int:
     from .benchmark.report import table
 
     opts = BenchOptions(
-        model=args.model, backends=parse_list(args.backend, "--backend", BACKENDS),
-        batches=parse_batches(args.batch) if args.batch else (), steps=args.steps, resolution=args.res, guidance=args.guidance,
+        model=args.model,
+        backends=parse_list(args.backend, "--backend", BACKENDS),
+        batches=parse_batches(args.batch) if args.batch else (),
+        steps=args.steps,
+        resolution=args.res,
+        guidance=args.guidance,
         baselines=parse_list(args.baseline, "--baseline", BASELINES),
         baseline_batches=parse_batches(args.baseline_batch, "--baseline-batch", allow_auto=False),
-        warmup=args.warmup, reps=args.reps, device=args.device, weights=args.weights, attention=args.attention, norm=args.norm,
+        warmup=args.warmup,
+        reps=args.reps,
+        device=args.device,
+        weights=args.weights,
+        attention=args.attention,
+        norm=args.norm,
     )
     check_options(opts)
     if args.out:
         out = args.out
         if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-            raise InputError("--out", str(out), "expected a file path for the results JSON in an existing, writable folder")
+            raise InputError(
+                "--out", str(out), "expected a file path for the results JSON in an existing, writable folder"
+            )
     result = run_bench(opts, log=lambda line: print(line, file=sys.stderr))
-    print(json.dumps(result, indent=1) if args.json else table(result), flush=True)  # first: a failed write loses nothing
+    print(
+        json.dumps(result, indent=1) if args.json else table(result), flush=True
+    )  # first: a failed write loses nothing
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
     return 0
@@ -450,8 +865,10 @@ def _build(args) -> int:
             print(json.dumps(entries, indent=1))
         for e in [] if args.json else entries:
             profile = e.get("profile", {})
-            print(f"{e['name']}  {profile.get('height')}x{profile.get('width')}  batch {profile.get('batch', 'any')}  "
-                  f"{e.get('arch')}  {e['bytes'] / 2**20:.1f} MiB  built {e.get('built_at')}  {e['path']}")
+            print(
+                f"{e['name']}  {profile.get('height')}x{profile.get('width')}  batch {profile.get('batch', 'any')}  "
+                f"{e.get('arch')}  {e['bytes'] / 2**20:.1f} MiB  built {e.get('built_at')}  {e['path']}"
+            )
         return 0
     if not args.model:
         raise InputError("model", None, "expected a registry model to build (see `t2i-engine models`), or --list")
@@ -467,9 +884,17 @@ def _build(args) -> int:
         raise InputError("--components", args.components, f"expected a comma-separated list of {', '.join(kinds)}")
     if args.cache_dir and args.cache_dir.exists() and not args.cache_dir.is_dir():
         raise InputError("--cache-dir", str(args.cache_dir), "expected a folder")
-    opts = BuildOptions(model=spec.name, backend=args.backend, profile=parse_profile(args.batch, args.res, spec.resolution, spec.resolution_multiple),
-                        precision=args.precision, device=args.device, weights=args.weights, exporter=args.exporter,
-                        components=components, cache_dir=str(args.cache_dir) if args.cache_dir else None)
+    opts = BuildOptions(
+        model=spec.name,
+        backend=args.backend,
+        profile=parse_profile(args.batch, args.res, spec.resolution, spec.resolution_multiple),
+        precision=args.precision,
+        device=args.device,
+        weights=args.weights,
+        exporter=args.exporter,
+        components=components,
+        cache_dir=str(args.cache_dir) if args.cache_dir else None,
+    )
     results = build_artifacts(opts, log_line=lambda line: print(line, file=sys.stderr))
     if args.json:
         print(json.dumps(results, indent=1))

@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import InputError
 from .engine.recipe import build_recipe
 from .engine.run import RunOptions, generate
+from .errors import InputError
 from .eval.analyze import analyze
 from .eval.classify import evaluate_run
 from .eval.report import write_report
@@ -29,10 +29,19 @@ from .training.presets import resolve_config
 GUIDANCES = (1.0, 2.0, 7.5)
 
 
-def run_demo(out: str | Path, *, guidances=GUIDANCES, images_per_class: int = 100, epochs: int | None = None,
-             device: str = "auto", progress: bool = True) -> dict:
+def run_demo(
+    out: str | Path,
+    *,
+    guidances=GUIDANCES,
+    images_per_class: int = 100,
+    epochs: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
     out = Path(out)
-    recipes = {g: build_recipe({"model": "digits", "guidance": g, "images_per_class": images_per_class}) for g in guidances}
+    recipes = {
+        g: build_recipe({"model": "digits", "guidance": g, "images_per_class": images_per_class}) for g in guidances
+    }
     config = resolve_config("small", {"epochs": epochs})
     start = time.perf_counter()
 
@@ -67,9 +76,13 @@ def run_demo(out: str | Path, *, guidances=GUIDANCES, images_per_class: int = 10
         analyses.append(path)
     report = write_report([*runs.values(), *analyses], out / "report")
     step(f"report written to {out / 'report'}: {', '.join(report['files'])}")
-    return {"table": report["table"], "evals": {k: v["top1"] for k, v in evals.items()},
-            "runs": {str(k): str(v) for k, v in runs.items()}, "report": str(out / "report"),
-            "seconds": round(time.perf_counter() - start, 1)}
+    return {
+        "table": report["table"],
+        "evals": {k: v["top1"] for k, v in evals.items()},
+        "runs": {str(k): str(v) for k, v in runs.items()},
+        "report": str(out / "report"),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def check_guidances(values: list[str] | None) -> tuple[float, ...]:

@@ -16,8 +16,16 @@ CLI = [sys.executable, "-m", "t2i_engine.cli"]
 
 def tiny_recipe(**fields) -> Recipe:
     """A tiny-sd recipe that runs in about a second on a CPU: 2 steps, 32 px."""
-    raw = {"model": "tiny-sd", "classes": ["cat", "dog", "goldfish"], "images_per_class": 3,
-           "steps": 2, "resolution": 32, "batch_size": 2, "images_per_shard": 4, **fields}
+    raw = {
+        "model": "tiny-sd",
+        "classes": ["cat", "dog", "goldfish"],
+        "images_per_class": 3,
+        "steps": 2,
+        "resolution": 32,
+        "batch_size": 2,
+        "images_per_shard": 4,
+        **fields,
+    }
     return build_recipe(raw)
 
 
@@ -35,8 +43,12 @@ def cli(capsys):
 
 
 def pytest_addoption(parser):
-    parser.addoption("--heavy", action="store_true", help="also run the tests marked heavy (minutes each on 2 CPU cores: "
-                     "torch.compile on a CPU); `make test-heavy`")
+    parser.addoption(
+        "--heavy",
+        action="store_true",
+        help="also run the tests marked heavy (minutes each on 2 CPU cores: "
+        "torch.compile on a CPU); `make test-heavy`",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -80,8 +92,12 @@ def digits_world(tmp_path_factory):
     write_real_digits(root / "real")
     recipe = build_recipe({"model": "digits", "images_per_class": 60})
     generate(recipe, root / "synthetic", RunOptions(device="cpu", progress=False))
-    return {"real_train": root / "real" / "train", "real_test": root / "real" / "test", "synthetic": root / "synthetic",
-            "root": root}
+    return {
+        "real_train": root / "real" / "train",
+        "real_test": root / "real" / "test",
+        "synthetic": root / "synthetic",
+        "root": root,
+    }
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,18 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "t2i_engine"
 BASICS = {"errors", "files", "seeds", "devices"}
-RANK = {"basics": 0, "models": 1, "kernels": 2, "export": 2, "engine": 3, "training": 4, "benchmark": 4, "eval": 5, "demo": 6, "cli": 7}
+RANK = {
+    "basics": 0,
+    "models": 1,
+    "kernels": 2,
+    "export": 2,
+    "engine": 3,
+    "training": 4,
+    "benchmark": 4,
+    "eval": 5,
+    "demo": 6,
+    "cli": 7,
+}
 DEFERRAL_REASONS = ("# heavy:", "# optional:")
 
 
@@ -63,14 +74,21 @@ def read_imports() -> tuple[dict[str, set[str]], list[str]]:
         lines = source.splitlines()
         tree = ast.parse(source)
         graph[here] = set()
-        deferred = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(f)}
+        deferred = {
+            id(n)
+            for f in ast.walk(tree)
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(f)
+        }
         for node in ast.walk(tree):
             if not isinstance(node, (ast.Import, ast.ImportFrom)):
                 continue
             targets = _targets(node, here, path.name == "__init__.py")
             graph[here].update(targets)
             if targets and id(node) in deferred and not _has_reason(lines, node.lineno - 1):
-                unexplained.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+                unexplained.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {lines[node.lineno - 1].strip()}"
+                )
     return graph, unexplained
 
 
@@ -153,5 +171,7 @@ def test_the_checks_catch_a_planted_upward_import_and_a_circle():
     assert layer_violations(planted) == ["t2i_engine.models.registry (models) imports t2i_engine.engine.run (engine)"]
     assert any("t2i_engine.models.registry" in c and "t2i_engine.engine.run" in c for c in cycles(planted))
     sideways = {"t2i_engine.kernels.routing": {"t2i_engine.export.build"}}  # one layer, two packages
-    assert layer_violations(sideways) == ["t2i_engine.kernels.routing (kernels) imports t2i_engine.export.build (export)"]
+    assert layer_violations(sideways) == [
+        "t2i_engine.kernels.routing (kernels) imports t2i_engine.export.build (export)"
+    ]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

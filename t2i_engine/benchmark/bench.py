@@ -24,20 +24,20 @@ from datetime import datetime, timezone
 
 import torch
 
-from ..models.pipelines import denoiser, hub_cache, obtain_pipeline, resolve_dtype
-from ..errors import InputError
-from ..models.registry import ModelSpec, get_model
-from ..models.architectures import PIPELINE_FAMILIES, architecture, prompt_inputs
-from ..engine.runtime import ATTENTION, check_attention, check_runtime
-from ..engine.adapters import SUPPORTED_FAMILIES
-from ..engine.recipe import build_recipe
 from ..devices import resolve_device
+from ..engine.adapters import SUPPORTED_FAMILIES
 from ..engine.plan import plan_units
-from . import measure
-from ..kernels import install
-from ..export.build import remove_backend, apply_backend
-from ..models.flops import pipeline_flops
+from ..engine.recipe import build_recipe
+from ..engine.runtime import ATTENTION, check_attention, check_runtime
+from ..errors import InputError
+from ..export.build import apply_backend, remove_backend
 from ..export.specs import Profile
+from ..kernels import install
+from ..models.architectures import PIPELINE_FAMILIES, architecture, prompt_inputs
+from ..models.flops import pipeline_flops
+from ..models.pipelines import denoiser, hub_cache, obtain_pipeline, resolve_dtype
+from ..models.registry import ModelSpec, get_model
+from . import measure
 from .paths import attention_processors, diffusers_path, engine_path
 
 BACKENDS = ("eager", "onnx", "tensorrt", "compile")  # export.build; built into the artifact cache on first use
@@ -83,7 +83,11 @@ def parse_batches(text: str, field_name: str = "--batch", allow_auto: bool = Tru
         elif x.isascii() and x.isdigit() and 1 <= int(x) <= 4096:
             out.append(int(x))
         else:
-            raise InputError(field_name, x, "expected comma-separated batch sizes from 1 to 4096" + (" or auto" if allow_auto else ""))
+            raise InputError(
+                field_name,
+                x,
+                "expected comma-separated batch sizes from 1 to 4096" + (" or auto" if allow_auto else ""),
+            )
     return tuple(out)
 
 
@@ -99,15 +103,25 @@ def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
     """Everything that can refuse the input, before a model is built."""
     spec = get_model(opts.model)
     if opts.backends and spec.family not in SUPPORTED_FAMILIES:
-        raise InputError("--backend", ",".join(opts.backends), f"the engine does not run the {spec.family} family yet "
-                         f"(families: {', '.join(SUPPORTED_FAMILIES)}); --backend none measures the diffusers baselines alone")
+        raise InputError(
+            "--backend",
+            ",".join(opts.backends),
+            f"the engine does not run the {spec.family} family yet "
+            f"(families: {', '.join(SUPPORTED_FAMILIES)}); --backend none measures the diffusers baselines alone",
+        )
     if spec.family not in PIPELINE_FAMILIES and not (spec.builder or spec.bundled or opts.weights):
-        raise InputError("model", spec.name, f"no random-weight pipeline for the {spec.family} family yet; pass --weights")
+        raise InputError(
+            "model", spec.name, f"no random-weight pipeline for the {spec.family} family yet; pass --weights"
+        )
     if opts.backends and spec.family in ("sd3", "flux") and not (spec.builder or opts.weights or hub_cache(spec)):
         # their random-weight architectures take prompt embeddings, with no text encoders (T5-XXL's
         # tokenizer cannot be built here), and the engine encodes its prompts itself
-        raise InputError("--backend", ",".join(opts.backends), f"the engine runs {spec.name} only with its weights (--weights or the hub "
-                         "cache); --backend none measures diffusers on its random-weight architecture")
+        raise InputError(
+            "--backend",
+            ",".join(opts.backends),
+            f"the engine runs {spec.name} only with its weights (--weights or the hub "
+            "cache); --backend none measures diffusers on its random-weight architecture",
+        )
     if opts.attention not in ATTENTION:
         raise InputError("--attention", opts.attention, f"expected one of {', '.join(ATTENTION)}")
     if opts.norm not in (None, *NORM):
@@ -118,9 +132,12 @@ def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
         if not isinstance(value, int) or not (0 if name == "--warmup" else 1) <= value <= 1000:
             raise InputError(name, value, "expected an integer from 1 to 1000 (--warmup may be 0)")
     if planned_images(opts, spec) > MAX_SAMPLES:
-        raise InputError("--batch", ",".join(map(str, opts.batches)) or spec.batch_size,
-                         f"with --warmup {opts.warmup} and --reps {opts.reps} that plans {planned_images(opts, spec):,} images; "
-                         f"keep batch x (warmup + reps) within {MAX_SAMPLES:,}")
+        raise InputError(
+            "--batch",
+            ",".join(map(str, opts.batches)) or spec.batch_size,
+            f"with --warmup {opts.warmup} and --reps {opts.reps} that plans {planned_images(opts, spec):,} images; "
+            f"keep batch x (warmup + reps) within {MAX_SAMPLES:,}",
+        )
     raw = {"model": spec.name, "steps": opts.steps, "guidance": opts.guidance, "images_per_class": 1}
     if opts.resolution is not None:
         raw["resolution"] = opts.resolution
@@ -139,19 +156,35 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
         check_runtime(backend, kernels, device, dtype, spec.name)
     batches = opts.batches or (spec.batch_size,)
     n_samples = planned_images(opts, spec)
-    recipe = dataclasses.replace(recipe, images_per_class=math.ceil(n_samples / len(recipe.classes)), images_per_shard=n_samples)
+    recipe = dataclasses.replace(
+        recipe, images_per_class=math.ceil(n_samples / len(recipe.classes)), images_per_shard=n_samples
+    )
     samples = list(plan_units(recipe)[0].samples)
     height, width = recipe.resolution
 
     log(f"[bench] {spec.name}: building the pipeline on {device} ({str(dtype).removeprefix('torch.')})")
     pipe, weights = obtain_pipeline(spec, opts.weights, device, dtype)
     result = {
-        "model": spec.name, "family": spec.family, "weights": weights,
-        "settings": {"steps": recipe.steps, "guidance": recipe.guidance, "height": height, "width": width,
-                     "negative_prompt": recipe.negative_prompt, "format": recipe.format, "warmup": opts.warmup, "reps": opts.reps},
+        "model": spec.name,
+        "family": spec.family,
+        "weights": weights,
+        "settings": {
+            "steps": recipe.steps,
+            "guidance": recipe.guidance,
+            "height": height,
+            "width": width,
+            "negative_prompt": recipe.negative_prompt,
+            "format": recipe.format,
+            "warmup": opts.warmup,
+            "reps": opts.reps,
+        },
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": {"type": device.type, "name": measure.device_name(device), "cpu": measure.cpu_model(),
-                   "torch_threads": torch.get_num_threads()},
+        "device": {
+            "type": device.type,
+            "name": measure.device_name(device),
+            "cpu": measure.cpu_model(),
+            "torch_threads": torch.get_num_threads(),
+        },
         "versions": measure.versions(),
     }
     sampler = measure.NvmlSampler(device)
@@ -161,8 +194,11 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
     flops = model_flops(pipe, spec, recipe)
     rate = measure.matmul_rate(device)
     result["matmul"] = rate
-    log(f"[bench] {flops['denoiser_forward'] / 1e12:.4g} TFLOP per denoiser forward, {flops['vae_decode'] / 1e12:.4g} per decode "
-        f"(per image); dense {rate['dtype']} matmul {rate['flops_per_second'] / 1e12:.4g} TFLOP/s")
+    log(
+        f"[bench] {flops['denoiser_forward'] / 1e12:.4g} TFLOP per denoiser forward, "
+        f"{flops['vae_decode'] / 1e12:.4g} per decode "
+        f"(per image); dense {rate['dtype']} matmul {rate['flops_per_second'] / 1e12:.4g} TFLOP/s"
+    )
 
     runs = []
     if opts.backends:
@@ -171,15 +207,21 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
             for backend in opts.backends:
                 try:
                     artifacts = _use_backend(pipe, spec, backend, device, recipe, batches, log)
-                    runs += [{**r, "artifacts": artifacts} if artifacts else r
-                             for r in _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec)]
+                    runs += [
+                        {**r, "artifacts": artifacts} if artifacts else r
+                        for r in _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec)
+                    ]
                 finally:
                     remove_backend(pipe)
         finally:
             install(pipe, attention="sdpa")
         if mode is not None:  # what really ran: a kernel that always fell back would otherwise go unseen
-            result["kernels"] = {"attention_calls": mode.calls, "group_norm_calls": mode.norm_calls,
-                                 "fused_group_norm_silu_calls": mode.fused_calls, "fallbacks": mode.fallbacks}
+            result["kernels"] = {
+                "attention_calls": mode.calls,
+                "group_norm_calls": mode.norm_calls,
+                "fused_group_norm_silu_calls": mode.fused_calls,
+                "fallbacks": mode.fallbacks,
+            }
     for name in opts.baselines:
         runs += _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device)
     ok = [r for r in runs if "images_per_second" in r]
@@ -189,8 +231,11 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
     if ok:
         flops["forwards_per_image"] = ok[0]["denoiser_forwards_per_image"]
         flops["per_image"] = ok[0]["flops_per_image"]
-    result["flops"] = {**flops, "note": "1 multiply-add = 2 FLOPs; denoiser forwards per image (counted in the run; x2 with CFG) "
-                       "x FLOPs of one forward + one VAE decode; text encoding excluded (cached)"}
+    result["flops"] = {
+        **flops,
+        "note": "1 multiply-add = 2 FLOPs; denoiser forwards per image (counted in the run; x2 with CFG) "
+        "x FLOPs of one forward + one VAE decode; text encoding excluded (cached)",
+    }
     result["ceiling_images_per_second"] = round(rate["flops_per_second"] / flops["per_image"], 4)
     result["runs"] = runs
     result["headline"] = headline(runs)
@@ -211,8 +256,15 @@ def model_flops(pipe, spec: ModelSpec, recipe) -> dict:
     text = None
     if spec.family in ("sd3", "flux"):
         text = architecture(spec.name)["text"]
-    return pipeline_flops(pipe, spec.family, steps=recipe.steps, cfg=uses_cfg(pipe, spec, recipe.guidance),
-                          height=recipe.resolution[0], width=recipe.resolution[1], text=text)
+    return pipeline_flops(
+        pipe,
+        spec.family,
+        steps=recipe.steps,
+        cfg=uses_cfg(pipe, spec, recipe.guidance),
+        height=recipe.resolution[0],
+        width=recipe.resolution[1],
+        text=text,
+    )
 
 
 def _use_backend(pipe, spec, backend: str, device, recipe, batches, log) -> dict:
@@ -228,9 +280,19 @@ def _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec) -> li
     measured: dict[int, dict] = {}
 
     def measure(batch: int) -> dict:
-        run = {"path": f"engine:{backend}", "dtype": str(pipe.dtype).removeprefix("torch."), "attention": attention_processors(pipe),
-               "attention_kernel": opts.attention, "norm_kernel": kernel_norm(opts)}
-        measured[batch] = _attempt(run, batch, log, lambda: engine_path(pipe, recipe, samples, batch=batch, warmup=opts.warmup, reps=opts.reps))
+        run = {
+            "path": f"engine:{backend}",
+            "dtype": str(pipe.dtype).removeprefix("torch."),
+            "attention": attention_processors(pipe),
+            "attention_kernel": opts.attention,
+            "norm_kernel": kernel_norm(opts),
+        }
+        measured[batch] = _attempt(
+            run,
+            batch,
+            log,
+            lambda: engine_path(pipe, recipe, samples, batch=batch, warmup=opts.warmup, reps=opts.reps),
+        )
         return run
 
     for batch in batches:
@@ -240,7 +302,9 @@ def _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec) -> li
         batch, best = spec.batch_size, None
         while batch <= AUTO_BATCH_LIMIT:
             run = measured.get(batch) or measure(batch)
-            if "images_per_second" not in run or (best and run["images_per_second"] <= 1.05 * best["images_per_second"]):
+            if "images_per_second" not in run or (
+                best and run["images_per_second"] <= 1.05 * best["images_per_second"]
+            ):
                 break
             best, batch = run, batch * 2
         if best is not None:
@@ -272,9 +336,21 @@ def _time_baseline(pipe, spec, recipe, samples, name, opts, log, device, dtype) 
     batches = (PAPER_BATCH,) if name == "paper" else opts.baseline_batches
     runs = []
     for batch in batches:
-        run = {"path": f"baseline:{name}", "dtype": str(dtype).removeprefix("torch."), "attention": attention_processors(pipe)}
-        runs.append(_attempt(run, batch, log, lambda: diffusers_path(pipe, recipe, samples, batch=batch, warmup=opts.warmup,
-                                                                       reps=opts.reps, call_kwargs=call_kwargs)))
+        run = {
+            "path": f"baseline:{name}",
+            "dtype": str(dtype).removeprefix("torch."),
+            "attention": attention_processors(pipe),
+        }
+        runs.append(
+            _attempt(
+                run,
+                batch,
+                log,
+                lambda batch=batch: diffusers_path(
+                    pipe, recipe, samples, batch=batch, warmup=opts.warmup, reps=opts.reps, call_kwargs=call_kwargs
+                ),
+            )
+        )
     if name == "diffusers":
         ok = [r for r in runs if "images_per_second" in r]
         if ok:
@@ -298,17 +374,25 @@ def _attempt(run: dict, batch: int, log, timed) -> dict:
 def planned_images(opts: BenchOptions, spec: ModelSpec) -> int:
     """Samples the runs can use: the largest batch any of them may take x (warmup + reps)."""
     batches = opts.batches or (spec.batch_size,)
-    largest = max([b for b in batches if b != "auto"] + list(opts.baseline_batches if "diffusers" in opts.baselines else ())
-                  + [PAPER_BATCH, AUTO_BATCH_LIMIT if "auto" in batches else spec.batch_size])
+    largest = max(
+        [b for b in batches if b != "auto"]
+        + list(opts.baseline_batches if "diffusers" in opts.baselines else ())
+        + [PAPER_BATCH, AUTO_BATCH_LIMIT if "auto" in batches else spec.batch_size]
+    )
     return largest * (opts.warmup + opts.reps)
 
 
 def headline(runs: list[dict]) -> dict:
     """Our best run against each baseline's (the paper's one batch; diffusers' best batch)."""
     ok = [r for r in runs if "images_per_second" in r]
-    best = lambda prefix: max((r for r in ok if r["path"].startswith(prefix)), key=lambda r: r["images_per_second"], default=None)  # noqa: E731
+
+    def best(prefix: str) -> dict | None:
+        return max((r for r in ok if r["path"].startswith(prefix)), key=lambda r: r["images_per_second"], default=None)
+
     ours, paper, diffusers = best("engine:"), best("baseline:paper"), best("baseline:diffusers")
-    out = {"best_engine": None if ours is None else {k: ours[k] for k in ("path", "batch", "images_per_second", "mfu")}}
+    out = {
+        "best_engine": None if ours is None else {k: ours[k] for k in ("path", "batch", "images_per_second", "mfu")}
+    }
     for key, base in (("vs_paper_baseline", paper), ("vs_diffusers_bf16_best_batch", diffusers)):
         out[key] = round(ours["images_per_second"] / base["images_per_second"], 3) if ours and base else None
     out["best_mfu"] = max((r["mfu"] for r in ok), default=None)

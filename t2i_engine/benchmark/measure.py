@@ -11,6 +11,7 @@ import threading
 import time
 
 import torch
+
 from ..engine.manifest import versions as package_versions
 
 
@@ -35,7 +36,11 @@ def matmul_rate(device: torch.device) -> dict:
         a @ b
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return {"dtype": str(dtype).removeprefix("torch."), "n": n, "flops_per_second": 2 * n**3 / statistics.median(times)}
+    return {
+        "dtype": str(dtype).removeprefix("torch."),
+        "n": n,
+        "flops_per_second": 2 * n**3 / statistics.median(times),
+    }
 
 
 class NvmlSampler:
@@ -90,9 +95,13 @@ class NvmlSampler:
         if self._handle is None or not self.samples:
             return None
         util, power, clock = zip(*self.samples)
-        return {"samples": len(self.samples), "gpu_utilization_percent_mean": round(statistics.fmean(util), 1),
-                "power_watts_mean": round(statistics.fmean(power), 1), "power_watts_max": round(max(power), 1),
-                "sm_clock_mhz_mean": round(statistics.fmean(clock))}
+        return {
+            "samples": len(self.samples),
+            "gpu_utilization_percent_mean": round(statistics.fmean(util), 1),
+            "power_watts_mean": round(statistics.fmean(power), 1),
+            "power_watts_max": round(max(power), 1),
+            "sm_clock_mhz_mean": round(statistics.fmean(clock)),
+        }
 
     def static(self) -> dict | None:
         """The card's power limit and maximum SM clock (for reading the means above)."""
@@ -101,9 +110,11 @@ class NvmlSampler:
         import pynvml
 
         try:
-            return {"power_limit_watts": pynvml.nvmlDeviceGetEnforcedPowerLimit(self._handle) / 1000,
-                    "sm_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(self._handle, pynvml.NVML_CLOCK_SM),
-                    "driver": pynvml.nvmlSystemGetDriverVersion()}
+            return {
+                "power_limit_watts": pynvml.nvmlDeviceGetEnforcedPowerLimit(self._handle) / 1000,
+                "sm_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(self._handle, pynvml.NVML_CLOCK_SM),
+                "driver": pynvml.nvmlSystemGetDriverVersion(),
+            }
         except Exception:  # noqa: BLE001
             return None
 

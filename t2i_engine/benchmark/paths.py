@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from ..engine.encode import encode_image
-from ..models.pipelines import denoiser
+from ..engine.generator import Generator
 from ..engine.plan import Sample, WorkUnit
 from ..engine.recipe import Recipe
-from .measure import NvmlSampler, synchronize
-from ..engine.generator import Generator
 from ..engine.units import default_encode_workers, shard_writer
+from ..models.pipelines import denoiser
+from .measure import NvmlSampler, synchronize
 
 
 def _peak_memory(device: torch.device) -> int | None:
@@ -58,7 +58,9 @@ def count_denoiser_images(pipe):
         handle.remove()
 
 
-def _result(times: list[float], batch: int, wall: float, stages: dict, sampler: NvmlSampler, device: torch.device, seen: int) -> dict:
+def _result(
+    times: list[float], batch: int, wall: float, stages: dict, sampler: NvmlSampler, device: torch.device, seen: int
+) -> dict:
     images = batch * len(times)
     return {
         "batch": batch,
@@ -114,8 +116,9 @@ def engine_path(pipe, recipe: Recipe, samples: list[Sample], *, batch: int, warm
     return _result(times, batch, wall, stages, sampler, device, seen[0])
 
 
-def diffusers_path(pipe, recipe: Recipe, samples: list[Sample], *, batch: int, warmup: int, reps: int,
-                   call_kwargs=None) -> dict:
+def diffusers_path(
+    pipe, recipe: Recipe, samples: list[Sample], *, batch: int, warmup: int, reps: int, call_kwargs=None
+) -> dict:
     """`call_kwargs(n)`: extra pipeline arguments for n images (prompt embeddings for pipelines
     built without text encoders); None passes the prompts as strings."""
     device = pipe.device
@@ -124,10 +127,20 @@ def diffusers_path(pipe, recipe: Recipe, samples: list[Sample], *, batch: int, w
     sampler = NvmlSampler(device)
 
     def one_batch(chunk: list[Sample]) -> None:
-        text = call_kwargs(len(chunk)) if call_kwargs else {"prompt": [s.prompt for s in chunk], "negative_prompt": [recipe.negative_prompt] * len(chunk)}
+        text = (
+            call_kwargs(len(chunk))
+            if call_kwargs
+            else {"prompt": [s.prompt for s in chunk], "negative_prompt": [recipe.negative_prompt] * len(chunk)}
+        )
         t0 = time.perf_counter()
-        out = pipe(**text, num_inference_steps=recipe.steps, guidance_scale=recipe.guidance, height=recipe.resolution[0],
-                   width=recipe.resolution[1], generator=[torch.Generator(device).manual_seed(s.seed % 2**63) for s in chunk])
+        out = pipe(
+            **text,
+            num_inference_steps=recipe.steps,
+            guidance_scale=recipe.guidance,
+            height=recipe.resolution[0],
+            width=recipe.resolution[1],
+            generator=[torch.Generator(device).manual_seed(s.seed % 2**63) for s in chunk],
+        )
         synchronize(device)
         t1 = time.perf_counter()
         for image in out.images:

@@ -69,7 +69,9 @@ class SDXLAdapter(SDAdapter):
     family = "sdxl"
 
     def encode(self, pipe, prompts, device):
-        embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
     def negative(self, pipe, text, device):
@@ -103,8 +105,9 @@ class SD3Adapter(SDAdapter):
     family = "sd3"
 
     def encode(self, pipe, prompts, device):
-        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, num_images_per_prompt=1,
-                                                  do_classifier_free_guidance=False)
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompts, None, None, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
     def negative(self, pipe, text, device):
@@ -130,7 +133,9 @@ class FluxAdapter(SD3Adapter):
 
     def encode(self, pipe, prompts, device):
         length = self.text_length or 512  # the registry model's (schnell: 256); diffusers' default otherwise
-        embeds, pooled, _ = pipe.encode_prompt(prompts, None, device=device, num_images_per_prompt=1, max_sequence_length=length)
+        embeds, pooled, _ = pipe.encode_prompt(
+            prompts, None, device=device, num_images_per_prompt=1, max_sequence_length=length
+        )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
     def uses_guidance(self, pipe, guidance):
@@ -157,7 +162,9 @@ class PixArtAdapter(SD3Adapter):
     def encode(self, pipe, prompts, device):
         # clean_caption off: diffusers' cleaning needs bs4 and ftfy and silently skips without them,
         # so the same recipe would make other embeddings on another machine
-        embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device, clean_caption=False)
+        embeds, mask, _, _ = pipe.encode_prompt(
+            prompts, do_classifier_free_guidance=False, device=device, clean_caption=False
+        )
         return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
 
     def call_kwargs(self, guidance):
@@ -180,13 +187,22 @@ class SanaAdapter(PixArtAdapter):
         return inspect.signature(type(pipe).__call__).parameters["complex_human_instruction"].default
 
     def encode(self, pipe, prompts, device):
-        embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device,
-                                                complex_human_instruction=self._instruction(pipe))
+        embeds, mask, _, _ = pipe.encode_prompt(
+            prompts,
+            do_classifier_free_guidance=False,
+            device=device,
+            complex_human_instruction=self._instruction(pipe),
+        )
         return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
 
     def negative(self, pipe, text, device):
-        _, _, embeds, mask = pipe.encode_prompt([""], do_classifier_free_guidance=True, negative_prompt=text, device=device,
-                                                complex_human_instruction=self._instruction(pipe))
+        _, _, embeds, mask = pipe.encode_prompt(
+            [""],
+            do_classifier_free_guidance=True,
+            negative_prompt=text,
+            device=device,
+            complex_human_instruction=self._instruction(pipe),
+        )
         return {"negative_prompt_embeds": embeds, "negative_prompt_attention_mask": mask}
 
 
@@ -200,7 +216,9 @@ class Lumina2Adapter(SD3Adapter):
         return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
 
     def negative(self, pipe, text, device):
-        _, _, embeds, mask = pipe.encode_prompt([""], do_classifier_free_guidance=True, negative_prompt=text, device=device)
+        _, _, embeds, mask = pipe.encode_prompt(
+            [""], do_classifier_free_guidance=True, negative_prompt=text, device=device
+        )
         return {"negative_prompt_embeds": embeds, "negative_prompt_attention_mask": mask}
 
 
@@ -250,6 +268,17 @@ class QwenImageAdapter(FluxAdapter):
         return vae.decode(latents * std + mean, return_dict=False)[0][:, :, 0]
 
 
-ADAPTERS = {a.family: a for a in (SDAdapter, SDXLAdapter, SD3Adapter, FluxAdapter, PixArtAdapter, SanaAdapter, Lumina2Adapter,
-                                  QwenImageAdapter)}
+ADAPTERS = {
+    a.family: a
+    for a in (
+        SDAdapter,
+        SDXLAdapter,
+        SD3Adapter,
+        FluxAdapter,
+        PixArtAdapter,
+        SanaAdapter,
+        Lumina2Adapter,
+        QwenImageAdapter,
+    )
+}
 SUPPORTED_FAMILIES = tuple(ADAPTERS)  # the families the engine generates with

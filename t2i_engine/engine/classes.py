@@ -28,9 +28,7 @@ from ..errors import InputError, check_text
 BUILTIN_SETS: dict[str, tuple[tuple[str, str], ...]] = {
     "digits": tuple(
         (str(i), name)
-        for i, name in enumerate(
-            ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-        )
+        for i, name in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
     ),
 }
 
@@ -53,7 +51,12 @@ def load_classes(source: object, *, field: str = "classes", base_dir: Path | Non
     elif isinstance(source, str):
         pairs = _pairs_from_path(_resolve(source, base_dir), field)
     else:
-        raise InputError(field, source, f"expected a built-in set ({', '.join(BUILTIN_SETS)}), a list of names, or a path to a .txt/.json/.csv file or a wnids.txt+words.txt folder")
+        raise InputError(
+            field,
+            source,
+            f"expected a built-in set ({', '.join(BUILTIN_SETS)}), a list of names, or a path to a .txt/.json/.csv "
+            "file or a wnids.txt+words.txt folder",
+        )
     return _validate(pairs, field)
 
 
@@ -72,7 +75,9 @@ def _pairs_from_list(items: list, field: str) -> list[tuple[str | None, str]]:
         elif isinstance(item, dict) and set(item) <= {"id", "name"} and "name" in item:
             pairs.append((None if item.get("id") is None else str(item["id"]), item["name"]))
         else:
-            raise InputError(f"{field}[{i}]", item, "expected a class name or a mapping with 'name' and optionally 'id'")
+            raise InputError(
+                f"{field}[{i}]", item, "expected a class name or a mapping with 'name' and optionally 'id'"
+            )
     return pairs
 
 
@@ -80,11 +85,17 @@ def _pairs_from_path(path: Path, field: str) -> list[tuple[str | None, str]]:
     if path.is_dir():
         return _pairs_from_imagenet_folder(path, field)
     if not path.is_file():
-        raise InputError(field, str(path), f"expected a built-in set ({', '.join(BUILTIN_SETS)}) or an existing class file or folder")
+        raise InputError(
+            field,
+            str(path),
+            f"expected a built-in set ({', '.join(BUILTIN_SETS)}) or an existing class file or folder",
+        )
     suffix = path.suffix.lower()
     text = _read_text(path, field)
     if suffix == ".txt":
-        return [(None, line.strip()) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        return [
+            (None, line.strip()) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+        ]
     if suffix == ".json":
         try:
             data = json.loads(text)
@@ -94,20 +105,29 @@ def _pairs_from_path(path: Path, field: str) -> list[tuple[str | None, str]]:
             return [(str(k), v) for k, v in data.items()]
         if isinstance(data, list):
             return _pairs_from_list(data, f"{field} ({path.name})")
-        raise InputError(field, str(path), "expected a JSON list of names, a list of {id, name}, or a mapping id -> name")
+        raise InputError(
+            field, str(path), "expected a JSON list of names, a list of {id, name}, or a mapping id -> name"
+        )
     if suffix == ".csv":
         rows = list(csv.DictReader(text.splitlines()))
         if not rows or "name" not in rows[0]:
             raise InputError(field, str(path), "expected a CSV with a header row holding 'name' (and optionally 'id')")
         return [(r.get("id") or None, r["name"]) for r in rows]
-    raise InputError(field, str(path), "expected a .txt, .json or .csv class file, or a folder with wnids.txt and words.txt")
+    raise InputError(
+        field, str(path), "expected a .txt, .json or .csv class file, or a folder with wnids.txt and words.txt"
+    )
 
 
 def _pairs_from_imagenet_folder(path: Path, field: str) -> list[tuple[str | None, str]]:
     wnids_file, words_file = path / "wnids.txt", path / "words.txt"
     for f in (wnids_file, words_file):
         if not f.is_file():
-            raise InputError(field, str(path), f"a class folder must hold wnids.txt and words.txt (Tiny-ImageNet/ImageNet layout); {f.name} is missing")
+            raise InputError(
+                field,
+                str(path),
+                f"a class folder must hold wnids.txt and words.txt (Tiny-ImageNet/ImageNet layout); {f.name} is "
+                "missing",
+            )
     words: dict[str, str] = {}
     for line in _read_text(words_file, field).splitlines():
         wnid, _, synonyms = line.partition("\t")
@@ -144,15 +164,35 @@ def _validate(pairs: list[tuple[str | None, str]], field: str) -> tuple[ClassEnt
         if not isinstance(name, str) or not name.strip():
             raise InputError(f"{where}.name", name, "expected a non-empty class name")
         name = check_text(name.strip(), f"{where}.name")
-        if len(name) > _MAX_NAME or any(c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name) or name in {".", ".."}:
-            raise InputError(f"{where}.name", name, f"class names are prompts of at most {_MAX_NAME} characters with no '/', '\\' or control characters")
+        if (
+            len(name) > _MAX_NAME
+            or any(c in name for c in "/\\")
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)
+            or name in {".", ".."}
+        ):
+            raise InputError(
+                f"{where}.name",
+                name,
+                f"class names are prompts of at most {_MAX_NAME} characters with no '/', '\\' or control characters",
+            )
         cid = cid.strip() if cid is not None else (slug(name) or f"class{i}")
         if not _ID_RE.fullmatch(cid):
-            raise InputError(f"{where}.id", cid, "class ids become file names: 1-64 characters of A-Z a-z 0-9 _ -, starting with a letter or digit")
+            raise InputError(
+                f"{where}.id",
+                cid,
+                "class ids become file names: 1-64 characters of A-Z a-z 0-9 _ -, starting with a letter or digit",
+            )
         if name.lower() in seen_names:
-            raise InputError(f"{where}.name", name, f"class names must be unique; the same name is class {seen_names[name.lower()]}")
+            raise InputError(
+                f"{where}.name", name, f"class names must be unique; the same name is class {seen_names[name.lower()]}"
+            )
         if cid in seen_ids:
-            raise InputError(f"{where}.id", cid, f"class ids must be unique; the same id is class {seen_ids[cid]} (ids derived from names must differ too)")
+            raise InputError(
+                f"{where}.id",
+                cid,
+                f"class ids must be unique; the same id is class {seen_ids[cid]} (ids derived from names must "
+                "differ too)",
+            )
         seen_names[name.lower()], seen_ids[cid] = i, i
         entries.append(ClassEntry(cid, name))
     return tuple(entries)

@@ -46,7 +46,11 @@ def _adapter(pipe, family: str | None, text_length: int | None = None):
     """The family's adapter: the one given (the registry's), else the pipeline class's."""
     family = family or family_of(pipe)
     if family not in ADAPTERS:
-        raise InputError("model", type(pipe).__name__, f"no generator adapter for this pipeline class; families: {', '.join(SUPPORTED_FAMILIES)}")
+        raise InputError(
+            "model",
+            type(pipe).__name__,
+            f"no generator adapter for this pipeline class; families: {', '.join(SUPPORTED_FAMILIES)}",
+        )
     return ADAPTERS[family](text_length)
 
 
@@ -54,8 +58,21 @@ class Generator:
     """Turns lists of samples into images with one pipeline and fixed sampling settings; what
     differs between pipeline families is in its adapter (adapters.py)."""
 
-    def __init__(self, pipe, *, steps: int, guidance: float, height: int, width: int, negative_prompt: str = "", family: str | None = None,
-                 text_length: int | None = None, zero_guidance: str = "conditional", refiner=None, high_noise_fraction: float | None = None):
+    def __init__(
+        self,
+        pipe,
+        *,
+        steps: int,
+        guidance: float,
+        height: int,
+        width: int,
+        negative_prompt: str = "",
+        family: str | None = None,
+        text_length: int | None = None,
+        zero_guidance: str = "conditional",
+        refiner=None,
+        high_noise_fraction: float | None = None,
+    ):
         self.pipe = pipe
         self.adapter = _adapter(pipe, family, text_length)
         self.device, self.dtype = pipe.device, denoiser(pipe).dtype
@@ -70,23 +87,52 @@ class Generator:
         self.refiner, self.high_noise_fraction = refiner, high_noise_fraction
         # the paper's guidance 0 is CFG's negative branch alone, and a refiner's negative branch
         # conditions on the negative aesthetic score (2.5 by default; the positive one is 6.0)
-        self._refiner_extra = ({"aesthetic_score": inspect.signature(type(refiner).__call__).parameters["negative_aesthetic_score"].default}
-                               if refiner is not None and self.unconditional else {})
+        self._refiner_extra = (
+            {
+                "aesthetic_score": inspect.signature(type(refiner).__call__)
+                .parameters["negative_aesthetic_score"]
+                .default
+            }
+            if refiner is not None and self.unconditional
+            else {}
+        )
         if refiner is not None and not 0 < (high_noise_fraction or 0) < 1:
-            raise ValueError(f"high_noise_fraction={high_noise_fraction!r}: a refiner needs the base's share of the steps, in (0, 1)")
+            raise ValueError(
+                f"high_noise_fraction={high_noise_fraction!r}: a refiner needs the base's share of the steps, in "
+                "(0, 1)"
+            )
         # the pipelines whose prompt inputs the cache keeps, each under its key prefix
-        self._stages = [("", pipe, self.adapter)] + ([(REFINER, refiner, _adapter(refiner, None))] if refiner is not None else [])
-        self.stage_seconds = {"text_encoding": 0.0, "denoising": 0.0, **({"refining": 0.0} if refiner is not None else {}), "decoding": 0.0}
+        self._stages = [("", pipe, self.adapter)] + (
+            [(REFINER, refiner, _adapter(refiner, None))] if refiner is not None else []
+        )
+        self.stage_seconds = {
+            "text_encoding": 0.0,
+            "denoising": 0.0,
+            **({"refining": 0.0} if refiner is not None else {}),
+            "decoding": 0.0,
+        }
 
     @classmethod
     def for_recipe(cls, pipe, recipe, refiner=None) -> Generator:
         """The Generator of `recipe`'s sampling settings, with its registry model's family and text
         length (its refiner from load_refiner)."""
         if (recipe.refiner is None) != (refiner is None):
-            raise ValueError(f"the recipe's refiner is {recipe.refiner!r}; pass its pipeline (load_refiner), or none without one")
-        return cls(pipe, steps=recipe.steps, guidance=recipe.guidance, height=recipe.resolution[0], width=recipe.resolution[1],
-                   negative_prompt=recipe.negative_prompt, family=get_model(recipe.model).family, text_length=text_length(recipe.model),
-                   zero_guidance=recipe.zero_guidance, refiner=refiner, high_noise_fraction=recipe.high_noise_fraction)
+            raise ValueError(
+                f"the recipe's refiner is {recipe.refiner!r}; pass its pipeline (load_refiner), or none without one"
+            )
+        return cls(
+            pipe,
+            steps=recipe.steps,
+            guidance=recipe.guidance,
+            height=recipe.resolution[0],
+            width=recipe.resolution[1],
+            negative_prompt=recipe.negative_prompt,
+            family=get_model(recipe.model).family,
+            text_length=text_length(recipe.model),
+            zero_guidance=recipe.zero_guidance,
+            refiner=refiner,
+            high_noise_fraction=recipe.high_noise_fraction,
+        )
 
     @property
     def uses_guidance(self) -> bool:
@@ -103,18 +149,32 @@ class Generator:
                     embeds.update(self.negative_inputs(len(samples)))
         refiner_embeds = {k.removeprefix(REFINER): embeds.pop(k) for k in list(embeds) if k.startswith(REFINER)}
         with self._stage("denoising"):
-            call = dict(embeds, latents=self.adapter.prepare_latents(self.pipe, self.initial_latents(samples)),
-                        num_inference_steps=self.steps, guidance_scale=self.guidance, height=self.height, width=self.width,
-                        output_type="latent", generator=self.step_generators(samples))
+            call = dict(
+                embeds,
+                latents=self.adapter.prepare_latents(self.pipe, self.initial_latents(samples)),
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance,
+                height=self.height,
+                width=self.width,
+                output_type="latent",
+                generator=self.step_generators(samples),
+            )
             call.update(self.adapter.call_kwargs(self.guidance))  # a family's own (Qwen-Image: true_cfg_scale)
             if self.refiner is not None:
                 call["denoising_end"] = float(self.high_noise_fraction)
             latents = self.pipe(**call).images
         if self.refiner is not None:
             with self._stage("refining"):  # the same step grid, from where the base stopped, with no noise added
-                latents = self.refiner(**refiner_embeds, image=latents, num_inference_steps=self.steps, guidance_scale=self.guidance,
-                                       denoising_start=float(self.high_noise_fraction), output_type="latent",
-                                       generator=self.step_generators(samples, "refiner"), **self._refiner_extra).images
+                latents = self.refiner(
+                    **refiner_embeds,
+                    image=latents,
+                    num_inference_steps=self.steps,
+                    guidance_scale=self.guidance,
+                    denoising_start=float(self.high_noise_fraction),
+                    output_type="latent",
+                    generator=self.step_generators(samples, "refiner"),
+                    **self._refiner_extra,
+                ).images
         with self._stage("decoding"):
             return self.decode(latents)
 
@@ -143,7 +203,9 @@ class Generator:
         for p in prompts:
             self._cache.move_to_end(p)
         out = self.adapter.collate([self._cache[p] for p in prompts])
-        while len(self._cache) > EMBED_CACHE_SIZE or (len(self._cache) > 1 and self._cache_bytes() > EMBED_CACHE_BYTES):
+        while len(self._cache) > EMBED_CACHE_SIZE or (
+            len(self._cache) > 1 and self._cache_bytes() > EMBED_CACHE_BYTES
+        ):
             self._cache.popitem(last=False)
         return out
 
@@ -153,8 +215,11 @@ class Generator:
 
     def negative_inputs(self, n: int) -> dict[str, torch.Tensor]:
         if self._negative is None:
-            self._negative = {prefix + k: v for prefix, pipe, adapter in self._stages
-                              for k, v in adapter.negative(pipe, self.negative_prompt, self.device).items()}
+            self._negative = {
+                prefix + k: v
+                for prefix, pipe, adapter in self._stages
+                for k, v in adapter.negative(pipe, self.negative_prompt, self.device).items()
+            }
         return {k: v.expand(n, *v.shape[1:]) for k, v in self._negative.items()}
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:

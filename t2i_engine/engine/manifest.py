@@ -18,8 +18,8 @@ from importlib import metadata
 from pathlib import Path
 
 from ..errors import InputError
-from .recipe import Recipe
 from ..files import TMP_SUFFIX, atomic_write_text
+from .recipe import Recipe
 from .writer import ShardRecord
 
 MANIFEST = "dataset.json"
@@ -45,9 +45,13 @@ def read_manifest(out_dir: Path) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise InputError("out", str(out_dir), f"its {MANIFEST} is unreadable ({e.__class__.__name__}); use another folder") from None
+        raise InputError(
+            "out", str(out_dir), f"its {MANIFEST} is unreadable ({e.__class__.__name__}); use another folder"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise InputError("out", str(out_dir), f"its {MANIFEST} is not a t2i-engine manifest ({FORMAT}); use another folder")
+        raise InputError(
+            "out", str(out_dir), f"its {MANIFEST} is not a t2i-engine manifest ({FORMAT}); use another folder"
+        )
     return data
 
 
@@ -66,34 +70,72 @@ def check_output_dir(out_dir: Path) -> None:
         raise InputError("out", str(out_dir), f"expected a writable location; {existing} is not writable")
 
 
-def check_resumable(out_dir: Path, recipe: Recipe, *, weights: str | None, dtype: str, attention: str = "sdpa",
-                    backend: str = "eager", refiner_weights: str | None = None) -> dict | None:
+def check_resumable(
+    out_dir: Path,
+    recipe: Recipe,
+    *,
+    weights: str | None,
+    dtype: str,
+    attention: str = "sdpa",
+    backend: str = "eager",
+    refiner_weights: str | None = None,
+) -> dict | None:
     """The folder must be new, empty (but for our own temporaries), or hold a dataset of this
     very recipe, weights (the refiner's too), dtype, attention implementation and backend.
     Returns its manifest."""
     manifest = read_manifest(out_dir) if out_dir.is_dir() else None
     if manifest is None:
-        if out_dir.is_dir() and any(not p.name.startswith(LOCK) and not p.name.endswith(TMP_SUFFIX) for p in out_dir.iterdir()):
-            raise InputError("out", str(out_dir), f"expected a new or empty folder, or one holding a t2i-engine dataset ({MANIFEST}); this one holds other files")
+        if out_dir.is_dir() and any(
+            not p.name.startswith(LOCK) and not p.name.endswith(TMP_SUFFIX) for p in out_dir.iterdir()
+        ):
+            raise InputError(
+                "out",
+                str(out_dir),
+                f"expected a new or empty folder, or one holding a t2i-engine dataset ({MANIFEST}); this one holds "
+                "other files",
+            )
         return None
     if manifest.get("recipe_hash") != recipe.content_hash():
         stored, new = manifest.get("recipe", {}), json.loads(json.dumps(recipe.to_dict()))
         differ = [k for k in new if k != "batch_size" and stored.get(k) != new[k]]
-        raise InputError("out", str(out_dir), f"it holds a dataset made from another recipe (differs in: {', '.join(differ) or 'content'}); "
-                         "rerun with the same recipe to resume, or choose a new folder")
-    for key, value in (("weights", weights), ("dtype", dtype), ("attention", attention), ("backend", backend),
-                       ("refiner_weights", refiner_weights)):
-        if manifest.get(key, {"attention": "sdpa", "backend": "eager"}.get(key)) != value:  # older manifests: sdpa, eager
-            raise InputError("out", str(out_dir), f"its shards were made with {key} {manifest.get(key)!r}, this run would use {value!r}; "
-                             "one dataset must come from one model and precision: resume with the same setting or choose a new folder")
+        raise InputError(
+            "out",
+            str(out_dir),
+            f"it holds a dataset made from another recipe (differs in: {', '.join(differ) or 'content'}); "
+            "rerun with the same recipe to resume, or choose a new folder",
+        )
+    for key, value in (
+        ("weights", weights),
+        ("dtype", dtype),
+        ("attention", attention),
+        ("backend", backend),
+        ("refiner_weights", refiner_weights),
+    ):
+        if (
+            manifest.get(key, {"attention": "sdpa", "backend": "eager"}.get(key)) != value
+        ):  # older manifests: sdpa, eager
+            raise InputError(
+                "out",
+                str(out_dir),
+                f"its shards were made with {key} {manifest.get(key)!r}, this run would use {value!r}; "
+                "one dataset must come from one model and precision: resume with the same setting or choose a new "
+                "folder",
+            )
     return manifest
 
 
 @contextmanager
 def exclusive_lock(out_dir: Path):
     """Hold the folder's lock for a whole run: two runs writing one folder would race on its files."""
-    with _flock(out_dir / LOCK, fcntl.LOCK_EX | fcntl.LOCK_NB,
-                InputError("out", str(out_dir), "another t2i-engine process is writing this folder; wait for it or choose another folder")) as fd:
+    with _flock(
+        out_dir / LOCK,
+        fcntl.LOCK_EX | fcntl.LOCK_NB,
+        InputError(
+            "out",
+            str(out_dir),
+            "another t2i-engine process is writing this folder; wait for it or choose another folder",
+        ),
+    ) as fd:
         yield fd  # forked helpers that may outlive a killed run should close their copy
 
 
@@ -102,9 +144,13 @@ def part_locks(out_dir: Path, part: tuple[int, int]):
     """A part shares the folder with the other parts (a whole-folder run is kept out) and holds
     its own part exclusively (the same part started twice is refused)."""
     i, n = part
-    busy = InputError("out", str(out_dir), "a run of the whole dataset is writing this folder; wait for it, or run parts only")
+    busy = InputError(
+        "out", str(out_dir), "a run of the whole dataset is writing this folder; wait for it, or run parts only"
+    )
     with _flock(out_dir / LOCK, fcntl.LOCK_SH | fcntl.LOCK_NB, busy) as fd:
-        same = InputError("--part", f"{i}/{n}", "this part is already running on this folder; each part runs once at a time")
+        same = InputError(
+            "--part", f"{i}/{n}", "this part is already running on this folder; each part runs once at a time"
+        )
         with _flock(out_dir / f"{LOCK}.part-{i}-of-{n}", fcntl.LOCK_EX | fcntl.LOCK_NB, same):
             with finalize_lock(out_dir):
                 _check_split(out_dir, i, n)
@@ -126,8 +172,12 @@ def _check_split(out_dir: Path, i: int, n: int) -> None:
                 with _flock(path, fcntl.LOCK_EX | fcntl.LOCK_NB, InputError("--part", f"{i}/{n}", "")):
                     pass
             except InputError:
-                raise InputError("--part", f"{i}/{n}", f"parts of another split (part {j}/{other}) are writing this folder; "
-                                 f"use --part I/{other}, or wait for them") from None
+                raise InputError(
+                    "--part",
+                    f"{i}/{n}",
+                    f"parts of another split (part {j}/{other}) are writing this folder; "
+                    f"use --part I/{other}, or wait for them",
+                ) from None
     atomic_write_text(record, f"{n}\n")
 
 
@@ -163,8 +213,18 @@ def remove_stale_temporaries(out_dir: Path, shards: list[str] | None = None) -> 
     return stale
 
 
-def write_manifest(out_dir: Path, recipe: Recipe, *, records: list[ShardRecord] | None, device: str, dtype: str, weights: str | None,
-                   attention: str = "sdpa", backend: str = "eager", refiner_weights: str | None = None) -> None:
+def write_manifest(
+    out_dir: Path,
+    recipe: Recipe,
+    *,
+    records: list[ShardRecord] | None,
+    device: str,
+    dtype: str,
+    weights: str | None,
+    attention: str = "sdpa",
+    backend: str = "eager",
+    refiner_weights: str | None = None,
+) -> None:
     complete = records is not None
     manifest = {
         "format": FORMAT,
@@ -188,8 +248,12 @@ def write_manifest(out_dir: Path, recipe: Recipe, *, records: list[ShardRecord] 
 
 
 def write_timm_info(out_dir: Path, recipe: Recipe, records: list[ShardRecord]) -> None:
-    split = {"name": "train", "num_samples": sum(r.count for r in records),
-             "filenames": [r.name for r in records], "shard_lengths": [r.count for r in records]}
+    split = {
+        "name": "train",
+        "num_samples": sum(r.count for r in records),
+        "filenames": [r.name for r in records],
+        "shard_lengths": [r.count for r in records],
+    }
     info = {"name": out_dir.name, "num_classes": len(recipe.classes), "splits": {"train": split}}
     atomic_write_text(out_dir / INFO, json.dumps(info, indent=1) + "\n")
 

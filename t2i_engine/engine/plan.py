@@ -49,7 +49,9 @@ def plan_samples(recipe: Recipe) -> list[Sample]:
         c, j = i % n_classes, i // n_classes
         seed = sample_seed(recipe.seed, i)
         cls = classes[c]
-        samples.append(Sample(i, f"{cls.id}_{j:0{width}d}", c, cls.id, cls.name, recipe.prompt.prompt(cls, c, j, seed), seed))
+        samples.append(
+            Sample(i, f"{cls.id}_{j:0{width}d}", c, cls.id, cls.name, recipe.prompt.prompt(cls, c, j, seed), seed)
+        )
     return samples
 
 

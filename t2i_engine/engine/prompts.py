@@ -18,8 +18,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .classes import ClassEntry
 from ..errors import InputError, check_text
+from .classes import ClassEntry
 
 REGIMES = ("class-name", "template", "captions")
 TEMPLATE_MODES = ("cycle", "sample")
@@ -53,17 +53,25 @@ def load_prompt_spec(raw: object, classes: tuple[ClassEntry, ...], base_dir: Pat
     if isinstance(raw, str):
         raw = {"regime": raw}
     if not isinstance(raw, dict):
-        raise InputError("prompt", raw, f"expected a regime name ({', '.join(REGIMES)}) or a mapping with keys {', '.join(PROMPT_KEYS)}")
+        raise InputError(
+            "prompt",
+            raw,
+            f"expected a regime name ({', '.join(REGIMES)}) or a mapping with keys {', '.join(PROMPT_KEYS)}",
+        )
     unknown = sorted(set(raw) - set(PROMPT_KEYS))
     if unknown:
-        raise InputError(f"prompt.{unknown[0]}", raw[unknown[0]], f"unknown key; allowed keys: {', '.join(PROMPT_KEYS)}")
+        raise InputError(
+            f"prompt.{unknown[0]}", raw[unknown[0]], f"unknown key; allowed keys: {', '.join(PROMPT_KEYS)}"
+        )
     regime = raw.get("regime", "class-name")
     if regime not in REGIMES:
         raise InputError("prompt.regime", regime, f"expected one of {', '.join(REGIMES)}")
     if regime == "template":
         templates = raw.get("templates")
         if not isinstance(templates, list) or not templates:
-            raise InputError("prompt.templates", templates, "the template regime needs a non-empty list of templates holding {name}")
+            raise InputError(
+                "prompt.templates", templates, "the template regime needs a non-empty list of templates holding {name}"
+            )
         for i, t in enumerate(templates):
             if not isinstance(t, str) or "{name}" not in t:
                 raise InputError(f"prompt.templates[{i}]", t, "each template must be a string holding {name}")
@@ -75,14 +83,21 @@ def load_prompt_spec(raw: object, classes: tuple[ClassEntry, ...], base_dir: Pat
     if regime == "captions":
         path = raw.get("captions")
         if not isinstance(path, str) or not path:
-            raise InputError("prompt.captions", path, "the captions regime needs the path of a .json or .csv captions file")
+            raise InputError(
+                "prompt.captions", path, "the captions regime needs the path of a .json or .csv captions file"
+            )
         p = Path(path).expanduser()
         if not p.is_absolute() and base_dir is not None:
             p = base_dir / p
         return PromptSpec("captions", captions=_load_captions(p, classes), captions_file=str(p))
     for key in ("templates", "captions"):
         if raw.get(key):
-            raise InputError(f"prompt.{key}", raw[key], f"only used by the {'template' if key == 'templates' else 'captions'} regime; set prompt.regime accordingly")
+            raise InputError(
+                f"prompt.{key}",
+                raw[key],
+                f"only used by the {'template' if key == 'templates' else 'captions'} regime; set prompt.regime "
+                "accordingly",
+            )
     return PromptSpec()
 
 
@@ -110,7 +125,9 @@ def _load_captions(path: Path, classes: tuple[ClassEntry, ...]) -> tuple[tuple[s
                     raise InputError(f"{field}[{i}]", row, "expected a mapping with 'class' and 'caption'")
                 rows.append((str(row["class"]), row["caption"]))
         else:
-            raise InputError(field, str(path), "expected a JSON mapping class -> captions or a list of {class, caption}")
+            raise InputError(
+                field, str(path), "expected a JSON mapping class -> captions or a list of {class, caption}"
+            )
     elif path.suffix.lower() == ".csv":
         reader = list(csv.DictReader(text.splitlines()))
         if not reader or not {"class", "caption"} <= set(reader[0]):
@@ -125,10 +142,16 @@ def _load_captions(path: Path, classes: tuple[ClassEntry, ...]) -> tuple[tuple[s
     for cls, caption in rows:
         if cls not in index:
             raise InputError(field, cls, f"captions name a class by id or name; {cls!r} is not in the class set")
-        if not isinstance(caption, str) or not caption.strip() or any(ord(ch) < 32 and ch not in "\t\n" for ch in caption):
+        if (
+            not isinstance(caption, str)
+            or not caption.strip()
+            or any(ord(ch) < 32 and ch not in "\t\n" for ch in caption)
+        ):
             raise InputError(f"{field}[{cls!r}]", caption, "expected a non-empty caption of printable text")
         per_class[index[cls]].append(check_text(caption.strip(), f"{field}[{cls!r}]"))
     for c, caps in zip(classes, per_class):
         if not caps:
-            raise InputError(field, str(path), f"every class needs at least one caption; class {c.id!r} ({c.name}) has none")
+            raise InputError(
+                field, str(path), f"every class needs at least one caption; class {c.id!r} ({c.name}) has none"
+            )
     return tuple(tuple(c) for c in per_class)

@@ -35,8 +35,12 @@ def connect(address: str | None) -> tuple[int, bool]:
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise InputError("--ray", address, f"cannot connect to a Ray cluster there ({e}); start one with `ray start --head`, "
-                             "or pass no address for a local one") from None
+            raise InputError(
+                "--ray",
+                address,
+                f"cannot connect to a Ray cluster there ({e}); start one with `ray start --head`, "
+                "or pass no address for a local one",
+            ) from None
     return int(ray.cluster_resources().get("GPU", 0)), started
 
 
@@ -46,8 +50,16 @@ def shutdown() -> None:
     ray.shutdown()
 
 
-def run_ray(units: list[WorkUnit], recipe, out_dir: Path, *, model: ModelOptions, dtype: str, progress: bool,
-            max_actors: int | None = None) -> tuple[int, dict, int]:
+def run_ray(
+    units: list[WorkUnit],
+    recipe,
+    out_dir: Path,
+    *,
+    model: ModelOptions,
+    dtype: str,
+    progress: bool,
+    max_actors: int | None = None,
+) -> tuple[int, dict, int]:
     """Generate `units` on the connected Ray cluster; returns (images written, actors, 0). Every
     actor runs in `dtype`, the precision the manifest records."""
     import ray
@@ -60,12 +72,19 @@ def run_ray(units: list[WorkUnit], recipe, out_dir: Path, *, model: ModelOptions
     options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     actor_cls = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(_RayUnitWorker)
     device = "cuda" if gpus else "cpu"
-    actors = [actor_cls.options(**options).remote(device, recipe.to_dict(), str(out_dir), model, dtype) for _ in range(count)]
+    actors = [
+        actor_cls.options(**options).remote(device, recipe.to_dict(), str(out_dir), model, dtype) for _ in range(count)
+    ]
     done = 0
     try:
         pool = ActorPool(actors)
-        with tqdm(total=sum(len(u.samples) for u in units), unit="img", desc=f"generate (ray, {count} {device} actors)",
-                  disable=None if progress else True, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=sum(len(u.samples) for u in units),
+            unit="img",
+            desc=f"generate (ray, {count} {device} actors)",
+            disable=None if progress else True,
+            dynamic_ncols=True,
+        ) as bar:
             for n in pool.map_unordered(lambda actor, shard: actor.run.remote(shard), [u.shard for u in units]):
                 done += n
                 bar.update(n)
@@ -95,4 +114,3 @@ class _RayUnitWorker:
         n = self.runner.run_shard(shard)
         self.runner.writer.flush()
         return n
-

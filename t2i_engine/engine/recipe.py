@@ -40,10 +40,10 @@ from pathlib import Path
 
 import yaml
 
-from .classes import ClassEntry, load_classes
 from ..errors import InputError, check_text
-from .prompts import PromptSpec, load_prompt_spec
 from ..models.registry import get_model, get_refiner
+from .classes import ClassEntry, load_classes
+from .prompts import PromptSpec, load_prompt_spec
 
 FORMATS = ("jpeg", "png", "webp")
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
@@ -164,7 +164,11 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
             continue
         if key.startswith("prompt."):
             if prompt_raw is not None and not isinstance(prompt_raw, (str, dict)):
-                raise InputError("prompt", prompt_raw, "expected a regime name or a mapping with keys regime, templates, template_mode, captions")
+                raise InputError(
+                    "prompt",
+                    prompt_raw,
+                    "expected a regime name or a mapping with keys regime, templates, template_mode, captions",
+                )
             prompt_raw = {"regime": prompt_raw} if isinstance(prompt_raw, str) else dict(prompt_raw or {})
             prompt_raw[key.split(".", 1)[1]] = value
         else:
@@ -176,7 +180,11 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
     prompt = load_prompt_spec(merged["prompt"], classes, base_dir)
     steps = spec.steps if merged["steps"] is None else _int(merged["steps"], "steps", 1, 10_000)
     guidance = spec.guidance if merged["guidance"] is None else _number(merged["guidance"], "guidance", 0.0, 100.0)
-    resolution = spec.resolution if merged["resolution"] is None else _resolution(merged["resolution"], spec.resolution_multiple)
+    resolution = (
+        spec.resolution
+        if merged["resolution"] is None
+        else _resolution(merged["resolution"], spec.resolution_multiple)
+    )
     negative = merged["negative_prompt"]
     if negative is None:
         negative = ""
@@ -198,7 +206,9 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         resolution=resolution,
         negative_prompt=negative,
         seed=_int(merged["seed"], "seed", 0, SEED_MAX),
-        batch_size=spec.batch_size if merged["batch_size"] is None else _int(merged["batch_size"], "batch_size", 1, 4096),
+        batch_size=spec.batch_size
+        if merged["batch_size"] is None
+        else _int(merged["batch_size"], "batch_size", 1, 4096),
         format=fmt,
         quality=_int(merged["quality"], "quality", 1, 100),
         images_per_shard=_int(merged["images_per_shard"], "images_per_shard", 1, 10**6),
@@ -211,8 +221,12 @@ def _zero_guidance(value: object, spec) -> str:
     if value not in ZERO_GUIDANCE:
         raise InputError("zero_guidance", value, f"expected one of {', '.join(ZERO_GUIDANCE)}")
     if value == "unconditional" and spec.distilled:
-        raise InputError("zero_guidance", value, f"{spec.name} is guidance-distilled: guidance 0 is its normal setting, and it "
-                         "has no unconditional branch to fall back to (use conditional)")
+        raise InputError(
+            "zero_guidance",
+            value,
+            f"{spec.name} is guidance-distilled: guidance 0 is its normal setting, and it "
+            "has no unconditional branch to fall back to (use conditional)",
+        )
     return value
 
 
@@ -221,8 +235,12 @@ def _refiner(name: object, fraction: object, spec, steps: int) -> dict:
         return {}
     if name is None:
         if fraction is not None:
-            raise InputError("high_noise_fraction", fraction, "is the base model's share of the steps before a refiner; "
-                             "it needs a refiner (recipe key refiner; none: off)")
+            raise InputError(
+                "high_noise_fraction",
+                fraction,
+                "is the base model's share of the steps before a refiner; "
+                "it needs a refiner (recipe key refiner; none: off)",
+            )
         return {}
     refiner = get_refiner(name, spec)
     fraction = HIGH_NOISE_FRACTION if fraction is None else _number(fraction, "high_noise_fraction", 0.0, 1.0)

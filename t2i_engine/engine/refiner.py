@@ -39,7 +39,9 @@ def check_refiner(recipe, weights: str | None, refiner_weights: str | None, read
     spec = MODELS[recipe.refiner]
     base = _scheduler(MODELS[recipe.model], weights, "--weights")
     # a built (test) refiner samples on its base's scheduler (tiny.build_tiny_sdxl_refiner)
-    refiner = base if spec.builder and refiner_weights is None else _scheduler(spec, refiner_weights, "--refiner-weights")
+    refiner = (
+        base if spec.builder and refiner_weights is None else _scheduler(spec, refiner_weights, "--refiner-weights")
+    )
     _check_split(recipe, base, refiner)
 
 
@@ -53,8 +55,16 @@ def load_refiner(recipe, base, weights: str | None, device: torch.device, dtype:
         refiner = builder(spec)(base)
     else:
         # no watermarker: diffusers' img2img pipeline would stamp even the latents it returns
-        refiner = from_pretrained(spec, weights, dtype, flag="--refiner-weights", text_encoder_2=base.text_encoder_2,
-                                  tokenizer_2=base.tokenizer_2, vae=base.vae, add_watermarker=False)
+        refiner = from_pretrained(
+            spec,
+            weights,
+            dtype,
+            flag="--refiner-weights",
+            text_encoder_2=base.text_encoder_2,
+            tokenizer_2=base.tokenizer_2,
+            vae=base.vae,
+            add_watermarker=False,
+        )
     apply_registry_settings(spec, refiner)
     _check_split(recipe, base.scheduler, refiner.scheduler)
     if refiner.dtype != dtype:  # built refiners come in float32; loaded ones already in dtype
@@ -92,8 +102,14 @@ def _check_split(recipe, base, refiner) -> None:
         scheduler = copy.deepcopy(scheduler)
         scheduler.set_timesteps(recipe.steps)
         total = scheduler.config.num_train_timesteps
-        cutoff = int(round(total - recipe.high_noise_fraction * total))  # as StableDiffusionXL(Img2Img)Pipeline computes it
+        cutoff = int(
+            round(total - recipe.high_noise_fraction * total)
+        )  # as StableDiffusionXL(Img2Img)Pipeline computes it
         counts.append(int(((scheduler.timesteps < cutoff) == below).sum()))
     if min(counts) == 0:
-        raise InputError("high_noise_fraction", recipe.high_noise_fraction, f"with {recipe.steps} steps, the base would run "
-                         f"{counts[0]} and the refiner {counts[1]}: each stage needs at least one (change steps or the fraction)")
+        raise InputError(
+            "high_noise_fraction",
+            recipe.high_noise_fraction,
+            f"with {recipe.steps} steps, the base would run "
+            f"{counts[0]} and the refiner {counts[1]}: each stage needs at least one (change steps or the fraction)",
+        )

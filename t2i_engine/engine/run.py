@@ -54,7 +54,9 @@ class RunOptions:
     @property
     def model(self) -> ModelOptions:
         """What the run loads, as every runner (in-process, worker, Ray actor) takes it."""
-        return ModelOptions(weights=self.weights, refiner_weights=self.refiner_weights, attention=self.attention, backend=self.backend)
+        return ModelOptions(
+            weights=self.weights, refiner_weights=self.refiner_weights, attention=self.attention, backend=self.backend
+        )
 
 
 def parse_part(text: str, env: dict | None = None) -> tuple[int, int]:
@@ -70,7 +72,11 @@ def parse_part(text: str, env: dict | None = None) -> tuple[int, int]:
         elif "RANK" in env and "WORLD_SIZE" in env:
             text = f"{env['RANK']}/{env['WORLD_SIZE']}"
         else:
-            raise InputError("--part", "auto", "found neither SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT nor RANK and WORLD_SIZE")
+            raise InputError(
+                "--part",
+                "auto",
+                "found neither SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT nor RANK and WORLD_SIZE",
+            )
     i, _, n = text.partition("/")
     if not (i.isascii() and i.isdigit() and n.isascii() and n.isdigit()) or not 0 <= int(i) < int(n) <= 100_000:
         raise InputError("--part", text, allowed)
@@ -101,23 +107,48 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     dtype = resolve_dtype(spec, device)
     check_runtime(options.backend, options.attention, device, dtype, spec.name)
     if recipe.refiner and options.backend != "eager":
-        raise InputError("backend", options.backend, f"the refiner ({recipe.refiner}) runs in PyTorch: use --backend eager")
-    meta = dict(device=str(device), dtype=str(dtype).removeprefix("torch."), weights=options.weights, attention=options.attention,
-                backend=options.backend, refiner_weights=options.refiner_weights)
+        raise InputError(
+            "backend", options.backend, f"the refiner ({recipe.refiner}) runs in PyTorch: use --backend eager"
+        )
+    meta = dict(
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        weights=options.weights,
+        attention=options.attention,
+        backend=options.backend,
+        refiner_weights=options.refiner_weights,
+    )
     existing = mf.check_resumable(out_dir, recipe, **_kept(meta))
 
     units = plan_units(recipe)
     part = options.part
     mine = [u for u in units if u.shard % part[1] == part[0]] if part else units
     todo = _uncommitted(out_dir, mine)
-    check_refiner(recipe, options.weights, options.refiner_weights, read_configs=bool(todo))  # nothing to do: no configs needed
+    check_refiner(
+        recipe, options.weights, options.refiner_weights, read_configs=bool(todo)
+    )  # nothing to do: no configs needed
     t_planned = time.perf_counter()
     if not todo and existing is not None and existing.get("complete"):
         # Finished: left untouched, but for a lost _info.json (it derives from the shards).
         if not (out_dir / mf.INFO).exists():
             with mf.exclusive_lock(out_dir):
                 mf.write_timm_info(out_dir, recipe, [read_record(out_dir, u.name) for u in units])
-        return _summary(recipe, out_dir, meta, mine, todo, 0, {}, 0.0, t_start, t_planned, t_planned, time.perf_counter(), device, part)
+        return _summary(
+            recipe,
+            out_dir,
+            meta,
+            mine,
+            todo,
+            0,
+            {},
+            0.0,
+            t_start,
+            t_planned,
+            t_planned,
+            time.perf_counter(),
+            device,
+            part,
+        )
 
     # With worker processes the model loads in each of them, not here.
     remote = bool(options.devices or options.ray)
@@ -138,11 +169,13 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
 
         images, stages, writer_wait, rates, restarts = 0, {}, 0.0, None, 0
         if todo and options.ray:
-            images, rates, restarts = ray_runner.run_ray(todo, recipe, out_dir, model=options.model, dtype=meta["dtype"],
-                                                         progress=options.progress)
+            images, rates, restarts = ray_runner.run_ray(
+                todo, recipe, out_dir, model=options.model, dtype=meta["dtype"], progress=options.progress
+            )
         elif todo and options.devices:
-            images, rates, restarts = run_workers(todo, recipe, out_dir, devices=options.devices, model=options.model,
-                                                  progress=options.progress)
+            images, rates, restarts = run_workers(
+                todo, recipe, out_dir, devices=options.devices, model=options.model, progress=options.progress
+            )
         elif todo:
             workers = default_encode_workers(device) if options.encode_workers is None else options.encode_workers
             runner = UnitRunner(generator, shard_writer(recipe, out_dir, workers), recipe.batch_size)
@@ -159,8 +192,22 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
             with mf.finalize_lock(out_dir):
                 if not _uncommitted(out_dir, units) and not (mf.read_manifest(out_dir) or {}).get("complete"):
                     mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
-    summary = _summary(recipe, out_dir, meta, mine, todo, images, stages, writer_wait, t_start, t_planned, t_loaded,
-                       time.perf_counter(), device, part)
+    summary = _summary(
+        recipe,
+        out_dir,
+        meta,
+        mine,
+        todo,
+        images,
+        stages,
+        writer_wait,
+        t_start,
+        t_planned,
+        t_loaded,
+        time.perf_counter(),
+        device,
+        part,
+    )
     if options.ray:
         summary["ray"] = rates
     elif options.devices:
@@ -179,11 +226,23 @@ def finalize(out_dir: Path) -> dict:
     with mf.exclusive_lock(out_dir):
         missing = [u.name for u in _uncommitted(out_dir, units)]
         if missing:
-            raise InputError("dir", str(out_dir), f"{len(missing)} of {len(units)} shards are not written yet "
-                             f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); run the parts that hold them first")
-        mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], device=manifest["device"],
-                          dtype=manifest["dtype"], weights=manifest["weights"], attention=manifest.get("attention", "sdpa"),
-                          backend=manifest.get("backend", "eager"), refiner_weights=manifest.get("refiner_weights"))
+            raise InputError(
+                "dir",
+                str(out_dir),
+                f"{len(missing)} of {len(units)} shards are not written yet "
+                f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); run the parts that hold them first",
+            )
+        mf.write_manifest(
+            out_dir,
+            recipe,
+            records=[read_record(out_dir, u.name) for u in units],
+            device=manifest["device"],
+            dtype=manifest["dtype"],
+            weights=manifest["weights"],
+            attention=manifest.get("attention", "sdpa"),
+            backend=manifest.get("backend", "eager"),
+            refiner_weights=manifest.get("refiner_weights"),
+        )
     return {"out": str(out_dir), "shards": len(units), "num_samples": recipe.num_samples}
 
 
@@ -196,10 +255,16 @@ def _uncommitted(out_dir: Path, units: list[WorkUnit]) -> list[WorkUnit]:
     return [u for u in units if not (out_dir.is_dir() and is_committed(out_dir, u.name))]
 
 
-def _summary(recipe, out_dir, meta, units, todo, images, stages, writer_wait, t_start, t_planned, t_loaded, t_end, device, part) -> dict:
+def _summary(
+    recipe, out_dir, meta, units, todo, images, stages, writer_wait, t_start, t_planned, t_loaded, t_end, device, part
+) -> dict:
     wall = (t_end - t_start) - (t_loaded - t_planned)  # model loading is reported apart
     model_seconds = sum(stages.values())
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = (
+        torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     return {
         "out": str(out_dir),
         "model": recipe.model,
@@ -214,14 +279,22 @@ def _summary(recipe, out_dir, meta, units, todo, images, stages, writer_wait, t_
         "wall_seconds": round(wall, 3),
         "images_per_second": round(images / wall, 3) if images else 0.0,
         "model_load_seconds": round(t_loaded - t_planned, 3),
-        "stage_seconds": {**{k: round(v, 3) for k, v in stages.items()},
-                          "planning": round(t_planned - t_start, 3), "writer_wait": round(writer_wait, 3)},
+        "stage_seconds": {
+            **{k: round(v, 3) for k, v in stages.items()},
+            "planning": round(t_planned - t_start, 3),
+            "writer_wait": round(writer_wait, 3),
+        },
         "outside_model_share": round(1 - model_seconds / wall, 4) if images and stages else None,
         "peak_memory_bytes": peak,
     }
 
 
 def _run_units(units: list[WorkUnit], runner: UnitRunner, progress: bool) -> int:
-    with tqdm(total=sum(len(u.samples) for u in units), unit="img", desc="generate", disable=None if progress else True,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=sum(len(u.samples) for u in units),
+        unit="img",
+        desc="generate",
+        disable=None if progress else True,
+        dynamic_ncols=True,
+    ) as bar:
         return sum(runner.run(unit, on_batch=bar.update) for unit in units)

@@ -42,8 +42,12 @@ class ModelOptions:
 
 def check_family(spec: ModelSpec) -> None:
     if spec.family not in SUPPORTED_FAMILIES:
-        raise InputError("model", spec.name, f"the {spec.family} family has no generator adapter yet; supported families: "
-                         f"{', '.join(SUPPORTED_FAMILIES)}")
+        raise InputError(
+            "model",
+            spec.name,
+            f"the {spec.family} family has no generator adapter yet; supported families: "
+            f"{', '.join(SUPPORTED_FAMILIES)}",
+        )
 
 
 def check_attention(attention: str, device: torch.device, field_name: str = "attention") -> None:
@@ -51,22 +55,40 @@ def check_attention(attention: str, device: torch.device, field_name: str = "att
     if attention not in ATTENTION:
         raise InputError(field_name, attention, f"expected one of {', '.join(ATTENTION)}")
     if attention == "triton" and device.type != "cuda" and not interpreting():
-        raise InputError(field_name, attention, f"the Triton kernels run on CUDA devices; this run is on {device.type} "
-                         f"(use {'torch' if field_name == '--norm' else 'sdpa'})")
+        raise InputError(
+            field_name,
+            attention,
+            f"the Triton kernels run on CUDA devices; this run is on {device.type} "
+            f"(use {'torch' if field_name == '--norm' else 'sdpa'})",
+        )
 
 
-def check_runtime(backend: str, attention: str, device: torch.device, dtype: torch.dtype, model: str | None = None) -> None:
+def check_runtime(
+    backend: str, attention: str, device: torch.device, dtype: torch.dtype, model: str | None = None
+) -> None:
     """Before anything loads: the backend exists, takes the model, runs here in this dtype, and
     goes with the attention."""
     precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
     check_backend(backend, precision, device, model=model)
     if backend != "eager" and attention == "triton":
-        raise InputError("attention", attention, f"the Triton kernels run in PyTorch's eager modules; with --backend {backend} "
-                         "use --attention sdpa (and --norm torch)")
+        raise InputError(
+            "attention",
+            attention,
+            f"the Triton kernels run in PyTorch's eager modules; with --backend {backend} "
+            "use --attention sdpa (and --norm torch)",
+        )
 
 
-def load_run_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa",
-                      backend: str = "eager", resolution: tuple[int, int] | None = None, batch: int = 16):
+def load_run_pipeline(
+    spec: ModelSpec,
+    weights: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    attention: str = "sdpa",
+    backend: str = "eager",
+    resolution: tuple[int, int] | None = None,
+    batch: int = 16,
+):
     """The model's pipeline with its attention routed through our Triton kernels if asked, and
     its denoiser and VAE decoder replaced by `backend`'s runtimes (built, or found in the
     artifact cache, for this resolution and a profile around `batch`)."""
@@ -84,8 +106,16 @@ def load_generator(recipe, model: ModelOptions, device: torch.device) -> Generat
     """The Generator of `recipe` on `device`: its model (and refiner) loaded as `model` says."""
     spec = get_model(recipe.model)
     dtype = resolve_dtype(spec, device)
-    pipe = load_run_pipeline(spec, model.weights, device, dtype, attention=model.attention, backend=model.backend,
-                             resolution=recipe.resolution, batch=recipe.batch_size)
+    pipe = load_run_pipeline(
+        spec,
+        model.weights,
+        device,
+        dtype,
+        attention=model.attention,
+        backend=model.backend,
+        resolution=recipe.resolution,
+        batch=recipe.batch_size,
+    )
     refiner = load_refiner(recipe, pipe, model.refiner_weights, device, dtype, model.attention)
     return Generator.for_recipe(pipe, recipe, refiner)
 
@@ -95,8 +125,15 @@ def warm_up(pipe, model: str, profile: Profile, batches: list[int]) -> None:
     (the compile backend's build, export/compiled.py, compiles what these calls run)."""
     spec = get_model(model)
     check_family(spec)
-    generator = Generator(pipe, steps=2, guidance=spec.guidance, height=profile.height, width=profile.width, family=spec.family,
-                          text_length=text_length(model))
+    generator = Generator(
+        pipe,
+        steps=2,
+        guidance=spec.guidance,
+        height=profile.height,
+        width=profile.width,
+        family=spec.family,
+        text_length=text_length(model),
+    )
     for b in batches:
         generator.generate([Sample(i, f"warm_{i:06d}", 0, "warm", "warm", "a photo", i) for i in range(b)])
 

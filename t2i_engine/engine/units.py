@@ -31,27 +31,42 @@ def default_encode_workers(device: torch.device) -> int:
 
 def sample_meta(recipe: Recipe) -> dict:
     """Settings every sample's KEY.json repeats, so one image file says how it was made."""
-    meta = {"model": recipe.model, "steps": recipe.steps, "guidance": recipe.guidance,
-            "resolution": list(recipe.resolution), "negative_prompt": recipe.negative_prompt}
+    meta = {
+        "model": recipe.model,
+        "steps": recipe.steps,
+        "guidance": recipe.guidance,
+        "resolution": list(recipe.resolution),
+        "negative_prompt": recipe.negative_prompt,
+    }
     if recipe.refiner:
         meta.update(refiner=recipe.refiner, high_noise_fraction=recipe.high_noise_fraction)
     return meta
 
 
 def shard_writer(recipe: Recipe, out_dir: Path, encode_workers: int) -> ShardWriter:
-    return ShardWriter(Path(out_dir), fmt=recipe.format, quality=recipe.quality, extension=recipe.extension,
-                       sample_meta=sample_meta(recipe), encode_workers=encode_workers)
+    return ShardWriter(
+        Path(out_dir),
+        fmt=recipe.format,
+        quality=recipe.quality,
+        extension=recipe.extension,
+        sample_meta=sample_meta(recipe),
+        encode_workers=encode_workers,
+    )
 
 
 class UnitRunner:
     """A model on one device and a writer into one folder: generates whole units into shards."""
 
-    def __init__(self, generator: Generator, writer: ShardWriter, batch_size: int, units: dict[int, WorkUnit] | None = None):
+    def __init__(
+        self, generator: Generator, writer: ShardWriter, batch_size: int, units: dict[int, WorkUnit] | None = None
+    ):
         self.generator, self.writer, self.batch_size = generator, writer, batch_size
         self.units = units  # shard number -> unit, for callers that are handed numbers (workers, actors)
 
     @classmethod
-    def load(cls, device_name: str, recipe_dict: dict, out_dir: str | Path, model: ModelOptions, cpu_threads: int) -> UnitRunner:
+    def load(
+        cls, device_name: str, recipe_dict: dict, out_dir: str | Path, model: ModelOptions, cpu_threads: int
+    ) -> UnitRunner:
         """A worker's runner: its recipe's model loaded on `device_name` (with `cpu_threads` torch
         threads on a CPU), its own writer encoding on a thread, and the plan's units by number."""
         if device_name == "cpu":

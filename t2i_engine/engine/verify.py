@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import manifest as mf
 from ..errors import InputError
+from ..files import file_sha256
+from . import manifest as mf
 from .plan import WorkUnit, plan_units
 from .recipe import Recipe
-from ..files import file_sha256
 from .writer import shard_paths
 
 REJECTED = "_rejected"
@@ -51,8 +51,12 @@ def load_dataset_recipe(out_dir: Path) -> tuple[dict, Recipe]:
     except (KeyError, TypeError, ValueError, AttributeError):
         intact = False
     if not intact:
-        raise InputError("dir", str(out_dir), f"the recipe in its {mf.MANIFEST} is damaged (it no longer matches its recipe_hash); "
-                         "restore the file, or regenerate into a new folder")
+        raise InputError(
+            "dir",
+            str(out_dir),
+            f"the recipe in its {mf.MANIFEST} is damaged (it no longer matches its recipe_hash); "
+            "restore the file, or regenerate into a new folder",
+        )
     return manifest, recipe
 
 
@@ -74,7 +78,9 @@ def verify_dataset(out_dir: Path) -> list[Problem]:
     return problems
 
 
-def _verify_unit(out_dir: Path, unit: WorkUnit, recipe: Recipe, recorded_sha: str | None, seen: dict[str, str]) -> list[Problem]:
+def _verify_unit(
+    out_dir: Path, unit: WorkUnit, recipe: Recipe, recorded_sha: str | None, seen: dict[str, str]
+) -> list[Problem]:
     tar_path, index_path, stats_path = shard_paths(out_dir, unit.name)
     bad = lambda msg: Problem(unit.name, msg)  # noqa: E731
     if not tar_path.exists():
@@ -96,10 +102,23 @@ def _verify_unit(out_dir: Path, unit: WorkUnit, recipe: Recipe, recorded_sha: st
         problems.append(bad(f"sha256 {sha[:12]}... differs from {mf.MANIFEST}'s {recorded_sha[:12]}..."))
 
     if stats.get("count") != len(unit.samples) or stats.get("bytes") != tar_path.stat().st_size:
-        problems.append(bad(f"stats record {stats.get('count')} samples / {stats.get('bytes')} bytes; "
-                            f"planned {len(unit.samples)}, file has {tar_path.stat().st_size} bytes"))
-    planned_rows = [{"key": s.key, "class_index": s.class_index, "class_id": s.class_id, "class_name": s.class_name,
-                     "prompt": s.prompt, "seed": s.seed} for s in unit.samples]
+        problems.append(
+            bad(
+                f"stats record {stats.get('count')} samples / {stats.get('bytes')} bytes; "
+                f"planned {len(unit.samples)}, file has {tar_path.stat().st_size} bytes"
+            )
+        )
+    planned_rows = [
+        {
+            "key": s.key,
+            "class_index": s.class_index,
+            "class_id": s.class_id,
+            "class_name": s.class_name,
+            "prompt": s.prompt,
+            "seed": s.seed,
+        }
+        for s in unit.samples
+    ]
     if [{k: row.get(k) for k in planned_rows[0]} for row in index] != planned_rows:
         problems.append(bad("its index disagrees with the plan (keys, labels, prompts or seeds)"))
     index_sha = {row.get("key"): row.get("sha256") for row in index}
@@ -127,8 +146,14 @@ def _verify_unit(out_dir: Path, unit: WorkUnit, recipe: Recipe, recorded_sha: st
             meta = json.loads(got["json"])
         except ValueError:
             meta = None
-        planned = {"key": key, "class_index": sample.class_index, "class_id": sample.class_id,
-                   "class_name": sample.class_name, "prompt": sample.prompt, "seed": sample.seed}
+        planned = {
+            "key": key,
+            "class_index": sample.class_index,
+            "class_id": sample.class_id,
+            "class_name": sample.class_name,
+            "prompt": sample.prompt,
+            "seed": sample.seed,
+        }
         if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in planned.items()):
             problems.append(bad(f"sample {key}: its json disagrees with the plan"))
         image_sha = hashlib.sha256(got[recipe.extension]).hexdigest()

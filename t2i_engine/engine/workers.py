@@ -70,7 +70,9 @@ class _Worker:
     failed_units: list[int] = field(default_factory=list)
 
 
-def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[str], model: ModelOptions, progress: bool) -> tuple[int, dict, int]:
+def run_workers(
+    units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[str], model: ModelOptions, progress: bool
+) -> tuple[int, dict, int]:
     """Generate `units` on `devices`; returns (images written, per-device images/sec, restarts)."""
     import os
 
@@ -83,15 +85,23 @@ def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[s
     todo = [u.shard for u in units]  # handed out in plan order
     workers = [_Worker(d) for d in devices]
     written: set[int] = set()
-    bar = tqdm(total=sum(len(u.samples) for u in units), unit="img", desc="generate", disable=None if progress else True,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(len(u.samples) for u in units),
+        unit="img",
+        desc="generate",
+        disable=None if progress else True,
+        dynamic_ncols=True,
+    )
 
     def start(wid: int) -> None:
         w = workers[wid]
         w.inbox, w.outbox, w.done, w.ready_at = ctx.Queue(), ctx.Queue(), False, None
-        w.process = ctx.Process(target=worker_main, args=(wid, w.device, recipe.to_dict(), str(out_dir), model, w.inbox,
-                                                          w.outbox, cpu_threads, os.getpid()),
-                                daemon=True, name=f"t2i-engine-worker-{wid}")
+        w.process = ctx.Process(
+            target=worker_main,
+            args=(wid, w.device, recipe.to_dict(), str(out_dir), model, w.inbox, w.outbox, cpu_threads, os.getpid()),
+            daemon=True,
+            name=f"t2i-engine-worker-{wid}",
+        )
         w.process.start()
 
     def count_written(w: _Worker, shard: int) -> None:
@@ -149,8 +159,10 @@ def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[s
                     count_written(w, shard)  # it got that shard out before it died
                 w.restarts += 1
                 if w.restarts > MAX_RESTARTS:
-                    raise RuntimeError(f"the worker on {w.device} died {w.restarts} times (last exit code {w.process.exitcode}); "
-                                       f"units it could not finish: {', '.join(f'{s:06d}' for s in w.failed_units) or 'none'}")
+                    raise RuntimeError(
+                        f"the worker on {w.device} died {w.restarts} times (last exit code {w.process.exitcode}); "
+                        f"units it could not finish: {', '.join(f'{s:06d}' for s in w.failed_units) or 'none'}"
+                    )
                 start(wid)
         graceful = True
     finally:
@@ -171,7 +183,10 @@ def run_workers(units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[s
                     w.process.terminate()
                     w.process.join()
     now = time.perf_counter()
-    rates = {f"{w.device}#{i}": round(w.images / (now - w.ready_at), 3) if w.ready_at else 0.0 for i, w in enumerate(workers)}
+    rates = {
+        f"{w.device}#{i}": round(w.images / (now - w.ready_at), 3) if w.ready_at else 0.0
+        for i, w in enumerate(workers)
+    }
     return sum(w.images for w in workers), rates, sum(w.restarts for w in workers)
 
 
@@ -191,11 +206,22 @@ def _requeue(w: _Worker, todo: list[int], written: set[int], by_shard: dict, out
 
 def _rates(workers: list[_Worker]) -> str:
     now = time.perf_counter()
-    return " ".join(f"{w.device}:{w.images / (now - w.ready_at):.1f}/s" for w in workers if w.ready_at and now > w.ready_at)
+    return " ".join(
+        f"{w.device}:{w.images / (now - w.ready_at):.1f}/s" for w in workers if w.ready_at and now > w.ready_at
+    )
 
 
-def worker_main(wid: int, device_name: str, recipe_dict: dict, out_dir: str, model: ModelOptions, inbox, outbox,
-                cpu_threads: int, parent_pid: int) -> None:
+def worker_main(
+    wid: int,
+    device_name: str,
+    recipe_dict: dict,
+    out_dir: str,
+    model: ModelOptions,
+    inbox,
+    outbox,
+    cpu_threads: int,
+    parent_pid: int,
+) -> None:
     """One local device: load the model once, then generate the units the parent hands over."""
     import os
     import traceback

@@ -40,6 +40,7 @@ from ..files import TMP_SUFFIX, atomic_write_text, file_sha256, fsync_dir
 from .encode import encode_batch
 from .plan import Sample, WorkUnit
 
+
 @dataclass(frozen=True)
 class ShardRecord:
     name: str  # file name, "NNNNNN.tar"
@@ -78,14 +79,26 @@ def _noop() -> None:
 
 
 class ShardWriter:
-    def __init__(self, out_dir: Path, *, fmt: str, quality: int, extension: str, sample_meta: dict,
-                 encode_workers: int = 1, max_pending: int | None = None):
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        fmt: str,
+        quality: int,
+        extension: str,
+        sample_meta: dict,
+        encode_workers: int = 1,
+        max_pending: int | None = None,
+    ):
         self.out_dir = out_dir
         self.fmt, self.quality, self.extension = fmt, quality, extension
         self.sample_meta = sample_meta  # settings shared by every sample's KEY.json
         # encode_workers=0 encodes on a thread: no process start-up, for tiny runs and tests.
-        self._pool = (ProcessPoolExecutor(encode_workers, mp_context=get_context("spawn"), initializer=_ignore_sigint) if encode_workers > 0
-                      else ThreadPoolExecutor(1, thread_name_prefix="encoder"))
+        self._pool = (
+            ProcessPoolExecutor(encode_workers, mp_context=get_context("spawn"), initializer=_ignore_sigint)
+            if encode_workers > 0
+            else ThreadPoolExecutor(1, thread_name_prefix="encoder")
+        )
         self._tar_thread = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
         self._workers = max(encode_workers, 1)
         self._max_pending = max_pending or 2 * self._workers + 2
@@ -165,10 +178,20 @@ class ShardWriter:
                 for samples, future in parts:
                     for sample, (data, sha) in zip(samples, future.result(), strict=True):
                         self._add_sample(tar, sample, data)
-                        index_lines.append(json.dumps({
-                            "key": sample.key, "class_index": sample.class_index, "class_id": sample.class_id,
-                            "class_name": sample.class_name, "prompt": sample.prompt, "seed": sample.seed, "sha256": sha,
-                        }, ensure_ascii=False))
+                        index_lines.append(
+                            json.dumps(
+                                {
+                                    "key": sample.key,
+                                    "class_index": sample.class_index,
+                                    "class_id": sample.class_id,
+                                    "class_name": sample.class_name,
+                                    "prompt": sample.prompt,
+                                    "seed": sample.seed,
+                                    "sha256": sha,
+                                },
+                                ensure_ascii=False,
+                            )
+                        )
             raw.flush()
             os.fsync(raw.fileno())
         record = ShardRecord(tar_path.name, file_sha256(tmp), tmp.stat().st_size, len(index_lines))
@@ -179,10 +202,20 @@ class ShardWriter:
         return record
 
     def _add_sample(self, tar: tarfile.TarFile, sample: Sample, image: bytes) -> None:
-        meta = {"key": sample.key, "class_index": sample.class_index, "class_id": sample.class_id,
-                "class_name": sample.class_name, "prompt": sample.prompt, "seed": sample.seed, **self.sample_meta}
-        for ext, data in ((self.extension, image), ("cls", str(sample.class_index).encode()),
-                          ("json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode())):
+        meta = {
+            "key": sample.key,
+            "class_index": sample.class_index,
+            "class_id": sample.class_id,
+            "class_name": sample.class_name,
+            "prompt": sample.prompt,
+            "seed": sample.seed,
+            **self.sample_meta,
+        }
+        for ext, data in (
+            (self.extension, image),
+            ("cls", str(sample.class_index).encode()),
+            ("json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()),
+        ):
             info = tarfile.TarInfo(f"{sample.key}.{ext}")
             info.size, info.mtime, info.mode = len(data), 0, 0o444
             info.uid = info.gid = 0

@@ -20,17 +20,27 @@ import torch
 
 from ..errors import InputError
 from ..files import atomic_write_text
-from ..training.sources import LabelledSet, match_classes, open_set
 from ..seeds import stable_hash
+from ..training.sources import LabelledSet, match_classes, open_set
 from . import metrics
 from .features import clip_text_features, load_clip_tokenizer, load_extractor
 
 ZERO_SHOT_TEMPLATE = "a photo of a {name}."
 
 
-def analyze(data_path: str | Path, real_path: str | Path, out: str | Path, *, features: str = "judge",
-            fid_features: str | None = None, clip: str | None = None, k: int = 5, max_per_class: int | None = None,
-            seed: int = 0, device: str = "cpu") -> dict:
+def analyze(
+    data_path: str | Path,
+    real_path: str | Path,
+    out: str | Path,
+    *,
+    features: str = "judge",
+    fid_features: str | None = None,
+    clip: str | None = None,
+    k: int = 5,
+    max_per_class: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict:
     out = Path(out)
     if out.exists() and out.is_dir():
         raise InputError("--out", str(out), "expected the path of a JSON file to write")
@@ -43,25 +53,43 @@ def analyze(data_path: str | Path, real_path: str | Path, out: str | Path, *, fe
     fid_extractor = load_extractor(fid_features, "--fid-features", device) if fid_features else extractor
     clip_model = None
     if clip:
-        clip_extractor = extractor if extractor.kind == "clip" and features == f"clip={clip}" else load_extractor(f"clip={clip}", "--clip", device)
+        clip_extractor = (
+            extractor
+            if extractor.kind == "clip" and features == f"clip={clip}"
+            else load_extractor(f"clip={clip}", "--clip", device)
+        )
         clip_model, tokenizer = clip_extractor, load_clip_tokenizer(clip)
 
     chosen = _balanced_keys(real, synth, seed, max_per_class, k)
     extractors = {"features": extractor, "fid": fid_extractor, "clip": clip_model}
     real_side = _embed_stream(real, {k_ for r, _ in chosen.values() for k_ in r}, extractors)
     synth_side = _embed_stream(synth, {k_ for _, s in chosen.values() for k_ in s}, extractors)
-    result = {"data": synth.describe(), "real": real.describe(), "features": extractor.name, "k": k, "seed": seed,
-              "fid_features": fid_extractor.name, "per_class": {}}
+    result = {
+        "data": synth.describe(),
+        "real": real.describe(),
+        "features": extractor.name,
+        "k": k,
+        "seed": seed,
+        "fid_features": fid_extractor.name,
+        "per_class": {},
+    }
     f_real, f_synth = real_side["features"], synth_side["features"]
     real_cls, synth_cls = np.array(real_side["class_ids"]), np.array(synth_side["class_ids"])
 
     rows = []
     for c in real.class_ids:
         r, s = f_real[torch.from_numpy(real_cls == c)], f_synth[torch.from_numpy(synth_cls == c)]
-        row = {"name": real.class_names.get(c, c), "images_per_side": len(s), "vendi": metrics.vendi(s) if len(s) else None,
-               "vendi_real": metrics.vendi(r) if len(r) else None, "diversity": metrics.pairwise_diversity(s),
-               "diversity_real": metrics.pairwise_diversity(r)}
-        row.update(metrics.prdc(r, s, k) if len(r) > k else dict.fromkeys(("precision", "recall", "density", "coverage")))
+        row = {
+            "name": real.class_names.get(c, c),
+            "images_per_side": len(s),
+            "vendi": metrics.vendi(s) if len(s) else None,
+            "vendi_real": metrics.vendi(r) if len(r) else None,
+            "diversity": metrics.pairwise_diversity(s),
+            "diversity_real": metrics.pairwise_diversity(r),
+        }
+        row.update(
+            metrics.prdc(r, s, k) if len(r) > k else dict.fromkeys(("precision", "recall", "density", "coverage"))
+        )
         result["per_class"][c] = row
         rows.append(row)
     overall = metrics.prdc(f_real, f_synth, k)
@@ -86,7 +114,9 @@ def _mean(values) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def _balanced_keys(real: LabelledSet, synth: LabelledSet, seed: int, cap: int | None, k: int) -> dict[str, tuple[list[str], list[str]]]:
+def _balanced_keys(
+    real: LabelledSet, synth: LabelledSet, seed: int, cap: int | None, k: int
+) -> dict[str, tuple[list[str], list[str]]]:
     by_class = {c: ([], []) for c in real.class_ids}
     for side, data in ((0, real), (1, synth)):
         for e in data.entries:
@@ -95,12 +125,14 @@ def _balanced_keys(real: LabelledSet, synth: LabelledSet, seed: int, cap: int | 
     for c, (r, s) in by_class.items():
         n = min(len(r), len(s), cap or len(r))
         # One seed for both sides: a set analysed against itself draws the same images twice.
-        pick = lambda keys: sorted(random.Random(stable_hash(seed, "balance", c)).sample(sorted(keys), n))  # noqa: E731
-        chosen[c] = (pick(r), pick(s))
+        chosen[c] = (_pick(r, n, seed, c), _pick(s, n, seed, c))
     total = sum(len(r) for r, _ in chosen.values())
     if total <= k:
-        raise InputError("--max-per-class" if cap else "data", cap or str(synth.path),
-                         f"leaves {total} balanced images per side; PRDC with k={k} needs more than {k}")
+        raise InputError(
+            "--max-per-class" if cap else "data",
+            cap or str(synth.path),
+            f"leaves {total} balanced images per side; PRDC with k={k} needs more than {k}",
+        )
     return chosen
 
 
@@ -138,7 +170,8 @@ def _alignment(clip, tokenizer, synth: LabelledSet, synth_side: dict, real_side:
     ids = list(synth.class_ids)
     names = [synth.class_names[c] for c in ids]
     class_text = torch.nn.functional.normalize(
-        clip_text_features(clip.model, tokenizer, [ZERO_SHOT_TEMPLATE.format(name=n) for n in names]), dim=1)
+        clip_text_features(clip.model, tokenizer, [ZERO_SHOT_TEMPLATE.format(name=n) for n in names]), dim=1
+    )
     result = {}
     for side, got in (("synth", synth_side), ("real", real_side)):
         img = torch.nn.functional.normalize(got["clip"], dim=1)
@@ -148,3 +181,8 @@ def _alignment(clip, tokenizer, synth: LabelledSet, synth_side: dict, real_side:
             prompts = [p or synth.class_names[c] for p, c in zip(got["prompts"], got["class_ids"], strict=True)]
             result["clipscore"] = metrics.clip_score(img, clip_text_features(clip.model, tokenizer, prompts))
     return result
+
+
+def _pick(keys, n: int, seed: int, class_id: str) -> list[str]:
+    """A seeded sample of n keys of one class and side, in sorted order."""
+    return sorted(random.Random(stable_hash(seed, "balance", class_id)).sample(sorted(keys), n))

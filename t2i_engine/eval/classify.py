@@ -17,15 +17,22 @@ from torch.utils.data import DataLoader
 
 from ..devices import resolve_device
 from ..files import atomic_write_text
+from ..seeds import stable_hash
 from ..training.loop import load_run
 from ..training.presets import TrainConfig, eval_transform
 from ..training.sources import match_classes, open_set
 from ..training.stream import LabelledStream
-from ..seeds import stable_hash
 
 
-def evaluate_run(run: str | Path, data_path: str | Path, *, out: str | Path | None = None, device: str = "auto",
-                 batch_size: int = 256, workers: int = 0) -> dict:
+def evaluate_run(
+    run: str | Path,
+    data_path: str | Path,
+    *,
+    out: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    workers: int = 0,
+) -> dict:
     run = Path(run)
     record, model = load_run(run)
     data = open_set(data_path, "--data")
@@ -45,11 +52,20 @@ def evaluate_run(run: str | Path, data_path: str | Path, *, out: str | Path | No
             if n >= 5:
                 top5 += (logits.topk(5, dim=1).indices == targets[:, None]).any(1).sum().item()
     total = int(confusion.sum())
-    per_class = {c: (confusion[i, i] / confusion[i].sum()).item() if confusion[i].sum() else None for i, c in enumerate(run_ids)}
+    per_class = {
+        c: (confusion[i, i] / confusion[i].sum()).item() if confusion[i].sum() else None for i, c in enumerate(run_ids)
+    }
     result = {
-        "run": str(run), "data": data.describe(), "trained_on": record["data"], "arch": record["config"]["arch"],
-        "images": total, "top1": confusion.diag().sum().item() / total, "top5": top5 / total if n >= 5 else None,
-        "per_class": per_class, "class_ids": list(run_ids), "confusion": confusion.tolist(),
+        "run": str(run),
+        "data": data.describe(),
+        "trained_on": record["data"],
+        "arch": record["config"]["arch"],
+        "images": total,
+        "top1": confusion.diag().sum().item() / total,
+        "top5": top5 / total if n >= 5 else None,
+        "per_class": per_class,
+        "class_ids": list(run_ids),
+        "confusion": confusion.tolist(),
     }
     result["direction"] = direction(record["data"], result["data"])
     path = Path(out) if out else run / "evals" / f"{_slug(data)}.json"

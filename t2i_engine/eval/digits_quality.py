@@ -65,17 +65,22 @@ def evaluate(work_dir: Path, guidances=GUIDANCES, images_per_class: int = 500, j
         "real_baseline_synth_to_real": accuracy(real_model, split.test_images, split.test_labels),
         "judge_heldout_real_accuracy": accuracy(judge, split.test_images, split.test_labels),
         "real_heldout_diversity": diversity(judge, split.test_images, split.test_labels),
-        "images_per_class": images_per_class, "judged_per_class": judged_per_class, "rows": [],
+        "images_per_class": images_per_class,
+        "judged_per_class": judged_per_class,
+        "rows": [],
     }
     for g in guidances:
-        recipe = build_recipe({"model": "digits", "guidance": g, "images_per_class": images_per_class, "batch_size": 100})
+        recipe = build_recipe(
+            {"model": "digits", "guidance": g, "images_per_class": images_per_class, "batch_size": 100}
+        )
         start = time.perf_counter()
         summary = generate(recipe, work_dir / f"guidance-{g}", RunOptions(device="cpu", progress=False))
         images, labels = read_images(work_dir / f"guidance-{g}")
         judged = slice(0, judged_per_class * 10)  # plan order: the first 100 images of every digit
         synth_model = train_classifier(images, labels, seed=CLASSIFIER_SEED)
         row = {
-            "guidance": g, "steps": recipe.steps,
+            "guidance": g,
+            "steps": recipe.steps,
             "real_to_synth": accuracy(judge, images[judged], labels[judged]),
             "synth_to_real": accuracy(synth_model, split.test_images, split.test_labels),
             "diversity": diversity(judge, images[judged], labels[judged]),
@@ -88,12 +93,20 @@ def evaluate(work_dir: Path, guidances=GUIDANCES, images_per_class: int = 500, j
 
 
 def markdown_table(result: dict) -> str:
-    lines = ["| guidance | Real->Synth (judge) | Synth->Real (SmallCNN) | diversity (judge features) |",
-             "|---|---|---|---|"]
+    lines = [
+        "| guidance | Real->Synth (judge) | Synth->Real (SmallCNN) | diversity (judge features) |",
+        "|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['guidance']} | {100 * r['real_to_synth']:.1f}% | {100 * r['synth_to_real']:.1f}% | {r['diversity']:.3f} |")
-    lines.append(f"| real digits | {100 * result['judge_heldout_real_accuracy']:.1f}% (held-out) | "
-                 f"{100 * result['real_baseline_synth_to_real']:.1f}% (real baseline) | {result['real_heldout_diversity']:.3f} (held-out) |")
+        lines.append(
+            f"| {r['guidance']} | {100 * r['real_to_synth']:.1f}% | {100 * r['synth_to_real']:.1f}% | "
+            f"{r['diversity']:.3f} |"
+        )
+    lines.append(
+        f"| real digits | {100 * result['judge_heldout_real_accuracy']:.1f}% (held-out) | "
+        f"{100 * result['real_baseline_synth_to_real']:.1f}% (real baseline) | "
+        f"{result['real_heldout_diversity']:.3f} (held-out) |"
+    )
     return "\n".join(lines)
 
 

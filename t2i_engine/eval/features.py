@@ -19,14 +19,18 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..training.presets import IMAGENET_MEAN, IMAGENET_STD
 from ..training.digits_judge import load_judge
+from ..training.presets import IMAGENET_MEAN, IMAGENET_STD
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-CLIP_HINT = ("a folder holding CLIP weights in transformers' layout (config.json, model.safetensors, tokenizer files), "
-             "e.g. `hf download openai/clip-vit-base-patch32 --local-dir DIR` on a machine with a hub connection")
-INCEPTION_HINT = ("torch-fidelity's FID Inception file pt_inception-2015-12-05-6726825d.pth (from "
-                  "github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth)")
+CLIP_HINT = (
+    "a folder holding CLIP weights in transformers' layout (config.json, model.safetensors, tokenizer files), "
+    "e.g. `hf download openai/clip-vit-base-patch32 --local-dir DIR` on a machine with a hub connection"
+)
+INCEPTION_HINT = (
+    "torch-fidelity's FID Inception file pt_inception-2015-12-05-6726825d.pth (from "
+    "github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth)"
+)
 SPEC_HINT = "expected judge, clip=DIR, inception=FILE, timm:NAME=FILE or torchvision:NAME=FILE"
 
 
@@ -83,7 +87,9 @@ def load_extractor(spec: str, field: str = "--features", device: str = "cpu") ->
     if not path:
         raise InputError(field, spec, SPEC_HINT)
     if name == "clip":
-        return Extractor(f"clip={path}", load_clip(path, field).to(device), _clip_size(path), CLIP_MEAN, CLIP_STD, "clip")
+        return Extractor(
+            f"clip={path}", load_clip(path, field).to(device), _clip_size(path), CLIP_MEAN, CLIP_STD, "clip"
+        )
     if name == "inception":
         return Extractor("inception", _load_inception(path, field).to(device), 299, None, None, "inception")
     if name.startswith(("timm:", "torchvision:")):
@@ -102,7 +108,9 @@ def load_clip(path: str, field: str = "--clip"):
     try:
         return CLIPModel.from_pretrained(folder).eval()
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(field, path, f"cannot load CLIP from it ({type(e).__name__}: {str(e)[:120]}); expected {CLIP_HINT}") from None
+        raise InputError(
+            field, path, f"cannot load CLIP from it ({type(e).__name__}: {str(e)[:120]}); expected {CLIP_HINT}"
+        ) from None
 
 
 def _clip_size(path: str) -> int:
@@ -137,16 +145,22 @@ def _load_inception(path: str, field: str):
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
 
-        return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=path)
+        return NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=path
+        )
     except (ImportError, ModuleNotFoundError):
-        raise InputError(field, path, "the Inception extractor needs torch-fidelity: pip install 't2i-engine[eval]'") from None
+        raise InputError(
+            field, path, "the Inception extractor needs torch-fidelity: pip install 't2i-engine[eval]'"
+        ) from None
     except (RuntimeError, OSError, ValueError, KeyError) as e:
         raise InputError(field, path, f"cannot load it ({type(e).__name__}); expected {INCEPTION_HINT}") from None
 
 
 def _load_backbone(lib: str, arch: str, path: str, field: str, spec: str) -> torch.nn.Module:
     if not Path(path).is_file():
-        raise InputError(field, spec, f"expected a local weights file for {lib} model {arch} (.safetensors, .pth or .pt)")
+        raise InputError(
+            field, spec, f"expected a local weights file for {lib} model {arch} (.safetensors, .pth or .pt)"
+        )
     state = _read_state_dict(path)
     if lib == "timm":
         import timm
@@ -181,8 +195,11 @@ def _read_state_dict(path: str) -> dict:
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same input error
-        raise InputError("--features", path, f"cannot read weights from it ({type(e).__name__}); expected a .safetensors or a "
-                         "torch state-dict file") from None
+        raise InputError(
+            "--features",
+            path,
+            f"cannot read weights from it ({type(e).__name__}); expected a .safetensors or a torch state-dict file",
+        ) from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise InputError("--features", path, "expected a state dict (parameter name -> tensor)")
@@ -193,4 +210,6 @@ def _load_into(model: torch.nn.Module, state: dict, field: str, spec: str) -> No
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise InputError(field, spec, f"the weights do not fit this architecture ({str(e).splitlines()[0][:120]})") from None
+        raise InputError(
+            field, spec, f"the weights do not fit this architecture ({str(e).splitlines()[0][:120]})"
+        ) from None

@@ -25,7 +25,9 @@ def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict[str, float]
     blocks, so 100k points per side need no N x M matrix.
     """
     if len(real) <= k or len(fake) <= k:
-        raise ValueError(f"PRDC with k={k} needs more than {k} points on each side (got {len(real)} real, {len(fake)} synthetic)")
+        raise ValueError(
+            f"PRDC with k={k} needs more than {k} points on each side (got {len(real)} real, {len(fake)} synthetic)"
+        )
     real, fake = real.double(), fake.double()
     r_real, r_fake = _kth_neighbour_distance(real, k), _kth_neighbour_distance(fake, k)
     step = _block(real, fake)

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
-from ..training.sources import open_set, write_image_folder
-from ..models.pipelines import bundled_path
 from ..devices import resolve_device
+from ..errors import InputError
+from ..models.pipelines import bundled_path
 from ..models.registry import get_model
+from ..training.sources import open_set, write_image_folder
 
 PROBES = ("fft-low", "fft-high", "vae")
 
@@ -45,12 +45,23 @@ def fft_filter(images: torch.Tensor, mode: str, cutoff: float = 0.1) -> torch.Te
     return ((out - lo) / (hi - lo).clamp(min=1e-12)).float()
 
 
-def write_probe(data_path: str | Path, out: str | Path, probe: str, *, cutoff: float = 0.1, vae_model: str | None = None,
-                weights: str | None = None, device: str = "cpu", batch_size: int = 32) -> Path:
+def write_probe(
+    data_path: str | Path,
+    out: str | Path,
+    probe: str,
+    *,
+    cutoff: float = 0.1,
+    vae_model: str | None = None,
+    weights: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+) -> Path:
     if probe not in PROBES:
         raise InputError("probe", probe, f"expected one of {', '.join(PROBES)}")
     if probe == "vae" and not vae_model:
-        raise InputError("--vae-model", vae_model, "the vae probe needs a registry model whose VAE to use (e.g. digits, sd15)")
+        raise InputError(
+            "--vae-model", vae_model, "the vae probe needs a registry model whose VAE to use (e.g. digits, sd15)"
+        )
     if not 0 < cutoff < 0.5:
         raise InputError("--cutoff", cutoff, "expected a frequency between 0 and 0.5 cycles per pixel")
     out = Path(out)
@@ -98,15 +109,18 @@ def _fft(probe: str, cutoff: float):
 def _vae(model_name: str, weights: str | None, device: str):
     from diffusers import AutoencoderKL
 
-
     spec = get_model(model_name, "--vae-model")
     source = weights or bundled_path(spec) or spec.hub_id
     dev = resolve_device(device)
     try:
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae").to(dev).eval()
     except (OSError, ValueError) as e:
-        raise InputError("--vae-model", model_name, f"cannot load its VAE from {source} ({type(e).__name__}); "
-                         f"pass --weights with a local diffusers folder, or run `hf download {spec.hub_id}`") from None
+        raise InputError(
+            "--vae-model",
+            model_name,
+            f"cannot load its VAE from {source} ({type(e).__name__}); "
+            f"pass --weights with a local diffusers folder, or run `hf download {spec.hub_id}`",
+        ) from None
 
     @torch.inference_mode()
     def roundtrip(x: torch.Tensor) -> torch.Tensor:

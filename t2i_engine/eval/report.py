@@ -21,8 +21,22 @@ from ..errors import InputError
 from ..files import atomic_write_text
 from ..models.registry import MODELS
 
-COLUMNS = ("model", "arch", "guidance", "released", "synth_to_real", "real_to_synth", "precision", "recall", "density",
-           "coverage", "diversity", "vendi", "fid", "clipscore")
+COLUMNS = (
+    "model",
+    "arch",
+    "guidance",
+    "released",
+    "synth_to_real",
+    "real_to_synth",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "diversity",
+    "vendi",
+    "fid",
+    "clipscore",
+)
 HEADERS = {"synth_to_real": "synth->real", "real_to_synth": "real->synth"}
 
 
@@ -34,16 +48,22 @@ def collect(inputs: list[str | Path]) -> tuple[list[dict], list[dict]]:
         if p.is_dir() and (p / "run.json").is_file():
             files = sorted((p / "evals").glob("*.json"))
             if not files:
-                raise InputError("inputs", str(p), f"this run has no evals yet; run `t2i-engine eval {p} --data DIR` first")
+                raise InputError(
+                    "inputs", str(p), f"this run has no evals yet; run `t2i-engine eval {p} --data DIR` first"
+                )
         elif p.is_file() and p.suffix == ".json":
             files = [p]
         else:
-            raise InputError("inputs", str(p), "expected a run folder (with run.json), an eval JSON or an analysis JSON")
+            raise InputError(
+                "inputs", str(p), "expected a run folder (with run.json), an eval JSON or an analysis JSON"
+            )
         for f in files:
             try:
                 rec = json.loads(f.read_text(encoding="utf-8"))
             except (OSError, ValueError):
-                raise InputError("inputs", str(f), "expected a JSON file written by `t2i-engine eval` or `analyze`") from None
+                raise InputError(
+                    "inputs", str(f), "expected a JSON file written by `t2i-engine eval` or `analyze`"
+                ) from None
             if "direction" in rec and "top1" in rec:
                 evals.append(rec)
             elif "overall" in rec and "data" in rec:
@@ -72,15 +92,21 @@ def build_rows(evals: list[dict], analyses: list[dict]) -> tuple[list[dict], lis
                 model = f"{model} ({origin['probe']})"
             spec = MODELS.get(origin.get("model"))
             rows[key] = dict.fromkeys(COLUMNS)
-            rows[key].update(model=model, arch=arch, guidance=origin.get("guidance"), released=spec.released if spec else None)
+            rows[key].update(
+                model=model, arch=arch, guidance=origin.get("guidance"), released=spec.released if spec else None
+            )
         return rows[key]
 
     def put(origin: dict, arch: str | None, column: str, value, source: str) -> None:
         row = row_for(origin, arch)
         cell = (_set_key(origin), arch, column)
         if row[column] is not None and row[column] != value:
-            raise InputError("inputs", source, f"gives {column} {value} for {row['model']} ({arch}), but {sources[cell]} "
-                             f"gives {row[column]}; report one run per set and architecture")
+            raise InputError(
+                "inputs",
+                source,
+                f"gives {column} {value} for {row['model']} ({arch}), but {sources[cell]} "
+                f"gives {row[column]}; report one run per set and architecture",
+            )
         row[column] = value
         sources[cell] = source
 
@@ -93,17 +119,32 @@ def build_rows(evals: list[dict], analyses: list[dict]) -> tuple[list[dict], lis
         elif e["direction"] == "real->synth" and plain_real(trained):
             put(tested, e["arch"], "real_to_synth", e["top1"], e["run"])
         else:
-            others.append({"direction": e["direction"], "top1": e["top1"], "arch": e["arch"], "run": e["run"],
-                           "trained_on": _describe(trained), "data": _describe(tested),
-                           "probed": bool(trained.get("probe") or tested.get("probe"))})
+            others.append(
+                {
+                    "direction": e["direction"],
+                    "top1": e["top1"],
+                    "arch": e["arch"],
+                    "run": e["run"],
+                    "trained_on": _describe(trained),
+                    "data": _describe(tested),
+                    "probed": bool(trained.get("probe") or tested.get("probe")),
+                }
+            )
     for a in analyses:
         key = _set_key(a["data"])
         targets = [r for (k, _), r in rows.items() if k == key] or [row_for(a["data"], None)]
         for row in targets:
             for col in ("precision", "recall", "density", "coverage", "diversity", "vendi", "fid", "clipscore"):
                 row[col] = a["overall"].get(col)
-    ordered = sorted(rows.values(), key=lambda r: (r["released"] or "", r["model"], r["guidance"] if r["guidance"] is not None else -1,
-                                                   r["arch"] or ""))
+    ordered = sorted(
+        rows.values(),
+        key=lambda r: (
+            r["released"] or "",
+            r["model"],
+            r["guidance"] if r["guidance"] is not None else -1,
+            r["arch"] or "",
+        ),
+    )
     return ordered, others
 
 
@@ -126,8 +167,11 @@ def markdown(rows: list[dict], baselines: list[dict]) -> str:
     lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
     if baselines:
         lines.append("\nOther evaluations (the real baseline, probes):\n")
-        lines += [f"- {b['direction']} ({b['arch']}): trained on {b['trained_on']}, tested on {b['data']}: top-1 {b['top1']:.3f}"
-                  for b in baselines]
+        lines += [
+            f"- {b['direction']} ({b['arch']}): trained on {b['trained_on']}, tested on {b['data']}: top-1 "
+            f"{b['top1']:.3f}"
+            for b in baselines
+        ]
     return "\n".join(lines)
 
 
@@ -147,7 +191,12 @@ def write_report(inputs: list[str | Path], out: str | Path) -> dict:
     atomic_write_text(out / "table.csv", buf.getvalue())
     atomic_write_text(out / "table.json", json.dumps({"rows": rows, "baselines": baselines}, indent=1) + "\n")
     plots = _plots(rows, baselines, out)
-    return {"table": table, "rows": rows, "baselines": baselines, "files": ["table.md", "table.csv", "table.json", *plots]}
+    return {
+        "table": table,
+        "rows": rows,
+        "baselines": baselines,
+        "files": ["table.md", "table.csv", "table.json", *plots],
+    }
 
 
 def _plots(rows: list[dict], baselines: list[dict], out: Path) -> list[str]:
@@ -171,7 +220,11 @@ def _plots(rows: list[dict], baselines: list[dict], out: Path) -> list[str]:
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for key, marker in (("synth_to_real", "o"), ("real_to_synth", "s")):
-            pts = [(datetime.datetime.strptime(r["released"][:7], "%Y-%m"), r[key], r) for r in dated if r[key] is not None]
+            pts = [
+                (datetime.datetime.strptime(r["released"][:7], "%Y-%m"), r[key], r)
+                for r in dated
+                if r[key] is not None
+            ]
             if pts:
                 ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=HEADERS[key])
                 for x, y, r in pts:
@@ -186,10 +239,16 @@ def _plots(rows: list[dict], baselines: list[dict], out: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(6, 5))
         ax.scatter([r["coverage"] for r in dc], [r["density"] for r in dc])
         for r in dc:
-            ax.annotate(_label(r), (r["coverage"], r["density"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                _label(r), (r["coverage"], r["density"]), fontsize=8, xytext=(3, 3), textcoords="offset points"
+            )
         ax.set(xlabel="coverage", ylabel="density", title="Density vs coverage (PRDC, k=5)")
         save(fig, "density_vs_coverage.png")
-    guided = [r for r in rows if r["guidance"] is not None and (r["synth_to_real"] is not None or r["real_to_synth"] is not None)]
+    guided = [
+        r
+        for r in rows
+        if r["guidance"] is not None and (r["synth_to_real"] is not None or r["real_to_synth"] is not None)
+    ]
     if len({r["guidance"] for r in guided}) > 1:
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for model in sorted({r["model"] for r in guided}):

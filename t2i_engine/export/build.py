@@ -62,7 +62,9 @@ def resolve_precision(opts: BuildOptions, spec, device: torch.device) -> str:
     return {"float16": "fp16", "bfloat16": "bf16"}.get(spec.dtype, "fp32")
 
 
-def check_backend(backend: str, precision: str, device: torch.device, field_name: str = "--backend", model: str | None = None) -> None:
+def check_backend(
+    backend: str, precision: str, device: torch.device, field_name: str = "--backend", model: str | None = None
+) -> None:
     """Everything that can refuse a backend before a model loads."""
     if backend not in BACKENDS:
         raise InputError(field_name, backend, f"expected one of {', '.join(BACKENDS)}")
@@ -81,7 +83,9 @@ def check_backend(backend: str, precision: str, device: torch.device, field_name
         if missing:
             raise InputError(field_name, backend, f"needs {' and '.join(missing)}: pip install 't2i-engine[export]'")
         if precision not in ("fp32", "fp16"):
-            raise InputError("--precision", precision, "ONNX Runtime runs fp32 or fp16 (bf16: --backend compile or tensorrt)")
+            raise InputError(
+                "--precision", precision, "ONNX Runtime runs fp32 or fp16 (bf16: --backend compile or tensorrt)"
+            )
         providers_for(device)  # a GPU run needs onnxruntime-gpu's CUDA provider
     if backend == "tensorrt":
         check_tensorrt(device, precision)
@@ -107,7 +111,9 @@ def load_for_build(opts: BuildOptions):
         raise InputError("--backend", "eager", f"nothing to build; expected one of {', '.join(BUILT)}")
     # Any family with weights here or a buildable architecture (random weights), not only the
     # ones the engine generates with yet
-    pipe, _ = obtain_pipeline(spec, opts.weights, device, _torch_dtype(precision) if device.type == "cuda" else torch.float32)
+    pipe, _ = obtain_pipeline(
+        spec, opts.weights, device, _torch_dtype(precision) if device.type == "cuda" else torch.float32
+    )
     if device.type != "cuda" and precision != "fp32":
         pipe = pipe.to(dtype=_torch_dtype(precision))
     return spec, pipe, device, replace(opts, precision=precision)
@@ -121,7 +127,9 @@ def build(opts: BuildOptions, log_line=print, warm=None) -> list[dict]:
     cache = ArtifactCache(Path(opts.cache_dir) if opts.cache_dir else None)
     if opts.backend == "compile":
         if warm is None:
-            raise ValueError("the compile build needs a warm-up that runs the engine (engine.runtime.build_artifacts passes it)")
+            raise ValueError(
+                "the compile build needs a warm-up that runs the engine (engine.runtime.build_artifacts passes it)"
+            )
         return [build_compiled(pipe, spec.name, opts, device, cache, log_line, warm)]
     results = []
     for comp in component_specs(pipe, opts.profile, opts.components, text_length(spec.name)):
@@ -137,13 +145,23 @@ def component_fields(comp: ComponentSpec, model: str, opts: BuildOptions, device
         profile["batch"] = list(opts.profile.batch)
     # The inputs' shapes: the graph is fixed to them but for the batch (resolution, text length).
     # Not the exporter: either one's file serves, so a build with the other is found, not redone.
-    return {"model": model, "component": comp.component, "class": type(module).__name__, "weights_sha256": weights_hash(module),
-            "backend": opts.backend, "precision": opts.precision, "profile": profile,
-            "inputs": {i.name: list(i.shape) for i in comp.inputs},
-            "arch": device_arch(device), "versions": library_versions(opts.backend)}
+    return {
+        "model": model,
+        "component": comp.component,
+        "class": type(module).__name__,
+        "weights_sha256": weights_hash(module),
+        "backend": opts.backend,
+        "precision": opts.precision,
+        "profile": profile,
+        "inputs": {i.name: list(i.shape) for i in comp.inputs},
+        "arch": device_arch(device),
+        "versions": library_versions(opts.backend),
+    }
 
 
-def ensure_component(comp: ComponentSpec, model: str, opts: BuildOptions, device: torch.device, cache: ArtifactCache, log_line):
+def ensure_component(
+    comp: ComponentSpec, model: str, opts: BuildOptions, device: torch.device, cache: ArtifactCache, log_line
+):
     fields = component_fields(comp, model, opts, device)
     key = artifact_key(fields)
     name = f"{model}-{comp.component}-{opts.backend}-{opts.precision}"
@@ -151,14 +169,17 @@ def ensure_component(comp: ComponentSpec, model: str, opts: BuildOptions, device
     def make(tmp: Path) -> dict:
         log_line(f"[build] {name}: exporting to ONNX ({opts.exporter})")
         dtype = export_dtype(comp, opts.precision)
-        source = comp if comp.source.dtype == dtype else dataclasses.replace(comp, module=copy.deepcopy(comp.module).to(dtype))
+        source = (
+            comp
+            if comp.source.dtype == dtype
+            else dataclasses.replace(comp, module=copy.deepcopy(comp.module).to(dtype))
+        )
         used = export_onnx(source, tmp / "model.onnx", dtype=dtype, exporter=opts.exporter)
         extra = {"exporter": used, "outputs": comp.outputs, "dtype": str(dtype).removeprefix("torch.")}
         if opts.backend == "tensorrt":
             log_line(f"[build] {name}: building the TensorRT engine")
             build_engine(tmp / "model.onnx", tmp / "model.plan", comp, opts.profile, opts.precision, cache.root)
         return extra
-
 
     folder, built = cache.build(name, key, fields, make)
     log_line(f"[build] {name}: {'built' if built else 'cached'} -> {folder}")
@@ -171,8 +192,17 @@ def remove_backend(pipe) -> None:
     unprepare(pipe)
 
 
-def apply_backend(pipe, model: str, backend: str, device: torch.device, profile: Profile, *, precision: str | None = None,
-                  cache_dir: str | None = None, log_line=None) -> dict:
+def apply_backend(
+    pipe,
+    model: str,
+    backend: str,
+    device: torch.device,
+    profile: Profile,
+    *,
+    precision: str | None = None,
+    cache_dir: str | None = None,
+    log_line=None,
+) -> dict:
     """Put the backend's runtimes in place of the pipeline's denoiser and VAE decoder, building
     what the cache lacks. Returns what was used (artifact folders) for the run's records."""
     log_line = log_line or (lambda line: log.info("%s", line))
@@ -181,8 +211,14 @@ def apply_backend(pipe, model: str, backend: str, device: torch.device, profile:
     dtype = denoiser(pipe).dtype
     precision = precision or {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
     check_backend(backend, precision, device)
-    opts = BuildOptions(model=model, backend=backend, profile=profile, precision=precision, cache_dir=cache_dir,
-                        components=RUNTIME_KINDS)
+    opts = BuildOptions(
+        model=model,
+        backend=backend,
+        profile=profile,
+        precision=precision,
+        cache_dir=cache_dir,
+        components=RUNTIME_KINDS,
+    )
     cache = ArtifactCache(Path(cache_dir) if cache_dir else None)
     if backend == "compile":
         return compile_pipeline(pipe, model, opts, device, cache, log_line)

@@ -53,8 +53,11 @@ def device_arch(device: torch.device) -> str:
 def library_versions(backend: str) -> dict[str, str]:
     import importlib.metadata as md
 
-    names = ["torch", "diffusers"] + {"onnx": ["onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript"],
-                                      "tensorrt": ["onnx", "tensorrt"], "compile": ["triton"]}.get(backend, [])
+    names = ["torch", "diffusers"] + {
+        "onnx": ["onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript"],
+        "tensorrt": ["onnx", "tensorrt"],
+        "compile": ["triton"],
+    }.get(backend, [])
     out = {}
     for name in names:
         try:
@@ -95,8 +98,14 @@ class ArtifactCache:
         try:
             start = time.perf_counter()
             extra = make(tmp) or {}
-            meta = {"name": name, "key": key, **fields, **extra, "build_seconds": round(time.perf_counter() - start, 2),
-                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            meta = {
+                "name": name,
+                "key": key,
+                **fields,
+                **extra,
+                "build_seconds": round(time.perf_counter() - start, 2),
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
             (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
             for f in tmp.rglob("*"):
                 if f.is_file():
@@ -145,4 +154,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-

@@ -32,11 +32,18 @@ FUSED = ("to_qkv", "to_kv", "to_added_qkv")  # what diffusers' fuse_projections 
 def _fields(pipe, model: str, opts, device: torch.device) -> dict:
     """Computed before prepare(): the fused projections are not weights of the model."""
     den = denoiser(pipe)
-    return {"model": model, "component": "pipeline", "class": type(den).__name__,
-            "weights_sha256": {"denoiser": weights_hash(den), "vae": weights_hash(pipe.vae)}, "backend": "compile",
-            # the batch sizes warmed are in the meta, not the key: a run looks for one that holds its own
-            "precision": opts.precision, "profile": {"height": opts.profile.height, "width": opts.profile.width},
-            "arch": device_arch(device), "versions": library_versions("compile")}
+    return {
+        "model": model,
+        "component": "pipeline",
+        "class": type(den).__name__,
+        "weights_sha256": {"denoiser": weights_hash(den), "vae": weights_hash(pipe.vae)},
+        "backend": "compile",
+        # the batch sizes warmed are in the meta, not the key: a run looks for one that holds its own
+        "precision": opts.precision,
+        "profile": {"height": opts.profile.height, "width": opts.profile.width},
+        "arch": device_arch(device),
+        "versions": library_versions("compile"),
+    }
 
 
 def _compiled(den) -> bool:
@@ -84,8 +91,12 @@ def build_compiled(pipe, model: str, opts, device: torch.device, cache: Artifact
     """`warm(pipe, model, profile, batches)` runs the generation a run makes at each batch size
     (engine.runtime.warm_up: this layer knows no generator)."""
     if getattr(pipe, "text_encoder", None) is None:
-        raise InputError("model", model, "its pipeline here has no text encoders (a random-weight architecture takes prompt "
-                         "embeddings), so the engine cannot run it to warm up; pass --weights")
+        raise InputError(
+            "model",
+            model,
+            "its pipeline here has no text encoders (a random-weight architecture takes prompt "
+            "embeddings), so the engine cannot run it to warm up; pass --weights",
+        )
     fields = _fields(pipe, model, opts, device)
     batches = sorted(set(opts.profile.batch))
     name = f"{model}-pipeline-compile-{opts.precision}-b{'_'.join(map(str, batches))}"
@@ -110,7 +121,9 @@ def compile_pipeline(pipe, model: str, opts, device: torch.device, cache: Artifa
     """The runtime: load the caches of a matching build that warmed this batch size, then compile."""
     match = artifact_key(_fields(pipe, model, opts, device))
     batch = opts.profile.batch[1]
-    found = next((Path(e["path"]) for e in cache.entries() if e.get("match") == match and batch in e.get("batches", ())), None)
+    found = next(
+        (Path(e["path"]) for e in cache.entries() if e.get("match") == match and batch in e.get("batches", ())), None
+    )
     if found:
         torch.compiler.load_cache_artifacts((found / CACHE_FILE).read_bytes())
         log_line(f"[compile] warm start from {found}")

@@ -22,8 +22,15 @@ EXTERNAL_DATA_BYTES = 1 << 30  # well under protobuf's 2 GB: the graph itself ne
 OPSET = 18
 
 
-def export_onnx(spec: ComponentSpec, path: Path, *, dtype: torch.dtype = torch.float32, exporter: str = "dynamo",
-                example_batch: int = 2, external_data_bytes: int = EXTERNAL_DATA_BYTES) -> str:
+def export_onnx(
+    spec: ComponentSpec,
+    path: Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    exporter: str = "dynamo",
+    example_batch: int = 2,
+    external_data_bytes: int = EXTERNAL_DATA_BYTES,
+) -> str:
     """Write `spec`'s module to `path` (a .onnx file; weights may go to a .data file beside it).
     Returns the exporter that succeeded ("dynamo", or "torchscript" after the dynamo exporter failed)."""
     import onnx
@@ -41,8 +48,12 @@ def export_onnx(spec: ComponentSpec, path: Path, *, dtype: torch.dtype = torch.f
             try:
                 _dynamo(spec, module, args, path)
             except Exception as e:  # noqa: BLE001 - any exporter failure falls back, and says why
-                log.warning("dynamo ONNX export of %s failed (%s: %s); using the TorchScript exporter",
-                            spec.component, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+                log.warning(
+                    "dynamo ONNX export of %s failed (%s: %s); using the TorchScript exporter",
+                    spec.component,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:200] if str(e) else "",
+                )
                 used = "torchscript"
                 for leftover in set(path.parent.iterdir()) - before:  # a half-written graph or weights file
                     leftover.unlink()
@@ -57,13 +68,33 @@ def export_onnx(spec: ComponentSpec, path: Path, *, dtype: torch.dtype = torch.f
 def _dynamo(spec: ComponentSpec, module, args, path: Path) -> None:
     batch = torch.export.Dim(BATCH, min=1, max=4096)
     dynamic = {i.name: ({0: batch} if i.shape and i.shape[0] == BATCH else None) for i in spec.inputs}
-    torch.onnx.export(module, args, str(path), dynamo=True, opset_version=OPSET, input_names=[i.name for i in spec.inputs],
-                      output_names=spec.outputs, dynamic_shapes=dynamic, external_data=True, optimize=True, verbose=False)
+    torch.onnx.export(
+        module,
+        args,
+        str(path),
+        dynamo=True,
+        opset_version=OPSET,
+        input_names=[i.name for i in spec.inputs],
+        output_names=spec.outputs,
+        dynamic_shapes=dynamic,
+        external_data=True,
+        optimize=True,
+        verbose=False,
+    )
 
 
 def _torchscript(spec: ComponentSpec, module, args, path: Path) -> None:
-    torch.onnx.export(module, args, str(path), dynamo=False, opset_version=OPSET, input_names=[i.name for i in spec.inputs],
-                      output_names=spec.outputs, dynamic_axes=spec.dynamic_axes(), do_constant_folding=True)
+    torch.onnx.export(
+        module,
+        args,
+        str(path),
+        dynamo=False,
+        opset_version=OPSET,
+        input_names=[i.name for i in spec.inputs],
+        output_names=spec.outputs,
+        dynamic_axes=spec.dynamic_axes(),
+        do_constant_folding=True,
+    )
 
 
 def _settle_weights(path: Path, external: bool) -> None:
@@ -71,13 +102,23 @@ def _settle_weights(path: Path, external: bool) -> None:
     in `<name>.data` beside it. Exporters differ (one file per tensor, one file, or none)."""
     import onnx
 
-    written = {e.value for t in onnx.load(str(path), load_external_data=False).graph.initializer
-               for e in t.external_data if e.key == "location"}
+    written = {
+        e.value
+        for t in onnx.load(str(path), load_external_data=False).graph.initializer
+        for e in t.external_data
+        if e.key == "location"
+    }
     model = onnx.load(str(path), load_external_data=True)
     for name in written:  # the exporter's tensor files; the weights are in memory now
         (path.parent / name).unlink(missing_ok=True)
     if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=1024,
+        )
     else:
         onnx.save_model(model, str(path))

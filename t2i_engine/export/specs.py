@@ -63,8 +63,16 @@ def parse_profile(batch: str | None, res: str | None, default_res: tuple[int, in
     if res:
         h, x, w = res.lower().partition("x")
         w = w if x else h
-        if not (h.isascii() and h.isdigit() and w.isascii() and w.isdigit() and multiple <= int(h) <= 4096 and multiple <= int(w) <= 4096
-                and int(h) % multiple == 0 and int(w) % multiple == 0):
+        if not (
+            h.isascii()
+            and h.isdigit()
+            and w.isascii()
+            and w.isdigit()
+            and multiple <= int(h) <= 4096
+            and multiple <= int(w) <= 4096
+            and int(h) % multiple == 0
+            and int(w) % multiple == 0
+        ):
             raise InputError("--res", res, f"expected a size or HxW, multiples of {multiple} up to 4096")
         height, width = int(h), int(w)
     return Profile(sizes, height, width)
@@ -98,7 +106,9 @@ class ComponentSpec:
     # Timesteps go in as fp32 whatever the precision: eager models build the time embedding in
     # fp32, and fp16 would round 951.37 to 951.5 (bf16: to 952).
 
-    def sample_inputs(self, batch: int, dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0) -> tuple[torch.Tensor, ...]:
+    def sample_inputs(
+        self, batch: int, dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0
+    ) -> tuple[torch.Tensor, ...]:
         g = torch.Generator("cpu").manual_seed(seed)
         out = []
         for inp in self.inputs:
@@ -132,7 +142,9 @@ class _UNet(nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
         added = {"text_embeds": text_embeds, "time_ids": time_ids} if self.added else None
-        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
+        return self.unet(
+            sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added, return_dict=False
+        )[0]
 
 
 class _SD3(nn.Module):
@@ -141,8 +153,13 @@ class _SD3(nn.Module):
         self.transformer = transformer
 
     def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep):
-        return self.transformer(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
-                                pooled_projections=pooled_projections, timestep=timestep, return_dict=False)[0]
+        return self.transformer(
+            hidden_states=hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            pooled_projections=pooled_projections,
+            timestep=timestep,
+            return_dict=False,
+        )[0]
 
 
 class _Flux(nn.Module):
@@ -150,10 +167,19 @@ class _Flux(nn.Module):
         super().__init__()
         self.transformer = transformer
 
-    def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance=None):
-        return self.transformer(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
-                                pooled_projections=pooled_projections, timestep=timestep, img_ids=img_ids, txt_ids=txt_ids,
-                                guidance=guidance, return_dict=False)[0]
+    def forward(
+        self, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance=None
+    ):
+        return self.transformer(
+            hidden_states=hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            pooled_projections=pooled_projections,
+            timestep=timestep,
+            img_ids=img_ids,
+            txt_ids=txt_ids,
+            guidance=guidance,
+            return_dict=False,
+        )[0]
 
 
 class _VaeDecoder(nn.Module):
@@ -192,32 +218,65 @@ def denoiser_spec(pipe, profile: Profile, text_len: int | None = None) -> Compon
     h, w = profile.height // scale, profile.width // scale
     if cls == "UNet2DConditionModel":
         text = text_len or getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77)  # CLIP pads to its length
-        inputs = [Input("sample", (BATCH, cfg.in_channels, h, w)), Input("timestep", (BATCH,), torch.float32),
-                  Input("encoder_hidden_states", (BATCH, text, cfg.cross_attention_dim))]
+        inputs = [
+            Input("sample", (BATCH, cfg.in_channels, h, w)),
+            Input("timestep", (BATCH,), torch.float32),
+            Input("encoder_hidden_states", (BATCH, text, cfg.cross_attention_dim)),
+        ]
         added = cfg.addition_embed_type == "text_time"
         if added:  # SDXL: the pooled text embedding and the six size/crop numbers
             pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
             inputs += [Input("text_embeds", (BATCH, pooled)), Input("time_ids", (BATCH, 6))]
-        elif cfg.addition_embed_type is not None or cfg.class_embed_type is not None or cfg.time_cond_proj_dim is not None:
-            raise InputError("model", cls, "this UNet takes conditioning the exporter does not declare (class or timestep-cond embeddings)")
-        return ComponentSpec(name, "denoiser", inputs, ["out_sample"], _UNet(model, added), (BATCH, cfg.out_channels, h, w))
+        elif (
+            cfg.addition_embed_type is not None
+            or cfg.class_embed_type is not None
+            or cfg.time_cond_proj_dim is not None
+        ):
+            raise InputError(
+                "model",
+                cls,
+                "this UNet takes conditioning the exporter does not declare (class or timestep-cond embeddings)",
+            )
+        return ComponentSpec(
+            name, "denoiser", inputs, ["out_sample"], _UNet(model, added), (BATCH, cfg.out_channels, h, w)
+        )
     if cls == "SD3Transformer2DModel":
         text = text_len or 333  # SD3's pipelines: 77 CLIP tokens then 256 T5 tokens
-        inputs = [Input("hidden_states", (BATCH, cfg.in_channels, h, w)), Input("encoder_hidden_states", (BATCH, text, cfg.joint_attention_dim)),
-                  Input("pooled_projections", (BATCH, cfg.pooled_projection_dim)), Input("timestep", (BATCH,), torch.float32)]
+        inputs = [
+            Input("hidden_states", (BATCH, cfg.in_channels, h, w)),
+            Input("encoder_hidden_states", (BATCH, text, cfg.joint_attention_dim)),
+            Input("pooled_projections", (BATCH, cfg.pooled_projection_dim)),
+            Input("timestep", (BATCH,), torch.float32),
+        ]
         return ComponentSpec(name, "denoiser", inputs, ["out_sample"], _SD3(model), (BATCH, cfg.out_channels, h, w))
     if cls == "FluxTransformer2DModel":
         text = text_len or 512
         tokens, channels = (h // 2) * (w // 2), cfg.in_channels  # in_channels counts the packed 2x2 patch already
-        inputs = [Input("hidden_states", (BATCH, tokens, channels)), Input("encoder_hidden_states", (BATCH, text, cfg.joint_attention_dim)),
-                  Input("pooled_projections", (BATCH, cfg.pooled_projection_dim)), Input("timestep", (BATCH,), torch.float32),
-                  Input("img_ids", (tokens, 3)), Input("txt_ids", (text, 3))]
+        inputs = [
+            Input("hidden_states", (BATCH, tokens, channels)),
+            Input("encoder_hidden_states", (BATCH, text, cfg.joint_attention_dim)),
+            Input("pooled_projections", (BATCH, cfg.pooled_projection_dim)),
+            Input("timestep", (BATCH,), torch.float32),
+            Input("img_ids", (tokens, 3)),
+            Input("txt_ids", (text, 3)),
+        ]
         if cfg.guidance_embeds:
             inputs.append(Input("guidance", (BATCH,)))
         out_channels = cfg.out_channels or cfg.in_channels
-        return ComponentSpec(name, "denoiser", inputs, ["out_sample"], _Flux(model), (BATCH, tokens, out_channels),
-                             notes={"timestep_scale": 1.0})  # FLUX takes t in [0, 1]
-    raise InputError("model", cls, "no export spec for this denoiser yet (UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel)")
+        return ComponentSpec(
+            name,
+            "denoiser",
+            inputs,
+            ["out_sample"],
+            _Flux(model),
+            (BATCH, tokens, out_channels),
+            notes={"timestep_scale": 1.0},
+        )  # FLUX takes t in [0, 1]
+    raise InputError(
+        "model",
+        cls,
+        "no export spec for this denoiser yet (UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel)",
+    )
 
 
 def vae_decoder_spec(pipe, profile: Profile) -> ComponentSpec:
@@ -228,13 +287,24 @@ def vae_decoder_spec(pipe, profile: Profile) -> ComponentSpec:
     latent = Input("latent", (BATCH, vae.config.latent_channels, profile.height // scale, profile.width // scale))
     # force_upcast (SDXL's VAE): it overflows in fp16, so diffusers decodes it in fp32; so does its export
     notes = {"fp32": bool(getattr(vae.config, "force_upcast", False))}
-    return ComponentSpec("vae", "vae_decoder", [latent], ["image"], _VaeDecoder(vae),
-                         (BATCH, vae.config.out_channels, profile.height, profile.width), notes=notes)
+    return ComponentSpec(
+        "vae",
+        "vae_decoder",
+        [latent],
+        ["image"],
+        _VaeDecoder(vae),
+        (BATCH, vae.config.out_channels, profile.height, profile.width),
+        notes=notes,
+    )
 
 
 def text_encoder_specs(pipe) -> list[ComponentSpec]:
     specs = []
-    for name, tok_name in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3")):
+    for name, tok_name in (
+        ("text_encoder", "tokenizer"),
+        ("text_encoder_2", "tokenizer_2"),
+        ("text_encoder_3", "tokenizer_3"),
+    ):
         enc = getattr(pipe, name, None)
         if enc is None:
             continue
@@ -243,20 +313,46 @@ def text_encoder_specs(pipe) -> list[ComponentSpec]:
         length = min(getattr(tokenizer, "model_max_length", 77) or 77, 512)
         hidden = enc.config.d_model if cls == "T5EncoderModel" else enc.config.hidden_size
         if cls == "CLIPTextModel":
-            pooled, outputs, wrapper = "pooler_output", ["last_hidden_state", "penultimate_hidden_state", "pooled"], _TextEncoder(enc, "pooler_output")
+            pooled, outputs, wrapper = (
+                "pooler_output",
+                ["last_hidden_state", "penultimate_hidden_state", "pooled"],
+                _TextEncoder(enc, "pooler_output"),
+            )
         elif cls == "CLIPTextModelWithProjection":
-            pooled, outputs, wrapper = "text_embeds", ["last_hidden_state", "penultimate_hidden_state", "pooled"], _TextEncoder(enc, "text_embeds")
+            pooled, outputs, wrapper = (
+                "text_embeds",
+                ["last_hidden_state", "penultimate_hidden_state", "pooled"],
+                _TextEncoder(enc, "text_embeds"),
+            )
         elif cls == "T5EncoderModel":
             pooled, outputs, wrapper = None, ["last_hidden_state"], _TextEncoder(enc, None)
         else:
-            raise InputError("model", cls, "no export spec for this text encoder yet (CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel)")
-        specs.append(ComponentSpec(name, "text_encoder", [Input("input_ids", (BATCH, length), torch.int64)], outputs, wrapper,
-                                   (BATCH, length, hidden), notes={"vocab_size": enc.config.vocab_size, "pooled": pooled}))
+            raise InputError(
+                "model",
+                cls,
+                "no export spec for this text encoder yet (CLIPTextModel, CLIPTextModelWithProjection, "
+                "T5EncoderModel)",
+            )
+        specs.append(
+            ComponentSpec(
+                name,
+                "text_encoder",
+                [Input("input_ids", (BATCH, length), torch.int64)],
+                outputs,
+                wrapper,
+                (BATCH, length, hidden),
+                notes={"vocab_size": enc.config.vocab_size, "pooled": pooled},
+            )
+        )
     return specs
 
 
-def component_specs(pipe, profile: Profile, components: tuple[str, ...] = ("denoiser", "vae_decoder", "text_encoder"),
-                    text_len: int | None = None) -> list[ComponentSpec]:
+def component_specs(
+    pipe,
+    profile: Profile,
+    components: tuple[str, ...] = ("denoiser", "vae_decoder", "text_encoder"),
+    text_len: int | None = None,
+) -> list[ComponentSpec]:
     specs = []
     if "text_encoder" in components:
         specs += text_encoder_specs(pipe)

@@ -23,7 +23,9 @@ IGNORED = {"return_dict", "generator"}  # no effect on the graph's result
 class _Swapped:
     def __init__(self, module, method: str, spec: ComponentSpec, runner):
         self.original = getattr(module, method)
-        functools.update_wrapper(self, self.original, updated=())  # not the wrapped object's __dict__: a wrapper's would overwrite ours
+        functools.update_wrapper(
+            self, self.original, updated=()
+        )  # not the wrapped object's __dict__: a wrapper's would overwrite ours
         self.signature = inspect.signature(self.original)
         self.spec, self.runner, self.method = spec, runner, method
         self.names = [i.name for i in spec.inputs]
@@ -35,8 +37,10 @@ class _Swapped:
         added = given.pop("added_cond_kwargs", None) or {}  # SDXL's text_embeds and time_ids
         unknown = set(added) - set(self.names)
         if unknown:
-            raise ValueError(f"{self.spec.component} runs an exported graph that does not take added_cond_kwargs "
-                             f"{', '.join(sorted(unknown))}; use --backend eager")
+            raise ValueError(
+                f"{self.spec.component} runs an exported graph that does not take added_cond_kwargs "
+                f"{', '.join(sorted(unknown))}; use --backend eager"
+            )
         given.update(added)
         if self.method == "decode":
             given["latent"] = given.pop("z")
@@ -49,10 +53,20 @@ class _Swapped:
             if name == "timestep":  # diffusers passes a scalar or a 0-d tensor to UNets
                 value = torch.as_tensor(value).reshape(-1).expand(batch)
             inputs.append(value)
-        extra = [k for k, v in given.items() if k not in IGNORED and v is not None and v is not self.signature.parameters[k].default
-                 and self.signature.parameters[k].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+        extra = [
+            k
+            for k, v in given.items()
+            if k not in IGNORED
+            and v is not None
+            and v is not self.signature.parameters[k].default
+            and self.signature.parameters[k].kind
+            not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]
         if extra:
-            raise ValueError(f"{self.spec.component} runs an exported graph that does not take {', '.join(extra)}; use --backend eager")
+            raise ValueError(
+                f"{self.spec.component} runs an exported graph that does not take {', '.join(extra)}; use "
+                "--backend eager"
+            )
         out = self.runner(*inputs)
         dtype = _float_dtype(inputs)
         out = out.to(dtype) if dtype is not None else out

@@ -35,14 +35,22 @@ def check_tensorrt(device: torch.device, precision: str) -> None:
     if device.type != "cuda":
         raise InputError("--backend", "tensorrt", f"TensorRT runs on CUDA devices; this run is on {device.type}")
     if precision == "fp8":
-        raise InputError("--precision", "fp8", "fp8 engines need an fp8-quantised ONNX file (NVIDIA ModelOpt), which this build does not make yet")
+        raise InputError(
+            "--precision",
+            "fp8",
+            "fp8 engines need an fp8-quantised ONNX file (NVIDIA ModelOpt), which this build does not make yet",
+        )
 
 
-def build_engine(onnx_path: Path, plan_path: Path, spec: ComponentSpec, profile: Profile, precision: str, cache_root: Path) -> None:
+def build_engine(
+    onnx_path: Path, plan_path: Path, spec: ComponentSpec, profile: Profile, precision: str, cache_root: Path
+) -> None:
     trt = _trt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))  # types come from the ONNX file
+    network = builder.create_network(
+        1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    )  # types come from the ONNX file
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -74,12 +82,21 @@ class TensorRTRunner:
         with torch.cuda.device(device):  # TensorRT puts an engine on the current device
             self.engine = self.runtime.deserialize_cuda_engine(plan_path.read_bytes())
             if self.engine is None:
-                raise RuntimeError(f"TensorRT could not load {plan_path} (built by another TensorRT version or GPU?); rebuild it")
+                raise RuntimeError(
+                    f"TensorRT could not load {plan_path} (built by another TensorRT version or GPU?); rebuild it"
+                )
             self.context = self.engine.create_execution_context()
         self.spec, self.device = spec, device
         self.names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
-        types = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16, trt.int64: torch.int64}
-        self.dtypes = {name: types[self.engine.get_tensor_dtype(name)] for name in self.names}  # the engine's own types
+        types = {
+            trt.float32: torch.float32,
+            trt.float16: torch.float16,
+            trt.bfloat16: torch.bfloat16,
+            trt.int64: torch.int64,
+        }
+        self.dtypes = {
+            name: types[self.engine.get_tensor_dtype(name)] for name in self.names
+        }  # the engine's own types
         self.out_dtype = self.dtypes[spec.outputs[0]]
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -90,11 +107,15 @@ class TensorRTRunner:
             t = t.to(self.device, self.dtypes[inp.name]).contiguous()
             keep.append(t)
             if not self.context.set_input_shape(inp.name, tuple(t.shape)):
-                raise ValueError(f"{self.spec.component}: input {inp.name} of shape {tuple(t.shape)} is outside the engine's "
-                                 "profile; build it for this batch range (t2i-engine build --backend tensorrt --batch MIN:OPT:MAX)")
+                raise ValueError(
+                    f"{self.spec.component}: input {inp.name} of shape {tuple(t.shape)} is outside the engine's "
+                    "profile; build it for this batch range (t2i-engine build --backend tensorrt --batch MIN:OPT:MAX)"
+                )
             self.context.set_tensor_address(inp.name, t.data_ptr())
         batch = inputs[0].shape[0]
-        out = torch.empty(tuple(batch if d == BATCH else d for d in self.spec.output_shape), dtype=self.out_dtype, device=self.device)
+        out = torch.empty(
+            tuple(batch if d == BATCH else d for d in self.spec.output_shape), dtype=self.out_dtype, device=self.device
+        )
         self.context.set_tensor_address(self.spec.outputs[0], out.data_ptr())
         with torch.cuda.device(self.device):
             ok = self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream)

@@ -35,8 +35,17 @@ MAX_HEAD_DIM = 256
 def _configs():
     if interpreting():  # the CPU interpreter: one small config (autotuning would run them all)
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w, s in [(128, 64, 8, 3), (128, 128, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2), (64, 128, 4, 2)]]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+        for m, n, w, s in [
+            (128, 64, 8, 3),
+            (128, 128, 8, 2),
+            (128, 32, 4, 3),
+            (64, 64, 4, 3),
+            (64, 32, 4, 2),
+            (64, 128, 4, 2),
+        ]
+    ]
 
 
 def _prune(configs, named_args, **kwargs):
@@ -46,14 +55,47 @@ def _prune(configs, named_args, **kwargs):
     return configs
 
 
-@triton.autotune(configs=_configs(), key=["LQ", "LK", "BLOCK_D", "HAS_MASK"], prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(
+    configs=_configs(), key=["LQ", "LK", "BLOCK_D", "HAS_MASK"], prune_configs_by={"early_config_prune": _prune}
+)
 @triton.jit
 def _attention_fwd(
-    Q, K, V, O, MASK, qk_scale,
-    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, smb, smh, smm, smn,
-    H, GROUP, LQ, LK, D,
-    HAS_MASK: tl.constexpr, DOT_FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    Q,
+    K,
+    V,
+    OUT,
+    MASK,
+    qk_scale,
+    sqb,
+    sqh,
+    sqm,
+    sqd,
+    skb,
+    skh,
+    skn,
+    skd,
+    svb,
+    svh,
+    svn,
+    svd,
+    sob,
+    soh,
+    som,
+    sod,
+    smb,
+    smh,
+    smm,
+    smn,
+    H,
+    GROUP,
+    LQ,
+    LK,
+    D,
+    HAS_MASK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -66,7 +108,11 @@ def _attention_fwd(
     row_ok = offs_m < LQ
     d_ok = offs_d < D
 
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q = tl.load(
+        Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
     if DOT_FP32:
         q = q.to(tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -77,7 +123,9 @@ def _attention_fwd(
     for start_n in range(0, LK, BLOCK_N):
         cols = start_n + offs_n
         col_ok = cols < LK
-        k = tl.load(k_base + cols[None, :] * skn + offs_d[:, None] * skd, mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+        k = tl.load(
+            k_base + cols[None, :] * skn + offs_d[:, None] * skd, mask=d_ok[:, None] & col_ok[None, :], other=0.0
+        )
         if DOT_FP32:
             k = k.to(tl.float32)
         if DOT_FP32:  # exact fp32 products: tl.dot would otherwise use TF32 on a GPU (~1e-3 error)
@@ -85,8 +133,11 @@ def _attention_fwd(
         else:
             s = tl.dot(q, k) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
         if HAS_MASK:
-            bias = tl.load(MASK + b * smb + h * smh + offs_m[:, None] * smm + cols[None, :] * smn,
-                           mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+            bias = tl.load(
+                MASK + b * smb + h * smh + offs_m[:, None] * smm + cols[None, :] * smn,
+                mask=row_ok[:, None] & col_ok[None, :],
+                other=0.0,
+            )
             s += bias.to(tl.float32) * 1.4426950408889634
         s = tl.where(col_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -94,15 +145,20 @@ def _attention_fwd(
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + cols[:, None] * svn + offs_d[None, :] * svd, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        v = tl.load(
+            v_base + cols[:, None] * svn + offs_d[None, :] * svd, mask=col_ok[:, None] & d_ok[None, :], other=0.0
+        )
         if DOT_FP32:
             acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # all keys masked: zeros
-    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, out.to(O.dtype.element_ty),
-             mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(
+        OUT + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
+        out.to(OUT.dtype.element_ty),
+        mask=row_ok[:, None] & d_ok[None, :],
+    )
 
 
 def _check(q, k, v, mask):
@@ -110,7 +166,10 @@ def _check(q, k, v, mask):
         raise ValueError(f"q, k, v must be [B, H, S, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     (b, h, _, d), (bk, hk, _, dk) = q.shape, k.shape
     if v.shape != k.shape or bk != b or dk != d or h % hk:
-        raise ValueError(f"k and v must be [B, Hkv, Lk, D] with H % Hkv == 0; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError(
+            f"k and v must be [B, Hkv, Lk, D] with H % Hkv == 0; got q {tuple(q.shape)}, k {tuple(k.shape)}, v "
+            f"{tuple(v.shape)}"
+        )
     if not q.dtype == k.dtype == v.dtype:
         raise ValueError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
 
@@ -129,7 +188,10 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tens
         return f"device {q.device} (Triton runs on CUDA)"
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, mask)):
         return "autograd (the kernel is forward only)"
-    if mask is not None and (mask.dim() > 4 or any(m not in (1, s) for m, s in zip(mask.shape[::-1], (k.shape[2], q.shape[2], q.shape[1], q.shape[0])))):
+    if mask is not None and (
+        mask.dim() > 4
+        or any(m not in (1, s) for m, s in zip(mask.shape[::-1], (k.shape[2], q.shape[2], q.shape[1], q.shape[0])))
+    ):
         return f"mask of shape {tuple(mask.shape)} (not broadcastable to [B, H, Lq, Lk])"
     return None
 
@@ -144,8 +206,9 @@ def _mask_operand(mask: torch.Tensor, b: int, h: int, lq: int, lk: int) -> torch
     return mask.expand(b, h, lq, lk)  # stride 0 where broadcast: nothing copied
 
 
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
-                    mask: torch.Tensor | None = None) -> torch.Tensor:
+def flash_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     _check(q, k, v, mask)
     why = supports(q, k, v, mask)
     if why:
@@ -163,18 +226,36 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale:
     def grid(meta):
         return (triton.cdiv(lq, meta["BLOCK_M"]), b * h)
 
-    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():  # Triton launches on the current device
+    with (
+        torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
+    ):  # Triton launches on the current device
         _attention_fwd[grid](
-            q, k, v, out, m if m is not None else q, scale * LOG2E,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
-            h, h // k.shape[1], lq, lk, d,
-            HAS_MASK=m is not None, DOT_FP32=dot_fp32, BLOCK_D=block_d,
+            q,
+            k,
+            v,
+            out,
+            m if m is not None else q,
+            scale * LOG2E,
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            *out.stride(),
+            *mask_strides,
+            h,
+            h // k.shape[1],
+            lq,
+            lk,
+            d,
+            HAS_MASK=m is not None,
+            DOT_FP32=dot_fp32,
+            BLOCK_D=block_d,
         )
     return out
 
 
-def flash_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
-                        mask: torch.Tensor | None = None) -> torch.Tensor:
+def flash_attention_ref(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """The same contract in plain PyTorch, computed in fp32 (or the inputs' wider dtype)."""
     _check(q, k, v, mask)
     work = torch.promote_types(q.dtype, torch.float32)

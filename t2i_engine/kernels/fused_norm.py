@@ -31,8 +31,10 @@ class _SiLUAfterFusedNorm:
         if pending is None:  # not after a fused norm (a ResNet block's time embedding, a fallback)
             return type(self.act).forward(self.act, x)
         if x is not pending:
-            raise RuntimeError("fused GroupNorm + SiLU: the norm's output did not go straight to its SiLU in this "
-                               "diffusers version; install the kernels with norm='torch'")
+            raise RuntimeError(
+                "fused GroupNorm + SiLU: the norm's output did not go straight to its SiLU in this "
+                "diffusers version; install the kernels with norm='torch'"
+            )
         return x
 
 
@@ -65,9 +67,13 @@ def _pairs(module: nn.Module):
 
     def fusable(norm, act):
         act_forward = act.__dict__.get("forward")  # ours once the block's other norm is fused
-        return (type(norm) is nn.GroupNorm and norm.affine and type(act) is nn.SiLU
-                and "forward" not in norm.__dict__  # someone else's forward (accelerate's offload hooks): left alone
-                and (act_forward is None or isinstance(act_forward, _SiLUAfterFusedNorm)))
+        return (
+            type(norm) is nn.GroupNorm
+            and norm.affine
+            and type(act) is nn.SiLU
+            and "forward" not in norm.__dict__  # someone else's forward (accelerate's offload hooks): left alone
+            and (act_forward is None or isinstance(act_forward, _SiLUAfterFusedNorm))
+        )
 
     for m in module.modules():
         if isinstance(m, ResnetBlock2D):

@@ -22,9 +22,28 @@ from .triton_env import interpreting
 
 @triton.jit
 def _group_norm_fwd(
-    X, Y, W, B, sn, sc, sh, sw, yn, yc, yh, yw,
-    C, HW, WIDTH, CPG, G, eps,
-    HAS_AFFINE: tl.constexpr, SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    X,
+    Y,
+    W,
+    B,
+    sn,
+    sc,
+    sh,
+    sw,
+    yn,
+    yc,
+    yh,
+    yw,
+    C,
+    HW,
+    WIDTH,
+    CPG,
+    G,
+    eps,
+    HAS_AFFINE: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n = (pid // G).to(tl.int64)  # int64 offsets: a VAE's last norm at batch 16 is 2^31 elements
@@ -37,7 +56,9 @@ def _group_norm_fwd(
     for start in range(0, HW, BLOCK_S):
         s = start + tl.arange(0, BLOCK_S)
         ok = c_ok[:, None] & (s < HW)[None, :]
-        x = tl.load(X + n * sn + cs[:, None] * sc + (s // WIDTH)[None, :] * sh + (s % WIDTH)[None, :] * sw, mask=ok, other=0.0)
+        x = tl.load(
+            X + n * sn + cs[:, None] * sc + (s // WIDTH)[None, :] * sh + (s % WIDTH)[None, :] * sw, mask=ok, other=0.0
+        )
         total += x.to(tl.float32)
     mean = tl.sum(tl.sum(total, 1), 0) / count
 
@@ -45,7 +66,9 @@ def _group_norm_fwd(
     for start in range(0, HW, BLOCK_S):
         s = start + tl.arange(0, BLOCK_S)
         ok = c_ok[:, None] & (s < HW)[None, :]
-        x = tl.load(X + n * sn + cs[:, None] * sc + (s // WIDTH)[None, :] * sh + (s % WIDTH)[None, :] * sw, mask=ok, other=0.0)
+        x = tl.load(
+            X + n * sn + cs[:, None] * sc + (s // WIDTH)[None, :] * sh + (s % WIDTH)[None, :] * sw, mask=ok, other=0.0
+        )
         d = tl.where(ok, x.to(tl.float32) - mean, 0.0)
         total += d * d
     rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(total, 1), 0) / count + eps)
@@ -66,7 +89,9 @@ def _group_norm_fwd(
         tl.store(Y + n * yn + cs[:, None] * yc + h * yh + wi * yw, y.to(Y.dtype.element_ty), mask=ok)
 
 
-def supports(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> str | None:
+def supports(
+    x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None
+) -> str | None:
     """None if the kernel runs this call, else why not."""
     if x.dim() not in (3, 4):
         return f"{x.dim()}-d input (the kernel takes [N, C, H, W] or [N, C, L])"
@@ -81,8 +106,15 @@ def supports(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = Non
     return None
 
 
-def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-               eps: float = 1e-5, *, silu: bool = False) -> torch.Tensor:
+def group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    silu: bool = False,
+) -> torch.Tensor:
     why = supports(x, num_groups, weight, bias)
     if why:
         raise ValueError(f"group_norm does not run this call: {why}; use torch.nn.functional.group_norm")
@@ -94,17 +126,42 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = N
     block_c = triton.next_power_of_2(cpg)
     block_s = max(16, min(triton.next_power_of_2(h * w), 4096 // block_c))
     affine = weight is not None
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():  # Triton launches on the current device
+    with (
+        torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    ):  # Triton launches on the current device
         _group_norm_fwd[(n * num_groups,)](
-            x, y, weight if affine else x, bias if affine else x, *x.stride(), *y.stride(),
-            c, h * w, w, cpg, num_groups, eps,
-            HAS_AFFINE=affine, SILU=silu, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4,
+            x,
+            y,
+            weight if affine else x,
+            bias if affine else x,
+            *x.stride(),
+            *y.stride(),
+            c,
+            h * w,
+            w,
+            cpg,
+            num_groups,
+            eps,
+            HAS_AFFINE=affine,
+            SILU=silu,
+            BLOCK_C=block_c,
+            BLOCK_S=block_s,
+            num_warps=4,
         )
     return y
 
 
-def group_norm_ref(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                   eps: float = 1e-5, *, silu: bool = False) -> torch.Tensor:
+def group_norm_ref(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    silu: bool = False,
+) -> torch.Tensor:
     """The same contract in plain PyTorch, in fp32."""
-    y = F.group_norm(x.float(), num_groups, None if weight is None else weight.float(), None if bias is None else bias.float(), eps)
+    y = F.group_norm(
+        x.float(), num_groups, None if weight is None else weight.float(), None if bias is None else bias.float(), eps
+    )
     return (F.silu(y) if silu else y).to(x.dtype)

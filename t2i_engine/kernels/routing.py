@@ -64,7 +64,9 @@ class TritonAttention(TorchFunctionMode):
         self.norm_calls += 1
         return group_norm(input, num_groups, weight, bias, eps)
 
-    def _attention(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    def _attention(
+        self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+    ):
         from .attention import flash_attention, supports  # heavy: triton (loaded on first use)
 
         if dropout_p or is_causal:
@@ -141,7 +143,9 @@ def install(target, attention: str = "triton", norm: str | None = None) -> Trito
     if attention == "sdpa" and norm == "torch":
         return None
     if importlib.util.find_spec("triton") is None:
-        raise ImportError("the Triton kernels need the triton package (it comes with CUDA builds of torch); use attention='sdpa'")
+        raise ImportError(
+            "the Triton kernels need the triton package (it comes with CUDA builds of torch); use attention='sdpa'"
+        )
     mode = TritonAttention(attention=attention == "triton", norm=norm == "triton")
     for module in modules:
         for name in METHODS:

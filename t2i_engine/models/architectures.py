@@ -38,7 +38,10 @@ def architecture(name: str) -> dict:
     if not folder.is_dir():
         have = ", ".join(sorted(p.name for p in CONFIG_ROOT.iterdir() if p.is_dir()))
         raise InputError("model", name, f"has no architecture config in the package; models with one: {have}")
-    return {part: json.loads((folder / f"{part}.json").read_text()) for part in ("denoiser", "vae", "scheduler", "text", "meta")}
+    return {
+        part: json.loads((folder / f"{part}.json").read_text())
+        for part in ("denoiser", "vae", "scheduler", "text", "meta")
+    }
 
 
 def text_length(model: str) -> int | None:
@@ -80,13 +83,18 @@ def build_random_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dt
     import diffusers
 
     if spec.family not in PIPELINE_FAMILIES:
-        raise InputError("model", spec.name, f"no random-weight pipeline for the {spec.family} family yet; "
-                         f"families with one: {', '.join(PIPELINE_FAMILIES)}")
+        raise InputError(
+            "model",
+            spec.name,
+            f"no random-weight pipeline for the {spec.family} family yet; "
+            f"families with one: {', '.join(PIPELINE_FAMILIES)}",
+        )
     arch = architecture(spec.name)
     torch.manual_seed(seed)
     parts: dict = {}
     verbosity = diffusers.utils.logging.get_verbosity()
-    diffusers.utils.logging.set_verbosity_error()  # casting a new model warns about modules to keep in fp32: it has none
+    # casting a new model warns about modules to keep in fp32: it has none
+    diffusers.utils.logging.set_verbosity_error()
     try:
         with torch.device(device):
             parts["vae"] = build_vae(arch).to(dtype)
@@ -95,7 +103,9 @@ def build_random_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dt
                 for entry in arch["text"]["text_encoders"]:
                     suffix = entry["name"].removeprefix("text_encoder")  # "" or "_2"
                     parts[entry["name"]] = build_text_encoder(entry).to(dtype)
-                    parts["tokenizer" + suffix] = build_clip_tokenizer(TOKENIZER_WORDS, max_length=entry["sequence_length"])
+                    parts["tokenizer" + suffix] = build_clip_tokenizer(
+                        TOKENIZER_WORDS, max_length=entry["sequence_length"]
+                    )
     finally:
         diffusers.utils.logging.set_verbosity(verbosity)
     scheduler_config = dict(arch["scheduler"])
@@ -105,14 +115,18 @@ def build_random_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dt
     elif spec.family == "sdxl":
         parts.update(force_zeros_for_empty_prompt=True)
     else:
-        names = ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"] + (["text_encoder_3", "tokenizer_3"] if spec.family == "sd3" else [])
+        names = ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"] + (
+            ["text_encoder_3", "tokenizer_3"] if spec.family == "sd3" else []
+        )
         parts.update(dict.fromkeys(names))
     pipe = getattr(diffusers, spec.pipeline)(**parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def prompt_inputs(spec: ModelSpec, batch: int, device: torch.device, dtype: torch.dtype, guidance: bool, seed: int = 0) -> dict:
+def prompt_inputs(
+    spec: ModelSpec, batch: int, device: torch.device, dtype: torch.dtype, guidance: bool, seed: int = 0
+) -> dict:
     """Random prompt embeddings of the real shapes, as pipeline keyword arguments, for the
     families built without text encoders (SD3, FLUX)."""
     text = architecture(spec.name)["text"]
@@ -121,7 +135,13 @@ def prompt_inputs(spec: ModelSpec, batch: int, device: torch.device, dtype: torc
     def draw(shape):
         return torch.randn([batch if d == "B" else d for d in shape], generator=g).to(device, dtype)
 
-    kw = {"prompt_embeds": draw(text["prompt_embeds_shape"]), "pooled_prompt_embeds": draw(text["pooled_prompt_embeds_shape"])}
+    kw = {
+        "prompt_embeds": draw(text["prompt_embeds_shape"]),
+        "pooled_prompt_embeds": draw(text["pooled_prompt_embeds_shape"]),
+    }
     if guidance and spec.family == "sd3":
-        kw.update(negative_prompt_embeds=draw(text["prompt_embeds_shape"]), negative_pooled_prompt_embeds=draw(text["pooled_prompt_embeds_shape"]))
+        kw.update(
+            negative_prompt_embeds=draw(text["prompt_embeds_shape"]),
+            negative_pooled_prompt_embeds=draw(text["pooled_prompt_embeds_shape"]),
+        )
     return kw

@@ -59,7 +59,10 @@ def denoiser_inputs(pipe, family: str, height: int, width: int, text: dict | Non
         seq = pipe.tokenizer.model_max_length if pipe.tokenizer is not None else 77
         kwargs = {"encoder_hidden_states": empty(1, seq, unet.config.cross_attention_dim)}
         if family == "sdxl":
-            kwargs["added_cond_kwargs"] = {"text_embeds": empty(1, pipe.text_encoder_2.config.projection_dim), "time_ids": empty(1, 6)}
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": empty(1, pipe.text_encoder_2.config.projection_dim),
+                "time_ids": empty(1, 6),
+            }
         return (empty(1, unet.config.in_channels, h, w), t), kwargs
     cfg = pipe.transformer.config
     embeds, pooled = text["prompt_embeds_shape"][1:], text["pooled_prompt_embeds_shape"][1:]
@@ -68,20 +71,32 @@ def denoiser_inputs(pipe, family: str, height: int, width: int, text: dict | Non
         return (), {"hidden_states": empty(1, cfg.in_channels, h, w), **kwargs}
     if family == "flux":  # latents packed 2x2 into tokens; positions as ids
         tokens = (h // 2) * (w // 2)
-        kwargs.update(hidden_states=empty(1, tokens, cfg.in_channels), img_ids=empty(tokens, 3), txt_ids=empty(embeds[0], 3))
+        kwargs.update(
+            hidden_states=empty(1, tokens, cfg.in_channels), img_ids=empty(tokens, 3), txt_ids=empty(embeds[0], 3)
+        )
         if cfg.guidance_embeds:
             kwargs["guidance"] = torch.tensor([3.5], device=device)
         return (), kwargs
     raise ValueError(f"no denoiser inputs for the {family} family")
 
 
-def pipeline_flops(pipe, family: str, *, steps: int, cfg: bool, height: int, width: int, text: dict | None = None) -> dict:
+def pipeline_flops(
+    pipe, family: str, *, steps: int, cfg: bool, height: int, width: int, text: dict | None = None
+) -> dict:
     """FLOPs of one image through the denoising loop and the VAE decode. Text encoding is left
     out: the engine encodes each unique prompt once, so per image it tends to zero."""
     forward = count_flops(lambda: denoiser(pipe), lambda: denoiser_inputs(pipe, family, height, width, text))
     f = pipe.vae_scale_factor
-    latent = lambda: ((torch.empty(1, pipe.vae.config.latent_channels, height // f, width // f, device=pipe.device, dtype=pipe.vae.dtype),), {})  # noqa: E731
+
+    def latent():
+        shape = (1, pipe.vae.config.latent_channels, height // f, width // f)
+        return (torch.empty(*shape, device=pipe.device, dtype=pipe.vae.dtype),), {}
+
     decode = count_flops(lambda: pipe.vae.decode, latent)
     forwards = steps * (2 if cfg else 1)
-    return {"denoiser_forward": forward, "forwards_per_image": forwards, "vae_decode": decode, "per_image": forwards * forward + decode}
-
+    return {
+        "denoiser_forward": forward,
+        "forwards_per_image": forwards,
+        "vae_decode": decode,
+        "per_image": forwards * forward + decode,
+    }

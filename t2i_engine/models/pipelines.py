@@ -20,9 +20,17 @@ from .architectures import build_random_pipeline
 from .registry import ModelSpec
 
 # The family of each pipeline class the registry names (a refiner is SDXL's img2img pipeline).
-PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
-                   "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "PixArtAlphaPipeline": "pixart",
-                   "SanaPipeline": "sana", "Lumina2Pipeline": "lumina2", "QwenImagePipeline": "qwen-image"}
+PIPELINE_FAMILY = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+    "PixArtAlphaPipeline": "pixart",
+    "SanaPipeline": "sana",
+    "Lumina2Pipeline": "lumina2",
+    "QwenImagePipeline": "qwen-image",
+}
 
 
 def denoiser(pipe):
@@ -87,8 +95,16 @@ def from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype, fl
 
     source = weights or spec.hub_id
     if weights is not None and not Path(weights).is_dir():
-        raise InputError(flag.removeprefix("--").replace("-", "_"), weights, "expected a local diffusers folder (with model_index.json)")
-    extra = {"safety_checker": None, "requires_safety_checker": False} if "StableDiffusion" in spec.pipeline and spec.family == "sd" else {}
+        raise InputError(
+            flag.removeprefix("--").replace("-", "_"),
+            weights,
+            "expected a local diffusers folder (with model_index.json)",
+        )
+    extra = (
+        {"safety_checker": None, "requires_safety_checker": False}
+        if "StableDiffusion" in spec.pipeline and spec.family == "sd"
+        else {}
+    )
     # diffusers 0.36 renamed torch_dtype to dtype and deprecates the old name.
     dtype_kw = "dtype" if _version_tuple(diffusers.__version__) >= (0, 36) else "torch_dtype"
     try:
@@ -104,9 +120,17 @@ def unavailable(spec: ModelSpec, source: str, error: Exception, flag: str = "--w
     field = "refiner" if flag == "--refiner-weights" else "model"
     local = Path(source).is_dir()
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") and not local
-    how = (f"fetch them on a connected machine with `hf download {spec.hub_id}` (they land in the hub cache, which HF_HOME points to) or "
-           if spec.hub_id and not local else "") + f"pass {flag} PATH to a complete local diffusers folder"
-    reason = "HF_HUB_OFFLINE is set and they are not in the local cache" if offline else f"{error.__class__.__name__}: {str(error).splitlines()[0][:160]}"
+    how = (
+        f"fetch them on a connected machine with `hf download {spec.hub_id}` (they land in the hub cache, which "
+        "HF_HOME points to) or "
+        if spec.hub_id and not local
+        else ""
+    ) + f"pass {flag} PATH to a complete local diffusers folder"
+    reason = (
+        "HF_HUB_OFFLINE is set and they are not in the local cache"
+        if offline
+        else f"{error.__class__.__name__}: {str(error).splitlines()[0][:160]}"
+    )
     return ModelUnavailable(field, spec.name, f"weights of {source} could not be loaded ({reason}); {how}")
 
 
@@ -126,14 +150,20 @@ def obtain_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, 
         return pipe
 
     if weights or spec.bundled or spec.builder:
-        what = weights or (f"bundled ({bundled_path(spec)})" if spec.bundled else f"random, from {spec.builder} (a test model)")
+        what = weights or (
+            f"bundled ({bundled_path(spec)})" if spec.bundled else f"random, from {spec.builder} (a test model)"
+        )
         return load(weights), what
     cached = hub_cache(spec)
     if cached:
         return load(cached), f"hub cache ({cached})"
     pipe = build_random_pipeline(spec, device, dtype)
     apply_registry_settings(spec, pipe)
-    return pipe, f"random: the real architecture (t2i_engine/assets/configs/{spec.name}), random weights; same FLOPs and speed, not its images"
+    return (
+        pipe,
+        f"random: the real architecture (t2i_engine/assets/configs/{spec.name}), random weights; same FLOPs and "
+        "speed, not its images",
+    )
 
 
 def hub_cache(spec: ModelSpec) -> str | None:

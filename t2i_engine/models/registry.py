@@ -45,6 +45,7 @@ def _m(name, pipeline, hub_id, dtype, res, steps, guidance, released, family="sd
     return ModelSpec(name, pipeline, hub_id, dtype, (res, res), steps, guidance, released, family, **kw)
 
 
+# fmt: off
 MODELS: dict[str, ModelSpec] = {
     m.name: m
     for m in [
@@ -110,12 +111,21 @@ MODELS: dict[str, ModelSpec] = {
            note="Qwen-Image's classes at toy sizes, random weights from a fixed seed; for tests"),
     ]
 }
+# fmt: on
 
 
 # The first diffusers release holding each family's pipeline and denoiser classes (release notes:
 # SD3 0.29, FLUX 0.30, Sana 0.32, Lumina-Image 2.0 0.33, Qwen-Image 0.35).
-DIFFUSERS_SINCE = {"sd": "0.19", "sdxl": "0.19", "pixart": "0.22", "sd3": "0.29", "flux": "0.30", "sana": "0.32",
-                   "lumina2": "0.33", "qwen-image": "0.35"}
+DIFFUSERS_SINCE = {
+    "sd": "0.19",
+    "sdxl": "0.19",
+    "pixart": "0.22",
+    "sd3": "0.29",
+    "flux": "0.30",
+    "sana": "0.32",
+    "lumina2": "0.33",
+    "qwen-image": "0.35",
+}
 
 
 def check_diffusers(spec: ModelSpec, installed: str | None = None) -> None:
@@ -126,8 +136,12 @@ def check_diffusers(spec: ModelSpec, installed: str | None = None) -> None:
         raise InputError("model", spec.name, "needs diffusers, which is not installed: pip install 'diffusers>=0.35'")
     need = DIFFUSERS_SINCE.get(spec.family)
     if need and _release(installed) < _release(need):
-        raise InputError("model", spec.name, f"the {spec.family} family ({spec.pipeline}) needs diffusers >= {need}; "
-                         f"this environment has {installed}: pip install -U 'diffusers>={need}'")
+        raise InputError(
+            "model",
+            spec.name,
+            f"the {spec.family} family ({spec.pipeline}) needs diffusers >= {need}; "
+            f"this environment has {installed}: pip install -U 'diffusers>={need}'",
+        )
 
 
 @cache
@@ -166,7 +180,11 @@ def get_refiner(name: object, base: ModelSpec) -> ModelSpec:
     """The refiner a recipe names for `base`: a second-stage registry model made for it."""
     fits = [m.name for m in MODELS.values() if base.name in m.refines]
     if not isinstance(name, str) or name not in fits:
-        allowed = f"expected one of {', '.join(fits)}" if fits else f"{base.name} has no refiner in the registry; leave it out"
+        allowed = (
+            f"expected one of {', '.join(fits)}"
+            if fits
+            else f"{base.name} has no refiner in the registry; leave it out"
+        )
         raise InputError("refiner", name, allowed)
     check_diffusers(MODELS[name])
     return MODELS[name]

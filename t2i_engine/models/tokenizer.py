@@ -17,7 +17,9 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 def _byte_symbols() -> list[str]:
     # CLIP's (and GPT-2's) reversible byte -> printable unicode map.
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes, extra = printable[:], 0
     for b in range(256):
         if b not in printable:

@@ -14,9 +14,12 @@ from .small_cnn import SmallCNN
 
 ALIASES = {
     "small-cnn": "small-cnn",
-    "resnet-18": "resnet18", "resnet-50": "resnet50",
-    "vit-ti/16": "vit_tiny_patch16_224", "vit-ti": "vit_tiny_patch16_224",
-    "convnext-t": "convnext_tiny", "swin-t": "swin_tiny_patch4_window7_224",
+    "resnet-18": "resnet18",
+    "resnet-50": "resnet50",
+    "vit-ti/16": "vit_tiny_patch16_224",
+    "vit-ti": "vit_tiny_patch16_224",
+    "convnext-t": "convnext_tiny",
+    "swin-t": "swin_tiny_patch4_window7_224",
 }
 # What the paper trains; the test suite builds each of these.
 PAPER_ARCHS = ("resnet50", "resnet18", "vit_tiny_patch16_224", "convnext_tiny", "swin_tiny_patch4_window7_224")
@@ -41,8 +44,12 @@ def build_model(name: str, num_classes: int, image_size: int) -> nn.Module:
         if image_size != 224 and any(k in arch for k in ("vit", "swin", "deit")):
             kwargs["img_size"] = image_size  # patch grids are fixed at build time
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
-    raise InputError("--arch", name, f"expected small-cnn, one of {', '.join(sorted(ALIASES))}, "
-                     "or a torchvision / timm model name (e.g. resnet50, vit_tiny_patch16_224)")
+    raise InputError(
+        "--arch",
+        name,
+        f"expected small-cnn, one of {', '.join(sorted(ALIASES))}, "
+        "or a torchvision / timm model name (e.g. resnet50, vit_tiny_patch16_224)",
+    )
 
 
 def check_arch(name: str) -> str:

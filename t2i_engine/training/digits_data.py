@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from ..engine.classes import load_classes
 from .sources import write_image_folder
 
@@ -57,15 +58,21 @@ def write_real_digits(out_dir) -> dict:
     named by their index in scikit-learn's set; what `train`/`eval`/`analyze` read as real data."""
     from pathlib import Path
 
-
     out_dir = Path(out_dir)
     classes = load_classes("digits")
     ids, names = [c.id for c in classes], {c.id: c.name for c in classes}
     split = load_split()
     written = {}
-    for name, images, labels in (("train", split.train_images, split.train_labels), ("test", split.test_images, split.test_labels)):
+    for name, images, labels in (
+        ("train", split.train_images, split.train_labels),
+        ("test", split.test_images, split.test_labels),
+    ):
         pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        origin = {"kind": "real", "name": f"digits-real-{name}", "source": "sklearn.datasets.load_digits, split seed 0"}
+        origin = {
+            "kind": "real",
+            "name": f"digits-real-{name}",
+            "source": "sklearn.datasets.load_digits, split seed 0",
+        }
         items = ((f"{i:06d}", ids[label], pixels[i]) for i, label in enumerate(labels.tolist()))
         written[name] = write_image_folder(out_dir / name, items, ids, names, origin)
     return written

@@ -29,9 +29,14 @@ def train_judge(out_dir: Path) -> dict:
     model = train_classifier(split.train_images, split.train_labels, seed=SEED)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), out_dir / "model.safetensors")
-    record = {"architecture": "SmallCNN(width=32)", "seed": SEED, "trained_on": "real generator-training split (1,200 images)",
-              "heldout_real_accuracy": accuracy(model, split.test_images, split.test_labels),
-              "train_seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__}
+    record = {
+        "architecture": "SmallCNN(width=32)",
+        "seed": SEED,
+        "trained_on": "real generator-training split (1,200 images)",
+        "heldout_real_accuracy": accuracy(model, split.test_images, split.test_labels),
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "torch": torch.__version__,
+    }
     (out_dir / "judge.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 

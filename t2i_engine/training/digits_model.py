@@ -35,8 +35,16 @@ from ..models.tokenizer import build_clip_tokenizer
 from .digits_data import load_split
 
 NAMES = [name for _, name in BUILTIN_SETS["digits"]]
-TEMPLATES = ["{name}", "the digit {name}", "a photo of the digit {name}", "handwritten {digit}", "the number {name}",
-             "a handwritten {name}", "digit {digit}", "a drawing of the number {digit}"]
+TEMPLATES = [
+    "{name}",
+    "the digit {name}",
+    "a photo of the digit {name}",
+    "handwritten {digit}",
+    "the number {name}",
+    "a handwritten {name}",
+    "digit {digit}",
+    "a drawing of the number {digit}",
+]
 WORDS = sorted({w for t in TEMPLATES for w in t.replace("{name}", "").replace("{digit}", "").split()} | set(NAMES))
 MAX_TOKENS = 16
 _log = functools.partial(print, flush=True)
@@ -67,24 +75,52 @@ def build_components(seed: int = 0):
 
     tokenizer = build_clip_tokenizer(WORDS, max_length=MAX_TOKENS)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_TOKENS,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-        block_out_channels=(16, 32, 64), down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3, sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        block_out_channels=(16, 32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        sample_size=32,
     )
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16,
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=16,
     )
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="v_prediction",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     return tokenizer, text_encoder, vae, unet, scheduler
 
 
@@ -139,14 +175,26 @@ def latent_moments(vae, images: torch.Tensor, batch_size: int = 256) -> tuple[to
     once so the denoiser's steps need no VAE encoder pass."""
     means, stds = [], []
     for dx, dy in SHIFTS:
-        dists = [vae.encode(_shifted(images[i : i + batch_size], dx, dy)).latent_dist for i in range(0, len(images), batch_size)]
+        dists = [
+            vae.encode(_shifted(images[i : i + batch_size], dx, dy)).latent_dist
+            for i in range(0, len(images), batch_size)
+        ]
         means.append(torch.cat([d.mean for d in dists]))
         stds.append(torch.cat([d.std for d in dists]))
     return torch.stack(means), torch.stack(stds)
 
 
-def train_denoiser(unet, text_encoder, tokenizer, scheduler, moments: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
-                   cfg: TrainConfig, gen: torch.Generator, log=_log) -> list[float]:
+def train_denoiser(
+    unet,
+    text_encoder,
+    tokenizer,
+    scheduler,
+    moments: tuple[torch.Tensor, torch.Tensor],
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    log=_log,
+) -> list[float]:
     """Joint UNet + text encoder training with v-prediction on scaled latents; returns the loss per step."""
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-4)
@@ -162,7 +210,9 @@ def train_denoiser(unet, text_encoder, tokenizer, scheduler, moments: tuple[torc
         template = torch.randint(0, len(TEMPLATES), (cfg.batch_size,), generator=gen).tolist()
         drop = (torch.rand(cfg.batch_size, generator=gen) < cfg.prompt_dropout).tolist()
         prompts = ["" if d else prompt_for(int(y), TEMPLATES[t]) for y, t, d in zip(labels[idx], template, drop)]
-        ids = tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
+        ).input_ids
         cond = text_encoder(ids)[0]
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
@@ -190,20 +240,33 @@ def train(out_dir: Path, cfg: TrainConfig = TrainConfig(), log=_log) -> dict:
     scaling = 1.0 / means.std().item()  # unit-variance latents, as SD's scaling factor gives
     vae.register_to_config(scaling_factor=scaling)
     t_vae = time.perf_counter() - start
-    unet_losses = train_denoiser(unet, text_encoder, tokenizer, scheduler, (means * scaling, stds * scaling),
-                                 split.train_labels, cfg, gen, log)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    unet_losses = train_denoiser(
+        unet, text_encoder, tokenizer, scheduler, (means * scaling, stds * scaling), split.train_labels, cfg, gen, log
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     record = {
-        "config": asdict(cfg), "vae_seconds": round(t_vae, 1), "total_seconds": round(time.perf_counter() - start, 1),
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "config": asdict(cfg),
+        "vae_seconds": round(t_vae, 1),
+        "total_seconds": round(time.perf_counter() - start, 1),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
         "vae_loss_first_last": [vae_losses[0], sum(vae_losses[-50:]) / 50],
         "unet_loss_first_last": [unet_losses[0], sum(unet_losses[-50:]) / 50],
-        "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in
-                       (("text_encoder", text_encoder), ("vae", vae), ("unet", unet))},
+        "parameters": {
+            name: sum(p.numel() for p in m.parameters())
+            for name, m in (("text_encoder", text_encoder), ("vae", vae), ("unet", unet))
+        },
         "latent_scaling_factor": vae.config.scaling_factor,
     }
     (out_dir / "training.json").write_text(json.dumps(record, indent=1) + "\n")

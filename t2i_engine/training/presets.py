@@ -60,21 +60,59 @@ class TrainConfig:
 
 
 PRESETS = {
-    "paper": TrainConfig(arch="resnet50", image_size=224, epochs=80, batch_size=1024, lr=1e-3, warmup_epochs=5,
-                         warmup_start_factor=1e-5, min_lr=1e-8, grad_clip=1.0, weight_decay=0.0, augment="paper",
-                         cutmix=True, normalize=True, val_fraction=0.02, shuffle_buffer=10_000, workers=8),
-    "small": TrainConfig(arch="small-cnn", image_size=32, epochs=30, batch_size=128, lr=3e-3, warmup_epochs=1,
-                         warmup_start_factor=1e-2, min_lr=1e-6, grad_clip=None, weight_decay=0.0, augment="shift",
-                         cutmix=False, normalize=False, val_fraction=0.1, shuffle_buffer=2_000, workers=0),
+    "paper": TrainConfig(
+        arch="resnet50",
+        image_size=224,
+        epochs=80,
+        batch_size=1024,
+        lr=1e-3,
+        warmup_epochs=5,
+        warmup_start_factor=1e-5,
+        min_lr=1e-8,
+        grad_clip=1.0,
+        weight_decay=0.0,
+        augment="paper",
+        cutmix=True,
+        normalize=True,
+        val_fraction=0.02,
+        shuffle_buffer=10_000,
+        workers=8,
+    ),
+    "small": TrainConfig(
+        arch="small-cnn",
+        image_size=32,
+        epochs=30,
+        batch_size=128,
+        lr=3e-3,
+        warmup_epochs=1,
+        warmup_start_factor=1e-2,
+        min_lr=1e-6,
+        grad_clip=None,
+        weight_decay=0.0,
+        augment="shift",
+        cutmix=False,
+        normalize=False,
+        val_fraction=0.1,
+        shuffle_buffer=2_000,
+        workers=0,
+    ),
 }
 
 # flag -> (type, lo, hi) for the overrides the CLI exposes
 OVERRIDES = {
-    "arch": (str, None, None), "image_size": (int, 8, 4096), "epochs": (int, 1, 10_000),
-    "batch_size": (int, 1, 65_536), "lr": (float, 1e-9, 10.0), "warmup_epochs": (float, 0, 10_000),
-    "val_fraction": (float, 0.0, 0.5), "workers": (int, 0, 256), "seed": (int, 0, 2**63 - 1),
-    "shuffle_buffer": (int, 1, 10_000_000), "shuffle_labels": (int, 0, 2**63 - 1),
-    "precision": (("auto", "bf16", "fp32"), None, None), "memory_format": (("auto", "channels_last", "contiguous"), None, None),
+    "arch": (str, None, None),
+    "image_size": (int, 8, 4096),
+    "epochs": (int, 1, 10_000),
+    "batch_size": (int, 1, 65_536),
+    "lr": (float, 1e-9, 10.0),
+    "warmup_epochs": (float, 0, 10_000),
+    "val_fraction": (float, 0.0, 0.5),
+    "workers": (int, 0, 256),
+    "seed": (int, 0, 2**63 - 1),
+    "shuffle_buffer": (int, 1, 10_000_000),
+    "shuffle_labels": (int, 0, 2**63 - 1),
+    "precision": (("auto", "bf16", "fp32"), None, None),
+    "memory_format": (("auto", "channels_last", "contiguous"), None, None),
 }
 
 
@@ -95,7 +133,9 @@ def resolve_config(preset: str, overrides: dict) -> TrainConfig:
         try:
             value = kind(raw)
         except (TypeError, ValueError):
-            raise InputError(flag, raw, f"expected a{'n integer' if kind is int else ' number' if kind is float else ' name'}") from None
+            raise InputError(
+                flag, raw, f"expected a{'n integer' if kind is int else ' number' if kind is float else ' name'}"
+            ) from None
         if lo is not None and not (lo <= value <= hi) or (kind is float and value != value):
             raise InputError(flag, raw, f"expected a value from {lo} to {hi}")
         values[key] = value
@@ -129,13 +169,15 @@ def train_transform(config: TrainConfig):
         tail.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
     if config.augment == "paper":
         bicubic = v2.InterpolationMode.BICUBIC
-        return v2.Compose([
-            v2.RandomResizedCrop(size, interpolation=bicubic),
-            v2.RandomChoice([v2.Grayscale(3), v2.RandomSolarize(128, p=1.0), v2.GaussianBlur(7, (0.2, 2.0))]),
-            v2.ColorJitter(0.3, 0.3, 0.3),
-            v2.RandomHorizontalFlip(),
-            *tail,
-        ])
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(size, interpolation=bicubic),
+                v2.RandomChoice([v2.Grayscale(3), v2.RandomSolarize(128, p=1.0), v2.GaussianBlur(7, (0.2, 2.0))]),
+                v2.ColorJitter(0.3, 0.3, 0.3),
+                v2.RandomHorizontalFlip(),
+                *tail,
+            ]
+        )
     # "shift": resize and centre-crop to the training size (as at test time), then move by up to 2 pixels.
     return v2.Compose([_ResizeIfNeeded(size, crop=True), *tail, _RandomShift(2)])
 
@@ -170,8 +212,11 @@ class _ResizeIfNeeded(torch.nn.Module):
 
         bicubic = v2.InterpolationMode.BICUBIC
         self.size = size
-        self.resize = v2.Compose([v2.Resize(size, interpolation=bicubic), v2.CenterCrop(size)]) if crop \
+        self.resize = (
+            v2.Compose([v2.Resize(size, interpolation=bicubic), v2.CenterCrop(size)])
+            if crop
             else v2.Resize((size, size), interpolation=bicubic)
+        )
 
     def forward(self, image):
         return image if image.size == (self.size, self.size) else self.resize(image)

@@ -17,9 +17,18 @@ class SmallCNN(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),  # 16x16
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),  # 8x8
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(3, w, 3, padding=1),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 16x16
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 8x8
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1),
+            nn.BatchNorm2d(4 * w),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
         )
         self.head = nn.Linear(4 * w, num_classes)
 
@@ -38,8 +47,15 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return pad[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]]
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 30, batch_size: int = 128,
-                     lr: float = 3e-3, seed: int = 0) -> SmallCNN:
+def train_classifier(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int = 30,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> SmallCNN:
     """Adam with cosine decay over `epochs`; returns the model in eval mode."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

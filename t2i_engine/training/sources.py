@@ -22,11 +22,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import InputError
 from ..engine.verify import load_dataset_recipe
 from ..engine.writer import shard_paths
-from ..seeds import stable_hash
+from ..errors import InputError
 from ..files import atomic_write_text
+from ..seeds import stable_hash
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FILES_PER_UNIT = 256
@@ -112,7 +112,11 @@ class LabelledSet:
 def open_set(path: str | Path, field_name: str = "data") -> LabelledSet:
     path = Path(path).resolve()
     if not path.is_dir():
-        raise InputError(field_name, str(path), "expected a dataset folder made by `t2i-engine generate` or an ImageFolder tree (ROOT/<class id>/<image>)")
+        raise InputError(
+            field_name,
+            str(path),
+            "expected a dataset folder made by `t2i-engine generate` or an ImageFolder tree (ROOT/<class id>/<image>)",
+        )
     if (path / "dataset.json").is_file():
         return _open_shards(path, field_name)
     return _open_folder(path, field_name)
@@ -124,21 +128,40 @@ def _open_shards(path: Path, field_name: str) -> LabelledSet:
     except InputError as e:
         raise InputError(field_name, str(path), e.allowed) from None
     if not manifest.get("complete"):
-        raise InputError(field_name, str(path), "the dataset is incomplete; finish it with `t2i-engine generate` (same recipe) first")
+        raise InputError(
+            field_name,
+            str(path),
+            "the dataset is incomplete; finish it with `t2i-engine generate` (same recipe) first",
+        )
     entries, units = [], []
     for shard in manifest["shards"]:
         tar = path / shard["name"]
         index = shard_paths(path, tar.name.removesuffix(".tar"))[1]
         if not tar.is_file() or not index.is_file():
-            raise InputError(field_name, str(path), f"shard {tar.name} or its index is missing; run `t2i-engine verify {path}`")
+            raise InputError(
+                field_name, str(path), f"shard {tar.name} or its index is missing; run `t2i-engine verify {path}`"
+            )
         for line in index.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             entries.append(Entry(row["key"], row["class_id"], len(units), row.get("prompt")))
         units.append(tar)
-    origin = {"kind": "synthetic", "model": recipe.model, "guidance": recipe.guidance, "steps": recipe.steps,
-              "recipe_hash": manifest["recipe_hash"], "images_per_class": recipe.images_per_class}
-    return LabelledSet(path, "shards", tuple(c.id for c in recipe.classes), {c.id: c.name for c in recipe.classes},
-                       entries, units, origin)
+    origin = {
+        "kind": "synthetic",
+        "model": recipe.model,
+        "guidance": recipe.guidance,
+        "steps": recipe.steps,
+        "recipe_hash": manifest["recipe_hash"],
+        "images_per_class": recipe.images_per_class,
+    }
+    return LabelledSet(
+        path,
+        "shards",
+        tuple(c.id for c in recipe.classes),
+        {c.id: c.name for c in recipe.classes},
+        entries,
+        units,
+        origin,
+    )
 
 
 def _open_folder(path: Path, field_name: str) -> LabelledSet:
@@ -147,16 +170,25 @@ def _open_folder(path: Path, field_name: str) -> LabelledSet:
     for d in class_dirs:
         mine = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not mine:
-            raise InputError(field_name, str(d), f"this class folder holds no images ({'|'.join(IMAGE_SUFFIXES)}); "
-                             "remove it or add its images")
+            raise InputError(
+                field_name,
+                str(d),
+                f"this class folder holds no images ({'|'.join(IMAGE_SUFFIXES)}); remove it or add its images",
+            )
         stems = [f.stem for f in mine]
         if len(set(stems)) != len(stems):
             dup = next(x for x in stems if stems.count(x) > 1)
-            raise InputError(field_name, str(d / dup), "two images share this name with different extensions; keys must be unique")
+            raise InputError(
+                field_name, str(d / dup), "two images share this name with different extensions; keys must be unique"
+            )
         files += [(f"{d.name}/{f.stem}", d.name, f) for f in mine]
     if not files:
-        raise InputError(field_name, str(path), "found no images; expected a dataset folder with dataset.json or "
-                         f"an ImageFolder tree ROOT/<class id>/<image{'|'.join(IMAGE_SUFFIXES)}>")
+        raise InputError(
+            field_name,
+            str(path),
+            "found no images; expected a dataset folder with dataset.json or "
+            f"an ImageFolder tree ROOT/<class id>/<image{'|'.join(IMAGE_SUFFIXES)}>",
+        )
     # Units mix classes (files in a fixed hashed order): a unit of one class would make the
     # batches of a small shuffle buffer nearly single-class.
     files.sort(key=lambda f: stable_hash("unit", f[0]))
@@ -195,9 +227,13 @@ def match_classes(run_ids: tuple[str, ...], data: LabelledSet, field_name: str =
     missing = [c for c in run_ids if c not in data.class_ids]
     extra = [c for c in data.class_ids if c not in run_ids]
     if missing or extra:
-        raise InputError(field_name, str(data.path), "expected the same class ids as the other side; "
-                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                         f"unknown {extra[:5]}{'...' if len(extra) > 5 else ''}")
+        raise InputError(
+            field_name,
+            str(data.path),
+            "expected the same class ids as the other side; "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unknown {extra[:5]}{'...' if len(extra) > 5 else ''}",
+        )
     return {c: i for i, c in enumerate(run_ids)}
 
 
@@ -207,7 +243,6 @@ def write_image_folder(out: Path, items, class_ids: list[str], class_names: dict
     the folder is built under a temporary name and renamed into place when complete."""
     import os
     import shutil
-
 
     out = Path(out)
     if out.exists():

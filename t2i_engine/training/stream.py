@@ -25,9 +25,19 @@ def in_validation(key: str, fraction: float) -> bool:
 
 
 class LabelledStream(IterableDataset):
-    def __init__(self, data: LabelledSet, labels: dict[str, int], transform: Callable, *, split: str = "all",
-                 val_fraction: float = 0.0, seed: int = 0, shuffle: bool = False, shuffle_buffer: int = 1,
-                 label_of_key: dict[str, int] | None = None):
+    def __init__(
+        self,
+        data: LabelledSet,
+        labels: dict[str, int],
+        transform: Callable,
+        *,
+        split: str = "all",
+        val_fraction: float = 0.0,
+        seed: int = 0,
+        shuffle: bool = False,
+        shuffle_buffer: int = 1,
+        label_of_key: dict[str, int] | None = None,
+    ):
         assert split in ("all", "train", "val")
         self.data, self.labels, self.transform = data, labels, transform
         self.split, self.val_fraction, self.seed = split, val_fraction, seed
@@ -55,7 +65,9 @@ class LabelledStream(IterableDataset):
         mine = units[worker::workers]
         items = (it for u in mine for it in self.data.read_unit(u) if self.wanted(it.key))
         if self.shuffle:
-            items = _buffer_shuffle(items, self.shuffle_buffer, random.Random(stable_hash(self.seed, self.epoch, "buffer", worker)))
+            items = _buffer_shuffle(
+                items, self.shuffle_buffer, random.Random(stable_hash(self.seed, self.epoch, "buffer", worker))
+            )
         for it in items:
             label = self.label_of_key[it.key] if self.label_of_key is not None else self.labels[it.class_id]
             if self.shuffle:  # training: augmentations draw from the CPU RNG, seeded by the sample

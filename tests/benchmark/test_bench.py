@@ -22,16 +22,29 @@ def test_the_result_carries_every_field_with_nvml_null_on_a_cpu(tiny_result):
     assert r["device"]["type"] == "cpu" and r["device"]["nvml"] is None
     assert r["weights"].startswith("random") and r["settings"]["steps"] == 2 and r["settings"]["height"] == 32
     assert {"torch", "diffusers", "triton"} <= set(r["versions"])
-    assert [(x["path"], x["batch"]) for x in r["runs"]] == [("engine:eager", 2), ("baseline:paper", 16),
-                                                          ("baseline:diffusers", 2), ("baseline:diffusers", 4)]
+    assert [(x["path"], x["batch"]) for x in r["runs"]] == [
+        ("engine:eager", 2),
+        ("baseline:paper", 16),
+        ("baseline:diffusers", 2),
+        ("baseline:diffusers", 4),
+    ]
     for run in r["runs"]:
         assert run["nvml"] is None and run["peak_memory_bytes"] is None
         assert run["images_per_second"] > 0 and run["median_batch_images_per_second"] > 0
         # MFU is FLOPs per image x images/sec over the matmul rate measured in the same run
-        assert run["mfu"] == pytest.approx(run["flops_per_image"] * run["images_per_second"] / r["matmul"]["flops_per_second"], abs=1e-4)
+        assert run["mfu"] == pytest.approx(
+            run["flops_per_image"] * run["images_per_second"] / r["matmul"]["flops_per_second"], abs=1e-4
+        )
     engine = r["runs"][0]
-    assert set(engine["stage_seconds_per_image"]) == {"text_encoding", "denoising", "decoding", "encode_and_write_wait"}
-    assert r["ceiling_images_per_second"] == pytest.approx(r["matmul"]["flops_per_second"] / r["flops"]["per_image"], rel=1e-3)
+    assert set(engine["stage_seconds_per_image"]) == {
+        "text_encoding",
+        "denoising",
+        "decoding",
+        "encode_and_write_wait",
+    }
+    assert r["ceiling_images_per_second"] == pytest.approx(
+        r["matmul"]["flops_per_second"] / r["flops"]["per_image"], rel=1e-3
+    )
     assert sum(1 for x in r["runs"] if x.get("best_batch")) == 1
 
 
@@ -44,7 +57,10 @@ def test_flops_per_image_are_the_denoiser_forwards_plus_one_decode(tiny_result):
     assert all(x["denoiser_forwards_per_image"] == 4 for x in tiny_result["runs"]) and f["forwards_per_image"] == 4
     assert f["per_image"] == f["forwards_per_image"] * f["denoiser_forward"] + f["vae_decode"]
     unet = build_tiny_sd().unet  # one forward at the 4x4 latent of 32 px, counted directly
-    direct = count_flops(lambda: unet, lambda: ((torch.empty(1, 4, 4, 4), torch.tensor([1])), {"encoder_hidden_states": torch.empty(1, 77, 32)}))
+    direct = count_flops(
+        lambda: unet,
+        lambda: ((torch.empty(1, 4, 4, 4), torch.tensor([1])), {"encoder_hidden_states": torch.empty(1, 77, 32)}),
+    )
     assert f["denoiser_forward"] == direct
 
 
@@ -60,7 +76,10 @@ def test_forwards_are_counted_not_assumed_pndm_runs_one_more_step():
     sample = plan_units(tiny_recipe())[0].samples[:1]
     pipe = build_tiny_sd()
     counts = {}
-    for name, scheduler in (("ddim", pipe.scheduler), ("pndm", PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True))):
+    for name, scheduler in (
+        ("ddim", pipe.scheduler),
+        ("pndm", PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)),
+    ):
         pipe.scheduler = scheduler
         with count_denoiser_images(pipe) as seen:
             Generator(pipe, steps=2, guidance=5.0, height=32, width=32).generate(list(sample))
@@ -102,24 +121,43 @@ def test_auto_batch_doubles_until_it_stops_paying():
     assert chosen == len(rates) - 1 and batches[-1] == 512 or rates[chosen + 1] <= 1.05 * rates[chosen]
 
 
-@pytest.mark.parametrize("args, flag", [
-    (["tiny-sd", "--backend", "tensorrt"], "--backend"),
-    (["tiny-sd", "--batch", "0"], "--batch"),
-    (["tiny-sd", "--baseline-batch", "auto"], "--baseline-batch"),
-    (["tiny-sd", "--steps", "0"], "steps"),
-    (["sd15", "--res", "500"], "resolution"),
-    (["flux-schnell"], "--backend"),  # random-weight FLUX has no text encoders for the engine; says --backend none
-    (["nope"], "model"),
-    (["tiny-sd", "--backend", "none", "--baseline", "none"], "--backend"),
-])
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["tiny-sd", "--backend", "tensorrt"], "--backend"),
+        (["tiny-sd", "--batch", "0"], "--batch"),
+        (["tiny-sd", "--baseline-batch", "auto"], "--baseline-batch"),
+        (["tiny-sd", "--steps", "0"], "steps"),
+        (["sd15", "--res", "500"], "resolution"),
+        (["flux-schnell"], "--backend"),  # random-weight FLUX has no text encoders for the engine; says --backend none
+        (["nope"], "model"),
+        (["tiny-sd", "--backend", "none", "--baseline", "none"], "--backend"),
+    ],
+)
 def test_bad_input_is_refused_before_any_model_is_built(cli, args, flag):
     code, out, err = cli("bench", *args)
     assert code == 2 and flag in err and out == ""
 
 
 def test_the_cli_prints_the_table_and_writes_the_json(cli, tmp_path):
-    code, out, _ = cli("bench", "tiny-sd", "--steps", "1", "--res", "32", "--batch", "2", "--baseline", "none", "--reps", "1",
-                       "--device", "cpu", "--out", tmp_path / "r.json")
+    code, out, _ = cli(
+        "bench",
+        "tiny-sd",
+        "--steps",
+        "1",
+        "--res",
+        "32",
+        "--batch",
+        "2",
+        "--baseline",
+        "none",
+        "--reps",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "r.json",
+    )
     (run,) = json.loads((tmp_path / "r.json").read_text())["runs"]
     row = next(line for line in out.splitlines() if line.startswith("| engine:eager"))
     assert code == 0 and f"| {run['images_per_second']:.4g} |" in row and f"{run['mfu']:.1%}" in row

@@ -11,13 +11,23 @@ import pytest
 import torch
 
 from t2i_engine.engine.generator import Generator
-from t2i_engine.models.pipelines import load_pipeline
-from t2i_engine.engine.refiner import load_refiner
 from t2i_engine.engine.plan import plan_samples
 from t2i_engine.engine.recipe import build_recipe
+from t2i_engine.engine.refiner import load_refiner
+from t2i_engine.models.pipelines import load_pipeline
 from t2i_engine.models.registry import MODELS
 
-FAMILIES = ["tiny-sd2", "tiny-flux-schnell", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-pixart", "tiny-sana", "tiny-lumina2", "tiny-qwen-image"]
+FAMILIES = [
+    "tiny-sd2",
+    "tiny-flux-schnell",
+    "tiny-sdxl",
+    "tiny-sd3",
+    "tiny-flux",
+    "tiny-pixart",
+    "tiny-sana",
+    "tiny-lumina2",
+    "tiny-qwen-image",
+]
 TOL = 1
 
 
@@ -27,8 +37,18 @@ def family(request):
 
 
 def _recipe(model, **fields):
-    return build_recipe({"model": model, "classes": ["cat", "dog"], "images_per_class": 2, "steps": 3, "resolution": 32,
-                         "batch_size": 4, "images_per_shard": 4, **fields})
+    return build_recipe(
+        {
+            "model": model,
+            "classes": ["cat", "dog"],
+            "images_per_class": 2,
+            "steps": 3,
+            "resolution": 32,
+            "batch_size": 4,
+            "images_per_shard": 4,
+            **fields,
+        }
+    )
 
 
 def _worst(a, b) -> int:
@@ -41,10 +61,21 @@ def test_the_engine_matches_the_plain_pipeline(family, guidance, negative):
     samples = plan_samples(_recipe(name))
     gen = Generator(pipe, steps=3, guidance=guidance, height=32, width=32, negative_prompt=negative)
     ours = gen.generate(samples)
-    plain = dict(prompt=[s.prompt for s in samples], latents=gen.adapter.prepare_latents(pipe, gen.initial_latents(samples)),
-                 num_inference_steps=3, guidance_scale=guidance, height=32, width=32, output_type="np")
-    plain.update({k: v for k, v in gen.adapter.call_kwargs(guidance).items() if k != "negative_prompt"})  # its default negative
-    if negative or (gen.uses_guidance and name == "tiny-qwen-image"):  # Qwen-Image guides only when given a negative prompt
+    plain = dict(
+        prompt=[s.prompt for s in samples],
+        latents=gen.adapter.prepare_latents(pipe, gen.initial_latents(samples)),
+        num_inference_steps=3,
+        guidance_scale=guidance,
+        height=32,
+        width=32,
+        output_type="np",
+    )
+    plain.update(
+        {k: v for k, v in gen.adapter.call_kwargs(guidance).items() if k != "negative_prompt"}
+    )  # its default negative
+    if negative or (
+        gen.uses_guidance and name == "tiny-qwen-image"
+    ):  # Qwen-Image guides only when given a negative prompt
         plain["negative_prompt"] = [negative] * 4
     with torch.inference_mode():
         ref = pipe(**plain).images
@@ -80,16 +111,30 @@ def test_zero_guidance_unconditional_is_the_empty_prompt_alone_and_an_explicit_c
     pipe = load_pipeline(MODELS["tiny-sdxl"], None, torch.device("cpu"), torch.float32)
     samples = plan_samples(_recipe("tiny-sdxl"))[:2]
     conditional = Generator(pipe, steps=3, guidance=0.0, height=32, width=32).generate(samples)
-    paper = Generator(pipe, steps=3, guidance=0.0, height=32, width=32, zero_guidance="unconditional").generate(samples)
-    assert _worst(paper, conditional) > 2 * TOL  # not the prompt's image (a random tiny model: a weak prompt, a small change)
+    paper = Generator(pipe, steps=3, guidance=0.0, height=32, width=32, zero_guidance="unconditional").generate(
+        samples
+    )
+    assert (
+        _worst(paper, conditional) > 2 * TOL
+    )  # not the prompt's image (a random tiny model: a weak prompt, a small change)
     # the paper's formula at 0 leaves CFG's negative branch: for SDXL the zeroed empty prompt, for both samples
     with torch.inference_mode():
-        ref = pipe(prompt_embeds=torch.zeros(2, 77, 64), pooled_prompt_embeds=torch.zeros(2, 32),
-                   latents=Generator(pipe, steps=3, guidance=0.0, height=32, width=32).initial_latents(samples),
-                   num_inference_steps=3, guidance_scale=0.0, height=32, width=32, output_type="np").images
+        ref = pipe(
+            prompt_embeds=torch.zeros(2, 77, 64),
+            pooled_prompt_embeds=torch.zeros(2, 32),
+            latents=Generator(pipe, steps=3, guidance=0.0, height=32, width=32).initial_latents(samples),
+            num_inference_steps=3,
+            guidance_scale=0.0,
+            height=32,
+            width=32,
+            output_type="np",
+        ).images
     assert _worst(paper, (ref * 255).round().astype(np.uint8)) <= TOL
     recipe = _recipe("tiny-sdxl", zero_guidance="unconditional", guidance=0)
-    assert recipe.zero_guidance == "unconditional" and recipe.content_hash() != _recipe("tiny-sdxl", guidance=0).content_hash()
+    assert (
+        recipe.zero_guidance == "unconditional"
+        and recipe.content_hash() != _recipe("tiny-sdxl", guidance=0).content_hash()
+    )
     with pytest.raises(InputError, match="zero_guidance"):
         _recipe("tiny-flux", zero_guidance="unconditional")
     with pytest.raises(InputError, match="zero_guidance"):
@@ -119,8 +164,16 @@ def test_low_precision_decodes_in_the_vae_dtype():
     gen = Generator(pipe, steps=2, guidance=4.5, height=32, width=32)
     ours = gen.generate(samples)
     with torch.inference_mode():
-        ref = pipe(prompt=[s.prompt for s in samples], latents=gen.initial_latents(samples), num_inference_steps=2, guidance_scale=4.5,
-                   height=32, width=32, output_type="np", use_resolution_binning=False).images
+        ref = pipe(
+            prompt=[s.prompt for s in samples],
+            latents=gen.initial_latents(samples),
+            num_inference_steps=2,
+            guidance_scale=4.5,
+            height=32,
+            width=32,
+            output_type="np",
+            use_resolution_binning=False,
+        ).images
     assert _worst(ours, (ref * 255).round().astype(np.uint8)) <= TOL
 
 
@@ -141,10 +194,26 @@ def test_the_sdxl_refiner_takes_the_last_steps_as_in_diffusers_ensemble(negative
     ours = gen.generate(samples)
     prompts, negatives = [s.prompt for s in samples], [negative] * 4 if negative else None
     with torch.inference_mode():
-        latents = pipe(prompt=prompts, negative_prompt=negatives, latents=gen.initial_latents(samples), num_inference_steps=4,
-                       guidance_scale=5.0, height=32, width=32, denoising_end=0.5, output_type="latent").images
-        ref = refiner(prompt=prompts, negative_prompt=negatives, image=latents, num_inference_steps=4, guidance_scale=5.0,
-                      denoising_start=0.5, output_type="np").images
+        latents = pipe(
+            prompt=prompts,
+            negative_prompt=negatives,
+            latents=gen.initial_latents(samples),
+            num_inference_steps=4,
+            guidance_scale=5.0,
+            height=32,
+            width=32,
+            denoising_end=0.5,
+            output_type="latent",
+        ).images
+        ref = refiner(
+            prompt=prompts,
+            negative_prompt=negatives,
+            image=latents,
+            num_inference_steps=4,
+            guidance_scale=5.0,
+            denoising_start=0.5,
+            output_type="np",
+        ).images
     assert _worst(ours, (ref * 255).round().astype(np.uint8)) <= TOL
     base_alone = Generator.for_recipe(pipe, _recipe("tiny-sdxl", steps=4, negative_prompt=negative)).generate(samples)
     assert _worst(ours, base_alone) > 10 and gen.stage_seconds["refining"] > 0  # the refiner ran its steps
@@ -159,7 +228,9 @@ def test_the_papers_guidance_0_gives_the_refiner_its_negative_aesthetic_score():
     for zero_guidance in ("conditional", "unconditional"):
         recipe = _refined(guidance=0, zero_guidance=zero_guidance)
         refiner = load_refiner(recipe, pipe, None, torch.device("cpu"), torch.float32)
-        refiner.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["added_cond_kwargs"]["time_ids"][:, -1]), with_kwargs=True)
+        refiner.unet.register_forward_pre_hook(
+            lambda m, a, kw: seen.append(kw["added_cond_kwargs"]["time_ids"][:, -1]), with_kwargs=True
+        )
         Generator.for_recipe(pipe, recipe, refiner).generate(plan_samples(recipe)[:2])
     assert [t.tolist() for t in seen] == [[6.0, 6.0]] * 2 + [[2.5, 2.5]] * 2  # the refiner's 2 steps of 4 in each mode
 
@@ -167,10 +238,10 @@ def test_the_papers_guidance_0_gives_the_refiner_its_negative_aesthetic_score():
 def test_a_refined_recipe_makes_its_own_dataset_and_bad_refiners_are_refused(tmp_path):
     import json
 
-    from t2i_engine.errors import InputError
     from t2i_engine.engine.recipe import Recipe
     from t2i_engine.engine.run import RunOptions, generate
     from t2i_engine.engine.verify import verify_dataset
+    from t2i_engine.errors import InputError
 
     recipe = _refined()
     out = tmp_path / "refined"
@@ -183,21 +254,35 @@ def test_a_refined_recipe_makes_its_own_dataset_and_bad_refiners_are_refused(tmp
     plain = _recipe("tiny-sdxl", steps=4)
     old = {k: v for k, v in plain.to_dict().items() if k not in ("refiner", "high_noise_fraction")}
     assert Recipe.from_dict(old).content_hash() == plain.content_hash() != recipe.content_hash()
-    for fields, field in [({"refiner": "sdxl-refiner"}, "refiner"),  # made for sdxl, not tiny-sdxl
-                          ({"refiner": "tiny-sdxl-refiner", "high_noise_fraction": 1.0}, "high_noise_fraction"),
-                          ({"refiner": "tiny-sdxl-refiner", "steps": 1}, "steps"),
-                          ({"high_noise_fraction": 0.8}, "high_noise_fraction")]:  # without a refiner
+    for fields, field in [
+        ({"refiner": "sdxl-refiner"}, "refiner"),  # made for sdxl, not tiny-sdxl
+        ({"refiner": "tiny-sdxl-refiner", "high_noise_fraction": 1.0}, "high_noise_fraction"),
+        ({"refiner": "tiny-sdxl-refiner", "steps": 1}, "steps"),
+        ({"high_noise_fraction": 0.8}, "high_noise_fraction"),
+    ]:  # without a refiner
         with pytest.raises(InputError, match=field):
             _recipe("tiny-sdxl", **fields)
     with pytest.raises(InputError, match="refiner"):
         _recipe("tiny-sd", refiner="tiny-sdxl-refiner")
     for devices in (None, ["cpu"]):  # 4 leading steps: 751, 501, 251, 1; none at or above 800 for the base
         with pytest.raises(InputError, match="high_noise_fraction.*the base would run 0 and the refiner 4"):
-            generate(_refined(high_noise_fraction=0.2), tmp_path / "split", RunOptions(device="cpu", devices=devices, progress=False))
-        assert not (tmp_path / "split").exists()  # refused before the workers start, so a corrected rerun may use the folder
-    assert _recipe("tiny-sdxl", refiner="none", high_noise_fraction=0.7).refiner is None  # a flag turning a file's refiner off
-    with pytest.raises(InputError, match="--weights"):  # a path, not a hub id: refused at once, not after the hub's retries
-        generate(recipe, tmp_path / "w", RunOptions(device="cpu", progress=False, weights=str(tmp_path / "no-such-folder")))
+            generate(
+                _refined(high_noise_fraction=0.2),
+                tmp_path / "split",
+                RunOptions(device="cpu", devices=devices, progress=False),
+            )
+        assert not (
+            tmp_path / "split"
+        ).exists()  # refused before the workers start, so a corrected rerun may use the folder
+    assert (
+        _recipe("tiny-sdxl", refiner="none", high_noise_fraction=0.7).refiner is None
+    )  # a flag turning a file's refiner off
+    with pytest.raises(
+        InputError, match="--weights"
+    ):  # a path, not a hub id: refused at once, not after the hub's retries
+        generate(
+            recipe, tmp_path / "w", RunOptions(device="cpu", progress=False, weights=str(tmp_path / "no-such-folder"))
+        )
     with pytest.raises(InputError, match="backend"):
         generate(recipe, tmp_path / "onnx", RunOptions(device="cpu", progress=False, backend="onnx"))
     assert not (tmp_path / "onnx").exists()

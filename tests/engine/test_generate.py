@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2i_engine.errors import InputError
 from t2i_engine.engine.run import RunOptions, generate
 from t2i_engine.engine.verify import verify_dataset
+from t2i_engine.errors import InputError
 from tests.conftest import tiny_recipe
 
 QUIET = RunOptions(device="cpu", progress=False, encode_workers=0)
@@ -45,7 +45,9 @@ def sample_differences(folder: Path, reference: Path, levels: int = 1) -> list[s
             for member in a.getnames():
                 x, y = a.extractfile(member).read(), b.extractfile(member).read()
                 if member.endswith(".png"):
-                    diff = np.abs(np.asarray(Image.open(io.BytesIO(x)), int) - np.asarray(Image.open(io.BytesIO(y)), int))
+                    diff = np.abs(
+                        np.asarray(Image.open(io.BytesIO(x)), int) - np.asarray(Image.open(io.BytesIO(y)), int)
+                    )
                     if diff.max() > levels or np.count_nonzero(diff) > diff.size // 100:
                         out.append(f"{name}/{member}: {diff.max()} levels, {np.count_nonzero(diff)} values moved")
                 elif x != y:
@@ -90,8 +92,10 @@ def test_batch_size_one_and_four_give_the_same_samples(tmp_path):
         rows[bs] = [{k: r[k] for k in ("key", "class_index", "class_id", "prompt", "seed")} for r in index_rows(out)]
         import webdataset as wds
 
-        pixels[bs] = {s["__key__"]: np.asarray(Image.open(io.BytesIO(s["png"])))
-                      for s in wds.WebDataset([str(p) for p in sorted(out.glob("*.tar"))], shardshuffle=False)}
+        pixels[bs] = {
+            s["__key__"]: np.asarray(Image.open(io.BytesIO(s["png"])))
+            for s in wds.WebDataset([str(p) for p in sorted(out.glob("*.tar"))], shardshuffle=False)
+        }
     assert rows[1] == rows[4]
     # Tolerance: 1 uint8 level; batched fp32 kernels may round differently from unbatched ones.
     worst = max(np.abs(pixels[1][k].astype(int) - pixels[4][k].astype(int)).max() for k in pixels[1])

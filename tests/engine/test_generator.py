@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from t2i_engine.engine.generator import Generator
-from t2i_engine.models.pipelines import load_pipeline
 from t2i_engine.engine.plan import plan_samples
+from t2i_engine.models.pipelines import load_pipeline
 from t2i_engine.models.registry import MODELS
 from tests.conftest import tiny_recipe
 
@@ -39,9 +39,16 @@ def test_matches_the_plain_pipeline(pipe, guidance, negative):
     gen = make_generator(pipe, guidance, negative)
     ours = gen.generate(samples)
     with torch.inference_mode():
-        ref = pipe(prompt=[s.prompt for s in samples], negative_prompt=[negative] * 4 if guidance > 1 else None,
-                   latents=gen.initial_latents(samples), num_inference_steps=3, guidance_scale=guidance,
-                   height=32, width=32, output_type="np").images
+        ref = pipe(
+            prompt=[s.prompt for s in samples],
+            negative_prompt=[negative] * 4 if guidance > 1 else None,
+            latents=gen.initial_latents(samples),
+            num_inference_steps=3,
+            guidance_scale=guidance,
+            height=32,
+            width=32,
+            output_type="np",
+        ).images
     ref = (ref * 255).round().astype(np.uint8)
     assert ours.shape == (4, 32, 32, 3) and ours.dtype == np.uint8
     assert np.abs(ours.astype(int) - ref.astype(int)).max() <= TOL, worst(ours, ref)

@@ -9,9 +9,9 @@ import subprocess
 import pytest
 
 from t2i_engine.engine import manifest as mf
-from t2i_engine.errors import InputError
 from t2i_engine.engine.run import RunOptions, finalize, generate, parse_part
 from t2i_engine.engine.verify import verify_dataset
+from t2i_engine.errors import InputError
 from tests.conftest import CLI, tiny_recipe
 from tests.engine.test_generate import QUIET, shard_hashes
 
@@ -45,8 +45,10 @@ def test_two_parts_write_disjoint_shards_whose_union_is_the_one_run_dataset(whol
 
 def test_parts_started_at_once_as_processes_share_the_folder_without_overlap(whole, tmp_path):
     out, recipe = tmp_path / "concurrent", tmp_path / "recipe.yaml"
-    recipe.write_text("model: tiny-sd\nclasses: [cat, dog, goldfish]\nimages_per_class: 5\nsteps: 2\nresolution: 32\n"
-                      "batch_size: 2\nimages_per_shard: 3\n")  # = tiny_recipe(**RECIPE)
+    recipe.write_text(
+        "model: tiny-sd\nclasses: [cat, dog, goldfish]\nimages_per_class: 5\nsteps: 2\nresolution: 32\n"
+        "batch_size: 2\nimages_per_shard: 3\n"
+    )  # = tiny_recipe(**RECIPE)
     args = ["generate", str(recipe), "--out", str(out), "--device", "cpu", "--encode-workers", "0", "--no-progress"]
     procs = [subprocess.Popen([*CLI, *args, "--part", f"{i}/2"], stderr=subprocess.PIPE, text=True) for i in range(2)]
     errors = [p.communicate(timeout=300)[1] for p in procs]
@@ -79,7 +81,10 @@ def test_finalize_completes_a_folder_whose_last_part_died_and_refuses_one_with_p
     mf.mark_incomplete(out)  # as if the last part was killed between its last shard and the manifest
     assert finalize(out)["shards"] == 5
     assert verify_dataset(out) == [] and (out / mf.INFO).is_file()
-    assert json.loads((out / "dataset.json").read_text())["shards"] == json.loads((whole / "dataset.json").read_text())["shards"]
+    assert (
+        json.loads((out / "dataset.json").read_text())["shards"]
+        == json.loads((whole / "dataset.json").read_text())["shards"]
+    )
 
 
 def test_a_part_removes_only_its_own_temporaries(tmp_path):
@@ -93,18 +98,31 @@ def test_a_part_removes_only_its_own_temporaries(tmp_path):
     assert theirs.exists() and not mine.exists()
 
 
-@pytest.mark.parametrize("text, env, expected", [
-    ("1/2", {}, (1, 2)),
-    ("auto", {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "4", "SLURM_ARRAY_TASK_COUNT": "3"}, (1, 3)),
-    ("auto", {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}, (2, 4)),
-    ("auto", {"RANK": "3", "WORLD_SIZE": "8"}, (3, 8)),
-])
+@pytest.mark.parametrize(
+    "text, env, expected",
+    [
+        ("1/2", {}, (1, 2)),
+        ("auto", {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "4", "SLURM_ARRAY_TASK_COUNT": "3"}, (1, 3)),
+        ("auto", {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}, (2, 4)),
+        ("auto", {"RANK": "3", "WORLD_SIZE": "8"}, (3, 8)),
+    ],
+)
 def test_parse_part(text, env, expected):
     assert parse_part(text, env) == expected
 
 
-@pytest.mark.parametrize("text, env", [("2/2", {}), ("0/0", {}), ("a/b", {}), ("1", {}), ("-1/2", {}), ("auto", {}),
-                                       ("auto", {"RANK": "4", "WORLD_SIZE": "4"})])
+@pytest.mark.parametrize(
+    "text, env",
+    [
+        ("2/2", {}),
+        ("0/0", {}),
+        ("a/b", {}),
+        ("1", {}),
+        ("-1/2", {}),
+        ("auto", {}),
+        ("auto", {"RANK": "4", "WORLD_SIZE": "4"}),
+    ],
+)
 def test_bad_parts_are_refused(text, env):
     with pytest.raises(InputError, match="--part"):
         parse_part(text, env)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from t2i_engine.errors import InputError
 from t2i_engine.engine.recipe import Recipe, build_recipe, load_recipe
+from t2i_engine.errors import InputError
 from t2i_engine.models.registry import MODELS
 
 
@@ -39,7 +39,9 @@ def test_class_sources_agree(tmp_path):
 
 def test_imagenet_folder_uses_wnids_order_and_first_synonym(tmp_path):
     (tmp_path / "wnids.txt").write_text("n02084071\nn01443537\n")
-    (tmp_path / "words.txt").write_text("n01443537\tgoldfish, Carassius auratus\nn02084071\tdog, domestic dog\nn0000\tunused\n")
+    (tmp_path / "words.txt").write_text(
+        "n01443537\tgoldfish, Carassius auratus\nn02084071\tdog, domestic dog\nn0000\tunused\n"
+    )
     classes = build_recipe({"classes": str(tmp_path)}).classes
     assert [(c.id, c.name) for c in classes] == [("n02084071", "dog"), ("n01443537", "goldfish")]
 
@@ -50,13 +52,22 @@ def test_relative_class_file_resolves_beside_the_recipe(tmp_path):
     assert [c.name for c in load_recipe(tmp_path / "r.yaml").classes] == ["a", "b"]
 
 
-@pytest.mark.parametrize("captions", [
-    {"cat": ["on a sofa", "in the sun"], "dog": "running"},
-    [{"class": "cat", "caption": "on a sofa"}, {"class": "dog", "caption": "running"}, {"class": "cat", "caption": "in the sun"}],
-])
+@pytest.mark.parametrize(
+    "captions",
+    [
+        {"cat": ["on a sofa", "in the sun"], "dog": "running"},
+        [
+            {"class": "cat", "caption": "on a sofa"},
+            {"class": "dog", "caption": "running"},
+            {"class": "cat", "caption": "in the sun"},
+        ],
+    ],
+)
 def test_captions_per_class_and_per_image(tmp_path, captions):
     (tmp_path / "caps.json").write_text(json.dumps(captions))
-    r = build_recipe({"classes": ["cat", "dog"], "prompt": {"regime": "captions", "captions": str(tmp_path / "caps.json")}})
+    r = build_recipe(
+        {"classes": ["cat", "dog"], "prompt": {"regime": "captions", "captions": str(tmp_path / "caps.json")}}
+    )
     assert r.prompt.captions == (("on a sofa", "in the sun"), ("running",))
     cat = r.classes[0]
     assert [r.prompt.prompt(cat, 0, j, 0) for j in range(3)] == ["cat, on a sofa", "cat, in the sun", "cat, on a sofa"]
@@ -64,7 +75,9 @@ def test_captions_per_class_and_per_image(tmp_path, captions):
 
 def test_captions_csv(tmp_path):
     (tmp_path / "caps.csv").write_text("class,caption\ncat,on a sofa\ndog,running\n")
-    r = build_recipe({"classes": ["cat", "dog"], "prompt": {"regime": "captions", "captions": str(tmp_path / "caps.csv")}})
+    r = build_recipe(
+        {"classes": ["cat", "dog"], "prompt": {"regime": "captions", "captions": str(tmp_path / "caps.csv")}}
+    )
     assert r.prompt.prompt(r.classes[1], 1, 0, 0) == "dog, running"
 
 
@@ -72,7 +85,12 @@ def test_templates_cycle_or_follow_the_seed():
     templates = ["a photo of a {name}", "a drawing of a {name}", "{name}"]
     cyc = build_recipe({"prompt": {"regime": "template", "templates": templates}}).prompt
     cls = build_recipe({}).classes[7]
-    assert [cyc.prompt(cls, 7, j, 0) for j in range(4)] == ["a photo of a seven", "a drawing of a seven", "seven", "a photo of a seven"]
+    assert [cyc.prompt(cls, 7, j, 0) for j in range(4)] == [
+        "a photo of a seven",
+        "a drawing of a seven",
+        "seven",
+        "a photo of a seven",
+    ]
     smp = build_recipe({"prompt": {"regime": "template", "templates": templates, "template_mode": "sample"}}).prompt
     assert smp.prompt(cls, 7, 0, seed=4) == "a drawing of a seven" and smp.prompt(cls, 7, 0, seed=5) == "seven"
 
@@ -85,20 +103,41 @@ def test_template_is_filled_by_replacement_not_format():
 def test_hash_ignores_batch_size_and_tracks_content():
     base = build_recipe({"model": "tiny-sd"})
     assert base.content_hash() == build_recipe({"model": "tiny-sd", "batch_size": 3}).content_hash()
-    for change in ({"seed": 1}, {"guidance": 2.0}, {"classes": ["a", "b"]}, {"format": "png"}, {"negative_prompt": "blurry"}):
+    for change in (
+        {"seed": 1},
+        {"guidance": 2.0},
+        {"classes": ["a", "b"]},
+        {"format": "png"},
+        {"negative_prompt": "blurry"},
+    ):
         assert build_recipe({"model": "tiny-sd", **change}).content_hash() != base.content_hash(), change
 
 
 def test_recipe_round_trips_through_json(tmp_path):
     (tmp_path / "caps.json").write_text(json.dumps({"cat": ["x"], "dog": ["y"]}))
-    r = build_recipe({"classes": ["cat", "dog"], "prompt": {"regime": "captions", "captions": str(tmp_path / "caps.json")}})
+    r = build_recipe(
+        {"classes": ["cat", "dog"], "prompt": {"regime": "captions", "captions": str(tmp_path / "caps.json")}}
+    )
     again = Recipe.from_dict(json.loads(json.dumps(r.to_dict())))
     assert again == r and again.content_hash() == r.content_hash()
 
 
 def test_registry_has_the_papers_models():
-    paper = {"sd15", "sd21", "sdxl", "sdxl-turbo", "sd3-medium", "flux-dev", "flux-schnell", "sd35-large",
-             "sd35-medium", "sd35-large-turbo", "sana-1.6b", "lumina2", "qwen-image"}
+    paper = {
+        "sd15",
+        "sd21",
+        "sdxl",
+        "sdxl-turbo",
+        "sd3-medium",
+        "flux-dev",
+        "flux-schnell",
+        "sd35-large",
+        "sd35-medium",
+        "sd35-large-turbo",
+        "sana-1.6b",
+        "lumina2",
+        "qwen-image",
+    }
     assert paper | {"sd20", "sdxl-refiner", "pixart-alpha", "tiny-sd"} <= set(MODELS)
     assert MODELS["sd3-medium"].dtype == "bfloat16" and MODELS["flux-schnell"].steps == 4
     with pytest.raises(InputError, match="sdxl-refiner"):

@@ -15,19 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from t2i_engine.errors import InputError
 from t2i_engine.engine.run import RunOptions, generate
 from t2i_engine.engine.runtime import ModelOptions
 from t2i_engine.engine.units import UnitRunner
 from t2i_engine.engine.verify import verify_dataset
 from t2i_engine.engine.workers import parse_devices
+from t2i_engine.errors import InputError
 from tests.conftest import CLI, tiny_recipe
 from tests.engine.test_generate import QUIET, sample_differences, shard_hashes
 
 pytestmark = pytest.mark.slow
 RECIPE = {"images_per_class": 8, "images_per_shard": 2, "format": "png"}  # 24 samples in 12 shards
-YAML = ("model: tiny-sd\nclasses: [cat, dog, goldfish]\nimages_per_class: 8\nsteps: 2\nresolution: 32\n"
-        "batch_size: 2\nimages_per_shard: 2\nformat: png\n")  # = tiny_recipe(**RECIPE)
+YAML = (
+    "model: tiny-sd\nclasses: [cat, dog, goldfish]\nimages_per_class: 8\nsteps: 2\nresolution: 32\n"
+    "batch_size: 2\nimages_per_shard: 2\nformat: png\n"
+)  # = tiny_recipe(**RECIPE)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,9 @@ def whole(tmp_path_factory):
 @pytest.mark.parametrize("n", [2])  # (1 worker is the same path with one process less; dropped for CI time)
 def test_one_or_two_workers_write_the_same_shards_as_one_process(whole, tmp_path, n):
     summary = generate(tiny_recipe(**RECIPE), tmp_path / "out", RunOptions(progress=False, devices=["cpu"] * n))
-    assert summary["images"] == 24 and summary["worker_restarts"] == 0 and len(summary["device_images_per_second"]) == n
+    assert (
+        summary["images"] == 24 and summary["worker_restarts"] == 0 and len(summary["device_images_per_second"]) == n
+    )
     assert sample_differences(tmp_path / "out", whole) == []
     assert verify_dataset(tmp_path / "out") == []
 
@@ -76,7 +80,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_sample_lands_once(whole, 
     killer.start()
     summary = generate(tiny_recipe(**RECIPE), out, RunOptions(progress=False, devices=["cpu", "cpu"]))
     killer.join()
-    (found, shards_then), = killed
+    ((found, shards_then),) = killed
     assert found and shards_then < 12, "the kill should land mid-run"
     assert summary["worker_restarts"] == 1 and summary["dataset_complete"]
     assert verify_dataset(out) == []
@@ -98,9 +102,13 @@ def test_ctrl_c_stops_the_workers_keeps_committed_shards_and_the_next_run_resume
     recipe.write_text(YAML)
     # A shell that starts this suite in the background makes its children ignore SIGINT, and
     # Python then installs no KeyboardInterrupt handler: give the run the default disposition.
-    proc = subprocess.Popen([*CLI, "generate", str(recipe), "--out", str(out), "--devices", "cpu:2", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [*CLI, "generate", str(recipe), "--out", str(out), "--devices", "cpu:2", "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("*.tar")):
         time.sleep(0.05)
@@ -153,7 +161,9 @@ def test_an_out_of_memory_batch_is_retried_at_half_size_and_the_size_is_kept(tmp
 def test_other_errors_and_out_of_memory_at_batch_one_are_not_retried(tmp_path, error):
     import torch
 
-    runner = _runner(tmp_path, "cpu", tiny_recipe(images_per_class=1, images_per_shard=3, batch_size=1 if "oom" in error else 3))
+    runner = _runner(
+        tmp_path, "cpu", tiny_recipe(images_per_class=1, images_per_shard=3, batch_size=1 if "oom" in error else 3)
+    )
     exc = torch.cuda.OutOfMemoryError("CUDA out of memory") if "oom" in error else RuntimeError("a CUDA kernel failed")
 
     def failing(batch):

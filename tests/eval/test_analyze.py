@@ -30,10 +30,20 @@ def tiny_clip(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-clip")
     words = "a photo of zero one two three four five six seven eight nine digit handwritten".split()
     tok = build_clip_tokenizer(words)
-    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+    )
     torch.manual_seed(0)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -41,7 +51,9 @@ def tiny_clip(tmp_path_factory):
 
 
 def test_a_set_analyzed_against_itself_is_complete_and_at_zero_distance(digits_world, tmp_path):
-    r = analyze(digits_world["real_test"], digits_world["real_test"], tmp_path / "a.json", features="judge", max_per_class=30)
+    r = analyze(
+        digits_world["real_test"], digits_world["real_test"], tmp_path / "a.json", features="judge", max_per_class=30
+    )
     o = r["overall"]
     assert o["precision"] == o["recall"] == o["coverage"] == 1.0
     assert abs(o["fid"]) < 1e-6 and o["diversity"] == pytest.approx(o["diversity_real"])
@@ -60,24 +72,44 @@ def test_synthetic_digits_against_real_ones_balanced_per_class(digits_world, tmp
 
 def test_clip_features_give_clipscore_and_zero_shot_alignment(digits_world, tiny_clip, tmp_path):
     clip = f"clip={tiny_clip}"
-    r = analyze(digits_world["synthetic"], digits_world["real_test"], tmp_path / "a.json", features=clip, clip=str(tiny_clip),
-                max_per_class=12)
+    r = analyze(
+        digits_world["synthetic"],
+        digits_world["real_test"],
+        tmp_path / "a.json",
+        features=clip,
+        clip=str(tiny_clip),
+        max_per_class=12,
+    )
     o = r["overall"]
     assert 0 <= o["clipscore"] <= 100 and 0 <= o["zero_shot_synth"] <= 1 and 0 <= o["zero_shot_real"] <= 1
-    self_check = analyze(digits_world["real_test"], digits_world["real_test"], tmp_path / "b.json", features=clip, max_per_class=12)
+    self_check = analyze(
+        digits_world["real_test"], digits_world["real_test"], tmp_path / "b.json", features=clip, max_per_class=12
+    )
     assert self_check["overall"]["coverage"] == 1.0 and abs(self_check["overall"]["fid"]) < 1e-6
 
 
-@pytest.mark.parametrize("flag, value, needed", [
-    ("--features", "clip={missing}", "config.json"),
-    ("--features", "inception={missing}/pt.pth", "pt_inception-2015-12-05"),
-    ("--features", "timm:resnet50={missing}/w.safetensors", "local weights file"),
-    ("--features", "clip", "expected judge, clip=DIR"),
-    ("--clip", "{missing}", "CLIP weights"),
-])
+@pytest.mark.parametrize(
+    "flag, value, needed",
+    [
+        ("--features", "clip={missing}", "config.json"),
+        ("--features", "inception={missing}/pt.pth", "pt_inception-2015-12-05"),
+        ("--features", "timm:resnet50={missing}/w.safetensors", "local weights file"),
+        ("--features", "clip", "expected judge, clip=DIR"),
+        ("--clip", "{missing}", "CLIP weights"),
+    ],
+)
 def test_analyze_says_which_weights_file_is_needed(cli, digits_world, tmp_path, flag, value, needed):
     value = value.format(missing=tmp_path / "absent")
-    code, _, err = cli("analyze", digits_world["synthetic"], "--real", digits_world["real_test"], "--out", tmp_path / "a.json", flag, value)
+    code, _, err = cli(
+        "analyze",
+        digits_world["synthetic"],
+        "--real",
+        digits_world["real_test"],
+        "--out",
+        tmp_path / "a.json",
+        flag,
+        value,
+    )
     assert code == 2 and flag in err and needed in err and not (tmp_path / "a.json").exists()
 
 
@@ -114,8 +146,17 @@ def test_report_table_and_plots_carry_the_eval_and_analysis_numbers(digits_world
     assert row["model"] == "digits" and row["released"] == "2026-11" and row["guidance"] == 2.0
     assert row["synth_to_real"] == s2r["top1"] and row["real_to_synth"] == r2s["top1"]
     assert row["density"] == a["overall"]["density"] and row["coverage"] == a["overall"]["coverage"]
-    assert r["baselines"] == [{"direction": "real->real", "top1": base["top1"], "arch": "small-cnn", "run": base["run"],
-                               "trained_on": "real digits-real-train", "data": "real digits-real-test", "probed": False}]
+    assert r["baselines"] == [
+        {
+            "direction": "real->real",
+            "top1": base["top1"],
+            "arch": "small-cnn",
+            "run": base["run"],
+            "trained_on": "real digits-real-train",
+            "data": "real digits-real-test",
+            "probed": False,
+        }
+    ]
     csv_lines = (tmp_path / "report" / "table.csv").read_text().splitlines()
     assert csv_lines[0].startswith("model,arch,guidance,released,synth_to_real") and len(csv_lines) == 2
     # The synthetic-trained run tested on a low-passed real set is a probe: it is listed beside
@@ -165,11 +206,27 @@ def test_probes_take_images_of_mixed_sizes_and_modes(tmp_path):
 def test_a_feature_file_that_cannot_be_used_is_an_input_error(cli, digits_world, tmp_path):
     bad = tmp_path / "w.safetensors"
     bad.write_bytes(b"not safetensors")
-    code, _, err = cli("analyze", digits_world["synthetic"], "--real", digits_world["real_test"], "--out", tmp_path / "a.json",
-                       "--features", f"timm:resnet18={bad}")
+    code, _, err = cli(
+        "analyze",
+        digits_world["synthetic"],
+        "--real",
+        digits_world["real_test"],
+        "--out",
+        tmp_path / "a.json",
+        "--features",
+        f"timm:resnet18={bad}",
+    )
     assert code == 2 and "cannot read weights" in err
     pth = tmp_path / "pt_inception.pth"
     pth.write_bytes(b"x")
-    code, _, err = cli("analyze", digits_world["synthetic"], "--real", digits_world["real_test"], "--out", tmp_path / "a.json",
-                       "--features", f"inception={pth}")
+    code, _, err = cli(
+        "analyze",
+        digits_world["synthetic"],
+        "--real",
+        digits_world["real_test"],
+        "--out",
+        tmp_path / "a.json",
+        "--features",
+        f"inception={pth}",
+    )
     assert code == 2 and "--features" in err and ("torch-fidelity" in err or "cannot load it" in err)

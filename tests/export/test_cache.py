@@ -22,8 +22,14 @@ def _vae_spec():
 
 
 def _ensure(spec, cache, precision="fp32"):
-    opts = BuildOptions(model="tiny-sd", backend="onnx", profile=Profile((1, 2, 4), 64, 64), precision=precision,
-                        exporter="torchscript", components=("vae_decoder",))
+    opts = BuildOptions(
+        model="tiny-sd",
+        backend="onnx",
+        profile=Profile((1, 2, 4), 64, 64),
+        precision=precision,
+        exporter="torchscript",
+        components=("vae_decoder",),
+    )
     folder, built, meta = ensure_component(spec, "tiny-sd", opts, CPU, cache, log_line=lambda line: None)
     return folder, built, meta
 
@@ -78,17 +84,48 @@ def test_an_interrupted_build_leaves_no_artifact_and_a_killed_one_is_swept(tmp_p
 
 
 def test_build_cli_lists_the_cache_and_refuses_bad_input(cli, tmp_path):
-    code, out, err = cli("build", "tiny-sd", "--components", "vae_decoder", "--exporter", "torchscript", "--res", "64",
-                         "--cache-dir", tmp_path, "--device", "cpu")
+    code, out, err = cli(
+        "build",
+        "tiny-sd",
+        "--components",
+        "vae_decoder",
+        "--exporter",
+        "torchscript",
+        "--res",
+        "64",
+        "--cache-dir",
+        tmp_path,
+        "--device",
+        "cpu",
+    )
     assert code == 0 and "vae: built" in out, err
-    code, out, _ = cli("build", "tiny-sd", "--components", "vae_decoder", "--exporter", "torchscript", "--res", "64",
-                       "--cache-dir", tmp_path, "--device", "cpu")
+    code, out, _ = cli(
+        "build",
+        "tiny-sd",
+        "--components",
+        "vae_decoder",
+        "--exporter",
+        "torchscript",
+        "--res",
+        "64",
+        "--cache-dir",
+        tmp_path,
+        "--device",
+        "cpu",
+    )
     assert code == 0 and "vae: already built" in out
     code, out, _ = cli("build", "--list", "--cache-dir", tmp_path)
     assert code == 0 and "tiny-sd-vae-onnx-fp32" in out and "64x64" in out
-    for args, field in [(("--backend", "trt"), "--backend"), (("--batch", "4:2:8"), "--batch"), (("--res", "100"), "--res"), (("--res", "64x"), "--res"),
-                        (("--precision", "int4"), "--precision"), (("--precision", "bf16"), "--precision"),
-                        (("--components", "unet"), "--components"), (("--exporter", "fx"), "--exporter")]:
+    for args, field in [
+        (("--backend", "trt"), "--backend"),
+        (("--batch", "4:2:8"), "--batch"),
+        (("--res", "100"), "--res"),
+        (("--res", "64x"), "--res"),
+        (("--precision", "int4"), "--precision"),
+        (("--precision", "bf16"), "--precision"),
+        (("--components", "unet"), "--components"),
+        (("--exporter", "fx"), "--exporter"),
+    ]:
         code, _, err = cli("build", "tiny-sd", "--cache-dir", tmp_path, "--device", "cpu", *args)
         assert code == 2 and field in err, (args, err)
     code, _, err = cli("build", "tiny-sd", "--backend", "tensorrt", "--cache-dir", tmp_path, "--device", "cpu")

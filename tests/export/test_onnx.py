@@ -52,7 +52,9 @@ def test_large_weights_go_to_one_external_data_file(tmp_path):
     spec = vae_decoder_spec(FAMILIES["sd15"](), PROFILE)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    export_onnx(spec, tmp_path / "a" / "model.onnx", exporter="torchscript", external_data_bytes=0)  # as if over the limit
+    export_onnx(
+        spec, tmp_path / "a" / "model.onnx", exporter="torchscript", external_data_bytes=0
+    )  # as if over the limit
     export_onnx(spec, tmp_path / "b" / "model.onnx", exporter="torchscript")
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["model.onnx", "model.onnx.data"]
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["model.onnx"]

@@ -28,7 +28,9 @@ def _inputs(b, h, hkv, lq, lk, d, dtype, seed=0):
 
 def _torch_sdpa(q, k, v, mask):
     group = q.shape[1] // k.shape[1]
-    return F.scaled_dot_product_attention(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), attn_mask=mask)
+    return F.scaled_dot_product_attention(
+        q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), attn_mask=mask
+    )
 
 
 def check(q, k, v, mask=None, name=""):
@@ -41,8 +43,10 @@ def check(q, k, v, mask=None, name=""):
     worst = err.max().item()
     where = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
     bound = 2 * torch_err + FLOOR[q.dtype]
-    print(f"{name} {q.dtype}: worst |ours - ref| {worst:.3g} at {where} (ours {ours[where]:.5g}, ref {ref[where]:.5g}); "
-          f"PyTorch's {torch_err:.3g}; bound {bound:.3g}")
+    print(
+        f"{name} {q.dtype}: worst |ours - ref| {worst:.3g} at {where} (ours {ours[where]:.5g}, ref {ref[where]:.5g}); "
+        f"PyTorch's {torch_err:.3g}; bound {bound:.3g}"
+    )
     assert worst <= bound
 
 

@@ -28,7 +28,9 @@ def _case(n, c, h, w, dtype, channels_last, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("silu", [False, True], ids=["norm", "norm+silu"])
-@pytest.mark.parametrize("c, groups, hw", [(16, 8, 9), (40, 8, 23)])  # 2 and 5 channels per group; odd sizes; 23x23 takes two tiles
+@pytest.mark.parametrize(
+    "c, groups, hw", [(16, 8, 9), (40, 8, 23)]
+)  # 2 and 5 channels per group; odd sizes; 23x23 takes two tiles
 def test_group_norm_matches_the_reference(c, groups, hw, silu, channels_last, dtype):
     x, weight, bias = _case(2, c, hw, hw, dtype, channels_last, seed=c + hw)
     ref = group_norm_ref(x.float(), groups, weight.float(), bias.float(), silu=silu)
@@ -38,9 +40,14 @@ def test_group_norm_matches_the_reference(c, groups, hw, silu, channels_last, dt
     err = (ours.float() - ref).abs()
     torch_err = (theirs - ref).abs().max().item()
     where = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
-    print(f"{dtype} {'cl' if channels_last else 'nchw'} silu={silu}: worst {err.max().item():.3g} at {where}; PyTorch's {torch_err:.3g}")
+    print(
+        f"{dtype} {'cl' if channels_last else 'nchw'} silu={silu}: worst {err.max().item():.3g} at {where}; "
+        f"PyTorch's {torch_err:.3g}"
+    )
     assert err.max().item() <= 2 * torch_err + FLOOR[dtype]
-    assert ours.dtype == x.dtype and ours.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert ours.dtype == x.dtype and ours.is_contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
 
 
 def test_without_affine_parameters():
@@ -51,7 +58,9 @@ def test_without_affine_parameters():
 def test_what_the_kernel_does_not_run_is_named():
     assert "groups" in supports(torch.zeros(1, 30, 2, 2, device=DEVICE), 4)
     assert "2-d" in supports(torch.zeros(32, 4, device=DEVICE), 4)
-    x = torch.randn(2, 32, 19, generator=torch.Generator().manual_seed(3)).to(DEVICE)  # [N, C, L], as before a VAE's attention
+    x = torch.randn(2, 32, 19, generator=torch.Generator().manual_seed(3)).to(
+        DEVICE
+    )  # [N, C, L], as before a VAE's attention
     assert (group_norm(x, 8) - group_norm_ref(x, 8)).abs().max().item() <= 1e-5
 
 
@@ -66,7 +75,9 @@ def _unet_case():
 
 def test_routed_and_fused_group_norms_in_a_unet_give_the_same_output():
     unet, args, kwargs = _unet_case()
-    pairs = 2 * sum(1 for m in unet.modules() if type(m).__name__ == "ResnetBlock2D") + 1  # norm1, norm2; the closing norm
+    pairs = (
+        2 * sum(1 for m in unet.modules() if type(m).__name__ == "ResnetBlock2D") + 1
+    )  # norm1, norm2; the closing norm
     with torch.no_grad():
         reference = unet(*args, **kwargs).sample
         mode = install(unet, attention="sdpa", norm="triton")
@@ -74,10 +85,17 @@ def test_routed_and_fused_group_norms_in_a_unet_give_the_same_output():
         install(unet, attention="sdpa")
         again = unet(*args, **kwargs).sample
     diff = (routed - reference).abs().max().item()
-    print(f"{mode.norm_calls} group norms routed ({mode.fused_calls} fused with their SiLU), {mode.calls} attention calls, max |diff| {diff:.3g}")
-    assert mode.fused_calls == pairs and mode.norm_calls > mode.fused_calls and mode.calls == 0  # the transformer blocks' norms are unfused
+    print(
+        f"{mode.norm_calls} group norms routed ({mode.fused_calls} fused with their SiLU), {mode.calls} attention "
+        f"calls, max |diff| {diff:.3g}"
+    )
+    assert (
+        mode.fused_calls == pairs and mode.norm_calls > mode.fused_calls and mode.calls == 0
+    )  # the transformer blocks' norms are unfused
     assert diff <= 1e-4
-    assert torch.equal(again, reference) and "forward" not in unet.conv_act.__dict__  # uninstalled: the modules' own forwards
+    assert (
+        torch.equal(again, reference) and "forward" not in unet.conv_act.__dict__
+    )  # uninstalled: the modules' own forwards
 
 
 def test_a_vae_decoder_fuses_its_norms_and_decodes_the_same():
@@ -98,7 +116,11 @@ def test_a_scale_shift_block_fuses_only_its_first_norm():
     from diffusers.models.resnet import ResnetBlock2D
 
     torch.manual_seed(0)
-    block = ResnetBlock2D(in_channels=8, out_channels=8, temb_channels=6, groups=4, time_embedding_norm="scale_shift").eval().to(DEVICE)
+    block = (
+        ResnetBlock2D(in_channels=8, out_channels=8, temb_channels=6, groups=4, time_embedding_norm="scale_shift")
+        .eval()
+        .to(DEVICE)
+    )
     x, temb = torch.randn(1, 8, 5, 5).to(DEVICE), torch.randn(1, 6).to(DEVICE)
     with torch.no_grad():
         reference = block(x, temb)
@@ -144,7 +166,9 @@ def test_what_the_fused_pairs_leave_to_pytorch_still_computes_right():
     with torch.no_grad():
         hooked = block(x, None)
     handle.remove()
-    assert seen[0] < 0 and (hooked - reference).abs().max().item() <= 1e-5  # SiLU outputs are > -0.28; a GroupNorm's reach lower
+    assert (
+        seen[0] < 0 and (hooked - reference).abs().max().item() <= 1e-5
+    )  # SiLU outputs are > -0.28; a GroupNorm's reach lower
     # a saved and reloaded model runs (the wrappers keep no bound methods that would reload as themselves)
     buffer = io.BytesIO()
     torch.save(block, buffer)

@@ -13,10 +13,19 @@ from t2i_engine.models.registry import MODELS
 # counts where they are commonly quoted to the parameter (SD1.x/2.x/XL UNets, SD3-medium, FLUX);
 # model cards' rounded figures otherwise.
 KNOWN = {
-    "sd15": (0.8595, 0.001), "sd21": (0.8659, 0.001), "sdxl": (2.5675, 0.001), "sdxl-turbo": (2.5675, 0.001),
-    "sd3-medium": (2.028, 0.002), "sd35-large": (8.1, 0.01), "sd35-large-turbo": (8.1, 0.01),
-    "flux-dev": (11.9, 0.005), "flux-schnell": (11.9, 0.005),
-    "sana-1.6b": (1.6, 0.01), "lumina2": (2.6, 0.01), "qwen-image": (20.0, 0.03), "pixart-alpha": (0.6, 0.03),
+    "sd15": (0.8595, 0.001),
+    "sd21": (0.8659, 0.001),
+    "sdxl": (2.5675, 0.001),
+    "sdxl-turbo": (2.5675, 0.001),
+    "sd3-medium": (2.028, 0.002),
+    "sd35-large": (8.1, 0.01),
+    "sd35-large-turbo": (8.1, 0.01),
+    "flux-dev": (11.9, 0.005),
+    "flux-schnell": (11.9, 0.005),
+    "sana-1.6b": (1.6, 0.01),
+    "lumina2": (2.6, 0.01),
+    "qwen-image": (20.0, 0.03),
+    "pixart-alpha": (0.6, 0.03),
     # SD3.5-medium: its card says 2.5B; the diffusers transformer built from its config has 2.243B
     # (the card's figure has not been reconciled here), so only the class is checked for it.
     "sd35-medium": (None, None),
@@ -39,7 +48,10 @@ def test_the_real_architecture_instantiates_with_its_known_size(name):
     assert latent == arch["meta"]["latent_channels"]
     billions, tolerance = KNOWN[name]
     count = sum(p.numel() for p in denoiser.parameters()) / 1e9
-    print(f"{name}: {type(denoiser).__name__} {count:.4f}B, {type(vae).__name__} {sum(p.numel() for p in vae.parameters()) / 1e6:.1f}M")
+    print(
+        f"{name}: {type(denoiser).__name__} {count:.4f}B, {type(vae).__name__} "
+        f"{sum(p.numel() for p in vae.parameters()) / 1e6:.1f}M"
+    )
     if billions is not None:
         assert count == pytest.approx(billions, rel=tolerance)
 

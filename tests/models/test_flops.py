@@ -11,7 +11,9 @@ from t2i_engine.models.flops import count_flops
 
 def test_a_convolution_costs_two_flops_per_multiply_add():
     # 8 outputs x 3 inputs x 3x3 kernel per pixel, 16x16 pixels: 55,296 multiply-adds
-    flops = count_flops(lambda: torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), lambda: ((torch.empty(1, 3, 16, 16),), {}))
+    flops = count_flops(
+        lambda: torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), lambda: ((torch.empty(1, 3, 16, 16),), {})
+    )
     assert flops == 2 * 8 * 3 * 9 * 16 * 16
 
 
@@ -22,7 +24,9 @@ class _SDPA(torch.nn.Module):
 
 def test_attention_counts_both_matmuls_even_on_the_cpu_kernel():
     b, h, lq, lk, d = 2, 4, 64, 48, 32
-    flops = count_flops(_SDPA, lambda: ((torch.empty(b, h, lq, d), torch.empty(b, h, lk, d), torch.empty(b, h, lk, d)), {}))
+    flops = count_flops(
+        _SDPA, lambda: ((torch.empty(b, h, lq, d), torch.empty(b, h, lk, d), torch.empty(b, h, lk, d)), {})
+    )
     assert flops == 2 * (2 * b * h * lq * lk * d)  # Q K^T and softmax(.) V
 
 
@@ -30,8 +34,9 @@ def test_a_diffusers_attention_layer_matches_its_hand_count():
     from diffusers.models.attention_processor import Attention
 
     n, dim, heads, head_dim = 32, 64, 4, 16
-    flops = count_flops(lambda: Attention(query_dim=dim, heads=heads, dim_head=head_dim),
-                        lambda: ((torch.empty(1, n, dim),), {}))
+    flops = count_flops(
+        lambda: Attention(query_dim=dim, heads=heads, dim_head=head_dim), lambda: ((torch.empty(1, n, dim),), {})
+    )
     projections = 4 * 2 * n * dim * (heads * head_dim)  # q, k, v and out
     attention = 2 * 2 * heads * n * n * head_dim
     assert flops == projections + attention
@@ -66,7 +71,9 @@ def test_transformer_families_build_with_their_known_sizes_and_count(name, billi
     assert pipe.text_encoder is None  # these take prompt embeddings (architectures.prompt_inputs)
     assert sum(p.numel() for p in pipe.transformer.parameters()) / 1e9 == pytest.approx(billions, rel=0.005)
     if name == "sd3-medium":  # (FLUX's count, 69.5 TFLOP, is in bench/RESULTS.md; 8 s more here)
-        f = pipeline_flops(pipe, spec.family, steps=1, cfg=False, height=1024, width=1024, text=architecture(name)["text"])
+        f = pipeline_flops(
+            pipe, spec.family, steps=1, cfg=False, height=1024, width=1024, text=architecture(name)["text"]
+        )
         # Bounds from the weights: 2 FLOPs per weight per token it sees. At least half the weights
         # (the image stream) see all 4096 image tokens; none sees more than image + text tokens,
         # and attention adds well under 20% at this size.

@@ -9,13 +9,20 @@ import pytest
 import torch
 
 from t2i_engine.engine.generator import Generator
-from t2i_engine.models.pipelines import bundled_path, load_pipeline
 from t2i_engine.engine.plan import plan_samples
 from t2i_engine.engine.recipe import build_recipe
+from t2i_engine.models.pipelines import bundled_path, load_pipeline
 from t2i_engine.models.registry import MODELS
 from t2i_engine.training.digits_data import load_split
 from t2i_engine.training.digits_judge import load_judge
-from t2i_engine.training.digits_model import NAMES, TrainConfig, build_components, latent_moments, train_denoiser, train_vae
+from t2i_engine.training.digits_model import (
+    NAMES,
+    TrainConfig,
+    build_components,
+    latent_moments,
+    train_denoiser,
+    train_vae,
+)
 from t2i_engine.training.small_cnn import accuracy, predict
 
 
@@ -42,15 +49,19 @@ def test_training_from_scratch_lowers_both_losses():
     gen = torch.Generator().manual_seed(0)
     vae_losses = train_vae(vae, images, cfg, gen, log=lambda *_: None)
     means, stds = latent_moments(vae.eval(), images)
-    unet_losses = train_denoiser(unet, text_encoder, tokenizer, scheduler, (means, stds), labels, cfg, gen, log=lambda *_: None)
+    unet_losses = train_denoiser(
+        unet, text_encoder, tokenizer, scheduler, (means, stds), labels, cfg, gen, log=lambda *_: None
+    )
     first, last = np.mean(vae_losses[:5]), np.mean(vae_losses[-5:])
     assert last < 0.7 * first, (first, last)
     first, last = np.mean(unet_losses[:10]), np.mean(unet_losses[-10:])
     assert last < 0.9 * first, (first, last)
 
 
-shipped = pytest.mark.skipif(bundled_path(MODELS["digits"]) is None or not Path(bundled_path(MODELS["digits"]), "model_index.json").exists(),
-                             reason="embedded weights not trained yet")
+shipped = pytest.mark.skipif(
+    bundled_path(MODELS["digits"]) is None or not Path(bundled_path(MODELS["digits"]), "model_index.json").exists(),
+    reason="embedded weights not trained yet",
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +72,9 @@ def digits_pipe():
 @shipped
 def test_shipped_weights_are_small_safetensors():
     folder = Path(bundled_path(MODELS["digits"]))
-    files = [p for p in folder.parent.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
+    files = [
+        p for p in folder.parent.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")
+    ]
     assert files and all(p.suffix == ".safetensors" for p in files)
     assert sum(p.stat().st_size for p in files) < 10 * 2**20
 

@@ -72,11 +72,23 @@ def _rows(run):
 def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(digits_world, tmp_path):
     # Two loader workers: determinism must not depend on which worker delivers first.
     # Only the killed run needs a process of its own; the others run here (the same config).
-    args = ["train", str(digits_world["real_test"]), "--preset", "small", "--epochs", "3", "--workers", "2", "--no-progress"]
+    args = [
+        "train",
+        str(digits_world["real_test"]),
+        "--preset",
+        "small",
+        "--epochs",
+        "3",
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
     config = resolve_config("small", {"epochs": 3, "workers": 2})
     train(config, digits_world["real_test"], tmp_path / "straight", device="cpu", progress=False)
 
-    proc = subprocess.Popen([*CLI, *args, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*CLI, *args, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
     while not _rows(tmp_path / "killed") and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -100,8 +112,10 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(digits_w
 
 
 def test_paper_preset_trains_with_its_augmentations_and_cutmix(digits_world, tmp_path):
-    config = resolve_config("paper", {"arch": "resnet18", "image_size": 32, "epochs": 2, "warmup_epochs": 1,
-                                      "batch_size": 64, "workers": 0})
+    config = resolve_config(
+        "paper",
+        {"arch": "resnet18", "image_size": 32, "epochs": 2, "warmup_epochs": 1, "batch_size": 64, "workers": 0},
+    )
     assert config.cutmix and config.augment == "paper" and config.grad_clip == 1.0 and config.lr == 1e-3
     result = train(config, digits_world["real_test"], tmp_path / "run", device="cpu", progress=False)
     assert result["config"]["arch"] == "resnet18" and len(_rows(tmp_path / "run")) == 2
@@ -126,14 +140,17 @@ def test_architectures_build_from_scratch_with_the_requested_classes(name):
         assert model(torch.rand(1, 3, size, size)).shape == (1, 7)
 
 
-@pytest.mark.parametrize("args, field", [
-    (["--preset", "huge"], "--preset"),
-    (["--arch", "resnet-9000"], "--arch"),
-    (["--epochs", "0"], "--epochs"),
-    (["--lr", "fast"], "--lr"),
-    (["--val-fraction", "0.9"], "--val-fraction"),
-    (["--warmup-epochs", "40"], "--warmup-epochs"),
-])
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["--preset", "huge"], "--preset"),
+        (["--arch", "resnet-9000"], "--arch"),
+        (["--epochs", "0"], "--epochs"),
+        (["--lr", "fast"], "--lr"),
+        (["--val-fraction", "0.9"], "--val-fraction"),
+        (["--warmup-epochs", "40"], "--warmup-epochs"),
+    ],
+)
 def test_train_refuses_bad_flags_before_reading_data(cli, tmp_path, args, field):
     code, _, err = cli("train", tmp_path / "nowhere", "--out", tmp_path / "run", *args)
     assert code == 2 and field in err and not (tmp_path / "run").exists()
@@ -165,8 +182,9 @@ def test_the_schedule_follows_images_seen_whatever_the_worker_count(digits_world
     n = result["train_images"]
     rows = [line.split(",") for line in _rows(tmp_path / "run")]
     for epoch, row in enumerate(rows, start=1):
-        expected = config.lr * lr_factor(epoch * n, 3 * n, round(n * config.warmup_epochs), config.warmup_start_factor,
-                                         config.min_lr / config.lr)
+        expected = config.lr * lr_factor(
+            epoch * n, 3 * n, round(n * config.warmup_epochs), config.warmup_start_factor, config.min_lr / config.lr
+        )
         assert float(row[1]) == pytest.approx(expected)
     assert float(rows[-1][1]) == pytest.approx(config.min_lr)
     assert result["best_epoch"] == 3 and result["best"]["val_loss"] is None  # no validation split: the last epoch
@@ -220,5 +238,7 @@ def test_an_undecodable_image_is_named_as_bad_input(cli, tmp_path):
         (tmp_path / "data" / cls).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "data" / cls / "ok.png")
     (tmp_path / "data" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
-    code, _, err = cli("train", tmp_path / "data", "--out", tmp_path / "run", "--epochs", "1", "--val-fraction", "0", "--no-progress")
+    code, _, err = cli(
+        "train", tmp_path / "data", "--out", tmp_path / "run", "--epochs", "1", "--val-fraction", "0", "--no-progress"
+    )
     assert code == 2 and "b/broken" in err and "cannot decode" in err
