@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -52,7 +53,9 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("what,recipe_text,flags,field", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_bad_input_exits_2_naming_the_field_and_writes_nothing(cli, tmp_path, monkeypatch, what, recipe_text, flags, field):
+def test_bad_input_exits_2_naming_the_field_and_writes_nothing(
+    cli, tmp_path, monkeypatch, what, recipe_text, flags, field
+):
     monkeypatch.chdir(tmp_path)
     args = ["generate"]
     if recipe_text is not None:
@@ -105,8 +108,20 @@ def test_recipe_less_generate_and_json_summary(cli, tmp_path):
 
 def test_sigkill_mid_write_then_resume_gives_the_whole_dataset(cli, tmp_path):
     out = tmp_path / "o"
-    args = ["generate", "--out", str(out), *FAST, "--images-per-class", "12", "--images-per-shard", "3",
-            "--batch-size", "1", "--device", "cpu"]
+    args = [
+        "generate",
+        "--out",
+        str(out),
+        *FAST,
+        "--images-per-class",
+        "12",
+        "--images-per-shard",
+        "3",
+        "--batch-size",
+        "1",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     # Only the killed run needs a process of its own; the resume and verify run here.
     proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -145,3 +160,61 @@ def test_generate_with_only_out_makes_the_default_digits_dataset(cli, tmp_path):
     assert [c["name"] for c in manifest["recipe"]["classes"]][:2] == ["zero", "one"]
     assert manifest["recipe"]["batch_size"] == 100 and manifest["recipe"]["steps"] == 15
     assert cli("verify", tmp_path / "d")[0] == 0
+
+
+def test_generate_help_groups_its_flags_and_states_their_defaults(capsys):
+    from t2i_engine.cli import _parser, main
+
+    with pytest.raises(SystemExit) as done:
+        main(["generate", "--help"])
+    text = capsys.readouterr().out
+    assert done.value.code == 0
+    groups = ["recipe (each overrides", "devices and scale-out:", "runtime and speed:", "output:"]
+    assert all(g in text for g in groups) and [text.index(g) for g in groups] == sorted(text.index(g) for g in groups)
+    assert "--steps N" in text and "--backend {eager,onnx,tensorrt,compile}" in text and "(default: auto)" in text
+    # Every flag of every command says its default (or that it is required), switches aside.
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.option_strings and action.nargs != 0:
+                assert "default" in action.help or "required" in action.help, (name, action.option_strings)
+
+
+def test_version(capsys):
+    from t2i_engine import __version__
+    from t2i_engine.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"t2i-engine {__version__}"
+
+
+def test_a_typed_flag_is_refused_in_one_line_naming_it(cli, tmp_path):
+    code, _, err = cli("eval", tmp_path, "--data", tmp_path, "--batch-size", "lots")
+    assert (
+        code == 2
+        and err.strip()
+        == "t2i-engine: error: --batch-size: 'lots' is not allowed; expected an integer from 1 to 65536"
+    )
+    code, _, err = cli("train", tmp_path, "--out", tmp_path / "r", "--precision", "fp8")
+    assert (
+        code == 2
+        and len(err.strip().splitlines()) == 1
+        and "--precision: 'fp8' is not allowed; expected one of auto" in err
+    )
+
+
+def test_the_clis_closed_sets_are_the_librarys():
+    # The CLI states them itself so that --help and bad flags answer without importing torch.
+    from t2i_engine import cli
+    from t2i_engine.benchmark.bench import NORM
+    from t2i_engine.engine.runtime import ATTENTION
+    from t2i_engine.eval.probes import PROBES
+    from t2i_engine.export.build import BACKENDS, BUILT, PRECISIONS
+    from t2i_engine.export.onnx_export import EXPORTERS
+    from t2i_engine.training.presets import OVERRIDES, PRESETS
+
+    assert (cli.ATTENTION, cli.NORMS, cli.PROBES, cli.EXPORTERS) == (ATTENTION, NORM, PROBES, EXPORTERS)
+    assert (cli.BACKENDS, cli.BUILT, cli.PRECISIONS) == (BACKENDS, BUILT, tuple(PRECISIONS))
+    assert cli.PRESETS == tuple(PRESETS)
+    assert (cli.TRAIN_PRECISIONS, cli.MEMORY_FORMATS) == (OVERRIDES["precision"][0], OVERRIDES["memory_format"][0])
