@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
+import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
+from .engine.manifest import MANIFEST
+from .engine.preview import PREVIEW, dataset_rows, write_sheet
 from .engine.recipe import load_recipe
-from .engine.verify import repair, verify_dataset
-from .errors import InputError
+from .engine.verify import load_dataset_recipe, repair, verify_dataset
+from .errors import SPACE_ERRNOS, InputError, OutOfSpace
 from .eval.report import write_report
-from .files import atomic_write_text
+from .files import atomic_write_text, check_writable
 from .models.registry import MODELS, get_model
+from .training.sources import open_set, sheet_rows
 
 # generate flag -> recipe key; every recipe key has a flag.
 RECIPE_FLAGS = {
@@ -112,6 +117,25 @@ def _parser() -> argparse.ArgumentParser:
 
     fin = sub.add_parser("finalize", help="complete the manifest of a folder whose parts have all finished")
     fin.add_argument("dir", type=Path, metavar="DIR", help="dataset folder")
+
+    pv = sub.add_parser("preview", help="a contact sheet of a dataset folder or an ImageFolder tree: a row per class")
+    pv.add_argument(
+        "dir",
+        type=Path,
+        metavar="DIR",
+        help="dataset folder (finished or not) or ImageFolder tree ROOT/<class id>/<image>",
+    )
+    pv.add_argument(
+        "--per-class", type=_int(1, 64), default=8, metavar="N", help="images per class (default: %(default)s)"
+    )
+    pv.add_argument(
+        "--seed",
+        type=_int(0, 2**63 - 1),
+        default=0,
+        metavar="N",
+        help="which images: the same seed, the same sheet; another, others (default: %(default)s)",
+    )
+    pv.add_argument("--out", type=Path, metavar="FILE", help="JPEG to write (default: DIR/preview.jpg)")
 
     mod = sub.add_parser("models", help="list the registry's models")
     mod.add_argument("--all", action="store_true", help="include test models")
@@ -608,17 +632,43 @@ def _add_train_eval_parsers(sub) -> None:
     de.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm sends at preemption and at the time limit, and `kill`'s default): the run
+    stops as on Ctrl-C (workers stopped, committed shards kept) and the process exits 143."""
+
+
+def _terminate(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough; a second must not cut the cleanup short
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    # Past a file-size limit (ulimit -f) a write then fails with EFBIG, reported below like a full
+    # disk, instead of the signal killing the process mid-shard.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         args = _parser().parse_args(argv)
     except _UsageError as e:
         print(f"t2i-engine: error: {e}", file=sys.stderr)
         return 2
+    args.argv = argv  # the command line as given, for the records that say how a dataset was made
     try:
         return {
             "generate": _generate,
             "verify": _verify,
             "models": _models,
+            "preview": _preview,
             "finalize": _finalize,
             "train": _train,
             "eval": _eval,
@@ -632,12 +682,25 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"t2i-engine {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except OutOfSpace as e:
+        print(f"t2i-engine {args.command}: error: out: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in SPACE_ERRNOS:
+            raise
         print(
-            f"t2i-engine {args.command}: interrupted; committed shards are kept, rerun the same command to resume",
+            f"t2i-engine {args.command}: error: {e.filename or 'out'}: no space left to write it ({e.strerror}); "
+            "free space and rerun the same command",
             file=sys.stderr,
         )
-        return 130
+        return 1
+    except KeyboardInterrupt as e:
+        why = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(
+            f"t2i-engine {args.command}: {why}; committed shards are kept, rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 143 if isinstance(e, Terminated) else 130
 
 
 def _generate(args) -> int:
@@ -669,6 +732,7 @@ def _generate(args) -> int:
             ray=args.ray,
             attention=args.attention,
             backend=args.backend,
+            command=shlex.join(["t2i-engine", *args.argv]),
         ),
     )
     if args.json:
@@ -717,6 +781,19 @@ def _finalize(args) -> int:
 
     r = finalize(args.dir)
     print(f"complete: {r['num_samples']} samples in {r['shards']} shards -> {r['out']}", file=sys.stderr)
+    return 0
+
+
+def _preview(args) -> int:
+    out = args.out or args.dir / PREVIEW
+    check_writable(out, "--out", kind="file")
+    if (args.dir / MANIFEST).is_file():
+        _, recipe = load_dataset_recipe(args.dir)
+        rows = dataset_rows(args.dir, recipe, args.per_class, args.seed)
+    else:
+        rows = sheet_rows(open_set(args.dir, "dir"), args.per_class, args.seed)
+    write_sheet(rows, out)
+    print(f"{len(rows)} classes x up to {args.per_class} images -> {out}", file=sys.stderr)
     return 0
 
 
@@ -842,11 +919,9 @@ def _bench(args) -> int:
     )
     check_options(opts)
     if args.out:
-        out = args.out
-        if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-            raise InputError(
-                "--out", str(out), "expected a file path for the results JSON in an existing, writable folder"
-            )
+        if not args.out.parent.is_dir():
+            raise InputError("--out", str(args.out), "expected a file path for the results JSON in an existing folder")
+        check_writable(args.out, "--out", kind="file")
     result = run_bench(opts, log=lambda line: print(line, file=sys.stderr))
     print(
         json.dumps(result, indent=1) if args.json else table(result), flush=True
@@ -882,8 +957,8 @@ def _build(args) -> int:
     components = tuple(c.strip() for c in args.components.split(","))
     if not components or any(c not in kinds for c in components):
         raise InputError("--components", args.components, f"expected a comma-separated list of {', '.join(kinds)}")
-    if args.cache_dir and args.cache_dir.exists() and not args.cache_dir.is_dir():
-        raise InputError("--cache-dir", str(args.cache_dir), "expected a folder")
+    if args.cache_dir:
+        check_writable(args.cache_dir, "--cache-dir")
     opts = BuildOptions(
         model=spec.name,
         backend=args.backend,

@@ -22,6 +22,7 @@ from .errors import InputError
 from .eval.analyze import analyze
 from .eval.classify import evaluate_run
 from .eval.report import write_report
+from .files import check_writable
 from .training.digits_data import write_real_digits
 from .training.loop import train
 from .training.presets import resolve_config
@@ -39,6 +40,7 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     out = Path(out)
+    check_writable(out, "--out")
     recipes = {
         g: build_recipe({"model": "digits", "guidance": g, "images_per_class": images_per_class}) for g in guidances
     }

@@ -6,6 +6,7 @@ accepted, on one line. The CLI turns them into exit code 2.
 
 from __future__ import annotations
 
+import errno
 import reprlib
 
 
@@ -20,6 +21,27 @@ class InputError(ValueError):
 
 class ModelUnavailable(InputError):
     """The weights of a registry model are neither on disk nor reachable."""
+
+
+# A full disk or quota, or a file-size limit (RLIMIT_FSIZE, with SIGXFSZ ignored as the CLI does).
+SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class OutOfSpace(Exception):
+    """A shard could not be written for want of space. Nothing partial stays under a final name;
+    the committed shards stay, and the same command rerun with space resumes. The CLI exits 1."""
+
+    def __init__(self, folder, shard_bytes: int, shards_left: int, cause: OSError):
+        self.folder, self.shard_bytes, self.shards_left, self.cause = folder, shard_bytes, shards_left, cause
+        super().__init__(
+            f"{folder}: no space to write its shards ({cause.strerror}); one needs about {_size(shard_bytes)}, the "
+            f"{shards_left} still to write about {_size(shard_bytes * shards_left)}; free space there (or raise the "
+            "file-size limit) and rerun the same command: committed shards are kept"
+        )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{max(1, round(n / 2**10))} KB"
 
 
 _REPR = reprlib.Repr()

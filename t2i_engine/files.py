@@ -2,14 +2,18 @@
 
 `atomic_write_*` writes NAME.tmp, fsyncs it and renames it over NAME (a reader sees the old file
 or the new one, never part of one); `fsync_dir` makes the renames in a folder durable;
-`file_sha256` hashes a file of any size in blocks.
+`file_sha256` hashes a file of any size in blocks; `check_writable` refuses an output location
+that cannot be written, before any work starts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
+
+from .errors import InputError
 
 TMP_SUFFIX = ".tmp"  # partial files; never visible under a final name, removed by the next run
 
@@ -41,3 +45,30 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_writable(path: Path, field: str, kind: str = "folder") -> None:
+    """Refuse, naming `field`, an output `path` (a folder, or a file with kind="file") that cannot
+    be created or written, before any work starts. The nearest existing folder is tried by making
+    (and removing) a file in it: permission bits say nothing to root, and /proc, read-only mounts
+    or a full quota refuse only when tried."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise InputError(field, str(path), f"expected a {kind}; this is a link to nothing")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise InputError(field, str(path), "expected a folder; a file of that name exists")
+    if kind == "file" and path.is_dir():
+        raise InputError(field, str(path), "expected a file path; this is a folder")
+    existing = path if kind == "folder" else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(field, str(path), f"cannot create it under {existing}, which is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".t2i-engine-probe-", suffix=TMP_SUFFIX, dir=existing)
+    except OSError as e:
+        raise InputError(
+            field, str(path), f"expected a writable location; {existing} refuses new files ({e.strerror})"
+        ) from None
+    os.close(fd)
+    Path(probe).unlink(missing_ok=True)  # a run's cleanup of stale temporaries may have taken it already

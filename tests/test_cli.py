@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -153,7 +154,8 @@ def test_sigkill_mid_write_then_resume_gives_the_whole_dataset(cli, tmp_path):
 
 
 def test_generate_with_only_out_makes_the_default_digits_dataset(cli, tmp_path):
-    code, out, _ = cli("generate", "--out", tmp_path / "d", "--no-progress", "--json")
+    code, out, err = cli("generate", "--out", tmp_path / "d", "--no-progress", "--json")
+    assert "Loading" not in err and "it/s" not in err  # diffusers' and transformers' loading bars stay quiet
     summary = json.loads(out)
     assert code == 0 and summary["model"] == "digits" and summary["images"] == 100
     manifest = json.loads((tmp_path / "d" / "dataset.json").read_text())
@@ -218,3 +220,97 @@ def test_the_clis_closed_sets_are_the_librarys():
     assert (cli.BACKENDS, cli.BUILT, cli.PRECISIONS) == (BACKENDS, BUILT, tuple(PRECISIONS))
     assert cli.PRESETS == tuple(PRESETS)
     assert (cli.TRAIN_PRECISIONS, cli.MEMORY_FORMATS) == (OVERRIDES["precision"][0], OVERRIDES["memory_format"][0])
+
+
+UNWRITABLE = "/proc/t2i-engine-test"  # no process may create files in /proc, root included
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["generate", "--out", f"{UNWRITABLE}/out", *FAST], "out"),
+        (["train", "{data}", "--out", f"{UNWRITABLE}/run"], "--out"),
+        (["eval", "{data}", "--data", "{data}", "--out", f"{UNWRITABLE}/e.json"], "--out"),
+        (["analyze", "{data}", "--real", "{data}", "--out", f"{UNWRITABLE}/a.json"], "--out"),
+        (["probe", "fft-low", "{data}", "--out", f"{UNWRITABLE}/p"], "--out"),
+        (["report", "{data}", "--out", f"{UNWRITABLE}/r"], "--out"),
+        (["preview", "{data}", "--out", f"{UNWRITABLE}/p.jpg"], "--out"),
+        (["build", "tiny-sd", "--cache-dir", UNWRITABLE], "--cache-dir"),
+        (["bench", "tiny-sd", "--out", "/proc/bench.json"], "--out"),
+        (["demo", "--out", f"{UNWRITABLE}/demo"], "--out"),
+    ],
+    ids=lambda x: x[0] if isinstance(x, list) else None,
+)
+def test_an_output_that_cannot_be_written_is_refused_in_one_line_before_any_work(cli, tmp_path, args, field):
+    (tmp_path / "data" / "a").mkdir(parents=True)  # nothing is read before the output is checked
+    code, out, err = cli(*[a.format(data=tmp_path / "data") for a in args])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and f"error: {field}: " in lines[0] and "writable" in lines[0], err
+
+
+def test_a_disk_that_fills_mid_shard_stops_cleanly_and_a_rerun_with_space_completes_the_same_bytes(cli, tmp_path):
+    import resource
+
+    from t2i_engine.engine.verify import verify_dataset
+    from tests.engine.test_generate import shard_hashes
+
+    out = tmp_path / "out"
+    args = ["generate", "--out", str(out), *FAST, "--images-per-shard", "4", "--device", "cpu"]  # 20 samples, 5 shards
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def small_disk():  # every file this process writes stops at 16 KiB: the manifest fits, a 20 KiB shard does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+
+    full = subprocess.run([*CLI, *args], env=env, preexec_fn=small_disk, capture_output=True, text=True, timeout=300)
+    lines = full.stderr.strip().splitlines()
+    assert full.returncode == 1 and len(lines) == 1, full.stderr
+    assert str(out) in lines[0] and "no space" in lines[0] and "the 5 still to write about" in lines[0]
+    assert (out / "dataset.json").exists() and not list(out.glob("*.tar")) and not list(out.glob("*.jsonl"))
+    assert not list(out.glob("*.stats.json")) and not list(out.glob("*.tar.tmp"))
+
+    code, _, err = cli(*args)  # with space: resumes and completes
+    assert code == 0, err
+    assert verify_dataset(out) == []
+    reference = tmp_path / "reference"
+    assert cli(*[str(reference) if a == str(out) else a for a in args])[0] == 0  # an uninterrupted run
+    assert shard_hashes(out) == shard_hashes(reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "scale_out", [["--part", "0/2"], ["--devices", "cpu:2"]], ids=["one-process-part", "two-workers"]
+)
+def test_sigterm_stops_a_run_within_seconds_with_only_committed_shards_and_exit_143(cli, tmp_path, scale_out):
+    from t2i_engine.engine.verify import verify_dataset
+
+    # The CLI runs in this process, so SIGTERM is sent to it; outside main() a recorder takes the
+    # signal instead of pytest's default (ending the test session), should the run end first.
+    late = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: late.append(True))
+    out, sent = tmp_path / "out", []
+    args = ["generate", "--out", out, *FAST, "--images-per-class", "4", "--images-per-shard", "3", "--batch-size", "1"]
+
+    def terminate_once_a_shard_is_in():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not list(out.glob("*.tar")):
+            time.sleep(0.01)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        threading.Thread(target=terminate_once_a_shard_is_in, daemon=True).start()
+        code, _, err = cli(*args, *scale_out)
+        stopped = time.monotonic()
+        time.sleep(0.2)  # a signal sent after the run ended would land in the recorder by now
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not late, "the signal should land mid-run"
+    assert code == 143 and "terminated (SIGTERM)" in err and stopped - sent[0] < 20, (code, err)
+    tars = sorted(out.glob("*.tar"))
+    assert 1 <= len(tars) < 14 and not json.loads((out / "dataset.json").read_text())["complete"]
+    for tar in tars:  # every shard under a final name is whole
+        assert json.loads(tar.with_name(tar.stem + ".stats.json").read_text())["bytes"] == tar.stat().st_size
+
+    for rest in (["--part", "0/2"], ["--part", "1/2"]) if scale_out[0] == "--part" else ([],):
+        assert cli(*args, *rest)[0] == 0  # the rerun (in this one process) completes it
+    assert json.loads((out / "dataset.json").read_text())["complete"] and verify_dataset(out) == []

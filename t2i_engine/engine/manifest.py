@@ -18,14 +18,20 @@ from importlib import metadata
 from pathlib import Path
 
 from ..errors import InputError
-from ..files import TMP_SUFFIX, atomic_write_text
+from ..files import TMP_SUFFIX, atomic_write_text, check_writable
+from .card import write_card
+from .preview import PREVIEW, dataset_rows, write_sheet
 from .recipe import Recipe
 from .writer import ShardRecord
 
 MANIFEST = "dataset.json"
 INFO = "_info.json"
 LOCK = ".t2i-engine.lock"
-FORMAT = "t2i-engine-dataset/1"
+# The manifest's format says which rule made its samples' seeds: format 1 drew them from the full
+# unsigned 64-bit range, which Arrow, pandas, parquet and DuckDB cannot hold; format 2 from [0, 2^63).
+# A dataset keeps its format (and its seeds) through resumes.
+FORMAT = "t2i-engine-dataset/2"
+SEED_BITS = {"t2i-engine-dataset/1": 64, FORMAT: 63}
 
 
 def versions() -> dict[str, str]:
@@ -48,26 +54,17 @@ def read_manifest(out_dir: Path) -> dict | None:
         raise InputError(
             "out", str(out_dir), f"its {MANIFEST} is unreadable ({e.__class__.__name__}); use another folder"
         ) from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in SEED_BITS:
+        formats = ", ".join(SEED_BITS)
         raise InputError(
-            "out", str(out_dir), f"its {MANIFEST} is not a t2i-engine manifest ({FORMAT}); use another folder"
+            "out", str(out_dir), f"its {MANIFEST} is not a t2i-engine manifest ({formats}); use another folder"
         )
     return data
 
 
 def check_output_dir(out_dir: Path) -> None:
     """Refuse an output path that cannot be created or written, before anything is written."""
-    if out_dir.is_symlink() and not out_dir.exists():
-        raise InputError("out", str(out_dir), "expected a folder; this is a link to nothing")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError("out", str(out_dir), "expected a folder; a file of that name exists")
-    existing = out_dir
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError("out", str(out_dir), f"cannot create a folder under {existing}, which is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError("out", str(out_dir), f"expected a writable location; {existing} is not writable")
+    check_writable(out_dir, "out")
 
 
 def check_resumable(
@@ -224,10 +221,14 @@ def write_manifest(
     attention: str = "sdpa",
     backend: str = "eager",
     refiner_weights: str | None = None,
+    dataset_format: str = FORMAT,
+    command: str | None = None,
 ) -> None:
+    """`dataset_format`: a dataset keeps the format it was started in (it says how its seeds were
+    made). `command`: the command line that made it, for the record and the dataset card."""
     complete = records is not None
     manifest = {
-        "format": FORMAT,
+        "format": dataset_format,
         "complete": complete,
         "recipe_hash": recipe.content_hash(),
         "num_samples": recipe.num_samples,
@@ -240,10 +241,13 @@ def write_manifest(
         "dtype": dtype,
         "attention": attention,
         "backend": backend,
+        "command": command,
         "versions": versions(),
     }
-    if complete:  # _info.json first: a complete manifest promises it exists
+    if complete:  # _info.json, the preview and the card first: a complete manifest promises they exist
         write_timm_info(out_dir, recipe, records)
+        write_sheet(dataset_rows(out_dir, recipe), out_dir / PREVIEW)
+        write_card(out_dir, recipe, shards=len(records), seed_bits=SEED_BITS[dataset_format], command=command)
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
 
 

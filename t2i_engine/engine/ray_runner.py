@@ -85,7 +85,7 @@ def run_ray(
             disable=None if progress else True,
             dynamic_ncols=True,
         ) as bar:
-            for n in pool.map_unordered(lambda actor, shard: actor.run.remote(shard), [u.shard for u in units]):
+            for n in pool.map_unordered(lambda actor, unit: actor.run.remote(unit), units):
                 done += n
                 bar.update(n)
     except ray.exceptions.RayError as e:
@@ -110,7 +110,7 @@ class _RayUnitWorker:
         if self.runner.dtype != dtype:
             raise RuntimeError(f"this actor runs {self.runner.dtype}, the dataset is {dtype}")
 
-    def run(self, shard: int) -> int:
-        n = self.runner.run_shard(shard)
+    def run(self, unit: WorkUnit) -> int:
+        n = self.runner.run(unit)
         self.runner.writer.flush()
         return n

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from ..devices import resolve_device
-from ..errors import InputError
+from ..errors import InputError, OutOfSpace
 from ..models.pipelines import resolve_dtype
 from ..models.registry import get_model
 from . import manifest as mf
@@ -50,6 +51,7 @@ class RunOptions:
     ray: str | None = None  # "local" (a Ray instance of this machine) or a cluster address
     attention: str = "sdpa"  # or "triton": our fused kernel (kernels.install); recorded in the manifest
     backend: str = "eager"  # or onnx, tensorrt, compile (export.build.apply_backend); recorded in the manifest
+    command: str | None = None  # the command line, recorded in the manifest and the dataset card
 
     @property
     def model(self) -> ModelOptions:
@@ -117,10 +119,12 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
         attention=options.attention,
         backend=options.backend,
         refiner_weights=options.refiner_weights,
+        command=options.command,
     )
     existing = mf.check_resumable(out_dir, recipe, **_kept(meta))
-
-    units = plan_units(recipe)
+    # A dataset keeps the format it was started in, and so the rule that made its seeds.
+    meta["dataset_format"] = existing["format"] if existing else mf.FORMAT
+    units = plan_units(recipe, mf.SEED_BITS[meta["dataset_format"]])
     part = options.part
     mine = [u for u in units if u.shard % part[1] == part[0]] if part else units
     todo = _uncommitted(out_dir, mine)
@@ -152,6 +156,8 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
 
     # With worker processes the model loads in each of them, not here.
     remote = bool(options.devices or options.ray)
+    if todo and not remote and options.progress and sys.stderr.isatty():  # where the progress bar shows too
+        print(f"generate: loading {spec.name} ({meta['dtype']}) on {device}", file=sys.stderr, flush=True)
     generator = load_generator(recipe, options.model, device) if todo and not remote else None
     t_loaded = time.perf_counter()
 
@@ -168,22 +174,25 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                 mf.write_manifest(out_dir, recipe, records=None, **meta)
 
         images, stages, writer_wait, rates, restarts = 0, {}, 0.0, None, 0
-        if todo and options.ray:
-            images, rates, restarts = ray_runner.run_ray(
-                todo, recipe, out_dir, model=options.model, dtype=meta["dtype"], progress=options.progress
-            )
-        elif todo and options.devices:
-            images, rates, restarts = run_workers(
-                todo, recipe, out_dir, devices=options.devices, model=options.model, progress=options.progress
-            )
-        elif todo:
-            workers = default_encode_workers(device) if options.encode_workers is None else options.encode_workers
-            runner = UnitRunner(generator, shard_writer(recipe, out_dir, workers), recipe.batch_size)
-            try:
-                images = _run_units(todo, runner, options.progress)
-            finally:
-                runner.writer.close()
-            stages, writer_wait = generator.stage_seconds, runner.writer.wait_seconds
+        try:
+            if todo and options.ray:
+                images, rates, restarts = ray_runner.run_ray(
+                    todo, recipe, out_dir, model=options.model, dtype=meta["dtype"], progress=options.progress
+                )
+            elif todo and options.devices:
+                images, rates, restarts = run_workers(
+                    todo, recipe, out_dir, devices=options.devices, model=options.model, progress=options.progress
+                )
+            elif todo:
+                workers = default_encode_workers(device) if options.encode_workers is None else options.encode_workers
+                runner = UnitRunner(generator, shard_writer(recipe, out_dir, workers), recipe.batch_size)
+                try:
+                    images = _run_units(todo, runner, options.progress)
+                finally:
+                    runner.writer.close()
+                stages, writer_wait = generator.stage_seconds, runner.writer.wait_seconds
+        except OutOfSpace as e:  # say how much the rest needs: the shards of this run still unwritten
+            raise OutOfSpace(out_dir, e.shard_bytes, len(_uncommitted(out_dir, mine)), e.cause) from e.cause
         if not part:
             mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
         else:
@@ -222,7 +231,7 @@ def finalize(out_dir: Path) -> dict:
     part does by itself; for when it could not, e.g. it was killed after its last shard)."""
     out_dir = Path(out_dir)
     manifest, recipe = load_dataset_recipe(out_dir)
-    units = plan_units(recipe)
+    units = plan_units(recipe, mf.SEED_BITS[manifest["format"]])
     with mf.exclusive_lock(out_dir):
         missing = [u.name for u in _uncommitted(out_dir, units)]
         if missing:
@@ -242,13 +251,16 @@ def finalize(out_dir: Path) -> dict:
             attention=manifest.get("attention", "sdpa"),
             backend=manifest.get("backend", "eager"),
             refiner_weights=manifest.get("refiner_weights"),
+            dataset_format=manifest["format"],
+            command=manifest.get("command"),
         )
     return {"out": str(out_dir), "shards": len(units), "num_samples": recipe.num_samples}
 
 
 def _kept(meta: dict) -> dict:
-    """The settings a resumed run must share with the folder's shards (all but the device)."""
-    return {k: v for k, v in meta.items() if k != "device"}
+    """The settings a resumed run must share with the folder's shards (all but the device; the
+    dataset's format is the folder's own)."""
+    return {k: v for k, v in meta.items() if k not in ("device", "dataset_format", "command")}
 
 
 def _uncommitted(out_dir: Path, units: list[WorkUnit]) -> list[WorkUnit]:

@@ -17,30 +17,16 @@ import torch
 
 from ..devices import resolve_device
 from .generator import Generator
-from .plan import WorkUnit, plan_units
+from .plan import WorkUnit
 from .recipe import Recipe
 from .runtime import ModelOptions, load_generator
-from .writer import ShardWriter
+from .writer import ShardWriter, sample_meta
 
 
 def default_encode_workers(device: torch.device) -> int:
     """A thread on a CPU device (measured faster on 2 cores, bench/RESULTS.md); beside a GPU, a
     process per spare core, up to 8."""
     return 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-def sample_meta(recipe: Recipe) -> dict:
-    """Settings every sample's KEY.json repeats, so one image file says how it was made."""
-    meta = {
-        "model": recipe.model,
-        "steps": recipe.steps,
-        "guidance": recipe.guidance,
-        "resolution": list(recipe.resolution),
-        "negative_prompt": recipe.negative_prompt,
-    }
-    if recipe.refiner:
-        meta.update(refiner=recipe.refiner, high_noise_fraction=recipe.high_noise_fraction)
-    return meta
 
 
 def shard_writer(recipe: Recipe, out_dir: Path, encode_workers: int) -> ShardWriter:
@@ -68,7 +54,7 @@ class UnitRunner:
         cls, device_name: str, recipe_dict: dict, out_dir: str | Path, model: ModelOptions, cpu_threads: int
     ) -> UnitRunner:
         """A worker's runner: its recipe's model loaded on `device_name` (with `cpu_threads` torch
-        threads on a CPU), its own writer encoding on a thread, and the plan's units by number."""
+        threads on a CPU) and its own writer, encoding on a thread. It is handed whole units."""
         if device_name == "cpu":
             torch.set_num_threads(cpu_threads)
         recipe = Recipe.from_dict(recipe_dict)
@@ -76,15 +62,11 @@ class UnitRunner:
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)  # kernels that launch on the current device (Triton) follow the worker's
         generator = load_generator(recipe, model, device)
-        units = {u.shard: u for u in plan_units(recipe)}
-        return cls(generator, shard_writer(recipe, out_dir, encode_workers=0), recipe.batch_size, units)
+        return cls(generator, shard_writer(recipe, out_dir, encode_workers=0), recipe.batch_size)
 
     @property
     def dtype(self) -> str:
         return str(self.generator.dtype).removeprefix("torch.")
-
-    def run_shard(self, shard: int) -> int:
-        return self.run(self.units[shard])
 
     def run(self, unit: WorkUnit, on_batch: Callable[[int], None] | None = None) -> int:
         """Generate `unit` and hand it to the writer (committed once encoded); returns its image

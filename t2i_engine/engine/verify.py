@@ -63,7 +63,7 @@ def load_dataset_recipe(out_dir: Path) -> tuple[dict, Recipe]:
 def verify_dataset(out_dir: Path) -> list[Problem]:
     out_dir = Path(out_dir)
     manifest, recipe = load_dataset_recipe(out_dir)
-    units = plan_units(recipe)
+    units = plan_units(recipe, mf.SEED_BITS[manifest["format"]])
     recorded = {s["name"]: s["sha256"] for s in manifest.get("shards", [])}
     problems: list[Problem] = []
     seen: dict[str, str] = {}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, OutOfSpace
 from .plan import WorkUnit
 from .runtime import ModelOptions
 from .units import UnitRunner
@@ -122,11 +122,13 @@ def run_workers(
             shard = todo.pop(0) if todo else None
             if shard is not None:
                 w.held.append(shard)
-            w.inbox.put(shard)
+            w.inbox.put(None if shard is None else by_shard[shard])  # the unit itself: workers do not plan
         elif kind == "written":
             count_written(w, rest[0])
         elif kind == "bye":
             w.done = True
+        elif kind == "out_of_space":
+            raise OutOfSpace(out_dir, rest[0], 1, OSError(rest[1], rest[2]))
         elif kind == "fatal":
             if rest[1]:  # bad input (a missing model): the same on every device, say it once
                 raise InputError("--devices", w.device, f"its worker could not start: {rest[0]}")
@@ -239,18 +241,26 @@ def worker_main(
         outbox.put(("fatal", traceback.format_exc(limit=3)[-600:], False))
         return
     outbox.put(("ready",))
-    reported = 0
+    reported, full = 0, None
     try:
         while True:
             outbox.put(("want",))
-            shard = inbox.get()
-            if shard is None:
+            unit = inbox.get()
+            if unit is None:
                 break
-            runner.run_shard(shard)
+            runner.run(unit)
             reported = _report_written(runner.writer, outbox, reported)
+    except OutOfSpace as e:  # no retry can help: the parent stops the run and says how much is needed
+        full = e
     finally:
-        runner.writer.close()
+        try:
+            runner.writer.close()
+        except OutOfSpace as e:
+            full = full or e
         _report_written(runner.writer, outbox, reported)
+    if full is not None:
+        outbox.put(("out_of_space", full.shard_bytes, full.cause.errno, full.cause.strerror))
+        return
     outbox.put(("bye",))
 
 

@@ -36,9 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import SPACE_ERRNOS, OutOfSpace
 from ..files import TMP_SUFFIX, atomic_write_text, file_sha256, fsync_dir
 from .encode import encode_batch
 from .plan import Sample, WorkUnit
+from .recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,20 @@ def is_committed(out_dir: Path, name: str) -> bool:
 
 def read_record(out_dir: Path, name: str) -> ShardRecord:
     return ShardRecord(**json.loads(shard_paths(out_dir, name)[2].read_text(encoding="utf-8")))
+
+
+def sample_meta(recipe: Recipe) -> dict:
+    """Settings every sample's KEY.json repeats, so one image file says how it was made."""
+    meta = {
+        "model": recipe.model,
+        "steps": recipe.steps,
+        "guidance": recipe.guidance,
+        "resolution": list(recipe.resolution),
+        "negative_prompt": recipe.negative_prompt,
+    }
+    if recipe.refiner:
+        meta.update(refiner=recipe.refiner, high_noise_fraction=recipe.high_noise_fraction)
+    return meta
 
 
 def _ignore_sigint() -> None:
@@ -170,28 +186,48 @@ class ShardWriter:
             self.records.append(self._commits.popleft().result())
 
     def _write_shard(self, unit: WorkUnit, parts) -> ShardRecord:
-        tar_path, index_path, stats_path = shard_paths(self.out_dir, unit.name)
+        encoded = [
+            (sample, data, sha)
+            for samples, future in parts
+            for sample, (data, sha) in zip(samples, future.result(), strict=True)
+        ]
+        paths = shard_paths(self.out_dir, unit.name)
+        try:
+            return self._write_files(unit, encoded, *paths)
+        except OSError as e:
+            # Nothing of this shard stays: neither the partial tar nor an index or stats file
+            # that names it (a rerun remakes the whole shard).
+            for path in paths:
+                for leftover in (path.with_name(path.name + TMP_SUFFIX), path):
+                    if leftover != paths[0]:
+                        leftover.unlink(missing_ok=True)
+            if e.errno in SPACE_ERRNOS:
+                # a USTAR member is a 512-byte header and its data padded to 512 bytes; three per sample
+                needed = sum(len(data) + 3 * 1024 for _, data, _ in encoded) + 10240
+                raise OutOfSpace(self.out_dir, needed, 1, e) from e
+            raise
+
+    def _write_files(self, unit: WorkUnit, encoded, tar_path: Path, index_path: Path, stats_path: Path) -> ShardRecord:
         tmp = tar_path.with_name(tar_path.name + TMP_SUFFIX)
         index_lines = []
         with open(tmp, "wb") as raw:
             with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for samples, future in parts:
-                    for sample, (data, sha) in zip(samples, future.result(), strict=True):
-                        self._add_sample(tar, sample, data)
-                        index_lines.append(
-                            json.dumps(
-                                {
-                                    "key": sample.key,
-                                    "class_index": sample.class_index,
-                                    "class_id": sample.class_id,
-                                    "class_name": sample.class_name,
-                                    "prompt": sample.prompt,
-                                    "seed": sample.seed,
-                                    "sha256": sha,
-                                },
-                                ensure_ascii=False,
-                            )
+                for sample, data, sha in encoded:
+                    self._add_sample(tar, sample, data)
+                    index_lines.append(
+                        json.dumps(
+                            {
+                                "key": sample.key,
+                                "class_index": sample.class_index,
+                                "class_id": sample.class_id,
+                                "class_name": sample.class_name,
+                                "prompt": sample.prompt,
+                                "seed": sample.seed,
+                                "sha256": sha,
+                            },
+                            ensure_ascii=False,
                         )
+                    )
             raw.flush()
             os.fsync(raw.fileno())
         record = ShardRecord(tar_path.name, file_sha256(tmp), tmp.stat().st_size, len(index_lines))

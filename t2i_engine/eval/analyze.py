@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, check_writable
 from ..seeds import stable_hash
 from ..training.sources import LabelledSet, match_classes, open_set
 from . import metrics
@@ -42,8 +42,7 @@ def analyze(
     device: str = "cpu",
 ) -> dict:
     out = Path(out)
-    if out.exists() and out.is_dir():
-        raise InputError("--out", str(out), "expected the path of a JSON file to write")
+    check_writable(out, "--out", kind="file")
     if not 1 <= k <= 100:
         raise InputError("--k", k, "expected an integer from 1 to 100")
     # Everything that can be wrong is checked before any image is read.

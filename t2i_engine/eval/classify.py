@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..devices import resolve_device
-from ..files import atomic_write_text
+from ..files import atomic_write_text, check_writable
 from ..seeds import stable_hash
 from ..training.loop import load_run
 from ..training.presets import TrainConfig, eval_transform
@@ -34,6 +34,7 @@ def evaluate_run(
     workers: int = 0,
 ) -> dict:
     run = Path(run)
+    check_writable(Path(out) if out else run / "evals", "--out", kind="file" if out else "folder")
     record, model = load_run(run)
     data = open_set(data_path, "--data")
     run_ids = tuple(c["id"] for c in record["classes"])

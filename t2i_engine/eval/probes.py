@@ -21,6 +21,7 @@ import torch
 
 from ..devices import resolve_device
 from ..errors import InputError
+from ..files import check_writable
 from ..models.pipelines import bundled_path
 from ..models.registry import get_model
 from ..training.sources import open_set, write_image_folder
@@ -67,6 +68,7 @@ def write_probe(
     out = Path(out)
     if out.exists():
         raise InputError("--out", str(out), "expected a folder that does not exist yet")
+    check_writable(out, "--out")
     data = open_set(data_path, "data")
     transform = _fft(probe, cutoff) if probe.startswith("fft") else _vae(vae_model, weights, device)
     origin = {**data.origin, "probe": probe, "probe_of": str(data.path)}

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, check_writable
 from ..models.registry import MODELS
 
 COLUMNS = (
@@ -176,6 +176,7 @@ def markdown(rows: list[dict], baselines: list[dict]) -> str:
 
 
 def write_report(inputs: list[str | Path], out: str | Path) -> dict:
+    check_writable(Path(out), "--out")
     evals, analyses = collect(inputs)
     rows, baselines = build_rows(evals, analyses)
     out = Path(out)

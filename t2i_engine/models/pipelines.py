@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -108,11 +109,31 @@ def from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype, fl
     # diffusers 0.36 renamed torch_dtype to dtype and deprecates the old name.
     dtype_kw = "dtype" if _version_tuple(diffusers.__version__) >= (0, 36) else "torch_dtype"
     try:
-        return getattr(diffusers, spec.pipeline).from_pretrained(
-            source, use_safetensors=True, trust_remote_code=False, **{dtype_kw: dtype}, **extra, **components
-        )
+        with quiet_loading():
+            return getattr(diffusers, spec.pipeline).from_pretrained(
+                source, use_safetensors=True, trust_remote_code=False, **{dtype_kw: dtype}, **extra, **components
+            )
     except (OSError, ValueError) as e:
         raise unavailable(spec, source, e, flag) from None
+
+
+@contextmanager
+def quiet_loading():
+    """diffusers' and transformers' per-component progress bars off while a model loads (their
+    warnings stay): a run prints its own lines, not theirs between them."""
+    import diffusers
+    import transformers
+
+    libraries = [lib.utils.logging for lib in (diffusers, transformers)]
+    were = [lib.is_progress_bar_enabled() for lib in libraries]
+    for lib in libraries:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, was in zip(libraries, were):
+            if was:
+                lib.enable_progress_bar()
 
 
 def unavailable(spec: ModelSpec, source: str, error: Exception, flag: str = "--weights") -> ModelUnavailable:

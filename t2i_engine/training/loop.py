@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from ..devices import resolve_device
 from ..engine.manifest import exclusive_lock, versions
 from ..errors import InputError
-from ..files import atomic_write_bytes, atomic_write_text, fsync_dir
+from ..files import atomic_write_bytes, atomic_write_text, check_writable, fsync_dir
 from ..seeds import stable_hash
 from .archs import build_model, check_arch
 from .presets import TrainConfig, eval_transform, lr_factor, train_transform
@@ -56,6 +56,7 @@ def train(
     progress: bool = True,
 ) -> dict:
     out = Path(out)
+    check_writable(out, "--out")
     check_arch(config.arch)
     dev = resolve_device(device)
     data = open_set(data_path, "data")

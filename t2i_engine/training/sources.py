@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..engine.preview import MAX_CLASSES, choose, label
 from ..engine.verify import load_dataset_recipe
 from ..engine.writer import shard_paths
 from ..errors import InputError
@@ -258,3 +259,11 @@ def write_image_folder(out: Path, items, class_ids: list[str], class_names: dict
     atomic_write_text(tmp / SOURCE_FILE, json.dumps(origin, indent=1) + "\n")
     os.replace(tmp, out)
     return out
+
+
+def sheet_rows(data: LabelledSet, per_class: int, seed: int = 0) -> list[tuple[str, list[Image.Image]]]:
+    """The rows of a contact sheet of any labelled set (engine/preview.py draws them)."""
+    ids = list(data.class_ids)[:MAX_CLASSES]
+    chosen = choose(((e.key, e.class_id) for e in data.entries), ids, per_class, seed)
+    images = {it.key: it.image for it in data.read({k for keys in chosen.values() for k in keys})}
+    return [(label(c, data.class_names[c]), [images[k] for k in chosen[c]]) for c in ids]

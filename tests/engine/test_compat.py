@@ -4,10 +4,12 @@ before the package was laid out in layers (dedc490)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from t2i_engine.engine import manifest as mf
+from t2i_engine.engine.plan import plan_units
 from t2i_engine.engine.run import generate
 from t2i_engine.engine.verify import load_dataset_recipe, verify_dataset
 from t2i_engine.engine.writer import shard_paths
@@ -27,5 +29,8 @@ def test_a_dataset_made_by_an_earlier_version_verifies_and_resumes(tmp_path):
     summary = generate(recipe, out, QUIET)
     assert (summary["shards_skipped"], summary["shards_written"], summary["dataset_complete"]) == (2, 1, True)
     assert verify_dataset(out) == []
-    # the remade shard holds the same samples (keys, labels, prompts, seeds), pixels within a level
+    # the remade shard holds the same samples (keys, labels, prompts, seeds: some of them >= 2^63,
+    # from the first format's rule), pixels within a level; the dataset keeps its format
     assert sample_differences(out, FIXTURE) == []
+    assert json.loads((out / "dataset.json").read_text())["format"] == "t2i-engine-dataset/1"
+    assert max(s.seed for u in plan_units(recipe, 64) for s in u.samples) >= 2**63

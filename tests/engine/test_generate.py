@@ -15,6 +15,7 @@ from PIL import Image
 from t2i_engine.engine.run import RunOptions, generate
 from t2i_engine.engine.verify import verify_dataset
 from t2i_engine.errors import InputError
+from t2i_engine.seeds import sample_seed
 from tests.conftest import tiny_recipe
 
 QUIET = RunOptions(device="cpu", progress=False, encode_workers=0)
@@ -147,6 +148,35 @@ def test_timm_wds_reader_takes_info_json(dataset):
     ds = create_dataset("wds/synthetic", root=str(dataset), split="train", is_training=False)
     labels = sorted(int(target) for _, target in ds)
     assert len(ds) == 9 and labels == sorted(r["class_index"] for r in index_rows(dataset))
+
+
+def test_hugging_face_datasets_loads_every_row_with_its_image_label_and_seed(dataset, tmp_path):
+    from datasets import load_dataset
+
+    # Seeds now lie in [0, 2^63): the old rule's (all 64 bits) would have overflowed Arrow's int64 here.
+    assert any(sample_seed(tiny_recipe().seed, i, bits=64) >= 2**63 for i in range(9))
+    tars = [str(p) for p in sorted(dataset.glob("*.tar"))]
+    ds = load_dataset("webdataset", data_files=tars, split="train", cache_dir=str(tmp_path))
+    planned = {r["key"]: r for r in index_rows(dataset)}
+    assert len(ds) == len(planned) == 9
+    for row in ds:
+        meta = planned[row["__key__"]]
+        assert row["cls"] == meta["class_index"] and row["json"]["seed"] == meta["seed"] < 2**63
+        assert row["jpg"].size == (32, 32)
+
+
+def test_the_dataset_card_lets_datasets_open_the_folder_with_named_labels(dataset, tmp_path):
+    from datasets import load_dataset
+
+    card = (dataset / "README.md").read_text()
+    assert card.startswith("---\n") and "tiny-sd" in card and "9 images of 3 classes" in card
+    ds = load_dataset(str(dataset), split="train", cache_dir=str(tmp_path))
+    assert ds.features["cls"].names == ["cat", "dog", "goldfish"] and len(ds) == 9
+    planned = {r["key"]: r for r in index_rows(dataset)}
+    for row in ds:
+        meta = planned[row["__key__"]]
+        assert ds.features["cls"].int2str(row["cls"]) == meta["class_name"] and row["json"]["prompt"] == meta["prompt"]
+        assert row["jpg"].size == (32, 32)
 
 
 def test_verify_finds_a_truncated_shard_and_a_flipped_byte(copy):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from t2i_engine.engine.plan import plan_units
 from t2i_engine.engine.run import RunOptions, generate
 from t2i_engine.engine.runtime import ModelOptions
 from t2i_engine.engine.units import UnitRunner
@@ -150,8 +151,8 @@ def test_an_out_of_memory_batch_is_retried_at_half_size_and_the_size_is_kept(tmp
         return real(batch)
 
     runner.generator.generate = at_most_two
-    for shard in sorted(runner.units):
-        runner.run_shard(shard)
+    for unit in plan_units(tiny_recipe(images_per_class=4, images_per_shard=4, batch_size=4)):
+        runner.run(unit)
     runner.writer.close()
     assert runner.batch_size == 2 and sizes == [4] + [2] * 6  # 12 samples: one refusal, then pairs
     assert shard_hashes(tmp_path / "out") == shard_hashes(reference)
@@ -171,7 +172,7 @@ def test_other_errors_and_out_of_memory_at_batch_one_are_not_retried(tmp_path, e
 
     runner.generator.generate = failing
     with pytest.raises(type(exc)):
-        runner.run_shard(0)
+        runner.run(plan_units(tiny_recipe(images_per_class=1, images_per_shard=3))[0])
     runner.writer.close()
 
 
@@ -183,7 +184,7 @@ def test_a_real_cuda_out_of_memory_halves_the_batch_and_loses_nothing(tmp_path):
     # worker must halve until it does, and every sample still lands once.
     recipe = tiny_recipe(images_per_class=32, images_per_shard=96, batch_size=32, resolution=512)
     runner = _runner(tmp_path, "cuda", recipe)
-    sample = list(runner.units[0].samples[:1])
+    sample = list(plan_units(recipe)[0].samples[:1])
     runner.generator.generate(sample)
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
@@ -194,7 +195,7 @@ def test_a_real_cuda_out_of_memory_halves_the_batch_and_loses_nothing(tmp_path):
     torch.cuda.empty_cache()  # the cap counts what the allocator holds, cached blocks included
     torch.cuda.set_per_process_memory_fraction(min(1.0, (base + 4 * one) / total))
     try:
-        assert runner.run_shard(0) == 96
+        assert runner.run(plan_units(recipe)[0]) == 96
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         runner.writer.close()

@@ -1,0 +1,111 @@
+"""The dataset card: README.md in every finished dataset folder.
+
+Its YAML header is the one Hugging Face `datasets` reads: one config whose train split is the
+folder's shards, and the features of a sample (`__key__`; the image under its file extension; `cls`
+as a ClassLabel carrying the class names in class-index order; `json`, the per-sample record), so
+`datasets.load_dataset(DIR)` gives named labels and the folder can be uploaded as it is. Below
+the header, a short summary for people: the model and settings, the counts, the command that
+made it, how to load and verify it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ..files import atomic_write_text
+from .recipe import Recipe
+from .writer import sample_meta
+
+CARD = "README.md"
+
+
+def card_header(recipe: Recipe, seed_bits: int) -> dict:
+    """The YAML header: configs and features (datasets' README metadata)."""
+    record = [
+        {"name": "key", "dtype": "string"},
+        {"name": "class_index", "dtype": "int64"},
+        {"name": "class_id", "dtype": "string"},
+        {"name": "class_name", "dtype": "string"},
+        {"name": "prompt", "dtype": "string"},
+        # datasets of the first format drew seeds from all 64 bits
+        {"name": "seed", "dtype": "int64" if seed_bits < 64 else "uint64"},
+    ]
+    record += [_feature(k, v) for k, v in sample_meta(recipe).items()]
+    names = {str(i): c.name for i, c in enumerate(recipe.classes)}
+    features = [
+        {"name": "__key__", "dtype": "string"},
+        {"name": recipe.extension, "dtype": "image"},
+        {"name": "cls", "dtype": {"class_label": {"names": names}}},
+        {"name": "json", "struct": record},
+    ]
+    return {
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "*.tar"}]}],
+        "dataset_info": {"features": features},
+    }
+
+
+def _feature(name: str, value: object) -> dict:
+    if isinstance(value, bool):
+        return {"name": name, "dtype": "bool"}
+    if isinstance(value, int):
+        return {"name": name, "dtype": "int64"}
+    if isinstance(value, float):
+        return {"name": name, "dtype": "float64"}
+    if isinstance(value, list):
+        return {"name": name, "sequence": "int64" if all(isinstance(x, int) for x in value) else "float64"}
+    return {"name": name, "dtype": "string"}
+
+
+def write_card(out_dir: Path, recipe: Recipe, *, shards: int, seed_bits: int, command: str | None) -> None:
+    header = yaml.safe_dump(card_header(recipe, seed_bits), sort_keys=False, allow_unicode=True)
+    n_classes = len(recipe.classes)
+    names = ", ".join(c.name for c in recipe.classes[:8]) + (f", ... ({n_classes} in all)" if n_classes > 8 else "")
+    prompt = recipe.prompt
+    prompts = {
+        "class-name": "the class name alone",
+        "template": f"templates ({prompt.template_mode}): " + "; ".join(f"`{t}`" for t in prompt.templates),
+        "captions": "a caption per image, after the class name",
+    }[prompt.regime]
+    refiner = (
+        f", refiner {recipe.refiner} for the last {1 - recipe.high_noise_fraction:.0%} of the steps"
+        if recipe.refiner
+        else ""
+    )
+    made_with = f"`{command}`" if command else "the Python API (`t2i_engine.engine.run.generate`)"
+    quality = f" quality {recipe.quality}" if recipe.format in ("jpeg", "webp") else ""
+    body = f"""# {out_dir.resolve().name}
+
+Synthetic images made by t2i-engine: {recipe.num_samples:,} images of {n_classes} classes
+({recipe.images_per_class:,} per class) in {shards} webdataset shards.
+
+| | |
+|---|---|
+| model | `{recipe.model}`{refiner} |
+| steps, guidance | {recipe.steps}, {recipe.guidance:g} |
+| resolution | {recipe.resolution[0]}x{recipe.resolution[1]} |
+| prompts | {prompts} |
+| negative prompt | {f"`{recipe.negative_prompt}`" if recipe.negative_prompt else "(empty)"} |
+| seed | {recipe.seed} (each sample's seed derives from it and the sample's index) |
+| images | {recipe.format}{quality} |
+| classes | {names} |
+| recipe hash | `{recipe.content_hash()}` |
+
+![A row per class: some of its images](preview.jpg)
+
+Made with {made_with}. The resolved recipe, the versions that made the images and every shard's
+sha256 are in `dataset.json`; `t2i-engine verify DIR` checks every sample against them.
+
+Each sample is `KEY.{recipe.extension}` (the image), `KEY.cls` (its class index) and `KEY.json` (key, class,
+prompt, seed and settings). To load it:
+
+```python
+from datasets import load_dataset
+ds = load_dataset("path/to/this/folder", split="train")  # "{recipe.extension}": image, "cls": named class label
+```
+
+or with `webdataset` (`WebDataset(sorted(tars)).decode("pil").to_tuple("{recipe.extension}", "cls")`) and timm's
+`wds/` reader (`_info.json`).
+"""
+    atomic_write_text(out_dir / CARD, f"---\n{header}---\n\n{body}")
