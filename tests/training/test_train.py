@@ -78,12 +78,12 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(digits_w
         "--preset",
         "small",
         "--epochs",
-        "3",
+        "2",
         "--workers",
         "2",
         "--no-progress",
     ]
-    config = resolve_config("small", {"epochs": 3, "workers": 2})
+    config = resolve_config("small", {"epochs": 2, "workers": 2})
     train(config, digits_world["real_test"], tmp_path / "straight", device="cpu", progress=False)
 
     proc = subprocess.Popen(
