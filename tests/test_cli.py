@@ -278,7 +278,7 @@ def test_a_disk_that_fills_mid_shard_stops_cleanly_and_a_rerun_with_space_comple
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "scale_out", [["--part", "0/2"], ["--devices", "cpu:2"]], ids=["one-process-part", "two-workers"]
+    "scale_out", [[], ["--part", "0/2"], ["--devices", "cpu:2"]], ids=["one-process", "a-part", "two-workers"]
 )
 def test_sigterm_stops_a_run_within_seconds_with_only_committed_shards_and_exit_143(cli, tmp_path, scale_out):
     from t2i_engine.engine.verify import verify_dataset
@@ -311,6 +311,6 @@ def test_sigterm_stops_a_run_within_seconds_with_only_committed_shards_and_exit_
     for tar in tars:  # every shard under a final name is whole
         assert json.loads(tar.with_name(tar.stem + ".stats.json").read_text())["bytes"] == tar.stat().st_size
 
-    for rest in (["--part", "0/2"], ["--part", "1/2"]) if scale_out[0] == "--part" else ([],):
+    for rest in (["--part", "0/2"], ["--part", "1/2"]) if scale_out[:1] == ["--part"] else ([],):
         assert cli(*args, *rest)[0] == 0  # the rerun (in this one process) completes it
     assert json.loads((out / "dataset.json").read_text())["complete"] and verify_dataset(out) == []
