@@ -643,20 +643,23 @@ def _terminate(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+    if threading.current_thread() is not threading.main_thread():  # handlers can be set in the main thread only
         return _main(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM stops a run as Ctrl-C does (exit 143). Past a file-size limit (ulimit -f) a write
+    # fails with EFBIG, reported like a full disk, instead of SIGXFSZ killing the process mid-shard.
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _terminate),
+        signal.SIGXFSZ: signal.signal(signal.SIGXFSZ, signal.SIG_IGN),
+    }
     try:
         return _main(argv)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
 
 
 def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    # Past a file-size limit (ulimit -f) a write then fails with EFBIG, reported below like a full
-    # disk, instead of the signal killing the process mid-shard.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         args = _parser().parse_args(argv)
     except _UsageError as e:

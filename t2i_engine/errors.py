@@ -18,6 +18,9 @@ class InputError(ValueError):
         shown = _short(value)
         super().__init__(f"{field}: {shown} is not allowed; {allowed}")
 
+    def __reduce__(self):  # across processes (Ray actors) with its fields, not only its message
+        return type(self), (self.field, self.value, self.allowed)
+
 
 class ModelUnavailable(InputError):
     """The weights of a registry model are neither on disk nor reachable."""
@@ -31,13 +34,16 @@ class OutOfSpace(Exception):
     """A shard could not be written for want of space. Nothing partial stays under a final name;
     the committed shards stay, and the same command rerun with space resumes. The CLI exits 1."""
 
-    def __init__(self, folder, shard_bytes: int, shards_left: int, cause: OSError):
-        self.folder, self.shard_bytes, self.shards_left, self.cause = folder, shard_bytes, shards_left, cause
+    def __init__(self, folder, shard_bytes: int, shards_left: int, error: OSError):
+        self.folder, self.shard_bytes, self.shards_left, self.error = folder, shard_bytes, shards_left, error
         super().__init__(
-            f"{folder}: no space to write its shards ({cause.strerror}); one needs about {_size(shard_bytes)}, the "
+            f"{folder}: no space to write its shards ({error.strerror}); one needs about {_size(shard_bytes)}, the "
             f"{shards_left} still to write about {_size(shard_bytes * shards_left)}; free space there (or raise the "
             "file-size limit) and rerun the same command: committed shards are kept"
         )
+
+    def __reduce__(self):
+        return type(self), (self.folder, self.shard_bytes, self.shards_left, self.error)
 
 
 def _size(n: int) -> str:

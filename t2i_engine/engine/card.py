@@ -22,15 +22,16 @@ CARD = "README.md"
 
 
 def card_header(recipe: Recipe, seed_bits: int) -> dict:
-    """The YAML header: configs and features (datasets' README metadata)."""
+    """The YAML header: configs and features (datasets' README metadata). A dataset of the first
+    format drew its seeds from all 64 bits, which Arrow cannot hold even as uint64: its per-sample
+    JSON is left out of the features (`datasets` then drops it), the image and label stay."""
     record = [
         {"name": "key", "dtype": "string"},
         {"name": "class_index", "dtype": "int64"},
         {"name": "class_id", "dtype": "string"},
         {"name": "class_name", "dtype": "string"},
         {"name": "prompt", "dtype": "string"},
-        # datasets of the first format drew seeds from all 64 bits
-        {"name": "seed", "dtype": "int64" if seed_bits < 64 else "uint64"},
+        {"name": "seed", "dtype": "int64"},
     ]
     record += [_feature(k, v) for k, v in sample_meta(recipe).items()]
     names = {str(i): c.name for i, c in enumerate(recipe.classes)}
@@ -38,8 +39,9 @@ def card_header(recipe: Recipe, seed_bits: int) -> dict:
         {"name": "__key__", "dtype": "string"},
         {"name": recipe.extension, "dtype": "image"},
         {"name": "cls", "dtype": {"class_label": {"names": names}}},
-        {"name": "json", "struct": record},
     ]
+    if seed_bits < 64:
+        features.append({"name": "json", "struct": record})
     return {
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "*.tar"}]}],
         "dataset_info": {"features": features},
@@ -75,6 +77,13 @@ def write_card(out_dir: Path, recipe: Recipe, *, shards: int, seed_bits: int, co
     )
     made_with = f"`{command}`" if command else "the Python API (`t2i_engine.engine.run.generate`)"
     quality = f" quality {recipe.quality}" if recipe.format in ("jpeg", "webp") else ""
+    json_note = (
+        " This dataset was started before the engine's seeds were kept below 2^63 (manifest format 1): "
+        "Arrow cannot hold some of its seeds, so `datasets` loads the image and label and leaves the JSON "
+        "out (webdataset reads it)."
+        if seed_bits >= 64
+        else ""
+    )
     body = f"""# {out_dir.resolve().name}
 
 Synthetic images made by t2i-engine: {recipe.num_samples:,} images of {n_classes} classes
@@ -98,7 +107,7 @@ Made with {made_with}. The resolved recipe, the versions that made the images an
 sha256 are in `dataset.json`; `t2i-engine verify DIR` checks every sample against them.
 
 Each sample is `KEY.{recipe.extension}` (the image), `KEY.cls` (its class index) and `KEY.json` (key, class,
-prompt, seed and settings). To load it:
+prompt, seed and settings).{json_note} To load it:
 
 ```python
 from datasets import load_dataset

@@ -13,13 +13,15 @@ import fcntl
 import json
 import os
 import platform
+import re
+import sys
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
 from ..errors import InputError
 from ..files import TMP_SUFFIX, atomic_write_text, check_writable
-from .card import write_card
+from .card import CARD, write_card
 from .preview import PREVIEW, dataset_rows, write_sheet
 from .recipe import Recipe
 from .writer import ShardRecord
@@ -27,6 +29,7 @@ from .writer import ShardRecord
 MANIFEST = "dataset.json"
 INFO = "_info.json"
 LOCK = ".t2i-engine.lock"
+_SHARD_FILE = re.compile(r"[0-9]{6,}\.")  # NNNNNN.tar, NNNNNN.index.jsonl, NNNNNN.stats.json
 # The manifest's format says which rule made its samples' seeds: format 1 drew them from the full
 # unsigned 64-bit range, which Arrow, pandas, parquet and DuckDB cannot hold; format 2 from [0, 2^63).
 # A dataset keeps its format (and its seeds) through resumes.
@@ -199,14 +202,16 @@ def _flock(path: Path, mode: int, refusal: InputError | None):
 
 
 def remove_stale_temporaries(out_dir: Path, shards: list[str] | None = None) -> list[Path]:
-    """Partial files of an interrupted run; never visible under a final name, safe to drop. A
-    part removes only its own shards' (another part may be writing the rest right now)."""
-    stale = sorted(out_dir.glob(f"*{TMP_SUFFIX}"))
+    """Partial shard files of an interrupted run; never visible under a final name, safe to drop.
+    A part removes only its own shards' (another part may be writing the rest right now). Other
+    temporaries (a manifest's, a preview's, a writability probe's) may belong to a process at work
+    right now; they are replaced by the next write of their file."""
+    stale = [p for p in sorted(out_dir.glob(f"*{TMP_SUFFIX}")) if _SHARD_FILE.match(p.name)]
     if shards is not None:
         mine = set(shards)
         stale = [p for p in stale if p.name.split(".")[0] in mine]
     for p in stale:
-        p.unlink()
+        p.unlink(missing_ok=True)
     return stale
 
 
@@ -244,11 +249,25 @@ def write_manifest(
         "command": command,
         "versions": versions(),
     }
-    if complete:  # _info.json, the preview and the card first: a complete manifest promises they exist
-        write_timm_info(out_dir, recipe, records)
-        write_sheet(dataset_rows(out_dir, recipe), out_dir / PREVIEW)
-        write_card(out_dir, recipe, shards=len(records), seed_bits=SEED_BITS[dataset_format], command=command)
+    if complete:  # _info.json, the preview and the card first: a complete manifest promises them
+        write_derived(out_dir, recipe, records, dataset_format, command)
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+
+
+DERIVED = (INFO, PREVIEW, CARD)  # what a complete dataset folder holds beside its shards and manifest
+
+
+def write_derived(
+    out_dir: Path, recipe: Recipe, records: list[ShardRecord], dataset_format: str, command: str | None
+) -> None:
+    """timm's _info.json, the preview and the dataset card of a complete dataset. The preview is
+    a courtesy: a failure to draw it is reported, and does not keep the dataset from completing."""
+    write_timm_info(out_dir, recipe, records)
+    try:
+        write_sheet(dataset_rows(out_dir, recipe), out_dir / PREVIEW)
+    except (OSError, ValueError, KeyError) as e:  # an image PIL cannot read, a shard member missing
+        print(f"t2i-engine: {out_dir / PREVIEW} not written: {e.__class__.__name__}: {e}", file=sys.stderr)
+    write_card(out_dir, recipe, shards=len(records), seed_bits=SEED_BITS[dataset_format], command=command)
 
 
 def write_timm_info(out_dir: Path, recipe: Recipe, records: list[ShardRecord]) -> None:
@@ -268,4 +287,5 @@ def mark_incomplete(out_dir: Path) -> None:
     if manifest is not None and manifest.get("complete"):
         manifest["complete"], manifest["shards"] = False, []
         atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-        (out_dir / INFO).unlink(missing_ok=True)
+        for derived in DERIVED:  # they describe the whole dataset; remade when it is whole again
+            (out_dir / derived).unlink(missing_ok=True)

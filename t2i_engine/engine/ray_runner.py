@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, OutOfSpace
 from .plan import WorkUnit
 from .runtime import ModelOptions
 from .units import UnitRunner
+from .writer import is_committed
 
 MAX_RESTARTS = 3
 
@@ -89,6 +90,9 @@ def run_ray(
                 done += n
                 bar.update(n)
     except ray.exceptions.RayError as e:
+        full = e.cause if isinstance(e, ray.exceptions.RayTaskError) else None
+        if isinstance(full, OutOfSpace):  # an actor's disk or quota is full: no retry helps
+            raise OutOfSpace(out_dir, full.shard_bytes, 1, full.error) from None
         raise RuntimeError(f"Ray actors on {device} failed after {MAX_RESTARTS} restarts: {str(e)[:400]}") from None
     finally:
         for actor in actors:  # none may keep writing once the driver lets go of the folder
@@ -111,6 +115,8 @@ class _RayUnitWorker:
             raise RuntimeError(f"this actor runs {self.runner.dtype}, the dataset is {dtype}")
 
     def run(self, unit: WorkUnit) -> int:
+        if is_committed(self.runner.writer.out_dir, unit.name):  # a retry after an actor died past its commit
+            return len(unit.samples)
         n = self.runner.run(unit)
         self.runner.writer.flush()
         return n

@@ -47,7 +47,8 @@ from .prompts import PromptSpec, load_prompt_spec
 
 FORMATS = ("jpeg", "png", "webp")
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
-SEED_MAX = 2**63 - 1  # and every sample's seed below 2^63: signed 64-bit integers (Arrow, pandas, parquet) hold them
+SEED_MAX = 2**64 - 1  # what datasets of the first manifest format took; new ones are held to NEW_SEED_MAX
+NEW_SEED_MAX = 2**63 - 1  # signed 64-bit integers (Arrow, pandas, parquet, DuckDB) hold it, and every sample's seed
 
 DEFAULTS: dict[str, object] = {
     "model": "digits",
@@ -205,7 +206,7 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         guidance=guidance,
         resolution=resolution,
         negative_prompt=negative,
-        seed=_seed(merged["seed"]),
+        seed=_int(merged["seed"], "seed", 0, SEED_MAX),
         batch_size=spec.batch_size
         if merged["batch_size"] is None
         else _int(merged["batch_size"], "batch_size", 1, 4096),
@@ -269,17 +270,16 @@ def _int(value: object, field: str, lo: int, hi: int) -> int:
     return value
 
 
-def _seed(value: object) -> int:
-    if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value > SEED_MAX:
+def check_new_seed(recipe: Recipe) -> None:
+    """A new dataset (and one of the current format) takes recipe seeds up to 2^63 - 1; one of the
+    first format, resumed, keeps the seed it was made with."""
+    if recipe.seed > NEW_SEED_MAX:
         raise InputError(
             "seed",
-            value,
-            f"expected an integer from 0 to {SEED_MAX} (2^63 - 1): seeds must fit the signed 64-bit integers of "
+            recipe.seed,
+            f"expected an integer from 0 to {NEW_SEED_MAX} (2^63 - 1): seeds must fit the signed 64-bit integers of "
             "Arrow, pandas, parquet and DuckDB, which read the datasets",
         )
-    return _int(value, "seed", 0, SEED_MAX)
 
 
 def _number(value: object, field: str, lo: float, hi: float) -> float:

@@ -13,6 +13,7 @@ Stages, in order (everything that can refuse the input runs before anything is w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import sys
@@ -30,7 +31,7 @@ from ..models.registry import get_model
 from . import manifest as mf
 from . import ray_runner
 from .plan import WorkUnit, plan_units
-from .recipe import Recipe
+from .recipe import Recipe, check_new_seed
 from .refiner import check_refiner
 from .runtime import ModelOptions, check_attention, check_family, check_runtime, load_generator
 from .units import UnitRunner, default_encode_workers, shard_writer
@@ -124,6 +125,8 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     existing = mf.check_resumable(out_dir, recipe, **_kept(meta))
     # A dataset keeps the format it was started in, and so the rule that made its seeds.
     meta["dataset_format"] = existing["format"] if existing else mf.FORMAT
+    if mf.SEED_BITS[meta["dataset_format"]] < 64:
+        check_new_seed(recipe)
     units = plan_units(recipe, mf.SEED_BITS[meta["dataset_format"]])
     part = options.part
     mine = [u for u in units if u.shard % part[1] == part[0]] if part else units
@@ -133,10 +136,12 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     )  # nothing to do: no configs needed
     t_planned = time.perf_counter()
     if not todo and existing is not None and existing.get("complete"):
-        # Finished: left untouched, but for a lost _info.json (it derives from the shards).
-        if not (out_dir / mf.INFO).exists():
+        # Finished: left untouched, but for a lost _info.json, preview or card (they derive from the
+        # shards; a dataset finished by an earlier version gets the ones it never had).
+        if not all((out_dir / name).exists() for name in mf.DERIVED):
             with mf.exclusive_lock(out_dir):
-                mf.write_timm_info(out_dir, recipe, [read_record(out_dir, u.name) for u in units])
+                records = [read_record(out_dir, u.name) for u in units]
+                mf.write_derived(out_dir, recipe, records, existing["format"], existing.get("command"))
         return _summary(
             recipe,
             out_dir,
@@ -163,8 +168,13 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with mf.part_locks(out_dir, part) if part else mf.exclusive_lock(out_dir):
-        # Under the lock, look again: a run that just ended may have committed more shards.
-        mf.check_resumable(out_dir, recipe, **_kept(meta))
+        # Under the lock, look again: a run that just ended may have committed more shards, or
+        # (another part, started at once) written the manifest, whose format then holds.
+        found = mf.check_resumable(out_dir, recipe, **_kept(meta))
+        if found is not None and found["format"] != meta["dataset_format"]:
+            meta["dataset_format"] = found["format"]
+            units = plan_units(recipe, mf.SEED_BITS[found["format"]])
+            mine = [u for u in units if u.shard % part[1] == part[0]] if part else units
         todo = _uncommitted(out_dir, mine)
         if todo and generator is None and not remote:
             generator = load_generator(recipe, options.model, device)
@@ -188,11 +198,17 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                 runner = UnitRunner(generator, shard_writer(recipe, out_dir, workers), recipe.batch_size)
                 try:
                     images = _run_units(todo, runner, options.progress)
-                finally:
-                    runner.writer.close()
+                except BaseException:
+                    # Stopping (Ctrl-C, SIGTERM, an error): shards already committed are finished; a
+                    # second failure on the way out (encoders stopped by the same SIGTERM) must not
+                    # hide the first.
+                    with contextlib.suppress(Exception):
+                        runner.writer.close()
+                    raise
+                runner.writer.close()
                 stages, writer_wait = generator.stage_seconds, runner.writer.wait_seconds
         except OutOfSpace as e:  # say how much the rest needs: the shards of this run still unwritten
-            raise OutOfSpace(out_dir, e.shard_bytes, len(_uncommitted(out_dir, mine)), e.cause) from e.cause
+            raise OutOfSpace(out_dir, e.shard_bytes, len(_uncommitted(out_dir, mine)), e.error) from e.error
         if not part:
             mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
         else:

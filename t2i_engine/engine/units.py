@@ -43,11 +43,8 @@ def shard_writer(recipe: Recipe, out_dir: Path, encode_workers: int) -> ShardWri
 class UnitRunner:
     """A model on one device and a writer into one folder: generates whole units into shards."""
 
-    def __init__(
-        self, generator: Generator, writer: ShardWriter, batch_size: int, units: dict[int, WorkUnit] | None = None
-    ):
+    def __init__(self, generator: Generator, writer: ShardWriter, batch_size: int):
         self.generator, self.writer, self.batch_size = generator, writer, batch_size
-        self.units = units  # shard number -> unit, for callers that are handed numbers (workers, actors)
 
     @classmethod
     def load(

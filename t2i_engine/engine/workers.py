@@ -259,7 +259,7 @@ def worker_main(
             full = full or e
         _report_written(runner.writer, outbox, reported)
     if full is not None:
-        outbox.put(("out_of_space", full.shard_bytes, full.cause.errno, full.cause.strerror))
+        outbox.put(("out_of_space", full.shard_bytes, full.error.errno, full.error.strerror))
         return
     outbox.put(("bye",))
 

@@ -85,9 +85,11 @@ def sample_meta(recipe: Recipe) -> dict:
     return meta
 
 
-def _ignore_sigint() -> None:
-    # Ctrl-C is the main process's to handle; encoder processes just finish or are shut down.
+def _ignore_stop_signals() -> None:
+    # Ctrl-C and SIGTERM (Slurm sends it to every process of the job) are the main process's to
+    # handle; encoder processes just finish or are shut down by it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _noop() -> None:
@@ -111,7 +113,7 @@ class ShardWriter:
         self.sample_meta = sample_meta  # settings shared by every sample's KEY.json
         # encode_workers=0 encodes on a thread: no process start-up, for tiny runs and tests.
         self._pool = (
-            ProcessPoolExecutor(encode_workers, mp_context=get_context("spawn"), initializer=_ignore_sigint)
+            ProcessPoolExecutor(encode_workers, mp_context=get_context("spawn"), initializer=_ignore_stop_signals)
             if encode_workers > 0
             else ThreadPoolExecutor(1, thread_name_prefix="encoder")
         )
@@ -195,12 +197,11 @@ class ShardWriter:
         try:
             return self._write_files(unit, encoded, *paths)
         except OSError as e:
-            # Nothing of this shard stays: neither the partial tar nor an index or stats file
-            # that names it (a rerun remakes the whole shard).
+            # Nothing of this shard stays, not even a tar renamed before a failed fsync of the
+            # folder: this shard was not committed (only those are written), and a rerun remakes it.
             for path in paths:
-                for leftover in (path.with_name(path.name + TMP_SUFFIX), path):
-                    if leftover != paths[0]:
-                        leftover.unlink(missing_ok=True)
+                path.with_name(path.name + TMP_SUFFIX).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
             if e.errno in SPACE_ERRNOS:
                 # a USTAR member is a 512-byte header and its data padded to 512 bytes; three per sample
                 needed = sum(len(data) + 3 * 1024 for _, data, _ in encoded) + 10240

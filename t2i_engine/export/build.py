@@ -123,13 +123,13 @@ def build(opts: BuildOptions, log_line=print, warm=None) -> list[dict]:
     """Build every requested component of the model (or find it built). One dict per component:
     name, path, whether it was built now, and its meta. `warm(pipe, model, profile, batches)`:
     the compile backend's warm-up (engine.runtime.warm_up), which this layer cannot import."""
+    if opts.backend == "compile" and warm is None:
+        raise ValueError(
+            "the compile build needs a warm-up that runs the engine (engine.runtime.build_artifacts passes it)"
+        )
     spec, pipe, device, opts = load_for_build(opts)
     cache = ArtifactCache(Path(opts.cache_dir) if opts.cache_dir else None)
     if opts.backend == "compile":
-        if warm is None:
-            raise ValueError(
-                "the compile build needs a warm-up that runs the engine (engine.runtime.build_artifacts passes it)"
-            )
         return [build_compiled(pipe, spec.name, opts, device, cache, log_line, warm)]
     results = []
     for comp in component_specs(pipe, opts.profile, opts.components, text_length(spec.name)):

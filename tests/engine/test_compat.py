@@ -34,3 +34,9 @@ def test_a_dataset_made_by_an_earlier_version_verifies_and_resumes(tmp_path):
     assert sample_differences(out, FIXTURE) == []
     assert json.loads((out / "dataset.json").read_text())["format"] == "t2i-engine-dataset/1"
     assert max(s.seed for u in plan_units(recipe, 64) for s in u.samples) >= 2**63
+    # Completed now, it has a card; `datasets` opens it with named labels (the JSON, whose seeds
+    # Arrow cannot hold, left out)
+    from datasets import load_dataset
+
+    ds = load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf"))
+    assert len(ds) == 6 and ds.features["cls"].names == ["cat", "dog"] and "json" not in ds.features

@@ -5,14 +5,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from t2i_engine.engine.plan import plan_units
 from t2i_engine.engine.run import RunOptions, generate
+from t2i_engine.engine.units import shard_writer
 from t2i_engine.engine.verify import verify_dataset
 from t2i_engine.errors import InputError
 from t2i_engine.seeds import sample_seed
@@ -165,6 +170,13 @@ def test_hugging_face_datasets_loads_every_row_with_its_image_label_and_seed(dat
         assert row["jpg"].size == (32, 32)
 
 
+def test_a_new_dataset_refuses_a_recipe_seed_past_2_63_with_the_reason(tmp_path):
+    recipe = tiny_recipe(seed=2**63)  # a recipe may hold it: datasets of the first format were made with such seeds
+    with pytest.raises(InputError, match=r"seed: .*2\^63 - 1\): seeds must fit the signed 64-bit integers of Arrow"):
+        generate(recipe, tmp_path / "out", QUIET)
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_dataset_card_lets_datasets_open_the_folder_with_named_labels(dataset, tmp_path):
     from datasets import load_dataset
 
@@ -177,6 +189,24 @@ def test_the_dataset_card_lets_datasets_open_the_folder_with_named_labels(datase
         meta = planned[row["__key__"]]
         assert ds.features["cls"].int2str(row["cls"]) == meta["class_name"] and row["json"]["prompt"] == meta["prompt"]
         assert row["jpg"].size == (32, 32)
+
+
+def test_encoder_processes_leave_sigterm_to_the_run(tmp_path):
+    # Slurm sends SIGTERM to every process of a job: the encoders must outlive it (the run stops
+    # them), or the run's clean stop would end on a broken process pool instead of exit 143.
+    recipe = tiny_recipe(images_per_class=1, images_per_shard=3)
+    unit = plan_units(recipe)[0]
+    writer = shard_writer(recipe, tmp_path, encode_workers=1)
+    try:
+        writer.start_encoders()
+        for pid in list(writer._pool._processes):
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(0.3)
+        writer.add(unit, list(unit.samples), np.full((3, 32, 32, 3), 128, np.uint8))
+        writer.commit(unit)
+    finally:
+        records = writer.close()
+    assert [r.name for r in records] == ["000000.tar"]
 
 
 def test_verify_finds_a_truncated_shard_and_a_flipped_byte(copy):
@@ -198,7 +228,9 @@ def test_verify_repair_then_generate_restores_the_exact_dataset(copy, cli):
     code, out, _ = cli("verify", copy, "--repair")
     assert code == 1 and "000001.tar" in out
     assert not (copy / "000001.tar").exists() and list((copy / "_rejected").rglob("000001.tar"))
+    assert not (copy / "README.md").exists() and not (copy / "preview.jpg").exists()  # they described it whole
     assert generate(tiny_recipe(), copy, QUIET)["shards_written"] == 1
+    assert (copy / "README.md").is_file() and (copy / "preview.jpg").is_file()
     assert shard_hashes(copy) == before
     assert cli("verify", copy)[0] == 0
 
@@ -232,10 +264,12 @@ def test_leftovers_of_a_kill_before_the_first_manifest_do_not_block_a_run(tmp_pa
     assert not list(out.glob("*.tmp"))
 
 
-def test_a_lost_info_json_is_recreated(copy):
-    (copy / "_info.json").unlink()
+def test_a_lost_info_json_card_or_preview_is_recreated(copy):
+    for name in ("_info.json", "README.md", "preview.jpg"):
+        (copy / name).unlink()
     assert generate(tiny_recipe(), copy, QUIET)["images"] == 0
     assert json.loads((copy / "_info.json").read_text())["splits"]["train"]["num_samples"] == 9
+    assert (copy / "README.md").is_file() and (copy / "preview.jpg").is_file()
 
 
 def test_resume_with_other_weights_is_refused(copy, tmp_path):
