@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..errors import InputError
-from ..files import TMP_SUFFIX, atomic_write_text, check_writable
+from ..files import TMP_SUFFIX, atomic_write_text
 from .card import CARD, write_card
 from .preview import PREVIEW, dataset_rows, write_sheet
 from .recipe import Recipe
@@ -63,11 +63,6 @@ def read_manifest(out_dir: Path) -> dict | None:
             "out", str(out_dir), f"its {MANIFEST} is not a t2i-engine manifest ({formats}); use another folder"
         )
     return data
-
-
-def check_output_dir(out_dir: Path) -> None:
-    """Refuse an output path that cannot be created or written, before anything is written."""
-    check_writable(out_dir, "out")
 
 
 def check_resumable(

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ..devices import resolve_device
 from ..errors import InputError, OutOfSpace
+from ..files import check_writable
 from ..models.pipelines import resolve_dtype
 from ..models.registry import get_model
 from . import manifest as mf
@@ -89,7 +90,7 @@ def parse_part(text: str, env: dict | None = None) -> tuple[int, int]:
 def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) -> dict:
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    mf.check_output_dir(out_dir)
+    check_writable(out_dir, "out")
     spec = get_model(recipe.model)
     ray_started = False
     if options.ray:
@@ -127,13 +128,11 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     meta["dataset_format"] = existing["format"] if existing else mf.FORMAT
     if mf.SEED_BITS[meta["dataset_format"]] < 64:
         check_new_seed(recipe)
-    units = plan_units(recipe, mf.SEED_BITS[meta["dataset_format"]])
     part = options.part
-    mine = [u for u in units if u.shard % part[1] == part[0]] if part else units
+    units, mine = _plan(recipe, meta["dataset_format"], part)
     todo = _uncommitted(out_dir, mine)
-    check_refiner(
-        recipe, options.weights, options.refiner_weights, read_configs=bool(todo)
-    )  # nothing to do: no configs needed
+    # nothing to do: no configs needed
+    check_refiner(recipe, options.weights, options.refiner_weights, read_configs=bool(todo))
     t_planned = time.perf_counter()
     if not todo and existing is not None and existing.get("complete"):
         # Finished: left untouched, but for a lost _info.json, preview or card (they derive from the
@@ -173,8 +172,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
         found = mf.check_resumable(out_dir, recipe, **_kept(meta))
         if found is not None and found["format"] != meta["dataset_format"]:
             meta["dataset_format"] = found["format"]
-            units = plan_units(recipe, mf.SEED_BITS[found["format"]])
-            mine = [u for u in units if u.shard % part[1] == part[0]] if part else units
+            units, mine = _plan(recipe, found["format"], part)
         todo = _uncommitted(out_dir, mine)
         if todo and generator is None and not remote:
             generator = load_generator(recipe, options.model, device)
@@ -271,6 +269,12 @@ def finalize(out_dir: Path) -> dict:
             command=manifest.get("command"),
         )
     return {"out": str(out_dir), "shards": len(units), "num_samples": recipe.num_samples}
+
+
+def _plan(recipe: Recipe, dataset_format: str, part: tuple[int, int] | None) -> tuple[list[WorkUnit], list[WorkUnit]]:
+    """Every unit (with the seed rule of the dataset's format), and those of this run's part."""
+    units = plan_units(recipe, mf.SEED_BITS[dataset_format])
+    return units, [u for u in units if u.shard % part[1] == part[0]] if part else units
 
 
 def _kept(meta: dict) -> dict:
