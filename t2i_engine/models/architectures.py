@@ -5,11 +5,11 @@ encoders' transformers configs and the shapes the denoiser receives (text.json),
 sources (SOURCES.md). A random-weight model has the real model's shapes, FLOPs and speed, not its
 images; every result made with one says so.
 
-- Stable Diffusion 1.x/2.x and SDXL get their real text encoders (random weights) and a small
-  tokenizer the project builds itself: token ids differ from the real vocabulary, sequence
-  lengths and costs do not.
-- SD3 and FLUX get no text encoders (T5-XXL has no tokenizer we can build here); their pipelines
-  take random prompt embeddings of the real shapes (`prompt_inputs`), as with cached embeddings.
+Every pipeline family built here (SD 1.x/2.x, SDXL, SD3, FLUX) gets its real text encoders (CLIP-L,
+CLIP-G, T5-XXL; random weights) and stand-in tokenizers the project builds itself (CLIP's and T5's
+special ids, a small vocabulary): token ids differ from the real vocabulary, sequence lengths and
+costs do not. `prompt_inputs` still gives random prompt embeddings of the real shapes, for
+callers that time the denoising loop alone (as with cached embeddings).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from ..errors import InputError
 from .registry import ModelSpec
-from .tokenizer import build_clip_tokenizer
+from .tokenizer import build_clip_tokenizer, build_t5_tokenizer
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "assets" / "configs"
 # Families whose whole pipeline can be built here; others still have their configs (meta-device
@@ -77,9 +77,44 @@ def build_text_encoder(entry: dict):
     return cls(cls.config_class(**{k: v for k, v in entry["config"].items() if k != "architectures"}))
 
 
-def build_random_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int = 0):
+def build_tokenizer(entry: dict):
+    """A stand-in for the entry's tokenizer, padding to its sequence length (no download)."""
+    if entry["tokenizer"].startswith("T5"):
+        return build_t5_tokenizer(TOKENIZER_WORDS, max_length=entry["sequence_length"])
+    return build_clip_tokenizer(TOKENIZER_WORDS, max_length=entry["sequence_length"])
+
+
+def cast_like_pretrained(model, dtype: torch.dtype):
+    """`model` in `dtype`, except the modules from_pretrained would keep in fp32 (T5's "wo"
+    projections in fp16, where they overflow), so memory and speed match a loaded model."""
+    model.to(dtype)
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) if dtype == torch.float16 else set()
+    if dtype in (torch.float16, torch.bfloat16):  # the strict list (newer transformers) holds in bf16 too
+        keep |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    for name, module in model.named_modules():
+        if keep & set(name.split(".")):
+            module.float()
+    return model
+
+
+def build_text_parts(entries: list[dict], dtype: torch.dtype) -> dict:
+    """{'text_encoder[_n]': model, 'tokenizer[_n]': tokenizer} for the text.json entries, on the
+    current default device (meta: shapes only, no data)."""
+    parts: dict = {}
+    for entry in entries:
+        suffix = entry["name"].removeprefix("text_encoder")  # "", "_2" or "_3"
+        parts[entry["name"]] = cast_like_pretrained(build_text_encoder(entry), dtype)
+        parts["tokenizer" + suffix] = build_tokenizer(entry)
+    return parts
+
+
+def build_random_pipeline(
+    spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int = 0, text_encoders: bool = True
+):
     """The diffusers pipeline of `spec` with every weight drawn at random from `seed`, built
-    directly on `device` (a 12B transformer initialises in seconds on a GPU) and cast to `dtype`."""
+    directly on `device` (a 12B transformer initialises in seconds on a GPU) and cast to `dtype`.
+    text_encoders=False leaves the text encoders and tokenizers out (None), for callers that pass
+    prompt embeddings (`prompt_inputs`) and would rather not hold T5-XXL's 4.7B parameters."""
     import diffusers
 
     if spec.family not in PIPELINE_FAMILIES:
@@ -90,6 +125,7 @@ def build_random_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dt
             f"families with one: {', '.join(PIPELINE_FAMILIES)}",
         )
     arch = architecture(spec.name)
+    entries = arch["text"]["text_encoders"]
     torch.manual_seed(seed)
     parts: dict = {}
     verbosity = diffusers.utils.logging.get_verbosity()
@@ -97,28 +133,22 @@ def build_random_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dt
     diffusers.utils.logging.set_verbosity_error()
     try:
         with torch.device(device):
+            # denoiser before the text encoders: a seed draws the same denoiser either way
             parts["vae"] = build_vae(arch).to(dtype)
             parts["transformer" if spec.family in ("sd3", "flux") else "unet"] = build_denoiser(arch).to(dtype)
-            if spec.family in ("sd", "sdxl"):
-                for entry in arch["text"]["text_encoders"]:
-                    suffix = entry["name"].removeprefix("text_encoder")  # "" or "_2"
-                    parts[entry["name"]] = build_text_encoder(entry).to(dtype)
-                    parts["tokenizer" + suffix] = build_clip_tokenizer(
-                        TOKENIZER_WORDS, max_length=entry["sequence_length"]
-                    )
+            if text_encoders:
+                parts.update(build_text_parts(entries, dtype))
     finally:
         diffusers.utils.logging.set_verbosity(verbosity)
+    if not text_encoders:
+        for entry in entries:
+            parts.update({entry["name"]: None, "tokenizer" + entry["name"].removeprefix("text_encoder"): None})
     scheduler_config = dict(arch["scheduler"])
     parts["scheduler"] = getattr(diffusers, scheduler_config.pop("_class_name")).from_config(scheduler_config)
     if spec.family == "sd":
         parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     elif spec.family == "sdxl":
         parts.update(force_zeros_for_empty_prompt=True)
-    else:
-        names = ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"] + (
-            ["text_encoder_3", "tokenizer_3"] if spec.family == "sd3" else []
-        )
-        parts.update(dict.fromkeys(names))
     pipe = getattr(diffusers, spec.pipeline)(**parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -127,8 +157,8 @@ def build_random_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dt
 def prompt_inputs(
     spec: ModelSpec, batch: int, device: torch.device, dtype: torch.dtype, guidance: bool, seed: int = 0
 ) -> dict:
-    """Random prompt embeddings of the real shapes, as pipeline keyword arguments, for the
-    families built without text encoders (SD3, FLUX)."""
+    """Random prompt embeddings of the real shapes (SD3, FLUX), as pipeline keyword arguments:
+    they skip text encoding, as cached embeddings do."""
     text = architecture(spec.name)["text"]
     g = torch.Generator("cpu").manual_seed(seed)
 

@@ -68,3 +68,94 @@ def test_a_family_newer_than_the_installed_diffusers_names_the_release_it_needs(
             check_diffusers(MODELS[name], installed="0.29.2")
     check_diffusers(MODELS["sd3-medium"], installed="0.29.2")  # SD3 arrived in 0.29
     check_diffusers(MODELS["qwen-image"], installed="0.36.0.dev0")
+
+
+# Text encoders: built on the meta device (no memory), checked against the shipped configs.
+TEXT_MODELS = ["sd3-medium", "flux-schnell"]
+
+
+@pytest.mark.parametrize("name", TEXT_MODELS)
+def test_sd3_and_flux_get_their_configs_text_encoders_and_tokenizers(name):
+    from t2i_engine.models.architectures import build_random_pipeline
+    from t2i_engine.models.registry import get_model
+
+    pipe = build_random_pipeline(get_model(name), torch.device("meta"), torch.bfloat16)
+    for entry in architecture(name)["text"]["text_encoders"]:
+        encoder = getattr(pipe, entry["name"])
+        tokenizer = getattr(pipe, "tokenizer" + entry["name"].removeprefix("text_encoder"))
+        assert type(encoder).__name__ == entry["class"]
+        assert encoder.config.vocab_size == entry["config"]["vocab_size"]
+        width = getattr(encoder.config, "hidden_size", None) or encoder.config.d_model
+        assert width == entry["hidden_size"]
+        assert {p.dtype for p in encoder.parameters()} == {torch.bfloat16}
+        assert tokenizer.model_max_length == entry["sequence_length"]
+        assert len(tokenizer) <= entry["config"]["vocab_size"]
+    t5 = pipe.text_encoder_3 if name == "sd3-medium" else pipe.text_encoder_2
+    assert sum(p.numel() for p in t5.parameters()) / 1e9 == pytest.approx(4.762, rel=0.001)  # T5-XXL's encoder
+
+
+def test_without_text_encoders_the_pipeline_has_none():
+    from t2i_engine.models.architectures import build_random_pipeline
+    from t2i_engine.models.registry import get_model
+
+    pipe = build_random_pipeline(get_model("flux-schnell"), torch.device("meta"), torch.bfloat16, text_encoders=False)
+    assert pipe.text_encoder is pipe.text_encoder_2 is pipe.tokenizer is pipe.tokenizer_2 is None
+
+
+def test_t5_in_fp16_keeps_its_wo_projections_in_fp32_as_from_pretrained_does():
+    from t2i_engine.models.architectures import build_text_parts
+
+    entry = architecture("flux-schnell")["text"]["text_encoders"][1]
+    with torch.device("meta"):
+        t5 = build_text_parts([entry], torch.float16)["text_encoder_2"]
+    wide = {n.rsplit(".", 2)[-2] for n, p in t5.named_parameters() if p.dtype == torch.float32}
+    assert wide == {"wo"}
+
+
+def test_the_t5_stand_in_tokenizer_pads_ends_and_truncates_like_t5s():
+    from t2i_engine.models.architectures import TOKENIZER_WORDS
+    from t2i_engine.models.tokenizer import build_t5_tokenizer
+
+    tok = build_t5_tokenizer(TOKENIZER_WORDS, max_length=16)
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    ids = tok(["a photo of a Cat é", "a photo " * 20], padding="max_length", max_length=16, truncation=True)
+    short, long = ids["input_ids"]
+    assert len(short) == len(long) == 16 and max(short + long) < len(tok) <= 32128
+    assert tok.convert_ids_to_tokens(short[:4]) == ["\u2581a", "\u2581photo", "\u2581of", "\u2581a"]
+    assert 2 in short  # "é" is out of the vocabulary
+    end = short.index(1)
+    assert short[end + 1 :] == [0] * (15 - end) and sum(ids["attention_mask"][0]) == end + 1
+    assert long[-1] == 1 and 0 not in long  # truncated, still closed by "</s>"
+    assert tok.batch_decode([short[:3]]) == ["a photo of"]
+
+
+def _shrunk(entry: dict) -> dict:
+    """The entry with its real vocabulary and sequence length but a few-thousand-parameter body."""
+    small = {"num_hidden_layers": 1, "num_layers": 1, "num_heads": 2, "num_attention_heads": 2, "d_kv": 8}
+    width = {"hidden_size": 16, "intermediate_size": 32, "projection_dim": 16, "d_model": 32, "d_ff": 32}
+    config = {k: small.get(k, width.get(k, v)) for k, v in entry["config"].items()}
+    return {**entry, "config": config}
+
+
+@pytest.mark.parametrize("name", TEXT_MODELS)
+def test_the_pipelines_encode_prompts_with_the_built_encoders_and_tokenizers(name):
+    """The diffusers pipeline's own encode_prompt (tokenize, pad, warn about truncation with
+    batch_decode, encode) runs on text encoders built from the shipped entries, shrunk."""
+    import diffusers
+
+    from t2i_engine.models.architectures import build_text_parts
+
+    arch = architecture(name)
+    entries = [_shrunk(e) for e in arch["text"]["text_encoders"]]
+    torch.manual_seed(0)
+    parts = build_text_parts(entries, torch.float32)
+    pipe = getattr(diffusers, arch["text"]["pipeline_class"])(scheduler=None, vae=None, transformer=None, **parts)
+    prompts = ["a photo of the cat", "picture " * 300]  # the second is longer than every tokenizer's limit
+    t5_length = entries[-1]["sequence_length"]
+    if name == "sd3-medium":
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, do_classifier_free_guidance=False)
+        assert embeds.shape == (2, 77 + t5_length, 32) and pooled.shape == (2, 16 + 16)
+    else:
+        embeds, pooled, text_ids = pipe.encode_prompt(prompts, None, max_sequence_length=t5_length)
+        assert embeds.shape == (2, t5_length, 32) and pooled.shape == (2, 16)
+    assert torch.isfinite(embeds).all() and not torch.equal(embeds[0], embeds[1])
