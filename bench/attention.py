@@ -1,21 +1,58 @@
-"""Attention TFLOP/s on each model's real attention shapes: our Triton kernel against PyTorch's
-SDPA backends (flash, efficient, cuDNN where available), bf16, side by side in one run.
+"""Attention on each model's real attention calls, at production batch and layout: PyTorch's SDPA
+(the default it picks, and flash, efficient and cuDNN forced one at a time) against our Triton
+kernel (t2i_engine.kernels.attention.flash_attention), bf16, side by side in one run.
 
-    python bench/attention.py [--models sd15,sdxl,...] [--batch 2] [--list] [--out FILE]
+    python bench/attention.py [--models sd15,flux-schnell] [--batch N] [--budget-s 120]
+                              [--list] [--dry-run] [--out FILE]
 
-The shapes are not typed in: each model's denoiser (its real architecture, t2i_engine/assets/
-configs) runs one forward at its native resolution under fake tensors, and every
+Shapes: not typed in. Each model's denoiser (its real architecture, t2i_engine/assets/configs)
+runs one forward at its native resolution under fake tensors, and every
 scaled_dot_product_attention call is recorded (heads, key/value heads, query and key lengths,
-head dim). `--list` prints them and stops (works on a CPU). Timing needs CUDA: CUDA events
-around 20 calls after 5 warm-up calls, median of 5 such rounds; random inputs.
-TFLOP/s = 4 * B * H * Lq * Lk * D / time (the two matmuls; softmax not counted).
+head dim, calls per forward). `--list` prints them and stops (any machine).
+
+Batch: the production batch of one denoiser call, by default per model (PRODUCTION_BATCH: images
+per call, doubled where classifier-free guidance batches the unconditional half; sd15 64, sdxl
+16, sd3-medium 8, flux-schnell 4); `--batch N` sets one B for all.
+
+Layout: as diffusers' attention processors hold them. q, k and v are each a [B, S, H*D]
+projection viewed [B, S, H, D] and transposed to [B, H, S, D]: strided views, not contiguous
+(what `to_q(x).view(B, -1, H, D).transpose(1, 2)` gives); bf16, random normal.
+
+Paths, per distinct shape: `sdpa_default` (no context: what production runs; the backend it
+picks is read from torch._fused_sdp_choice, PyTorch's own dispatcher, and also inferred as the
+forced backend closest in time), `flash`, `efficient`, `cudnn` (each under
+sdpa_kernel([backend]); a backend that refuses the shape records its error), and `triton`
+(refused shapes record supports()'s reason; the first call, which compiles and autotunes, is
+timed apart). Timing: CUDA events around rounds of calls, each round ~10 ms, after warm-up;
+median of 10 rounds. TFLOP/s = 4 * B * H * Lq * Lk * D / time (the two matmuls; softmax not
+counted). `vs_best_sdpa` = best forced SDPA backend's time / this path's time (> 1: faster).
+
+Output: JSON lines on stdout (and --out FILE, written as they come): one `run` line (device,
+versions), one `shape` line per shape, one `summary` line per model: each path's attention
+time per denoiser forward (shapes weighted by their calls per forward) and its ratio to the
+best SDPA backend per shape. Within a model, shapes go heaviest first (calls x FLOPs). Budget:
+`--budget-s` is wall time from start (imports and shape recording included); once a model's
+shapes are recorded it gets an equal share of what is left, its heaviest shape runs whenever any
+budget is left, and shapes past its share (or paths past the whole budget) are skipped with a
+note. A shape already started runs to its end, so a run can pass the budget by one shape.
+
+Without CUDA, or with --dry-run: every shape shrunk (B 1, at most 2 heads, lengths capped at
+64; head dims kept) and each path called once through the same code, timed with
+time.perf_counter (the Triton kernel through Triton's CPU interpreter, TRITON_INTERPRET=1, when
+there is no CUDA); lines say "dry_run": true and their numbers mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import statistics
+import sys
+import time
+import warnings
 from collections import Counter
 
 import torch
@@ -23,6 +60,22 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 MODELS = ["sd15", "sd21", "sdxl", "sd3-medium", "flux-schnell", "flux-dev", "sd35-large"]
+
+# images per denoiser call in production, and whether classifier-free guidance doubles the batch
+# (FLUX is guidance-distilled: one pass). sd21, flux-dev and sd35-large are not measured choices.
+PRODUCTION_BATCH = {
+    "sd15": (32, True),
+    "sd21": (16, True),
+    "sdxl": (8, True),
+    "sd3-medium": (4, True),
+    "flux-schnell": (4, False),
+    "flux-dev": (4, False),
+    "sd35-large": (4, True),
+}
+SDPA_BACKENDS = ("flash", "efficient", "cudnn")
+PATHS = ("sdpa_default", "triton", "flash", "cudnn", "efficient")  # run order: the two that matter first
+DRY_HEADS, DRY_LEN = 2, 64
+ROUND_S, ROUNDS, WARMUP = 0.01, 10, 3
 
 
 class _Record(TorchFunctionMode):
@@ -59,81 +112,315 @@ def attention_shapes(name: str) -> Counter:
     return record.shapes
 
 
-def _time(fn, reps: int = 20, rounds: int = 5) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(rounds):
+def production_batch(name: str) -> tuple[int, int, bool]:
+    """(B of one denoiser call, images, CFG) for the model; unlisted models: the registry's
+    images per call, doubled unless guidance is distilled or off."""
+    if name in PRODUCTION_BATCH:
+        images, cfg = PRODUCTION_BATCH[name]
+    else:
+        from t2i_engine.models.registry import get_model
+
+        spec = get_model(name)
+        images, cfg = spec.batch_size, not spec.distilled and spec.guidance > 1.0
+    return images * (2 if cfg else 1), images, cfg
+
+
+def _err(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _projection(b: int, s: int, heads: int, d: int, device, dtype, g) -> torch.Tensor:
+    """[B, H, S, D] as diffusers holds it: a [B, S, H*D] projection, viewed and transposed."""
+    x = torch.randn(b, s, heads * d, device=device, dtype=dtype, generator=g)
+    return x.view(b, s, heads, d).transpose(1, 2)
+
+
+class Timer:
+    """seconds of one call. CUDA: events around rounds of calls (about ROUND_S each), after
+    warm-up; median of ROUNDS. Dry run: one call on the clock."""
+
+    def __init__(self, device: torch.device, dry: bool):
+        self.device, self.dry = device, dry
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def first(self, fn) -> tuple[float, object]:
+        """(wall seconds, output) of a first call (compile, autotune, library init)."""
+        self._sync()
+        t = time.perf_counter()
+        result = fn()
+        self._sync()
+        return time.perf_counter() - t, result
+
+    def __call__(self, fn) -> float:
+        if self.dry:
+            return self.first(fn)[0]
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(reps):
+        for _ in range(WARMUP):
             fn()
         end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000 / reps)
-    return statistics.median(times)
+        torch.cuda.synchronize(self.device)
+        per_call = max(start.elapsed_time(end) / 1000 / WARMUP, 1e-6)
+        reps = max(1, min(500, math.ceil(ROUND_S / per_call)))
+        pairs = []
+        for _ in range(ROUNDS):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                fn()
+            end.record()
+            pairs.append((start, end))
+        torch.cuda.synchronize(self.device)
+        return statistics.median(s.elapsed_time(e) / 1000 / reps for s, e in pairs)
 
 
-def time_shape(b: int, h: int, hkv: int, lq: int, lk: int, d: int) -> dict:
+def _default_backend(q, k, v, gqa: bool) -> str | None:
+    """The backend SDPA's dispatcher picks for these inputs outside any sdpa_kernel context."""
+    from torch.nn.attention import SDPBackend
+
+    try:
+        kw = {"enable_gqa": True} if gqa else {}
+        return SDPBackend(torch._fused_sdp_choice(q, k, v, **kw)).name.lower().removesuffix("_attention")
+    except Exception:  # noqa: BLE001 - a private function: may move between releases
+        return None
+
+
+def time_shape(b, h, hkv, lq, lk, d, *, device, timer: Timer, deadline: float) -> dict:
+    """Every path on one shape; a path past `deadline` (perf_counter) is skipped."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from t2i_engine.kernels.attention import flash_attention
+    from t2i_engine.kernels.attention import flash_attention, supports
 
-    g = torch.Generator("cuda").manual_seed(0)
-    q = torch.randn(b, h, lq, d, device="cuda", dtype=torch.bfloat16, generator=g)
-    k = torch.randn(b, hkv, lk, d, device="cuda", dtype=torch.bfloat16, generator=g)
-    v = torch.randn(b, hkv, lk, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    g = torch.Generator(device).manual_seed(0)
+    q = _projection(b, lq, h, d, device, torch.bfloat16, g)
+    k = _projection(b, lk, hkv, d, device, torch.bfloat16, g)
+    v = _projection(b, lk, hkv, d, device, torch.bfloat16, g)
+    gqa = hkv != h
+    kw = {"enable_gqa": True} if gqa else {}
     flops = 4 * b * h * lq * lk * d
-    kr, vr = (k, v) if hkv == h else (k.repeat_interleave(h // hkv, 1), v.repeat_interleave(h // hkv, 1))
-    out = {"triton": flops / _time(lambda: flash_attention(q, k, v)) / 1e12}
     backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
     if hasattr(SDPBackend, "CUDNN_ATTENTION"):
         backends["cudnn"] = SDPBackend.CUDNN_ATTENTION
-    for label, backend in backends.items():
+
+    def sdpa():
+        return F.scaled_dot_product_attention(q, k, v, **kw)
+
+    def triton_call():
+        return flash_attention(q, k, v, scale=None, mask=None)
+
+    out: dict = {
+        "q_stride": list(q.stride()),
+        "q_contiguous": q.is_contiguous(),
+        "gflop": round(flops / 1e9, 3),
+        "default_backend": _default_backend(q, k, v, gqa),
+    }
+    paths: dict = {}
+    reference = None
+    for path in PATHS:
+        if time.perf_counter() >= deadline:
+            paths[path] = {"skipped": "--budget-s spent"}
+            continue
+        rec: dict = {}
+        fn = triton_call if path == "triton" else sdpa
+        caught: list = []
         try:
-            with sdpa_kernel(backend):
-                out[label] = flops / _time(lambda: F.scaled_dot_product_attention(q, kr, vr)) / 1e12
-        except RuntimeError as e:  # this backend does not take the shape (head dim, say)
-            out[label] = None
-            out[f"{label}_error"] = str(e).splitlines()[0][:120]
-    best = max((x for key, x in out.items() if key in backends and x), default=None)
-    out["vs_best_sdpa"] = round(out["triton"] / best, 3) if best else None
-    return {k: (round(x, 1) if isinstance(x, float) and k != "vs_best_sdpa" else x) for k, x in out.items()}
+            if path == "triton" and (why := supports(q, k, v)):
+                raise ValueError(f"not supported: {why}")
+            if path in SDPA_BACKENDS and path not in backends:
+                raise RuntimeError(f"SDPBackend has no {path} in torch {torch.__version__}")
+            with warnings.catch_warnings(record=True) as caught:  # a refusing backend warns why, then raises
+                warnings.simplefilter("always")
+                # a forced backend: the context held around all the calls, not entered per call
+                with sdpa_kernel([backends[path]]) if path in backends else contextlib.nullcontext():
+                    first_s, result = timer.first(fn)
+                    rec["first_call_s"] = round(first_s, 4)
+                    t = timer(fn)
+            rec.update(ms=round(t * 1e3, 4), tflops=round(flops / t / 1e12, 6 if timer.dry else 2))
+            if path == "sdpa_default":
+                reference = result.float()
+            elif reference is not None:
+                rec["max_abs_diff_vs_default"] = round((result.float() - reference).abs().max().item(), 5)
+            del result
+        except Exception as e:  # noqa: BLE001 - a path that refuses the shape (head dim, layout, device)
+            rec = {"error": _err(e)}
+            why = [str(w.message).strip().splitlines()[0][:200] for w in caught if str(w.message).strip()]
+            if why:
+                rec["warnings"] = why[:4]
+        paths[path] = rec
+    timed = {p: r["ms"] for p, r in paths.items() if "ms" in r}
+    best = min((p for p in SDPA_BACKENDS if p in timed), key=timed.get, default=None)
+    if best is None and "sdpa_default" in timed:
+        best = "sdpa_default"
+    out["best_sdpa"] = best
+    if best:
+        for p, ms in timed.items():
+            paths[p]["vs_best_sdpa"] = round(timed[best] / ms, 3)
+    if "sdpa_default" in timed:  # inferred: the forced backend whose time is closest to the default's
+        forced_times = {p: timed[p] for p in SDPA_BACKENDS if p in timed}
+        out["default_closest"] = (
+            min(forced_times, key=lambda p: abs(forced_times[p] - timed["sdpa_default"])) if forced_times else None
+        )
+    out["paths"] = paths
+    return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--batch", type=int, default=2, help="B of each call (2: one image with CFG)")
+def summarize(name: str, b: int, images: int, cfg: bool, rows: list[dict], dry: bool) -> dict:
+    """Attention time per denoiser forward for each path: sum over shapes of calls x time."""
+    done = [r for r in rows if "paths" in r]
+    per_path: dict = {}
+    for path in (*PATHS, "best_sdpa", "triton_or_default"):
+        total, missing = 0.0, []
+        for r in done:
+            p = r["paths"]
+            if path == "best_sdpa":
+                ms = p.get(r["best_sdpa"], {}).get("ms") if r["best_sdpa"] else None
+            elif path == "triton_or_default":  # what the engine runs: SDPA where the kernel refuses
+                ms = p["sdpa_default"].get("ms") if "error" in p["triton"] else p["triton"].get("ms")
+            else:
+                ms = p[path].get("ms")
+            if ms is None:
+                missing.append(f"H{r['H']} Lq{r['Lq']} Lk{r['Lk']} D{r['D']}")
+            else:
+                total += r["calls_per_forward"] * ms
+        per_path[path] = {"ms_per_forward": round(total, 4) if done and not missing else None}
+        if missing:
+            per_path[path]["missing_shapes"] = missing
+    best = per_path["best_sdpa"]["ms_per_forward"]
+    for rec in per_path.values():
+        if best and rec["ms_per_forward"]:
+            rec["vs_best_sdpa"] = round(best / rec["ms_per_forward"], 3)
+    return {
+        "kind": "summary",
+        "model": name,
+        "B": b,
+        "images": images,
+        "cfg": cfg,
+        "dry_run": dry,
+        "shapes": len(rows),
+        "shapes_timed": len(done),
+        "shapes_not_timed": len(rows) - len(done),
+        "calls_per_forward": sum(r["calls_per_forward"] for r in rows),
+        "calls_timed": sum(r["calls_per_forward"] for r in done),
+        "note": "ms_per_forward: attention only, shapes timed; null where a path lacks a timed shape",
+        "paths": per_path,
+    }
+
+
+def _run_info(device: torch.device, dry: bool, args) -> dict:
+    info: dict = {"kind": "run", "dry_run": dry, "torch": torch.__version__, "cuda": torch.version.cuda}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception as e:  # noqa: BLE001
+        info["triton"] = _err(e)
+    try:
+        info["cudnn"] = torch.backends.cudnn.version()
+    except Exception:  # noqa: BLE001
+        info["cudnn"] = None
+    info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    info["triton_interpret"] = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    info["models"] = args.models
+    info["batch"] = args.batch or "production (per model)"
+    info["budget_s"] = args.budget_s
+    info["timing"] = (
+        "one call, time.perf_counter (dry run)"
+        if dry
+        else f"CUDA events, rounds of ~{ROUND_S * 1e3:.0f} ms after {WARMUP} warm-up calls, median of {ROUNDS}"
+    )
+    info["layout"] = "q/k/v: [B, S, H*D] projections .view(B, S, H, D).transpose(1, 2), bf16, randn"
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="sd15,sdxl,sd3-medium,flux-schnell", help=f"comma-separated, of {MODELS}")
+    ap.add_argument("--batch", type=int, help="B of every call (default: each model's production batch)")
+    ap.add_argument("--budget-s", type=float, default=120.0, help="wall-time cap; later shapes are skipped")
     ap.add_argument("--list", action="store_true", help="print the shapes and stop (no GPU needed)")
-    ap.add_argument("--out", help="JSON file for the results")
-    args = ap.parse_args()
-    rows = []
-    for name in args.models.split(","):
-        for (h, hkv, lq, lk, d), calls in sorted(attention_shapes(name).items()):
-            row = {
-                "model": name,
-                "B": args.batch,
-                "H": h,
-                "Hkv": hkv,
-                "Lq": lq,
-                "Lk": lk,
-                "D": d,
-                "calls_per_forward": calls,
-            }
+    ap.add_argument("--dry-run", action="store_true", help="tiny shapes, one call per path (automatic without CUDA)")
+    ap.add_argument("--out", help="also write the JSON lines to this file")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    deadline = t0 + args.budget_s
+    cuda = torch.cuda.is_available()
+    dry = args.dry_run or not cuda
+    if dry and not cuda and not args.list:
+        # before t2i_engine.kernels.attention (and diffusers, which imports triton) is imported
+        if "t2i_engine.kernels.attention" in sys.modules:
+            raise SystemExit("set TRITON_INTERPRET=1 before the kernel is imported")
+        os.environ["TRITON_INTERPRET"] = "1"
+    device = torch.device("cuda" if cuda else "cpu")
+    timer = Timer(device, dry)
+    sink = open(args.out, "w") if args.out else None  # noqa: SIM115 - closed below
+
+    def emit(row: dict) -> None:
+        text = json.dumps(row)
+        print(text, flush=True)
+        if sink:
+            sink.write(text + "\n")
+            sink.flush()
+
+    try:
+        if not args.list:
+            emit(_run_info(device, dry, args))
+        names = [n for n in args.models.split(",") if n]
+        for i, name in enumerate(names):
+            b, images, cfg = production_batch(name)
+            if args.batch:
+                b, images, cfg = args.batch, None, None
+            shapes = attention_shapes(name)
+            share_end = time.perf_counter() + max(0.0, deadline - time.perf_counter()) / (len(names) - i)
+            # heaviest first (calls x FLOPs): a budget cut drops the shapes that matter least
+            order = sorted(shapes.items(), key=lambda kv: (-kv[1] * kv[0][0] * kv[0][2] * kv[0][3] * kv[0][4], kv[0]))
+            rows = []
+            for (h, hkv, lq, lk, d), calls in order:
+                row = {"kind": "shape", "model": name, "B": b, "H": h, "Hkv": hkv, "Lq": lq, "Lk": lk, "D": d}
+                row["calls_per_forward"] = calls
+                if args.list:
+                    emit(row)
+                    continue
+                if dry:  # shrunk: the same code paths at a size the CPU (and interpreter) runs in seconds
+                    row["dry_run"] = True
+                    row["production"] = {"B": b, "H": h, "Hkv": hkv, "Lq": lq, "Lk": lk}
+                    h2 = min(h, DRY_HEADS)
+                    hkv2 = h2 if hkv == h else 1
+                    row.update(B=1, H=h2, Hkv=hkv2, Lq=min(lq, DRY_LEN), Lk=min(lk, DRY_LEN))
+                now = time.perf_counter()
+                if now >= deadline or (now >= share_end and any("paths" in r for r in rows)):
+                    # each model's heaviest shape runs while any budget is left; the rest within its share
+                    row["skipped"] = f"--budget-s {args.budget_s:g}: this model's share spent at {now - t0:.1f} s"
+                else:
+                    try:
+                        row.update(
+                            time_shape(
+                                row["B"],
+                                row["H"],
+                                row["Hkv"],
+                                row["Lq"],
+                                row["Lk"],
+                                row["D"],
+                                device=device,
+                                timer=timer,
+                                deadline=deadline,
+                            )
+                        )
+                    except Exception as e:  # noqa: BLE001 - one shape failing (out of memory) keeps the rest
+                        row["error"] = _err(e)
+                    row["elapsed_s"] = round(time.perf_counter() - t0, 2)
+                rows.append(row)
+                emit(row)
+                if cuda:
+                    torch.cuda.empty_cache()
             if not args.list:
-                if not torch.cuda.is_available():
-                    raise SystemExit("timing needs CUDA; --list prints the shapes on any machine")
-                row.update(time_shape(args.batch, h, hkv, lq, lk, d))
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    if args.out:
-        meta = {
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (shapes only)",
-            "torch": torch.__version__,
-        }
-        with open(args.out, "w") as f:
-            json.dump({**meta, "rows": rows}, f, indent=1)
+                emit(summarize(name, rows[0]["B"] if dry and rows else b, images, cfg, rows, dry))
+    finally:
+        if sink:
+            sink.close()
 
 
 if __name__ == "__main__":

@@ -52,7 +52,9 @@ RECIPE_FLAGS = {
 }
 # Closed sets whose home module loads torch (the CLI answers --help and bad flags without it);
 # tests/test_cli.py checks each against its home.
-ATTENTION = ("sdpa", "triton")  # engine.runtime.ATTENTION
+ATTENTION = ("sdpa", "cudnn", "flash", "efficient", "triton")  # engine.runtime.ATTENTION
+RUN_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "fp8")  # export.tuning.PRECISIONS
+COMPILE_MODES = ("none", "default", "max-autotune")  # export.tuning.COMPILE_MODES
 NORMS = ("triton", "torch")  # benchmark.bench.NORM
 BACKENDS = ("eager", "onnx", "tensorrt", "compile")  # export.build.BACKENDS
 BUILT = ("onnx", "tensorrt", "compile")  # export.build.BUILT
@@ -263,9 +265,11 @@ def _add_generate_parser(sub) -> None:
         "--attention",
         choices=ATTENTION,
         default="sdpa",
-        help="sdpa (PyTorch) or triton (our fused attention and GroupNorm + SiLU kernels, CUDA); recorded in the "
+        help="sdpa (PyTorch picks its backend per call), cudnn, flash or efficient (PyTorch's SDPA pinned to that "
+        "backend, CUDA), or triton (our fused attention and GroupNorm + SiLU kernels, CUDA); recorded in the "
         "manifest (default: %(default)s)",
     )
+    _add_tuning_flags(run)
     run.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -359,6 +363,33 @@ def _add_build_parser(sub) -> None:
     bu.add_argument("--json", action="store_true", help="print JSON instead of lines")
 
 
+def _add_tuning_flags(group) -> None:
+    """The speed switches (export.tuning), each its own flag so its gain is measured alone."""
+    group.add_argument(
+        "--precision",
+        choices=RUN_PRECISIONS,
+        default="auto",
+        help="auto (bf16 on a GPU, fp32 on a CPU), fp32, fp16, bf16, or fp8 (the denoiser's Linear layers in FP8 "
+        "through torchao; GPUs of compute capability 8.9+, with --compile) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="none",
+        help="torch.compile the denoiser and the VAE decode, whole graphs, one per batch size (default: %(default)s)",
+    )
+    group.add_argument(
+        "--fuse-qkv", action="store_true", help="run each attention's Q, K and V projections as one matmul"
+    )
+    group.add_argument("--channels-last", action="store_true", help="the UNet's and VAE's convolutions in NHWC layout")
+    group.add_argument(
+        "--regional-compile",
+        action="store_true",
+        help="with --compile: compile the denoiser's repeated blocks once each instead of the whole (much shorter "
+        "compiles for big transformers)",
+    )
+
+
 def _add_bench_parser(sub) -> None:
     be = sub.add_parser(
         "bench", help="images/sec and model-FLOP utilisation of our backends against diffusers baselines, same run"
@@ -438,6 +469,25 @@ def _add_bench_parser(sub) -> None:
         choices=NORMS,
         help="the engine's GroupNorm (+ SiLU) (default: triton with --attention triton, else torch)",
     )
+    _add_tuning_flags(be)
+    be.add_argument(
+        "--ladder",
+        type=str,
+        metavar="LIST",
+        help="engine configurations measured one after another on one pipeline, each 'base' or '+'-joined changes "
+        "to the switches given: sdpa, cudnn, flash, efficient, triton, channels_last, fuse_qkv, compile, "
+        "max-autotune, regional, fp8 (last rung only); e.g. base,cudnn,cudnn+channels_last+compile "
+        "(default: the base alone)",
+    )
+    be.add_argument(
+        "--ab",
+        type=_int(0, 100),
+        default=0,
+        metavar="N",
+        help="then N interleaved rounds of the last configuration against diffusers bf16 at its best batch "
+        "(default: %(default)s)",
+    )
+    be.add_argument("--ab-steps", type=str, metavar="N", help="steps of the A/B rounds (default: the model's)")
     be.add_argument("--out", type=Path, metavar="FILE", help="write the results JSON here, atomically (default: none)")
     be.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
 
@@ -735,6 +785,7 @@ def _generate(args) -> int:
             ray=args.ray,
             attention=args.attention,
             backend=args.backend,
+            tuning=_tuning(args),
             command=shlex.join(["t2i-engine", *args.argv]),
         ),
     )
@@ -899,33 +950,53 @@ def _demo(args) -> int:
     return 0
 
 
+def _tuning(args):
+    from .export.tuning import Tuning  # heavy: torch
+
+    return Tuning(args.precision, args.compile, args.fuse_qkv, args.channels_last, args.regional_compile)
+
+
 def _bench(args) -> int:
     # heavy: torch
-    from .benchmark.bench import BASELINES, BenchOptions, check_options, parse_batches, parse_list, run_bench
+    from .benchmark import bench
     from .benchmark.report import table
 
-    opts = BenchOptions(
+    opts = bench.BenchOptions(
         model=args.model,
-        backends=parse_list(args.backend, "--backend", BACKENDS),
-        batches=parse_batches(args.batch) if args.batch else (),
+        backends=bench.parse_list(args.backend, "--backend", BACKENDS),
+        batches=bench.parse_batches(args.batch) if args.batch else (),
         steps=args.steps,
         resolution=args.res,
         guidance=args.guidance,
-        baselines=parse_list(args.baseline, "--baseline", BASELINES),
-        baseline_batches=parse_batches(args.baseline_batch, "--baseline-batch", allow_auto=False),
+        baselines=bench.parse_list(args.baseline, "--baseline", bench.BASELINES),
+        baseline_batches=bench.parse_batches(args.baseline_batch, "--baseline-batch", allow_auto=False),
         warmup=args.warmup,
         reps=args.reps,
         device=args.device,
         weights=args.weights,
         attention=args.attention,
         norm=args.norm,
+        precision=args.precision,
+        compile=args.compile,
+        fuse_qkv=args.fuse_qkv,
+        channels_last=args.channels_last,
+        regional_compile=args.regional_compile,
+        ladder=bench.parse_ladder(args.ladder) if args.ladder else (),
+        ab=args.ab,
+        ab_steps=args.ab_steps,
     )
-    check_options(opts)
+    bench.check_options(opts)
     if args.out:
         if not args.out.parent.is_dir():
             raise InputError("--out", str(args.out), "expected a file path for the results JSON in an existing folder")
         check_writable(args.out, "--out", kind="file")
-    result = run_bench(opts, log=lambda line: print(line, file=sys.stderr))
+
+    def checkpoint(partial: dict) -> None:  # a time limit still leaves the runs that ended
+        atomic_write_text(args.out, json.dumps({**partial, "partial": True}, indent=1) + "\n")
+
+    result = bench.run_bench(
+        opts, log=lambda line: print(line, file=sys.stderr), checkpoint=checkpoint if args.out else None
+    )
     print(
         json.dumps(result, indent=1) if args.json else table(result), flush=True
     )  # first: a failed write loses nothing

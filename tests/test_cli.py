@@ -214,10 +214,13 @@ def test_the_clis_closed_sets_are_the_librarys():
     from t2i_engine.eval.probes import PROBES
     from t2i_engine.export.build import BACKENDS, BUILT, PRECISIONS
     from t2i_engine.export.onnx_export import EXPORTERS
+    from t2i_engine.export.tuning import COMPILE_MODES
+    from t2i_engine.export.tuning import PRECISIONS as RUN_PRECISIONS
     from t2i_engine.training.presets import OVERRIDES, PRESETS
 
     assert (cli.ATTENTION, cli.NORMS, cli.PROBES, cli.EXPORTERS) == (ATTENTION, NORM, PROBES, EXPORTERS)
     assert (cli.BACKENDS, cli.BUILT, cli.PRECISIONS) == (BACKENDS, BUILT, tuple(PRECISIONS))
+    assert (cli.RUN_PRECISIONS, cli.COMPILE_MODES) == (RUN_PRECISIONS, COMPILE_MODES)
     assert cli.PRESETS == tuple(PRESETS)
     assert (cli.TRAIN_PRECISIONS, cli.MEMORY_FORMATS) == (OVERRIDES["precision"][0], OVERRIDES["memory_format"][0])
 

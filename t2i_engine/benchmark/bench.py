@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -32,10 +34,11 @@ from ..engine.runtime import ATTENTION, check_attention, check_runtime
 from ..errors import InputError
 from ..export.build import apply_backend, remove_backend
 from ..export.specs import Profile
-from ..kernels import install
-from ..models.architectures import PIPELINE_FAMILIES, architecture, prompt_inputs
+from ..export.tuning import Tuning, apply_tuning, remove_tuning, uncompile
+from ..kernels import install, sdpa
+from ..models.architectures import PIPELINE_FAMILIES, architecture, prompt_inputs, text_length
 from ..models.flops import pipeline_flops
-from ..models.pipelines import denoiser, hub_cache, obtain_pipeline, resolve_dtype
+from ..models.pipelines import denoiser, obtain_pipeline
 from ..models.registry import ModelSpec, get_model
 from . import measure
 from .paths import attention_processors, diffusers_path, engine_path
@@ -61,8 +64,78 @@ class BenchOptions:
     reps: int = 3
     device: str = "auto"
     weights: str | None = None
-    attention: str = "sdpa"  # the engine paths' attention (kernels.install); baselines keep diffusers' own
+    attention: str = "sdpa"  # the engine paths' attention (engine.runtime.ATTENTION); baselines keep diffusers' own
     norm: str | None = None  # the engine paths' GroupNorm (+ SiLU): "triton" or "torch"; None follows attention
+    precision: str = "auto"  # the engine's speed switches (export.tuning); the baselines run plain diffusers
+    compile: str = "none"
+    fuse_qkv: bool = False
+    channels_last: bool = False
+    regional_compile: bool = False
+    ladder: tuple[str, ...] = ()  # engine configurations, each the switches above plus LADDER tokens
+    ab: int = 0  # interleaved rounds of the headline pair (the last configuration vs diffusers' best batch)
+    ab_steps: int | None = None  # their steps (default: the model's)
+
+
+# A ladder rung: "base" (the switches as given) or '+'-joined changes to them, each measured in
+# one run on one pipeline. FP8 quantises that pipeline in place: at most one rung has it, the last.
+ATTENTION_TOKENS = ("sdpa", "cudnn", "flash", "efficient", "triton")
+LADDER_TOKENS = (
+    "base",
+    *ATTENTION_TOKENS,
+    "channels_last",
+    "fuse_qkv",
+    "compile",
+    "max-autotune",
+    "regional",
+    "fp8",
+)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    label: str
+    attention: str
+    tuning: Tuning
+
+
+def parse_ladder(text: str) -> tuple[str, ...]:
+    rungs = tuple(x.strip() for x in text.split(",") if x.strip())
+    for rung in rungs:
+        for token in rung.split("+"):
+            if token not in LADDER_TOKENS:
+                raise InputError(
+                    "--ladder",
+                    rung,
+                    f"expected comma-separated rungs, each '+'-joined from {', '.join(LADDER_TOKENS)}",
+                )
+    with_fp8 = [i for i, rung in enumerate(rungs) if "fp8" in rung.split("+")]
+    if len(with_fp8) > 1 or (with_fp8 and with_fp8[0] != len(rungs) - 1):
+        raise InputError("--ladder", text, "fp8 quantises the model in place: at most one rung may have it, the last")
+    if not rungs:
+        raise InputError("--ladder", text, "expected at least one rung (e.g. base,cudnn,compile)")
+    return rungs
+
+
+def engine_configs(opts: BenchOptions) -> list[EngineConfig]:
+    base = EngineConfig(
+        "base", opts.attention, Tuning(opts.precision, opts.compile, opts.fuse_qkv, opts.channels_last)
+    )
+    configs = []
+    for rung in opts.ladder or ("base",):
+        attention, tuning = base.attention, base.tuning
+        for token in rung.split("+"):
+            if token in ATTENTION_TOKENS:
+                attention = token
+            elif token in ("channels_last", "fuse_qkv"):
+                tuning = dataclasses.replace(tuning, **{token: True})
+            elif token == "regional":
+                tuning = dataclasses.replace(tuning, regional_compile=True)
+            elif token in ("compile", "max-autotune"):
+                tuning = dataclasses.replace(tuning, compile="default" if token == "compile" else token)
+            elif token == "fp8":
+                tuning = dataclasses.replace(tuning, precision="fp8")
+        configs.append(EngineConfig(rung, attention, tuning))
+    return configs
 
 
 def parse_list(text: str, field_name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -113,17 +186,14 @@ def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
         raise InputError(
             "model", spec.name, f"no random-weight pipeline for the {spec.family} family yet; pass --weights"
         )
-    if opts.backends and spec.family in ("sd3", "flux") and not (spec.builder or opts.weights or hub_cache(spec)):
-        # their random-weight architectures take prompt embeddings, with no text encoders (T5-XXL's
-        # tokenizer cannot be built here), and the engine encodes its prompts itself
-        raise InputError(
-            "--backend",
-            ",".join(opts.backends),
-            f"the engine runs {spec.name} only with its weights (--weights or the hub "
-            "cache); --backend none measures diffusers on its random-weight architecture",
-        )
     if opts.attention not in ATTENTION:
         raise InputError("--attention", opts.attention, f"expected one of {', '.join(ATTENTION)}")
+    if opts.ladder and opts.backends != ("eager",):
+        raise InputError(
+            "--ladder", ",".join(opts.ladder), "a ladder tunes PyTorch's own modules: use it with --backend eager"
+        )
+    if opts.ab and not (opts.backends and "diffusers" in opts.baselines):
+        raise InputError("--ab", opts.ab, "the A/B rounds pair the engine with the diffusers baseline: give both")
     if opts.norm not in (None, *NORM):
         raise InputError("--norm", opts.norm, f"expected one of {', '.join(NORM)}")
     if not opts.backends and not opts.baselines:
@@ -144,16 +214,23 @@ def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
     return spec, build_recipe(raw)  # validates steps, guidance and resolution as generate does
 
 
-def run_bench(opts: BenchOptions, log=print) -> dict:
+def run_bench(opts: BenchOptions, log=print, checkpoint=None) -> dict:
+    """`checkpoint(result)`, if given, receives the result so far after each baseline, engine
+    configuration and A/B (a time limit then still leaves what ended)."""
     spec, recipe = check_options(opts)
     device = resolve_device(opts.device)
-    check_attention(opts.attention, device)
+    configs = engine_configs(opts)
+    for config in configs:
+        check_attention(config.attention, device, "--attention" if config.label == "base" else "--ladder")
     if opts.backends and kernel_norm(opts) == "triton":  # the same Triton requirement as the attention kernel's
         check_attention("triton", device, field_name="--norm")
-    dtype = resolve_dtype(spec, device)
-    kernels = "triton" if "triton" in (opts.attention, kernel_norm(opts)) else "sdpa"
-    for backend in opts.backends:  # installed, runnable here in this dtype, compatible with the Triton kernels
-        check_runtime(backend, kernels, device, dtype, spec.name)
+    dtype = configs[0].tuning.dtype(device)  # fp8 rungs are bf16 pipelines too
+    for backend in opts.backends:  # installed, runnable here in this dtype, with these kernels and switches
+        for config in configs if backend == "eager" else configs[:1]:
+            kernels = config.attention if kernel_norm(opts) != "triton" else "triton"
+            check_runtime(backend, kernels, device, dtype, spec.name, config.tuning)
+            if config.tuning.dtype(device) != dtype:
+                raise InputError("--ladder", config.label, f"every rung runs in the base precision ({dtype})")
     batches = opts.batches or (spec.batch_size,)
     n_samples = planned_images(opts, spec)
     recipe = dataclasses.replace(
@@ -201,29 +278,63 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
     )
 
     runs = []
-    if opts.backends:
-        mode = install(pipe, attention=opts.attention, norm=opts.norm)
-        try:
-            for backend in opts.backends:
-                try:
-                    artifacts = _use_backend(pipe, spec, backend, device, recipe, batches, log)
-                    runs += [
-                        {**r, "artifacts": artifacts} if artifacts else r
-                        for r in _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec)
-                    ]
-                finally:
-                    remove_backend(pipe)
-        finally:
-            install(pipe, attention="sdpa")
-        if mode is not None:  # what really ran: a kernel that always fell back would otherwise go unseen
-            result["kernels"] = {
-                "attention_calls": mode.calls,
-                "group_norm_calls": mode.norm_calls,
-                "fused_group_norm_silu_calls": mode.fused_calls,
-                "fallbacks": mode.fallbacks,
-            }
+
+    # The baselines first: they cast the pipeline to their dtypes (cast back below), and an FP8
+    # rung of the engine's quantises it for good.
+    def save() -> None:
+        if checkpoint is not None:
+            checkpoint(_finish(result, runs, flops, rate))
+
     for name in opts.baselines:
         runs += _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device)
+        save()
+    if pipe.dtype != dtype:
+        pipe.to(dtype=dtype)
+    for backend in opts.backends:
+        if backend == "eager":
+            references: dict[int, object] = {}  # the first configuration's images per batch: the pixel reference
+            for i, config in enumerate(configs):
+                last = i == len(configs) - 1
+                try:
+                    runs += _config_runs(
+                        pipe, spec, recipe, samples, config, batches, opts, log, device, references, result
+                    )
+                    if last and opts.ab:
+                        result["ab"] = _ab_rounds(pipe, spec, config, runs, opts, log, device, dtype)
+                except Exception as e:  # noqa: BLE001 - a rung that fails (a compile error) is reported, the rest run
+                    if isinstance(e, InputError):
+                        raise
+                    runs.append(
+                        {
+                            "path": "engine:eager",
+                            "config": config.label,
+                            "dtype": str(dtype).removeprefix("torch."),
+                            "batch": ",".join(map(str, batches)),
+                            "error": f"{type(e).__name__}: {e}"[:2000],
+                        }
+                    )
+                    log(f"[bench] engine config {config.label} failed: {type(e).__name__}: {str(e)[:300]}")
+                finally:
+                    _release(pipe, config)
+                save()
+            continue
+        mode = install(pipe, attention=opts.attention, norm=opts.norm)
+        try:
+            artifacts = _use_backend(pipe, spec, backend, device, recipe, batches, log)
+            runs += [
+                {**r, "artifacts": artifacts} if artifacts else r
+                for r in _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec)
+            ]
+        finally:
+            remove_backend(pipe)
+            install(pipe, attention="sdpa")
+        _kernel_counts(mode, result)
+    return _finish(result, runs, flops, rate)
+
+
+def _finish(result: dict, runs: list[dict], flops: dict, rate: dict) -> dict:
+    """The result with its runs' FLOPs, MFU and the headline (also for a partial result)."""
+    result, flops = dict(result), dict(flops)
     ok = [r for r in runs if "images_per_second" in r]
     for run in ok:  # each run's FLOPs from the forwards it really made
         run["flops_per_image"] = run["denoiser_forwards_per_image"] * flops["denoiser_forward"] + flops["vae_decode"]
@@ -237,9 +348,111 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
         "x FLOPs of one forward + one VAE decode; text encoding excluded (cached)",
     }
     result["ceiling_images_per_second"] = round(rate["flops_per_second"] / flops["per_image"], 4)
-    result["runs"] = runs
+    result["runs"] = list(runs)
     result["headline"] = headline(runs)
     return result
+
+
+def _kernel_counts(mode, result: dict) -> None:
+    if mode is not None:  # what really ran: a kernel that always fell back would otherwise go unseen
+        result["kernels"] = {
+            "attention_calls": mode.calls,
+            "group_norm_calls": mode.norm_calls,
+            "fused_group_norm_silu_calls": mode.fused_calls,
+            "fallbacks": mode.fallbacks,
+        }
+
+
+def _config_runs(pipe, spec, recipe, samples, config, batches, opts, log, device, references, result) -> list[dict]:
+    """One engine configuration at each batch: attention routed or pinned, switches applied,
+    timed, and its images compared with the first configuration's at the same batch. Left
+    applied: the caller releases it (the A/B rounds may still need it)."""
+    mode = install(pipe, attention="triton" if config.attention == "triton" else "sdpa", norm=opts.norm)
+    if config.attention in sdpa.BACKENDS:
+        sdpa.pin(pipe, config.attention)
+    log(f"[bench] engine config {config.label}: attention {config.attention}, {config.tuning.record(device)}")
+    t0 = time.perf_counter()
+    done = apply_tuning(pipe, config.tuning, device)
+    fields = {"config": config.label, "tuning": config.tuning.record(device), **done}
+    runs = _engine_runs(pipe, recipe, samples, "eager", batches, opts, log, spec, config.attention, fields)
+    for run in runs:
+        images = run.pop("_images", None)
+        if images is None:
+            continue
+        if run["batch"] in references:
+            run["vs_first_config"] = measure.pixel_difference(references[run["batch"]], images)
+        else:
+            references[run["batch"]] = images
+    if runs:
+        runs[0]["config_seconds_with_first_batch"] = round(time.perf_counter() - t0, 1)  # compiles show here
+    _kernel_counts(mode, result)
+    return runs
+
+
+def _release(pipe, config: EngineConfig) -> None:
+    if config.tuning.precision == "fp8":
+        uncompile(pipe)  # the quantised weights stay: the ladder's last rung
+    else:
+        remove_tuning(pipe)
+    sdpa.unpin(pipe)
+    install(pipe, attention="sdpa")
+
+
+def _ab_rounds(pipe, spec, config: EngineConfig, runs: list[dict], opts, log, device, dtype) -> dict:
+    """The headline pair, interleaved: the last configuration at its fastest batch and plain
+    diffusers bf16 (a pipeline of its own with the same weights) at its best, one timed batch
+    each per round, so drift in clocks and temperature falls on both."""
+    ours = [r for r in runs if r.get("config") == config.label and "images_per_second" in r]
+    theirs = [r for r in runs if r.get("best_batch") and r["path"] == "baseline:diffusers"]
+    if not ours or not theirs:
+        return {"error": "no successful run of the pair"}
+    e_batch = max(ours, key=lambda r: r["images_per_second"])["batch"]
+    d_batch = theirs[0]["batch"]
+    raw = {"model": spec.name, "steps": opts.ab_steps, "guidance": opts.guidance, "images_per_class": 1}
+    if opts.resolution is not None:
+        raw["resolution"] = opts.resolution
+    recipe = build_recipe(raw)
+    n = max(e_batch, d_batch) * 2
+    recipe = dataclasses.replace(recipe, images_per_class=math.ceil(n / len(recipe.classes)), images_per_shard=n)
+    samples = list(plan_units(recipe)[0].samples)
+    log(f"[bench] A/B: {config.label} batch {e_batch} vs diffusers bf16 batch {d_batch}, {recipe.steps} steps")
+    plain, _ = obtain_pipeline(spec, opts.weights, device, torch.bfloat16 if device.type == "cuda" else dtype)
+    if spec.family in ("sd", "sdxl"):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        denoiser(plain).set_attn_processor(AttnProcessor2_0())
+    call_kwargs = None
+    if getattr(plain, "text_encoder", None) is None:  # as the baseline runs took them (_time_baseline)
+        cfg, plain_dtype = uses_cfg(plain, spec, recipe.guidance), plain.dtype
+        call_kwargs = lambda k: prompt_inputs(spec, k, device, plain_dtype, cfg)  # noqa: E731
+    # The plain pipeline's first batch (allocations, cuDNN's algorithm search) at 2 steps: the
+    # same shapes as the timed calls at a fraction of the cost; the engine's are warm from above.
+    diffusers_path(
+        plain, dataclasses.replace(recipe, steps=2), samples, batch=d_batch, warmup=0, reps=1, call_kwargs=call_kwargs
+    )
+    rounds = []
+    for i in range(opts.ab):
+        e = engine_path(pipe, recipe, samples, batch=e_batch, warmup=0, reps=1)
+        d = diffusers_path(plain, recipe, samples, batch=d_batch, warmup=0, reps=1, call_kwargs=call_kwargs)
+        rounds.append({"engine": e["images_per_second"], "diffusers": d["images_per_second"]})
+        log(
+            f"[bench] A/B round {i + 1}: engine {e['images_per_second']:.4g}, "
+            f"diffusers {d['images_per_second']:.4g} images/s"
+        )
+    del plain
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    ratios = [r["engine"] / r["diffusers"] for r in rounds]
+    return {
+        "config": config.label,
+        "steps": recipe.steps,
+        "engine_batch": e_batch,
+        "diffusers_batch": d_batch,
+        "rounds": rounds,
+        "ratio_median": round(statistics.median(ratios), 3),
+        "ratio_min": round(min(ratios), 3),
+        "ratio_max": round(max(ratios), 3),
+    }
 
 
 def uses_cfg(pipe, spec: ModelSpec, guidance: float) -> bool:
@@ -255,7 +468,7 @@ def uses_cfg(pipe, spec: ModelSpec, guidance: float) -> bool:
 def model_flops(pipe, spec: ModelSpec, recipe) -> dict:
     text = None
     if spec.family in ("sd3", "flux"):
-        text = architecture(spec.name)["text"]
+        text = architecture(spec.name)["text"] if text_length(spec.name) else _text_shapes(pipe)
     return pipeline_flops(
         pipe,
         spec.family,
@@ -267,6 +480,16 @@ def model_flops(pipe, spec: ModelSpec, recipe) -> dict:
     )
 
 
+def _text_shapes(pipe) -> dict:
+    """A test model's prompt-embedding shapes (it has no shipped text.json), from its denoiser."""
+    config = denoiser(pipe).config
+    length = pipe.tokenizer.model_max_length if getattr(pipe, "tokenizer", None) is not None else 77
+    return {
+        "prompt_embeds_shape": ["B", length, config.joint_attention_dim],
+        "pooled_prompt_embeds_shape": ["B", config.pooled_projection_dim],
+    }
+
+
 def _use_backend(pipe, spec, backend: str, device, recipe, batches, log) -> dict:
     if backend == "eager":
         return {}
@@ -276,22 +499,27 @@ def _use_backend(pipe, spec, backend: str, device, recipe, batches, log) -> dict
     return apply_backend(pipe, spec.name, backend, device, profile, log_line=log)
 
 
-def _engine_runs(pipe, recipe, samples, backend, batches, opts, log, spec) -> list[dict]:
+def _engine_runs(
+    pipe, recipe, samples, backend, batches, opts, log, spec, attention: str | None = None, fields: dict | None = None
+) -> list[dict]:
     measured: dict[int, dict] = {}
 
     def measure(batch: int) -> dict:
         run = {
             "path": f"engine:{backend}",
+            **(fields or {}),
             "dtype": str(pipe.dtype).removeprefix("torch."),
             "attention": attention_processors(pipe),
-            "attention_kernel": opts.attention,
+            "attention_kernel": attention or opts.attention,
             "norm_kernel": kernel_norm(opts),
         }
         measured[batch] = _attempt(
             run,
             batch,
             log,
-            lambda: engine_path(pipe, recipe, samples, batch=batch, warmup=opts.warmup, reps=opts.reps),
+            lambda: engine_path(
+                pipe, recipe, samples, batch=batch, warmup=opts.warmup, reps=opts.reps, keep_images=fields is not None
+            ),
         )
         return run
 
@@ -330,7 +558,7 @@ def _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device) -> list
 
 def _time_baseline(pipe, spec, recipe, samples, name, opts, log, device, dtype) -> list[dict]:
     call_kwargs = None
-    if spec.family in ("sd3", "flux"):
+    if getattr(pipe, "text_encoder", None) is None:  # built without text encoders: embeddings of the real shapes
         cfg = uses_cfg(pipe, spec, recipe.guidance)
         call_kwargs = lambda n: prompt_inputs(spec, n, device, dtype, cfg)  # noqa: E731
     batches = (PAPER_BATCH,) if name == "paper" else opts.baseline_batches
@@ -362,7 +590,8 @@ def _attempt(run: dict, batch: int, log, timed) -> dict:
     """Fill `run` with `timed()`'s figures, or with the out-of-memory it ran into."""
     try:
         run.update(timed())
-        log(f"[bench] {run['path']} batch {batch}: {run['images_per_second']:.4g} images/s")
+        label = f" {run['config']}" if "config" in run else ""
+        log(f"[bench] {run['path']}{label} batch {batch}: {run['images_per_second']:.4g} images/s")
     except torch.cuda.OutOfMemoryError:
         run.update(batch=batch, error="out of memory")
         log(f"[bench] {run['path']} batch {batch}: out of memory")

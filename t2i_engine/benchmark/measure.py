@@ -5,11 +5,13 @@ memory, and the versions that make a number reproducible."""
 from __future__ import annotations
 
 import importlib
+import math
 import platform
 import statistics
 import threading
 import time
 
+import numpy as np
 import torch
 
 from ..engine.manifest import versions as package_versions
@@ -22,7 +24,8 @@ def synchronize(device: torch.device) -> None:
 
 def matmul_rate(device: torch.device) -> dict:
     """Dense matmul FLOP/s measured here and now: bf16 8192^3 on a GPU (the rate MFU is quoted
-    against), fp32 1024^3 on a CPU (bf16 matmuls are emulated and slow there)."""
+    against), timed with CUDA events (a host clock adds its launch and sync latency); fp32
+    1024^3 on a CPU (bf16 matmuls are emulated and slow there)."""
     dtype, n, reps = (torch.bfloat16, 8192, 30) if device.type == "cuda" else (torch.float32, 1024, 8)
     g = torch.Generator("cpu").manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device, dtype)
@@ -31,11 +34,17 @@ def matmul_rate(device: torch.device) -> dict:
         a @ b
     times = []
     for _ in range(reps):
-        synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        synchronize(device)
-        times.append(time.perf_counter() - start)
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            a @ b
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
     return {
         "dtype": str(dtype).removeprefix("torch."),
         "n": n,
@@ -68,7 +77,9 @@ class NvmlSampler:
                 self._handle = None
 
     def __enter__(self):
+        self._energy = None
         if self._handle is not None:
+            self._energy = self._read_energy()
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
@@ -78,6 +89,28 @@ class NvmlSampler:
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
+        end = self._read_energy() if self._energy is not None else None
+        self.energy_joules = (end - self._energy) / 1000 if end is not None else None
+
+    def _read_energy(self) -> float | None:
+        """The card's energy counter in mJ (Volta and newer), or None."""
+        import pynvml
+
+        try:
+            return float(pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        except Exception:  # noqa: BLE001 - older cards and drivers lack it
+            return None
+
+    def _throttle(self) -> int:
+        import pynvml
+
+        read = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
+            pynvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None
+        )
+        try:
+            return int(read(self._handle))
+        except Exception:  # noqa: BLE001 - a missing reading must not stop the others
+            return 0
 
     def _run(self):
         import pynvml
@@ -87,20 +120,28 @@ class NvmlSampler:
                 util = pynvml.nvmlDeviceGetUtilizationRates(self._handle).gpu
                 power = pynvml.nvmlDeviceGetPowerUsage(self._handle) / 1000
                 clock = pynvml.nvmlDeviceGetClockInfo(self._handle, pynvml.NVML_CLOCK_SM)
+                reasons = self._throttle()
             except Exception:  # noqa: BLE001
                 return
-            self.samples.append((util, power, clock))
+            self.samples.append((util, power, clock, reasons))
 
     def summary(self) -> dict | None:
         if self._handle is None or not self.samples:
             return None
-        util, power, clock = zip(*self.samples)
+        util, power, clock, reasons = zip(*self.samples)
+        seen = 0
+        for r in reasons:
+            seen |= r
         return {
             "samples": len(self.samples),
             "gpu_utilization_percent_mean": round(statistics.fmean(util), 1),
             "power_watts_mean": round(statistics.fmean(power), 1),
             "power_watts_max": round(max(power), 1),
             "sm_clock_mhz_mean": round(statistics.fmean(clock)),
+            "sm_clock_mhz_min": min(clock),
+            # NVML's clock-event reasons seen in any sample (bit names: throttle_names)
+            "clock_event_reasons": throttle_names(seen),
+            "energy_joules": None if getattr(self, "energy_joules", None) is None else round(self.energy_joules, 1),
         }
 
     def static(self) -> dict | None:
@@ -117,6 +158,37 @@ class NvmlSampler:
             }
         except Exception:  # noqa: BLE001
             return None
+
+
+THROTTLE_BITS = {  # nvml.h's nvmlClocksEventReason* bits
+    0x1: "gpu_idle",
+    0x2: "applications_clocks_setting",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+
+
+def throttle_names(mask: int) -> list[str]:
+    return [name for bit, name in THROTTLE_BITS.items() if mask & bit] + (
+        [f"other_0x{mask:x}"] if mask & ~0x1FF else []
+    )
+
+
+def pixel_difference(reference: np.ndarray, images: np.ndarray) -> dict:
+    """How far `images` (uint8, the same samples) are from `reference`: PSNR in dB over the whole
+    batch (None when identical: no finite number), mean and max absolute difference in uint8 levels."""
+    diff = reference.astype(np.float64) - images.astype(np.float64)
+    mse = float(np.mean(diff**2))
+    return {
+        "psnr_db": round(10 * math.log10(255.0**2 / mse), 2) if mse else None,
+        "mean_abs_levels": round(float(np.mean(np.abs(diff))), 4),
+        "max_abs_levels": int(np.max(np.abs(diff))),
+    }
 
 
 def device_name(device: torch.device) -> str:

@@ -28,6 +28,7 @@ from ..engine.generator import Generator
 from ..engine.plan import Sample, WorkUnit
 from ..engine.recipe import Recipe
 from ..engine.units import default_encode_workers, shard_writer
+from ..export.tuning import compiled_graphs
 from ..models.pipelines import denoiser
 from .measure import NvmlSampler, synchronize
 
@@ -62,6 +63,8 @@ def _result(
     times: list[float], batch: int, wall: float, stages: dict, sampler: NvmlSampler, device: torch.device, seen: int
 ) -> dict:
     images = batch * len(times)
+    nvml = sampler.summary()
+    energy = nvml and nvml.get("energy_joules")
     return {
         "batch": batch,
         "timed_batches": len(times),
@@ -74,13 +77,18 @@ def _result(
         "denoiser_forwards_per_image": seen / images,
         "stage_seconds_per_image": {k: round(v / images, 6) for k, v in stages.items()},
         "peak_memory_bytes": _peak_memory(device),
-        "nvml": sampler.summary(),
+        "nvml": nvml,
+        "joules_per_image": round(energy / images, 3) if energy else None,
     }
 
 
-def engine_path(pipe, recipe: Recipe, samples: list[Sample], *, batch: int, warmup: int, reps: int) -> dict:
+def engine_path(
+    pipe, recipe: Recipe, samples: list[Sample], *, batch: int, warmup: int, reps: int, keep_images: bool = False
+) -> dict:
     """Warm-up batches go to a shard of their own, encoded and written before the clock starts;
-    the timed batches' clock stops when their shard is on disk."""
+    the timed batches' clock stops when their shard is on disk. `keep_images`: the first timed
+    batch's images under "_images" (for pixel comparisons; not JSON). Graphs compiled while the
+    clock ran are counted: a compiled run must compile during warm-up only."""
     device = pipe.device
     generator = Generator.for_recipe(pipe, recipe)
     warm = WorkUnit(0, tuple(samples[: batch * warmup]))
@@ -99,13 +107,17 @@ def engine_path(pipe, recipe: Recipe, samples: list[Sample], *, batch: int, warm
             writer.drain()
             before, wait_before = dict(generator.stage_seconds), writer.wait_seconds
             _reset_peak(device)
+            graphs_before = compiled_graphs()
             with sampler, count_denoiser_images(pipe) as seen:
                 start = time.perf_counter()
                 for i in range(reps):
                     chunk = list(timed.samples[i * batch : (i + 1) * batch])
                     t0 = time.perf_counter()
-                    writer.add(timed, chunk, generator.generate(chunk))
+                    images = generator.generate(chunk)
+                    writer.add(timed, chunk, images)
                     times.append(time.perf_counter() - t0)
+                    if keep_images and i == 0:
+                        first = images
                 writer.commit(timed)
                 writer.drain()
                 wall = time.perf_counter() - start
@@ -113,7 +125,11 @@ def engine_path(pipe, recipe: Recipe, samples: list[Sample], *, batch: int, warm
             writer.close()
     stages = {k: generator.stage_seconds[k] - before[k] for k in generator.stage_seconds}
     stages["encode_and_write_wait"] = writer.wait_seconds - wait_before
-    return _result(times, batch, wall, stages, sampler, device, seen[0])
+    out = _result(times, batch, wall, stages, sampler, device, seen[0])
+    out["graphs_compiled_while_timed"] = compiled_graphs() - graphs_before
+    if keep_images:
+        out["_images"] = first
+    return out
 
 
 def diffusers_path(

@@ -15,12 +15,14 @@ def table(result: dict) -> str:
     lines = [
         head,
         "",
-        "| path | dtype | batch | images/s | median batch | MFU | forwards/image | peak GiB | GPU util % | W |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| path | dtype | batch | images/s | median batch | MFU | forwards/image | peak GiB | GPU util % | W "
+        "| PSNR vs first |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
+        config = f" [{r['config']}]" if "config" in r else ""
         if "error" in r:
-            lines.append(f"| {r['path']} | {r['dtype']} | {r['batch']} | {r['error']} | | | | | | |")
+            lines.append(f"| {r['path']}{config} | {r['dtype']} | {r['batch']} | {r['error'][:200]} | | | | | | | |")
             continue
         nvml = r.get("nvml") or {}
         peak = f"{r['peak_memory_bytes'] / 2**30:.1f}" if r.get("peak_memory_bytes") else "-"
@@ -31,11 +33,13 @@ def table(result: dict) -> str:
             (True, False): "+triton-attention",
             (False, True): "+triton-norm",
         }.get(kernels, "")
+        diff = r.get("vs_first_config")
+        psnr = "-" if diff is None else "identical" if diff["psnr_db"] is None else f"{diff['psnr_db']} dB"
         lines.append(
-            f"| {path} | {r['dtype']} | {r['batch']}{mark} | {r['images_per_second']:.4g} | "
+            f"| {path}{config} | {r['dtype']} | {r['batch']}{mark} | {r['images_per_second']:.4g} | "
             f"{r['median_batch_images_per_second']:.4g}"
             f" | {r['mfu']:.1%} | {r['denoiser_forwards_per_image']:g} | {peak} | "
-            f"{nvml.get('gpu_utilization_percent_mean', '-')} | {nvml.get('power_watts_mean', '-')} |"
+            f"{nvml.get('gpu_utilization_percent_mean', '-')} | {nvml.get('power_watts_mean', '-')} | {psnr} |"
         )
     h = result["headline"]
     lines += [
@@ -43,4 +47,11 @@ def table(result: dict) -> str:
         f"ours vs the paper settings: {h['vs_paper_baseline']}x; vs diffusers at its best batch: "
         f"{h['vs_diffusers_bf16_best_batch']}x",
     ]
+    ab = result.get("ab")
+    if ab and "rounds" in ab:
+        lines.append(
+            f"A/B, {ab['steps']} steps, {len(ab['rounds'])} interleaved rounds: {ab['config']} (batch "
+            f"{ab['engine_batch']}) vs diffusers bf16 (batch {ab['diffusers_batch']}): {ab['ratio_median']}x "
+            f"(rounds {ab['ratio_min']}-{ab['ratio_max']}x)"
+        )
     return "\n".join(lines)

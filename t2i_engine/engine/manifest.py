@@ -73,11 +73,12 @@ def check_resumable(
     dtype: str,
     attention: str = "sdpa",
     backend: str = "eager",
+    tuning: dict | None = None,
     refiner_weights: str | None = None,
 ) -> dict | None:
     """The folder must be new, empty (but for our own temporaries), or hold a dataset of this
-    very recipe, weights (the refiner's too), dtype, attention implementation and backend.
-    Returns its manifest."""
+    very recipe, weights (the refiner's too), dtype, attention implementation, backend and speed
+    switches (export.tuning: each moves pixels). Returns its manifest."""
     manifest = read_manifest(out_dir) if out_dir.is_dir() else None
     if manifest is None:
         if out_dir.is_dir() and any(
@@ -116,7 +117,30 @@ def check_resumable(
                 "one dataset must come from one model and precision: resume with the same setting or choose a new "
                 "folder",
             )
+    if tuning is not None:
+        stored = stored_tuning(manifest)
+        for key, value in tuning.items():
+            if stored.get(key) != value:
+                raise InputError(
+                    "out",
+                    str(out_dir),
+                    f"its shards were made with {key} {stored.get(key)!r}, this run would use {value!r}; each moves "
+                    "pixels, so one dataset keeps one setting: resume with the same one or choose a new folder",
+                )
     return manifest
+
+
+def stored_tuning(manifest: dict) -> dict:
+    """The speed switches a dataset was made with; a manifest from before they existed ran the
+    plain path in its dtype."""
+    plain = {
+        "precision": {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(manifest.get("dtype"), "fp32"),
+        "compile": "none",
+        "fuse_qkv": False,
+        "channels_last": False,
+        "regional_compile": False,
+    }
+    return {**plain, **(manifest.get("tuning") or {})}
 
 
 @contextmanager
@@ -220,6 +244,7 @@ def write_manifest(
     weights: str | None,
     attention: str = "sdpa",
     backend: str = "eager",
+    tuning: dict | None = None,
     refiner_weights: str | None = None,
     dataset_format: str = FORMAT,
     command: str | None = None,
@@ -241,6 +266,7 @@ def write_manifest(
         "dtype": dtype,
         "attention": attention,
         "backend": backend,
+        "tuning": tuning,
         "command": command,
         "versions": versions(),
     }

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..kernels import install
+from ..kernels import install, sdpa
 from ..models.pipelines import apply_registry_settings, builder, bundled_path, from_pretrained, unavailable
 from ..models.registry import MODELS
 
@@ -72,6 +72,8 @@ def load_refiner(recipe, base, weights: str | None, device: torch.device, dtype:
     refiner = refiner.to(device)
     if attention == "triton":  # the shared modules are already routed with the base
         install(refiner.unet, attention="triton")
+    elif attention in sdpa.BACKENDS:
+        sdpa.pin(refiner.unet, attention)
     return refiner
 
 

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from ..devices import resolve_device
 from ..errors import InputError, OutOfSpace
+from ..export.tuning import Tuning
 from ..files import check_writable
-from ..models.pipelines import resolve_dtype
 from ..models.registry import get_model
 from . import manifest as mf
 from . import ray_runner
@@ -53,13 +53,18 @@ class RunOptions:
     ray: str | None = None  # "local" (a Ray instance of this machine) or a cluster address
     attention: str = "sdpa"  # or "triton": our fused kernel (kernels.install); recorded in the manifest
     backend: str = "eager"  # or onnx, tensorrt, compile (export.build.apply_backend); recorded in the manifest
+    tuning: Tuning = Tuning()  # precision and the speed switches (export.tuning); recorded in the manifest
     command: str | None = None  # the command line, recorded in the manifest and the dataset card
 
     @property
     def model(self) -> ModelOptions:
         """What the run loads, as every runner (in-process, worker, Ray actor) takes it."""
         return ModelOptions(
-            weights=self.weights, refiner_weights=self.refiner_weights, attention=self.attention, backend=self.backend
+            weights=self.weights,
+            refiner_weights=self.refiner_weights,
+            attention=self.attention,
+            backend=self.backend,
+            tuning=self.tuning,
         )
 
 
@@ -108,8 +113,8 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
 def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, t_start: float) -> dict:
     check_family(spec)
     check_attention(options.attention, device)
-    dtype = resolve_dtype(spec, device)
-    check_runtime(options.backend, options.attention, device, dtype, spec.name)
+    dtype = options.tuning.dtype(device)
+    check_runtime(options.backend, options.attention, device, dtype, spec.name, options.tuning)
     if recipe.refiner and options.backend != "eager":
         raise InputError(
             "backend", options.backend, f"the refiner ({recipe.refiner}) runs in PyTorch: use --backend eager"
@@ -120,6 +125,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
         weights=options.weights,
         attention=options.attention,
         backend=options.backend,
+        tuning=options.tuning.record(device),
         refiner_weights=options.refiner_weights,
         command=options.command,
     )
@@ -264,6 +270,7 @@ def finalize(out_dir: Path) -> dict:
             weights=manifest["weights"],
             attention=manifest.get("attention", "sdpa"),
             backend=manifest.get("backend", "eager"),
+            tuning=mf.stored_tuning(manifest),
             refiner_weights=manifest.get("refiner_weights"),
             dataset_format=manifest["format"],
             command=manifest.get("command"),

@@ -17,17 +17,20 @@ import torch
 from ..errors import InputError
 from ..export.build import apply_backend, build, check_backend
 from ..export.specs import Profile
-from ..kernels import install
+from ..export.tuning import PLAIN, Tuning, apply_tuning, check_tuning
+from ..kernels import install, sdpa
 from ..kernels.triton_env import interpreting
 from ..models.architectures import text_length
-from ..models.pipelines import load_pipeline, resolve_dtype
+from ..models.pipelines import load_pipeline
 from ..models.registry import ModelSpec, get_model
 from .adapters import SUPPORTED_FAMILIES
 from .generator import Generator
 from .plan import Sample
 from .refiner import load_refiner
 
-ATTENTION = ("sdpa", "triton")
+# sdpa: PyTorch picks its backend per call; cudnn, flash, efficient: PyTorch's SDPA pinned to
+# that backend (kernels.sdpa); triton: our kernels (kernels.install)
+ATTENTION = ("sdpa", "cudnn", "flash", "efficient", "triton")
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,9 @@ class ModelOptions:
 
     weights: str | None = None  # a local diffusers folder instead of the hub id
     refiner_weights: str | None = None  # likewise for the recipe's refiner
-    attention: str = "sdpa"  # or "triton": our fused kernels (kernels.install)
+    attention: str = "sdpa"  # one of ATTENTION
     backend: str = "eager"  # or onnx, tensorrt, compile (export.build.apply_backend)
+    tuning: Tuning = Tuning()  # precision, compile, fuse_qkv, channels_last (export.tuning)
 
 
 def check_family(spec: ModelSpec) -> None:
@@ -61,21 +65,40 @@ def check_attention(attention: str, device: torch.device, field_name: str = "att
             f"the Triton kernels run on CUDA devices; this run is on {device.type} "
             f"(use {'torch' if field_name == '--norm' else 'sdpa'})",
         )
+    if attention in sdpa.BACKENDS and device.type != "cuda":
+        raise InputError(
+            field_name,
+            attention,
+            f"PyTorch's {attention} attention runs on CUDA devices; this run is on {device.type} (use sdpa)",
+        )
 
 
 def check_runtime(
-    backend: str, attention: str, device: torch.device, dtype: torch.dtype, model: str | None = None
+    backend: str,
+    attention: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    model: str | None = None,
+    tuning: Tuning = PLAIN,
 ) -> None:
     """Before anything loads: the backend exists, takes the model, runs here in this dtype, and
-    goes with the attention."""
+    goes with the attention and the speed switches."""
     precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
     check_backend(backend, precision, device, model=model)
-    if backend != "eager" and attention == "triton":
+    if backend != "eager" and attention != "sdpa":
         raise InputError(
             "attention",
             attention,
-            f"the Triton kernels run in PyTorch's eager modules; with --backend {backend} "
+            f"the attention choice applies to PyTorch's eager modules; with --backend {backend} "
             "use --attention sdpa (and --norm torch)",
+        )
+    check_tuning(tuning, device, attention)
+    if backend != "eager" and tuning.resolved(device) != PLAIN.resolved(device):
+        raise InputError(
+            "backend",
+            backend,
+            "--precision, --compile, --fuse-qkv and --channels-last tune PyTorch's own modules: use them with "
+            "--backend eager (the backends build their own)",
         )
 
 
@@ -88,14 +111,19 @@ def load_run_pipeline(
     backend: str = "eager",
     resolution: tuple[int, int] | None = None,
     batch: int = 16,
+    tuning: Tuning = PLAIN,
 ):
-    """The model's pipeline with its attention routed through our Triton kernels if asked, and
-    its denoiser and VAE decoder replaced by `backend`'s runtimes (built, or found in the
-    artifact cache, for this resolution and a profile around `batch`)."""
+    """The model's pipeline with its attention routed through our Triton kernels or pinned to one
+    of PyTorch's SDPA backends if asked, the speed switches applied (export.tuning), and its
+    denoiser and VAE decoder replaced by `backend`'s runtimes (built, or found in the artifact
+    cache, for this resolution and a profile around `batch`)."""
     check_family(spec)
     pipe = load_pipeline(spec, weights, device, dtype)
     if attention == "triton":
         install(pipe, attention="triton")
+    elif attention in sdpa.BACKENDS:
+        sdpa.pin(pipe, attention)
+    apply_tuning(pipe, tuning, device)
     if backend != "eager":
         height, width = resolution or spec.resolution
         apply_backend(pipe, spec.name, backend, device, Profile((1, batch, 2 * batch), height, width))
@@ -105,7 +133,7 @@ def load_run_pipeline(
 def load_generator(recipe, model: ModelOptions, device: torch.device) -> Generator:
     """The Generator of `recipe` on `device`: its model (and refiner) loaded as `model` says."""
     spec = get_model(recipe.model)
-    dtype = resolve_dtype(spec, device)
+    dtype = model.tuning.dtype(device)
     pipe = load_run_pipeline(
         spec,
         model.weights,
@@ -115,6 +143,7 @@ def load_generator(recipe, model: ModelOptions, device: torch.device) -> Generat
         backend=model.backend,
         resolution=recipe.resolution,
         batch=recipe.batch_size,
+        tuning=model.tuning,
     )
     refiner = load_refiner(recipe, pipe, model.refiner_weights, device, dtype, model.attention)
     return Generator.for_recipe(pipe, recipe, refiner)

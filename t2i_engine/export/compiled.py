@@ -23,10 +23,11 @@ import torch
 
 from ..errors import InputError
 from ..models.pipelines import denoiser
+from . import tuning
 from .cache import ArtifactCache, artifact_key, device_arch, library_versions, weights_hash
+from .tuning import compiled, fuse_qkv, set_layout, uncompile, unfuse_qkv
 
 CACHE_FILE = "compile-cache.bin"
-FUSED = ("to_qkv", "to_kv", "to_added_qkv")  # what diffusers' fuse_projections adds to an attention module
 
 
 def _fields(pipe, model: str, opts, device: torch.device) -> dict:
@@ -46,45 +47,25 @@ def _fields(pipe, model: str, opts, device: torch.device) -> dict:
     }
 
 
-def _compiled(den) -> bool:
-    return getattr(den, "_compiled_call_impl", None) is not None  # what nn.Module.compile sets
-
-
 def prepare(pipe, device: torch.device) -> None:
     """Fuse, lay out and compile in place (idempotent: a compiled pipeline is left as it is)."""
-    den = denoiser(pipe)
-    if _compiled(den):
+    if compiled(pipe):
         return
-    for module in (den, pipe.vae):
-        if hasattr(module, "fuse_qkv_projections"):
-            module.fuse_qkv_projections()
+    fuse_qkv(pipe)
     if device.type == "cuda":
-        if type(den).__name__.startswith("UNet"):  # transformers take tokens: no layout to change
-            den.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    mode = "max-autotune" if device.type == "cuda" else None
-    den.compile(mode=mode, dynamic=False)
-    pipe.vae.decode = torch.compile(pipe.vae.decode, mode=mode, dynamic=False)
+        set_layout(pipe, True)
+    # not fullgraph: this backend predates the switches and compiled whatever dynamo could take
+    tuning.compile_pipeline(pipe, "max-autotune" if device.type == "cuda" else "default", fullgraph=False)
 
 
 def unprepare(pipe) -> None:
     """Back to the eager modules, weights and layout as loaded (bench measures eager paths and
     baselines on the same pipeline, and later backends hash the weights)."""
-    den = denoiser(pipe)
-    if not _compiled(den):
+    if not compiled(pipe):
         return
-    den._compiled_call_impl = None  # what nn.Module.compile set
-    del pipe.vae.decode
-    for module in (den, pipe.vae):
-        if hasattr(module, "unfuse_qkv_projections"):
-            module.unfuse_qkv_projections()  # the processors; the fused weights stay unless removed
-        for m in module.modules():
-            if getattr(m, "fused_projections", False):
-                for name in FUSED:
-                    m._modules.pop(name, None)
-                m.fused_projections = False
-        module.to(memory_format=torch.contiguous_format)
-    torch._dynamo.reset()  # drops the compiled graphs (and their CUDA-graph memory)
+    uncompile(pipe)
+    unfuse_qkv(pipe)
+    set_layout(pipe, False)
 
 
 def build_compiled(pipe, model: str, opts, device: torch.device, cache: ArtifactCache, log_line, warm) -> dict:

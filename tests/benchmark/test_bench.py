@@ -14,7 +14,10 @@ TINY = dict(model="tiny-sd", steps="2", resolution="32", warmup=0, reps=1, devic
 
 @pytest.fixture(scope="module")
 def tiny_result():
-    return run_bench(BenchOptions(**TINY, batches=(2,), baseline_batches=(2, 4)), log=lambda line: None)
+    return run_bench(
+        BenchOptions(**TINY, batches=(2,), baseline_batches=(2, 4), ladder=("base", "fuse_qkv+channels_last"), ab=1),
+        log=lambda line: None,
+    )
 
 
 def test_the_result_carries_every_field_with_nvml_null_on_a_cpu(tiny_result):
@@ -22,11 +25,12 @@ def test_the_result_carries_every_field_with_nvml_null_on_a_cpu(tiny_result):
     assert r["device"]["type"] == "cpu" and r["device"]["nvml"] is None
     assert r["weights"].startswith("random") and r["settings"]["steps"] == 2 and r["settings"]["height"] == 32
     assert {"torch", "diffusers", "triton"} <= set(r["versions"])
-    assert [(x["path"], x["batch"]) for x in r["runs"]] == [
-        ("engine:eager", 2),
-        ("baseline:paper", 16),
-        ("baseline:diffusers", 2),
-        ("baseline:diffusers", 4),
+    assert [(x["path"], x.get("config"), x["batch"]) for x in r["runs"]] == [
+        ("baseline:paper", None, 16),  # the baselines first: an FP8 rung would quantise the shared pipeline
+        ("baseline:diffusers", None, 2),
+        ("baseline:diffusers", None, 4),
+        ("engine:eager", "base", 2),
+        ("engine:eager", "fuse_qkv+channels_last", 2),
     ]
     for run in r["runs"]:
         assert run["nvml"] is None and run["peak_memory_bytes"] is None
@@ -35,7 +39,7 @@ def test_the_result_carries_every_field_with_nvml_null_on_a_cpu(tiny_result):
         assert run["mfu"] == pytest.approx(
             run["flops_per_image"] * run["images_per_second"] / r["matmul"]["flops_per_second"], abs=1e-4
         )
-    engine = r["runs"][0]
+    engine = r["runs"][3]
     assert set(engine["stage_seconds_per_image"]) == {
         "text_encoding",
         "denoising",
@@ -46,6 +50,18 @@ def test_the_result_carries_every_field_with_nvml_null_on_a_cpu(tiny_result):
         r["matmul"]["flops_per_second"] / r["flops"]["per_image"], rel=1e-3
     )
     assert sum(1 for x in r["runs"] if x.get("best_batch")) == 1
+
+
+def test_a_ladder_records_each_configuration_its_pixels_and_an_interleaved_ab(tiny_result):
+    base, tuned = tiny_result["runs"][3:]
+    assert base["tuning"]["fuse_qkv"] is False and "vs_first_config" not in base  # the first is the reference
+    assert tuned["tuning"] == {**base["tuning"], "fuse_qkv": True, "channels_last": True}
+    assert tuned["vs_first_config"]["max_abs_levels"] <= 2  # fp32: the switches only reorder sums
+    assert base["graphs_compiled_while_timed"] == 0 == tuned["graphs_compiled_while_timed"]
+    ab = tiny_result["ab"]
+    assert ab["config"] == "fuse_qkv+channels_last" and len(ab["rounds"]) == 1
+    rates = ab["rounds"][0]
+    assert ab["ratio_median"] == pytest.approx(rates["engine"] / rates["diffusers"], abs=1e-3)
 
 
 def test_flops_per_image_are_the_denoiser_forwards_plus_one_decode(tiny_result):
@@ -104,11 +120,12 @@ def test_encoding_that_cannot_keep_up_shows_in_the_engines_rate(monkeypatch):
 
 
 def test_the_headline_ratios_are_ours_over_each_baseline(tiny_result):
-    runs = {(x["path"], x["batch"]): x["images_per_second"] for x in tiny_result["runs"]}
+    runs = {(x["path"], x["batch"]): x["images_per_second"] for x in tiny_result["runs"] if "config" not in x}
+    ours = max(x["images_per_second"] for x in tiny_result["runs"] if x["path"] == "engine:eager")  # best config
     h = tiny_result["headline"]
-    assert h["vs_paper_baseline"] == pytest.approx(runs["engine:eager", 2] / runs["baseline:paper", 16], abs=1e-3)
+    assert h["vs_paper_baseline"] == pytest.approx(ours / runs["baseline:paper", 16], abs=1e-3)
     best = max(runs["baseline:diffusers", 2], runs["baseline:diffusers", 4])
-    assert h["vs_diffusers_bf16_best_batch"] == pytest.approx(runs["engine:eager", 2] / best, abs=1e-3)
+    assert h["vs_diffusers_bf16_best_batch"] == pytest.approx(ours / best, abs=1e-3)
 
 
 def test_auto_batch_doubles_until_it_stops_paying():
@@ -129,7 +146,11 @@ def test_auto_batch_doubles_until_it_stops_paying():
         (["tiny-sd", "--baseline-batch", "auto"], "--baseline-batch"),
         (["tiny-sd", "--steps", "0"], "steps"),
         (["sd15", "--res", "500"], "resolution"),
-        (["flux-schnell"], "--backend"),  # random-weight FLUX has no text encoders for the engine; says --backend none
+        (["tiny-sd", "--ladder", "base,turbo"], "--ladder"),
+        (["tiny-sd", "--ladder", "fp8,base"], "--ladder"),  # FP8 quantises the pipeline: the last rung only
+        (["tiny-sd", "--ladder", "base,compile", "--backend", "onnx"], "--ladder"),
+        (["tiny-sd", "--ab", "2", "--baseline", "paper"], "--ab"),
+        (["tiny-sd", "--ladder", "base,cudnn", "--device", "cpu"], "--ladder"),  # cuDNN attention needs CUDA
         (["nope"], "model"),
         (["tiny-sd", "--backend", "none", "--baseline", "none"], "--backend"),
     ],

@@ -354,9 +354,9 @@ def test_triton_attention_is_refused_where_it_cannot_run(cli, tmp_path, monkeypa
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(InputError, match="CUDA"):
         check_attention("triton", torch.device("cpu"))
-    code, _, err = cli("generate", "--out", tmp_path / "o", "--model", "tiny-sd", "--attention", "flash")
-    assert code == 2 and "attention" in err and "sdpa, triton" in err
-    code, _, err = cli("bench", "tiny-sd", "--attention", "flash")
+    code, _, err = cli("generate", "--out", tmp_path / "o", "--model", "tiny-sd", "--attention", "flash3")
+    assert code == 2 and "attention" in err and "sdpa, cudnn, flash, efficient, triton" in err
+    code, _, err = cli("bench", "tiny-sd", "--attention", "flash3")
     assert code == 2 and "--attention" in err
     code, _, err = cli("bench", "tiny-sd", "--norm", "apex")
     assert code == 2 and "--norm" in err and "triton, torch" in err
