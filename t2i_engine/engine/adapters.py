@@ -9,7 +9,7 @@ run uses classifier-free guidance, and how latents become images in [-1, 1].
 - sdxl: two CLIPs (the penultimate states of both, concatenated) and the second's pooled
   embedding; an empty negative prompt is zeros where the model says so
   (force_zeros_for_empty_prompt), as diffusers does; its VAE decodes in fp32 where it would
-  overflow in fp16 (force_upcast).
+  overflow in fp16 (force_upcast), moved there once, not per batch.
 - sd3: two CLIPs and T5 (their states joined along the sequence), pooled CLIP embeddings, true
   CFG; the VAE's latents are scaled and shifted.
 - pixart: T5 alone, its attention mask passed along; captions not cleaned; no resolution binning.
@@ -82,23 +82,21 @@ class SDXLAdapter(SDAdapter):
 
     def decode(self, pipe, latents, height, width):
         vae = pipe.vae
-        upcast = vae.dtype == torch.float16 and vae.config.force_upcast  # SDXL's VAE overflows in fp16
-        if upcast:
+        if vae.dtype == torch.float16 and vae.config.force_upcast:
+            # SDXL's VAE overflows in fp16: it moves to fp32 once and stays there (diffusers moves
+            # it there and back on every call, two copies of its weights per batch). bf16 has
+            # fp32's range and needs neither.
             vae.to(torch.float32)
-            latents = latents.float()
-        try:
-            mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-            if mean is not None and std is not None:
-                shape = (1, -1, 1, 1)
-                mean = torch.tensor(mean).view(shape).to(latents)
-                std = torch.tensor(std).view(shape).to(latents)
-                latents = latents * std / vae.config.scaling_factor + mean
-            else:
-                latents = latents / vae.config.scaling_factor
-            return vae.decode(latents, return_dict=False)[0]
-        finally:
-            if upcast:
-                vae.to(torch.float16)
+        latents = latents.to(vae.dtype)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            shape = (1, -1, 1, 1)
+            mean = torch.tensor(mean).view(shape).to(latents)
+            std = torch.tensor(std).view(shape).to(latents)
+            latents = latents * std / vae.config.scaling_factor + mean
+        else:
+            latents = latents / vae.config.scaling_factor
+        return vae.decode(latents, return_dict=False)[0]
 
 
 class SD3Adapter(SDAdapter):

@@ -82,3 +82,20 @@ def test_each_unique_prompt_is_encoded_once(pipe):
     finally:
         hook.remove()
     assert sum(encoded) == 3 + 1  # three class prompts, one negative prompt
+
+
+def test_an_fp16_sdxl_vae_that_overflows_moves_to_fp32_once_and_stays():
+    """diffusers moves SDXL's VAE to fp32 and back on every decode; the engine moves it once."""
+    from t2i_engine.engine.adapters import SDXLAdapter
+    from t2i_engine.models.tiny import build_tiny_sdxl
+
+    pipe = build_tiny_sdxl()
+    pipe.vae.register_to_config(force_upcast=True)  # as SDXL's own config says (tiny-sdxl's does not)
+    latents = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    reference = SDXLAdapter().decode(pipe, latents, 32, 32)  # fp32 throughout
+    pipe.vae.to(torch.float16)
+    first = SDXLAdapter().decode(pipe, latents.half(), 32, 32)
+    assert pipe.vae.dtype == torch.float32  # and stays: no copy back to fp16
+    second = SDXLAdapter().decode(pipe, latents.half(), 32, 32)
+    assert first.dtype == torch.float32 and torch.equal(first, second)
+    torch.testing.assert_close(first, reference, atol=2e-3, rtol=0)  # only the latents' fp16 rounding
