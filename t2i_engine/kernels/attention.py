@@ -253,6 +253,22 @@ def flash_attention(
     return out
 
 
+@torch.library.custom_op("t2i_engine::flash_attention", mutates_args=())
+def flash_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`flash_attention` as a PyTorch operator (`torch.ops.t2i_engine.flash_attention`): opaque to
+    torch.compile, which keeps it in the graph (no graph break) and learns its output's shape and
+    layout from the fake implementation below. `scale` is explicit: 1/sqrt(D) is the caller's."""
+    return flash_attention(q, k, v, scale=scale, mask=mask)
+
+
+@flash_attention_op.register_fake
+def _flash_attention_fake(q, k, v, scale, mask=None):
+    _check(q, k, v, mask)
+    return q.new_empty(q.shape)  # like the kernel's output: [B, H, Lq, D], contiguous, q's dtype
+
+
 def flash_attention_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None, mask: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -151,6 +151,25 @@ def group_norm(
     return y
 
 
+@torch.library.custom_op("t2i_engine::group_norm", mutates_args=())
+def group_norm_op(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    silu: bool,
+) -> torch.Tensor:
+    """`group_norm` (+ SiLU) as a PyTorch operator (`torch.ops.t2i_engine.group_norm`), kept whole
+    in a torch.compile graph; its fake implementation gives the output's shape and layout."""
+    return group_norm(x, num_groups, weight, bias, eps, silu=silu)
+
+
+@group_norm_op.register_fake
+def _group_norm_fake(x, num_groups, weight, bias, eps, silu):
+    return torch.empty_like(x)  # as the kernel: x's memory layout (channels_last stays channels_last)
+
+
 def group_norm_ref(
     x: torch.Tensor,
     num_groups: int,

@@ -103,3 +103,21 @@ def test_what_the_kernel_does_not_run_is_named():
     q, k, v = _inputs(1, 3, 2, 8, 8, 64, torch.float16)
     with pytest.raises(ValueError, match="H % Hkv"):
         flash_attention(q, k, v)
+
+
+def test_the_custom_op_passes_opcheck_and_stays_in_a_compiled_graph():
+    """torch.ops.t2i_engine.flash_attention: its fake implementation agrees with the kernel
+    (opcheck: schema, fake tensors, AOT dispatch), and a model calling it compiles whole
+    (fullgraph=True raises on any graph break) to the same result."""
+    from t2i_engine.kernels.attention import flash_attention_op
+
+    q, k, v = _inputs(1, 4, 2, 24, 40, 32, torch.float32)
+    mask = torch.rand(1, 1, 24, 40, generator=torch.Generator().manual_seed(1)).to(DEVICE) > 0.2
+    for args in ((q, k, v, 0.2, None), (q.transpose(1, 2).contiguous().transpose(1, 2), k, v, 0.2, mask)):
+        torch.library.opcheck(flash_attention_op, args, test_utils=("test_schema", "test_faketensor"))
+
+    def attend(q, k, v):
+        return torch.ops.t2i_engine.flash_attention(q * 2, k, v, 0.125, mask).relu()
+
+    compiled = torch.compile(attend, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), attend(q, k, v))

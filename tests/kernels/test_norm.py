@@ -188,3 +188,23 @@ def test_a_norm_whose_forward_someone_else_replaced_is_left_alone():
     assert mode.fused_calls == 1  # norm2 only
     install(block, attention="sdpa")
     assert block.norm1.__dict__["forward"] == theirs
+
+
+def test_the_custom_op_passes_opcheck_and_stays_in_a_compiled_graph():
+    """torch.ops.t2i_engine.group_norm: the fake implementation keeps the kernel's layout
+    (channels_last in, channels_last out), and a block calling it compiles whole."""
+    from t2i_engine.kernels.norm import group_norm_op
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 6, 5, generator=g).to(DEVICE).to(memory_format=torch.channels_last)
+    w, b = torch.randn(8, generator=g).to(DEVICE), torch.randn(8, generator=g).to(DEVICE)
+    for args in ((x, 4, w, b, 1e-5, True), (x.contiguous(), 2, None, None, 1e-6, False)):
+        torch.library.opcheck(group_norm_op, args, test_utils=("test_schema", "test_faketensor"))
+
+    def block(x):
+        return torch.ops.t2i_engine.group_norm(x + 1, 4, w, b, 1e-5, True) * 2
+
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    out = compiled(x)
+    torch.testing.assert_close(out, block(x))
+    assert out.is_contiguous(memory_format=torch.channels_last)
