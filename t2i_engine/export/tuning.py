@@ -150,7 +150,10 @@ def quantize_fp8(pipe) -> int:
 
     den = denoiser(pipe)
     count = sum(1 for m in den.modules() if _fp8_linear(m))
-    quantize_(den, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=_fp8_linear)
+    # set_inductor_config=False: torchao would otherwise turn on inductor's coordinate-descent
+    # tuning for the whole process (longer compiles for every later compile, FP8 or not)
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    quantize_(den, config, filter_fn=_fp8_linear)
     pipe._t2i_fp8 = count
     return count
 
