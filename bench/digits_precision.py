@@ -5,8 +5,9 @@ also compared image by image (PSNR and mean/max difference in uint8 levels again
 
     python bench/digits_precision.py OUT [--precisions bf16,fp8] [--seeds 0,1,2] [--device cuda] [--json FILE]
 
-A precision is a `--precision` value, optionally with switches after '+' (e.g. fp8+compile);
-fp8 needs a compile mode, so fp8 alone means fp8+compile. PNG, so the codec adds no difference.
+A precision is a `--precision` value, optionally with switches after '+' (e.g. fp8+compile,
+bf16+fp8conv for the FP8 convolution kernel); fp8 needs a compile mode, so fp8 alone means
+fp8+compile. PNG, so the codec adds no difference.
 On a CPU use fp32 (the dry run of the GPU job: `--precisions fp32,fp32+compile --epochs 1`).
 """
 
@@ -69,7 +70,9 @@ def main() -> int:
     for name in precisions:
         data = args.out / "synthetic" / name.replace("+", "_")
         t0 = time.perf_counter()
-        summary = generate(recipe, data, RunOptions(device=args.device, progress=False, tuning=tuning_of(name)))
+        conv = "fp8" if "fp8conv" in name.split("+") else "torch"
+        options = RunOptions(device=args.device, progress=False, tuning=tuning_of(name), conv=conv)
+        summary = generate(recipe, data, options)
         entry = {"generate_seconds": round(time.perf_counter() - t0, 1), "summary": summary}
         entry["verify_problems"] = verify_dataset(data)  # [] = every planned sample once, its label right
         images = pixels(data)

@@ -55,6 +55,7 @@ RECIPE_FLAGS = {
 ATTENTION = ("sdpa", "cudnn", "flash", "efficient", "triton")  # engine.runtime.ATTENTION
 RUN_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "fp8")  # export.tuning.PRECISIONS
 COMPILE_MODES = ("none", "default", "max-autotune")  # export.tuning.COMPILE_MODES
+CONV = ("torch", "fp8")  # engine.runtime.CONV
 NORMS = ("triton", "torch")  # benchmark.bench.NORM
 BACKENDS = ("eager", "onnx", "tensorrt", "compile")  # export.build.BACKENDS
 BUILT = ("onnx", "tensorrt", "compile")  # export.build.BUILT
@@ -383,6 +384,13 @@ def _add_tuning_flags(group) -> None:
     )
     group.add_argument("--channels-last", action="store_true", help="the UNet's and VAE's convolutions in NHWC layout")
     group.add_argument(
+        "--conv",
+        choices=CONV,
+        default="torch",
+        help="torch (cuDNN) or fp8: a UNet's inner convolutions through our FP8 implicit-GEMM kernel (GPUs of "
+        "compute capability 8.9+) (default: %(default)s)",
+    )
+    group.add_argument(
         "--regional-compile",
         action="store_true",
         help="with --compile: compile the denoiser's repeated blocks once each instead of the whole (much shorter "
@@ -476,7 +484,7 @@ def _add_bench_parser(sub) -> None:
         metavar="LIST",
         help="engine configurations measured one after another on one pipeline, each 'base' or '+'-joined changes "
         "to the switches given: sdpa, cudnn, flash, efficient, triton, channels_last, fuse_qkv, compile, "
-        "max-autotune, regional, fp8 (last rung only); e.g. base,cudnn,cudnn+channels_last+compile "
+        "max-autotune, regional, fp8conv, fp8 (last rung only); e.g. base,cudnn,cudnn+channels_last+compile "
         "(default: the base alone)",
     )
     be.add_argument(
@@ -786,6 +794,7 @@ def _generate(args) -> int:
             attention=args.attention,
             backend=args.backend,
             tuning=_tuning(args),
+            conv=args.conv,
             command=shlex.join(["t2i-engine", *args.argv]),
         ),
     )
@@ -981,6 +990,7 @@ def _bench(args) -> int:
         fuse_qkv=args.fuse_qkv,
         channels_last=args.channels_last,
         regional_compile=args.regional_compile,
+        conv=args.conv,
         ladder=bench.parse_ladder(args.ladder) if args.ladder else (),
         ab=args.ab,
         ab_steps=args.ab_steps,

@@ -210,7 +210,7 @@ def test_the_clis_closed_sets_are_the_librarys():
     # The CLI states them itself so that --help and bad flags answer without importing torch.
     from t2i_engine import cli
     from t2i_engine.benchmark.bench import NORM
-    from t2i_engine.engine.runtime import ATTENTION
+    from t2i_engine.engine.runtime import ATTENTION, CONV
     from t2i_engine.eval.probes import PROBES
     from t2i_engine.export.build import BACKENDS, BUILT, PRECISIONS
     from t2i_engine.export.onnx_export import EXPORTERS
@@ -220,7 +220,7 @@ def test_the_clis_closed_sets_are_the_librarys():
 
     assert (cli.ATTENTION, cli.NORMS, cli.PROBES, cli.EXPORTERS) == (ATTENTION, NORM, PROBES, EXPORTERS)
     assert (cli.BACKENDS, cli.BUILT, cli.PRECISIONS) == (BACKENDS, BUILT, tuple(PRECISIONS))
-    assert (cli.RUN_PRECISIONS, cli.COMPILE_MODES) == (RUN_PRECISIONS, COMPILE_MODES)
+    assert (cli.RUN_PRECISIONS, cli.COMPILE_MODES, cli.CONV) == (RUN_PRECISIONS, COMPILE_MODES, CONV)
     assert cli.PRESETS == tuple(PRESETS)
     assert (cli.TRAIN_PRECISIONS, cli.MEMORY_FORMATS) == (OVERRIDES["precision"][0], OVERRIDES["memory_format"][0])
 

@@ -30,7 +30,7 @@ from ..devices import resolve_device
 from ..engine.adapters import SUPPORTED_FAMILIES
 from ..engine.plan import plan_units
 from ..engine.recipe import build_recipe
-from ..engine.runtime import ATTENTION, check_attention, check_runtime
+from ..engine.runtime import ATTENTION, check_attention, check_conv, check_runtime
 from ..errors import InputError
 from ..export.build import apply_backend, remove_backend
 from ..export.specs import Profile
@@ -71,6 +71,7 @@ class BenchOptions:
     fuse_qkv: bool = False
     channels_last: bool = False
     regional_compile: bool = False
+    conv: str = "torch"  # or "fp8": the UNet's convolutions through our FP8 kernel
     ladder: tuple[str, ...] = ()  # engine configurations, each the switches above plus LADDER tokens
     ab: int = 0  # interleaved rounds of the headline pair (the last configuration vs diffusers' best batch)
     ab_steps: int | None = None  # their steps (default: the model's)
@@ -87,6 +88,7 @@ LADDER_TOKENS = (
     "compile",
     "max-autotune",
     "regional",
+    "fp8conv",
     "fp8",
 )
 
@@ -96,6 +98,7 @@ class EngineConfig:
     label: str
     attention: str
     tuning: Tuning
+    conv: str = "torch"
 
 
 def parse_ladder(text: str) -> tuple[str, ...]:
@@ -134,7 +137,8 @@ def engine_configs(opts: BenchOptions) -> list[EngineConfig]:
                 tuning = dataclasses.replace(tuning, compile="default" if token == "compile" else token)
             elif token == "fp8":
                 tuning = dataclasses.replace(tuning, precision="fp8")
-        configs.append(EngineConfig(rung, attention, tuning))
+        conv = "fp8" if "fp8conv" in rung.split("+") else opts.conv
+        configs.append(EngineConfig(rung, attention, tuning, conv))
     return configs
 
 
@@ -222,6 +226,8 @@ def run_bench(opts: BenchOptions, log=print, checkpoint=None) -> dict:
     configs = engine_configs(opts)
     for config in configs:
         check_attention(config.attention, device, "--attention" if config.label == "base" else "--ladder")
+        if opts.backends:
+            check_conv(config.conv, spec, device)
     if opts.backends and kernel_norm(opts) == "triton":  # the same Triton requirement as the attention kernel's
         check_attention("triton", device, field_name="--norm")
     dtype = configs[0].tuning.dtype(device)  # fp8 rungs are bf16 pipelines too
@@ -372,8 +378,13 @@ def _config_runs(pipe, spec, recipe, samples, config, batches, opts, log, device
         sdpa.pin(pipe, config.attention)
     log(f"[bench] engine config {config.label}: attention {config.attention}, {config.tuning.record(device)}")
     t0 = time.perf_counter()
-    done = apply_tuning(pipe, config.tuning, device)
-    fields = {"config": config.label, "tuning": config.tuning.record(device), **done}
+    done = {}
+    if config.conv == "fp8":
+        from ..kernels.conv import install_fp8_conv  # heavy: triton
+
+        done["fp8_convs"] = install_fp8_conv(denoiser(pipe), device)
+    done.update(apply_tuning(pipe, config.tuning, device))
+    fields = {"config": config.label, "tuning": config.tuning.record(device), "conv": config.conv, **done}
     runs = _engine_runs(pipe, recipe, samples, "eager", batches, opts, log, spec, config.attention, fields)
     for run in runs:
         images = run.pop("_images", None)
@@ -396,6 +407,10 @@ def _release(pipe, config: EngineConfig) -> None:
         remove_tuning(pipe)
     sdpa.unpin(pipe)
     install(pipe, attention="sdpa")
+    if config.conv == "fp8":
+        from ..kernels.conv import remove_fp8_conv  # heavy: triton
+
+        remove_fp8_conv(denoiser(pipe))
 
 
 def _ab_rounds(pipe, spec, config: EngineConfig, runs: list[dict], opts, log, device, dtype) -> dict:

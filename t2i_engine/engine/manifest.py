@@ -74,6 +74,7 @@ def check_resumable(
     attention: str = "sdpa",
     backend: str = "eager",
     tuning: dict | None = None,
+    conv: str = "torch",
     refiner_weights: str | None = None,
 ) -> dict | None:
     """The folder must be new, empty (but for our own temporaries), or hold a dataset of this
@@ -105,11 +106,12 @@ def check_resumable(
         ("dtype", dtype),
         ("attention", attention),
         ("backend", backend),
+        ("conv", conv),
         ("refiner_weights", refiner_weights),
     ):
         if (
-            manifest.get(key, {"attention": "sdpa", "backend": "eager"}.get(key)) != value
-        ):  # older manifests: sdpa, eager
+            manifest.get(key, {"attention": "sdpa", "backend": "eager", "conv": "torch"}.get(key)) != value
+        ):  # older manifests: sdpa, eager, torch
             raise InputError(
                 "out",
                 str(out_dir),
@@ -245,6 +247,7 @@ def write_manifest(
     attention: str = "sdpa",
     backend: str = "eager",
     tuning: dict | None = None,
+    conv: str = "torch",
     refiner_weights: str | None = None,
     dataset_format: str = FORMAT,
     command: str | None = None,
@@ -267,6 +270,7 @@ def write_manifest(
         "attention": attention,
         "backend": backend,
         "tuning": tuning,
+        "conv": conv,
         "command": command,
         "versions": versions(),
     }

@@ -34,7 +34,7 @@ from . import ray_runner
 from .plan import WorkUnit, plan_units
 from .recipe import Recipe, check_new_seed
 from .refiner import check_refiner
-from .runtime import ModelOptions, check_attention, check_family, check_runtime, load_generator
+from .runtime import ModelOptions, check_attention, check_conv, check_family, check_runtime, load_generator
 from .units import UnitRunner, default_encode_workers, shard_writer
 from .verify import load_dataset_recipe
 from .workers import run_workers
@@ -54,6 +54,7 @@ class RunOptions:
     attention: str = "sdpa"  # or "triton": our fused kernel (kernels.install); recorded in the manifest
     backend: str = "eager"  # or onnx, tensorrt, compile (export.build.apply_backend); recorded in the manifest
     tuning: Tuning = Tuning()  # precision and the speed switches (export.tuning); recorded in the manifest
+    conv: str = "torch"  # or "fp8" (kernels.conv); recorded in the manifest
     command: str | None = None  # the command line, recorded in the manifest and the dataset card
 
     @property
@@ -65,6 +66,7 @@ class RunOptions:
             attention=self.attention,
             backend=self.backend,
             tuning=self.tuning,
+            conv=self.conv,
         )
 
 
@@ -115,6 +117,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     check_attention(options.attention, device)
     dtype = options.tuning.dtype(device)
     check_runtime(options.backend, options.attention, device, dtype, spec.name, options.tuning)
+    check_conv(options.conv, spec, device, options.backend)
     if recipe.refiner and options.backend != "eager":
         raise InputError(
             "backend", options.backend, f"the refiner ({recipe.refiner}) runs in PyTorch: use --backend eager"
@@ -126,6 +129,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
         attention=options.attention,
         backend=options.backend,
         tuning=options.tuning.record(device),
+        conv=options.conv,
         refiner_weights=options.refiner_weights,
         command=options.command,
     )
@@ -271,6 +275,7 @@ def finalize(out_dir: Path) -> dict:
             attention=manifest.get("attention", "sdpa"),
             backend=manifest.get("backend", "eager"),
             tuning=mf.stored_tuning(manifest),
+            conv=manifest.get("conv", "torch"),
             refiner_weights=manifest.get("refiner_weights"),
             dataset_format=manifest["format"],
             command=manifest.get("command"),

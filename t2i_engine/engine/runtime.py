@@ -21,7 +21,7 @@ from ..export.tuning import PLAIN, Tuning, apply_tuning, check_tuning
 from ..kernels import install, sdpa
 from ..kernels.triton_env import interpreting
 from ..models.architectures import text_length
-from ..models.pipelines import load_pipeline
+from ..models.pipelines import denoiser, load_pipeline
 from ..models.registry import ModelSpec, get_model
 from .adapters import SUPPORTED_FAMILIES
 from .generator import Generator
@@ -42,6 +42,7 @@ class ModelOptions:
     attention: str = "sdpa"  # one of ATTENTION
     backend: str = "eager"  # or onnx, tensorrt, compile (export.build.apply_backend)
     tuning: Tuning = Tuning()  # precision, compile, fuse_qkv, channels_last (export.tuning)
+    conv: str = "torch"  # or "fp8": the UNet's convolutions through our FP8 kernel (kernels.conv)
 
 
 def check_family(spec: ModelSpec) -> None:
@@ -70,6 +71,35 @@ def check_attention(attention: str, device: torch.device, field_name: str = "att
             field_name,
             attention,
             f"PyTorch's {attention} attention runs on CUDA devices; this run is on {device.type} (use sdpa)",
+        )
+
+
+CONV = ("torch", "fp8")
+
+
+def check_conv(conv: str, spec: ModelSpec, device: torch.device, backend: str = "eager") -> None:
+    """Before anything loads: the FP8 convolution kernel can run here, on this model."""
+    if conv not in CONV:
+        raise InputError("conv", conv, f"expected one of {', '.join(CONV)}")
+    if conv == "torch":
+        return
+    if spec.family not in ("sd", "sdxl"):
+        raise InputError("conv", conv, f"FP8 convolutions are for UNets; {spec.name} is a {spec.family} transformer")
+    if backend != "eager":
+        raise InputError(
+            "conv", conv, f"it replaces PyTorch's convolutions; with --backend {backend} use --conv torch"
+        )
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+        if capability < (8, 9):
+            raise InputError(
+                "conv",
+                conv,
+                f"FP8 needs compute capability 8.9 or newer; this GPU has {capability[0]}.{capability[1]}",
+            )
+    elif not interpreting():
+        raise InputError(
+            "conv", conv, f"the FP8 convolution kernel runs on CUDA devices; this run is on {device.type}"
         )
 
 
@@ -112,6 +142,7 @@ def load_run_pipeline(
     resolution: tuple[int, int] | None = None,
     batch: int = 16,
     tuning: Tuning = PLAIN,
+    conv: str = "torch",
 ):
     """The model's pipeline with its attention routed through our Triton kernels or pinned to one
     of PyTorch's SDPA backends if asked, the speed switches applied (export.tuning), and its
@@ -123,6 +154,10 @@ def load_run_pipeline(
         install(pipe, attention="triton")
     elif attention in sdpa.BACKENDS:
         sdpa.pin(pipe, attention)
+    if conv == "fp8":
+        from ..kernels.conv import install_fp8_conv  # heavy: triton
+
+        install_fp8_conv(denoiser(pipe), device)
     apply_tuning(pipe, tuning, device)
     if backend != "eager":
         height, width = resolution or spec.resolution
@@ -144,6 +179,7 @@ def load_generator(recipe, model: ModelOptions, device: torch.device) -> Generat
         resolution=recipe.resolution,
         batch=recipe.batch_size,
         tuning=model.tuning,
+        conv=model.conv,
     )
     refiner = load_refiner(recipe, pipe, model.refiner_weights, device, dtype, model.attention)
     return Generator.for_recipe(pipe, recipe, refiner)

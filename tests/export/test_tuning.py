@@ -109,7 +109,8 @@ def test_the_compiled_graphs_are_whole_with_every_switch(monkeypatch):
 
 
 @pytest.mark.skipif(CUDA, reason="the refusals of a machine without CUDA")
-def test_switches_that_cannot_run_here_are_refused_in_one_line(cli, tmp_path):
+def test_switches_that_cannot_run_here_are_refused_in_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # a plain CPU: no Triton interpreter to run kernels on
     for flags, words in (
         (["--precision", "fp8", "--compile", "default"], ["precision", "fp8", "compute capability"]),
         (["--attention", "cudnn"], ["attention", "cudnn", "CUDA"]),
@@ -117,6 +118,7 @@ def test_switches_that_cannot_run_here_are_refused_in_one_line(cli, tmp_path):
         (["--backend", "onnx", "--fuse-qkv"], ["backend", "onnx", "--backend eager"]),
         (["--precision", "fp9"], ["--precision", "fp9", "fp8"]),
         (["--compile", "fast"], ["--compile", "max-autotune"]),
+        (["--conv", "fp8"], ["conv", "fp8", "CUDA"]),
     ):
         code, out, err = cli("generate", "--out", tmp_path / "o", "--model", "digits", "--device", "cpu", *flags)
         assert code == 2 and err.count("\n") == 1, (flags, err)
