@@ -7,15 +7,17 @@
 #   call 1 `main` (~420 s, timeout 520): env.log; bench-sd15.json: the SD1.5 ladder (512 px,
 #       guidance 2.0) at 10 steps, batch 64: eager bf16, + channels_last + fused QKV, + compile,
 #       beside diffusers bf16 at batch 64, then the headline A/B at 50 steps, 2 interleaved
-#       rounds; digits-precision.json: the embedded model's bf16 and fp8 sets (same seeds),
-#       synth->real with 2 training seeds each, PSNR between them; ceilings.json last (bf16/fp8
-#       matmul and copy rates, CUDA events)
+#       rounds; digits-precision.json: the embedded model's bf16, FP8-Linear and FP8-conv sets
+#       (same seeds), synth->real with 2 training seeds each, PSNR against bf16; ceilings.json
+#       last (bf16/fp8 matmul and copy rates, CUDA events)
 #   call 2 `families` (~300 s, timeout 340): bench-flux-schnell.json (1024 px, 4 steps: eager,
 #       regional compile + fused QKV, + FP8; diffusers at 4 and 8), bench-sdxl.json (1024 px,
 #       ladder at 10 steps)
 #   Measured 2026-12-04: the machine's start and the transfers took ~90 s of device time, so
 #   the two calls fit 15 minutes only if no other call is made (a helper's test call is one).
-#   `extra` if device time is left: checks.log (the switches' GPU tests), attention.jsonl
+#   `extra` if device time is left: checks.log (the switches' and the FP8 conv kernel's tests
+#       compiled), conv.jsonl (bench/conv.py: FP8 conv against cuDNN bf16 on SD1.5's shapes),
+#       attention.jsonl (bench/attention.py)
 #
 # Prepare on the workstation (the GPU machine has no package index and lacks these):
 #   ../shared/gpu/wheels.sh webdataset==1.0.2 braceexpand==0.1.7 torchmetrics==1.9.0 \
@@ -75,14 +77,17 @@ PYEOF
 fi
 
 if [ "$DRY" = 1 ]; then  # tiny models on the CPU: every stage's code runs, nothing is timed for real
+  export TRITON_INTERPRET=1  # the Triton kernels (FP8 conv) through the interpreter
   want ceilings && run 120 "$OUT/bench.log" $PY bench/ceilings.py --dry-run --out "$OUT/ceilings.json"
   want sd15 && run 300 "$OUT/bench.log" $T2I bench tiny-sd --steps 2 --batch 2 --baseline diffusers \
     --baseline-batch 2,4 --warmup 1 --reps 2 --ladder base,channels_last+fuse_qkv,channels_last+fuse_qkv+compile \
     --ab 2 --ab-steps 3 --out "$OUT/bench-sd15.json"
-  want digits && run 300 "$OUT/bench.log" $PY bench/digits_precision.py /tmp/gpu-check-digits --precisions fp32,fp32+compile \
+  want digits && run 300 "$OUT/bench.log" $PY bench/digits_precision.py /tmp/gpu-check-digits \
+    --precisions fp32,fp32+compile,fp32+fp8conv \
     --seeds 0 --images-per-class 10 --epochs 1 --device cpu --json "$OUT/digits-precision.json"
   want flux && run 300 "$OUT/bench.log" $T2I bench tiny-flux-schnell --batch 2 --baseline diffusers --baseline-batch 2 \
     --warmup 1 --reps 1 --ladder base,fuse_qkv+regional+compile --ab 1 --out "$OUT/bench-flux-schnell.json"
+  want attention && run 200 "$OUT/attention.log" $PY bench/conv.py --dry-run --models sd15 --out "$OUT/conv.jsonl"
   want attention && run 200 "$OUT/attention.log" $PY bench/attention.py --dry-run --models sd15,flux-schnell \
     --out "$OUT/attention.jsonl"
   step "dry run done; files in $OUT:"; ls -la "$OUT"; exit 0
@@ -99,9 +104,11 @@ want sd15 && run 330 "$OUT/bench.log" $T2I bench sd15 --steps 10 --guidance 2.0 
   --ladder base,channels_last+fuse_qkv,channels_last+fuse_qkv+compile \
   --ab 2 --ab-steps 50 --out "$OUT/bench-sd15.json"
 
-# What FP8 costs as training data: the embedded digits model, bf16 and fp8 (same seeds), the small
-# CNN trained on each with 2 seeds and tested on real digits.
-want digits && run 150 "$OUT/bench.log" $PY bench/digits_precision.py /tmp/gpu-check-digits --precisions bf16,fp8 \
+# What FP8 costs as training data: the embedded digits model in bf16, with FP8 Linear layers, and
+# with our FP8 convolutions (same seeds), the small CNN trained on each with 2 seeds, tested on real
+# digits.
+want digits && run 190 "$OUT/bench.log" $PY bench/digits_precision.py /tmp/gpu-check-digits \
+  --precisions bf16,fp8,bf16+fp8conv \
   --seeds 0,1 --device cuda --json "$OUT/digits-precision.json"
 
 # FLUX-schnell (1024 px, 4 steps) and SDXL (1024 px; its ladder at 10 steps): their transformers /
@@ -114,7 +121,8 @@ want sdxl && run 110 "$OUT/bench.log" $T2I bench sdxl --steps 10 --guidance 5.0 
   --out "$OUT/bench-sdxl.json"
 
 want ceilings && run 30 "$OUT/bench.log" $PY bench/ceilings.py --out "$OUT/ceilings.json"
-want gputests && run 90 "$OUT/checks.log" $PY -m pytest -q -rsP -m gpu tests/export/test_tuning.py
+want gputests && run 120 "$OUT/checks.log" $PY -m pytest -q -rsP tests/export/test_tuning.py tests/kernels/test_conv.py
+want attention && run 90 "$OUT/attention.log" $PY bench/conv.py --models sd15 --budget-s 75 --out "$OUT/conv.jsonl"
 want attention && run 60 "$OUT/attention.log" $PY bench/attention.py --models sd15,flux-schnell --budget-s 45 \
   --out "$OUT/attention.jsonl"
 step "done; files in $OUT:"

@@ -8,8 +8,10 @@
   float, broadcastable to [B, H, Lq, Lk]; a key-padding mask is [B, 1, 1, Lk]. Broadcast
   dimensions are read with stride 0, never materialised.
 - fp16, bf16 or fp32 inputs; scores, softmax statistics and the output accumulate in fp32.
-- Any Lq and Lk (the tails of the last blocks are masked); head dims up to 256 (the block is
-  the next power of two, the padding masked).
+- Any Lq and Lk (the tails of the last blocks are masked); head dims up to 256, each split into
+  at most two power-of-two parts (a tl.arange must be one), so SD1.5's 40, 80 and 160 run as
+  32+16, 64+16 and 128+32 instead of padding to 64, 128 and 256 (FlashAttention-2 pads them to
+  64, 96, 160); `head_dim_parts` gives the split.
 - A query row whose keys are all masked out returns zeros (PyTorch's SDPA returns NaN there).
 
 Online softmax: for each block of queries, key/value blocks are visited once, keeping the
@@ -56,7 +58,9 @@ def _prune(configs, named_args, **kwargs):
 
 
 @triton.autotune(
-    configs=_configs(), key=["LQ", "LK", "BLOCK_D", "HAS_MASK"], prune_configs_by={"early_config_prune": _prune}
+    configs=_configs(),
+    key=["LQ", "LK", "BLOCK_D", "BLOCK_D2", "HAS_MASK"],
+    prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
 def _attention_fwd(
@@ -96,6 +100,7 @@ def _attention_fwd(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    BLOCK_D2: tl.constexpr,  # the head dim's second part (0: none); it starts at BLOCK_D
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -115,6 +120,17 @@ def _attention_fwd(
     )
     if DOT_FP32:
         q = q.to(tl.float32)
+    if BLOCK_D2 > 0:
+        offs_d2 = BLOCK_D + tl.arange(0, BLOCK_D2)
+        d2_ok = offs_d2 < D
+        q2 = tl.load(
+            Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d2[None, :] * sqd,
+            mask=row_ok[:, None] & d2_ok[None, :],
+            other=0.0,
+        )
+        if DOT_FP32:
+            q2 = q2.to(tl.float32)
+        acc2 = tl.zeros([BLOCK_M, BLOCK_D2], tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -129,9 +145,20 @@ def _attention_fwd(
         if DOT_FP32:
             k = k.to(tl.float32)
         if DOT_FP32:  # exact fp32 products: tl.dot would otherwise use TF32 on a GPU (~1e-3 error)
-            s = tl.dot(q, k, input_precision="ieee") * qk_scale
+            s = tl.dot(q, k, input_precision="ieee")
         else:
-            s = tl.dot(q, k) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
+            s = tl.dot(q, k)  # [BLOCK_M, BLOCK_N]
+        if BLOCK_D2 > 0:
+            k2 = tl.load(
+                k_base + cols[None, :] * skn + offs_d2[:, None] * skd,
+                mask=d2_ok[:, None] & col_ok[None, :],
+                other=0.0,
+            )
+            if DOT_FP32:
+                s += tl.dot(q2, k2.to(tl.float32), input_precision="ieee")
+            else:
+                s += tl.dot(q2, k2)
+        s = s * qk_scale  # log2 units
         if HAS_MASK:
             bias = tl.load(
                 MASK + b * smb + h * smh + offs_m[:, None] * smm + cols[None, :] * smn,
@@ -152,13 +179,40 @@ def _attention_fwd(
             acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        if BLOCK_D2 > 0:
+            v2 = tl.load(
+                v_base + cols[:, None] * svn + offs_d2[None, :] * svd,
+                mask=col_ok[:, None] & d2_ok[None, :],
+                other=0.0,
+            )
+            if DOT_FP32:
+                acc2 = acc2 * alpha[:, None] + tl.dot(p, v2.to(tl.float32), input_precision="ieee")
+            else:
+                acc2 = acc2 * alpha[:, None] + tl.dot(p.to(v2.dtype), v2)
         m_i = m_new
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # all keys masked: zeros
+    denom = tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # all keys masked: zeros
     tl.store(
         OUT + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
-        out.to(OUT.dtype.element_ty),
+        (acc / denom).to(OUT.dtype.element_ty),
         mask=row_ok[:, None] & d_ok[None, :],
     )
+    if BLOCK_D2 > 0:
+        tl.store(
+            OUT + b * sob + h * soh + offs_m[:, None] * som + offs_d2[None, :] * sod,
+            (acc2 / denom).to(OUT.dtype.element_ty),
+            mask=row_ok[:, None] & d2_ok[None, :],
+        )
+
+
+def head_dim_parts(d: int) -> tuple[int, int]:
+    """A head dim as two power-of-two blocks of at least 16 (tl.dot's least): the largest that
+    fits, then what is left rounded up; (d padded, 0) where one block wastes no more."""
+    single = max(16, triton.next_power_of_2(d))
+    first = max(16, 1 << (d.bit_length() - 1))
+    if first >= d:
+        return single, 0
+    second = max(16, triton.next_power_of_2(d - first))
+    return (first, second) if first + second < single else (single, 0)
 
 
 def _check(q, k, v, mask):
@@ -219,7 +273,7 @@ def flash_attention(
     out = torch.empty(b, h, lq, d, dtype=q.dtype, device=q.device)
     m = _mask_operand(mask, b, h, lq, lk) if mask is not None else None
     mask_strides = m.stride() if m is not None else (0, 0, 0, 0)
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d, block_d2 = head_dim_parts(d)
     # The CPU interpreter computes a bf16 tl.dot wrongly; there the dots run in fp32.
     dot_fp32 = q.dtype == torch.float32 or (interpreting() and q.dtype == torch.bfloat16)
 
@@ -249,6 +303,7 @@ def flash_attention(
             HAS_MASK=m is not None,
             DOT_FP32=dot_fp32,
             BLOCK_D=block_d,
+            BLOCK_D2=block_d2,
         )
     return out
 

@@ -121,3 +121,11 @@ def test_the_custom_op_passes_opcheck_and_stays_in_a_compiled_graph():
 
     compiled = torch.compile(attend, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(q, k, v), attend(q, k, v))
+
+
+def test_head_dims_are_split_not_padded_to_the_next_power_of_two():
+    from t2i_engine.kernels.attention import head_dim_parts
+
+    # SD1.5's 40/80/160 cost 48/80/160 columns, not 64/128/256; powers of two stay whole
+    assert [sum(head_dim_parts(d)) for d in (40, 80, 160, 64, 128, 72, 96)] == [48, 80, 160, 64, 128, 80, 96]
+    assert all(p == 0 or (p >= 16 and p & (p - 1) == 0) for d in range(1, 257) for p in head_dim_parts(d))
