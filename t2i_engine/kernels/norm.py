@@ -42,6 +42,7 @@ def _group_norm_fwd(
     eps,
     HAS_AFFINE: tl.constexpr,
     SILU: tl.constexpr,
+    FLAT: tl.constexpr,  # rows follow each other in memory (NCHW and NHWC alike): pixel s at s * sw
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
@@ -56,9 +57,14 @@ def _group_norm_fwd(
     for start in range(0, HW, BLOCK_S):
         s = start + tl.arange(0, BLOCK_S)
         ok = c_ok[:, None] & (s < HW)[None, :]
-        x = tl.load(
-            X + n * sn + cs[:, None] * sc + (s // WIDTH)[None, :] * sh + (s % WIDTH)[None, :] * sw, mask=ok, other=0.0
-        )
+        if FLAT:  # no integer divide and modulo per pixel
+            x = tl.load(X + n * sn + cs[:, None] * sc + s[None, :] * sw, mask=ok, other=0.0)
+        else:
+            x = tl.load(
+                X + n * sn + cs[:, None] * sc + (s // WIDTH)[None, :] * sh + (s % WIDTH)[None, :] * sw,
+                mask=ok,
+                other=0.0,
+            )
         total += x.to(tl.float32)
     mean = tl.sum(tl.sum(total, 1), 0) / count
 
@@ -66,9 +72,14 @@ def _group_norm_fwd(
     for start in range(0, HW, BLOCK_S):
         s = start + tl.arange(0, BLOCK_S)
         ok = c_ok[:, None] & (s < HW)[None, :]
-        x = tl.load(
-            X + n * sn + cs[:, None] * sc + (s // WIDTH)[None, :] * sh + (s % WIDTH)[None, :] * sw, mask=ok, other=0.0
-        )
+        if FLAT:
+            x = tl.load(X + n * sn + cs[:, None] * sc + s[None, :] * sw, mask=ok, other=0.0)
+        else:
+            x = tl.load(
+                X + n * sn + cs[:, None] * sc + (s // WIDTH)[None, :] * sh + (s % WIDTH)[None, :] * sw,
+                mask=ok,
+                other=0.0,
+            )
         d = tl.where(ok, x.to(tl.float32) - mean, 0.0)
         total += d * d
     rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(total, 1), 0) / count + eps)
@@ -79,14 +90,20 @@ def _group_norm_fwd(
     for start in range(0, HW, BLOCK_S):
         s = start + tl.arange(0, BLOCK_S)
         ok = c_ok[:, None] & (s < HW)[None, :]
-        h, wi = (s // WIDTH)[None, :], (s % WIDTH)[None, :]
-        x = tl.load(X + n * sn + cs[:, None] * sc + h * sh + wi * sw, mask=ok, other=0.0).to(tl.float32)
+        if FLAT:
+            x_at = X + n * sn + cs[:, None] * sc + s[None, :] * sw
+            y_at = Y + n * yn + cs[:, None] * yc + s[None, :] * yw
+        else:
+            h, wi = (s // WIDTH)[None, :], (s % WIDTH)[None, :]
+            x_at = X + n * sn + cs[:, None] * sc + h * sh + wi * sw
+            y_at = Y + n * yn + cs[:, None] * yc + h * yh + wi * yw
+        x = tl.load(x_at, mask=ok, other=0.0).to(tl.float32)
         y = (x - mean) * rstd
         if HAS_AFFINE:
             y = y * w[:, None] + b[:, None]
         if SILU:
             y = y / (1.0 + tl.exp(-y))
-        tl.store(Y + n * yn + cs[:, None] * yc + h * yh + wi * yw, y.to(Y.dtype.element_ty), mask=ok)
+        tl.store(y_at, y.to(Y.dtype.element_ty), mask=ok)
 
 
 def supports(
@@ -144,6 +161,7 @@ def group_norm(
             eps,
             HAS_AFFINE=affine,
             SILU=silu,
+            FLAT=x.stride(2) == w * x.stride(3) and y.stride(2) == w * y.stride(3),
             BLOCK_C=block_c,
             BLOCK_S=block_s,
             num_warps=4,

@@ -208,3 +208,12 @@ def test_the_custom_op_passes_opcheck_and_stays_in_a_compiled_graph():
     out = compiled(x)
     torch.testing.assert_close(out, block(x))
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_cropped_view_takes_the_strided_path_and_matches():
+    """Rows that do not follow each other in memory (a view cropped in width) are addressed by
+    row and column; contiguous and channels_last tensors take the flat path (no divide per pixel)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 6, 7, generator=g).to(DEVICE)[..., :5]  # stride(2) = 7, width 5: not flat
+    assert x.stride(2) != x.shape[3] * x.stride(3)
+    torch.testing.assert_close(group_norm(x, 4, silu=True), group_norm_ref(x, 4, silu=True), atol=1e-5, rtol=1e-5)
