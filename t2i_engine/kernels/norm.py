@@ -21,6 +21,14 @@ from .triton_env import interpreting
 
 
 @triton.jit
+def _at(base, cs, s, sc, sh, sw, WIDTH, FLAT: tl.constexpr):
+    """Pointers to channels `cs` x pixels `s` (flattened h * WIDTH + w) of one image."""
+    if FLAT:  # rows follow each other in memory: no integer divide and modulo per pixel
+        return base + cs[:, None] * sc + s[None, :] * sw
+    return base + cs[:, None] * sc + (s // WIDTH)[None, :] * sh + (s % WIDTH)[None, :] * sw
+
+
+@triton.jit
 def _group_norm_fwd(
     X,
     Y,
@@ -42,7 +50,7 @@ def _group_norm_fwd(
     eps,
     HAS_AFFINE: tl.constexpr,
     SILU: tl.constexpr,
-    FLAT: tl.constexpr,  # rows follow each other in memory (NCHW and NHWC alike): pixel s at s * sw
+    FLAT: tl.constexpr,  # rows follow each other in memory (NCHW and NHWC alike), in X and Y
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
@@ -57,14 +65,7 @@ def _group_norm_fwd(
     for start in range(0, HW, BLOCK_S):
         s = start + tl.arange(0, BLOCK_S)
         ok = c_ok[:, None] & (s < HW)[None, :]
-        if FLAT:  # no integer divide and modulo per pixel
-            x = tl.load(X + n * sn + cs[:, None] * sc + s[None, :] * sw, mask=ok, other=0.0)
-        else:
-            x = tl.load(
-                X + n * sn + cs[:, None] * sc + (s // WIDTH)[None, :] * sh + (s % WIDTH)[None, :] * sw,
-                mask=ok,
-                other=0.0,
-            )
+        x = tl.load(_at(X + n * sn, cs, s, sc, sh, sw, WIDTH, FLAT), mask=ok, other=0.0)
         total += x.to(tl.float32)
     mean = tl.sum(tl.sum(total, 1), 0) / count
 
@@ -72,14 +73,7 @@ def _group_norm_fwd(
     for start in range(0, HW, BLOCK_S):
         s = start + tl.arange(0, BLOCK_S)
         ok = c_ok[:, None] & (s < HW)[None, :]
-        if FLAT:
-            x = tl.load(X + n * sn + cs[:, None] * sc + s[None, :] * sw, mask=ok, other=0.0)
-        else:
-            x = tl.load(
-                X + n * sn + cs[:, None] * sc + (s // WIDTH)[None, :] * sh + (s % WIDTH)[None, :] * sw,
-                mask=ok,
-                other=0.0,
-            )
+        x = tl.load(_at(X + n * sn, cs, s, sc, sh, sw, WIDTH, FLAT), mask=ok, other=0.0)
         d = tl.where(ok, x.to(tl.float32) - mean, 0.0)
         total += d * d
     rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(total, 1), 0) / count + eps)
@@ -90,20 +84,13 @@ def _group_norm_fwd(
     for start in range(0, HW, BLOCK_S):
         s = start + tl.arange(0, BLOCK_S)
         ok = c_ok[:, None] & (s < HW)[None, :]
-        if FLAT:
-            x_at = X + n * sn + cs[:, None] * sc + s[None, :] * sw
-            y_at = Y + n * yn + cs[:, None] * yc + s[None, :] * yw
-        else:
-            h, wi = (s // WIDTH)[None, :], (s % WIDTH)[None, :]
-            x_at = X + n * sn + cs[:, None] * sc + h * sh + wi * sw
-            y_at = Y + n * yn + cs[:, None] * yc + h * yh + wi * yw
-        x = tl.load(x_at, mask=ok, other=0.0).to(tl.float32)
+        x = tl.load(_at(X + n * sn, cs, s, sc, sh, sw, WIDTH, FLAT), mask=ok, other=0.0).to(tl.float32)
         y = (x - mean) * rstd
         if HAS_AFFINE:
             y = y * w[:, None] + b[:, None]
         if SILU:
             y = y / (1.0 + tl.exp(-y))
-        tl.store(y_at, y.to(Y.dtype.element_ty), mask=ok)
+        tl.store(_at(Y + n * yn, cs, s, yc, yh, yw, WIDTH, FLAT), y.to(Y.dtype.element_ty), mask=ok)
 
 
 def supports(

@@ -106,7 +106,8 @@ class _Routed:
 METHODS = ("forward", "decode", "encode")
 
 
-def _modules(target) -> list[torch.nn.Module]:
+def modules_of(target) -> list[torch.nn.Module]:
+    """The denoiser and VAE of a pipeline, or the one module given."""
     if isinstance(target, torch.nn.Module):
         return [target]
     components = getattr(target, "components", None)
@@ -115,14 +116,15 @@ def _modules(target) -> list[torch.nn.Module]:
     return [components[name] for name in ROUTED_COMPONENTS if isinstance(components.get(name), torch.nn.Module)]
 
 
-def _unroute(module: torch.nn.Module) -> None:
+def unwrap(module: torch.nn.Module, kind: type) -> None:
+    """Take wrappers of `kind` (each keeps `.original`) off a module's METHODS."""
     for name in METHODS:
-        routed = module.__dict__.get(name)
-        if isinstance(routed, _Routed):
-            if getattr(routed.original, "__func__", None) is getattr(type(module), name, None):
+        wrapper = module.__dict__.get(name)
+        if isinstance(wrapper, kind):
+            if getattr(wrapper.original, "__func__", None) is getattr(type(module), name, None):
                 delattr(module, name)  # the class's own method again
             else:
-                setattr(module, name, routed.original)  # a method someone else had wrapped
+                setattr(module, name, wrapper.original)  # a method someone else had wrapped
 
 
 def install(target, attention: str = "triton", norm: str | None = None) -> TritonAttention | None:
@@ -136,9 +138,9 @@ def install(target, attention: str = "triton", norm: str | None = None) -> Trito
         raise ValueError(f"attention={attention!r}: expected one of {', '.join(ATTENTION)}")
     if norm not in NORM:
         raise ValueError(f"norm={norm!r}: expected one of {', '.join(NORM)}")
-    modules = _modules(target)
+    modules = modules_of(target)
     for module in modules:  # undo an earlier install first: never two modes deep
-        _unroute(module)
+        unwrap(module, _Routed)
         unfuse(module)
     if attention == "sdpa" and norm == "torch":
         return None

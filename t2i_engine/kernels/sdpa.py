@@ -15,8 +15,9 @@ from __future__ import annotations
 import functools
 import inspect
 
-import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .routing import METHODS, modules_of, unwrap
 
 BACKENDS = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -24,8 +25,6 @@ BACKENDS = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
 }
-METHODS = ("forward", "decode", "encode")  # a denoiser's forward; a VAE's decode (and encode)
-COMPONENTS = ("unet", "transformer", "vae")
 
 
 FALLBACKS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION)
@@ -53,17 +52,11 @@ class _Pinned:
             return self.original(*args, **kwargs)
 
 
-def _modules(target) -> list[torch.nn.Module]:
-    if isinstance(target, torch.nn.Module):
-        return [target]
-    return [c for name, c in target.components.items() if name in COMPONENTS and isinstance(c, torch.nn.Module)]
-
-
 def pin(target, backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: expected one of {', '.join(BACKENDS)}")
     unpin(target)
-    for module in _modules(target):
+    for module in modules_of(target):
         for name in METHODS:
             method = getattr(module, name, None)
             if callable(method):
@@ -71,19 +64,13 @@ def pin(target, backend: str) -> None:
 
 
 def unpin(target) -> None:
-    for module in _modules(target):
-        for name in METHODS:
-            pinned = module.__dict__.get(name)
-            if isinstance(pinned, _Pinned):
-                if getattr(pinned.original, "__func__", None) is getattr(type(module), name, None):
-                    delattr(module, name)  # the class's own method again
-                else:
-                    setattr(module, name, pinned.original)  # a method someone else had wrapped
+    for module in modules_of(target):
+        unwrap(module, _Pinned)
 
 
 def pinned(target) -> str | None:
     """The backend a pipeline's or module's attention is pinned to, or None."""
-    for module in _modules(target):
+    for module in modules_of(target):
         method = module.__dict__.get("forward") or module.__dict__.get("decode")
         if isinstance(method, _Pinned):
             return method.backend
