@@ -46,10 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import math
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -57,6 +54,7 @@ from collections import Counter
 
 import torch
 import torch.nn.functional as F
+from timing import JsonLines, Timer, error_text, run_info  # bench/timing.py, beside this script
 from torch.overrides import TorchFunctionMode
 
 MODELS = ["sd15", "sd21", "sdxl", "sd3-medium", "flux-schnell", "flux-dev", "sd35-large"]
@@ -75,7 +73,6 @@ PRODUCTION_BATCH = {
 SDPA_BACKENDS = ("flash", "efficient", "cudnn")
 PATHS = ("sdpa_default", "triton", "flash", "cudnn", "efficient")  # run order: the two that matter first
 DRY_HEADS, DRY_LEN = 2, 64
-ROUND_S, ROUNDS, WARMUP = 0.01, 10, 3
 
 
 class _Record(TorchFunctionMode):
@@ -125,57 +122,10 @@ def production_batch(name: str) -> tuple[int, int, bool]:
     return images * (2 if cfg else 1), images, cfg
 
 
-def _err(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
-
-
 def _projection(b: int, s: int, heads: int, d: int, device, dtype, g) -> torch.Tensor:
     """[B, H, S, D] as diffusers holds it: a [B, S, H*D] projection, viewed and transposed."""
     x = torch.randn(b, s, heads * d, device=device, dtype=dtype, generator=g)
     return x.view(b, s, heads, d).transpose(1, 2)
-
-
-class Timer:
-    """seconds of one call. CUDA: events around rounds of calls (about ROUND_S each), after
-    warm-up; median of ROUNDS. Dry run: one call on the clock."""
-
-    def __init__(self, device: torch.device, dry: bool):
-        self.device, self.dry = device, dry
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def first(self, fn) -> tuple[float, object]:
-        """(wall seconds, output) of a first call (compile, autotune, library init)."""
-        self._sync()
-        t = time.perf_counter()
-        result = fn()
-        self._sync()
-        return time.perf_counter() - t, result
-
-    def __call__(self, fn) -> float:
-        if self.dry:
-            return self.first(fn)[0]
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(WARMUP):
-            fn()
-        end.record()
-        torch.cuda.synchronize(self.device)
-        per_call = max(start.elapsed_time(end) / 1000 / WARMUP, 1e-6)
-        reps = max(1, min(500, math.ceil(ROUND_S / per_call)))
-        pairs = []
-        for _ in range(ROUNDS):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(reps):
-                fn()
-            end.record()
-            pairs.append((start, end))
-        torch.cuda.synchronize(self.device)
-        return statistics.median(s.elapsed_time(e) / 1000 / reps for s, e in pairs)
 
 
 def _default_backend(q, k, v, gqa: bool) -> str | None:
@@ -246,7 +196,7 @@ def time_shape(b, h, hkv, lq, lk, d, *, device, timer: Timer, deadline: float) -
                 rec["max_abs_diff_vs_default"] = round((result.float() - reference).abs().max().item(), 5)
             del result
         except Exception as e:  # noqa: BLE001 - a path that refuses the shape (head dim, layout, device)
-            rec = {"error": _err(e)}
+            rec = {"error": error_text(e)}
             why = [str(w.message).strip().splitlines()[0][:200] for w in caught if str(w.message).strip()]
             if why:
                 rec["warnings"] = why[:4]
@@ -311,27 +261,7 @@ def summarize(name: str, b: int, images: int, cfg: bool, rows: list[dict], dry: 
 
 
 def _run_info(device: torch.device, dry: bool, args) -> dict:
-    info: dict = {"kind": "run", "dry_run": dry, "torch": torch.__version__, "cuda": torch.version.cuda}
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except Exception as e:  # noqa: BLE001
-        info["triton"] = _err(e)
-    try:
-        info["cudnn"] = torch.backends.cudnn.version()
-    except Exception:  # noqa: BLE001
-        info["cudnn"] = None
-    info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    info["triton_interpret"] = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    info["models"] = args.models
-    info["batch"] = args.batch or "production (per model)"
-    info["budget_s"] = args.budget_s
-    info["timing"] = (
-        "one call, time.perf_counter (dry run)"
-        if dry
-        else f"CUDA events, rounds of ~{ROUND_S * 1e3:.0f} ms after {WARMUP} warm-up calls, median of {ROUNDS}"
-    )
+    info = run_info(device, dry, args)
     info["layout"] = "q/k/v: [B, S, H*D] projections .view(B, S, H, D).transpose(1, 2), bf16, randn"
     return info
 
@@ -356,14 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["TRITON_INTERPRET"] = "1"
     device = torch.device("cuda" if cuda else "cpu")
     timer = Timer(device, dry)
-    sink = open(args.out, "w") if args.out else None  # noqa: SIM115 - closed below
-
-    def emit(row: dict) -> None:
-        text = json.dumps(row)
-        print(text, flush=True)
-        if sink:
-            sink.write(text + "\n")
-            sink.flush()
+    emit = JsonLines(args.out)
 
     try:
         if not args.list:
@@ -410,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
                             )
                         )
                     except Exception as e:  # noqa: BLE001 - one shape failing (out of memory) keeps the rest
-                        row["error"] = _err(e)
+                        row["error"] = error_text(e)
                     row["elapsed_s"] = round(time.perf_counter() - t0, 2)
                 rows.append(row)
                 emit(row)
@@ -419,8 +342,7 @@ def main(argv: list[str] | None = None) -> None:
             if not args.list:
                 emit(summarize(name, rows[0]["B"] if dry and rows else b, images, cfg, rows, dry))
     finally:
-        if sink:
-            sink.close()
+        emit.close()
 
 
 if __name__ == "__main__":
