@@ -1059,7 +1059,10 @@ def _build(args) -> int:
         print(json.dumps(results, indent=1))
     else:
         for r in results:
-            print(f"{r['component']}: {'built' if r['built'] else 'already built'} -> {r['path']}")
+            if r["path"] is None:
+                print(f"{r['component']}: stays in PyTorch ({r['why']})")
+            else:
+                print(f"{r['component']}: {'built' if r['built'] else 'already built'} -> {r['path']}")
     return 0
 
 

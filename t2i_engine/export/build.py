@@ -7,7 +7,8 @@ TensorRT and a GPU exist), "compile" (torch.compile with fused QKV projections, 
 and on a GPU max-autotune with CUDA graphs, one per batch size; its build is a warm start:
 torch's compile caches, saved after compiling each batch size of the profile).
 ONNX and TensorRT replace the denoiser and the VAE decoder; the text encoders run once per
-unique prompt (the embedding cache) and stay in PyTorch, though `build` exports them too.
+unique prompt (the embedding cache) and stay in PyTorch, though `build` exports them too (CLIP
+and T5; Gemma-2 and Qwen2.5-VL are not exported: specs.PYTORCH_ONLY).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .cache import ArtifactCache, artifact_key, device_arch, library_versions, w
 from .compiled import build_compiled, compile_pipeline, unprepare
 from .onnx_export import export_onnx
 from .onnx_runtime import OnnxRunner, providers_for
-from .specs import ComponentSpec, Profile, component_specs, unsupported_reason
+from .specs import ComponentSpec, Profile, component_specs, pytorch_only, unsupported_reason
 from .swap import restore, swap
 from .tensorrt_runtime import TensorRTRunner, build_engine, check_tensorrt
 
@@ -132,6 +133,10 @@ def build(opts: BuildOptions, log_line=print, warm=None) -> list[dict]:
     if opts.backend == "compile":
         return [build_compiled(pipe, spec.name, opts, device, cache, log_line, warm)]
     results = []
+    if "text_encoder" in opts.components:
+        for component, why in pytorch_only(pipe).items():
+            log_line(f"[build] {spec.name}-{component}: stays in PyTorch ({why})")
+            results.append({"component": component, "kind": "text_encoder", "path": None, "built": False, "why": why})
     for comp in component_specs(pipe, opts.profile, opts.components, text_length(spec.name)):
         folder, built, meta = ensure_component(comp, spec.name, opts, device, cache, log_line)
         results.append({"component": comp.component, "kind": comp.kind, "path": str(folder), "built": built, **meta})

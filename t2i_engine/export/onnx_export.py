@@ -32,7 +32,8 @@ def export_onnx(
     external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> str:
     """Write `spec`'s module to `path` (a .onnx file; weights may go to a .data file beside it).
-    Returns the exporter that succeeded ("dynamo", or "torchscript" after the dynamo exporter failed)."""
+    Returns the exporter that succeeded ("dynamo", or "torchscript" after the dynamo exporter failed;
+    "dynamo" for a component whose spec says TorchScript cannot export it, whatever was asked)."""
     import onnx
 
     if exporter not in EXPORTERS:
@@ -41,6 +42,9 @@ def export_onnx(
     device = next(module.parameters()).device
     args = spec.sample_inputs(example_batch, dtype, device)
     used = exporter
+    if exporter == "torchscript" and spec.notes.get("needs_dynamo"):
+        log.info("%s: the dynamo exporter, not TorchScript (%s)", spec.component, spec.notes["needs_dynamo"])
+        exporter = used = "dynamo"
     before = set(path.parent.iterdir())
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python branches on shapes: the specs fix those shapes
@@ -66,21 +70,51 @@ def export_onnx(
 
 
 def _dynamo(spec: ComponentSpec, module, args, path: Path) -> None:
-    batch = torch.export.Dim(BATCH, min=1, max=4096)
-    dynamic = {i.name: ({0: batch} if i.shape and i.shape[0] == BATCH else None) for i in spec.inputs}
+    """torch.export (non-strict: Python runs as Python, tensors are traced), then ONNX.
+
+    The program is exported here rather than inside torch.onnx.export so that it can be mended
+    first (`_drop_noop_squeezes`). onnxscript's optimiser stays off: it turned Sana's linear
+    attention into NaNs in ONNX Runtime (onnxscript 0.7.2, found 2026-12-05); ONNX Runtime and
+    TensorRT optimise the graph themselves when they load it."""
+    # DYNAMIC, not a named Dim with a range: torch records a model's own limits on the batch as
+    # guards (AutoencoderKL's nearest upsampling: batch <= 63) where a range would be refused;
+    # the ONNX graph's batch axis is symbolic either way
+    batch = torch.export.Dim.DYNAMIC
+    dynamic = tuple({0: batch} if i.shape and i.shape[0] == BATCH else None for i in spec.inputs)
+    program = torch.export.export(module, tuple(args), dynamic_shapes=dynamic, strict=False)
+    _drop_noop_squeezes(program)
     torch.onnx.export(
-        module,
-        args,
+        program,
+        tuple(args),
         str(path),
         dynamo=True,
         opset_version=OPSET,
         input_names=[i.name for i in spec.inputs],
         output_names=spec.outputs,
-        dynamic_shapes=dynamic,
         external_data=True,
-        optimize=True,
+        optimize=False,
         verbose=False,
     )
+
+
+def _drop_noop_squeezes(program) -> None:
+    """torch's squeeze(dim) leaves a dimension that is not 1 alone; ONNX's Squeeze rejects it, and
+    the exporter writes one anyway (PixArt's `squeeze(1)` of its [batch, tokens, channels]
+    output). Such squeezes change nothing, so they go before translation."""
+    graph = program.graph_module.graph
+    squeezes = (torch.ops.aten.squeeze.dim, torch.ops.aten.squeeze.dims)
+    changed = False
+    for node in list(graph.nodes):
+        if node.target not in squeezes or any(user.op == "output" for user in node.users):
+            continue
+        shape = node.args[0].meta["val"].shape
+        dims = node.args[1] if isinstance(node.args[1], (list, tuple)) else [node.args[1]]
+        if all(isinstance(shape[d], int) and shape[d] != 1 for d in dims):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            changed = True
+    if changed:
+        program.graph_module.recompile()
 
 
 def _torchscript(spec: ComponentSpec, module, args, path: Path) -> None:

@@ -7,8 +7,11 @@ exporter traces); sample inputs at any batch size; and the min/opt/max shapes of
 size over the VAE's scale factor, FLUX packs 2x2 latent patches into tokens.
 
 Kinds: the denoiser (UNet2DConditionModel, with SDXL's added text_embeds/time_ids;
-SD3Transformer2DModel; FluxTransformer2DModel, with its guidance where the model has one), the
-VAE decoder (AutoencoderKL.decode), and the text encoders (CLIP, CLIP with projection, T5).
+SD3Transformer2DModel; FluxTransformer2DModel, with its guidance where the model has one;
+PixArt, Sana, Lumina-2 and Qwen-Image transformers with their caption masks, through the
+wrappers of dit_wrappers.py), the VAE decoder (AutoencoderKL, Sana's AutoencoderDC, Qwen-Image's
+3-D AutoencoderKLQwenImage for one frame), and the text encoders (CLIP, CLIP with projection,
+T5). Gemma-2 (Sana, Lumina-2) and Qwen2.5-VL (Qwen-Image) stay in PyTorch: see PYTORCH_ONLY.
 """
 
 from __future__ import annotations
@@ -20,10 +23,44 @@ from torch import nn
 
 from ..errors import InputError
 from ..models.architectures import CONFIG_ROOT, architecture
+from .dit_wrappers import _Lumina2, _PixArt, _QwenImage, _Sana
 
 BATCH = "batch"
-DENOISERS = ("UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel")  # what denoiser_spec declares
-VAES = ("AutoencoderKL",)
+DENOISERS = (  # what denoiser_spec declares
+    "UNet2DConditionModel",
+    "SD3Transformer2DModel",
+    "FluxTransformer2DModel",
+    "PixArtTransformer2DModel",
+    "SanaTransformer2DModel",
+    "Lumina2Transformer2DModel",
+    "QwenImageTransformer2DModel",
+)
+VAES = ("AutoencoderKL", "AutoencoderDC", "AutoencoderKLQwenImage")
+# Text encoders left in PyTorch, and why: the engine encodes each unique prompt once (the
+# embedding cache), so their share of a run's time is nil, and these two are decoder LLMs
+# (Gemma-2 2B; Qwen2.5-VL 7B, whose text path runs inside a vision-language model) whose export
+# would be the largest files of a build for no measurable gain.
+PYTORCH_ONLY = {
+    "Gemma2Model": "Gemma-2 runs once per unique prompt (the embedding cache); an export would not pay",
+    "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL's text path runs once per unique prompt (the "
+    "embedding cache); an export of a 7B vision-language model would not pay",
+}
+# Components the TorchScript exporter cannot take (torch 2.14, found on the tiny models), and why;
+# the others export either way, TorchScript in a fraction of the time
+NEEDS_DYNAMO = {
+    "QwenImageTransformer2DModel": "its graph fails in ONNX Runtime at run time (a broadcast in the joint attention)",
+    "AutoencoderDC": "it writes a Transpose with perm -1, which ONNX Runtime refuses to load",
+    "AutoencoderKLQwenImage": "it has no ONNX form for aten::_upsample_nearest_exact2d",
+}
+# The caption length each pipeline pads to by default (PixArt's T5 120, Sana 300, Lumina-2 256;
+# Qwen-Image pads each batch to its longest prompt, at most 512, and its export takes 512 with
+# the rest masked: swap.py pads)
+TEXT_LENGTHS = {
+    "PixArtTransformer2DModel": 120,
+    "SanaTransformer2DModel": 300,
+    "Lumina2Transformer2DModel": 256,
+    "QwenImageTransformer2DModel": 512,
+}
 
 
 def unsupported_reason(model: str) -> str | None:
@@ -113,7 +150,10 @@ class ComponentSpec:
         out = []
         for inp in self.inputs:
             shape = self.shape(inp, batch)
-            if inp.dtype == torch.int64:
+            if inp.name.endswith("mask"):  # a caption mask: a prefix of ones, as tokenizers pad on the right
+                lengths = torch.randint(1, shape[1] + 1, (shape[0], 1), generator=g)
+                out.append((torch.arange(shape[1])[None] < lengths).long())
+            elif inp.dtype == torch.int64:
                 high = self.notes.get("vocab_size", 2) if inp.name == "input_ids" else 2
                 out.append(torch.randint(0, high, shape, generator=g))
             elif inp.name == "timestep":
@@ -272,30 +312,66 @@ def denoiser_spec(pipe, profile: Profile, text_len: int | None = None) -> Compon
             (BATCH, tokens, out_channels),
             notes={"timestep_scale": 1.0},
         )  # FLUX takes t in [0, 1]
-    raise InputError(
-        "model",
-        cls,
-        "no export spec for this denoiser yet (UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel)",
-    )
+    if cls in TEXT_LENGTHS:
+        return _dit_spec(name, model, cls, h, w, text_len or TEXT_LENGTHS[cls])
+    raise InputError("model", cls, f"no export spec for this denoiser yet ({', '.join(DENOISERS)})")
+
+
+def _dit_spec(name: str, model, cls: str, h: int, w: int, text: int) -> ComponentSpec:
+    """PixArt, Sana, Lumina-2, Qwen-Image: latents, the caption and its 0/1 mask, the timestep."""
+    cfg = model.config
+    latent, notes, extra = (BATCH, cfg.in_channels, h, w), {}, []
+    if cls == "PixArtTransformer2DModel":
+        caption, module, out = cfg.caption_channels, _PixArt(model), (BATCH, cfg.out_channels, h, w)
+        if model.use_additional_conditions:  # the 1024 px model: image size and aspect ratio as conditions
+            extra = [Input("resolution", (BATCH, 2)), Input("aspect_ratio", (BATCH, 1))]
+    elif cls == "SanaTransformer2DModel":
+        caption, module, out = cfg.caption_channels, _Sana(model), (BATCH, cfg.out_channels or cfg.in_channels, h, w)
+    elif cls == "Lumina2Transformer2DModel":
+        caption, module, out = cfg.cap_feat_dim, _Lumina2(model), (BATCH, model.out_channels, h, w)
+        notes["timestep_scale"] = 1.0  # Lumina-2 takes t in [0, 1]
+    else:  # Qwen-Image: packed 2x2 latent patches as tokens at one image size; the text padded to `text`
+        grid = (1, h // 2, w // 2)
+        latent = (BATCH, grid[1] * grid[2], cfg.in_channels)
+        caption, module, out = (
+            cfg.joint_attention_dim,
+            _QwenImage(model, grid, text),
+            latent[:2] + (cfg.out_channels * 4,),
+        )
+        notes.update(timestep_scale=1.0, pad_text=True, fixed={"img_shapes": grid}, needs_dynamo=NEEDS_DYNAMO[cls])
+    mask = "encoder_hidden_states_mask" if cls == "QwenImageTransformer2DModel" else "encoder_attention_mask"
+    inputs = [
+        Input("hidden_states", latent),
+        Input("encoder_hidden_states", (BATCH, text, caption)),
+        Input(mask, (BATCH, text), torch.int64),
+        Input("timestep", (BATCH,), torch.float32),
+        *extra,
+    ]
+    return ComponentSpec(name, "denoiser", inputs, ["out_sample"], module, out, notes=notes)
 
 
 def vae_decoder_spec(pipe, profile: Profile) -> ComponentSpec:
     vae = pipe.vae
-    if type(vae).__name__ != "AutoencoderKL":
-        raise InputError("model", type(vae).__name__, "no export spec for this VAE yet (AutoencoderKL)")
+    cls = type(vae).__name__
+    if cls not in VAES:
+        raise InputError("model", cls, f"no export spec for this VAE yet ({', '.join(VAES)})")
     scale = getattr(pipe, "vae_scale_factor", 8)
-    latent = Input("latent", (BATCH, vae.config.latent_channels, profile.height // scale, profile.width // scale))
+    h, w = profile.height // scale, profile.width // scale
     # force_upcast (SDXL's VAE): it overflows in fp16, so diffusers decodes it in fp32; so does its export
     notes = {"fp32": bool(getattr(vae.config, "force_upcast", False))}
-    return ComponentSpec(
-        "vae",
-        "vae_decoder",
-        [latent],
-        ["image"],
-        _VaeDecoder(vae),
-        (BATCH, vae.config.out_channels, profile.height, profile.width),
-        notes=notes,
-    )
+    if cls in NEEDS_DYNAMO:
+        notes["needs_dynamo"] = NEEDS_DYNAMO[cls]
+    if cls == "AutoencoderKLQwenImage":  # a video VAE: one frame in, one frame out
+        latent, out = Input("latent", (BATCH, vae.config.z_dim, 1, h, w)), (BATCH, 3, 1, profile.height, profile.width)
+    else:
+        latent = Input("latent", (BATCH, vae.config.latent_channels, h, w))
+        out = (
+            BATCH,
+            getattr(vae.config, "out_channels", None) or vae.config.in_channels,
+            profile.height,
+            profile.width,
+        )
+    return ComponentSpec("vae", "vae_decoder", [latent], ["image"], _VaeDecoder(vae), out, notes=notes)
 
 
 def text_encoder_specs(pipe) -> list[ComponentSpec]:
@@ -309,6 +385,8 @@ def text_encoder_specs(pipe) -> list[ComponentSpec]:
         if enc is None:
             continue
         cls = type(enc).__name__
+        if cls in PYTORCH_ONLY:
+            continue
         tokenizer = getattr(pipe, tok_name, None)
         length = min(getattr(tokenizer, "model_max_length", 77) or 77, 512)
         hidden = enc.config.d_model if cls == "T5EncoderModel" else enc.config.hidden_size
@@ -345,6 +423,16 @@ def text_encoder_specs(pipe) -> list[ComponentSpec]:
             )
         )
     return specs
+
+
+def pytorch_only(pipe) -> dict[str, str]:
+    """The pipeline's text encoders that stay in PyTorch: component -> why."""
+    found = {}
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        cls = type(getattr(pipe, name, None)).__name__
+        if cls in PYTORCH_ONLY:
+            found[name] = PYTORCH_ONLY[cls]
+    return found
 
 
 def component_specs(

@@ -34,7 +34,8 @@ class _Swapped:
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         given = dict(bound.arguments)
-        added = given.pop("added_cond_kwargs", None) or {}  # SDXL's text_embeds and time_ids
+        # SDXL's text_embeds and time_ids; PixArt's resolution and aspect_ratio (None below 1024 px)
+        added = {k: v for k, v in (given.pop("added_cond_kwargs", None) or {}).items() if v is not None}
         unknown = set(added) - set(self.names)
         if unknown:
             raise ValueError(
@@ -44,6 +45,15 @@ class _Swapped:
         given.update(added)
         if self.method == "decode":
             given["latent"] = given.pop("z")
+        for name, expected in self.spec.notes.get("fixed", {}).items():  # Qwen-Image's img_shapes
+            value = given.pop(name, None)
+            if value is not None and any(_shapes(v) != [tuple(expected)] for v in value):
+                raise ValueError(
+                    f"{self.spec.component} was exported for {name}={tuple(expected)}, called with {value}; "
+                    "build it for this resolution or use --backend eager"
+                )
+        if self.spec.notes.get("pad_text"):
+            _pad_text(given, self.spec)
         batch = given[self.names[0]].shape[0]
         inputs = []
         for name in self.names:
@@ -58,6 +68,7 @@ class _Swapped:
             for k, v in given.items()
             if k not in IGNORED
             and v is not None
+            and not (isinstance(v, dict) and not v)  # attention_kwargs={} (Qwen-Image) asks for nothing
             and v is not self.signature.parameters[k].default
             and self.signature.parameters[k].kind
             not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
@@ -73,6 +84,31 @@ class _Swapped:
         if not given.get("return_dict", True):
             return (out,)
         return _output(self.spec.kind, out)
+
+
+def _shapes(value) -> list[tuple]:
+    """One sample's img_shapes: a (frames, height, width) or a list of them."""
+    return [tuple(v) for v in value] if isinstance(value[0], (list, tuple)) else [tuple(value)]
+
+
+def _pad_text(given: dict, spec: ComponentSpec) -> None:
+    """A caption shorter than the export's (Qwen-Image pads each batch to its longest prompt)
+    gets masked zero tokens up to it: masked keys weigh nothing, and the text RoPE of the real
+    tokens does not depend on the length. A longer one is refused."""
+    length = next(i.shape[1] for i in spec.inputs if i.name == "encoder_hidden_states")
+    text = given.get("encoder_hidden_states")
+    if text is not None and given.get("encoder_hidden_states_mask") is None:  # no mask: every token counts
+        given["encoder_hidden_states_mask"] = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
+    for name in ("encoder_hidden_states", "encoder_hidden_states_mask"):
+        value = given.get(name)
+        if value is None:
+            continue
+        if value.shape[1] > length:
+            raise ValueError(
+                f"{spec.component} was exported for {length} caption tokens, called with {value.shape[1]}"
+            )
+        pad = value.new_zeros(value.shape[0], length - value.shape[1], *value.shape[2:])
+        given[name] = torch.cat([value, pad], dim=1)
 
 
 def _float_dtype(inputs) -> torch.dtype | None:

@@ -46,11 +46,14 @@ def architecture(name: str) -> dict:
 
 def text_length(model: str) -> int | None:
     """The prompt-embedding length the registry model's pipeline passes its denoiser (from its
-    shipped text config: SD3 333, FLUX-dev 512, FLUX-schnell 256); None without a config."""
+    shipped text config: SD3 333, FLUX-dev 512, FLUX-schnell 256; the most for a length that
+    varies per batch, Qwen-Image's 512); None without a config."""
     if not (CONFIG_ROOT / model).is_dir():
         return None
     shape = architecture(model)["text"].get("prompt_embeds_shape")
-    return int(shape[1]) if shape else None
+    if not shape:
+        return None
+    return int(str(shape[1]).rpartition("<=")[2])  # "L<=512": padded per batch up to 512 (Qwen-Image)
 
 
 def denoiser_class(arch: dict):
