@@ -112,6 +112,25 @@ def fuse_qkv(pipe) -> None:
     for module in (denoiser(pipe), pipe.vae):
         if hasattr(module, "fuse_qkv_projections"):
             module.fuse_qkv_projections()
+            _plain_fused_self_attention(module)
+
+
+def _plain_fused_self_attention(module) -> None:
+    """Mend diffusers' SD3 fuse_qkv_projections (0.42), which gives every attention
+    FusedJointAttnProcessor2_0: that processor skips the q/k RMSNorms (SD3.5's qk_norm), so
+    those joint attentions keep their own processor (the unfused projections are still there);
+    and SD3.5's second, image-only attention (attn2 of its dual-attention blocks), which fails
+    with it for want of text, takes the plain fused processor (which applies the norms)."""
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0, FusedJointAttnProcessor2_0
+
+    originals = getattr(module, "original_attn_processors", None) or {}
+    for name, m in module.named_modules():
+        if not isinstance(getattr(m, "processor", None), FusedJointAttnProcessor2_0):
+            continue
+        if getattr(m, "add_q_proj", None) is None and getattr(m, "to_added_qkv", None) is None:
+            m.set_processor(FusedAttnProcessor2_0())
+        elif any(getattr(m, n, None) is not None for n in ("norm_q", "norm_k", "norm_added_q", "norm_added_k")):
+            m.set_processor(originals[f"{name}.processor"])
 
 
 def unfuse_qkv(pipe) -> None:

@@ -160,3 +160,22 @@ def test_gpu_switches_stay_near_eager_bf16(name, tmp_path):
     mean = float(np.mean([np.abs(a[k] - b[k]).mean() for k in a]))
     print(f"{name}: mean |difference| {mean:.3f} levels, worst {_worst(a, b)}")
     assert mean <= bound
+
+
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-pixart"])
+def test_fused_qkv_computes_what_separate_projections_compute(model):
+    """diffusers' SD3 fusion drops SD3.5's q/k norms and breaks its image-only second attention
+    (tuning._plain_fused_self_attention mends both; tiny-sd3 has both)."""
+    from t2i_engine.export.specs import Profile, denoiser_spec
+
+    pipe = load_pipeline(get_model(model), None, torch.device("cpu"), torch.float32)
+    spec = denoiser_spec(pipe, Profile((1, 2, 2), 32, 32), 8)
+    inputs = spec.sample_inputs(2)
+    with torch.no_grad():
+        plain = spec.module(*inputs)
+        tuning.fuse_qkv(pipe)
+        assert any(getattr(m, "fused_projections", False) for m in spec.source.modules())
+        fused = spec.module(*inputs)
+        tuning.unfuse_qkv(pipe)
+        again = spec.module(*inputs)
+    assert (fused - plain).abs().max().item() <= 1e-5 and torch.equal(again, plain)
