@@ -48,6 +48,7 @@ PYTORCH_ONLY = {
 # Components the TorchScript exporter cannot take (torch 2.14, found on the tiny models), and why;
 # the others export either way, TorchScript in a fraction of the time
 NEEDS_DYNAMO = {
+    "FluxTransformer2DModel": "it has no ONNX form for aten::rms_norm",
     "QwenImageTransformer2DModel": "its graph fails in ONNX Runtime at run time (a broadcast in the joint attention)",
     "AutoencoderDC": "it writes a Transpose with perm -1, which ONNX Runtime refuses to load",
     "AutoencoderKLQwenImage": "it has no ONNX form for aten::_upsample_nearest_exact2d",
@@ -310,7 +311,7 @@ def denoiser_spec(pipe, profile: Profile, text_len: int | None = None) -> Compon
             ["out_sample"],
             _Flux(model),
             (BATCH, tokens, out_channels),
-            notes={"timestep_scale": 1.0},
+            notes={"timestep_scale": 1.0, "needs_dynamo": NEEDS_DYNAMO[cls]},
         )  # FLUX takes t in [0, 1]
     if cls in TEXT_LENGTHS:
         return _dit_spec(name, model, cls, h, w, text_len or TEXT_LENGTHS[cls])
