@@ -33,11 +33,11 @@ from ..engine.recipe import build_recipe
 from ..engine.runtime import ATTENTION, check_attention, check_conv, check_runtime
 from ..errors import InputError
 from ..export.build import apply_backend, remove_backend
-from ..export.specs import Profile
+from ..export.specs import Profile, denoiser_spec, vae_decoder_spec
 from ..export.tuning import Tuning, apply_tuning, remove_tuning, uncompile
 from ..kernels import install, sdpa
 from ..models.architectures import PIPELINE_FAMILIES, architecture, prompt_inputs, text_length
-from ..models.flops import pipeline_flops
+from ..models.flops import count_flops, pipeline_flops
 from ..models.pipelines import denoiser, obtain_pipeline
 from ..models.registry import ModelSpec, get_model
 from . import measure
@@ -481,6 +481,8 @@ def uses_cfg(pipe, spec: ModelSpec, guidance: float) -> bool:
 
 
 def model_flops(pipe, spec: ModelSpec, recipe) -> dict:
+    if spec.family not in ("sd", "sdxl", "sd3", "flux"):
+        return _flops_through_specs(pipe, spec, recipe)
     text = None
     if spec.family in ("sd3", "flux"):
         text = architecture(spec.name)["text"] if text_length(spec.name) else _text_shapes(pipe)
@@ -493,6 +495,28 @@ def model_flops(pipe, spec: ModelSpec, recipe) -> dict:
         width=recipe.resolution[1],
         text=text,
     )
+
+
+def _flops_through_specs(pipe, spec: ModelSpec, recipe) -> dict:
+    """PixArt, Sana, Lumina-2, Qwen-Image: counted through the export specs' wrappers, which
+    take the inputs as tensors (Lumina-2's own forward reads its mask as Python numbers, which
+    fake tensors cannot give). Nominal: the caption at its full padded length (Qwen-Image 512
+    tokens; Lumina-2 its 256), an upper bound for prompts that use fewer."""
+    profile = Profile((1, 1, 1), recipe.resolution[0], recipe.resolution[1])
+    den = denoiser_spec(pipe, profile, text_length(spec.name))
+    vae = vae_decoder_spec(pipe, profile)
+
+    def count(s):
+        return count_flops(lambda: s.module, lambda: (s.sample_inputs(1, pipe.dtype, pipe.device), {}))
+
+    forward, decode = count(den), count(vae)
+    forwards = recipe.steps * (2 if uses_cfg(pipe, spec, recipe.guidance) else 1)
+    return {
+        "denoiser_forward": forward,
+        "forwards_per_image": forwards,
+        "vae_decode": decode,
+        "per_image": forwards * forward + decode,
+    }
 
 
 def _text_shapes(pipe) -> dict:
@@ -560,7 +584,9 @@ def _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device) -> list
     dtype = (torch.float16 if name == "paper" else torch.bfloat16) if on_gpu else torch.float32
     if pipe.dtype != dtype:
         pipe.to(dtype=dtype)
-    processors = denoiser(pipe).attn_processors  # restored afterwards: no path leaks into the next
+    # restored afterwards, module by module (Lumina-2's transformer has no attn_processors): no
+    # path leaks into the next
+    processors = {m: m.processor for m in denoiser(pipe).modules() if hasattr(m, "set_processor")}
     if name == "diffusers" and spec.family in ("sd", "sdxl"):
         from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -568,7 +594,8 @@ def _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device) -> list
     try:
         return _time_baseline(pipe, spec, recipe, samples, name, opts, log, device, dtype)
     finally:
-        denoiser(pipe).set_attn_processor(processors)
+        for module, processor in processors.items():
+            module.set_processor(processor)
 
 
 def _time_baseline(pipe, spec, recipe, samples, name, opts, log, device, dtype) -> list[dict]:

@@ -141,6 +141,9 @@ def diffusers_path(
     times: list[float] = []
     stages = {"pipeline_call": 0.0, "encode": 0.0}
     sampler = NvmlSampler(device)
+    # PixArt and Sana snap the size to their aspect-ratio bins by default; the engine makes the
+    # recipe's size, and so does its baseline
+    fixed = {"use_resolution_binning": False} if "use_resolution_binning" in _call_parameters(pipe) else {}
 
     def one_batch(chunk: list[Sample]) -> None:
         text = (
@@ -156,6 +159,7 @@ def diffusers_path(
             height=recipe.resolution[0],
             width=recipe.resolution[1],
             generator=[torch.Generator(device).manual_seed(s.seed % 2**63) for s in chunk],
+            **fixed,
         )
         synchronize(device)
         t1 = time.perf_counter()
@@ -179,5 +183,14 @@ def diffusers_path(
     return _result(times, batch, wall, stages, sampler, device, seen[0])
 
 
+def _call_parameters(pipe) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(type(pipe).__call__).parameters)
+
+
 def attention_processors(pipe) -> list[str]:
-    return sorted({type(p).__name__ for p in denoiser(pipe).attn_processors.values()})
+    module = denoiser(pipe)
+    if not hasattr(module, "attn_processors"):  # Lumina-2's transformer has no such property
+        return sorted({type(m.processor).__name__ for m in module.modules() if hasattr(m, "processor")})
+    return sorted({type(p).__name__ for p in module.attn_processors.values()})

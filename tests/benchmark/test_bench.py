@@ -187,3 +187,36 @@ def test_the_cli_prints_the_table_and_writes_the_json(cli, tmp_path):
 def test_an_unwritable_out_is_refused_before_the_run(cli, tmp_path):
     code, out, err = cli("bench", "tiny-sd", "--out", tmp_path / "missing" / "r.json")
     assert code == 2 and "--out" in err and out == ""
+
+
+def test_the_newer_transformer_families_bench_with_their_flops_counted_through_the_export_specs():
+    """PixArt, Sana, Lumina-2, Qwen-Image: FLOPs counted through the export wrappers equal those
+    of diffusers' own forward where fake tensors can run it (all but Lumina-2, whose forward reads
+    its mask as Python numbers); and a bench of Lumina-2 (no attn_processors property) runs, its
+    baseline included."""
+    from t2i_engine.benchmark.bench import model_flops
+    from t2i_engine.engine.recipe import build_recipe
+    from t2i_engine.export.specs import Profile, denoiser_spec
+    from t2i_engine.models.flops import count_flops
+    from t2i_engine.models.pipelines import load_pipeline
+    from t2i_engine.models.registry import get_model
+
+    for name in ("tiny-pixart", "tiny-sana", "tiny-qwen-image", "tiny-lumina2"):
+        spec = get_model(name)
+        pipe = load_pipeline(spec, None, torch.device("cpu"), torch.float32)
+        recipe = build_recipe({"model": name, "steps": 2, "resolution": 32, "guidance": 4.0})
+        flops = model_flops(pipe, spec, recipe)
+        assert flops["forwards_per_image"] == 4 and flops["vae_decode"] > 0
+        den = denoiser_spec(pipe, Profile((1, 1, 1), 32, 32))
+        if name != "tiny-lumina2":
+            extra = {"img_shapes": [den.notes["fixed"]["img_shapes"]]} if "fixed" in den.notes else {}
+
+            def inputs(den=den, extra=extra):
+                return (), {i.name: t for i, t in zip(den.inputs, den.sample_inputs(1))} | extra
+
+            assert flops["denoiser_forward"] == count_flops(lambda den=den: den.source, inputs) > 0
+    result = run_bench(
+        BenchOptions(**{**TINY, "model": "tiny-lumina2"}, batches=(2,), baseline_batches=(2,)), log=lambda line: None
+    )
+    assert {r["path"] for r in result["runs"]} == {"baseline:paper", "baseline:diffusers", "engine:eager"}
+    assert all(r["images_per_second"] > 0 and "error" not in r for r in result["runs"])
