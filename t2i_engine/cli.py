@@ -49,6 +49,8 @@ RECIPE_FLAGS = {
     "zero_guidance": "zero_guidance",
     "refiner": "refiner",
     "high_noise_fraction": "high_noise_fraction",
+    "sampler": "sampler",
+    "guidance_interval": "guidance_interval",
 }
 # Closed sets whose home module loads torch (the CLI answers --help and bad flags without it);
 # tests/test_cli.py checks each against its home.
@@ -228,6 +230,20 @@ def _add_generate_parser(sub) -> None:
         type=str,
         metavar="F",
         help="with --refiner: the base model's share of the steps (default: 0.8)",
+    )
+    rec.add_argument(
+        "--sampler",
+        type=str,
+        metavar="NAME",
+        help="the scheduler: default (the model's), ddim, pndm, euler, euler-ancestral, heun, dpm++2m, "
+        "dpm++2m-karras, dpm++sde, unipc (SD 1.x/2.x, SDXL) (default: default)",
+    )
+    rec.add_argument(
+        "--guidance-interval",
+        type=str,
+        metavar="LOW,HIGH",
+        help="classifier-free guidance only at noise levels (EDM sigma) in [LOW, HIGH], the prompt alone "
+        "elsewhere (one forward instead of two); none: every step (default: none)",
     )
 
     dev = gen.add_argument_group("devices and scale-out")

@@ -35,6 +35,7 @@ from ..models.pipelines import denoiser, family_of
 from ..models.registry import get_model
 from ..seeds import step_seed
 from .adapters import ADAPTERS, SUPPORTED_FAMILIES
+from .guidance import GuidanceInterval, set_sampler
 from .plan import Sample
 
 REFINER = "refiner."  # the key prefix of a refiner's prompt inputs in the embedding cache
@@ -72,8 +73,12 @@ class Generator:
         zero_guidance: str = "conditional",
         refiner=None,
         high_noise_fraction: float | None = None,
+        sampler: str = "default",
+        guidance_interval: tuple[float, float] | None = None,
     ):
         self.pipe = pipe
+        set_sampler(pipe, sampler)
+        self.guidance_interval = guidance_interval
         self.adapter = _adapter(pipe, family, text_length)
         self.device, self.dtype = pipe.device, denoiser(pipe).dtype
         self.steps, self.guidance = steps, guidance
@@ -132,6 +137,8 @@ class Generator:
             zero_guidance=recipe.zero_guidance,
             refiner=refiner,
             high_noise_fraction=recipe.high_noise_fraction,
+            sampler=recipe.sampler,
+            guidance_interval=recipe.guidance_interval,
         )
 
     @property
@@ -162,7 +169,11 @@ class Generator:
             call.update(self.adapter.call_kwargs(self.guidance))  # a family's own (Qwen-Image: true_cfg_scale)
             if self.refiner is not None:
                 call["denoising_end"] = float(self.high_noise_fraction)
-            latents = self.pipe(**call).images
+            if self.guidance_interval is not None and self.uses_guidance:
+                with GuidanceInterval(self.pipe, *self.guidance_interval):
+                    latents = self.pipe(**call).images
+            else:
+                latents = self.pipe(**call).images
         if self.refiner is not None:
             with self._stage("refining"):  # the same step grid, from where the base stopped, with no noise added
                 latents = self.refiner(

@@ -22,6 +22,10 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
     refiner: sdxl-refiner           # a second stage (model sdxl only; default none): the base
     high_noise_fraction: 0.8        # model denoises the first 80% of the steps, the refiner the
                                     # rest (diffusers' "ensemble of expert denoisers")
+    sampler: default                # or ddim, pndm, euler, euler-ancestral, heun, dpm++2m,
+                                    # dpm++2m-karras, dpm++sde, unipc (SD 1.x/2.x, SDXL)
+    guidance_interval: [0.28, 5.42] # CFG only at noise levels (EDM sigma) in this range; the
+                                    # prompt alone elsewhere, one forward instead of two (default: none)
 
 The recipe is stored resolved (class list and captions included) in the dataset's manifest, so
 `verify` and resume never re-read the class or caption files. Its hash covers everything that
@@ -44,6 +48,7 @@ from ..errors import InputError, check_text
 from ..models.registry import get_model, get_refiner
 from .classes import ClassEntry, load_classes
 from .prompts import PromptSpec, load_prompt_spec
+from .sampling import check_guidance_interval, check_sampler
 
 FORMATS = ("jpeg", "png", "webp")
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
@@ -67,6 +72,8 @@ DEFAULTS: dict[str, object] = {
     "zero_guidance": "conditional",
     "refiner": None,
     "high_noise_fraction": None,
+    "sampler": "default",
+    "guidance_interval": None,
 }
 HIGH_NOISE_FRACTION = 0.8  # the paper's code and diffusers' SDXL example
 ZERO_GUIDANCE = ("conditional", "unconditional")
@@ -96,6 +103,9 @@ class Recipe:
     # model does before handing its latents over; both None without a refiner
     refiner: str | None = None
     high_noise_fraction: float | None = None
+    # engine.sampling: the scheduler, and the noise levels (EDM sigma) where CFG applies (None: all)
+    sampler: str = "default"
+    guidance_interval: tuple[float, float] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -118,6 +128,8 @@ class Recipe:
         p["captions"] = tuple(tuple(c) for c in p["captions"])
         d["prompt"] = PromptSpec(**p)
         d["resolution"] = tuple(d["resolution"])
+        if d.get("guidance_interval") is not None:
+            d["guidance_interval"] = tuple(d["guidance_interval"])
         return cls(**d)
 
     def content_hash(self) -> str:
@@ -127,6 +139,10 @@ class Recipe:
             del d["zero_guidance"]
         if d["refiner"] is None:  # likewise: recipes without a refiner keep their hashes
             del d["refiner"], d["high_noise_fraction"]
+        if d["sampler"] == "default":  # and those with the model's own scheduler, CFG at every step
+            del d["sampler"]
+        if d["guidance_interval"] is None:
+            del d["guidance_interval"]
         d["prompt"].pop("captions_file")  # where captions came from is provenance, not content
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -215,6 +231,10 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         images_per_shard=_int(merged["images_per_shard"], "images_per_shard", 1, 10**6),
         zero_guidance=_zero_guidance(merged["zero_guidance"], spec),
         **_refiner(merged["refiner"], merged["high_noise_fraction"], spec, steps),
+        sampler=check_sampler(merged["sampler"], spec.family),
+        guidance_interval=check_guidance_interval(
+            merged["guidance_interval"], spec.family, guidance > 1.0 and not spec.distilled
+        ),
     )
 
 

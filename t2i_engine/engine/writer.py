@@ -82,6 +82,10 @@ def sample_meta(recipe: Recipe) -> dict:
     }
     if recipe.refiner:
         meta.update(refiner=recipe.refiner, high_noise_fraction=recipe.high_noise_fraction)
+    if recipe.sampler != "default":
+        meta["sampler"] = recipe.sampler
+    if recipe.guidance_interval is not None:
+        meta["guidance_interval"] = list(recipe.guidance_interval)
     return meta
 
 
