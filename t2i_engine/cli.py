@@ -669,6 +669,15 @@ def _add_train_eval_parsers(sub) -> None:
     rp.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="run folders, eval JSONs, analysis JSONs")
     rp.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the table and PNGs (required)")
 
+    sw = sub.add_parser(
+        "sweep",
+        help="a grid of recipes, each generated, trained on, tested on real images: the frontier of FLOPs "
+        "and images/s against synth->real",
+    )
+    sw.add_argument("grid", type=Path, metavar="GRID", help="the grid: base recipe, axes, train_seeds, preset, real")
+    sw.add_argument("--out", type=Path, required=True, metavar="DIR", help="work folder; an existing one resumes")
+    sw.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+
     de = sub.add_parser(
         "demo", help="the whole loop on the embedded digits model: generate, train, eval, analyze, report"
     )
@@ -753,6 +762,7 @@ def _main(argv: list[str] | None) -> int:
             "probe": _probe,
             "report": _report,
             "demo": _demo,
+            "sweep": _sweep,
             "bench": _bench,
             "build": _build,
         }[args.command](args)
@@ -972,6 +982,15 @@ def _demo(args) -> int:
         args.out, guidances=guidances, images_per_class=args.images_per_class, epochs=args.epochs, device=args.device
     )
     print(json.dumps(r, indent=1) if args.json else r["table"])
+    return 0
+
+
+def _sweep(args) -> int:
+    from .eval.sweep import run_sweep  # heavy: torch
+
+    result = run_sweep(args.grid, args.out, device=args.device, log=lambda line: print(line, file=sys.stderr))
+    print((args.out / "frontier.md").read_text(), end="")
+    print(f"frontier: {', '.join(str(args.out / f) for f in result['files'])}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,290 @@
+"""`t2i-engine sweep GRID.yaml --out DIR`: a grid of recipes, each generated, trained on, tested
+on real images and analysed, ending in the frontier of work per image against usefulness.
+
+    base: {model: digits, images_per_class: 100, guidance: 2.0}   # a recipe (mapping or file)
+    axes:                                                           # any recipe keys
+      sampler: [ddim, dpm++2m]
+      steps: [4, 8]
+    train_seeds: 3          # classifiers trained per cell (default 3): the spread of synth->real
+    preset: small           # the training preset; epochs: N overrides its epochs
+    real: digits            # a folder with train/ and test/ of real images; digits: the shipped
+                            # split (the default for the digits model); none: speed and FLOPs only
+
+Each cell (the product of the axes) is DIR/cells/NAME: data/ (the dataset), runs/seed-S/,
+analysis.json and result.json, the last written when the cell is done: a sweep stopped anywhere
+reruns to the same end, skipping finished cells and resuming the rest (generation and training
+resume themselves). Every cell's recipe is checked before anything is generated, and DIR/sweep.json
+keeps the grid: a rerun with another grid into the same folder is refused.
+
+Per cell: FLOPs per image of the configuration actually run (the denoiser's forwards counted by a
+hook on one sample, so an interval's skipped forwards or a sampler's extra ones count as they run,
+times one forward's FLOPs, plus the decode), images/s of its generation (model loading excluded),
+synth->real top-1 (mean and sample standard deviation over the training seeds), and coverage,
+recall and Vendi against the real training images (the digits judge's features; digits only).
+The frontier files mark the Pareto front: no other cell is as useful for less (FLOPs) or as
+useful faster (images/s).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import re
+import statistics
+from pathlib import Path
+
+import torch
+
+from ..benchmark.bench import model_flops
+from ..benchmark.paths import count_denoiser_images
+from ..devices import resolve_device
+from ..engine.generator import Generator
+from ..engine.plan import plan_samples
+from ..engine.recipe import DEFAULTS, build_recipe, read_recipe_file
+from ..engine.run import RunOptions, generate
+from ..errors import InputError
+from ..files import atomic_write_text, check_writable
+from ..models.pipelines import load_pipeline
+from ..models.registry import get_model
+from ..training.digits_data import write_real_digits
+from ..training.loop import train
+from ..training.presets import resolve_config
+from .analyze import analyze
+from .classify import evaluate_run
+
+GRID_KEYS = ("base", "axes", "train_seeds", "preset", "epochs", "real")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    name: str
+    settings: dict
+
+
+def read_grid(path: str | Path) -> tuple[dict, list[Cell], Path]:
+    """The grid file, checked, its cells, and the folder its relative paths are read from."""
+    path = Path(path)
+    grid = read_recipe_file(path)  # safe YAML into a mapping, with the recipe reader's errors
+    unknown = sorted(k for k in grid if k not in GRID_KEYS)
+    if unknown:
+        raise InputError(unknown[0], grid[unknown[0]], f"unknown sweep key; allowed keys: {', '.join(GRID_KEYS)}")
+    base_dir = path.resolve().parent
+    base = grid.get("base") or {}
+    if isinstance(base, str):
+        base = read_recipe_file(base_dir / base)
+    if not isinstance(base, dict):
+        raise InputError("base", base, "expected a recipe: a mapping of recipe keys or a recipe file")
+    axes = grid.get("axes") or {}
+    if not isinstance(axes, dict) or not axes:
+        raise InputError("axes", axes, "expected a mapping of recipe keys to lists of values, e.g. steps: [4, 8]")
+    for key, values in axes.items():
+        if key not in DEFAULTS:
+            raise InputError(f"axes.{key}", key, f"expected a recipe key: {', '.join(DEFAULTS)}")
+        if not isinstance(values, list) or not values:
+            raise InputError(f"axes.{key}", values, "expected a non-empty list of values")
+    cells = []
+    for combo in itertools.product(*axes.values()):
+        settings = dict(zip(axes, combo))
+        build_recipe({**base, **settings}, base_dir=base_dir)  # every cell checked before any work
+        cells.append(Cell(cell_name(settings), settings))
+    if len({c.name for c in cells}) != len(cells):
+        raise InputError("axes", axes, "two cells would share a folder name: make the values distinct")
+    return {**grid, "base": base}, cells, base_dir
+
+
+def cell_name(settings: dict) -> str:
+    parts = [
+        f"{k}={json.dumps(v, separators=(',', ':')) if not isinstance(v, str) else v}" for k, v in settings.items()
+    ]
+    return re.sub(r"[^A-Za-z0-9=+.,_-]", "_", ",".join(parts))
+
+
+def pareto(points: list[tuple[float, float]]) -> list[bool]:
+    """For (cost, value) points: True where no other point costs no more and is worth no less,
+    and is strictly better in one of the two."""
+    front = []
+    for i, (c, v) in enumerate(points):
+        dominated = any((c2 <= c and v2 >= v and (c2 < c or v2 > v)) for j, (c2, v2) in enumerate(points) if j != i)
+        front.append(not dominated)
+    return front
+
+
+def run_sweep(grid_path: str | Path, out: str | Path, *, device: str = "auto", log=print) -> dict:
+    out = Path(out)
+    check_writable(out, "--out")
+    grid, cells, base_dir = read_grid(grid_path)
+    seeds = _int(grid.get("train_seeds", 3), "train_seeds", 1, 20)
+    config = resolve_config(grid.get("preset", "small"), {"epochs": grid.get("epochs")})
+    model = build_recipe(grid["base"], base_dir=base_dir).model
+    real = _real(grid.get("real", "digits" if model == "digits" else None), out, base_dir)
+    plan = {"grid": grid, "cells": [dataclasses.asdict(c) for c in cells]}
+    stored = out / "sweep.json"
+    if stored.exists() and json.loads(stored.read_text())["grid"] != json.loads(json.dumps(grid)):
+        raise InputError("--out", str(out), "holds a sweep of another grid; use a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stored, json.dumps(plan, indent=1) + "\n")
+    rows, probe = [], _Probe(device)
+    for i, cell in enumerate(cells):
+        log(f"[sweep] cell {i + 1}/{len(cells)}: {cell.name}")
+        folder = out / "cells" / cell.name
+        rows.append(_run_cell(cell, grid, base_dir, folder, real, seeds, config, device, probe, log))
+    return write_frontier(rows, out)
+
+
+def _real(value, out: Path, base_dir: Path) -> Path | None:
+    if value in (None, "none"):
+        return None
+    if value == "digits":
+        real = out / "real"
+        if not (real / "test").is_dir():
+            write_real_digits(real)
+        return real
+    real = (base_dir / str(value)).resolve()
+    if not ((real / "train").is_dir() and (real / "test").is_dir()):
+        raise InputError("real", value, "expected a folder with train/ and test/ image sets, digits, or none")
+    return real
+
+
+def _run_cell(cell, grid, base_dir, folder: Path, real, seeds, config, device, probe, log) -> dict:
+    done = folder / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    recipe = build_recipe({**grid["base"], **cell.settings}, base_dir=base_dir)
+    data = folder / "data"
+    speed_file = folder / "generate.json"
+    if not speed_file.exists():
+        summary = generate(recipe, data, RunOptions(device=device, progress=False))
+        speed = {"images_per_second": summary["images_per_second"], "wall_seconds": summary["wall_seconds"]}
+        speed.update(probe(recipe))
+        atomic_write_text(speed_file, json.dumps(speed, indent=1) + "\n")
+    row = {"cell": cell.name, **cell.settings, **json.loads(speed_file.read_text())}
+    if real is not None:
+        scores = []
+        for seed in range(seeds):
+            run = folder / "runs" / f"seed-{seed}"
+            train(dataclasses.replace(config, seed=seed), data, run, resume=True, device=device, progress=False)
+            scores.append(evaluate_run(run, real / "test", device=device)["top1"])
+        row["synth_real"] = statistics.fmean(scores)
+        row["synth_real_std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        row["synth_real_seeds"] = scores
+        if recipe.model == "digits":  # the judge's features are the digits'
+            overall = analyze(data, real / "train", folder / "analysis.json", features="judge")["overall"]
+            row.update({k: overall.get(k) for k in ("coverage", "recall", "precision", "vendi_all")})
+    atomic_write_text(done, json.dumps(row, indent=1) + "\n")
+    log(f"[sweep] {cell.name}: {json.dumps({k: v for k, v in row.items() if k != 'synth_real_seeds'})}")
+    return row
+
+
+class _Probe:
+    """FLOPs per image as run: the denoiser's forwards on one sample, counted by a hook, times
+    one forward's FLOPs, plus one decode. One pipeline per model and one FLOP count per model and
+    size for the whole sweep (they depend on neither the sampler nor the steps)."""
+
+    def __init__(self, device: str):
+        self.device = resolve_device(device)
+        self.pipes: dict = {}
+        self.nominal: dict = {}
+
+    def __call__(self, recipe) -> dict:
+        spec = get_model(recipe.model)
+        if spec.name not in self.pipes:
+            self.pipes[spec.name] = load_pipeline(spec, None, self.device, torch.float32)
+        pipe = self.pipes[spec.name]
+        generator = Generator.for_recipe(pipe, recipe)
+        with count_denoiser_images(pipe) as seen:
+            generator.generate(plan_samples(recipe)[:1])
+        key = (spec.name, recipe.resolution)
+        if key not in self.nominal:
+            self.nominal[key] = model_flops(pipe, spec, recipe)
+        nominal = self.nominal[key]
+        per_image = seen[0] * nominal["denoiser_forward"] + nominal["vae_decode"]
+        return {"denoiser_forwards_per_image": seen[0], "flops_per_image": per_image}
+
+
+FIELDS = (
+    "cell",
+    "flops_per_image",
+    "denoiser_forwards_per_image",
+    "images_per_second",
+    "synth_real",
+    "synth_real_std",
+    "coverage",
+    "recall",
+    "precision",
+    "vendi_all",
+    "pareto_flops",
+    "pareto_speed",
+)
+
+
+def write_frontier(rows: list[dict], out: Path) -> dict:
+    useful = [r for r in rows if r.get("synth_real") is not None]
+    costs = {"pareto_flops": lambda r: r["flops_per_image"], "pareto_speed": lambda r: -r["images_per_second"]}
+    for key, cost in costs.items():
+        marks = pareto([(cost(r), r["synth_real"]) for r in useful]) if useful else []
+        for r in rows:
+            r[key] = None
+        for r, mark in zip(useful, marks):
+            r[key] = mark
+    axes = [k for k in rows[0] if k not in FIELDS and k not in ("synth_real_seeds", "wall_seconds")] if rows else []
+    columns = ["cell", *axes, *[f for f in FIELDS if f != "cell"]]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "frontier.csv", buffer.getvalue())
+    atomic_write_text(out / "frontier.json", json.dumps({"rows": rows}, indent=1) + "\n")
+    atomic_write_text(out / "frontier.md", _markdown(rows, columns))
+    files = ["frontier.csv", "frontier.json", "frontier.md"]
+    if useful:
+        _plot(rows, out / "frontier.png")
+        files.append("frontier.png")
+    return {"rows": rows, "files": files}
+
+
+def _markdown(rows: list[dict], columns: list[str]) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib  # heavy: matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # heavy: matplotlib
+
+    useful = [r for r in rows if r.get("synth_real") is not None]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 8), sharex=True)
+    x = [r["flops_per_image"] / 1e9 for r in useful]
+    top.errorbar(x, [r["synth_real"] for r in useful], yerr=[r["synth_real_std"] for r in useful], fmt="o", ms=4)
+    front = sorted((r["flops_per_image"] / 1e9, r["synth_real"]) for r in useful if r["pareto_flops"])
+    top.plot(*zip(*front), "-", color="C3", label="Pareto front")
+    for r, xi in zip(useful, x):
+        top.annotate(r["cell"], (xi, r["synth_real"]), fontsize=5, alpha=0.7)
+    top.set_ylabel("synth->real top-1 (mean ± sd over seeds)")
+    top.legend()
+    if any(r.get("coverage") is not None for r in useful):
+        bottom.plot(x, [r.get("coverage") for r in useful], "o", ms=4, color="C2")
+    bottom.set_ylabel("coverage")
+    bottom.set_xlabel("GFLOPs per image (as run)")
+    for ax in (top, bottom):
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _int(value, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InputError(field, value, f"expected an integer from {lo} to {hi}")
+    return value

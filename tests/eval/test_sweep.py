@@ -1,0 +1,83 @@
+"""`t2i-engine sweep`: the Pareto marking on constructed points; a 2x2 grid of the embedded model
+(tiny: 2 images a class, 1 epoch) that stops mid-way, resumes to the same end without redoing a
+finished cell, and writes the frontier files; bad grids exit 2 before anything is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from t2i_engine.eval import sweep
+from t2i_engine.eval.sweep import pareto
+
+
+def test_pareto_marks_the_points_nothing_beats():
+    points = [(1, 0.5), (2, 0.7), (2, 0.6), (3, 0.7), (4, 0.9), (0.5, 0.1), (4, 0.9)]
+    assert pareto(points) == [True, True, False, False, True, True, True]  # ties on both stay on the front
+    assert pareto([]) == [] and pareto([(1.0, 0.2)]) == [True]
+
+
+GRID = """
+base: {model: digits, images_per_class: 2, guidance: 2.0, batch_size: 20}
+axes:
+  sampler: [ddim, euler]
+  guidance_interval: [none, [0.5, 3.0]]
+train_seeds: 2
+epochs: 1
+"""
+
+
+def test_a_2x2_sweep_resumes_after_a_stop_and_writes_the_frontier(cli, tmp_path, monkeypatch):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID)
+    calls = []
+    real_evaluate = sweep.evaluate_run
+
+    def stop_in_the_third_cell(run, data, **kwargs):
+        calls.append(run)
+        if len(calls) == 5:  # two seeds a cell: the third cell's first classifier
+            raise KeyboardInterrupt
+        return real_evaluate(run, data, **kwargs)
+
+    monkeypatch.setattr(sweep, "evaluate_run", stop_in_the_third_cell)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(grid, tmp_path / "out", device="cpu", log=lambda line: None)
+    done = sorted(p.parent.name for p in (tmp_path / "out" / "cells").glob("*/result.json"))
+    assert len(done) == 2 and not (tmp_path / "out" / "frontier.csv").exists()
+    before = {name: (tmp_path / "out" / "cells" / name / "result.json").read_bytes() for name in done}
+    monkeypatch.setattr(sweep, "evaluate_run", real_evaluate)
+    code, out, err = cli("sweep", grid, "--out", tmp_path / "out", "--device", "cpu")
+    assert code == 0, err
+    assert {f.name for f in (tmp_path / "out").iterdir()} >= {
+        "frontier.csv",
+        "frontier.json",
+        "frontier.md",
+        "frontier.png",
+    }
+    rows = json.loads((tmp_path / "out" / "frontier.json").read_text())["rows"]
+    assert len(rows) == 4 and all(len(r["synth_real_seeds"]) == 2 for r in rows)
+    for name, data in before.items():  # finished cells were read back, not redone
+        assert (tmp_path / "out" / "cells" / name / "result.json").read_bytes() == data
+    by_interval = {json.dumps(r["guidance_interval"]): r for r in rows if r["sampler"] == "ddim"}
+    # an interval skips unconditional forwards: fewer forwards, fewer FLOPs, as counted
+    assert (
+        by_interval["[0.5, 3.0]"]["denoiser_forwards_per_image"] < by_interval['"none"']["denoiser_forwards_per_image"]
+    )
+    assert by_interval["[0.5, 3.0]"]["flops_per_image"] < by_interval['"none"']["flops_per_image"]
+    marks = pareto([(r["flops_per_image"], r["synth_real"]) for r in rows])
+    assert [r["pareto_flops"] for r in rows] == marks and any(marks)
+    assert out.count("| ") >= 4 and "pareto_flops" in out  # the table printed
+
+
+def test_a_bad_grid_exits_2_before_anything_is_written(cli, tmp_path):
+    for text, needle in (
+        ("axes: {stepz: [1, 2]}", "axes.stepz"),
+        ("axes: {steps: []}", "non-empty list"),
+        ("axes: {sampler: [ddim, lms]}", "sampler"),
+        ("base: {model: digits}\naxes: {steps: [2]}\nseeds: 3", "unknown sweep key"),
+    ):
+        grid = tmp_path / "g.yaml"
+        grid.write_text(text)
+        code, _, err = cli("sweep", grid, "--out", tmp_path / "o", "--device", "cpu")
+        assert code == 2 and needle in err and not (tmp_path / "o").exists(), (text, err)
