@@ -675,7 +675,9 @@ def _add_train_eval_parsers(sub) -> None:
         "and images/s against synth->real",
     )
     sw.add_argument("grid", type=Path, metavar="GRID", help="the grid: base recipe, axes, train_seeds, preset, real")
-    sw.add_argument("--out", type=Path, required=True, metavar="DIR", help="work folder; an existing one resumes")
+    sw.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="work folder; an existing one resumes (required)"
+    )
     sw.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
 
     de = sub.add_parser(

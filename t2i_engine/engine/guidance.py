@@ -12,13 +12,21 @@ from .sampling import DEFAULT, SAMPLERS
 
 
 def set_sampler(pipe, name: str) -> None:
-    """The pipeline's scheduler for `name`, built from the scheduler it was loaded with (kept on
-    the pipeline, so one sampler after another starts from the same config)."""
+    """The pipeline's scheduler for `name`, built from the scheduler it had before the first
+    sampler was set (kept on the pipeline, so one sampler after another starts from the same
+    config). "default" undoes a sampler set here and leaves any other scheduler alone."""
     import diffusers
 
-    original = pipe.__dict__.setdefault("_t2i_scheduler", pipe.scheduler)
+    state = pipe.__dict__
+    if name == DEFAULT:
+        if "_t2i_scheduler" in state and pipe.scheduler is state.get("_t2i_installed"):
+            pipe.scheduler = state["_t2i_scheduler"]
+        return
+    if pipe.scheduler is not state.get("_t2i_installed"):  # the scheduler as loaded, or set by a caller
+        state["_t2i_scheduler"] = pipe.scheduler
     cls, options = SAMPLERS[name]
-    pipe.scheduler = original if name == DEFAULT else getattr(diffusers, cls).from_config(original.config, **options)
+    pipe.scheduler = getattr(diffusers, cls).from_config(state["_t2i_scheduler"].config, **options)
+    state["_t2i_installed"] = pipe.scheduler
 
 
 def _sigma(scheduler, timestep: float) -> float:
