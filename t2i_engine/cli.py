@@ -51,6 +51,8 @@ RECIPE_FLAGS = {
     "high_noise_fraction": "high_noise_fraction",
     "sampler": "sampler",
     "guidance_interval": "guidance_interval",
+    "cache": "cache",
+    "preset": "preset",
 }
 # Closed sets whose home module loads torch (the CLI answers --help and bad flags without it);
 # tests/test_cli.py checks each against its home.
@@ -244,6 +246,21 @@ def _add_generate_parser(sub) -> None:
         metavar="LOW,HIGH",
         help="classifier-free guidance only at noise levels (EDM sigma) in [LOW, HIGH], the prompt alone "
         "elsewhere (one forward instead of two); none: every step (default: none)",
+    )
+    rec.add_argument(
+        "--cache",
+        type=str,
+        metavar="NAME[:N]",
+        help="features reused between steps: deepcache[:CALLS] (SD 1.x/2.x, SDXL; the deep branch recomputed "
+        "every CALLS denoiser calls, default 3), first-block[:THRESHOLD] or pyramid[:N] (FLUX); "
+        "none (default: none)",
+    )
+    rec.add_argument(
+        "--preset",
+        type=str,
+        metavar="NAME",
+        help="named sampling settings: fast (UNet families; the sampler and steps the embedded model's measured "
+        "frontier chose; recipe keys and flags set beside it win) or default (default: default)",
     )
 
     dev = gen.add_argument_group("devices and scale-out")
@@ -512,6 +529,18 @@ def _add_bench_parser(sub) -> None:
         "(default: %(default)s)",
     )
     be.add_argument("--ab-steps", type=str, metavar="N", help="steps of the A/B rounds (default: the model's)")
+    for flag, metavar, what in (
+        ("--sampler", "NAME", "sampler"),
+        ("--guidance-interval", "LOW,HIGH", "guidance interval"),
+        ("--cache", "NAME[:N]", "feature cache"),
+        ("--preset", "NAME", "named sampling settings"),
+    ):
+        be.add_argument(
+            flag,
+            type=str,
+            metavar=metavar,
+            help=f"the engine's {what}, as generate's (the baselines keep diffusers' defaults) (default: none)",
+        )
     be.add_argument("--out", type=Path, metavar="FILE", help="write the results JSON here, atomically (default: none)")
     be.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
 
@@ -845,6 +874,8 @@ def _generate(args) -> int:
         print(
             "time per stage (s): " + ", ".join(f"{k} {v:.2f}" for k, v in s["stage_seconds"].items()), file=sys.stderr
         )
+        if isinstance(s["denoiser_flops_per_image"], float):
+            print(f"denoiser FLOPs per image as run: {s['denoiser_flops_per_image'] / 1e9:.3f} G", file=sys.stderr)
     return 0
 
 
@@ -1031,6 +1062,10 @@ def _bench(args) -> int:
         ladder=bench.parse_ladder(args.ladder) if args.ladder else (),
         ab=args.ab,
         ab_steps=args.ab_steps,
+        sampler=args.sampler,
+        guidance_interval=args.guidance_interval,
+        cache=args.cache,
+        preset=args.preset,
     )
     bench.check_options(opts)
     if args.out:

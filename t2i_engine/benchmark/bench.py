@@ -30,7 +30,7 @@ from ..devices import resolve_device
 from ..engine.adapters import SUPPORTED_FAMILIES
 from ..engine.plan import plan_units
 from ..engine.recipe import build_recipe
-from ..engine.runtime import ATTENTION, check_attention, check_conv, check_runtime
+from ..engine.runtime import ATTENTION, check_attention, check_cache_runtime, check_conv, check_runtime
 from ..errors import InputError
 from ..export.build import apply_backend, remove_backend
 from ..export.specs import Profile, denoiser_spec, vae_decoder_spec
@@ -75,6 +75,11 @@ class BenchOptions:
     ladder: tuple[str, ...] = ()  # engine configurations, each the switches above plus LADDER tokens
     ab: int = 0  # interleaved rounds of the headline pair (the last configuration vs diffusers' best batch)
     ab_steps: int | None = None  # their steps (default: the model's)
+    # the engine's sampling settings (recipe keys, engine.sampling); the baselines keep diffusers' defaults
+    sampler: str | None = None
+    guidance_interval: str | None = None
+    cache: str | None = None
+    preset: str | None = None
 
 
 # A ladder rung: "base" (the switches as given) or '+'-joined changes to them, each measured in
@@ -215,7 +220,19 @@ def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
     raw = {"model": spec.name, "steps": opts.steps, "guidance": opts.guidance, "images_per_class": 1}
     if opts.resolution is not None:
         raw["resolution"] = opts.resolution
-    return spec, build_recipe(raw)  # validates steps, guidance and resolution as generate does
+    for key in ("sampler", "guidance_interval", "cache", "preset"):
+        if getattr(opts, key) is not None:
+            raw[key] = getattr(opts, key)
+    recipe = build_recipe(raw)  # validates steps, guidance, resolution and sampling settings as generate does
+    for backend in opts.backends:
+        check_cache_runtime(recipe.cache, backend, Tuning(compile=opts.compile))
+    if recipe.cache is not None and any(t in opts.ladder for t in ("compile", "max-autotune", "regional")):
+        raise InputError(
+            "--ladder",
+            ",".join(opts.ladder),
+            "a feature cache runs with --compile none: drop the compiled rungs or the cache",
+        )
+    return spec, recipe
 
 
 def run_bench(opts: BenchOptions, log=print, checkpoint=None) -> dict:
@@ -342,16 +359,20 @@ def _finish(result: dict, runs: list[dict], flops: dict, rate: dict) -> dict:
     """The result with its runs' FLOPs, MFU and the headline (also for a partial result)."""
     result, flops = dict(result), dict(flops)
     ok = [r for r in runs if "images_per_second" in r]
-    for run in ok:  # each run's FLOPs from the forwards it really made
-        run["flops_per_image"] = run["denoiser_forwards_per_image"] * flops["denoiser_forward"] + flops["vae_decode"]
+    for run in ok:  # each run's FLOPs as counted while it ran (eager engine runs), else from its forwards
+        counted = run.get("denoiser_flops_per_image")
+        denoising = run["denoiser_forwards_per_image"] * flops["denoiser_forward"] if counted is None else counted
+        run["flops_per_image"] = denoising + flops["vae_decode"]
         run["mfu"] = round(run["flops_per_image"] * run["images_per_second"] / rate["flops_per_second"], 4)
     if ok:
         flops["forwards_per_image"] = ok[0]["denoiser_forwards_per_image"]
         flops["per_image"] = ok[0]["flops_per_image"]
     result["flops"] = {
         **flops,
-        "note": "1 multiply-add = 2 FLOPs; denoiser forwards per image (counted in the run; x2 with CFG) "
-        "x FLOPs of one forward + one VAE decode; text encoding excluded (cached)",
+        "note": "1 multiply-add = 2 FLOPs; per run: the denoiser's FLOPs per image as counted op by op on a "
+        "warm-up batch (eager engine runs: a guidance interval's or a cache's savings included; its "
+        "denoiser_flops_per_image), else denoiser forwards per image (counted in the run; x2 with CFG) x FLOPs of "
+        "one forward; + one VAE decode; text encoding excluded (cached)",
     }
     result["ceiling_images_per_second"] = round(rate["flops_per_second"] / flops["per_image"], 4)
     result["runs"] = list(runs)
@@ -385,7 +406,12 @@ def _config_runs(pipe, spec, recipe, samples, config, batches, opts, log, device
         done["fp8_convs"] = install_fp8_conv(denoiser(pipe), device)
     done.update(apply_tuning(pipe, config.tuning, device))
     fields = {"config": config.label, "tuning": config.tuning.record(device), "conv": config.conv, **done}
-    runs = _engine_runs(pipe, recipe, samples, "eager", batches, opts, log, spec, config.attention, fields)
+    # what the counter sees: PyTorch's own ops, eagerly (not a compiled graph, our Triton kernels or FP8)
+    countable = config.tuning.compile == "none" and config.conv == "torch" and config.tuning.precision != "fp8"
+    countable = countable and config.attention != "triton"
+    runs = _engine_runs(
+        pipe, recipe, samples, "eager", batches, opts, log, spec, config.attention, fields, count_flops=countable
+    )
     for run in runs:
         images = run.pop("_images", None)
         if images is None:
@@ -539,7 +565,17 @@ def _use_backend(pipe, spec, backend: str, device, recipe, batches, log) -> dict
 
 
 def _engine_runs(
-    pipe, recipe, samples, backend, batches, opts, log, spec, attention: str | None = None, fields: dict | None = None
+    pipe,
+    recipe,
+    samples,
+    backend,
+    batches,
+    opts,
+    log,
+    spec,
+    attention: str | None = None,
+    fields: dict | None = None,
+    count_flops: bool = False,
 ) -> list[dict]:
     measured: dict[int, dict] = {}
 
@@ -551,13 +587,30 @@ def _engine_runs(
             "attention": attention_processors(pipe),
             "attention_kernel": attention or opts.attention,
             "norm_kernel": kernel_norm(opts),
+            # the recipe's sampling settings where they are not the model's own (the baselines keep those)
+            **{
+                k: v
+                for k, v in (
+                    ("sampler", recipe.sampler if recipe.sampler != "default" else None),
+                    ("guidance_interval", recipe.guidance_interval),
+                    ("cache", recipe.cache),
+                )
+                if v is not None
+            },
         }
         measured[batch] = _attempt(
             run,
             batch,
             log,
             lambda: engine_path(
-                pipe, recipe, samples, batch=batch, warmup=opts.warmup, reps=opts.reps, keep_images=fields is not None
+                pipe,
+                recipe,
+                samples,
+                batch=batch,
+                warmup=opts.warmup,
+                reps=opts.reps,
+                keep_images=fields is not None,
+                count_flops=count_flops,
             ),
         )
         return run

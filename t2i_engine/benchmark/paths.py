@@ -83,14 +83,25 @@ def _result(
 
 
 def engine_path(
-    pipe, recipe: Recipe, samples: list[Sample], *, batch: int, warmup: int, reps: int, keep_images: bool = False
+    pipe,
+    recipe: Recipe,
+    samples: list[Sample],
+    *,
+    batch: int,
+    warmup: int,
+    reps: int,
+    keep_images: bool = False,
+    count_flops: bool = False,
 ) -> dict:
     """Warm-up batches go to a shard of their own, encoded and written before the clock starts;
     the timed batches' clock stops when their shard is on disk. `keep_images`: the first timed
     batch's images under "_images" (for pixel comparisons; not JSON). Graphs compiled while the
-    clock ran are counted: a compiled run must compile during warm-up only."""
+    clock ran are counted: a compiled run must compile during warm-up only. `count_flops`: the
+    denoiser's FLOPs as run, counted on the first warm-up batch (eager PyTorch modules only)."""
     device = pipe.device
     generator = Generator.for_recipe(pipe, recipe)
+    if count_flops and warmup:
+        generator.count_flops()
     warm = WorkUnit(0, tuple(samples[: batch * warmup]))
     timed = WorkUnit(1, tuple(samples[batch * warmup : batch * (warmup + reps)]))
     times: list[float] = []
@@ -127,6 +138,8 @@ def engine_path(
     stages["encode_and_write_wait"] = writer.wait_seconds - wait_before
     out = _result(times, batch, wall, stages, sampler, device, seen[0])
     out["graphs_compiled_while_timed"] = compiled_graphs() - graphs_before
+    if generator.denoiser_flops_per_image is not None:
+        out["denoiser_flops_per_image"] = generator.denoiser_flops_per_image
     if keep_images:
         out["_images"] = first
     return out

@@ -24,17 +24,19 @@ from __future__ import annotations
 import inspect
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 from ..models.architectures import text_length
+from ..models.flops import CallFlops
 from ..models.pipelines import denoiser, family_of
 from ..models.registry import get_model
 from ..seeds import step_seed
 from .adapters import ADAPTERS, SUPPORTED_FAMILIES
+from .feature_cache import feature_cache
 from .guidance import GuidanceInterval, set_sampler
 from .plan import Sample
 
@@ -75,10 +77,14 @@ class Generator:
         high_noise_fraction: float | None = None,
         sampler: str = "default",
         guidance_interval: tuple[float, float] | None = None,
+        cache: dict | None = None,
     ):
         self.pipe = pipe
         set_sampler(pipe, sampler)
-        self.guidance_interval = guidance_interval
+        self.guidance_interval, self.cache = guidance_interval, cache
+        # FLOPs per image of the denoiser(s) as run, counted on the next batch when asked (count_flops)
+        self.denoiser_flops_per_image: float | None = None
+        self._count_next = False
         self.adapter = _adapter(pipe, family, text_length)
         self.device, self.dtype = pipe.device, denoiser(pipe).dtype
         self.steps, self.guidance = steps, guidance
@@ -139,7 +145,14 @@ class Generator:
             high_noise_fraction=recipe.high_noise_fraction,
             sampler=recipe.sampler,
             guidance_interval=recipe.guidance_interval,
+            cache=recipe.cache,
         )
+
+    def count_flops(self) -> None:
+        """Count the denoiser FLOPs of the next batch (models.flops.CallFlops: eager PyTorch
+        modules only) into `denoiser_flops_per_image`: every forward as it runs, so a guidance
+        interval's halved calls and a cache's skipped blocks count as what they cost."""
+        self._count_next = True
 
     @property
     def uses_guidance(self) -> bool:
@@ -155,6 +168,17 @@ class Generator:
                 if self.uses_guidance:
                     embeds.update(self.negative_inputs(len(samples)))
         refiner_embeds = {k.removeprefix(REFINER): embeds.pop(k) for k in list(embeds) if k.startswith(REFINER)}
+        counting = self._count_next
+        counter = CallFlops([denoiser(p) for _, p, _ in self._stages])
+        with counter if counting else nullcontext():
+            latents = self._denoise(samples, embeds, refiner_embeds)
+        if counting:
+            self._count_next = False
+            self.denoiser_flops_per_image = counter.flops / len(samples)
+        with self._stage("decoding"):
+            return self.decode(latents)
+
+    def _denoise(self, samples: list[Sample], embeds: dict, refiner_embeds: dict) -> torch.Tensor:
         with self._stage("denoising"):
             call = dict(
                 embeds,
@@ -169,10 +193,12 @@ class Generator:
             call.update(self.adapter.call_kwargs(self.guidance))  # a family's own (Qwen-Image: true_cfg_scale)
             if self.refiner is not None:
                 call["denoising_end"] = float(self.high_noise_fraction)
-            if self.guidance_interval is not None and self.uses_guidance:
-                with GuidanceInterval(self.pipe, *self.guidance_interval):
-                    latents = self.pipe(**call).images
-            else:
+            with ExitStack() as stack:
+                if self.guidance_interval is not None and self.uses_guidance:
+                    stack.enter_context(GuidanceInterval(self.pipe, *self.guidance_interval))
+                stack.enter_context(
+                    feature_cache(self.pipe, self.cache)
+                )  # after the interval's hooks: sees its halves
                 latents = self.pipe(**call).images
         if self.refiner is not None:
             with self._stage("refining"):  # the same step grid, from where the base stopped, with no noise added
@@ -186,8 +212,7 @@ class Generator:
                     generator=self.step_generators(samples, "refiner"),
                     **self._refiner_extra,
                 ).images
-        with self._stage("decoding"):
-            return self.decode(latents)
+        return latents
 
     def initial_latents(self, samples: list[Sample]) -> torch.Tensor:
         noise = [torch.randn(self.latent_shape, generator=torch.Generator("cpu").manual_seed(s.seed)) for s in samples]

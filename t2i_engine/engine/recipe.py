@@ -26,6 +26,11 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
                                     # dpm++2m-karras, dpm++sde, unipc (SD 1.x/2.x, SDXL)
     guidance_interval: [0.28, 5.42] # CFG only at noise levels (EDM sigma) in this range; the
                                     # prompt alone elsewhere, one forward instead of two (default: none)
+    cache: {name: deepcache, interval: 3}  # or deepcache:3; reuse of features between steps:
+                                    # deepcache (SD 1.x/2.x, SDXL), first-block:0.05 or pyramid:2
+                                    # (FLUX); default none (engine/sampling.py)
+    preset: fast                    # named sampling settings (UNet families) from the embedded
+                                    # model's measured frontier; keys set here win (default: none)
 
 The recipe is stored resolved (class list and captions included) in the dataset's manifest, so
 `verify` and resume never re-read the class or caption files. Its hash covers everything that
@@ -48,7 +53,7 @@ from ..errors import InputError, check_text
 from ..models.registry import get_model, get_refiner
 from .classes import ClassEntry, load_classes
 from .prompts import PromptSpec, load_prompt_spec
-from .sampling import check_guidance_interval, check_sampler
+from .sampling import BATCH_DEPENDENT_CACHES, check_cache, check_guidance_interval, check_preset, check_sampler
 
 FORMATS = ("jpeg", "png", "webp")
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
@@ -74,6 +79,8 @@ DEFAULTS: dict[str, object] = {
     "high_noise_fraction": None,
     "sampler": "default",
     "guidance_interval": None,
+    "cache": None,
+    "preset": None,
 }
 HIGH_NOISE_FRACTION = 0.8  # the paper's code and diffusers' SDXL example
 ZERO_GUIDANCE = ("conditional", "unconditional")
@@ -106,6 +113,8 @@ class Recipe:
     # engine.sampling: the scheduler, and the noise levels (EDM sigma) where CFG applies (None: all)
     sampler: str = "default"
     guidance_interval: tuple[float, float] | None = None
+    # engine.sampling.check_cache's {"name": ..., its parameters}: features reused between steps
+    cache: dict | None = None
 
     @property
     def num_samples(self) -> int:
@@ -143,6 +152,10 @@ class Recipe:
             del d["sampler"]
         if d["guidance_interval"] is None:
             del d["guidance_interval"]
+        if d["cache"] is None:
+            del d["cache"]
+        elif d["cache"]["name"] in BATCH_DEPENDENT_CACHES:  # its decisions are the batch's: the batch decides images
+            d["batch_size"] = self.batch_size
         d["prompt"].pop("captions_file")  # where captions came from is provenance, not content
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -193,6 +206,10 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
     merged["prompt"] = prompt_raw
 
     spec = get_model(merged["model"])
+    given = set(raw) | {k for k, v in (overrides or {}).items() if v is not None}
+    for key, value in check_preset(merged.pop("preset"), spec.family).items():
+        if key not in given:  # the recipe's or a flag's own value wins
+            merged[key] = value
     classes = load_classes(merged["classes"], base_dir=base_dir)
     prompt = load_prompt_spec(merged["prompt"], classes, base_dir)
     steps = spec.steps if merged["steps"] is None else _int(merged["steps"], "steps", 1, 10_000)
@@ -235,6 +252,7 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         guidance_interval=check_guidance_interval(
             merged["guidance_interval"], spec.family, guidance > 1.0 and not spec.distilled
         ),
+        cache=check_cache(merged["cache"], spec.family),
     )
 
 

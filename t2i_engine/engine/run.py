@@ -34,7 +34,15 @@ from . import ray_runner
 from .plan import WorkUnit, plan_units
 from .recipe import Recipe, check_new_seed
 from .refiner import check_refiner
-from .runtime import ModelOptions, check_attention, check_conv, check_family, check_runtime, load_generator
+from .runtime import (
+    ModelOptions,
+    check_attention,
+    check_cache_runtime,
+    check_conv,
+    check_family,
+    check_runtime,
+    load_generator,
+)
 from .units import UnitRunner, default_encode_workers, shard_writer
 from .verify import load_dataset_recipe
 from .workers import run_workers
@@ -118,6 +126,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     dtype = options.tuning.dtype(device)
     check_runtime(options.backend, options.attention, device, dtype, spec.name, options.tuning)
     check_conv(options.conv, spec, device, options.backend)
+    check_cache_runtime(recipe.cache, options.backend, options.tuning)
     if recipe.refiner and options.backend != "eager":
         raise InputError(
             "backend", options.backend, f"the refiner ({recipe.refiner}) runs in PyTorch: use --backend eager"
@@ -204,6 +213,8 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
             elif todo:
                 workers = default_encode_workers(device) if options.encode_workers is None else options.encode_workers
                 runner = UnitRunner(generator, shard_writer(recipe, out_dir, workers), recipe.batch_size)
+                if options.backend == "eager" and options.tuning.compile == "none":  # the counter sees eager modules
+                    generator.count_flops()
                 try:
                     images = _run_units(todo, runner, options.progress)
                 except BaseException:
@@ -241,6 +252,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
         device,
         part,
     )
+    summary["denoiser_flops_per_image"] = _flops_as_run(generator, options, images)
     if options.ray:
         summary["ray"] = rates
     elif options.devices:
@@ -331,6 +343,21 @@ def _summary(
         "outside_model_share": round(1 - model_seconds / wall, 4) if images and stages else None,
         "peak_memory_bytes": peak,
     }
+
+
+def _flops_as_run(generator, options: RunOptions, images: int) -> float | str | None:
+    """The denoiser FLOPs per image of this run's first batch, counted as it ran (a guidance
+    interval's or a cache's savings included), or why it was not counted."""
+    if generator is not None and generator.denoiser_flops_per_image is not None:
+        return generator.denoiser_flops_per_image
+    if not images:
+        return None
+    if options.ray or options.devices:
+        return "not counted: counted in one-process runs (the same recipe without --devices or --ray)"
+    return (
+        f"not counted: the counter sees eager PyTorch modules (this run: --backend {options.backend}, "
+        f"--compile {options.tuning.compile})"
+    )
 
 
 def _run_units(units: list[WorkUnit], runner: UnitRunner, progress: bool) -> int:

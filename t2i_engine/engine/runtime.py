@@ -132,6 +132,26 @@ def check_runtime(
         )
 
 
+def check_cache_runtime(cache: dict | None, backend: str, tuning: Tuning = PLAIN) -> None:
+    """A feature cache changes which of the denoiser's blocks run from one call to the next: it
+    needs PyTorch's own modules, uncompiled (an exported or compiled denoiser runs whole)."""
+    if cache is None:
+        return
+    if backend != "eager":
+        raise InputError(
+            "cache",
+            cache["name"],
+            f"it skips blocks of PyTorch's modules; with --backend {backend} use cache none (or --backend eager)",
+        )
+    if tuning.compile != "none":
+        raise InputError(
+            "cache",
+            cache["name"],
+            f"it swaps blocks between calls, which --compile {tuning.compile} "
+            "would recompile for; use --compile none with a cache",
+        )
+
+
 def load_run_pipeline(
     spec: ModelSpec,
     weights: str | None,

@@ -86,3 +86,91 @@ def check_guidance_interval(value: object, family: str, guides: bool) -> tuple[f
     if not guides:
         raise InputError("guidance_interval", value, "needs classifier-free guidance: guidance above 1")
     return (low, high)
+
+
+# Feature caches: name -> (families, {parameter: (default, low, high, kind)}). A cache reuses
+# features between denoiser calls instead of computing them (feature_cache.py does the work).
+# deepcache (Ma et al. 2024): a UNet's deep branch (every block below the shallowest down/up
+# pair) recomputed every `interval` calls, reused in between; the shallow pair runs every call.
+# first-block and pyramid are diffusers' hooks, for FLUX, whose pipeline marks its cache contexts
+# (Qwen-Image's does too, but pyramid broadcast failed on its separate conditional and
+# unconditional calls, whose text lengths differ: left out until that is mended). first-block
+# (ParaAttention's first-block cache) skips the remaining blocks when the first block's residual
+# changed by less than `threshold`, a decision taken for the whole batch, so images depend on the
+# batch (batch_size enters the recipe hash); pyramid (pyramid attention broadcast) reuses each
+# attention's output for `skip` calls within diffusers' default timestep range (100, 800).
+# FasterCache is not offered: its reuse of the unconditional branch assumes a pipeline calling
+# that branch on its own, which FLUX's (guidance-distilled, one branch) does not.
+CACHES: dict[str, tuple[tuple[str, ...], dict[str, tuple[float, float, float, type]]]] = {
+    "none": ((), {}),
+    "deepcache": (("sd", "sdxl"), {"interval": (3, 1, 1000, int)}),
+    "first-block": (("flux",), {"threshold": (0.05, 0.0, 10.0, float)}),
+    "pyramid": (("flux",), {"skip": (2, 1, 1000, int)}),
+}
+BATCH_DEPENDENT_CACHES = ("first-block",)
+
+# Named settings (recipe key `preset`), chosen from the embedded model's measured frontier
+# (bench/results/cpu-2026-12-05/frontier-digits-*); a recipe's or flag's own value of any of
+# these keys wins over the preset's. Offered for the UNet families; their usefulness as training
+# data was measured on the embedded model only.
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "fast": {"sampler": "unipc", "steps": 6, "guidance_interval": None, "cache": None},
+}
+PRESET_FAMILIES = ("sd", "sdxl")
+
+
+def check_preset(value: object, family: str) -> dict:
+    """The recipe keys preset `value` sets."""
+    if value is None:
+        return {}
+    if value not in PRESETS:
+        raise InputError("preset", value, f"expected one of {', '.join(PRESETS)}")
+    if PRESETS[value] and family not in PRESET_FAMILIES:
+        raise InputError(
+            "preset",
+            value,
+            f"its settings are for the UNet families ({', '.join(PRESET_FAMILIES)}), not {family}",
+        )
+    return PRESETS[value]
+
+
+def check_cache(value: object, family: str) -> dict | None:
+    """A cache setting: none, a name, "name:value" (its one parameter) or {name: ..., param: ...};
+    None for none, else {"name": ..., every parameter}."""
+    if value is None or value == "none" or value == {"name": "none"}:
+        return None
+    allowed = (
+        "expected none, deepcache, first-block or pyramid, optionally with its parameter "
+        "(deepcache:N calls between deep recomputations, first-block:THRESHOLD, pyramid:N), "
+        "or a mapping {name: deepcache, interval: 3}"
+    )
+    if isinstance(value, str):
+        name, _, param = value.partition(":")
+        value = {"name": name.strip()}
+        if param:
+            params = CACHES.get(value["name"], ((), {}))[1]
+            if len(params) != 1:
+                raise InputError("cache", f"{name}:{param}", allowed)
+            value[next(iter(params))] = param.strip()
+    if not isinstance(value, dict) or value.get("name") not in CACHES:
+        raise InputError("cache", value.get("name") if isinstance(value, dict) else value, allowed)
+    name = value["name"]
+    families, params = CACHES[name]
+    unknown = sorted(k for k in value if k != "name" and k not in params)
+    if unknown:
+        raise InputError(f"cache.{unknown[0]}", value[unknown[0]], f"{name} takes: {', '.join(params)}")
+    if family not in families:
+        raise InputError("cache", name, f"not for the {family} family (families: {', '.join(families)})")
+    out: dict = {"name": name}
+    for key, (default, low, high, kind) in params.items():
+        raw = value.get(key, default)
+        try:
+            number = math.nan if isinstance(raw, bool) else float(raw)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (low <= number <= high and (kind is float or number.is_integer())):  # NaN fails both
+            kind_name = "an integer" if kind is int else "a number"
+            raise InputError(f"cache.{key}", raw, f"expected {kind_name} from {low:g} to {high:g}")
+        out[key] = kind(number)
+    return out

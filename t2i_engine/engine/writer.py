@@ -86,6 +86,8 @@ def sample_meta(recipe: Recipe) -> dict:
         meta["sampler"] = recipe.sampler
     if recipe.guidance_interval is not None:
         meta["guidance_interval"] = list(recipe.guidance_interval)
+    if recipe.cache is not None:
+        meta["cache"] = dict(recipe.cache)
     return meta
 
 

@@ -16,9 +16,9 @@ reruns to the same end, skipping finished cells and resuming the rest (generatio
 resume themselves). Every cell's recipe is checked before anything is generated, and DIR/sweep.json
 keeps the grid: a rerun with another grid into the same folder is refused.
 
-Per cell: FLOPs per image of the configuration actually run (the denoiser's forwards counted by a
-hook on one sample, so an interval's skipped forwards or a sampler's extra ones count as they run,
-times one forward's FLOPs, plus the decode), images/s of its generation (model loading excluded),
+Per cell: FLOPs per image of the configuration actually run (the denoiser's FLOPs counted call by
+call on one sample, so an interval's skipped forwards, a cache's skipped blocks or a sampler's
+extra calls count as they run, plus the decode), images/s of its generation (model loading excluded),
 synth->real top-1 (mean and sample standard deviation over the training seeds), and coverage,
 recall and Vendi against the real training images (the digits judge's features; digits only).
 The frontier files mark the Pareto front: no other cell is as useful for less (FLOPs) or as
@@ -179,9 +179,11 @@ def _run_cell(cell, grid, base_dir, folder: Path, real, seeds, config, device, p
 
 
 class _Probe:
-    """FLOPs per image as run: the denoiser's forwards on one sample, counted by a hook, times
-    one forward's FLOPs, plus one decode. One pipeline per model and one FLOP count per model and
-    size for the whole sweep (they depend on neither the sampler nor the steps)."""
+    """FLOPs per image as run: the denoiser's FLOPs on one sample, counted call by call as they
+    run (models.flops.CallFlops: an interval's halved calls, a cache's skipped blocks and a
+    sampler's extra calls count as they cost), plus one decode; and the denoiser's forwards
+    (images it saw) on that sample. One pipeline per model and one decode count per model and
+    size for the whole sweep."""
 
     def __init__(self, device: str):
         self.device = resolve_device(device)
@@ -194,19 +196,24 @@ class _Probe:
             self.pipes[spec.name] = load_pipeline(spec, None, self.device, torch.float32)
         pipe = self.pipes[spec.name]
         generator = Generator.for_recipe(pipe, recipe)
+        generator.count_flops()
         with count_denoiser_images(pipe) as seen:
             generator.generate(plan_samples(recipe)[:1])
         key = (spec.name, recipe.resolution)
         if key not in self.nominal:
             self.nominal[key] = model_flops(pipe, spec, recipe)
-        nominal = self.nominal[key]
-        per_image = seen[0] * nominal["denoiser_forward"] + nominal["vae_decode"]
-        return {"denoiser_forwards_per_image": seen[0], "flops_per_image": per_image}
+        denoiser_flops = generator.denoiser_flops_per_image
+        return {
+            "denoiser_forwards_per_image": seen[0],
+            "denoiser_flops_per_image": denoiser_flops,
+            "flops_per_image": denoiser_flops + self.nominal[key]["vae_decode"],
+        }
 
 
 FIELDS = (
     "cell",
     "flops_per_image",
+    "denoiser_flops_per_image",
     "denoiser_forwards_per_image",
     "images_per_second",
     "synth_real",
@@ -263,22 +270,32 @@ def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt  # heavy: matplotlib
 
     useful = [r for r in rows if r.get("synth_real") is not None]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 8), sharex=True)
-    x = [r["flops_per_image"] / 1e9 for r in useful]
-    top.errorbar(x, [r["synth_real"] for r in useful], yerr=[r["synth_real_std"] for r in useful], fmt="o", ms=4)
-    front = sorted((r["flops_per_image"] / 1e9, r["synth_real"]) for r in useful if r["pareto_flops"])
-    top.plot(*zip(*front), "-", color="C3", label="Pareto front")
-    for r, xi in zip(useful, x):
-        top.annotate(r["cell"], (xi, r["synth_real"]), fontsize=5, alpha=0.7)
-    top.set_ylabel("synth->real top-1 (mean ± sd over seeds)")
-    top.legend()
-    if any(r.get("coverage") is not None for r in useful):
-        bottom.plot(x, [r.get("coverage") for r in useful], "o", ms=4, color="C2")
-    bottom.set_ylabel("coverage")
-    bottom.set_xlabel("GFLOPs per image (as run)")
-    for ax in (top, bottom):
-        ax.set_xscale("log")
-        ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex="col")
+    columns = [
+        ("flops_per_image", 1e-9, "GFLOPs per image (as run)", "pareto_flops"),
+        ("images_per_second", 1.0, "images/s (generation, this machine)", "pareto_speed"),
+    ]
+    for (key, scale, label, mark), (top, bottom) in zip(columns, axes.T):
+        x = [r[key] * scale for r in useful]
+        y = [r["synth_real"] for r in useful]
+        top.errorbar(x, y, yerr=[r["synth_real_std"] for r in useful], fmt="o", ms=4)
+        top.plot(
+            *zip(*sorted((xi, r["synth_real"]) for xi, r in zip(x, useful) if r[mark])),
+            "-",
+            color="C3",
+            label="Pareto front",
+        )
+        for r, xi in zip(useful, x):
+            top.annotate(r["cell"], (xi, r["synth_real"]), fontsize=5, alpha=0.7)
+        top.set_ylabel("synth->real top-1 (mean ± sd over seeds)")
+        top.legend()
+        if any(r.get("coverage") is not None for r in useful):
+            bottom.plot(x, [r.get("coverage") for r in useful], "o", ms=4, color="C2")
+        bottom.set_ylabel("coverage")
+        bottom.set_xlabel(label)
+        for ax in (top, bottom):
+            ax.set_xscale("log")
+            ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

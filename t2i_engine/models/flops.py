@@ -100,3 +100,37 @@ def pipeline_flops(
         "vae_decode": decode,
         "per_image": forwards * forward + decode,
     }
+
+
+class CallFlops:
+    """FLOPs of what `modules` really compute while it is active (`with CallFlops([unet]) as c`):
+    each call runs under a counter entered by a pre-hook and left by a post-hook, so whatever
+    decides per call what runs (a guidance interval's halved batch, a feature cache's skipped
+    blocks) is counted as it ran. For PyTorch modules run eagerly (an exported or compiled
+    module's kernels are not seen by the counter)."""
+
+    def __init__(self, modules):
+        self.modules, self.flops = list(modules), 0
+        self._handles: list = []
+        self._open: list[FlopCounterMode] = []
+
+    def _pre(self, module, args):
+        counter = FlopCounterMode(display=False, custom_mapping=CUSTOM)
+        counter.__enter__()
+        self._open.append(counter)
+
+    def _post(self, module, args, output):
+        counter = self._open.pop()
+        counter.__exit__(None, None, None)
+        self.flops += counter.get_total_flops()
+
+    def __enter__(self):
+        for m in self.modules:
+            self._handles.append(m.register_forward_pre_hook(self._pre))
+            self._handles.append(m.register_forward_hook(self._post, always_call=True))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

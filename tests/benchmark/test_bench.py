@@ -80,6 +80,22 @@ def test_flops_per_image_are_the_denoiser_forwards_plus_one_decode(tiny_result):
     assert f["denoiser_forward"] == direct
 
 
+def test_an_engine_run_with_a_cache_counts_the_flops_it_ran(cli, tmp_path):
+    out = tmp_path / "r.json"
+    flags = ["--batch", "2", "--reps", "1", "--steps", "4", "--res", "32", "--device", "cpu", "--out", out]
+    code, _, err = cli(
+        "bench", "tiny-sd", "--baseline", "diffusers", "--baseline-batch", "2", "--cache", "deepcache:2", *flags
+    )
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    runs = {r["path"]: r for r in result["runs"]}
+    engine, plain = runs["engine:eager"], runs["baseline:diffusers"]
+    assert engine["cache"] == {"name": "deepcache", "interval": 2}
+    assert engine["denoiser_forwards_per_image"] == plain["denoiser_forwards_per_image"] == 8  # same calls...
+    assert engine["flops_per_image"] < plain["flops_per_image"]  # ...of which half skip the deep blocks
+    assert engine["flops_per_image"] == engine["denoiser_flops_per_image"] + result["flops"]["vae_decode"]
+
+
 def test_forwards_are_counted_not_assumed_pndm_runs_one_more_step():
     from diffusers import PNDMScheduler
 
@@ -153,6 +169,9 @@ def test_auto_batch_doubles_until_it_stops_paying():
         (["tiny-sd", "--ladder", "base,cudnn", "--device", "cpu"], "--ladder"),  # cuDNN attention needs CUDA
         (["nope"], "model"),
         (["tiny-sd", "--backend", "none", "--baseline", "none"], "--backend"),
+        (["tiny-sd", "--cache", "deepcache", "--backend", "onnx"], "cache"),
+        (["tiny-sd", "--cache", "deepcache", "--ladder", "base,compile"], "--ladder"),
+        (["tiny-sd", "--sampler", "lms"], "sampler"),
     ],
 )
 def test_bad_input_is_refused_before_any_model_is_built(cli, args, flag):

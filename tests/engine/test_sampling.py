@@ -19,7 +19,7 @@ from t2i_engine.engine.generator import Generator
 from t2i_engine.engine.guidance import _sigma
 from t2i_engine.engine.plan import plan_samples
 from t2i_engine.engine.recipe import build_recipe
-from t2i_engine.engine.sampling import SAMPLERS
+from t2i_engine.engine.sampling import PRESETS, SAMPLERS
 from t2i_engine.models.pipelines import load_pipeline
 from t2i_engine.models.registry import get_model
 
@@ -86,6 +86,15 @@ def test_sampler_and_interval_are_recorded_and_move_the_hash_only_when_set(cli, 
     assert meta["sampler"] == "euler" and meta["guidance_interval"] == [0.5, 3.0]
 
 
+def test_the_fast_preset_is_its_recipe_keys_and_keys_set_beside_it_win():
+    fast = {k: v for k, v in PRESETS["fast"].items() if v is not None}
+    assert fast and build_recipe({"preset": "fast"}).content_hash() == build_recipe(fast).content_hash()
+    assert build_recipe({"preset": "fast"}).content_hash() != build_recipe({}).content_hash()
+    mine = build_recipe({"preset": "fast", "steps": 9}, {"sampler": "euler"})
+    assert (mine.steps, mine.sampler) == (9, "euler")
+    assert build_recipe({"preset": "default"}) == build_recipe({})
+
+
 @pytest.mark.parametrize(
     "flags, needle",
     [
@@ -96,6 +105,8 @@ def test_sampler_and_interval_are_recorded_and_move_the_hash_only_when_set(cli, 
         (["--guidance-interval", "1"], "two noise levels"),
         (["--guidance", "1", "--guidance-interval", "0.5,3"], "guidance above 1"),
         (["--model", "tiny-flux", "--guidance-interval", "0.5,3"], "not for the flux family"),
+        (["--preset", "quick"], "expected one of default, fast"),
+        (["--model", "tiny-flux", "--preset", "fast"], "for the UNet families"),
     ],
 )
 def test_bad_sampling_settings_exit_2_before_anything_is_written(cli, tmp_path, flags, needle):
