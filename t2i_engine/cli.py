@@ -53,6 +53,9 @@ RECIPE_FLAGS = {
     "guidance_interval": "guidance_interval",
     "cache": "cache",
     "preset": "preset",
+    "guidance_schedule": "guidance_schedule",
+    "apg": "apg",
+    "cads": "cads",
 }
 # Closed sets whose home module loads torch (the CLI answers --help and bad flags without it);
 # tests/test_cli.py checks each against its home.
@@ -200,7 +203,11 @@ def _add_generate_parser(sub) -> None:
     rec.add_argument("--images-per-class", type=str, metavar="N", help="images of each class (default: 10)")
     rec.add_argument("--steps", type=str, metavar="N", help="denoising steps (default: the model's)")
     rec.add_argument(
-        "--guidance", type=str, metavar="SCALE", help="classifier-free guidance scale (default: the model's)"
+        "--guidance",
+        type=str,
+        metavar="SCALE[,SCALE...]",
+        help="classifier-free guidance scale, or a list (1,2,7.5) of which each sample draws one from its seed "
+        "(default: the model's)",
     )
     rec.add_argument(
         "--resolution", type=str, metavar="SIZE", help="SIZE or HEIGHTxWIDTH in pixels (default: the model's native)"
@@ -254,6 +261,26 @@ def _add_generate_parser(sub) -> None:
         help="features reused between steps: deepcache[:CALLS] (SD 1.x/2.x, SDXL; the deep branch recomputed "
         "every CALLS denoiser calls, default 3), first-block[:THRESHOLD] or pyramid[:N] (FLUX); "
         "none (default: none)",
+    )
+    rec.add_argument(
+        "--guidance-schedule",
+        type=str,
+        metavar="NAME",
+        help="constant, linear or cosine: guidance ramped up over the steps with the same mean (default: constant)",
+    )
+    rec.add_argument(
+        "--apg",
+        type=str,
+        metavar="on|ETA|none",
+        help="adaptive projected guidance instead of plain CFG (on: eta 0, norm cap 15, momentum -0.5; a number: "
+        "its eta) (default: none)",
+    )
+    rec.add_argument(
+        "--cads",
+        type=str,
+        metavar="on|NOISE|none",
+        help="condition-annealed sampling: noise on the prompt embedding early in sampling, annealed away (on: "
+        "noise 0.25, tau 0.6-0.9; a number: its noise scale) (default: none)",
     )
     rec.add_argument(
         "--preset",

@@ -36,8 +36,9 @@ from ..models.pipelines import denoiser, family_of
 from ..models.registry import get_model
 from ..seeds import step_seed
 from .adapters import ADAPTERS, SUPPORTED_FAMILIES
+from .diversity import sample_guidance
 from .feature_cache import feature_cache
-from .guidance import GuidanceInterval, set_sampler
+from .guidance import CADS, GuidanceInterval, GuidanceRewrite, set_sampler
 from .plan import Sample
 
 REFINER = "refiner."  # the key prefix of a refiner's prompt inputs in the embedding cache
@@ -78,10 +79,21 @@ class Generator:
         sampler: str = "default",
         guidance_interval: tuple[float, float] | None = None,
         cache: dict | None = None,
+        guidance_choices: tuple[float, ...] | None = None,
+        guidance_schedule: str = "constant",
+        apg: dict | None = None,
+        cads: dict | None = None,
     ):
         self.pipe = pipe
         set_sampler(pipe, sampler)
         self.guidance_interval, self.cache = guidance_interval, cache
+        # diversity.py's levers: each sample's guidance (a list), its ramp, APG, CADS
+        self.guidance_choices, self.guidance_schedule, self.apg, self.cads = (
+            guidance_choices,
+            guidance_schedule,
+            apg,
+            cads,
+        )
         # FLOPs per image of the denoiser(s) as run, counted on the next batch when asked (count_flops)
         self.denoiser_flops_per_image: float | None = None
         self._count_next = False
@@ -146,6 +158,10 @@ class Generator:
             sampler=recipe.sampler,
             guidance_interval=recipe.guidance_interval,
             cache=recipe.cache,
+            guidance_choices=recipe.guidance_choices,
+            guidance_schedule=recipe.guidance_schedule,
+            apg=recipe.apg,
+            cads=recipe.cads,
         )
 
     def count_flops(self) -> None:
@@ -194,11 +210,11 @@ class Generator:
             if self.refiner is not None:
                 call["denoising_end"] = float(self.high_noise_fraction)
             with ExitStack() as stack:
-                if self.guidance_interval is not None and self.uses_guidance:
-                    stack.enter_context(GuidanceInterval(self.pipe, *self.guidance_interval))
-                stack.enter_context(
-                    feature_cache(self.pipe, self.cache)
-                )  # after the interval's hooks: sees its halves
+                if self.uses_guidance:
+                    for hooks in self._guidance_hooks(samples):
+                        stack.enter_context(hooks)
+                # after the interval's hooks: the cache sees its halved calls
+                stack.enter_context(feature_cache(self.pipe, self.cache))
                 latents = self.pipe(**call).images
         if self.refiner is not None:
             with self._stage("refining"):  # the same step grid, from where the base stopped, with no noise added
@@ -213,6 +229,23 @@ class Generator:
                     **self._refiner_extra,
                 ).images
         return latents
+
+    def _guidance_hooks(self, samples: list[Sample]) -> list:
+        """The hooks that change what CFG does for this batch, in order: the interval (prepended:
+        it halves calls before the others look), CADS (the conditional text), then the guided
+        prediction (a schedule, per-sample scales, APG)."""
+        hooks = []
+        if self.guidance_interval is not None:
+            hooks.append(GuidanceInterval(self.pipe, *self.guidance_interval))
+        if self.cads is not None:
+            hooks.append(CADS(self.pipe, [s.seed for s in samples], self.cads))
+        if self.guidance_choices is not None or self.guidance_schedule != "constant" or self.apg is not None:
+            scales = [
+                self.guidance if self.guidance_choices is None else sample_guidance(self.guidance_choices, s.seed)
+                for s in samples
+            ]
+            hooks.append(GuidanceRewrite(self.pipe, scales, self.guidance, self.guidance_schedule, self.apg))
+        return hooks
 
     def initial_latents(self, samples: list[Sample]) -> torch.Tensor:
         noise = [torch.randn(self.latent_shape, generator=torch.Generator("cpu").manual_seed(s.seed)) for s in samples]

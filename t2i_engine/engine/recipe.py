@@ -29,6 +29,10 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
     cache: {name: deepcache, interval: 3}  # or deepcache:3; reuse of features between steps:
                                     # deepcache (SD 1.x/2.x, SDXL), first-block:0.05 or pyramid:2
                                     # (FLUX); default none (engine/sampling.py)
+    guidance: [1.0, 2.0, 7.5]       # a list: each sample's scale drawn from its seed (engine/diversity.py)
+    guidance_schedule: constant     # or linear | cosine: guidance ramped up over the steps, same mean
+    apg: none                       # or true | {eta: 0, rescale: 15, momentum: -0.5}: adaptive projected guidance
+    cads: none                      # or 0.25 | {noise: 0.25, tau1: 0.6, tau2: 0.9, psi: 1}: condition annealing
     preset: fast                    # named sampling settings (UNet families) from the embedded
                                     # model's measured frontier; keys set here win (default: none)
 
@@ -52,6 +56,7 @@ import yaml
 from ..errors import InputError, check_text
 from ..models.registry import get_model, get_refiner
 from .classes import ClassEntry, load_classes
+from .diversity import check_apg, check_cads, check_guidance_list, check_schedule
 from .prompts import PromptSpec, load_prompt_spec
 from .sampling import BATCH_DEPENDENT_CACHES, check_cache, check_guidance_interval, check_preset, check_sampler
 
@@ -80,6 +85,9 @@ DEFAULTS: dict[str, object] = {
     "sampler": "default",
     "guidance_interval": None,
     "cache": None,
+    "guidance_schedule": "constant",
+    "apg": None,
+    "cads": None,
     "preset": None,
 }
 HIGH_NOISE_FRACTION = 0.8  # the paper's code and diffusers' SDXL example
@@ -115,6 +123,12 @@ class Recipe:
     guidance_interval: tuple[float, float] | None = None
     # engine.sampling.check_cache's {"name": ..., its parameters}: features reused between steps
     cache: dict | None = None
+    # engine.diversity: guidance drawn per sample from these (`guidance` is then their largest, the
+    # pipeline's CFG scale), ramped over the steps, adaptive projected guidance, condition annealing
+    guidance_choices: tuple[float, ...] | None = None
+    guidance_schedule: str = "constant"
+    apg: dict | None = None
+    cads: dict | None = None
 
     @property
     def num_samples(self) -> int:
@@ -139,6 +153,8 @@ class Recipe:
         d["resolution"] = tuple(d["resolution"])
         if d.get("guidance_interval") is not None:
             d["guidance_interval"] = tuple(d["guidance_interval"])
+        if d.get("guidance_choices") is not None:
+            d["guidance_choices"] = tuple(d["guidance_choices"])
         return cls(**d)
 
     def content_hash(self) -> str:
@@ -156,6 +172,9 @@ class Recipe:
             del d["cache"]
         elif d["cache"]["name"] in BATCH_DEPENDENT_CACHES:  # its decisions are the batch's: the batch decides images
             d["batch_size"] = self.batch_size
+        for key, off in (("guidance_choices", None), ("guidance_schedule", "constant"), ("apg", None), ("cads", None)):
+            if d[key] == off:  # recipes without the diversity levers keep their hashes
+                del d[key]
         d["prompt"].pop("captions_file")  # where captions came from is provenance, not content
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -213,7 +232,14 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
     classes = load_classes(merged["classes"], base_dir=base_dir)
     prompt = load_prompt_spec(merged["prompt"], classes, base_dir)
     steps = spec.steps if merged["steps"] is None else _int(merged["steps"], "steps", 1, 10_000)
+    choices = None
+    if isinstance(merged["guidance"], str) and "," in merged["guidance"]:  # a flag's list: 1,2,7.5
+        merged["guidance"] = [p.strip() for p in merged["guidance"].strip("[]").split(",")]
+    if isinstance(merged["guidance"], (list, tuple)):
+        choices = check_guidance_list(list(merged["guidance"]), spec.family, spec.distilled)
+        merged["guidance"] = max(choices)  # the pipeline's CFG scale; each sample gets its own (diversity.py)
     guidance = spec.guidance if merged["guidance"] is None else _number(merged["guidance"], "guidance", 0.0, 100.0)
+    guides = guidance > 1.0 and not spec.distilled
     resolution = (
         spec.resolution
         if merged["resolution"] is None
@@ -249,10 +275,12 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         zero_guidance=_zero_guidance(merged["zero_guidance"], spec),
         **_refiner(merged["refiner"], merged["high_noise_fraction"], spec, steps),
         sampler=check_sampler(merged["sampler"], spec.family),
-        guidance_interval=check_guidance_interval(
-            merged["guidance_interval"], spec.family, guidance > 1.0 and not spec.distilled
-        ),
+        guidance_interval=check_guidance_interval(merged["guidance_interval"], spec.family, guides),
         cache=check_cache(merged["cache"], spec.family),
+        guidance_choices=choices,
+        guidance_schedule=check_schedule(merged["guidance_schedule"], spec.family, guides),
+        apg=check_apg(merged["apg"], spec.family, guides),
+        cads=check_cads(merged["cads"], spec.family, guides),
     )
 
 

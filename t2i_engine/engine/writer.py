@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import SPACE_ERRNOS, OutOfSpace
 from ..files import TMP_SUFFIX, atomic_write_text, file_sha256, fsync_dir
+from .diversity import sample_guidance
 from .encode import encode_batch
 from .plan import Sample, WorkUnit
 from .recipe import Recipe
@@ -88,6 +89,13 @@ def sample_meta(recipe: Recipe) -> dict:
         meta["guidance_interval"] = list(recipe.guidance_interval)
     if recipe.cache is not None:
         meta["cache"] = dict(recipe.cache)
+    if recipe.guidance_choices is not None:  # each sample's JSON says its own guidance (_add_sample)
+        meta["guidance_choices"] = list(recipe.guidance_choices)
+    if recipe.guidance_schedule != "constant":
+        meta["guidance_schedule"] = recipe.guidance_schedule
+    for key in ("apg", "cads"):
+        if getattr(recipe, key) is not None:
+            meta[key] = dict(getattr(recipe, key))
     return meta
 
 
@@ -254,6 +262,8 @@ class ShardWriter:
             "seed": sample.seed,
             **self.sample_meta,
         }
+        if "guidance_choices" in meta:
+            meta["guidance"] = sample_guidance(tuple(meta["guidance_choices"]), sample.seed)
         for ext, data in (
             (self.extension, image),
             ("cls", str(sample.class_index).encode()),
