@@ -36,7 +36,7 @@ from ..export.build import apply_backend, remove_backend
 from ..export.specs import Profile, denoiser_spec, vae_decoder_spec
 from ..export.tuning import Tuning, apply_tuning, remove_tuning, uncompile
 from ..kernels import install, sdpa
-from ..models.architectures import PIPELINE_FAMILIES, architecture, prompt_inputs, text_length
+from ..models.architectures import PIPELINE_FAMILIES, architecture, has_config, prompt_inputs, text_length
 from ..models.flops import count_flops, pipeline_flops
 from ..models.pipelines import denoiser, obtain_pipeline
 from ..models.registry import ModelSpec, get_model
@@ -511,7 +511,7 @@ def model_flops(pipe, spec: ModelSpec, recipe) -> dict:
         return _flops_through_specs(pipe, spec, recipe)
     text = None
     if spec.family in ("sd3", "flux"):
-        text = architecture(spec.name)["text"] if text_length(spec.name) else _text_shapes(pipe)
+        text = architecture(spec.name)["text"] if has_config(spec.name) else _text_shapes(pipe)
     return pipeline_flops(
         pipe,
         spec.family,

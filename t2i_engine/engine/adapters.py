@@ -103,8 +103,17 @@ class SD3Adapter(SDAdapter):
     family = "sd3"
 
     def encode(self, pipe, prompts, device):
+        # the registry model's length is CLIP's tokens and T5's: T5 reads the rest (SD3: 333 - 77 = 256,
+        # digits-dit 16 - 16 = 0, no T5); diffusers' default otherwise
+        t5 = self.text_length - pipe.tokenizer_max_length if self.text_length else 256
         embeds, _, pooled, _ = pipe.encode_prompt(
-            prompts, None, None, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            prompts,
+            None,
+            None,
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+            max_sequence_length=t5,
         )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 

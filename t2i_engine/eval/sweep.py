@@ -7,6 +7,9 @@ on real images and analysed, ending in the frontier of work per image against us
       steps: [4, 8]
     train_seeds: 3          # classifiers trained per cell (default 3): the spread of synth->real
     preset: small           # the training preset; epochs: N overrides its epochs
+    variants:               # optional: settings each crossed with the axes (levers that are
+      - {}                  # not a product: {} is the base alone)
+      - {cads: on}
     real: digits            # a folder with train/ and test/ of real images; digits: the shipped
                             # split (the default for the digits model); none: speed and FLOPs only
 
@@ -55,7 +58,8 @@ from ..training.presets import resolve_config
 from .analyze import analyze
 from .classify import evaluate_run
 
-GRID_KEYS = ("base", "axes", "train_seeds", "preset", "epochs", "real")
+DIGITS_MODELS = ("digits", "digits-dit")  # the embedded models: the shipped real digits and judge apply
+GRID_KEYS = ("base", "axes", "variants", "train_seeds", "preset", "epochs", "real")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,18 +82,22 @@ def read_grid(path: str | Path) -> tuple[dict, list[Cell], Path]:
     if not isinstance(base, dict):
         raise InputError("base", base, "expected a recipe: a mapping of recipe keys or a recipe file")
     axes = grid.get("axes") or {}
-    if not isinstance(axes, dict) or not axes:
+    variants = grid.get("variants") or [{}]
+    if not isinstance(axes, dict) or not (axes or grid.get("variants")):
         raise InputError("axes", axes, "expected a mapping of recipe keys to lists of values, e.g. steps: [4, 8]")
     for key, values in axes.items():
         if key not in DEFAULTS:
             raise InputError(f"axes.{key}", key, f"expected a recipe key: {', '.join(DEFAULTS)}")
         if not isinstance(values, list) or not values:
             raise InputError(f"axes.{key}", values, "expected a non-empty list of values")
+    if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+        raise InputError("variants", variants, "expected a list of mappings of recipe keys ({} for the base alone)")
     cells = []
     for combo in itertools.product(*axes.values()):
-        settings = dict(zip(axes, combo))
-        build_recipe({**base, **settings}, base_dir=base_dir)  # every cell checked before any work
-        cells.append(Cell(cell_name(settings), settings))
+        for variant in variants:
+            settings = {**dict(zip(axes, combo)), **variant}
+            build_recipe({**base, **settings}, base_dir=base_dir)  # every cell checked before any work
+            cells.append(Cell(cell_name(settings) or "base", settings))
     if len({c.name for c in cells}) != len(cells):
         raise InputError("axes", axes, "two cells would share a folder name: make the values distinct")
     return {**grid, "base": base}, cells, base_dir
@@ -119,7 +127,7 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, device: str = "auto", l
     seeds = _int(grid.get("train_seeds", 3), "train_seeds", 1, 20)
     config = resolve_config(grid.get("preset", "small"), {"epochs": grid.get("epochs")})
     model = build_recipe(grid["base"], base_dir=base_dir).model
-    real = _real(grid.get("real", "digits" if model == "digits" else None), out, base_dir)
+    real = _real(grid.get("real", "digits" if model in DIGITS_MODELS else None), out, base_dir)
     plan = {"grid": grid, "cells": [dataclasses.asdict(c) for c in cells]}
     stored = out / "sweep.json"
     if stored.exists() and json.loads(stored.read_text())["grid"] != json.loads(json.dumps(grid)):
@@ -170,7 +178,7 @@ def _run_cell(cell, grid, base_dir, folder: Path, real, seeds, config, device, p
         row["synth_real"] = statistics.fmean(scores)
         row["synth_real_std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
         row["synth_real_seeds"] = scores
-        if recipe.model == "digits":  # the judge's features are the digits'
+        if recipe.model in DIGITS_MODELS:  # the judge's features are the digits'
             overall = analyze(data, real / "train", folder / "analysis.json", features="judge")["overall"]
             row.update({k: overall.get(k) for k in ("coverage", "recall", "precision", "vendi_all")})
     atomic_write_text(done, json.dumps(row, indent=1) + "\n")
@@ -236,7 +244,8 @@ def write_frontier(rows: list[dict], out: Path) -> dict:
             r[key] = None
         for r, mark in zip(useful, marks):
             r[key] = mark
-    axes = [k for k in rows[0] if k not in FIELDS and k not in ("synth_real_seeds", "wall_seconds")] if rows else []
+    skip = (*FIELDS, "synth_real_seeds", "wall_seconds")
+    axes = list(dict.fromkeys(k for r in rows for k in r if k not in skip))  # a variant's keys too
     columns = ["cell", *axes, *[f for f in FIELDS if f != "cell"]]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, extrasaction="ignore")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from .registry import ModelSpec
+from .registry import MODELS, ModelSpec
 from .tokenizer import build_clip_tokenizer, build_t5_tokenizer
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "assets" / "configs"
@@ -44,12 +44,17 @@ def architecture(name: str) -> dict:
     }
 
 
+def has_config(model: str) -> bool:
+    """Whether the package ships the model's architecture configs (assets/configs/MODEL)."""
+    return (CONFIG_ROOT / model).is_dir()
+
+
 def text_length(model: str) -> int | None:
     """The prompt-embedding length the registry model's pipeline passes its denoiser (from its
     shipped text config: SD3 333, FLUX-dev 512, FLUX-schnell 256; the most for a length that
     varies per batch, Qwen-Image's 512); None without a config."""
-    if not (CONFIG_ROOT / model).is_dir():
-        return None
+    if not has_config(model):
+        return MODELS[model].text_length if model in MODELS else None  # a bundled model's, set in the registry
     shape = architecture(model)["text"].get("prompt_embeds_shape")
     if not shape:
         return None

@@ -10,6 +10,7 @@ no per-step progress bar) and in the dtype asked for, on the device asked for.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,6 +107,7 @@ def from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype, fl
         if "StableDiffusion" in spec.pipeline and spec.family == "sd"
         else {}
     )
+    extra.update(_saved_without(source))
     # diffusers 0.36 renamed torch_dtype to dtype and deprecates the old name.
     dtype_kw = "dtype" if _version_tuple(diffusers.__version__) >= (0, 36) else "torch_dtype"
     try:
@@ -115,6 +117,16 @@ def from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype, fl
             )
     except (OSError, ValueError) as e:
         raise unavailable(spec, source, e, flag) from None
+
+
+def _saved_without(source: str | None) -> dict:
+    """Components a local folder's model_index.json records as absent ([null, null]: digits-dit
+    has no T5): diffusers wants them passed as None to load such a folder."""
+    index = Path(source) / "model_index.json" if source else None
+    if index is None or not index.is_file():
+        return {}
+    entries = json.loads(index.read_text())
+    return {k: None for k, v in entries.items() if isinstance(v, list) and v == [None, None]}
 
 
 @contextmanager

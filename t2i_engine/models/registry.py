@@ -38,6 +38,7 @@ class ModelSpec:
     standalone: bool = True  # False: a refiner, not a text-to-image model of its own
     refines: tuple[str, ...] = ()  # a refiner: the base models whose latents it takes (recipe key `refiner`)
     batch_size: int = 16  # default images per model call (the paper's 16; more where it pays)
+    text_length: int | None = None  # the prompt-embedding length, for a model without shipped configs
     note: str = ""
 
 
@@ -84,6 +85,9 @@ MODELS: dict[str, ModelSpec] = {
         # The embedded model, trained on scikit-learn's handwritten digits (assets/digits/README.md).
         _m("digits", "StableDiffusionPipeline", None, "float32", 32, 15, 2.0, "2026-11", bundled="digits", batch_size=100,
            note="shipped in the package; 32x32 digits, classes 'digits'"),
+        # The second embedded model: SD3's classes, flow matching, trained on the same digits (assets/digits-dit/README.md).
+        _m("digits-dit", "StableDiffusion3Pipeline", None, "float32", 32, 15, 2.0, "2026-12", "sd3", bundled="digits-dit",
+           batch_size=100, text_length=16, note="shipped in the package; SD3-shaped, 32x32 digits, classes 'digits'"),
         # Random-weight test model: SD1.5's classes and layout at a few hundred thousand weights.
         _m("tiny-sd", "StableDiffusionPipeline", None, "float32", 64, 20, 5.0, "", builder="t2i_engine.models.tiny:build_tiny_sd",
            test_model=True, note="random weights from a fixed seed; for tests and benchmarks"),

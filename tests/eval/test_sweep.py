@@ -70,12 +70,28 @@ def test_a_2x2_sweep_resumes_after_a_stop_and_writes_the_frontier(cli, tmp_path,
     assert out.count("| ") >= 4 and "pareto_flops" in out  # the table printed
 
 
+def test_variants_are_crossed_with_the_axes(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {model: digits}\naxes: {guidance: [2.0, 7.5]}\nvariants: [{}, {cads: on}, {apg: on}]")
+    _, cells, _ = sweep.read_grid(grid)
+    assert [c.settings for c in cells] == [
+        {"guidance": g, **v}
+        for g in (2.0, 7.5)
+        for v in ({}, {"cads": True}, {"apg": True})  # YAML reads on as true
+    ]
+    assert len({c.name for c in cells}) == 6
+    grid.write_text("base: {model: digits}\nvariants: [{}, {cads: on}]")  # variants alone
+    assert [c.name for c in sweep.read_grid(grid)[1]] == ["base", "cads=true"]
+
+
 def test_a_bad_grid_exits_2_before_anything_is_written(cli, tmp_path):
     for text, needle in (
         ("axes: {stepz: [1, 2]}", "axes.stepz"),
         ("axes: {steps: []}", "non-empty list"),
         ("axes: {sampler: [ddim, lms]}", "sampler"),
         ("base: {model: digits}\naxes: {steps: [2]}\nseeds: 3", "unknown sweep key"),
+        ("axes: {steps: [2]}\nvariants: [{cads: loud}]", "cads.noise"),
+        ("axes: {steps: [2]}\nvariants: 3", "variants"),
     ):
         grid = tmp_path / "g.yaml"
         grid.write_text(text)
