@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..models.tokenizer import build_clip_tokenizer
 from .digits_data import load_split
-from .digits_model import MAX_TOKENS, SHIFTS, TEMPLATES, WORDS, _log, _lr_lambda, _optimise, latent_moments, prompt_for
+from .digits_model import MAX_TOKENS, WORDS, _log, _lr_lambda, _optimise, draw_batch, latent_moments
 
 T5_LENGTH = 0  # no T5: the pipeline's max_sequence_length, so its zero T5 tokens are none at all
 DIGITS = Path(__file__).resolve().parents[1] / "assets" / "digits"
@@ -121,17 +121,11 @@ def train_dit(pipe, moments, labels: torch.Tensor, cfg: DitConfig, gen: torch.Ge
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.steps))
-    means, stds = moments
     for m in modules:
         m.train()
     losses = []
     for step in range(cfg.steps):
-        idx = torch.randint(0, len(labels), (cfg.batch_size,), generator=gen)
-        shift = torch.randint(0, len(SHIFTS), (cfg.batch_size,), generator=gen)
-        latents = means[shift, idx] + stds[shift, idx] * torch.randn((cfg.batch_size, *means.shape[2:]), generator=gen)
-        template = torch.randint(0, len(TEMPLATES), (cfg.batch_size,), generator=gen).tolist()
-        drop = (torch.rand(cfg.batch_size, generator=gen) < cfg.prompt_dropout).tolist()
-        prompts = ["" if d else prompt_for(int(y), TEMPLATES[t]) for y, t, d in zip(labels[idx], template, drop)]
+        latents, prompts = draw_batch(moments, labels, cfg.batch_size, cfg.prompt_dropout, gen)
         embeds, _, pooled, _ = pipe.encode_prompt(
             prompts, None, None, do_classifier_free_guidance=False, max_sequence_length=T5_LENGTH, device="cpu"
         )

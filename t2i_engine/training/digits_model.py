@@ -184,6 +184,18 @@ def latent_moments(vae, images: torch.Tensor, batch_size: int = 256) -> tuple[to
     return torch.stack(means), torch.stack(stds)
 
 
+def draw_batch(moments, labels: torch.Tensor, n: int, dropout: float, gen: torch.Generator):
+    """A training batch for a denoiser: latents sampled from n random (image, shift) posteriors,
+    and their prompts in random phrasings, a `dropout` share of them "" (for CFG)."""
+    means, stds = moments
+    idx = torch.randint(0, len(labels), (n,), generator=gen)
+    shift = torch.randint(0, len(SHIFTS), (n,), generator=gen)
+    latents = means[shift, idx] + stds[shift, idx] * torch.randn((n, *means.shape[2:]), generator=gen)
+    template = torch.randint(0, len(TEMPLATES), (n,), generator=gen).tolist()
+    drop = (torch.rand(n, generator=gen) < dropout).tolist()
+    return latents, ["" if d else prompt_for(int(y), TEMPLATES[t]) for y, t, d in zip(labels[idx], template, drop)]
+
+
 def train_denoiser(
     unet,
     text_encoder,
@@ -199,17 +211,11 @@ def train_denoiser(
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.unet_steps))
-    means, stds = moments
     unet.train()
     text_encoder.train()
     losses = []
     for step in range(cfg.unet_steps):
-        idx = torch.randint(0, len(labels), (cfg.batch_size,), generator=gen)
-        shift = torch.randint(0, len(SHIFTS), (cfg.batch_size,), generator=gen)
-        latents = means[shift, idx] + stds[shift, idx] * torch.randn((cfg.batch_size, *means.shape[2:]), generator=gen)
-        template = torch.randint(0, len(TEMPLATES), (cfg.batch_size,), generator=gen).tolist()
-        drop = (torch.rand(cfg.batch_size, generator=gen) < cfg.prompt_dropout).tolist()
-        prompts = ["" if d else prompt_for(int(y), TEMPLATES[t]) for y, t, d in zip(labels[idx], template, drop)]
+        latents, prompts = draw_batch(moments, labels, cfg.batch_size, cfg.prompt_dropout, gen)
         ids = tokenizer(
             prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
         ).input_ids
