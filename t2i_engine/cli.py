@@ -52,6 +52,7 @@ RECIPE_FLAGS = {
     "sampler": "sampler",
     "guidance_interval": "guidance_interval",
     "cache": "cache",
+    "models": "models",
     "preset": "preset",
     "guidance_schedule": "guidance_schedule",
     "apg": "apg",
@@ -261,6 +262,13 @@ def _add_generate_parser(sub) -> None:
         help="features reused between steps: deepcache[:CALLS] (SD 1.x/2.x, SDXL; the deep branch recomputed "
         "every CALLS denoiser calls, default 3), first-block[:THRESHOLD] or pyramid[:N] (FLUX); "
         "none (default: none)",
+    )
+    rec.add_argument(
+        "--models",
+        type=str,
+        metavar="NAME=SHARE,...",
+        help="a mixture of generators instead of --model, e.g. digits=0.5,digits-dit=0.5: each model its share of "
+        "every class's images (default: none)",
     )
     rec.add_argument(
         "--guidance-schedule",

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..seeds import SEED_BITS, sample_seed
-from .recipe import Recipe
+from .recipe import Recipe, mixture_counts
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,14 @@ class Sample:
     class_name: str
     prompt: str
     seed: int
+    model: str = ""  # its generator, in a mixture (recipe.models); "" otherwise
 
 
 @dataclass(frozen=True)
 class WorkUnit:
     shard: int
     samples: tuple[Sample, ...]
+    model: str = ""  # a mixture's units each hold one generator's samples
 
     @property
     def name(self) -> str:
@@ -45,18 +47,35 @@ def shard_name(shard: int) -> str:
 def plan_samples(recipe: Recipe, seed_bits: int = SEED_BITS) -> list[Sample]:
     classes, n_classes = recipe.classes, len(recipe.classes)
     width = max(6, len(str(recipe.images_per_class - 1)))
+    owners = _owners(recipe)
     samples = []
     for i in range(recipe.num_samples):
         c, j = i % n_classes, i // n_classes
         seed = sample_seed(recipe.seed, i, seed_bits)
         cls = classes[c]
-        samples.append(
-            Sample(i, f"{cls.id}_{j:0{width}d}", c, cls.id, cls.name, recipe.prompt.prompt(cls, c, j, seed), seed)
-        )
+        prompt = recipe.prompt.prompt(cls, c, j, seed)
+        samples.append(Sample(i, f"{cls.id}_{j:0{width}d}", c, cls.id, cls.name, prompt, seed, owners[j]))
     return samples
 
 
+def _owners(recipe: Recipe) -> list[str]:
+    """The generator of image j of every class: a mixture's models in order, each its share of
+    the class's images (the first share's images first); "" without a mixture."""
+    if not recipe.mixture:
+        return [""] * recipe.images_per_class
+    counts = mixture_counts([e.share for e in recipe.mixture], recipe.images_per_class)
+    return [e.model for e, n in zip(recipe.mixture, counts) for _ in range(n)]
+
+
 def plan_units(recipe: Recipe, seed_bits: int = SEED_BITS) -> list[WorkUnit]:
+    """Shards of consecutive samples; in a mixture, each generator's samples in shards of their
+    own (the first model's shards first), so a worker runs one model a unit."""
     samples = plan_samples(recipe, seed_bits)
     size = recipe.images_per_shard
-    return [WorkUnit(s // size, tuple(samples[s : s + size])) for s in range(0, len(samples), size)]
+    groups = [[s for s in samples if s.model == name] for name in recipe.models] if recipe.mixture else [samples]
+    units: list[WorkUnit] = []
+    for group in groups:
+        for s in range(0, len(group), size):
+            chunk = tuple(group[s : s + size])
+            units.append(WorkUnit(len(units), chunk, chunk[0].model))
+    return units

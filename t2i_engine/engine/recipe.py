@@ -33,6 +33,9 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
     guidance_schedule: constant     # or linear | cosine: guidance ramped up over the steps, same mean
     apg: none                       # or true | {eta: 0, rescale: 15, momentum: -0.5}: adaptive projected guidance
     cads: none                      # or 0.25 | {noise: 0.25, tau1: 0.6, tau2: 0.9, psi: 1}: condition annealing
+    models:                         # a mixture of generators instead of `model`: each sample's
+      - {model: digits, share: 0.5} # model fixed by the plan (sample j of each class by its
+      - {model: digits-dit, share: 0.5}  # position: the first 50% to the first model, ...)
     preset: fast                    # named sampling settings (UNet families) from the embedded
                                     # model's measured frontier; keys set here win (default: none)
 
@@ -89,11 +92,24 @@ DEFAULTS: dict[str, object] = {
     "apg": None,
     "cads": None,
     "preset": None,
+    "models": None,
 }
+MAX_MODELS = 8
 HIGH_NOISE_FRACTION = 0.8  # the paper's code and diffusers' SDXL example
 ZERO_GUIDANCE = ("conditional", "unconditional")
 # Fields that change how the work is done, not what the dataset holds.
 EXECUTION_FIELDS = ("batch_size",)
+
+
+@dataclass(frozen=True)
+class MixEntry:
+    """One generator of a mixture: its share of each class's images and its own resolved steps
+    and guidance (the recipe's if it sets them, else the model's)."""
+
+    model: str
+    share: float
+    steps: int
+    guidance: float
 
 
 @dataclass(frozen=True)
@@ -129,6 +145,19 @@ class Recipe:
     guidance_schedule: str = "constant"
     apg: dict | None = None
     cads: dict | None = None
+    # a mixture of generators (None: `model` alone); `model`, `steps` and `guidance` are then its first's
+    mixture: tuple[MixEntry, ...] | None = None
+
+    @property
+    def models(self) -> list[str]:
+        return [e.model for e in self.mixture] if self.mixture else [self.model]
+
+    def for_model(self, name: str) -> Recipe:
+        """The recipe one generator of a mixture runs (the recipe itself without a mixture)."""
+        if not self.mixture:
+            return self
+        entry = next(e for e in self.mixture if e.model == name)
+        return dataclasses.replace(self, model=name, steps=entry.steps, guidance=entry.guidance, mixture=None)
 
     @property
     def num_samples(self) -> int:
@@ -155,6 +184,8 @@ class Recipe:
             d["guidance_interval"] = tuple(d["guidance_interval"])
         if d.get("guidance_choices") is not None:
             d["guidance_choices"] = tuple(d["guidance_choices"])
+        if d.get("mixture") is not None:
+            d["mixture"] = tuple(MixEntry(**e) for e in d["mixture"])
         return cls(**d)
 
     def content_hash(self) -> str:
@@ -172,7 +203,13 @@ class Recipe:
             del d["cache"]
         elif d["cache"]["name"] in BATCH_DEPENDENT_CACHES:  # its decisions are the batch's: the batch decides images
             d["batch_size"] = self.batch_size
-        for key, off in (("guidance_choices", None), ("guidance_schedule", "constant"), ("apg", None), ("cads", None)):
+        for key, off in (
+            ("guidance_choices", None),
+            ("guidance_schedule", "constant"),
+            ("apg", None),
+            ("cads", None),
+            ("mixture", None),
+        ):
             if d[key] == off:  # recipes without the diversity levers keep their hashes
                 del d[key]
         d["prompt"].pop("captions_file")  # where captions came from is provenance, not content
@@ -206,6 +243,9 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
     unknown = sorted((k for k in raw if k not in DEFAULTS), key=str)
     if unknown:
         raise InputError(unknown[0], raw[unknown[0]], f"unknown recipe key; allowed keys: {', '.join(DEFAULTS)}")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if raw.get("models") is not None or overrides.get("models") is not None:
+        return _mixture(raw, overrides, base_dir)
     merged = {**DEFAULTS, **raw}
     prompt_raw = merged["prompt"]
     for key, value in (overrides or {}).items():
@@ -282,6 +322,54 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         apg=check_apg(merged["apg"], spec.family, guides),
         cads=check_cads(merged["cads"], spec.family, guides),
     )
+
+
+def _mixture(raw: dict, overrides: dict, base_dir: Path | None) -> Recipe:
+    """A recipe of several generators: each entry's recipe is built and checked as a recipe of
+    its own (its family's rules, its defaults), then joined; they must make one dataset."""
+    entries = overrides.get("models", raw.get("models"))
+    if isinstance(entries, str):  # the flag's form: NAME=SHARE,NAME=SHARE
+        pairs = [p.partition("=") for p in entries.split(",")]
+        entries = [{"model": name.strip(), "share": share.strip()} for name, _, share in pairs]
+    if "model" in raw or "model" in overrides:
+        raise InputError("model", overrides.get("model", raw.get("model")), "a recipe names model or models, not both")
+    allowed = (
+        f"expected a list of 2 to {MAX_MODELS} mappings {{model: NAME, share: FRACTION}}, distinct models, shares "
+        "above 0 adding up to 1"
+    )
+    if not isinstance(entries, list) or not 2 <= len(entries) <= MAX_MODELS:
+        raise InputError("models", entries, allowed)
+    if not all(isinstance(e, dict) and set(e) == {"model", "share"} for e in entries):
+        raise InputError("models", entries, allowed)
+    shares = [_number(e["share"], "models.share", 0.0, 1.0) for e in entries]
+    if min(shares) <= 0 or abs(sum(shares) - 1) > 1e-6 or len({e["model"] for e in entries}) != len(entries):
+        raise InputError("models", entries, allowed)
+    rest = {k: v for k, v in raw.items() if k != "models"}
+    flags = {k: v for k, v in overrides.items() if k != "models"}
+    subs = [build_recipe({**rest, "model": e["model"]}, flags, base_dir) for e in entries]
+    first = subs[0]
+    for sub in subs[1:]:
+        if sub.resolution != first.resolution:
+            raise InputError(
+                "resolution",
+                list(sub.resolution),
+                f"{sub.model} and {first.model} make other sizes by default; set resolution for the mixture",
+            )
+        if sub.refiner or first.refiner:
+            raise InputError("refiner", sub.refiner or first.refiner, "a mixture runs without a refiner")
+    mixture = tuple(MixEntry(s.model, share, s.steps, s.guidance) for s, share in zip(subs, shares))
+    return dataclasses.replace(first, mixture=mixture)
+
+
+def mixture_counts(shares: list[float], n: int) -> list[int]:
+    """Images of each generator in a class of n: the shares rounded by largest remainder, so the
+    counts add up to n and every split of the plan agrees."""
+    exact = [share * n for share in shares]
+    counts = [int(x) for x in exact]
+    order = sorted(range(len(shares)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
 
 
 def _zero_guidance(value: object, spec) -> str:

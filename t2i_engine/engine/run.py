@@ -121,11 +121,15 @@ def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) 
 
 
 def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, t_start: float) -> dict:
-    check_family(spec)
     check_attention(options.attention, device)
     dtype = options.tuning.dtype(device)
-    check_runtime(options.backend, options.attention, device, dtype, spec.name, options.tuning)
-    check_conv(options.conv, spec, device, options.backend)
+    for name in recipe.models:  # a mixture's every generator
+        model_spec = get_model(name)
+        check_family(model_spec)
+        check_runtime(options.backend, options.attention, device, dtype, name, options.tuning)
+        check_conv(options.conv, model_spec, device, options.backend)
+    if recipe.mixture and options.weights:
+        raise InputError("weights", options.weights, "a mixture loads each of its models from the registry's source")
     check_cache_runtime(recipe.cache, options.backend, options.tuning)
     if recipe.refiner and options.backend != "eager":
         raise InputError(
@@ -181,7 +185,10 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     remote = bool(options.devices or options.ray)
     if todo and not remote and options.progress and sys.stderr.isatty():  # where the progress bar shows too
         print(f"generate: loading {spec.name} ({meta['dtype']}) on {device}", file=sys.stderr, flush=True)
-    generator = load_generator(recipe, options.model, device) if todo and not remote else None
+    first = todo[0].model if todo else ""  # a mixture's: the model of the first unit to run
+    generator = (
+        load_generator(recipe.for_model(first or recipe.model), options.model, device) if todo and not remote else None
+    )
     t_loaded = time.perf_counter()
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +201,8 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
             units, mine = _plan(recipe, found["format"], part)
         todo = _uncommitted(out_dir, mine)
         if todo and generator is None and not remote:
-            generator = load_generator(recipe, options.model, device)
+            first = todo[0].model
+            generator = load_generator(recipe.for_model(first or recipe.model), options.model, device)
         mf.remove_stale_temporaries(out_dir, [u.name for u in mine] if part else None)
         with mf.finalize_lock(out_dir):  # parts: the first one in writes it; the others find it
             if not part or mf.read_manifest(out_dir) is None:
@@ -212,7 +220,12 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                 )
             elif todo:
                 workers = default_encode_workers(device) if options.encode_workers is None else options.encode_workers
-                runner = UnitRunner(generator, shard_writer(recipe, out_dir, workers), recipe.batch_size)
+                loader = (
+                    (lambda m: load_generator(recipe.for_model(m), options.model, device)) if recipe.mixture else None
+                )
+                runner = UnitRunner(
+                    generator, shard_writer(recipe, out_dir, workers), recipe.batch_size, loader, first
+                )
                 if options.backend == "eager" and options.tuning.compile == "none":  # the counter sees eager modules
                     generator.count_flops()
                 try:
@@ -225,7 +238,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                         runner.writer.close()
                     raise
                 runner.writer.close()
-                stages, writer_wait = generator.stage_seconds, runner.writer.wait_seconds
+                stages, writer_wait = runner.stages(), runner.writer.wait_seconds
         except OutOfSpace as e:  # say how much the rest needs: the shards of this run still unwritten
             raise OutOfSpace(out_dir, e.shard_bytes, len(_uncommitted(out_dir, mine)), e.error) from e.error
         if not part:

@@ -37,14 +37,49 @@ def shard_writer(recipe: Recipe, out_dir: Path, encode_workers: int) -> ShardWri
         extension=recipe.extension,
         sample_meta=sample_meta(recipe),
         encode_workers=encode_workers,
+        model_meta={name: sample_meta(recipe.for_model(name)) for name in recipe.models} if recipe.mixture else None,
     )
 
 
 class UnitRunner:
-    """A model on one device and a writer into one folder: generates whole units into shards."""
+    """A model on one device and a writer into one folder: generates whole units into shards. In
+    a mixture, `loader(model)` gives the Generator of a unit of another model (one model held at
+    a time: the one before is let go first)."""
 
-    def __init__(self, generator: Generator, writer: ShardWriter, batch_size: int):
+    def __init__(
+        self,
+        generator: Generator,
+        writer: ShardWriter,
+        batch_size: int,
+        loader: Callable[[str], Generator] | None = None,
+        model: str = "",
+    ):
         self.generator, self.writer, self.batch_size = generator, writer, batch_size
+        self.loader, self.model = loader, model
+        self.stage_seconds: dict[str, float] = {}  # of the generators let go (stages() adds the current one's)
+
+    @classmethod
+    def for_recipe(
+        cls, recipe: Recipe, model: ModelOptions, device: torch.device, writer: ShardWriter, first: str = ""
+    ) -> UnitRunner:
+        """`recipe`'s runner with `writer`: a mixture's starts with the generator of `first`."""
+        name = first or recipe.model
+        generator = load_generator(recipe.for_model(name), model, device)
+        loader = (lambda m: load_generator(recipe.for_model(m), model, device)) if recipe.mixture else None
+        return cls(generator, writer, recipe.batch_size, loader, name if recipe.mixture else "")
+
+    def stages(self) -> dict[str, float]:
+        """Seconds per stage over every generator this runner has held."""
+        out = dict(self.stage_seconds)
+        for k, v in self.generator.stage_seconds.items():
+            out[k] = out.get(k, 0.0) + v
+        return out
+
+    def _switch(self, name: str) -> None:
+        self.stage_seconds = self.stages()
+        self.generator = None  # let the old model go before the next loads
+        _free_cuda_memory()
+        self.generator, self.model = self.loader(name), name
 
     @classmethod
     def load(
@@ -58,8 +93,7 @@ class UnitRunner:
         device = resolve_device(device_name)
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)  # kernels that launch on the current device (Triton) follow the worker's
-        generator = load_generator(recipe, model, device)
-        return cls(generator, shard_writer(recipe, out_dir, encode_workers=0), recipe.batch_size)
+        return cls.for_recipe(recipe, model, device, shard_writer(recipe, out_dir, encode_workers=0))
 
     @property
     def dtype(self) -> str:
@@ -68,6 +102,8 @@ class UnitRunner:
     def run(self, unit: WorkUnit, on_batch: Callable[[int], None] | None = None) -> int:
         """Generate `unit` and hand it to the writer (committed once encoded); returns its image
         count. `on_batch(n)` is told of each batch of n images handed over."""
+        if unit.model and unit.model != self.model:
+            self._switch(unit.model)
         start = 0
         while start < len(unit.samples):
             batch = list(unit.samples[start : start + self.batch_size])

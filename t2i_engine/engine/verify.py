@@ -153,6 +153,7 @@ def _verify_unit(
             "class_name": sample.class_name,
             "prompt": sample.prompt,
             "seed": sample.seed,
+            "model": sample.model or recipe.model,  # a mixture's: the generator the plan gave it
         }
         if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in planned.items()):
             problems.append(bad(f"sample {key}: its json disagrees with the plan"))

@@ -121,10 +121,12 @@ class ShardWriter:
         sample_meta: dict,
         encode_workers: int = 1,
         max_pending: int | None = None,
+        model_meta: dict[str, dict] | None = None,
     ):
         self.out_dir = out_dir
         self.fmt, self.quality, self.extension = fmt, quality, extension
         self.sample_meta = sample_meta  # settings shared by every sample's KEY.json
+        self.model_meta = model_meta or {}  # a mixture's: each generator's settings, by sample.model
         # encode_workers=0 encodes on a thread: no process start-up, for tiny runs and tests.
         self._pool = (
             ProcessPoolExecutor(encode_workers, mp_context=get_context("spawn"), initializer=_ignore_stop_signals)
@@ -260,7 +262,7 @@ class ShardWriter:
             "class_name": sample.class_name,
             "prompt": sample.prompt,
             "seed": sample.seed,
-            **self.sample_meta,
+            **(self.model_meta[sample.model] if sample.model else self.sample_meta),
         }
         if "guidance_choices" in meta:
             meta["guidance"] = sample_guidance(tuple(meta["guidance_choices"]), sample.seed)

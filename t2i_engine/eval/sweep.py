@@ -46,7 +46,7 @@ from ..benchmark.paths import count_denoiser_images
 from ..devices import resolve_device
 from ..engine.generator import Generator
 from ..engine.plan import plan_samples
-from ..engine.recipe import DEFAULTS, build_recipe, read_recipe_file
+from ..engine.recipe import DEFAULTS, build_recipe, mixture_counts, read_recipe_file
 from ..engine.run import RunOptions, generate
 from ..errors import InputError
 from ..files import atomic_write_text, check_writable
@@ -199,6 +199,12 @@ class _Probe:
         self.nominal: dict = {}
 
     def __call__(self, recipe) -> dict:
+        if recipe.mixture:  # each generator's, weighted by its share of the images
+            counts = mixture_counts([e.share for e in recipe.mixture], recipe.images_per_class)
+            parts = [
+                (n / recipe.images_per_class, self(recipe.for_model(e.model))) for e, n in zip(recipe.mixture, counts)
+            ]
+            return {k: sum(w * p[k] for w, p in parts) for k in parts[0][1]}
         spec = get_model(recipe.model)
         if spec.name not in self.pipes:
             self.pipes[spec.name] = load_pipeline(spec, None, self.device, torch.float32)

@@ -1,0 +1,126 @@
+"""Mixtures of generators (recipe key `models`): each class's images split by the shares in the
+plan, every unit one model's, keys and seeds those of the same recipe without a mixture; one
+process, two workers, two parts and Ray write the same samples and manifest; each sample's JSON
+names its model and verify holds it to the plan; bad mixtures exit 2 with nothing written."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+
+import pytest
+
+from t2i_engine.engine.plan import plan_samples, plan_units
+from t2i_engine.engine.recipe import build_recipe, mixture_counts
+from t2i_engine.engine.run import RunOptions, generate
+from t2i_engine.engine.verify import verify_dataset
+from tests.engine.test_generate import QUIET, sample_differences
+
+MIX = [{"model": "digits", "share": 0.6}, {"model": "tiny-sd", "share": 0.4}]
+RECIPE = {
+    "models": MIX,
+    "classes": ["cat", "dog"],
+    "images_per_class": 5,
+    "steps": 2,
+    "resolution": 32,
+    "batch_size": 4,
+    "images_per_shard": 2,
+    "format": "png",
+}  # 10 samples: 6 digits, 4 tiny-sd
+
+
+def test_the_plan_splits_each_class_by_share_in_units_of_one_model():
+    assert mixture_counts([0.6, 0.4], 5) == [3, 2] and mixture_counts([0.5, 0.25, 0.25], 3) == [1, 1, 1]
+    recipe = build_recipe(RECIPE)
+    samples = plan_samples(recipe)
+    alone = plan_samples(build_recipe({k: v for k, v in RECIPE.items() if k != "models"}))
+    assert [(s.key, s.seed, s.prompt) for s in samples] == [(s.key, s.seed, s.prompt) for s in alone]
+    per_class = Counter((s.class_id, s.model) for s in samples)
+    assert per_class == {("cat", "digits"): 3, ("dog", "digits"): 3, ("cat", "tiny-sd"): 2, ("dog", "tiny-sd"): 2}
+    units = plan_units(recipe)
+    assert all({s.model for s in u.samples} == {u.model} for u in units)
+    assert [u.model for u in units] == ["digits"] * 3 + ["tiny-sd"] * 2 and [u.shard for u in units] == list(range(5))
+    assert recipe.for_model("tiny-sd").steps == 2 and build_recipe({**RECIPE, "steps": None}).mixture[1].steps == 20
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mix") / "whole"
+    generate(build_recipe(RECIPE), out, QUIET)
+    return out
+
+
+def _metas(folder) -> dict:
+    out = {}
+    for shard in folder.glob("*.tar"):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".json"):
+                    out[m.name] = json.loads(tar.extractfile(m).read())
+    return out
+
+
+@pytest.mark.slow
+def test_one_process_workers_parts_and_ray_write_the_same_mixture(whole, tmp_path):
+    generate(build_recipe(RECIPE), tmp_path / "workers", RunOptions(progress=False, devices=["cpu", "cpu"]))
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        generate(build_recipe(RECIPE), tmp_path / "ray", RunOptions(progress=False, ray="local"))
+    finally:
+        ray.shutdown()
+    for part in ((0, 2), (1, 2)):
+        generate(
+            build_recipe(RECIPE),
+            tmp_path / "parts",
+            RunOptions(device="cpu", progress=False, encode_workers=0, part=part),
+        )
+    metas = _metas(whole)
+    assert Counter(m["model"] for m in metas.values()) == {"digits": 6, "tiny-sd": 4}
+    assert {m["steps"] for m in metas.values()} == {2}
+    manifest = json.loads((whole / "dataset.json").read_text())
+    for other in ("workers", "parts", "ray"):
+        assert sample_differences(tmp_path / other, whole) == []
+        assert _metas(tmp_path / other) == metas
+        theirs = json.loads((tmp_path / other / "dataset.json").read_text())
+        assert theirs["recipe"] == manifest["recipe"] and theirs["recipe_hash"] == manifest["recipe_hash"]
+        assert theirs["shards"] == manifest["shards"]
+        assert verify_dataset(tmp_path / other) == []
+
+
+def test_verify_holds_each_sample_to_its_planned_model(whole, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(whole, copy)
+    shard = copy / "000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for m, data in members:
+            if m.name.endswith(".json"):
+                data = json.dumps({**json.loads(data), "model": "tiny-sd"}).encode()
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    problems = [str(p) for p in verify_dataset(copy)]
+    disagree = sorted(p.split("sample ")[1].split(":")[0] for p in problems if "json disagrees with the plan" in p)
+    assert disagree == ["cat_000000", "dog_000000"], problems  # digits' samples now claiming tiny-sd
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--models", "digits=0.5,tiny-sd=0.4", "--resolution", "32"], "adding up to 1"),
+        (["--models", "digits=0.5,digits=0.5"], "distinct models"),
+        (["--models", "digits=1"], "a list of 2 to 8"),
+        (["--models", "digits=0.5,nope=0.5"], "nope"),
+        (["--models", "digits=0.5,tiny-sd=0.5"], "set resolution for the mixture"),
+        (["--models", "digits=0.5,tiny-sd=0.5", "--model", "digits", "--resolution", "32"], "not both"),
+        (["--models", "digits=0.5,tiny-sd=x", "--resolution", "32"], "models.share"),
+    ],
+)
+def test_bad_mixtures_exit_2_before_anything_is_written(cli, tmp_path, flags, needle):
+    code, _, err = cli("generate", "--out", tmp_path / "o", *flags, "--device", "cpu")
+    assert code == 2 and needle in err and not (tmp_path / "o").exists(), err
