@@ -104,10 +104,16 @@ def read_grid(path: str | Path) -> tuple[dict, list[Cell], Path]:
 
 
 def cell_name(settings: dict) -> str:
-    parts = [
-        f"{k}={json.dumps(v, separators=(',', ':')) if not isinstance(v, str) else v}" for k, v in settings.items()
-    ]
-    return re.sub(r"[^A-Za-z0-9=+.,_-]", "_", ",".join(parts))
+    def text(v) -> str:
+        if isinstance(v, str):
+            return v
+        if isinstance(v, dict) or (isinstance(v, list) and any(isinstance(x, dict) for x in v)):
+            # mappings (a mixture's models, a cache's parameters) by their values: digits:0.5+digits-dit:0.5
+            items = v if isinstance(v, list) else [v]
+            return "+".join(":".join(map(str, x.values())) if isinstance(x, dict) else str(x) for x in items)
+        return json.dumps(v, separators=(",", ":"))
+
+    return re.sub(r"[^A-Za-z0-9=+.,_-]", "_", ",".join(f"{k}={text(v)}" for k, v in settings.items()))
 
 
 def pareto(points: list[tuple[float, float]]) -> list[bool]:

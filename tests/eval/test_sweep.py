@@ -82,6 +82,11 @@ def test_variants_are_crossed_with_the_axes(tmp_path):
     assert len({c.name for c in cells}) == 6
     grid.write_text("base: {model: digits}\nvariants: [{}, {cads: on}]")  # variants alone
     assert [c.name for c in sweep.read_grid(grid)[1]] == ["base", "cads=true"]
+    mixture = [{"model": "digits", "share": 0.5}, {"model": "tiny-sd", "share": 0.5}]
+    assert (
+        sweep.cell_name({"models": mixture, "cache": "deepcache:2"})
+        == "models=digits_0.5+tiny-sd_0.5,cache=deepcache_2"
+    )
 
 
 def test_a_bad_grid_exits_2_before_anything_is_written(cli, tmp_path):
