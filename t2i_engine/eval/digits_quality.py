@@ -1,4 +1,4 @@
-"""The embedded model's quality figures, the paper's loop in miniature.
+"""An embedded model's quality figures (digits, digits-dit), the paper's loop in miniature.
 
 For each guidance scale: generate 500 images per digit with the engine (default settings
 otherwise), then
@@ -57,7 +57,13 @@ def diversity(judge: SmallCNN, images: torch.Tensor, labels: torch.Tensor) -> fl
     return float(np.mean([pairwise_diversity(feats[labels == c]) for c in labels.unique()]))
 
 
-def evaluate(work_dir: Path, guidances=GUIDANCES, images_per_class: int = 500, judged_per_class: int = 100) -> dict:
+def evaluate(
+    work_dir: Path,
+    guidances=GUIDANCES,
+    images_per_class: int = 500,
+    judged_per_class: int = 100,
+    model: str = "digits",
+) -> dict:
     split = load_split()
     judge = load_judge()
     real_model = train_classifier(split.train_images, split.train_labels, seed=CLASSIFIER_SEED)
@@ -65,13 +71,14 @@ def evaluate(work_dir: Path, guidances=GUIDANCES, images_per_class: int = 500, j
         "real_baseline_synth_to_real": accuracy(real_model, split.test_images, split.test_labels),
         "judge_heldout_real_accuracy": accuracy(judge, split.test_images, split.test_labels),
         "real_heldout_diversity": diversity(judge, split.test_images, split.test_labels),
+        "model": model,
         "images_per_class": images_per_class,
         "judged_per_class": judged_per_class,
         "rows": [],
     }
     for g in guidances:
         recipe = build_recipe(
-            {"model": "digits", "guidance": g, "images_per_class": images_per_class, "batch_size": 100}
+            {"model": model, "guidance": g, "images_per_class": images_per_class, "batch_size": 100}
         )
         start = time.perf_counter()
         summary = generate(recipe, work_dir / f"guidance-{g}", RunOptions(device="cpu", progress=False))
@@ -115,8 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, required=True, help="folder for the generated datasets")
     ap.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
     ap.add_argument("--images-per-class", type=int, default=500)
+    ap.add_argument("--model", default="digits", choices=("digits", "digits-dit"), help="the embedded model")
     args = ap.parse_args(argv)
-    result = evaluate(args.work, images_per_class=args.images_per_class)
+    result = evaluate(args.work, images_per_class=args.images_per_class, model=args.model)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(markdown_table(result))

@@ -178,7 +178,7 @@ def obtain_pipeline(spec: ModelSpec, weights: str | None, device: torch.device, 
     def load(source):
         if spec.family == "sd" or (spec.builder and source is None):  # test models of every family are built
             return load_pipeline(spec, source, device, dtype)
-        pipe = from_pretrained(spec, source, dtype).to(device)
+        pipe = from_pretrained(spec, source or bundled_path(spec), dtype).to(device)  # a shipped model of any family
         apply_registry_settings(spec, pipe)
         return pipe
 
