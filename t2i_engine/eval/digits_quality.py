@@ -77,9 +77,7 @@ def evaluate(
         "rows": [],
     }
     for g in guidances:
-        recipe = build_recipe(
-            {"model": model, "guidance": g, "images_per_class": images_per_class, "batch_size": 100}
-        )
+        recipe = build_recipe({"model": model, "guidance": g, "images_per_class": images_per_class, "batch_size": 100})
         start = time.perf_counter()
         summary = generate(recipe, work_dir / f"guidance-{g}", RunOptions(device="cpu", progress=False))
         images, labels = read_images(work_dir / f"guidance-{g}")

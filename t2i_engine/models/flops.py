@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, shape_wrapper
 
 from .pipelines import denoiser
 
@@ -102,6 +103,29 @@ def pipeline_flops(
     }
 
 
+class _OpFlops(TorchDispatchMode):
+    """FlopCounterMode's per-op formulas without its module tracker (whose hooks on every module
+    broke on Sana's transformer under inference mode): a plain total."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+        self.registry = {**flop_registry, **{k: shape_wrapper(v) for k, v in CUSTOM.items()}}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        count = self.registry.get(func._overloadpacket)
+        if count is None:  # a composite op (matmul under inference mode arrives whole): count its parts
+            with self:
+                parts = func.decompose(*args, **kwargs)
+            if parts is not NotImplemented:
+                return parts
+        out = func(*args, **kwargs)
+        if count is not None:
+            self.flops += count(*args, **kwargs, out_val=out)
+        return out
+
+
 class CallFlops:
     """FLOPs of what `modules` really compute while it is active (`with CallFlops([unet]) as c`):
     each call runs under a counter entered by a pre-hook and left by a post-hook, so whatever
@@ -112,17 +136,17 @@ class CallFlops:
     def __init__(self, modules):
         self.modules, self.flops = list(modules), 0
         self._handles: list = []
-        self._open: list[FlopCounterMode] = []
+        self._open: list[_OpFlops] = []
 
     def _pre(self, module, args):
-        counter = FlopCounterMode(display=False, custom_mapping=CUSTOM)
+        counter = _OpFlops()
         counter.__enter__()
         self._open.append(counter)
 
     def _post(self, module, args, output):
         counter = self._open.pop()
         counter.__exit__(None, None, None)
-        self.flops += counter.get_total_flops()
+        self.flops += counter.flops
 
     def __enter__(self):
         for m in self.modules:
