@@ -294,8 +294,9 @@ def _add_generate_parser(sub) -> None:
         "--preset",
         type=str,
         metavar="NAME",
-        help="named sampling settings: fast (UNet families; the sampler and steps the embedded model's measured "
-        "frontier chose; recipe keys and flags set beside it win) or default (default: default)",
+        help="named sampling settings from the embedded model's measured frontier (UNet families): fast (UniPC, 6 "
+        "steps, guidance interval [0.5, 3]: 3.3x fewer denoiser FLOPs), fastest (and DeepCache: 4.5x); recipe keys "
+        "and flags set beside it win (default: default)",
     )
 
     dev = gen.add_argument_group("devices and scale-out")

@@ -36,7 +36,7 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
     models:                         # a mixture of generators instead of `model`: each sample's
       - {model: digits, share: 0.5} # model fixed by the plan (sample j of each class by its
       - {model: digits-dit, share: 0.5}  # position: the first 50% to the first model, ...)
-    preset: fast                    # named sampling settings (UNet families) from the embedded
+    preset: fast                    # or fastest: named sampling settings (UNet families) from the embedded
                                     # model's measured frontier; keys set here win (default: none)
 
 The recipe is stored resolved (class list and captions included) in the dataset's manifest, so

@@ -105,7 +105,7 @@ def test_the_fast_preset_is_its_recipe_keys_and_keys_set_beside_it_win():
         (["--guidance-interval", "1"], "two noise levels"),
         (["--guidance", "1", "--guidance-interval", "0.5,3"], "guidance above 1"),
         (["--model", "tiny-flux", "--guidance-interval", "0.5,3"], "not for the flux family"),
-        (["--preset", "quick"], "expected one of default, fast"),
+        (["--preset", "quick"], "expected one of default, fast, fastest"),
         (["--model", "tiny-flux", "--preset", "fast"], "for the UNet families"),
     ],
 )
