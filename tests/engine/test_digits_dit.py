@@ -1,6 +1,6 @@
 """The second embedded model, digits-dit (SD3's classes, trained weights, no T5): the engine's
-images equal plain diffusers' for the same prompts and noise; one process, two workers, two
-parts and Ray write the same samples (images within one level); it exports to ONNX (heavy)."""
+images equal plain diffusers' for the same prompts and noise; it exports to ONNX (heavy). Its
+workers, parts and Ray paths are tested in test_mixture.py (a mixture of the two embedded models)."""
 
 from __future__ import annotations
 
@@ -58,26 +58,6 @@ def test_the_engine_matches_plain_diffusers(whole):
     theirs = (theirs * 255).round().astype(np.uint8)
     assert int(np.abs(images.astype(int) - theirs.astype(int)).max()) <= 1
     assert verify_dataset(whole) == []
-
-
-@pytest.mark.slow
-def test_workers_parts_and_ray_write_the_same_samples(whole, tmp_path):
-    generate(build_recipe(RECIPE), tmp_path / "workers", RunOptions(progress=False, devices=["cpu", "cpu"]))
-    assert sample_differences(tmp_path / "workers", whole) == []
-    for part in ((0, 2), (1, 2)):
-        generate(
-            build_recipe(RECIPE),
-            tmp_path / "parts",
-            RunOptions(device="cpu", progress=False, encode_workers=0, part=part),
-        )
-    assert sample_differences(tmp_path / "parts", whole) == []
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        generate(build_recipe(RECIPE), tmp_path / "ray", RunOptions(progress=False, ray="local"))
-    finally:
-        ray.shutdown()
-    assert sample_differences(tmp_path / "ray", whole) == []
 
 
 @pytest.mark.heavy

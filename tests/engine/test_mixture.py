@@ -1,7 +1,10 @@
 """Mixtures of generators (recipe key `models`): each class's images split by the shares in the
 plan, every unit one model's, keys and seeds those of the same recipe without a mixture; one
 process, two workers, two parts and Ray write the same samples and manifest; each sample's JSON
-names its model and verify holds it to the plan; bad mixtures exit 2 with nothing written."""
+names its model and verify holds it to the plan; bad mixtures exit 2 with nothing written.
+The mixture is of the two embedded models, so this is also digits-dit's test of the workers,
+parts and Ray paths, and the suite's test of `--devices cpu:2` without a failure and of
+`--ray local` (a local Ray instance of 2 CPUs; test_workers.py kills a worker)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from t2i_engine.engine.run import RunOptions, generate
 from t2i_engine.engine.verify import verify_dataset
 from tests.engine.test_generate import QUIET, sample_differences
 
-MIX = [{"model": "digits", "share": 0.6}, {"model": "tiny-sd", "share": 0.4}]
+MIX = [{"model": "digits", "share": 0.6}, {"model": "digits-dit", "share": 0.4}]
 RECIPE = {
     "models": MIX,
     "classes": ["cat", "dog"],
@@ -28,7 +31,7 @@ RECIPE = {
     "batch_size": 4,
     "images_per_shard": 2,
     "format": "png",
-}  # 10 samples: 6 digits, 4 tiny-sd
+}  # 10 samples: 6 digits, 4 digits-dit
 
 
 def test_the_plan_splits_each_class_by_share_in_units_of_one_model():
@@ -38,11 +41,19 @@ def test_the_plan_splits_each_class_by_share_in_units_of_one_model():
     alone = plan_samples(build_recipe({k: v for k, v in RECIPE.items() if k != "models"}))
     assert [(s.key, s.seed, s.prompt) for s in samples] == [(s.key, s.seed, s.prompt) for s in alone]
     per_class = Counter((s.class_id, s.model) for s in samples)
-    assert per_class == {("cat", "digits"): 3, ("dog", "digits"): 3, ("cat", "tiny-sd"): 2, ("dog", "tiny-sd"): 2}
+    assert per_class == {
+        ("cat", "digits"): 3,
+        ("dog", "digits"): 3,
+        ("cat", "digits-dit"): 2,
+        ("dog", "digits-dit"): 2,
+    }
     units = plan_units(recipe)
     assert all({s.model for s in u.samples} == {u.model} for u in units)
-    assert [u.model for u in units] == ["digits"] * 3 + ["tiny-sd"] * 2 and [u.shard for u in units] == list(range(5))
-    assert recipe.for_model("tiny-sd").steps == 2 and build_recipe({**RECIPE, "steps": None}).mixture[1].steps == 20
+    assert [u.model for u in units] == ["digits"] * 3 + ["digits-dit"] * 2
+    assert [u.shard for u in units] == list(range(5))
+    assert recipe.for_model("digits-dit").steps == 2
+    with_tiny_sd = {**RECIPE, "models": [MIX[0], {"model": "tiny-sd", "share": 0.4}], "steps": None}
+    assert build_recipe(with_tiny_sd).mixture[1].steps == 20  # each model's own default steps
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +75,15 @@ def _metas(folder) -> dict:
 
 @pytest.mark.slow
 def test_one_process_workers_parts_and_ray_write_the_same_mixture(whole, tmp_path):
-    generate(build_recipe(RECIPE), tmp_path / "workers", RunOptions(progress=False, devices=["cpu", "cpu"]))
+    summary = generate(build_recipe(RECIPE), tmp_path / "workers", RunOptions(progress=False, devices=["cpu", "cpu"]))
+    assert summary["worker_restarts"] == 0 and len(summary["device_images_per_second"]) == 2
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        generate(build_recipe(RECIPE), tmp_path / "ray", RunOptions(progress=False, ray="local"))
+        summary = generate(build_recipe(RECIPE), tmp_path / "ray", RunOptions(progress=False, ray="local"))
     finally:
         ray.shutdown()
+    assert summary["ray"] == {"ray-cpu-actors": 2} and summary["dataset_complete"]
     for part in ((0, 2), (1, 2)):
         generate(
             build_recipe(RECIPE),
@@ -78,7 +91,7 @@ def test_one_process_workers_parts_and_ray_write_the_same_mixture(whole, tmp_pat
             RunOptions(device="cpu", progress=False, encode_workers=0, part=part),
         )
     metas = _metas(whole)
-    assert Counter(m["model"] for m in metas.values()) == {"digits": 6, "tiny-sd": 4}
+    assert Counter(m["model"] for m in metas.values()) == {"digits": 6, "digits-dit": 4}
     assert {m["steps"] for m in metas.values()} == {2}
     manifest = json.loads((whole / "dataset.json").read_text())
     for other in ("workers", "parts", "ray"):
@@ -101,12 +114,12 @@ def test_verify_holds_each_sample_to_its_planned_model(whole, tmp_path):
     with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
         for m, data in members:
             if m.name.endswith(".json"):
-                data = json.dumps({**json.loads(data), "model": "tiny-sd"}).encode()
+                data = json.dumps({**json.loads(data), "model": "digits-dit"}).encode()
                 m.size = len(data)
             tar.addfile(m, io.BytesIO(data))
     problems = [str(p) for p in verify_dataset(copy)]
     disagree = sorted(p.split("sample ")[1].split(":")[0] for p in problems if "json disagrees with the plan" in p)
-    assert disagree == ["cat_000000", "dog_000000"], problems  # digits' samples now claiming tiny-sd
+    assert disagree == ["cat_000000", "dog_000000"], problems  # digits' samples now claiming digits-dit
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """`t2i-engine sweep`: the Pareto marking on constructed points; a 2x2 grid of the embedded model
-(tiny: 2 images a class, 1 epoch) that stops mid-way, resumes to the same end without redoing a
+(tiny: 2 images a class, 6 steps, 1 epoch) that stops mid-way, resumes to the same end without redoing a
 finished cell, and writes the frontier files; bad grids exit 2 before anything is written."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def test_pareto_marks_the_points_nothing_beats():
 
 
 GRID = """
-base: {model: digits, images_per_class: 2, guidance: 2.0, batch_size: 20}
+base: {model: digits, images_per_class: 2, guidance: 2.0, batch_size: 20, steps: 6}
 axes:
   sampler: [ddim, euler]
   guidance_interval: [none, [0.5, 3.0]]

@@ -71,12 +71,17 @@ def digits_pipe():
 
 @shipped
 def test_shipped_weights_are_small_safetensors():
-    folder = Path(bundled_path(MODELS["digits"]))
-    files = [
-        p for p in folder.parent.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")
-    ]
+    """Every embedded model ships as safetensors, each under 10 MiB and all under 16 MiB, to keep the wheel light."""
+    assets = Path(bundled_path(MODELS["digits"])).parent
+    files = [p for p in assets.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
     assert files and all(p.suffix == ".safetensors" for p in files)
-    assert sum(p.stat().st_size for p in files) < 10 * 2**20
+    per_model = {}
+    for p in files:
+        model = p.relative_to(assets).parts[0]
+        per_model[model] = per_model.get(model, 0) + p.stat().st_size
+    assert {"digits", "digits-dit"} <= set(per_model)
+    assert all(size < 10 * 2**20 for size in per_model.values()), per_model
+    assert sum(per_model.values()) < 16 * 2**20, per_model
 
 
 @shipped
