@@ -12,15 +12,12 @@ diffusers classes, random weights), built once per family with `build --exporter
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.run import RunOptions, generate
@@ -30,6 +27,7 @@ from t2i_engine.export.onnx_runtime import OnnxRunner
 from t2i_engine.export.specs import Profile, component_specs
 from t2i_engine.models.pipelines import load_pipeline
 from t2i_engine.models.registry import MODELS
+from tests.export.test_backends import _members
 
 TOLERANCE = 1e-4
 RES = 32
@@ -97,19 +95,6 @@ def test_the_export_wrappers_compute_what_diffusers_computes(built):
     diff = (ours - theirs).abs().max().item()
     print(f"{family}: wrapper vs diffusers max |diff| {diff:.3g}")
     assert ours.shape == theirs.shape and diff <= 1e-5
-
-
-def _members(folder) -> tuple[dict, dict]:
-    images, rest = {}, {}
-    for shard in sorted(folder.glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for m in tar.getmembers():
-                data = tar.extractfile(m).read()
-                if m.name.endswith(".png"):
-                    images[m.name] = np.asarray(Image.open(io.BytesIO(data))).astype(int)
-                else:
-                    rest[m.name] = data
-    return images, rest
 
 
 def test_generate_with_onnx_finds_the_build_and_matches_eager(built, tmp_path, monkeypatch):
