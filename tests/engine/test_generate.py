@@ -30,6 +30,19 @@ def shard_hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
 
 
+def shard_pixels(folder: Path) -> dict[str, np.ndarray]:
+    """Every PNG member of a dataset's shards, by member name, as an int array."""
+    import tarfile
+
+    out = {}
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".png"):
+                    out[m.name] = np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read()))).astype(int)
+    return out
+
+
 def sample_differences(folder: Path, reference: Path, levels: int = 1) -> list[str]:
     """What differs between two datasets' shards beyond rounding: the same shards, members and
     member order, the same labels and metadata byte for byte, and PNG images within `levels`

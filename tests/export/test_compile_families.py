@@ -5,34 +5,21 @@ denoiser is bench/compile_families.py's table (README, backends)."""
 
 from __future__ import annotations
 
-import io
-import tarfile
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.run import RunOptions, generate
 from t2i_engine.engine.verify import verify_dataset
 from t2i_engine.export.tuning import compiled_graphs
+from tests.engine.test_generate import shard_pixels
 
 pytestmark = pytest.mark.heavy
 
 # tiny-sd's wiring is the digits model's: test_backends.py compiles that one
 FAMILIES = ["tiny-sd2", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-flux-schnell", "tiny-pixart", "tiny-sana"]
 FAMILIES += ["tiny-lumina2", "tiny-qwen-image"]
-
-
-def _images(folder) -> dict:
-    out = {}
-    for shard in sorted(folder.glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for m in tar.getmembers():
-                if m.name.endswith(".png"):
-                    out[m.name] = np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read()))).astype(int)
-    return out
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -55,6 +42,6 @@ def test_compile_writes_what_eager_writes_and_compiles_once(family, tmp_path):
     generate(recipe, tmp_path / "again", RunOptions(device="cpu", progress=False, backend="compile"))
     assert compiled_graphs() == after_first  # the same calls again: no recompile
     assert verify_dataset(tmp_path / "compile") == []
-    eager, compiled = _images(tmp_path / "eager"), _images(tmp_path / "compile")
+    eager, compiled = shard_pixels(tmp_path / "eager"), shard_pixels(tmp_path / "compile")
     assert eager.keys() == compiled.keys() and len(eager) == 4
     assert max(int(np.abs(eager[k] - compiled[k]).max()) for k in eager) <= 1

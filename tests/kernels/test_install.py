@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from t2i_engine.kernels import install
+from tests.engine.test_generate import shard_pixels
 
 TOLERANCE = 1e-4  # fp32: the kernel's error against PyTorch's was ~4e-7 per attention (test_attention.py)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU runs the kernels through the interpreter
@@ -324,27 +325,11 @@ def test_generate_with_triton_kernels_records_it_and_matches_sdpa(tmp_path):
         generate(recipe, tmp_path / attention, RunOptions(device=DEVICE, progress=False, attention=attention))
         assert verify_dataset(tmp_path / attention) == []
         assert json.loads((tmp_path / attention / "dataset.json").read_text())["attention"] == attention
-        runs[attention] = _pixels(tmp_path / attention)
+        runs[attention] = shard_pixels(tmp_path / attention)
     assert runs["sdpa"].keys() == runs["triton"].keys() == {"cat_000000.png"}
     assert max(abs(runs["sdpa"][k] - runs["triton"][k]).max() for k in runs["sdpa"]) <= 1  # uint8 levels
     with pytest.raises(InputError, match="attention 'triton'"):  # one dataset, one attention
         generate(recipe, tmp_path / "triton", RunOptions(device=DEVICE, progress=False, attention="sdpa"))
-
-
-def _pixels(folder) -> dict:
-    import io
-    import tarfile
-
-    import numpy as np
-    from PIL import Image
-
-    out = {}
-    for shard in sorted(folder.glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for m in tar.getmembers():
-                if m.name.endswith(".png"):
-                    out[m.name] = np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read()))).astype(int)
-    return out
 
 
 def test_triton_attention_is_refused_where_it_cannot_run(cli, tmp_path, monkeypatch):
