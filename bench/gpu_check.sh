@@ -84,7 +84,7 @@ if [ "$DRY" = 1 ]; then  # tiny models on the CPU: every stage's code runs, noth
     --ab 2 --ab-steps 3 --out "$OUT/bench-sd15.json"
   want digits && run 300 "$OUT/bench.log" $PY bench/digits_precision.py /tmp/gpu-check-digits \
     --precisions fp32,fp32+compile,fp32+fp8conv \
-    --seeds 0 --images-per-class 10 --epochs 1 --device cpu --json "$OUT/digits-precision.json"
+    --seeds 0 --images-per-class 2 --epochs 1 --device cpu --json "$OUT/digits-precision.json"
   want flux && run 300 "$OUT/bench.log" $T2I bench tiny-flux-schnell --batch 2 --baseline diffusers --baseline-batch 2 \
     --warmup 1 --reps 1 --ladder base,fuse_qkv+regional+compile --ab 1 --out "$OUT/bench-flux-schnell.json"
   want attention && run 200 "$OUT/attention.log" $PY bench/conv.py --dry-run --models sd15 --out "$OUT/conv.jsonl"

@@ -226,7 +226,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                 runner = UnitRunner(
                     generator, shard_writer(recipe, out_dir, workers), recipe.batch_size, loader, first
                 )
-                if options.backend == "eager" and options.tuning.compile == "none":  # the counter sees eager modules
+                if _flops_countable(options):
                     generator.count_flops()
                 try:
                     images = _run_units(todo, runner, options.progress)
@@ -368,8 +368,23 @@ def _flops_as_run(generator, options: RunOptions, images: int) -> float | str | 
     if options.ray or options.devices:
         return "not counted: counted in one-process runs (the same recipe without --devices or --ray)"
     return (
-        f"not counted: the counter sees eager PyTorch modules (this run: --backend {options.backend}, "
-        f"--compile {options.tuning.compile})"
+        "not counted: the counter sees eager PyTorch ops, not compiled graphs or our Triton kernels "
+        f"(this run: --backend {options.backend}, --compile {options.tuning.compile}, "
+        f"--precision {options.tuning.precision}, --attention {options.attention}, --conv {options.conv})"
+    )
+
+
+def _flops_countable(options: RunOptions) -> bool:
+    """Whether models.flops.CallFlops sees every FLOP of the run: eager PyTorch ops only (a
+    compiled graph, an exported runtime, FP8 through torchao or our Triton attention and FP8
+    convolution kernels would be missed or undercounted)."""
+    tuning = options.tuning
+    return (
+        options.backend == "eager"
+        and tuning.compile == "none"
+        and tuning.precision != "fp8"
+        and options.attention != "triton"
+        and options.conv == "torch"
     )
 
 

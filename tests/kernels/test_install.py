@@ -321,13 +321,19 @@ def test_generate_with_triton_kernels_records_it_and_matches_sdpa(tmp_path):
     # a kernel's grid in Python, so the work is kept to the least that passes through every kernel.
     recipe = tiny_recipe(classes=["cat"], images_per_class=1, steps=1, resolution=16, format="png", guidance=1.0)
     runs = {}
+    flops = {}
     for attention in ("sdpa", "triton"):
-        generate(recipe, tmp_path / attention, RunOptions(device=DEVICE, progress=False, attention=attention))
+        options = RunOptions(device=DEVICE, progress=False, attention=attention)
+        summary = generate(recipe, tmp_path / attention, options)
+        flops[attention] = summary["denoiser_flops_per_image"]
         assert verify_dataset(tmp_path / attention) == []
         assert json.loads((tmp_path / attention / "dataset.json").read_text())["attention"] == attention
         runs[attention] = shard_pixels(tmp_path / attention)
     assert runs["sdpa"].keys() == runs["triton"].keys() == {"cat_000000.png"}
     assert max(abs(runs["sdpa"][k] - runs["triton"][k]).max() for k in runs["sdpa"]) <= 1  # uint8 levels
+    # the FLOP counter cannot see inside our kernels: it says so rather than undercount
+    assert isinstance(flops["sdpa"], float)
+    assert flops["triton"].startswith("not counted") and "--attention triton" in flops["triton"]
     with pytest.raises(InputError, match="attention 'triton'"):  # one dataset, one attention
         generate(recipe, tmp_path / "triton", RunOptions(device=DEVICE, progress=False, attention="sdpa"))
 
