@@ -30,7 +30,14 @@ from ..devices import resolve_device
 from ..engine.adapters import SUPPORTED_FAMILIES
 from ..engine.plan import plan_units
 from ..engine.recipe import build_recipe
-from ..engine.runtime import ATTENTION, check_attention, check_cache_runtime, check_conv, check_runtime
+from ..engine.runtime import (
+    ATTENTION,
+    check_attention,
+    check_cache_runtime,
+    check_conv,
+    check_runtime,
+    flops_countable,
+)
 from ..errors import InputError
 from ..export.build import apply_backend, remove_backend
 from ..export.specs import Profile, denoiser_spec, vae_decoder_spec
@@ -406,9 +413,7 @@ def _config_runs(pipe, spec, recipe, samples, config, batches, opts, log, device
         done["fp8_convs"] = install_fp8_conv(denoiser(pipe), device)
     done.update(apply_tuning(pipe, config.tuning, device))
     fields = {"config": config.label, "tuning": config.tuning.record(device), "conv": config.conv, **done}
-    # what the counter sees: PyTorch's own ops, eagerly (not a compiled graph, our Triton kernels or FP8)
-    countable = config.tuning.compile == "none" and config.conv == "torch" and config.tuning.precision != "fp8"
-    countable = countable and config.attention != "triton"
+    countable = flops_countable("eager", config.tuning, config.attention, config.conv)
     runs = _engine_runs(
         pipe, recipe, samples, "eager", batches, opts, log, spec, config.attention, fields, count_flops=countable
     )

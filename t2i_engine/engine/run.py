@@ -41,6 +41,7 @@ from .runtime import (
     check_conv,
     check_family,
     check_runtime,
+    flops_countable,
     load_generator,
 )
 from .units import UnitRunner, default_encode_workers, shard_writer
@@ -226,7 +227,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                 runner = UnitRunner(
                     generator, shard_writer(recipe, out_dir, workers), recipe.batch_size, loader, first
                 )
-                if _flops_countable(options):
+                if flops_countable(options.backend, options.tuning, options.attention, options.conv):
                     generator.count_flops()
                 try:
                     images = _run_units(todo, runner, options.progress)
@@ -371,20 +372,6 @@ def _flops_as_run(generator, options: RunOptions, images: int) -> float | str | 
         "not counted: the counter sees eager PyTorch ops, not compiled graphs or our Triton kernels "
         f"(this run: --backend {options.backend}, --compile {options.tuning.compile}, "
         f"--precision {options.tuning.precision}, --attention {options.attention}, --conv {options.conv})"
-    )
-
-
-def _flops_countable(options: RunOptions) -> bool:
-    """Whether models.flops.CallFlops sees every FLOP of the run: eager PyTorch ops only (a
-    compiled graph, an exported runtime, FP8 through torchao or our Triton attention and FP8
-    convolution kernels would be missed or undercounted)."""
-    tuning = options.tuning
-    return (
-        options.backend == "eager"
-        and tuning.compile == "none"
-        and tuning.precision != "fp8"
-        and options.attention != "triton"
-        and options.conv == "torch"
     )
 
 

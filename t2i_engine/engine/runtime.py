@@ -45,6 +45,19 @@ class ModelOptions:
     conv: str = "torch"  # or "fp8": the UNet's convolutions through our FP8 kernel (kernels.conv)
 
 
+def flops_countable(backend: str, tuning: Tuning, attention: str, conv: str) -> bool:
+    """Whether models.flops.CallFlops sees every FLOP of a run: PyTorch's own ops, eagerly (a
+    compiled graph, an exported runtime, FP8 through torchao or our Triton attention and FP8
+    convolution kernels would be missed or undercounted)."""
+    return (
+        backend == "eager"
+        and tuning.compile == "none"
+        and tuning.precision != "fp8"
+        and attention != "triton"
+        and conv == "torch"
+    )
+
+
 def check_family(spec: ModelSpec) -> None:
     if spec.family not in SUPPORTED_FAMILIES:
         raise InputError(
