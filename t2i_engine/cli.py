@@ -60,7 +60,7 @@ RECIPE_FLAGS = {
 }
 # Closed sets whose home module loads torch (the CLI answers --help and bad flags without it);
 # tests/test_cli.py checks each against its home.
-ATTENTION = ("sdpa", "cudnn", "flash", "efficient", "triton")  # engine.runtime.ATTENTION
+ATTENTION = ("sdpa", "cudnn", "flash", "efficient", "triton", "auto")  # engine.runtime.ATTENTION
 RUN_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "fp8")  # export.tuning.PRECISIONS
 COMPILE_MODES = ("none", "default", "max-autotune")  # export.tuning.COMPILE_MODES
 CONV = ("torch", "fp8")  # engine.runtime.CONV
@@ -336,7 +336,8 @@ def _add_generate_parser(sub) -> None:
         choices=ATTENTION,
         default="sdpa",
         help="sdpa (PyTorch picks its backend per call), cudnn, flash or efficient (PyTorch's SDPA pinned to that "
-        "backend, CUDA), or triton (our fused attention and GroupNorm + SiLU kernels, CUDA); recorded in the "
+        "backend, CUDA), triton (our fused attention and GroupNorm + SiLU kernels, CUDA), or auto (per call "
+        "shape, the backend measured fastest on this GPU architecture, cached; sdpa on a CPU); recorded in the "
         "manifest (default: %(default)s)",
     )
     _add_tuning_flags(run)

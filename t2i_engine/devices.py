@@ -1,4 +1,5 @@
-"""Devices named on the command line or in options: `auto`, `cpu`, `cuda`, `cuda:N`."""
+"""Devices named on the command line or in options: `auto`, `cpu`, `cuda`, `cuda:N`; and the
+architecture a device's tuned artifacts are kept under (`sm_90`, or `cpu`)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,10 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise InputError("device", name, "expected auto, cpu, cuda or cuda:N")
     return device
+
+
+def device_arch(device: torch.device) -> str:
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"sm_{major}{minor}"
+    return device.type

@@ -3,7 +3,8 @@
 `atomic_write_*` writes NAME.tmp, fsyncs it and renames it over NAME (a reader sees the old file
 or the new one, never part of one); `fsync_dir` makes the renames in a folder durable;
 `file_sha256` hashes a file of any size in blocks; `check_writable` refuses an output location
-that cannot be written, before any work starts.
+that cannot be written, before any work starts; `cache_root` is where built artifacts (and the
+auto attention table) are kept between runs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def cache_root() -> Path:
+    """$T2I_ENGINE_CACHE, else $XDG_CACHE_HOME/t2i-engine/artifacts (~/.cache/...)."""
+    if os.environ.get("T2I_ENGINE_CACHE"):
+        return Path(os.environ["T2I_ENGINE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "t2i-engine" / "artifacts"
 
 
 def fsync_dir(path: Path) -> None:

@@ -42,7 +42,7 @@ from ..errors import InputError
 from ..export.build import apply_backend, remove_backend
 from ..export.specs import Profile, denoiser_spec, vae_decoder_spec
 from ..export.tuning import Tuning, apply_tuning, remove_tuning, uncompile
-from ..kernels import install, sdpa
+from ..kernels import auto, install, sdpa
 from ..models.architectures import PIPELINE_FAMILIES, architecture, has_config, prompt_inputs, text_length
 from ..models.flops import count_flops, pipeline_flops
 from ..models.pipelines import denoiser, obtain_pipeline
@@ -404,6 +404,7 @@ def _config_runs(pipe, spec, recipe, samples, config, batches, opts, log, device
     mode = install(pipe, attention="triton" if config.attention == "triton" else "sdpa", norm=opts.norm)
     if config.attention in sdpa.BACKENDS:
         sdpa.pin(pipe, config.attention)
+    auto_mode = auto.install(pipe, device) if config.attention == "auto" else None
     log(f"[bench] engine config {config.label}: attention {config.attention}, {config.tuning.record(device)}")
     t0 = time.perf_counter()
     done = {}
@@ -427,6 +428,9 @@ def _config_runs(pipe, spec, recipe, samples, config, batches, opts, log, device
             references[run["batch"]] = images
     if runs:
         runs[0]["config_seconds_with_first_batch"] = round(time.perf_counter() - t0, 1)  # compiles show here
+    if auto_mode is not None:  # the backends auto chose, per shape, and its calls on each (all batches so far)
+        for run in runs:
+            run["auto_attention"] = auto_mode.record()
     _kernel_counts(mode, result)
     return runs
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..kernels import install, sdpa
+from ..kernels import auto, install, sdpa
 from ..models.pipelines import apply_registry_settings, builder, bundled_path, from_pretrained, unavailable
 from ..models.registry import MODELS
 
@@ -74,6 +74,8 @@ def load_refiner(recipe, base, weights: str | None, device: torch.device, dtype:
         install(refiner.unet, attention="triton")
     elif attention in sdpa.BACKENDS:
         sdpa.pin(refiner.unet, attention)
+    elif attention == "auto":
+        auto.install(refiner.unet, device)
     return refiner
 
 

@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..export.build import apply_backend, build, check_backend
 from ..export.specs import Profile
 from ..export.tuning import PLAIN, Tuning, apply_tuning, check_tuning
-from ..kernels import install, sdpa
+from ..kernels import auto, install, sdpa
 from ..kernels.triton_env import interpreting
 from ..models.architectures import text_length
 from ..models.pipelines import denoiser, load_pipeline
@@ -29,8 +29,9 @@ from .plan import Sample
 from .refiner import load_refiner
 
 # sdpa: PyTorch picks its backend per call; cudnn, flash, efficient: PyTorch's SDPA pinned to
-# that backend (kernels.sdpa); triton: our kernels (kernels.install)
-ATTENTION = ("sdpa", "cudnn", "flash", "efficient", "triton")
+# that backend (kernels.sdpa); triton: our kernels (kernels.install); auto: per call shape, the
+# backend measured fastest on this GPU architecture (kernels.auto; PyTorch's SDPA on a CPU)
+ATTENTION = ("sdpa", "cudnn", "flash", "efficient", "triton", "auto")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def flops_countable(backend: str, tuning: Tuning, attention: str, conv: str) -> 
         backend == "eager"
         and tuning.compile == "none"
         and tuning.precision != "fp8"
-        and attention != "triton"
+        and attention not in ("triton", "auto")  # auto may pick our Triton kernel
         and conv == "torch"
     )
 
@@ -187,6 +188,8 @@ def load_run_pipeline(
         install(pipe, attention="triton")
     elif attention in sdpa.BACKENDS:
         sdpa.pin(pipe, attention)
+    elif attention == "auto":
+        auto.install(pipe, device)
     if conv == "fp8":
         from ..kernels.conv import install_fp8_conv  # heavy: triton
 

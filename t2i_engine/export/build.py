@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from ..devices import resolve_device
+from ..devices import device_arch, resolve_device
 from ..errors import InputError
 from ..models.architectures import text_length
 from ..models.pipelines import denoiser, obtain_pipeline
 from ..models.registry import get_model
-from .cache import ArtifactCache, artifact_key, device_arch, library_versions, weights_hash
+from .cache import ArtifactCache, artifact_key, library_versions, weights_hash
 from .compiled import build_compiled, compile_pipeline, unprepare
 from .onnx_export import export_onnx
 from .onnx_runtime import OnnxRunner, providers_for

@@ -21,16 +21,10 @@ from pathlib import Path
 
 import torch
 
-from ..files import fsync_dir
+from ..files import cache_root, fsync_dir
 
 META = "meta.json"
 FORMAT = 1  # bump when what a build writes changes
-
-
-def cache_root() -> Path:
-    if os.environ.get("T2I_ENGINE_CACHE"):
-        return Path(os.environ["T2I_ENGINE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "t2i-engine" / "artifacts"
 
 
 def weights_hash(module: torch.nn.Module) -> str:
@@ -41,13 +35,6 @@ def weights_hash(module: torch.nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def device_arch(device: torch.device) -> str:
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        return f"sm_{major}{minor}"
-    return device.type
 
 
 def library_versions(backend: str) -> dict[str, str]:

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
+from ..devices import device_arch
 from ..errors import InputError
 from ..models.pipelines import denoiser
 from . import tuning
-from .cache import ArtifactCache, artifact_key, device_arch, library_versions, weights_hash
+from .cache import ArtifactCache, artifact_key, library_versions, weights_hash
 from .tuning import compiled, fuse_qkv, set_layout, uncompile, unfuse_qkv
 
 CACHE_FILE = "compile-cache.bin"

@@ -1,0 +1,282 @@
+"""`--attention auto`: each attention call runs on the backend measured fastest for its shape on
+this GPU architecture: `install(pipeline_or_model, device)`, undone by routing.install(..., "sdpa").
+
+No backend wins everywhere: on a Hopper card cuDNN tends to win long self-attention, flash the
+short cross-attention over 77 text tokens, and our Triton kernel may win head dims the libraries
+pad. So the first call of each shape (batch, heads, key/value heads, lengths, head dims, dtype,
+mask) times every candidate that takes it (PyTorch's flash, efficient and cuDNN SDPA backends,
+and our Triton kernel where `attention.supports` it) on the call's own tensors, and the fastest
+answers that call and every later one of that shape. The timings are kept in a table per GPU
+architecture (`<artifact cache>/attention-auto/sm_90.json`), written atomically and merged with
+what is already there, so a later run (or another worker) reads the choice instead of timing
+again; bench/attention.py writes the same table. A table made with other versions of torch,
+triton or cuDNN is ignored (their kernels changed), and re-measured.
+
+On a CPU there is one backend, PyTorch's own SDPA, and `auto` is that: nothing is installed.
+A call no candidate can take (dropout, a causal flag, a layout none accepts) goes to PyTorch's
+default dispatch, counted in `fallbacks`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from ..devices import device_arch
+from ..files import atomic_write_text, cache_root
+from .routing import METHODS, _Routed, modules_of, unwrap
+from .sdpa import BACKENDS, unpin
+from .triton_env import interpreting
+
+log = logging.getLogger(__name__)
+TABLE_FORMAT = 1
+CANDIDATES = ("flash", "efficient", "cudnn", "triton")  # "sdpa" (PyTorch's own pick) may be named in tests
+WARMUP, ROUNDS, REPS = 2, 3, 3  # per candidate: the first calls compile/autotune; best round of REPS calls
+
+
+def shape_key(b, h, hkv, lq, lk, d, dv, dtype: torch.dtype, mask: str = "none") -> str:
+    return f"B{b} H{h} Hkv{hkv} Lq{lq} Lk{lk} D{d} Dv{dv} {str(dtype).removeprefix('torch.')} mask={mask}"
+
+
+def call_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> str:
+    """What decides which backend is fastest for a call: its shapes, dtype and mask."""
+    b, h, lq, d = q.shape
+    masked = "none" if mask is None else f"{str(mask.dtype).removeprefix('torch.')}{list(mask.shape)}"
+    return shape_key(b, h, k.shape[1], lq, k.shape[2], d, v.shape[-1], q.dtype, masked.replace(" ", ""))
+
+
+def table_versions() -> dict[str, str]:
+    """What a measurement depends on besides the card: the libraries whose kernels were timed."""
+    out = {"torch": torch.__version__}
+    try:
+        out["triton"] = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    if torch.backends.cudnn.is_available():
+        out["cudnn"] = str(torch.backends.cudnn.version())
+    return out
+
+
+def table_path(device: torch.device) -> Path:
+    return cache_root() / "attention-auto" / f"{device_arch(device)}.json"
+
+
+class AutoTable:
+    """The measured winners of one GPU architecture: key -> {"winner", "ms" per candidate, ...}."""
+
+    def __init__(self, path: Path, versions: dict[str, str] | None = None, device_name: str = ""):
+        self.path, self.device_name = Path(path), device_name
+        self.versions = table_versions() if versions is None else versions
+        self.entries: dict[str, dict] = self._read()
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> AutoTable:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        return cls(table_path(device), device_name=name)
+
+    def _read(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:  # a damaged table costs a re-measure, never a failed run
+            log.warning("auto attention: ignoring the unreadable table %s (%s)", self.path, e)
+            return {}
+        if data.get("format") != TABLE_FORMAT or data.get("versions") != self.versions:
+            log.info("auto attention: %s was measured with %s; measuring again", self.path, data.get("versions"))
+            return {}
+        return dict(data.get("entries", {}))
+
+    def winner(self, key: str) -> str | None:
+        entry = self.entries.get(key)
+        return entry["winner"] if entry else None
+
+    def record(self, key: str, ms: dict[str, float], refused: dict[str, str] | None = None, source: str = "") -> str:
+        """Keep one shape's timings (milliseconds per call, by candidate) and return the fastest."""
+        if not ms:
+            raise ValueError(f"no candidate ran {key}: {refused}")
+        winner = min(ms, key=ms.get)
+        self.entries[key] = {
+            "winner": winner,
+            "ms": {name: round(t, 5) for name, t in ms.items()},
+            "refused": dict(refused or {}),
+            "source": source,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self.save()
+        return winner
+
+    def save(self) -> None:
+        merged = {**self._read(), **self.entries}  # what another worker measured meanwhile stays
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(
+            {"format": TABLE_FORMAT, "device": self.device_name, "versions": self.versions, "entries": merged},
+            indent=1,
+            sort_keys=True,
+        )
+        atomic_write_text(self.path, text + "\n")
+
+
+def run_backend(name: str, q, k, v, mask=None, scale=None, enable_gqa=False) -> torch.Tensor:
+    """One attention call on one backend: "triton" (ours), "sdpa" (PyTorch's own pick), or one of
+    PyTorch's SDPA backends forced alone (it raises where it cannot take the call)."""
+    if name == "triton":
+        from .attention import flash_attention  # heavy: triton
+
+        return flash_attention(q, k, v, scale=scale, mask=mask)
+    kwargs = {"attn_mask": mask, "scale": scale}
+    if enable_gqa:
+        kwargs["enable_gqa"] = True
+    if name == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    from torch.nn.attention import sdpa_kernel
+
+    with sdpa_kernel([BACKENDS[name]]):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
+def seconds_per_call(fn, device: torch.device) -> float:
+    """Best of ROUNDS rounds of REPS calls after WARMUP calls; CUDA events on a GPU."""
+    for _ in range(WARMUP):
+        fn()
+    rounds = []
+    for _ in range(ROUNDS):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(REPS):
+                fn()
+            end.record()
+            end.synchronize()
+            rounds.append(start.elapsed_time(end) / 1000 / REPS)
+        else:
+            t = time.perf_counter()
+            for _ in range(REPS):
+                fn()
+            rounds.append((time.perf_counter() - t) / REPS)
+    return min(rounds)
+
+
+def default_candidates(device: torch.device) -> tuple[str, ...]:
+    """Every backend that can run on `device`: none besides PyTorch's own on a CPU."""
+    if device.type != "cuda":
+        return ()
+    names = [n for n in ("flash", "efficient", "cudnn") if n in BACKENDS]
+    if importlib.util.find_spec("triton") is not None:
+        names.append("triton")
+    return tuple(names)
+
+
+class AutoAttention(TorchFunctionMode):
+    """Routes each scaled_dot_product_attention call to its shape's winner. Counts calls by the
+    backend that ran them (`calls`), what it timed this run (`measured`: key -> winner) and what
+    went to PyTorch's default dispatch (`fallbacks`, by reason)."""
+
+    def __init__(self, table: AutoTable, candidates: tuple[str, ...]):
+        super().__init__()
+        self.table, self.candidates = table, tuple(candidates)
+        self.depth = 0  # routed methods running (routing._Routed enters the mode once, however nested)
+        self.chosen: dict[str, str] = {}
+        self.measured: dict[str, str] = {}
+        self.calls: Counter = Counter()
+        self.fallbacks: Counter = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            out = self._attention(*args, **kwargs)
+            if out is not None:
+                return out
+        return func(*args, **kwargs)
+
+    def _attention(
+        self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+    ):
+        if dropout_p or is_causal or query.dim() != 4 or key.dim() != 4:
+            self.fallbacks["dropout, causal or not [B, H, S, D]"] += 1
+            return None
+        name = call_key(query, key, value, attn_mask)
+        backend = self.chosen.get(name)
+        if backend is None:
+            backend = self.table.winner(name)
+            if backend not in self.candidates:  # not measured here yet (or by a candidate we lack)
+                backend = self._measure(name, query, key, value, attn_mask, scale, enable_gqa)
+            self.chosen[name] = backend
+        if backend is None:
+            self.fallbacks["no candidate takes it"] += 1
+            return None
+        self.calls[backend] += 1
+        return run_backend(backend, query, key, value, attn_mask, scale, enable_gqa)
+
+    def _measure(self, name, q, k, v, mask, scale, enable_gqa) -> str | None:
+        ms, refused = {}, {}
+        for candidate in self.candidates:
+            why = self._refuses(candidate, q, k, v, mask, enable_gqa)
+            if why is None:
+                try:
+                    ms[candidate] = 1e3 * seconds_per_call(
+                        lambda c=candidate: run_backend(c, q, k, v, mask, scale, enable_gqa), q.device
+                    )
+                    continue
+                except RuntimeError as e:  # a backend that refuses the shape raises (and warns why)
+                    why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            refused[candidate] = why
+        if not ms:
+            log.warning("auto attention: no candidate runs %s (%s); PyTorch's default takes it", name, refused)
+            return None
+        winner = self.table.record(name, ms, refused, source="generate")
+        self.measured[name] = winner
+        log.info("auto attention: %s -> %s (%s ms)", name, winner, ", ".join(f"{c} {t:.3f}" for c, t in ms.items()))
+        return winner
+
+    @staticmethod
+    def _refuses(candidate, q, k, v, mask, enable_gqa) -> str | None:
+        if k.shape[1] != q.shape[1] and not enable_gqa:
+            return "different head counts without enable_gqa"
+        if candidate == "triton":
+            if q.device.type != "cuda" and not interpreting():
+                return "Triton runs on CUDA"
+            from .attention import supports  # heavy: triton
+
+            return supports(q, k, v, mask)
+        return None
+
+    def record(self) -> dict:
+        """What ran: for bench rows and logs."""
+        return {
+            "calls_by_backend": dict(self.calls),
+            "choices": dict(self.chosen),
+            "measured_this_run": len(self.measured),
+            "fallbacks": dict(self.fallbacks),
+            "table": str(self.table.path),
+        }
+
+
+def install(
+    target, device: torch.device, candidates: tuple[str, ...] | None = None, table: AutoTable | None = None
+) -> AutoAttention | None:
+    """Route a pipeline's (or one module's) attention by measured shape. None where `device` has no
+    backend to choose between (a CPU): PyTorch's SDPA runs as without the switch."""
+    candidates = default_candidates(device) if candidates is None else tuple(candidates)
+    modules = modules_of(target)
+    unpin(target)
+    for module in modules:
+        unwrap(module, _Routed)
+    if not candidates:
+        return None
+    mode = AutoAttention(table or AutoTable.for_device(device), candidates)
+    for module in modules:
+        for method in METHODS:
+            fn = getattr(module, method, None)
+            if callable(fn):
+                setattr(module, method, _Routed(fn, mode))
+    return mode

@@ -1,0 +1,131 @@
+"""`--attention auto` (kernels/auto.py): each call shape is timed once on every candidate, its
+winner kept in the per-architecture table and read back by later runs; outputs equal PyTorch's
+SDPA (fp32, within 1e-5: the Triton kernel's own bound in test_attention.py). On a CPU the
+candidates are PyTorch's SDPA and our kernel under the interpreter; `generate --attention auto`
+on a CPU is PyTorch's SDPA (the one backend there), pixel for pixel."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from t2i_engine.kernels import auto, install
+from tests.engine.test_generate import shard_pixels
+
+CANDIDATES = ("sdpa", "triton")  # what a CPU under the interpreter can time against each other
+
+
+def _qkv(b, h, lq, lk, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(b, h, lq, d, generator=g),
+        torch.randn(b, h, lk, d, generator=g),
+        torch.randn(b, h, lk, d, generator=g),
+    )
+
+
+def test_each_shape_is_timed_once_and_its_fastest_candidate_kept(tmp_path):
+    table = auto.AutoTable(tmp_path / "sm_test.json")
+    mode = auto.AutoAttention(table, CANDIDATES)
+    self_attn, cross_attn = _qkv(1, 2, 16, 16, 8), _qkv(1, 2, 16, 5, 8, seed=1)
+    with mode:
+        outs = [F.scaled_dot_product_attention(*qkv) for qkv in (self_attn, cross_attn, self_attn, cross_attn)]
+    for out, qkv in zip(outs, (self_attn, cross_attn) * 2):
+        torch.testing.assert_close(out, F.scaled_dot_product_attention(*qkv), rtol=0, atol=1e-5)
+    assert len(mode.measured) == 2 and sum(mode.calls.values()) == 4 and not mode.fallbacks
+    saved = json.loads((tmp_path / "sm_test.json").read_text())
+    assert saved["versions"] == auto.table_versions()
+    for key, winner in mode.measured.items():
+        entry = saved["entries"][key]
+        assert set(entry["ms"]) == set(CANDIDATES) and entry["winner"] == winner == min(
+            entry["ms"], key=entry["ms"].get
+        )
+    assert auto.call_key(*cross_attn) in saved["entries"] and "Lk5" in auto.call_key(*cross_attn)
+
+    again = auto.AutoAttention(auto.AutoTable(tmp_path / "sm_test.json"), CANDIDATES)  # a later run
+    with again:
+        F.scaled_dot_product_attention(*self_attn)
+    assert again.measured == {} and again.chosen == {
+        auto.call_key(*self_attn): mode.measured[auto.call_key(*self_attn)]
+    }
+
+
+def test_a_shape_runs_on_the_winner_the_table_names(tmp_path):
+    table = auto.AutoTable(tmp_path / "t.json")
+    q, k, v = _qkv(2, 2, 8, 8, 16)
+    table.record(auto.call_key(q, k, v), {"triton": 1.0, "sdpa": 2.0})
+    mode = auto.AutoAttention(table, CANDIDATES)
+    with mode:
+        out = F.scaled_dot_product_attention(q, k, v)
+        F.scaled_dot_product_attention(q, k, v, is_causal=True)  # no candidate is asked: PyTorch's default
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=0, atol=1e-5)
+    assert mode.calls == {"triton": 1} and mode.measured == {} and sum(mode.fallbacks.values()) == 1
+    record = mode.record()
+    assert record["calls_by_backend"] == {"triton": 1} and record["choices"] == {auto.call_key(q, k, v): "triton"}
+
+
+def test_a_table_from_other_versions_or_damaged_is_measured_again(tmp_path, caplog):
+    path = tmp_path / "t.json"
+    auto.AutoTable(path).record("some shape", {"sdpa": 1.0})
+    assert auto.AutoTable(path).winner("some shape") == "sdpa"
+    assert auto.AutoTable(path, versions={"torch": "0.1"}).winner("some shape") is None  # other kernels
+    path.write_text("{not json")
+    assert auto.AutoTable(path).entries == {} and "unreadable" in caplog.text
+    with pytest.raises(ValueError, match="no candidate"):
+        auto.AutoTable(path).record("refused everywhere", {}, {"sdpa": "head dim"})
+
+
+def test_tables_written_by_two_runs_are_merged(tmp_path):
+    path = tmp_path / "t.json"
+    first, second = auto.AutoTable(path), auto.AutoTable(path)  # two workers, both started before either wrote
+    first.record("shape a", {"sdpa": 1.0})
+    second.record("shape b", {"triton": 1.0})
+    assert set(auto.AutoTable(path).entries) == {"shape a", "shape b"}
+
+
+def test_install_routes_a_module_and_sdpa_takes_it_out(tmp_path):
+    from t2i_engine.models.tiny import build_tiny_sd
+
+    unet = build_tiny_sd().unet
+    assert auto.install(unet, torch.device("cpu")) is None and "forward" not in unet.__dict__  # a CPU: one backend
+    table = auto.AutoTable(tmp_path / "t.json")
+    mode = auto.install(unet, torch.device("cpu"), candidates=("sdpa",), table=table)
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 4, 4, 4, generator=g), torch.randn(1, 77, 32, generator=g)
+    routed = unet(x, torch.tensor([500]), encoder_hidden_states=text).sample
+    assert mode.calls["sdpa"] > 0 and set(table.entries) == set(mode.measured)
+    install(unet, attention="sdpa")
+    assert "forward" not in unet.__dict__
+    torch.testing.assert_close(routed, unet(x, torch.tensor([500]), encoder_hidden_states=text).sample)
+
+
+def test_generate_with_auto_on_a_cpu_is_sdpa_and_is_recorded(tmp_path):
+    from t2i_engine.engine.run import RunOptions, generate
+    from t2i_engine.engine.verify import verify_dataset
+    from t2i_engine.errors import InputError
+    from tests.conftest import tiny_recipe
+
+    recipe = tiny_recipe(classes=["cat"], images_per_class=1, steps=1, resolution=16, format="png", guidance=1.0)
+    pixels = {}
+    for attention in ("sdpa", "auto"):
+        generate(recipe, tmp_path / attention, RunOptions(device="cpu", progress=False, attention=attention))
+        assert verify_dataset(tmp_path / attention) == []
+        assert json.loads((tmp_path / attention / "dataset.json").read_text())["attention"] == attention
+        pixels[attention] = shard_pixels(tmp_path / attention)
+    assert pixels["sdpa"].keys() == pixels["auto"].keys() and all(
+        (pixels["sdpa"][k] == pixels["auto"][k]).all() for k in pixels["sdpa"]
+    )
+    with pytest.raises(InputError, match="attention 'auto'"):  # one dataset, one attention
+        generate(recipe, tmp_path / "auto", RunOptions(device="cpu", progress=False, attention="sdpa"))
+
+
+def test_auto_under_compile_is_refused_on_a_gpu():
+    from t2i_engine.errors import InputError
+    from t2i_engine.export.tuning import Tuning, check_tuning
+
+    check_tuning(Tuning(compile="default"), torch.device("cpu"), "auto")  # a CPU's auto is plain SDPA: compiles
+    with pytest.raises(InputError, match="auto.*--compile default"):
+        check_tuning(Tuning(compile="default"), torch.device("cuda"), "auto")
