@@ -3,7 +3,7 @@
 kernel (t2i_engine.kernels.attention.flash_attention), bf16, side by side in one run.
 
     python bench/attention.py [--models sd15,flux-schnell] [--batch N] [--budget-s 120]
-                              [--list] [--dry-run] [--out FILE]
+                              [--list] [--dry-run] [--out FILE] [--table FILE|none]
 
 Shapes: not typed in. Each model's denoiser (its real architecture, t2i_engine/assets/configs)
 runs one forward at its native resolution under fake tensors, and every
@@ -35,6 +35,12 @@ best SDPA backend per shape. Within a model, shapes go heaviest first (calls x F
 shapes are recorded it gets an equal share of what is left, its heaviest shape runs whenever any
 budget is left, and shapes past its share (or paths past the whole budget) are skipped with a
 note. A shape already started runs to its end, so a run can pass the budget by one shape.
+
+The auto attention table: each timed shape's times on flash, efficient, cuDNN and the Triton
+kernel go into the table `--attention auto` reads (t2i_engine/kernels/auto.py): by default, on a
+GPU outside a dry run, the engine's own table for this GPU architecture (in the artifact cache),
+so a later `generate --attention auto` routes these shapes without timing them; `--table FILE`
+writes to FILE instead (any run), `--table none` writes nothing.
 
 Without CUDA, or with --dry-run: every shape shrunk (B 1, at most 2 heads, lengths capped at
 64; head dims kept) and each path called once through the same code, timed with
@@ -260,6 +266,29 @@ def summarize(name: str, b: int, images: int, cfg: bool, rows: list[dict], dry: 
     }
 
 
+def auto_table(arg: str | None, device: torch.device, dry: bool):
+    """The table `--table` names (the engine's own by default on a GPU outside a dry run), or None."""
+    from t2i_engine.kernels.auto import AutoTable
+
+    if arg == "none" or (arg is None and (dry or device.type != "cuda")):
+        return None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return AutoTable.for_device(device) if arg is None else AutoTable(arg, device_name=name)
+
+
+def feed_table(table, row: dict) -> str | None:
+    """A timed shape's candidates into the auto table; the winner, or None where none ran."""
+    from t2i_engine.kernels.auto import CANDIDATES, shape_key
+
+    paths = row["paths"]
+    ms = {c: paths[c]["ms"] for c in CANDIDATES if "ms" in paths.get(c, {})}
+    if not ms:
+        return None
+    refused = {c: paths[c].get("error", paths[c].get("skipped", "")) for c in CANDIDATES if c in paths and c not in ms}
+    key = shape_key(row["B"], row["H"], row["Hkv"], row["Lq"], row["Lk"], row["D"], row["D"], torch.bfloat16)
+    return table.record(key, ms, refused, source="bench/attention.py")
+
+
 def _run_info(device: torch.device, dry: bool, args) -> dict:
     info = run_info(device, dry, args)
     info["layout"] = "q/k/v: [B, S, H*D] projections .view(B, S, H, D).transpose(1, 2), bf16, randn"
@@ -274,6 +303,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--list", action="store_true", help="print the shapes and stop (no GPU needed)")
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes, one call per path (automatic without CUDA)")
     ap.add_argument("--out", help="also write the JSON lines to this file")
+    ap.add_argument(
+        "--table", help="the auto attention table to write (default: the engine's, on a GPU outside a dry run; none)"
+    )
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     deadline = t0 + args.budget_s
@@ -287,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if cuda else "cpu")
     timer = Timer(device, dry)
     emit = JsonLines(args.out)
+    table = auto_table(args.table, device, dry and not args.list)
 
     try:
         if not args.list:
@@ -335,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
                     except Exception as e:  # noqa: BLE001 - one shape failing (out of memory) keeps the rest
                         row["error"] = error_text(e)
                     row["elapsed_s"] = round(time.perf_counter() - t0, 2)
+                    if table is not None and "paths" in row:
+                        row["auto_winner"] = feed_table(table, row)
                 rows.append(row)
                 emit(row)
                 if cuda:

@@ -17,7 +17,8 @@
 #   the two calls fit 15 minutes only if no other call is made (a helper's test call is one).
 #   `extra` if device time is left: checks.log (the switches' and the FP8 conv kernel's tests
 #       compiled), conv.jsonl (bench/conv.py: FP8 conv against cuDNN bf16 on SD1.5's shapes),
-#       attention.jsonl (bench/attention.py)
+#       attention.jsonl (bench/attention.py) and attention-auto.json (its winners: the table
+#       `--attention auto` reads; copy it to $T2I_ENGINE_CACHE/attention-auto/sm_90.json)
 #
 # Prepare on the workstation (the GPU machine has no package index and lacks these):
 #   ../shared/gpu/wheels.sh webdataset==1.0.2 braceexpand==0.1.7 torchmetrics==1.9.0 \
@@ -89,7 +90,7 @@ if [ "$DRY" = 1 ]; then  # tiny models on the CPU: every stage's code runs, noth
     --warmup 1 --reps 1 --ladder base,fuse_qkv+regional+compile --ab 1 --out "$OUT/bench-flux-schnell.json"
   want attention && run 200 "$OUT/attention.log" $PY bench/conv.py --dry-run --models sd15 --out "$OUT/conv.jsonl"
   want attention && run 200 "$OUT/attention.log" $PY bench/attention.py --dry-run --models sd15,flux-schnell \
-    --out "$OUT/attention.jsonl"
+    --out "$OUT/attention.jsonl" --table "$OUT/attention-auto.json"
   step "dry run done; files in $OUT:"; ls -la "$OUT"; exit 0
 fi
 
@@ -124,6 +125,6 @@ want ceilings && run 30 "$OUT/bench.log" $PY bench/ceilings.py --out "$OUT/ceili
 want gputests && run 120 "$OUT/checks.log" $PY -m pytest -q -rsP tests/export/test_tuning.py tests/kernels/test_conv.py
 want attention && run 90 "$OUT/attention.log" $PY bench/conv.py --models sd15 --budget-s 75 --out "$OUT/conv.jsonl"
 want attention && run 60 "$OUT/attention.log" $PY bench/attention.py --models sd15,flux-schnell --budget-s 45 \
-  --out "$OUT/attention.jsonl"
+  --out "$OUT/attention.jsonl" --table "$OUT/attention-auto.json"  # the auto attention table for this card, kept
 step "done; files in $OUT:"
 ls -la "$OUT"

@@ -553,7 +553,7 @@ def _add_bench_parser(sub) -> None:
         type=str,
         metavar="LIST",
         help="engine configurations measured one after another on one pipeline, each 'base' or '+'-joined changes "
-        "to the switches given: sdpa, cudnn, flash, efficient, triton, channels_last, fuse_qkv, compile, "
+        "to the switches given: sdpa, cudnn, flash, efficient, triton, auto, channels_last, fuse_qkv, compile, "
         "max-autotune, regional, fp8conv, fp8 (last rung only); e.g. base,cudnn,cudnn+channels_last+compile "
         "(default: the base alone)",
     )

@@ -91,7 +91,7 @@ class BenchOptions:
 
 # A ladder rung: "base" (the switches as given) or '+'-joined changes to them, each measured in
 # one run on one pipeline. FP8 quantises that pipeline in place: at most one rung has it, the last.
-ATTENTION_TOKENS = ("sdpa", "cudnn", "flash", "efficient", "triton")
+ATTENTION_TOKENS = ("sdpa", "cudnn", "flash", "efficient", "triton", "auto")
 LADDER_TOKENS = (
     "base",
     *ATTENTION_TOKENS,

@@ -16,15 +16,12 @@ from t2i_engine.kernels import auto, install
 from tests.engine.test_generate import shard_pixels
 
 CANDIDATES = ("sdpa", "triton")  # what a CPU under the interpreter can time against each other
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU runs the kernel through the interpreter
 
 
 def _qkv(b, h, lq, lk, d, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (
-        torch.randn(b, h, lq, d, generator=g),
-        torch.randn(b, h, lk, d, generator=g),
-        torch.randn(b, h, lk, d, generator=g),
-    )
+    return tuple(torch.randn(b, h, n, d, generator=g).to(DEVICE) for n in (lq, lk, lk))
 
 
 def test_each_shape_is_timed_once_and_its_fastest_candidate_kept(tmp_path):
@@ -129,3 +126,31 @@ def test_auto_under_compile_is_refused_on_a_gpu():
     check_tuning(Tuning(compile="default"), torch.device("cpu"), "auto")  # a CPU's auto is plain SDPA: compiles
     with pytest.raises(InputError, match="auto.*--compile default"):
         check_tuning(Tuning(compile="default"), torch.device("cuda"), "auto")
+
+
+def test_bench_attention_records_feed_the_table_under_the_engines_key(tmp_path):
+    """bench/attention.py's timings become entries under the key a real call of that shape makes."""
+    import sys
+
+    from tests.conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import attention as bench_attention
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    table = auto.AutoTable(tmp_path / "t.json")
+    row = {"B": 4, "H": 8, "Hkv": 8, "Lq": 64, "Lk": 77, "D": 40}
+    row["paths"] = {
+        "sdpa_default": {"ms": 0.5},  # PyTorch's own pick is one of the forced three: not a candidate
+        "flash": {"ms": 0.3},
+        "efficient": {"ms": 0.4},
+        "cudnn": {"error": "RuntimeError: no"},
+        "triton": {"ms": 0.2},
+    }
+    assert bench_attention.feed_table(table, row) == "triton"
+    q = torch.empty(4, 77, 8 * 40, dtype=torch.bfloat16).view(4, 77, 8, 40).transpose(1, 2)
+    call = torch.empty(4, 64, 8, 40, dtype=torch.bfloat16).transpose(1, 2)
+    entry = auto.AutoTable(tmp_path / "t.json").entries[auto.call_key(call, q, q)]
+    assert entry["winner"] == "triton" and set(entry["ms"]) == {"flash", "efficient", "triton"}
+    assert entry["refused"] == {"cudnn": "RuntimeError: no"}
