@@ -81,14 +81,6 @@ def check_tuning(tuning: Tuning, device: torch.device, attention: str = "sdpa") 
             f"the Triton kernels are routed around PyTorch's eager modules and break the graph that "
             f"--compile {tuning.compile} needs whole; use --attention sdpa, cudnn, flash or efficient",
         )
-    if tuning.compile != "none" and attention == "auto" and device.type == "cuda":
-        raise InputError(
-            "attention",
-            attention,
-            f"auto times each new attention shape as the run meets it, which --compile {tuning.compile} "
-            "cannot trace; pin the backend bench/attention.py measured fastest (--attention cudnn, flash "
-            "or efficient)",
-        )
 
 
 def _check_fp8(tuning: Tuning, device: torch.device) -> None:

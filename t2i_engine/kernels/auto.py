@@ -12,18 +12,25 @@ what is already there, so a later run (or another worker) reads the choice inste
 again; bench/attention.py writes the same table. A table made with other versions of torch,
 triton or cuDNN is ignored (their kernels changed), and re-measured.
 
+Under torch.compile the choice is a custom op (`t2i_engine::auto_attention`), kept whole in the
+graph: the graph runs it, and the op times, reads the table and dispatches when it runs, as in
+eager (under CUDA graphs, only while the graph is first recorded: a replay repeats the kernels
+then chosen, and `calls` counts no replay).
+
 On a CPU there is one backend, PyTorch's own SDPA, and `auto` is that: nothing is installed.
-A call no candidate can take (dropout, a causal flag, a layout none accepts) goes to PyTorch's
-default dispatch, counted in `fallbacks`.
+Calls with dropout or a causal flag (none in a diffusers text-to-image model at inference) stay
+with PyTorch's SDPA; a shape no candidate takes goes to PyTorch's default, counted in `fallbacks`.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import logging
 import time
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -176,6 +183,39 @@ def default_candidates(device: torch.device) -> tuple[str, ...]:
     return tuple(names)
 
 
+_MODES: weakref.WeakValueDictionary[int, AutoAttention] = weakref.WeakValueDictionary()
+_NUMBERS = itertools.count()
+
+
+def _sdpa_arguments(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """(q, k, v, mask, scale, enable_gqa) of a call the candidates can take, else None: dropout and
+    causal calls stay with PyTorch (no diffusers text-to-image model makes them at inference)."""
+    if dropout_p or is_causal or query.dim() != 4 or key.dim() != 4:
+        return None
+    return query, key, value, attn_mask, scale, enable_gqa
+
+
+@torch.library.custom_op("t2i_engine::auto_attention", mutates_args=())
+def auto_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float | None,
+    enable_gqa: bool,
+    mode: int,
+) -> torch.Tensor:
+    """`--attention auto`'s call as a PyTorch operator: torch.compile keeps it whole in the graph
+    (its shape from the fake below) and the choosing runs when the graph runs. Contiguous out,
+    whatever the backend's layout, so the graph's assumption about it always holds."""
+    return _MODES[mode].attention(q, k, v, mask, scale, enable_gqa).contiguous()
+
+
+@auto_attention.register_fake
+def _auto_attention_fake(q, k, v, mask, scale, enable_gqa, mode):
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
 class AutoAttention(TorchFunctionMode):
     """Routes each scaled_dot_product_attention call to its shape's winner. Counts calls by the
     backend that ran them (`calls`), what it timed this run (`measured`: key -> winner) and what
@@ -185,25 +225,25 @@ class AutoAttention(TorchFunctionMode):
         super().__init__()
         self.table, self.candidates = table, tuple(candidates)
         self.depth = 0  # routed methods running (routing._Routed enters the mode once, however nested)
+        self.number = next(_NUMBERS)  # how the op finds this mode (an op takes tensors and numbers)
+        _MODES[self.number] = self
         self.chosen: dict[str, str] = {}
         self.measured: dict[str, str] = {}
         self.calls: Counter = Counter()
         self.fallbacks: Counter = Counter()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        # Kept this small on purpose: torch.compile traces it for every torch function the model
+        # calls. The choosing (and timing) happens inside the op, at run time, outside the graph.
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
-            out = self._attention(*args, **kwargs)
-            if out is not None:
-                return out
+            call = _sdpa_arguments(*args, **kwargs)
+            if call is not None:
+                return torch.ops.t2i_engine.auto_attention(*call, self.number)
         return func(*args, **kwargs)
 
-    def _attention(
-        self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
-    ):
-        if dropout_p or is_causal or query.dim() != 4 or key.dim() != 4:
-            self.fallbacks["dropout, causal or not [B, H, S, D]"] += 1
-            return None
+    def attention(self, query, key, value, attn_mask, scale, enable_gqa) -> torch.Tensor:
+        """One call on its shape's winner (timed first if no run has timed that shape)."""
         name = call_key(query, key, value, attn_mask)
         backend = self.chosen.get(name)
         if backend is None:
@@ -213,8 +253,9 @@ class AutoAttention(TorchFunctionMode):
             self.chosen[name] = backend
         if backend is None:
             self.fallbacks["no candidate takes it"] += 1
-            return None
-        self.calls[backend] += 1
+            backend = "sdpa"
+        else:
+            self.calls[backend] += 1
         return run_backend(backend, query, key, value, attn_mask, scale, enable_gqa)
 
     def _measure(self, name, q, k, v, mask, scale, enable_gqa) -> str | None:
