@@ -122,7 +122,8 @@ want sdxl && run 110 "$OUT/bench.log" $T2I bench sdxl --steps 10 --guidance 5.0 
   --out "$OUT/bench-sdxl.json"
 
 want ceilings && run 30 "$OUT/bench.log" $PY bench/ceilings.py --out "$OUT/ceilings.json"
-want gputests && run 120 "$OUT/checks.log" $PY -m pytest -q -rsP tests/export/test_tuning.py tests/kernels/test_conv.py
+want gputests && run 120 "$OUT/checks.log" $PY -m pytest -q -rsP tests/export/test_tuning.py tests/kernels/test_conv.py \
+  tests/kernels/test_auto.py
 want attention && run 90 "$OUT/attention.log" $PY bench/conv.py --models sd15 --budget-s 75 --out "$OUT/conv.jsonl"
 want attention && run 60 "$OUT/attention.log" $PY bench/attention.py --models sd15,flux-schnell --budget-s 45 \
   --out "$OUT/attention.jsonl" --table "$OUT/attention-auto.json"  # the auto attention table for this card, kept

@@ -414,7 +414,7 @@ def _config_runs(pipe, spec, recipe, samples, config, batches, opts, log, device
         done["fp8_convs"] = install_fp8_conv(denoiser(pipe), device)
     done.update(apply_tuning(pipe, config.tuning, device))
     fields = {"config": config.label, "tuning": config.tuning.record(device), "conv": config.conv, **done}
-    countable = flops_countable("eager", config.tuning, config.attention, config.conv)
+    countable = flops_countable("eager", config.tuning, config.attention, config.conv, device)
     runs = _engine_runs(
         pipe, recipe, samples, "eager", batches, opts, log, spec, config.attention, fields, count_flops=countable
     )

@@ -227,7 +227,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                 runner = UnitRunner(
                     generator, shard_writer(recipe, out_dir, workers), recipe.batch_size, loader, first
                 )
-                if flops_countable(options.backend, options.tuning, options.attention, options.conv):
+                if flops_countable(options.backend, options.tuning, options.attention, options.conv, device):
                     generator.count_flops()
                 try:
                     images = _run_units(todo, runner, options.progress)

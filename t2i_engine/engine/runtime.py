@@ -46,7 +46,7 @@ class ModelOptions:
     conv: str = "torch"  # or "fp8": the UNet's convolutions through our FP8 kernel (kernels.conv)
 
 
-def flops_countable(backend: str, tuning: Tuning, attention: str, conv: str) -> bool:
+def flops_countable(backend: str, tuning: Tuning, attention: str, conv: str, device: torch.device) -> bool:
     """Whether models.flops.CallFlops sees every FLOP of a run: PyTorch's own ops, eagerly (a
     compiled graph, an exported runtime, FP8 through torchao or our Triton attention and FP8
     convolution kernels would be missed or undercounted)."""
@@ -54,7 +54,8 @@ def flops_countable(backend: str, tuning: Tuning, attention: str, conv: str) -> 
         backend == "eager"
         and tuning.compile == "none"
         and tuning.precision != "fp8"
-        and attention not in ("triton", "auto")  # auto may pick our Triton kernel
+        and attention != "triton"
+        and not (attention == "auto" and auto.default_candidates(device))  # it may pick our Triton kernel
         and conv == "torch"
     )
 

@@ -106,15 +106,17 @@ def test_generate_with_auto_on_a_cpu_is_sdpa_and_is_recorded(tmp_path):
     from tests.conftest import tiny_recipe
 
     recipe = tiny_recipe(classes=["cat"], images_per_class=1, steps=1, resolution=16, format="png", guidance=1.0)
-    pixels = {}
+    pixels, flops = {}, {}
     for attention in ("sdpa", "auto"):
-        generate(recipe, tmp_path / attention, RunOptions(device="cpu", progress=False, attention=attention))
+        summary = generate(recipe, tmp_path / attention, RunOptions(device="cpu", progress=False, attention=attention))
+        flops[attention] = summary["denoiser_flops_per_image"]
         assert verify_dataset(tmp_path / attention) == []
         assert json.loads((tmp_path / attention / "dataset.json").read_text())["attention"] == attention
         pixels[attention] = shard_pixels(tmp_path / attention)
     assert pixels["sdpa"].keys() == pixels["auto"].keys() and all(
         (pixels["sdpa"][k] == pixels["auto"][k]).all() for k in pixels["sdpa"]
     )
+    assert isinstance(flops["auto"], float) and flops["auto"] == flops["sdpa"]  # plain SDPA: every FLOP seen
     with pytest.raises(InputError, match="attention 'auto'"):  # one dataset, one attention
         generate(recipe, tmp_path / "auto", RunOptions(device="cpu", progress=False, attention="sdpa"))
 
