@@ -17,8 +17,10 @@
 #   the two calls fit 15 minutes only if no other call is made (a helper's test call is one).
 #   `extra` if device time is left: checks.log (the switches' and the FP8 conv kernel's tests
 #       compiled), conv.jsonl (bench/conv.py: FP8 conv against cuDNN bf16 on SD1.5's shapes),
-#       attention.jsonl (bench/attention.py) and attention-auto.json (its winners: the table
-#       `--attention auto` reads; copy it to $T2I_ENGINE_CACHE/attention-auto/sm_90.json)
+#       attention.jsonl (bench/attention.py), attention-auto.json (its winners, written into the
+#       engine's own table for this card and copied out: the table `--attention auto` reads), and
+#       bench-sd15-auto.json (SD1.5 at 32 images a batch, the shapes bench/attention.py timed: eager
+#       bf16 against `--attention auto` routed by that table, in one run)
 #
 # Prepare on the workstation (the GPU machine has no package index and lacks these):
 #   ../shared/gpu/wheels.sh webdataset==1.0.2 braceexpand==0.1.7 torchmetrics==1.9.0 \
@@ -33,8 +35,8 @@ STEPS=${2:-main}
 case $STEPS in
   main) STEPS=env,sd15,digits,ceilings ;;
   families) STEPS=flux,sdxl ;;
-  extra) STEPS=gputests,attention ;;
-  dry) STEPS=env,ceilings,sd15,digits,flux,sdxl,attention; DRY=1 ;;
+  extra) STEPS=gputests,attention,autorung ;;
+  dry) STEPS=env,ceilings,sd15,digits,flux,sdxl,attention,autorung; DRY=1 ;;
 esac
 DRY=${DRY:-0}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
@@ -91,6 +93,8 @@ if [ "$DRY" = 1 ]; then  # tiny models on the CPU: every stage's code runs, noth
   want attention && run 200 "$OUT/attention.log" $PY bench/conv.py --dry-run --models sd15 --out "$OUT/conv.jsonl"
   want attention && run 200 "$OUT/attention.log" $PY bench/attention.py --dry-run --models sd15,flux-schnell \
     --out "$OUT/attention.jsonl" --table "$OUT/attention-auto.json"
+  want autorung && run 200 "$OUT/bench.log" $T2I bench tiny-sd --steps 2 --batch 2 --baseline none --warmup 1 \
+    --reps 1 --ladder base,auto --out "$OUT/bench-sd15-auto.json"
   step "dry run done; files in $OUT:"; ls -la "$OUT"; exit 0
 fi
 
@@ -126,6 +130,11 @@ want gputests && run 120 "$OUT/checks.log" $PY -m pytest -q -rsP tests/export/te
   tests/kernels/test_auto.py
 want attention && run 90 "$OUT/attention.log" $PY bench/conv.py --models sd15 --budget-s 75 --out "$OUT/conv.jsonl"
 want attention && run 60 "$OUT/attention.log" $PY bench/attention.py --models sd15,flux-schnell --budget-s 45 \
-  --out "$OUT/attention.jsonl" --table "$OUT/attention-auto.json"  # the auto attention table for this card, kept
+  --out "$OUT/attention.jsonl"  # its winners go into the engine's auto attention table for this card
+want attention && cp "$($PY -c 'import torch; from t2i_engine.kernels.auto import table_path
+print(table_path(torch.device("cuda")))')" "$OUT/attention-auto.json"
+# SD1.5's rung with auto (B 64 calls: the shapes just timed, so the table routes them untimed)
+want autorung && run 150 "$OUT/bench.log" $T2I bench sd15 --steps 10 --guidance 2.0 --batch 32 --baseline none \
+  --warmup 1 --reps 2 --ladder base,auto --out "$OUT/bench-sd15-auto.json"
 step "done; files in $OUT:"
 ls -la "$OUT"

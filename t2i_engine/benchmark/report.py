@@ -42,10 +42,14 @@ def table(result: dict) -> str:
             f"{nvml.get('gpu_utilization_percent_mean', '-')} | {nvml.get('power_watts_mean', '-')} | {psnr} |"
         )
     h = result["headline"]
+
+    def ratio(value) -> str:
+        return "no such baseline ran" if value is None else f"{value}x"
+
     lines += [
         "",
-        f"ours vs the paper settings: {h['vs_paper_baseline']}x; vs diffusers at its best batch: "
-        f"{h['vs_diffusers_bf16_best_batch']}x",
+        f"ours vs the paper settings: {ratio(h['vs_paper_baseline'])}; vs diffusers at its best batch: "
+        f"{ratio(h['vs_diffusers_bf16_best_batch'])}",
     ]
     ab = result.get("ab")
     if ab and "rounds" in ab:
