@@ -245,18 +245,26 @@ class AutoAttention(TorchFunctionMode):
     def attention(self, query, key, value, attn_mask, scale, enable_gqa) -> torch.Tensor:
         """One call on its shape's winner (timed first if no run has timed that shape)."""
         name = call_key(query, key, value, attn_mask)
-        backend = self.chosen.get(name)
-        if backend is None:
+        args = (query, key, value, attn_mask, scale, enable_gqa)
+        if name not in self.chosen:
             backend = self.table.winner(name)
-            if backend not in self.candidates:  # not measured here yet (or by a candidate we lack)
-                backend = self._measure(name, query, key, value, attn_mask, scale, enable_gqa)
-            self.chosen[name] = backend
+            if backend in self.candidates:  # timed before (bench/attention.py, or an earlier run)
+                try:  # on its timing tensors; these may be laid out otherwise (a compiled graph's)
+                    out = run_backend(backend, *args)
+                except (RuntimeError, ValueError) as e:  # SDPA backends raise the first, our kernel the second
+                    log.warning("auto attention: %s refuses %s here (%s); timing again", backend, name, e)
+                else:
+                    self.chosen[name] = backend
+                    self.calls[backend] += 1
+                    return out
+            self.chosen[name] = self._measure(name, *args)
+        backend = self.chosen[name]
         if backend is None:
             self.fallbacks["no candidate takes it"] += 1
             backend = "sdpa"
         else:
             self.calls[backend] += 1
-        return run_backend(backend, query, key, value, attn_mask, scale, enable_gqa)
+        return run_backend(backend, *args)
 
     def _measure(self, name, q, k, v, mask, scale, enable_gqa) -> str | None:
         ms, refused = {}, {}

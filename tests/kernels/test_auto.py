@@ -63,6 +63,14 @@ def test_a_shape_runs_on_the_winner_the_table_names(tmp_path):
     record = mode.record()
     assert record["calls_by_backend"] == {"triton": 1} and record["choices"] == {auto.call_key(q, k, v): "triton"}
 
+    wide = _qkv(1, 1, 4, 4, 264)  # a head dim our kernel refuses, yet the table names it: timed again
+    table.record(auto.call_key(*wide), {"triton": 1.0})
+    with mode:
+        out = F.scaled_dot_product_attention(*wide)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(*wide), rtol=0, atol=1e-5)
+    entry = auto.AutoTable(tmp_path / "t.json").entries[auto.call_key(*wide)]
+    assert entry["winner"] == "sdpa" and "head dim" in entry["refused"]["triton"]
+
 
 def test_a_table_from_other_versions_or_damaged_is_measured_again(tmp_path, caplog):
     path = tmp_path / "t.json"
