@@ -254,6 +254,8 @@ def run_bench(opts: BenchOptions, log=print, checkpoint=None) -> dict:
             check_conv(config.conv, spec, device)
     if opts.backends and kernel_norm(opts) == "triton":  # the same Triton requirement as the attention kernel's
         check_attention("triton", device, field_name="--norm")
+        if any(config.attention == "auto" for config in configs):
+            raise InputError("--norm", "triton", "--attention auto routes attention alone; use --norm torch with it")
     dtype = configs[0].tuning.dtype(device)  # fp8 rungs are bf16 pipelines too
     for backend in opts.backends:  # installed, runnable here in this dtype, with these kernels and switches
         for config in configs if backend == "eager" else configs[:1]:

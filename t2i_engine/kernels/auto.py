@@ -24,11 +24,16 @@ with PyTorch's SDPA; a shape no candidate takes goes to PyTorch's default, count
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import importlib.metadata
 import importlib.util
 import itertools
 import json
 import logging
+import math
+import os
+import tempfile
 import time
 import weakref
 from collections import Counter
@@ -39,7 +44,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ..devices import device_arch
-from ..files import atomic_write_text, cache_root
+from ..files import TMP_SUFFIX, cache_root
+from .fused_norm import unfuse
 from .routing import METHODS, _Routed, modules_of, unwrap
 from .sdpa import BACKENDS, unpin
 from .triton_env import interpreting
@@ -48,22 +54,32 @@ log = logging.getLogger(__name__)
 TABLE_FORMAT = 1
 CANDIDATES = ("flash", "efficient", "cudnn", "triton")  # "sdpa" (PyTorch's own pick) may be named in tests
 WARMUP, ROUNDS, REPS = 2, 3, 3  # per candidate: the first calls compile/autotune; best round of REPS calls
+ROUND_S, MAX_REPS = 1e-3, 200  # on a GPU a round lasts at least ROUND_S (at most MAX_REPS calls)
 
 
-def shape_key(b, h, hkv, lq, lk, d, dv, dtype: torch.dtype, mask: str = "none") -> str:
-    return f"B{b} H{h} Hkv{hkv} Lq{lq} Lk{lk} D{d} Dv{dv} {str(dtype).removeprefix('torch.')} mask={mask}"
+def shape_key(b, h, hkv, lq, lk, d, dv, dtype: torch.dtype, mask: str = "none", layout: str = "bshd") -> str:
+    return f"B{b} H{h} Hkv{hkv} Lq{lq} Lk{lk} D{d} Dv{dv} {str(dtype).removeprefix('torch.')} mask={mask} {layout}"
+
+
+def layout_of(q: torch.Tensor) -> str:
+    """bshd: heads within each token's row, as diffusers' projections view them ([B, S, H*D] seen
+    as [B, H, S, D]); bhsd: each head's tokens together (contiguous [B, H, S, D]). Backends read
+    the two at different speeds, and a compiled graph may hand over either."""
+    return "bshd" if q.stride(1) < q.stride(2) else "bhsd"
 
 
 def call_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> str:
-    """What decides which backend is fastest for a call: its shapes, dtype and mask."""
+    """What decides which backend is fastest for a call: its shapes, dtype, mask and layout."""
     b, h, lq, d = q.shape
     masked = "none" if mask is None else f"{str(mask.dtype).removeprefix('torch.')}{list(mask.shape)}"
-    return shape_key(b, h, k.shape[1], lq, k.shape[2], d, v.shape[-1], q.dtype, masked.replace(" ", ""))
+    return shape_key(b, h, k.shape[1], lq, k.shape[2], d, v.shape[-1], q.dtype, masked.replace(" ", ""), layout_of(q))
 
 
 def table_versions() -> dict[str, str]:
-    """What a measurement depends on besides the card: the libraries whose kernels were timed."""
-    out = {"torch": torch.__version__}
+    """What a measurement depends on besides the card: the libraries whose kernels were timed, and
+    our own kernel's source (an edit to it may change who wins)."""
+    kernel = Path(__file__).with_name("attention.py").read_bytes()
+    out = {"torch": torch.__version__, "attention.py": hashlib.sha256(kernel).hexdigest()[:16]}
     try:
         out["triton"] = importlib.metadata.version("triton")
     except importlib.metadata.PackageNotFoundError:
@@ -101,6 +117,9 @@ class AutoTable:
         if data.get("format") != TABLE_FORMAT or data.get("versions") != self.versions:
             log.info("auto attention: %s was measured with %s; measuring again", self.path, data.get("versions"))
             return {}
+        if self.device_name and data.get("device") not in ("", self.device_name):  # sm_90: H100 or H200
+            log.info("auto attention: %s was measured on %s; measuring again", self.path, data.get("device"))
+            return {}
         return dict(data.get("entries", {}))
 
     def winner(self, key: str) -> str | None:
@@ -123,14 +142,31 @@ class AutoTable:
         return winner
 
     def save(self) -> None:
-        merged = {**self._read(), **self.entries}  # what another worker measured meanwhile stays
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(
-            {"format": TABLE_FORMAT, "device": self.device_name, "versions": self.versions, "entries": merged},
-            indent=1,
-            sort_keys=True,
-        )
-        atomic_write_text(self.path, text + "\n")
+        """Merged with what is on disk (another worker's shapes stay), under a lock that the other
+        workers of this machine take too, written to a file of its own and renamed into place. A
+        table that cannot be written costs later runs a re-measure, never this run."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                merged = {**self._read(), **self.entries}
+                text = json.dumps(
+                    {"format": TABLE_FORMAT, "device": self.device_name, "versions": self.versions, "entries": merged},
+                    indent=1,
+                    sort_keys=True,
+                )
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=TMP_SUFFIX)
+                try:
+                    with os.fdopen(fd, "w") as f:
+                        f.write(text + "\n")
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, self.path)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+        except OSError as e:
+            log.warning("auto attention: could not write %s (%s); the choices stay in this run only", self.path, e)
 
 
 def run_backend(name: str, q, k, v, mask=None, scale=None, enable_gqa=False) -> torch.Tensor:
@@ -152,25 +188,34 @@ def run_backend(name: str, q, k, v, mask=None, scale=None, enable_gqa=False) -> 
 
 
 def seconds_per_call(fn, device: torch.device) -> float:
-    """Best of ROUNDS rounds of REPS calls after WARMUP calls; CUDA events on a GPU."""
-    for _ in range(WARMUP):
-        fn()
-    rounds = []
-    for _ in range(ROUNDS):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(REPS):
-                fn()
-            end.record()
-            end.synchronize()
-            rounds.append(start.elapsed_time(end) / 1000 / REPS)
-        else:
+    """Best of ROUNDS rounds after WARMUP calls (the first compiles and autotunes our kernel). On a
+    GPU: CUDA events on `device`'s stream, each round at least ROUND_S of calls, so a kernel of
+    tens of microseconds (cross-attention over 77 tokens) is not timed as one launch's overhead."""
+    if device.type != "cuda":
+        for _ in range(WARMUP):
+            fn()
+        rounds = []
+        for _ in range(ROUNDS):
             t = time.perf_counter()
             for _ in range(REPS):
                 fn()
             rounds.append((time.perf_counter() - t) / REPS)
-    return min(rounds)
+        return min(rounds)
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device)
+
+        def timed(reps: int) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            for _ in range(reps):
+                fn()
+            end.record(stream)
+            end.synchronize()
+            return start.elapsed_time(end) / 1000 / reps
+
+        fn()  # compiles, autotunes: not timed
+        reps = max(REPS, min(MAX_REPS, math.ceil(ROUND_S / max(timed(WARMUP), 1e-7))))
+        return min(timed(reps) for _ in range(ROUNDS))
 
 
 def default_candidates(device: torch.device) -> tuple[str, ...]:
@@ -248,16 +293,33 @@ class AutoAttention(TorchFunctionMode):
         args = (query, key, value, attn_mask, scale, enable_gqa)
         if name not in self.chosen:
             backend = self.table.winner(name)
+            if query.is_cuda and torch.cuda.is_current_stream_capturing():
+                # a CUDA graph being recorded (compile's max-autotune records after one plain run,
+                # so only a shape first met here): nothing may be timed or synchronised; the
+                # table's winner or PyTorch's own choice, for this call only
+                backend = backend if backend in self.candidates else "sdpa"
+                self.calls[backend] += 1
+                return run_backend(backend, *args)
             if backend in self.candidates:  # timed before (bench/attention.py, or an earlier run)
-                try:  # on its timing tensors; these may be laid out otherwise (a compiled graph's)
+                try:
                     out = run_backend(backend, *args)
-                except (RuntimeError, ValueError) as e:  # SDPA backends raise the first, our kernel the second
+                except torch.OutOfMemoryError:
+                    raise  # not a refusal: the run is short of memory whichever backend runs
+                except Exception as e:  # noqa: BLE001 - a refusal: SDPA raises RuntimeError, ours ValueError or Triton's own
                     log.warning("auto attention: %s refuses %s here (%s); timing again", backend, name, e)
                 else:
                     self.chosen[name] = backend
                     self.calls[backend] += 1
                     return out
-            self.chosen[name] = self._measure(name, *args)
+            try:
+                self.chosen[name] = self._measure(name, *args)
+            except torch.OutOfMemoryError:
+                # timing needs room for a second output beside the first: this call runs on
+                # PyTorch's own choice, nothing is recorded, and the next call tries again
+                log.warning("auto attention: out of memory timing %s; PyTorch's default runs this call", name)
+                torch.cuda.empty_cache()
+                self.fallbacks["out of memory while timing"] += 1
+                return run_backend("sdpa", *args)
         backend = self.chosen[name]
         if backend is None:
             self.fallbacks["no candidate takes it"] += 1
@@ -276,8 +338,11 @@ class AutoAttention(TorchFunctionMode):
                         lambda c=candidate: run_backend(c, q, k, v, mask, scale, enable_gqa), q.device
                     )
                     continue
-                except RuntimeError as e:  # a backend that refuses the shape raises (and warns why)
-                    why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                except torch.OutOfMemoryError:
+                    raise  # not the backend's refusal: nothing of this shape is recorded
+                except Exception as e:  # noqa: BLE001 - a refusal: SDPA raises RuntimeError, Triton its own errors
+                    text = str(e).strip()
+                    why = f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
             refused[candidate] = why
         if not ms:
             log.warning("auto attention: no candidate runs %s (%s); PyTorch's default takes it", name, refused)
@@ -318,8 +383,9 @@ def install(
     candidates = default_candidates(device) if candidates is None else tuple(candidates)
     modules = modules_of(target)
     unpin(target)
-    for module in modules:
+    for module in modules:  # whatever routed or pinned it before: attention alone is routed now
         unwrap(module, _Routed)
+        unfuse(module)
     if not candidates:
         return None
     mode = AutoAttention(table or AutoTable.for_device(device), candidates)
