@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from t2i_engine.kernels.attention import flash_attention, flash_attention_ref, supports
 
+pytestmark = pytest.mark.fresh_stack  # the Triton interpreter's loops: see tests/conftest.py
+
 FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

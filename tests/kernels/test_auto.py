@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from t2i_engine.kernels import auto, install
 from tests.engine.test_generate import shard_pixels
 
+pytestmark = pytest.mark.fresh_stack  # the Triton interpreter's loops: see tests/conftest.py
+
 CANDIDATES = ("sdpa", "triton")  # what a CPU under the interpreter can time against each other
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU runs the kernel through the interpreter
 

@@ -28,6 +28,8 @@ from t2i_engine.kernels.conv import (
     remove_fp8_conv,
 )
 
+pytestmark = pytest.mark.fresh_stack  # the Triton interpreter's loops: see tests/conftest.py
+
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -10,6 +10,8 @@ import torch
 from t2i_engine.kernels import install
 from tests.engine.test_generate import shard_pixels
 
+pytestmark = pytest.mark.fresh_stack  # the Triton interpreter's loops: see tests/conftest.py
+
 TOLERANCE = 1e-4  # fp32: the kernel's error against PyTorch's was ~4e-7 per attention (test_attention.py)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU runs the kernels through the interpreter
 

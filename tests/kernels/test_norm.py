@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from t2i_engine.kernels import install
 from t2i_engine.kernels.norm import group_norm, group_norm_ref, supports
 
+pytestmark = pytest.mark.fresh_stack  # the Triton interpreter's loops: see tests/conftest.py
+
 FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
