@@ -57,6 +57,7 @@ import sys
 import time
 import warnings
 from collections import Counter
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -272,8 +273,7 @@ def auto_table(arg: str | None, device: torch.device, dry: bool):
 
     if arg == "none" or (arg is None and (dry or device.type != "cuda")):
         return None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return AutoTable.for_device(device) if arg is None else AutoTable(arg, device_name=name)
+    return AutoTable.for_device(device, None if arg is None else Path(arg))
 
 
 def feed_table(table, row: dict) -> str | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..kernels import auto, install, sdpa
+from ..kernels import route_attention
 from ..models.pipelines import apply_registry_settings, builder, bundled_path, from_pretrained, unavailable
 from ..models.registry import MODELS
 
@@ -70,12 +70,7 @@ def load_refiner(recipe, base, weights: str | None, device: torch.device, dtype:
     if refiner.dtype != dtype:  # built refiners come in float32; loaded ones already in dtype
         refiner = refiner.to(dtype=dtype)
     refiner = refiner.to(device)
-    if attention == "triton":  # the shared modules are already routed with the base
-        install(refiner.unet, attention="triton")
-    elif attention in sdpa.BACKENDS:
-        sdpa.pin(refiner.unet, attention)
-    elif attention == "auto":
-        auto.install(refiner.unet, device)
+    route_attention(refiner.unet, attention, device)  # the shared modules are already routed with the base
     return refiner
 
 

@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..export.build import apply_backend, build, check_backend
 from ..export.specs import Profile
 from ..export.tuning import PLAIN, Tuning, apply_tuning, check_tuning
-from ..kernels import auto, install, sdpa
+from ..kernels import auto, route_attention, sdpa
 from ..kernels.triton_env import interpreting
 from ..models.architectures import text_length
 from ..models.pipelines import denoiser, load_pipeline
@@ -185,12 +185,7 @@ def load_run_pipeline(
     cache, for this resolution and a profile around `batch`)."""
     check_family(spec)
     pipe = load_pipeline(spec, weights, device, dtype)
-    if attention == "triton":
-        install(pipe, attention="triton")
-    elif attention in sdpa.BACKENDS:
-        sdpa.pin(pipe, attention)
-    elif attention == "auto":
-        auto.install(pipe, device)
+    route_attention(pipe, attention, device)
     if conv == "fp8":
         from ..kernels.conv import install_fp8_conv  # heavy: triton
 

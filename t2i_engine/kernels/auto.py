@@ -32,8 +32,6 @@ import itertools
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 import weakref
 from collections import Counter
@@ -44,7 +42,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ..devices import device_arch
-from ..files import TMP_SUFFIX, cache_root
+from ..files import atomic_write_text, cache_root
 from .fused_norm import unfuse
 from .routing import METHODS, _Routed, modules_of, unwrap
 from .sdpa import BACKENDS, unpin
@@ -102,9 +100,10 @@ class AutoTable:
         self.entries: dict[str, dict] = self._read()
 
     @classmethod
-    def for_device(cls, device: torch.device) -> AutoTable:
+    def for_device(cls, device: torch.device, path: Path | None = None) -> AutoTable:
+        """The engine's table for `device` (or the one at `path`), for this card."""
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-        return cls(table_path(device), device_name=name)
+        return cls(path or table_path(device), device_name=name)
 
     def _read(self) -> dict[str, dict]:
         try:
@@ -142,9 +141,9 @@ class AutoTable:
         return winner
 
     def save(self) -> None:
-        """Merged with what is on disk (another worker's shapes stay), under a lock that the other
-        workers of this machine take too, written to a file of its own and renamed into place. A
-        table that cannot be written costs later runs a re-measure, never this run."""
+        """Merged with what is on disk (another worker's shapes stay) and written atomically, under
+        a lock that the other workers of this machine take too (so one writer at a time uses the
+        temporary file). A table that cannot be written costs later runs a re-measure, never this run."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
@@ -155,16 +154,7 @@ class AutoTable:
                     indent=1,
                     sort_keys=True,
                 )
-                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=TMP_SUFFIX)
-                try:
-                    with os.fdopen(fd, "w") as f:
-                        f.write(text + "\n")
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.replace(tmp, self.path)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+                atomic_write_text(self.path, text + "\n")
         except OSError as e:
             log.warning("auto attention: could not write %s (%s); the choices stay in this run only", self.path, e)
 
@@ -222,10 +212,8 @@ def default_candidates(device: torch.device) -> tuple[str, ...]:
     """Every backend that can run on `device`: none besides PyTorch's own on a CPU."""
     if device.type != "cuda":
         return ()
-    names = [n for n in ("flash", "efficient", "cudnn") if n in BACKENDS]
-    if importlib.util.find_spec("triton") is not None:
-        names.append("triton")
-    return tuple(names)
+    triton = importlib.util.find_spec("triton") is not None
+    return tuple(c for c in CANDIDATES if c != "triton" or triton)
 
 
 _MODES: weakref.WeakValueDictionary[int, AutoAttention] = weakref.WeakValueDictionary()
