@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,89 @@ def pytest_collection_modifyitems(config, items):
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+
+
+# Variables set by libraries, not by a test: pytest (the test's phase), torch on first use
+# (inductor's cache folder, to the default it reads anyway), scikit-learn on import (OpenMP's).
+_SET_BY_LIBRARIES = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK"}
+
+
+@pytest.fixture(autouse=True)
+def process_state_is_left_as_found():
+    """No test may leave process-wide state changed: torch's thread count (byte identity holds
+    only at one thread count, README), the environment, or the global random generators. A test
+    that leaves threads or the environment changed fails, naming what it changed; every test's
+    global seeds are put back (a test may seed its own inputs)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    threads, interop, env = torch.get_num_threads(), torch.get_num_interop_threads(), dict(os.environ)
+    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    yield
+    changed = []
+    if torch.get_num_threads() != threads:
+        changed.append(f"torch threads {threads} -> {torch.get_num_threads()}")
+        torch.set_num_threads(threads)
+    if torch.get_num_interop_threads() != interop:  # it can be set once per process only: report it
+        changed.append(f"torch inter-op threads {interop} -> {torch.get_num_interop_threads()}")
+    keys = sorted(
+        k for k in env.keys() | os.environ.keys() if env.get(k) != os.environ.get(k) and k not in _SET_BY_LIBRARIES
+    )
+    if keys:
+        changed.append(f"environment variables {keys}")
+        for k in keys:
+            if k in env:
+                os.environ[k] = env[k]
+            else:
+                del os.environ[k]
+    random.setstate(rng[0])
+    np.random.set_state(rng[1])
+    torch.set_rng_state(rng[2])
+    assert not changed, "the test left process-wide state changed: " + "; ".join(changed)
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run a block at `n` torch threads, then put the count back."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def local_ray(num_cpus: int = 2):
+    """A local Ray instance for the block; the environment variables that importing ray and
+    ray.init set are put back."""
+    env = dict(os.environ)
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(env)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a `t2i-engine` subprocess whose output is compared byte for byte with
+    one made in this process: torch's thread count pinned to this process's (README: identity holds
+    at one thread count), and this checkout importable."""
+    import torch
+
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -9,11 +9,10 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI
+from tests.conftest import CLI, subprocess_env
 
 FAST = ["--model", "tiny-sd", "--steps", "2", "--resolution", "32", "--images-per-class", "2", "--no-progress"]
 
@@ -123,7 +122,7 @@ def test_sigkill_mid_write_then_resume_gives_the_whole_dataset(cli, tmp_path):
         "--device",
         "cpu",
     ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = subprocess_env()
     # Only the killed run needs a process of its own; the resume and verify run here.
     proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Kill while a shard is being written (its .tar.tmp exists), or failing that once a few are in.
@@ -259,7 +258,7 @@ def test_a_disk_that_fills_mid_shard_stops_cleanly_and_a_rerun_with_space_comple
 
     out = tmp_path / "out"
     args = ["generate", "--out", str(out), *FAST, "--images-per-shard", "4", "--device", "cpu"]  # 20 samples, 5 shards
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = subprocess_env(PYTHONDONTWRITEBYTECODE="1")
 
     def small_disk():  # every file this process writes stops at 16 KiB: the manifest fits, a 20 KiB shard does not
         resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
@@ -300,15 +299,18 @@ def test_sigterm_stops_a_run_within_seconds_with_only_committed_shards_and_exit_
         sent.append(time.monotonic())
         os.kill(os.getpid(), signal.SIGTERM)
 
+    sender = threading.Thread(target=terminate_once_a_shard_is_in, daemon=True)
     try:
-        threading.Thread(target=terminate_once_a_shard_is_in, daemon=True).start()
+        sender.start()
         code, _, err = cli(*args, *scale_out)
         stopped = time.monotonic()
-        time.sleep(0.2)  # a signal sent after the run ended would land in the recorder by now
+        sender.join()  # it has sent the signal: one sent after the run ended lands in the recorder
+        time.sleep(0)  # (Python runs a pending handler at the next bytecode of the main thread)
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert not late, "the signal should land mid-run"
-    assert code == 143 and "terminated (SIGTERM)" in err and stopped - sent[0] < 20, (code, err)
+    # "within seconds" (README): 0.03 s measured here with two workers; the bound leaves room for a slow machine
+    assert code == 143 and "terminated (SIGTERM)" in err and stopped - sent[0] < 30, (code, err)
     tars = sorted(out.glob("*.tar"))
     assert 1 <= len(tars) < 14 and not json.loads((out / "dataset.json").read_text())["complete"]
     for tar in tars:  # every shard under a final name is whole

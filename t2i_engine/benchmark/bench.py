@@ -315,7 +315,7 @@ def run_bench(opts: BenchOptions, log=print, checkpoint=None) -> dict:
     # rung of the engine's quantises it for good.
     def save() -> None:
         if checkpoint is not None:
-            checkpoint(_finish(result, runs, flops, rate))
+            checkpoint(finish(result, runs, flops, rate))
 
     for name in opts.baselines:
         runs += _baseline_runs(pipe, spec, recipe, samples, name, opts, log, device)
@@ -361,10 +361,10 @@ def run_bench(opts: BenchOptions, log=print, checkpoint=None) -> dict:
             remove_backend(pipe)
             install(pipe, attention="sdpa")
         _kernel_counts(mode, result)
-    return _finish(result, runs, flops, rate)
+    return finish(result, runs, flops, rate)
 
 
-def _finish(result: dict, runs: list[dict], flops: dict, rate: dict) -> dict:
+def finish(result: dict, runs: list[dict], flops: dict, rate: dict) -> dict:
     """The result with its runs' FLOPs, MFU and the headline (also for a partial result)."""
     result, flops = dict(result), dict(flops)
     ok = [r for r in runs if "images_per_second" in r]
@@ -494,13 +494,20 @@ def _ab_rounds(pipe, spec, config: EngineConfig, runs: list[dict], opts, log, de
     del plain
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    ratios = [r["engine"] / r["diffusers"] for r in rounds]
     return {
         "config": config.label,
         "steps": recipe.steps,
         "engine_batch": e_batch,
         "diffusers_batch": d_batch,
         "rounds": rounds,
+        **ratio_spread(rounds),
+    }
+
+
+def ratio_spread(rounds: list[dict]) -> dict:
+    """Median, least and greatest of the engine/diffusers images/sec ratio over A/B rounds."""
+    ratios = [r["engine"] / r["diffusers"] for r in rounds]
+    return {
         "ratio_median": round(statistics.median(ratios), 3),
         "ratio_min": round(min(ratios), 3),
         "ratio_max": round(max(ratios), 3),

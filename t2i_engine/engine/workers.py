@@ -15,6 +15,7 @@ of GPU memory at half its size and keeps the size that worked.
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import time
@@ -70,17 +71,20 @@ class _Worker:
     failed_units: list[int] = field(default_factory=list)
 
 
+def cpu_threads_per_worker(devices: list[str]) -> int:
+    """The torch threads of each CPU worker: CPU workers split the cores between them rather than
+    each taking them all (so a worker's floats equal those of one process at this thread count)."""
+    return max(1, (os.cpu_count() or 1) // max(1, devices.count("cpu")))
+
+
 def run_workers(
     units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[str], model: ModelOptions, progress: bool
 ) -> tuple[int, dict, int]:
     """Generate `units` on `devices`; returns (images written, per-device images/sec, restarts)."""
-    import os
-
     from tqdm import tqdm
 
     ctx = get_context("spawn")
-    # CPU workers split the cores between them rather than each taking them all.
-    cpu_threads = max(1, (os.cpu_count() or 1) // max(1, devices.count("cpu")))
+    cpu_threads = cpu_threads_per_worker(devices)
     by_shard = {u.shard: u for u in units}
     todo = [u.shard for u in units]  # handed out in plan order
     workers = [_Worker(d) for d in devices]
@@ -225,7 +229,6 @@ def worker_main(
     parent_pid: int,
 ) -> None:
     """One local device: load the model once, then generate the units the parent hands over."""
-    import os
     import traceback
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop

@@ -32,13 +32,9 @@ def test_the_result_carries_every_field_with_nvml_null_on_a_cpu(tiny_result):
         ("engine:eager", "base", 2),
         ("engine:eager", "fuse_qkv+channels_last", 2),
     ]
-    for run in r["runs"]:
+    for run in r["runs"]:  # the arithmetic of MFU and the ceiling: test_the_arithmetic_against_hand_computed_answers
         assert run["nvml"] is None and run["peak_memory_bytes"] is None
-        assert run["images_per_second"] > 0 and run["median_batch_images_per_second"] > 0
-        # MFU is FLOPs per image x images/sec over the matmul rate measured in the same run
-        assert run["mfu"] == pytest.approx(
-            run["flops_per_image"] * run["images_per_second"] / r["matmul"]["flops_per_second"], abs=1e-4
-        )
+        assert run["images_per_second"] > 0 and run["median_batch_images_per_second"] > 0 and run["mfu"] > 0
     engine = r["runs"][3]
     assert set(engine["stage_seconds_per_image"]) == {
         "text_encoding",
@@ -46,9 +42,7 @@ def test_the_result_carries_every_field_with_nvml_null_on_a_cpu(tiny_result):
         "decoding",
         "encode_and_write_wait",
     }
-    assert r["ceiling_images_per_second"] == pytest.approx(
-        r["matmul"]["flops_per_second"] / r["flops"]["per_image"], rel=1e-3
-    )
+    assert r["ceiling_images_per_second"] > 0 and r["matmul"]["flops_per_second"] > 0
     assert sum(1 for x in r["runs"] if x.get("best_batch")) == 1
 
 
@@ -60,8 +54,38 @@ def test_a_ladder_records_each_configuration_its_pixels_and_an_interleaved_ab(ti
     assert base["graphs_compiled_while_timed"] == 0 == tuned["graphs_compiled_while_timed"]
     ab = tiny_result["ab"]
     assert ab["config"] == "fuse_qkv+channels_last" and len(ab["rounds"]) == 1
-    rates = ab["rounds"][0]
-    assert ab["ratio_median"] == pytest.approx(rates["engine"] / rates["diffusers"], abs=1e-3)
+    assert ab["rounds"][0]["engine"] > 0 and ab["rounds"][0]["diffusers"] > 0
+    assert ab["ratio_min"] == ab["ratio_median"] == ab["ratio_max"] > 0  # one round
+
+
+def test_the_arithmetic_against_hand_computed_answers():
+    """MFU, the ceiling, the headline ratios and the A/B spread on runs whose answers are worked
+    out by hand (rather than by the formulas under test)."""
+    from t2i_engine.benchmark.bench import finish, ratio_spread
+
+    runs = [
+        {"path": "baseline:paper", "batch": 16, "images_per_second": 2.0, "denoiser_forwards_per_image": 4},
+        {"path": "baseline:diffusers", "batch": 2, "images_per_second": 3.0, "denoiser_forwards_per_image": 4},
+        {"path": "baseline:diffusers", "batch": 4, "images_per_second": 4.0, "denoiser_forwards_per_image": 4},
+        {  # counted as run (a cache skipped work): 2 GFLOPs of denoising, not 4 forwards x 1 GFLOP
+            "path": "engine:eager",
+            "batch": 2,
+            "images_per_second": 6.0,
+            "denoiser_forwards_per_image": 4,
+            "denoiser_flops_per_image": 2e9,
+        },
+        {"path": "engine:eager", "batch": 4, "error": "out of memory"},
+    ]
+    r = finish({}, runs, {"denoiser_forward": 1e9, "vae_decode": 1e9}, {"flops_per_second": 1e11})
+    # baselines: 4 x 1 + 1 = 5 GFLOPs an image; the engine: 2 + 1 = 3
+    assert [x.get("flops_per_image") for x in r["runs"]] == [5e9, 5e9, 5e9, 3e9, None]
+    assert [x.get("mfu") for x in r["runs"]] == [0.1, 0.15, 0.2, 0.18, None]  # 5e9 x 2 / 1e11, ...
+    assert r["ceiling_images_per_second"] == 20.0  # 1e11 / 5e9: the first run's FLOPs an image
+    h = r["headline"]
+    assert h["vs_paper_baseline"] == 3.0 and h["vs_diffusers_bf16_best_batch"] == 1.5 and h["best_mfu"] == 0.2
+    assert h["best_engine"] == {"path": "engine:eager", "batch": 2, "images_per_second": 6.0, "mfu": 0.18}
+    rounds = [{"engine": 4, "diffusers": 2}, {"engine": 3, "diffusers": 3}, {"engine": 6, "diffusers": 2}]
+    assert ratio_spread(rounds) == {"ratio_median": 2.0, "ratio_min": 1.0, "ratio_max": 3.0}
 
 
 def test_flops_per_image_are_the_denoiser_forwards_plus_one_decode(tiny_result):
@@ -125,23 +149,15 @@ def test_encoding_that_cannot_keep_up_shows_in_the_engines_rate(monkeypatch):
     from t2i_engine.engine import writer
 
     def slow_encode(images, fmt, quality):
-        time.sleep(0.5)  # per batch of 2: at most 4 images/s, whatever the model does
+        time.sleep(1.0)  # per batch of 2: at most 2 images/s, whatever the model does
         return real_encode(images, fmt, quality)
 
     real_encode = writer.encode_batch
     monkeypatch.setattr(writer, "encode_batch", slow_encode)
     r = run_bench(BenchOptions(**{**TINY, "steps": "1", "reps": 3}, batches=(2,), baselines=()), log=lambda line: None)
     (run,) = r["runs"]
-    assert run["images_per_second"] <= 4.2 < run["median_batch_images_per_second"]
-
-
-def test_the_headline_ratios_are_ours_over_each_baseline(tiny_result):
-    runs = {(x["path"], x["batch"]): x["images_per_second"] for x in tiny_result["runs"] if "config" not in x}
-    ours = max(x["images_per_second"] for x in tiny_result["runs"] if x["path"] == "engine:eager")  # best config
-    h = tiny_result["headline"]
-    assert h["vs_paper_baseline"] == pytest.approx(ours / runs["baseline:paper", 16], abs=1e-3)
-    best = max(runs["baseline:diffusers", 2], runs["baseline:diffusers", 4])
-    assert h["vs_diffusers_bf16_best_batch"] == pytest.approx(ours / best, abs=1e-3)
+    # The model's own batch (tiny-sd, 1 step, 32 px: ~0.03 s here) need only beat 0.95 s.
+    assert run["images_per_second"] <= 2.1 < run["median_batch_images_per_second"]
 
 
 def test_auto_batch_doubles_until_it_stops_paying():

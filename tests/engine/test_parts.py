@@ -12,7 +12,7 @@ from t2i_engine.engine import manifest as mf
 from t2i_engine.engine.run import RunOptions, finalize, generate, parse_part
 from t2i_engine.engine.verify import verify_dataset
 from t2i_engine.errors import InputError
-from tests.conftest import CLI, tiny_recipe
+from tests.conftest import CLI, subprocess_env, tiny_recipe
 from tests.engine.test_generate import QUIET, shard_hashes
 
 RECIPE = {"images_per_class": 5, "images_per_shard": 3}  # 15 samples in 5 shards
@@ -50,7 +50,11 @@ def test_parts_started_at_once_as_processes_share_the_folder_without_overlap(who
         "batch_size: 2\nimages_per_shard: 3\n"
     )  # = tiny_recipe(**RECIPE)
     args = ["generate", str(recipe), "--out", str(out), "--device", "cpu", "--encode-workers", "0", "--no-progress"]
-    procs = [subprocess.Popen([*CLI, *args, "--part", f"{i}/2"], stderr=subprocess.PIPE, text=True) for i in range(2)]
+    # at this process's thread count, the reference's: the same bytes (README)
+    procs = [
+        subprocess.Popen([*CLI, *args, "--part", f"{i}/2"], stderr=subprocess.PIPE, text=True, env=subprocess_env())
+        for i in range(2)
+    ]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
     assert shard_hashes(out) == shard_hashes(whole)

@@ -56,16 +56,22 @@ def _worker_pids(parent: int) -> list[int]:
 def test_a_worker_killed_mid_run_is_replaced_and_every_sample_lands_once(whole, tmp_path):
     out = tmp_path / "out"
     # The run's workers are this process's children; a thread kills one once two shards are in.
+    # Both are stopped (SIGSTOP) first, so the count of shards in is the count at the kill, however
+    # fast the machine: the kill lands mid-run whenever fewer than all 12 are in by then.
     killed = []
 
     def kill_one_mid_run():
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and len(list(out.glob("*.tar"))) < 2:
-            time.sleep(0.05)
+            time.sleep(0.005)
         victims = _worker_pids(os.getpid())
+        for pid in victims:
+            os.kill(pid, signal.SIGSTOP)
         killed.append((bool(victims), len(list(out.glob("*.tar")))))
         if victims:
             os.kill(victims[0], signal.SIGKILL)  # as a segfault or an out-of-memory kill would end it
+            for pid in victims[1:]:
+                os.kill(pid, signal.SIGCONT)
 
     killer = threading.Thread(target=kill_one_mid_run, daemon=True)
     killer.start()
@@ -102,7 +108,7 @@ def test_ctrl_c_stops_the_workers_keeps_committed_shards_and_the_next_run_resume
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("*.tar")):
-        time.sleep(0.05)
+        time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted" in stderr
@@ -119,8 +125,12 @@ def test_devices_and_ray_together_are_refused(cli, tmp_path):
 
 
 def _runner(tmp_path: Path, device: str, recipe):
+    import torch
+
+    # at this process's thread count, the reference's: the same bytes (README), and nothing changed
     (tmp_path / "out").mkdir()
-    return UnitRunner.load(device, recipe.to_dict(), str(tmp_path / "out"), ModelOptions(), cpu_threads=2)
+    threads = torch.get_num_threads()
+    return UnitRunner.load(device, recipe.to_dict(), str(tmp_path / "out"), ModelOptions(), cpu_threads=threads)
 
 
 def test_an_out_of_memory_batch_is_retried_at_half_size_and_the_size_is_kept(tmp_path):

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from t2i_engine.training.loop import train
 from t2i_engine.training.presets import lr_factor, resolve_config
 from t2i_engine.training.sources import open_set
 
-from ..conftest import CLI, copy_run
+from ..conftest import CLI, copy_run, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +65,22 @@ def test_eval_refuses_data_whose_class_ids_differ(digits_world, digits_runs, tmp
         evaluate_run(tmp_path / "run", partial, device="cpu")
 
 
+def _children(pid: int) -> list[str]:
+    """The loader processes of `pid` (multiprocessing's resource tracker, which outlives them, aside)."""
+    out = []
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for c in children:
+        try:
+            if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes():
+                out.append(c)
+        except OSError:
+            continue
+    return out
+
+
 def _rows(run):
     path = run / "summary.csv"
     return path.read_text().splitlines()[1:] if path.is_file() else []
@@ -86,13 +103,20 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(digits_w
     config = resolve_config("small", {"epochs": 2, "workers": 2})
     train(config, digits_world["real_test"], tmp_path / "straight", device="cpu", progress=False)
 
+    # Weights are bit-identical at one thread count (README): the subprocess runs at this one's.
     proc = subprocess.Popen(
-        [*CLI, *args, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*CLI, *args, "--out", str(tmp_path / "killed")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=subprocess_env(),
     )
+    # Epoch 1's row is written after its checkpoint; the loader processes that start after it are
+    # epoch 2's (epoch 1's and its validation's have ended): kill once they run, inside epoch 2.
     deadline = time.monotonic() + 300
     while not _rows(tmp_path / "killed") and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.3)  # well inside epoch 2 (an epoch takes over a second here)
+        time.sleep(0.01)
+    while not _children(proc.pid) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert len(_rows(tmp_path / "killed")) == 1, "the kill should land in epoch 2"
