@@ -892,27 +892,33 @@ def _generate(args) -> int:
             command=shlex.join(["t2i-engine", *args.argv]),
         ),
     )
+    s = summary
     if args.json:
         print(json.dumps(summary, indent=1))
-    else:
-        s = summary
+    if not s["shards_written"]:  # a rerun of a finished dataset (or part): a Slurm requeue, a cautious user
+        what = f"part {s['part']}" if s["part"] else "the whole dataset"
+        print(
+            f"nothing left to do: {what} is already written ({s['shards_skipped']} shards) -> {s['out']}",
+            file=sys.stderr,
+        )
+    elif not args.json:
         print(
             f"{s['images']} images in {s['wall_seconds']:.1f} s ({s['images_per_second']:.2f} images/s) on "
             f"{s['device']}; "
             f"{s['shards_written']} shards written, {s['shards_skipped']} already done -> {s['out']}",
             file=sys.stderr,
         )
-        if s["part"]:
-            print(
-                f"part {s['part']}: "
-                + ("the dataset is complete" if s["dataset_complete"] else "other parts are still to finish"),
-                file=sys.stderr,
-            )
         print(
             "time per stage (s): " + ", ".join(f"{k} {v:.2f}" for k, v in s["stage_seconds"].items()), file=sys.stderr
         )
         if isinstance(s["denoiser_flops_per_image"], float):
             print(f"denoiser FLOPs per image as run: {s['denoiser_flops_per_image'] / 1e9:.3f} G", file=sys.stderr)
+    if s["part"] and not args.json:
+        print(
+            f"part {s['part']}: "
+            + ("the dataset is complete" if s["dataset_complete"] else "other parts are still to finish"),
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -932,6 +938,18 @@ def _verify(args) -> int:
             "remake them",
             file=sys.stderr,
         )
+    elif not json.loads((args.dir / MANIFEST).read_text()).get("complete"):
+        print(
+            f"{len(problems)} problems: {args.dir} is unfinished; rerun the `t2i-engine generate` command that made "
+            "it (in its dataset.json) to complete it",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"{len(problems)} problems; `t2i-engine verify --repair` moves the bad shards aside, and rerunning the "
+            "`t2i-engine generate` command that made the dataset remakes them",
+            file=sys.stderr,
+        )
     return 1
 
 
@@ -939,7 +957,8 @@ def _finalize(args) -> int:
     from .engine.run import finalize  # heavy: torch
 
     r = finalize(args.dir)
-    print(f"complete: {r['num_samples']} samples in {r['shards']} shards -> {r['out']}", file=sys.stderr)
+    done = "nothing left to do: already complete" if r["already_complete"] else "complete"
+    print(f"{done}: {r['num_samples']} samples in {r['shards']} shards -> {r['out']}", file=sys.stderr)
     return 0
 
 
@@ -972,11 +991,14 @@ def _models(args) -> int:
 
 def _train(args) -> int:
     # heavy: torch
-    from .training.loop import train
+    from .training.loop import RUN, train
     from .training.presets import OVERRIDES, resolve_config
 
     config = resolve_config(args.preset, {key: getattr(args, key) for key in OVERRIDES})
+    finished = args.resume and (Path(args.out) / RUN).is_file()  # train checks it is this run's data and settings
     result = train(config, args.data, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    if finished:
+        print(f"nothing left to do: {args.out} is a finished run", file=sys.stderr)
     best = result["best"]
     val = (
         f"val loss {best['val_loss']:.4f}, val acc {best['val_acc']:.4f}"
@@ -1024,6 +1046,7 @@ def _analyze(args) -> int:
 def _probe(args) -> int:
     from .eval.probes import write_probe  # heavy: torch
 
+    done_before = Path(args.out).exists()  # write_probe refuses it unless it is this probe's output
     out = write_probe(
         args.data,
         args.out,
@@ -1033,7 +1056,7 @@ def _probe(args) -> int:
         weights=args.weights,
         device=args.device,
     )
-    print(f"wrote {out}", file=sys.stderr)
+    print(f"nothing left to do: {out} already holds this probe" if done_before else f"wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -1059,6 +1082,10 @@ def _sweep(args) -> int:
     from .eval.sweep import run_sweep  # heavy: torch
 
     result = run_sweep(args.grid, args.out, device=args.device, log=lambda line: print(line, file=sys.stderr))
+    if not result["cells_run"]:
+        print(
+            f"nothing left to do: all {result['cells']} cells were finished; frontier written again", file=sys.stderr
+        )
     print((args.out / "frontier.md").read_text(), end="")
     print(f"frontier: {', '.join(str(args.out / f) for f in result['files'])}", file=sys.stderr)
     return 0

@@ -18,7 +18,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -165,22 +165,8 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
             with mf.exclusive_lock(out_dir):
                 records = [read_record(out_dir, u.name) for u in units]
                 mf.write_derived(out_dir, recipe, records, existing["format"], existing.get("command"))
-        return _summary(
-            recipe,
-            out_dir,
-            meta,
-            mine,
-            todo,
-            0,
-            {},
-            0.0,
-            t_start,
-            t_planned,
-            t_planned,
-            time.perf_counter(),
-            device,
-            part,
-        )
+        times = (t_start, t_planned, t_planned, time.perf_counter())
+        return _summary(recipe, out_dir, meta, mine, todo, _Ran(), times, device, options)
 
     # With worker processes the model loads in each of them, not here.
     remote = bool(options.devices or options.ray)
@@ -209,14 +195,14 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
             if not part or mf.read_manifest(out_dir) is None:
                 mf.write_manifest(out_dir, recipe, records=None, **meta)
 
-        images, stages, writer_wait, rates, restarts = 0, {}, 0.0, None, 0
+        ran = _Ran(generator=generator)
         try:
             if todo and options.ray:
-                images, rates, restarts = ray_runner.run_ray(
+                ran.images, ran.rates, ran.restarts = ray_runner.run_ray(
                     todo, recipe, out_dir, model=options.model, dtype=meta["dtype"], progress=options.progress
                 )
             elif todo and options.devices:
-                images, rates, restarts = run_workers(
+                ran.images, ran.rates, ran.restarts = run_workers(
                     todo, recipe, out_dir, devices=options.devices, model=options.model, progress=options.progress
                 )
             elif todo:
@@ -230,7 +216,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                 if flops_countable(options.backend, options.tuning, options.attention, options.conv, device):
                     generator.count_flops()
                 try:
-                    images = _run_units(todo, runner, options.progress)
+                    ran.images = _run_units(todo, runner, options.progress)
                 except BaseException:
                     # Stopping (Ctrl-C, SIGTERM, an error): shards already committed are finished; a
                     # second failure on the way out (encoders stopped by the same SIGTERM) must not
@@ -239,7 +225,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                         runner.writer.close()
                     raise
                 runner.writer.close()
-                stages, writer_wait = runner.stages(), runner.writer.wait_seconds
+                ran.stages, ran.writer_wait = runner.stages(), runner.writer.wait_seconds
         except OutOfSpace as e:  # say how much the rest needs: the shards of this run still unwritten
             raise OutOfSpace(out_dir, e.shard_bytes, len(_uncommitted(out_dir, mine)), e.error) from e.error
         if not part:
@@ -250,30 +236,8 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
             with mf.finalize_lock(out_dir):
                 if not _uncommitted(out_dir, units) and not (mf.read_manifest(out_dir) or {}).get("complete"):
                     mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
-    summary = _summary(
-        recipe,
-        out_dir,
-        meta,
-        mine,
-        todo,
-        images,
-        stages,
-        writer_wait,
-        t_start,
-        t_planned,
-        t_loaded,
-        time.perf_counter(),
-        device,
-        part,
-    )
-    summary["denoiser_flops_per_image"] = _flops_as_run(generator, options, images)
-    if options.ray:
-        summary["ray"] = rates
-    elif options.devices:
-        summary["devices"] = options.devices
-        summary["device_images_per_second"] = rates
-        summary["worker_restarts"] = restarts
-    return summary
+    times = (t_start, t_planned, t_loaded, time.perf_counter())
+    return _summary(recipe, out_dir, meta, mine, todo, ran, times, device, options)
 
 
 def finalize(out_dir: Path) -> dict:
@@ -291,6 +255,9 @@ def finalize(out_dir: Path) -> dict:
                 f"{len(missing)} of {len(units)} shards are not written yet "
                 f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); run the parts that hold them first",
             )
+        summary = {"out": str(out_dir), "shards": len(units), "num_samples": recipe.num_samples}
+        if manifest.get("complete") and all((out_dir / name).exists() for name in mf.DERIVED):
+            return {**summary, "already_complete": True}  # a rerun: the manifest stays as it is
         mf.write_manifest(
             out_dir,
             recipe,
@@ -306,7 +273,7 @@ def finalize(out_dir: Path) -> dict:
             dataset_format=manifest["format"],
             command=manifest.get("command"),
         )
-    return {"out": str(out_dir), "shards": len(units), "num_samples": recipe.num_samples}
+    return {**summary, "already_complete": False}
 
 
 def _plan(recipe: Recipe, dataset_format: str, part: tuple[int, int] | None) -> tuple[list[WorkUnit], list[WorkUnit]]:
@@ -325,9 +292,22 @@ def _uncommitted(out_dir: Path, units: list[WorkUnit]) -> list[WorkUnit]:
     return [u for u in units if not (out_dir.is_dir() and is_committed(out_dir, u.name))]
 
 
-def _summary(
-    recipe, out_dir, meta, units, todo, images, stages, writer_wait, t_start, t_planned, t_loaded, t_end, device, part
-) -> dict:
+@dataclass
+class _Ran:
+    """What a run did: nothing, for a rerun that found every shard of its units written."""
+
+    images: int = 0
+    stages: dict = field(default_factory=dict)
+    writer_wait: float = 0.0
+    rates: dict = field(default_factory=dict)  # per device (workers) or the actors (Ray)
+    restarts: int = 0
+    generator: object = None  # the in-process generator, which counted the FLOPs
+
+
+def _summary(recipe, out_dir, meta, units, todo, ran: _Ran, times: tuple, device, options: RunOptions) -> dict:
+    """The run summary; the same keys whether the run wrote shards or found nothing left to do."""
+    t_start, t_planned, t_loaded, t_end = times
+    images, stages, part = ran.images, ran.stages, options.part
     wall = (t_end - t_start) - (t_loaded - t_planned)  # model loading is reported apart
     model_seconds = sum(stages.values())
     peak = (
@@ -335,7 +315,7 @@ def _summary(
         if device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     )
-    return {
+    summary = {
         "out": str(out_dir),
         "model": recipe.model,
         "device": meta["device"],
@@ -352,11 +332,19 @@ def _summary(
         "stage_seconds": {
             **{k: round(v, 3) for k, v in stages.items()},
             "planning": round(t_planned - t_start, 3),
-            "writer_wait": round(writer_wait, 3),
+            "writer_wait": round(ran.writer_wait, 3),
         },
         "outside_model_share": round(1 - model_seconds / wall, 4) if images and stages else None,
         "peak_memory_bytes": peak,
+        "denoiser_flops_per_image": _flops_as_run(ran.generator, options, images),
     }
+    if options.ray:
+        summary["ray"] = ran.rates
+    elif options.devices:
+        summary["devices"] = options.devices
+        summary["device_images_per_second"] = ran.rates
+        summary["worker_restarts"] = ran.restarts
+    return summary
 
 
 def _flops_as_run(generator, options: RunOptions, images: int) -> float | str | None:

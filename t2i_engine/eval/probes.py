@@ -14,6 +14,7 @@ t2i-source.json naming the probe and the set it came from.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from ..errors import InputError
 from ..files import check_writable
 from ..models.pipelines import bundled_path
 from ..models.registry import get_model
-from ..training.sources import open_set, write_image_folder
+from ..training.sources import SOURCE_FILE, open_set, write_image_folder
 
 PROBES = ("fft-low", "fft-high", "vae")
 
@@ -66,19 +67,32 @@ def write_probe(
     if not 0 < cutoff < 0.5:
         raise InputError("--cutoff", cutoff, "expected a frequency between 0 and 0.5 cycles per pixel")
     out = Path(out)
-    if out.exists():
-        raise InputError("--out", str(out), "expected a folder that does not exist yet")
-    check_writable(out, "--out")
     data = open_set(data_path, "data")
-    transform = _fft(probe, cutoff) if probe.startswith("fft") else _vae(vae_model, weights, device)
     origin = {**data.origin, "probe": probe, "probe_of": str(data.path)}
     if probe.startswith("fft"):
         origin["cutoff"] = cutoff
     else:
         origin["vae_model"] = vae_model
+    if out.exists():  # written whole or not at all (write_image_folder): a rerun finds it done
+        if _stored_origin(out) == json.loads(json.dumps(origin)):
+            return out
+        raise InputError(
+            "--out",
+            str(out),
+            "expected a new folder, or the finished output of this same probe (this one holds something else)",
+        )
+    check_writable(out, "--out")
+    transform = _fft(probe, cutoff) if probe.startswith("fft") else _vae(vae_model, weights, device)
     # Engine keys are unique file names; folder keys are "<class>/<name>".
     items = ((it.key.split("/")[-1], it.class_id, px) for it, px in _probed(data.read(), transform, batch_size))
     return write_image_folder(out, items, list(data.class_ids), data.class_names, origin)
+
+
+def _stored_origin(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _probed(items, transform, batch_size: int):

@@ -141,11 +141,12 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, device: str = "auto", l
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stored, json.dumps(plan, indent=1) + "\n")
     rows, probe = [], _Probe(device)
+    to_run = [c.name for c in cells if not (out / "cells" / c.name / "result.json").exists()]
     for i, cell in enumerate(cells):
         log(f"[sweep] cell {i + 1}/{len(cells)}: {cell.name}")
         folder = out / "cells" / cell.name
         rows.append(_run_cell(cell, grid, base_dir, folder, real, seeds, config, device, probe, log))
-    return write_frontier(rows, out)
+    return {**write_frontier(rows, out), "cells_run": len(to_run), "cells": len(cells)}
 
 
 def _real(value, out: Path, base_dir: Path) -> Path | None:

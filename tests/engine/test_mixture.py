@@ -17,6 +17,7 @@ import tarfile
 from collections import Counter
 
 import pytest
+import yaml
 
 from t2i_engine.engine.plan import plan_samples, plan_units
 from t2i_engine.engine.recipe import build_recipe, mixture_counts
@@ -61,8 +62,8 @@ def test_the_plan_splits_each_class_by_share_in_units_of_one_model():
     assert build_recipe(with_tiny_sd).mixture[1].steps == 20  # each model's own default steps
 
 
-WORKERS = ["cpu", "cpu"]
-THREADS = cpu_threads_per_worker(WORKERS)  # each worker's, and the one-process reference's
+WORKERS = "cpu:2"
+THREADS = cpu_threads_per_worker(["cpu", "cpu"])  # each worker's, and the one-process reference's
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +84,27 @@ def _metas(folder) -> dict:
     return out
 
 
+def _generate_twice(cli, recipe, out, *flags) -> dict:
+    """`generate --json` through the CLI, then the same command again on the finished dataset: it
+    must exit 0, say there was nothing left to do, and keep every field of the first summary."""
+    args = ["generate", recipe, "--out", out, *flags, "--no-progress", "--json"]
+    code, first, err = cli(*args)
+    assert code == 0, err
+    code, again, err = cli(*args)
+    assert code == 0 and "nothing left to do" in err, err
+    first, again = json.loads(first), json.loads(again)
+    assert set(again) == set(first) and again["shards_written"] == 0, set(first) ^ set(again)
+    return first
+
+
 @pytest.mark.slow
-def test_one_process_workers_parts_and_ray_write_the_same_mixture(whole, tmp_path):
-    summary = generate(build_recipe(RECIPE), tmp_path / "workers", RunOptions(progress=False, devices=WORKERS))
+def test_one_process_workers_parts_and_ray_write_the_same_mixture(cli, whole, tmp_path):
+    recipe = tmp_path / "mixture.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    summary = _generate_twice(cli, recipe, tmp_path / "workers", "--devices", WORKERS)
     assert summary["worker_restarts"] == 0 and len(summary["device_images_per_second"]) == 2
     with local_ray(num_cpus=2):
-        summary = generate(build_recipe(RECIPE), tmp_path / "ray", RunOptions(progress=False, ray="local"))
+        summary = _generate_twice(cli, recipe, tmp_path / "ray", "--ray")
     assert summary["ray"] == {"ray-cpu-actors": 2} and summary["dataset_complete"]
     with torch_threads(THREADS):
         for part in ((0, 2), (1, 2)):

@@ -68,6 +68,10 @@ def test_a_2x2_sweep_resumes_after_a_stop_and_writes_the_frontier(cli, tmp_path,
     marks = pareto([(r["flops_per_image"], r["synth_real"]) for r in rows])
     assert [r["pareto_flops"] for r in rows] == marks and any(marks)
     assert out.count("| ") >= 4 and "pareto_flops" in out  # the table printed
+    results = {p: p.read_bytes() for p in sorted((tmp_path / "out" / "cells").glob("*/result.json"))}
+    code, again, err = cli("sweep", grid, "--out", tmp_path / "out", "--device", "cpu")  # on the finished grid
+    assert code == 0 and "nothing left to do" in err and again == out, err
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "out" / "cells").glob("*/result.json"))} == results
 
 
 def test_variants_are_crossed_with_the_axes(tmp_path):

@@ -86,7 +86,7 @@ def _rows(run):
     return path.read_text().splitlines()[1:] if path.is_file() else []
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(digits_world, tmp_path):
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(cli, digits_world, tmp_path):
     # Two loader workers: determinism must not depend on which worker delivers first.
     # Only the killed run needs a process of its own; the others run here (the same config).
     args = [
@@ -122,7 +122,8 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(digits_w
     assert len(_rows(tmp_path / "killed")) == 1, "the kill should land in epoch 2"
     assert not (tmp_path / "killed" / "run.json").exists()
 
-    train(config, digits_world["real_test"], tmp_path / "killed", resume=True, device="cpu", progress=False)
+    code, _, err = cli(*args, "--out", tmp_path / "killed", "--resume")  # here: at the straight run's thread count
+    assert code == 0 and "nothing left to do" not in err, err
     straight, resumed = (json.loads((tmp_path / n / "run.json").read_text()) for n in ("straight", "killed"))
     # Stated tolerance: identical. Measured on this CPU: every weight bit-identical.
     assert resumed["best"] == {**straight["best"], "seconds": resumed["best"]["seconds"]}
