@@ -176,8 +176,8 @@ def _add_generate_parser(sub) -> None:
         "--classes",
         type=str,
         metavar="SPEC",
-        help="built-in class set, a class file (.txt/.json/.csv), or a folder with wnids.txt and words.txt "
-        "(default: digits)",
+        help="built-in class set, a class file (.txt/.json/.csv), a folder with wnids.txt and words.txt, or "
+        "names separated by commas (cat,dog) (default: digits)",
     )
     rec.add_argument(
         "--prompt-regime",
@@ -858,8 +858,21 @@ def _main(argv: list[str] | None) -> int:
         return 143 if isinstance(e, Terminated) else 130
 
 
+def _class_names(value: str | None, recipe: str | None) -> str | list[str] | None:
+    """--classes: a comma-separated list of names, unless a class file or folder of that name exists
+    (here or beside the recipe, where the recipe's own paths resolve), or it names a built-in set.
+    A name holding a comma goes in a class file."""
+    if value is None or "," not in value:
+        return value
+    places = [Path(value).expanduser()] + ([Path(recipe).parent / value] if recipe else [])
+    if any(p.exists() for p in places):
+        return value
+    return [name.strip() for name in value.split(",")]
+
+
 def _generate(args) -> int:
     overrides = {key: getattr(args, flag) for flag, key in RECIPE_FLAGS.items()}
+    overrides["classes"] = _class_names(args.classes, args.recipe)
     if overrides["prompt.regime"] is None:  # --template or --captions alone imply their regime
         overrides["prompt.regime"] = "template" if args.template else "captions" if args.captions else None
     if args.recipe is not None and not Path(args.recipe).is_file():

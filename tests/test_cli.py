@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -89,6 +90,34 @@ def test_hub_model_without_weights_names_the_id_and_how_to_fetch(cli, tmp_path, 
     code, _, err = cli("generate", "--out", tmp_path / "o", "--model", "sd15", "--device", "cpu", "--no-progress")
     assert code == 2 and "stable-diffusion-v1-5/stable-diffusion-v1-5" in err and "hf download" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_weights_folder_of_pickles_is_refused_in_one_line_saying_only_safetensors_load(capfd, tmp_path):
+    from t2i_engine.cli import main
+    from t2i_engine.models.tiny import build_tiny_sd
+
+    build_tiny_sd().save_pretrained(tmp_path / "bin", safe_serialization=False)  # .bin weights, as older repos hold
+    capfd.readouterr()
+    code = main(["generate", "--out", str(tmp_path / "o"), *FAST, "--weights", str(tmp_path / "bin")])
+    out, err = capfd.readouterr()  # file descriptors: diffusers' own logging line would show here too
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and out == "", err
+    assert "only safetensors" in lines[0] and "unet/diffusion_pytorch_model.bin" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_classes_takes_a_comma_list_unless_a_file_of_that_name_exists(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    flags = [*FAST, "--images-per-class", "1", "--json"]
+    code, out, err = cli("generate", "--out", "a", "--classes", "goldfish, tabby cat", *flags)
+    manifest = json.loads((tmp_path / "a" / "dataset.json").read_text())
+    assert code == 0 and [c["name"] for c in manifest["recipe"]["classes"]] == ["goldfish", "tabby cat"], err
+    Path("cat,dog.txt").write_text("cat, with a comma\nfox\n")  # a file of that name wins; a name may hold a comma
+    code, out, err = cli("generate", "--out", "b", "--classes", "cat,dog.txt", *flags)
+    manifest = json.loads((tmp_path / "b" / "dataset.json").read_text())
+    assert code == 0 and [c["name"] for c in manifest["recipe"]["classes"]] == ["cat, with a comma", "fox"], err
+    code, _, err = cli("generate", "--out", "c", "--classes", "cat,,dog", *flags)
+    assert code == 2 and "classes" in err and not Path("c").exists(), err
 
 
 def test_models_lists_the_registry(cli):

@@ -88,7 +88,8 @@ def _pairs_from_path(path: Path, field: str) -> list[tuple[str | None, str]]:
         raise InputError(
             field,
             str(path),
-            f"expected a built-in set ({', '.join(BUILTIN_SETS)}) or an existing class file or folder",
+            f"expected a built-in set ({', '.join(BUILTIN_SETS)}), an existing class file or folder, or a list of "
+            "names (on the command line: --classes cat,dog)",
         )
     suffix = path.suffix.lower()
     text = _read_text(path, field)

@@ -102,6 +102,15 @@ def from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype, fl
             weights,
             "expected a local diffusers folder (with model_index.json)",
         )
+    pickled = _pickled_only(Path(weights)) if weights is not None else []
+    if pickled:
+        raise InputError(
+            flag.removeprefix("--").replace("-", "_"),
+            weights,
+            "only safetensors weights are loaded (a pickle can run code), and it holds pickles with no "
+            f"safetensors beside them ({', '.join(pickled[:3])}{', ...' if len(pickled) > 3 else ''}); save the "
+            "pipeline again with save_pretrained(PATH, safe_serialization=True)",
+        )
     extra = (
         {"safety_checker": None, "requires_safety_checker": False}
         if "StableDiffusion" in spec.pipeline and spec.family == "sd"
@@ -117,6 +126,19 @@ def from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype, fl
             )
     except (OSError, ValueError) as e:
         raise unavailable(spec, source, e, flag) from None
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _pickled_only(folder: Path) -> list[str]:
+    """Pickled weight files (relative paths) in a folder's components that hold no safetensors."""
+    found = []
+    for d in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+        files = [p for p in d.iterdir() if p.is_file()]
+        if not any(p.suffix == ".safetensors" for p in files):
+            found += [str(p.relative_to(folder)) for p in sorted(files) if p.suffix in PICKLE_SUFFIXES]
+    return found
 
 
 def _saved_without(source: str | None) -> dict:
