@@ -70,9 +70,9 @@ def pytest_collection_modifyitems(config, items):
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 
 
-# Variables set by libraries, not by a test: pytest (the test's phase), torch on first use
-# (inductor's cache folder, to the default it reads anyway), scikit-learn on import (OpenMP's).
-_SET_BY_LIBRARIES = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK"}
+# Variables set by libraries, not by a test (prefixes): pytest (the test's phase), torch's inductor
+# on first use (its cache folder, to the default it reads anyway), scikit-learn on import (OpenMP's).
+_SET_BY_LIBRARIES = ("PYTEST_CURRENT_TEST", "TORCHINDUCTOR_", "_TORCHINDUCTOR_", "KMP_")
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +96,9 @@ def process_state_is_left_as_found():
     if torch.get_num_interop_threads() != interop:  # it can be set once per process only: report it
         changed.append(f"torch inter-op threads {interop} -> {torch.get_num_interop_threads()}")
     keys = sorted(
-        k for k in env.keys() | os.environ.keys() if env.get(k) != os.environ.get(k) and k not in _SET_BY_LIBRARIES
+        k
+        for k in env.keys() | os.environ.keys()
+        if env.get(k) != os.environ.get(k) and not k.startswith(_SET_BY_LIBRARIES)
     )
     if keys:
         changed.append(f"environment variables {keys}")
