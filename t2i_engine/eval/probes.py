@@ -67,6 +67,8 @@ def write_probe(
     if not 0 < cutoff < 0.5:
         raise InputError("--cutoff", cutoff, "expected a frequency between 0 and 0.5 cycles per pixel")
     out = Path(out)
+    if not out.exists():
+        check_writable(out, "--out")  # before the data is read
     data = open_set(data_path, "data")
     origin = {**data.origin, "probe": probe, "probe_of": str(data.path)}
     if probe.startswith("fft"):
@@ -81,7 +83,6 @@ def write_probe(
             str(out),
             "expected a new folder, or the finished output of this same probe (this one holds something else)",
         )
-    check_writable(out, "--out")
     transform = _fft(probe, cutoff) if probe.startswith("fft") else _vae(vae_model, weights, device)
     # Engine keys are unique file names; folder keys are "<class>/<name>".
     items = ((it.key.split("/")[-1], it.class_id, px) for it, px in _probed(data.read(), transform, batch_size))
