@@ -55,6 +55,10 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    for item in items:  # under `pytest -n N --dist loadgroup` (make test): one worker, one at a time
+        if "alone" in item.keywords:
+            item.add_marker(pytest.mark.xdist_group("alone"))
+
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs CUDA")
         for item in items:

@@ -135,6 +135,7 @@ def test_recipe_less_generate_and_json_summary(cli, tmp_path):
     assert cli("verify", tmp_path / "o")[0] == 0
 
 
+@pytest.mark.alone
 def test_sigkill_mid_write_then_resume_gives_the_whole_dataset(cli, tmp_path):
     out = tmp_path / "o"
     args = [
@@ -279,6 +280,7 @@ def test_an_output_that_cannot_be_written_is_refused_in_one_line_before_any_work
     assert code == 2 and len(lines) == 1 and f"error: {field}: " in lines[0] and "writable" in lines[0], err
 
 
+@pytest.mark.alone
 def test_a_disk_that_fills_mid_shard_stops_cleanly_and_a_rerun_with_space_completes_the_same_bytes(cli, tmp_path):
     import resource
 
@@ -307,6 +309,7 @@ def test_a_disk_that_fills_mid_shard_stops_cleanly_and_a_rerun_with_space_comple
     assert shard_hashes(out) == shard_hashes(reference)
 
 
+@pytest.mark.alone
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "scale_out", [[], ["--part", "0/2"], ["--devices", "cpu:2"]], ids=["one-process", "a-part", "two-workers"]

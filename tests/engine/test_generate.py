@@ -204,6 +204,7 @@ def test_the_dataset_card_lets_datasets_open_the_folder_with_named_labels(datase
         assert row["jpg"].size == (32, 32)
 
 
+@pytest.mark.alone
 def test_encoder_processes_leave_sigterm_to_the_run(tmp_path):
     # Slurm sends SIGTERM to every process of a job: the encoders must outlive it (the run stops
     # them), or the run's clean stop would end on a broken process pool instead of exit 143.

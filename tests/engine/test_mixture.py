@@ -97,6 +97,7 @@ def _generate_twice(cli, recipe, out, *flags) -> dict:
     return first
 
 
+@pytest.mark.alone
 @pytest.mark.slow
 def test_one_process_workers_parts_and_ray_write_the_same_mixture(cli, whole, tmp_path):
     recipe = tmp_path / "mixture.yaml"

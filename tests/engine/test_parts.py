@@ -43,6 +43,7 @@ def test_two_parts_write_disjoint_shards_whose_union_is_the_one_run_dataset(whol
     assert manifest["shards"] == reference["shards"]
 
 
+@pytest.mark.alone
 def test_parts_started_at_once_as_processes_share_the_folder_without_overlap(whole, tmp_path):
     out, recipe = tmp_path / "concurrent", tmp_path / "recipe.yaml"
     recipe.write_text(

@@ -53,6 +53,7 @@ def _worker_pids(parent: int) -> list[int]:
     return pids
 
 
+@pytest.mark.alone
 def test_a_worker_killed_mid_run_is_replaced_and_every_sample_lands_once(whole, tmp_path):
     out = tmp_path / "out"
     # The run's workers are this process's children; a thread kills one once two shards are in.
@@ -94,6 +95,7 @@ def test_bad_devices_are_refused(text):
         parse_devices(text)
 
 
+@pytest.mark.alone
 def test_ctrl_c_stops_the_workers_keeps_committed_shards_and_the_next_run_resumes(whole, tmp_path):
     recipe, out = tmp_path / "r.yaml", tmp_path / "out"
     recipe.write_text(YAML)

@@ -86,6 +86,7 @@ def _rows(run):
     return path.read_text().splitlines()[1:] if path.is_file() else []
 
 
+@pytest.mark.alone
 def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(cli, digits_world, tmp_path):
     # Two loader workers: determinism must not depend on which worker delivers first.
     # Only the killed run needs a process of its own; the others run here (the same config).
