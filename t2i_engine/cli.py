@@ -860,8 +860,8 @@ def _main(argv: list[str] | None) -> int:
 
 def _class_names(value: str | None, recipe: str | None) -> str | list[str] | None:
     """--classes: a comma-separated list of names, unless a class file or folder of that name exists
-    (here or beside the recipe, where the recipe's own paths resolve), or it names a built-in set.
-    A name holding a comma goes in a class file."""
+    (here or beside the recipe, where the recipe's own paths resolve). A name holding a comma goes
+    in a class file."""
     if value is None or "," not in value:
         return value
     places = [Path(value).expanduser()] + ([Path(recipe).parent / value] if recipe else [])
@@ -907,7 +907,7 @@ def _generate(args) -> int:
     )
     s = summary
     if args.json:
-        print(json.dumps(summary, indent=1))
+        print(json.dumps(s, indent=1))
     if not s["shards_written"]:  # a rerun of a finished dataset (or part): a Slurm requeue, a cautious user
         what = f"part {s['part']}" if s["part"] else "the whole dataset"
         print(

@@ -294,7 +294,7 @@ def _uncommitted(out_dir: Path, units: list[WorkUnit]) -> list[WorkUnit]:
 
 @dataclass
 class _Ran:
-    """What a run did: nothing, for a rerun that found every shard of its units written."""
+    """What a run did (nothing, for a rerun that finds every shard of its units written)."""
 
     images: int = 0
     stages: dict = field(default_factory=dict)
