@@ -57,6 +57,7 @@ RECIPE_FLAGS = {
     "guidance_schedule": "guidance_schedule",
     "apg": "apg",
     "cads": "cads",
+    "lora": "lora",
 }
 # Closed sets whose home module loads torch (the CLI answers --help and bad flags without it);
 # tests/test_cli.py checks each against its home.
@@ -289,6 +290,13 @@ def _add_generate_parser(sub) -> None:
         metavar="on|NOISE|none",
         help="condition-annealed sampling: noise on the prompt embedding early in sampling, annealed away (on: "
         "noise 0.25, tau 0.6-0.9; a number: its noise scale) (default: none)",
+    )
+    rec.add_argument(
+        "--lora",
+        type=str,
+        metavar="PATH[:SCALE],...",
+        help="LoRA adapters (local .safetensors, diffusers/peft or kohya format) fused into the model's weights "
+        "at SCALE (default scale 1.0) for SD 1.x/2.x, SDXL, SD3, FLUX (default: none)",
     )
     rec.add_argument(
         "--preset",

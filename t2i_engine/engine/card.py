@@ -49,6 +49,8 @@ def card_header(recipe: Recipe, seed_bits: int) -> dict:
 
 
 def _feature(name: str, value: object) -> dict:
+    if isinstance(value, list) and value and all(isinstance(x, dict) for x in value):  # LoRA adapters
+        return {"name": name, "list": {"struct": [_feature(k, v) for k, v in value[0].items()]}}
     if isinstance(value, bool):
         return {"name": name, "dtype": "bool"}
     if isinstance(value, int):

@@ -38,6 +38,9 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
       - {model: digits-dit, share: 0.5}  # position: the first 50% to the first model, ...)
     preset: fast                    # or fastest: named sampling settings (UNet families) from the embedded
                                     # model's measured frontier; keys set here win (default: none)
+    lora: [style.safetensors, {path: detail.safetensors, scale: 0.8}]  # adapters fused into the
+                                    # weights (SD 1.x/2.x, SDXL, SD3, FLUX); the dataset records each
+                                    # file's sha256 and scale (models/lora.py; default: none)
 
 The recipe is stored resolved (class list and captions included) in the dataset's manifest, so
 `verify` and resume never re-read the class or caption files. Its hash covers everything that
@@ -57,6 +60,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import InputError, check_text
+from ..models.lora import LORA_FAMILIES, Adapter, read_adapter
 from ..models.registry import get_model, get_refiner
 from .classes import ClassEntry, load_classes
 from .diversity import check_apg, check_cads, check_guidance_list, check_schedule
@@ -93,8 +97,10 @@ DEFAULTS: dict[str, object] = {
     "cads": None,
     "preset": None,
     "models": None,
+    "lora": None,
 }
 MAX_MODELS = 8
+MAX_ADAPTERS = 8
 HIGH_NOISE_FRACTION = 0.8  # the paper's code and diffusers' SDXL example
 ZERO_GUIDANCE = ("conditional", "unconditional")
 # Fields that change how the work is done, not what the dataset holds.
@@ -147,6 +153,8 @@ class Recipe:
     cads: dict | None = None
     # a mixture of generators (None: `model` alone); `model`, `steps` and `guidance` are then its first's
     mixture: tuple[MixEntry, ...] | None = None
+    # LoRA adapters fused into the model's weights (models/lora.py); the hash holds their bytes and scales
+    lora: tuple[Adapter, ...] = ()
 
     @property
     def models(self) -> list[str]:
@@ -186,6 +194,7 @@ class Recipe:
             d["guidance_choices"] = tuple(d["guidance_choices"])
         if d.get("mixture") is not None:
             d["mixture"] = tuple(MixEntry(**e) for e in d["mixture"])
+        d["lora"] = tuple(Adapter(**a) for a in d.get("lora") or ())
         return cls(**d)
 
     def content_hash(self) -> str:
@@ -212,6 +221,10 @@ class Recipe:
         ):
             if d[key] == off:  # recipes without the diversity levers keep their hashes
                 del d[key]
+        if not d["lora"]:
+            del d["lora"]
+        else:  # an adapter is its bytes and its scale, wherever the file lies
+            d["lora"] = [Adapter(**a).record() for a in d["lora"]]
         d["prompt"].pop("captions_file")  # where captions came from is provenance, not content
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -245,6 +258,9 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         raise InputError(unknown[0], raw[unknown[0]], f"unknown recipe key; allowed keys: {', '.join(DEFAULTS)}")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if raw.get("models") is not None or overrides.get("models") is not None:
+        lora = overrides.get("lora", raw.get("lora"))
+        if lora not in (None, "none", []):
+            raise InputError("lora", lora, "a mixture's models take no adapters: make each model's share apart")
         return _mixture(raw, overrides, base_dir)
     merged = {**DEFAULTS, **raw}
     prompt_raw = merged["prompt"]
@@ -321,6 +337,7 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         guidance_schedule=check_schedule(merged["guidance_schedule"], spec.family, guides),
         apg=check_apg(merged["apg"], spec.family, guides),
         cads=check_cads(merged["cads"], spec.family, guides),
+        lora=_lora(merged["lora"], spec, base_dir),
     )
 
 
@@ -370,6 +387,44 @@ def mixture_counts(shares: list[float], n: int) -> list[int]:
     for i in order[: n - sum(counts)]:
         counts[i] += 1
     return counts
+
+
+def _lora(value: object, spec, base_dir: Path | None) -> tuple[Adapter, ...]:
+    """`lora`: adapter files, each PATH or PATH:SCALE (a flag's comma list, or a list of those or
+    of {path, scale} mappings); paths relative to the recipe's folder."""
+    if value in (None, "none", []):
+        return ()
+    allowed = (
+        f"expected up to {MAX_ADAPTERS} LoRA files: PATH or PATH:SCALE, comma-separated, or a list of those "
+        "or of {path: FILE, scale: NUMBER}"
+    )
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_ADAPTERS:
+        raise InputError("lora", value, allowed)
+    if spec.family not in LORA_FAMILIES:
+        raise InputError(
+            "lora",
+            value,
+            f"the {spec.family} family takes no adapters here; families that do: {', '.join(LORA_FAMILIES)}",
+        )
+
+    def resolve(path: str) -> Path:
+        full = Path(path.strip()).expanduser()
+        return base_dir / full if not full.is_absolute() and base_dir is not None else full
+
+    adapters = []
+    for item in items:
+        if isinstance(item, str):
+            path, scale = item, 1.0
+            head, colon, tail = item.rpartition(":")
+            if colon and head and not resolve(item).exists():  # PATH:SCALE (a path may hold a colon)
+                path, scale = head, tail.strip()
+        elif isinstance(item, dict) and set(item) <= {"path", "scale"} and "path" in item:
+            path, scale = str(item["path"]), item.get("scale", 1.0)
+        else:
+            raise InputError("lora", item, allowed)
+        adapters.append(read_adapter(resolve(path), scale))
+    return tuple(adapters)
 
 
 def _zero_guidance(value: object, spec) -> str:

@@ -28,6 +28,7 @@ from ..devices import resolve_device
 from ..errors import InputError, OutOfSpace
 from ..export.tuning import Tuning
 from ..files import check_writable
+from ..models.lora import check_adapters
 from ..models.registry import get_model
 from . import manifest as mf
 from . import ray_runner
@@ -132,6 +133,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     if recipe.mixture and options.weights:
         raise InputError("weights", options.weights, "a mixture loads each of its models from the registry's source")
     check_cache_runtime(recipe.cache, options.backend, options.tuning)
+    check_adapters(spec, options.weights, recipe.lora)  # here too for workers and Ray, which load later
     if recipe.refiner and options.backend != "eager":
         raise InputError(
             "backend", options.backend, f"the refiner ({recipe.refiner}) runs in PyTorch: use --backend eager"

@@ -21,6 +21,7 @@ from ..export.tuning import PLAIN, Tuning, apply_tuning, check_tuning
 from ..kernels import auto, route_attention, sdpa
 from ..kernels.triton_env import interpreting
 from ..models.architectures import text_length
+from ..models.lora import Adapter, fuse_adapters
 from ..models.pipelines import denoiser, load_pipeline
 from ..models.registry import ModelSpec, get_model
 from .adapters import SUPPORTED_FAMILIES
@@ -178,13 +179,16 @@ def load_run_pipeline(
     batch: int = 16,
     tuning: Tuning = PLAIN,
     conv: str = "torch",
+    lora: tuple[Adapter, ...] = (),
 ):
-    """The model's pipeline with its attention routed through our Triton kernels or pinned to one
-    of PyTorch's SDPA backends if asked, the speed switches applied (export.tuning), and its
-    denoiser and VAE decoder replaced by `backend`'s runtimes (built, or found in the artifact
-    cache, for this resolution and a profile around `batch`)."""
+    """The model's pipeline with its LoRA adapters fused into its weights, its attention routed
+    through our Triton kernels or pinned to one of PyTorch's SDPA backends if asked, the speed
+    switches applied (export.tuning), and its denoiser and VAE decoder replaced by `backend`'s
+    runtimes (built, or found in the artifact cache, for this resolution and a profile around
+    `batch`; the cache key hashes the fused weights)."""
     check_family(spec)
     pipe = load_pipeline(spec, weights, device, dtype)
+    fuse_adapters(pipe, lora, spec.name)
     route_attention(pipe, attention, device)
     if conv == "fp8":
         from ..kernels.conv import install_fp8_conv  # heavy: triton
@@ -212,6 +216,7 @@ def load_generator(recipe, model: ModelOptions, device: torch.device) -> Generat
         batch=recipe.batch_size,
         tuning=model.tuning,
         conv=model.conv,
+        lora=recipe.lora,
     )
     refiner = load_refiner(recipe, pipe, model.refiner_weights, device, dtype, model.attention)
     return Generator.for_recipe(pipe, recipe, refiner)

@@ -96,6 +96,8 @@ def sample_meta(recipe: Recipe) -> dict:
     for key in ("apg", "cads"):
         if getattr(recipe, key) is not None:
             meta[key] = dict(getattr(recipe, key))
+    if recipe.lora:
+        meta["lora"] = [a.record() for a in recipe.lora]
     return meta
 
 
