@@ -58,6 +58,7 @@ RECIPE_FLAGS = {
     "apg": "apg",
     "cads": "cads",
     "lora": "lora",
+    "tcd_gamma": "tcd_gamma",
 }
 # Closed sets whose home module loads torch (the CLI answers --help and bad flags without it);
 # tests/test_cli.py checks each against its home.
@@ -247,7 +248,14 @@ def _add_generate_parser(sub) -> None:
         type=str,
         metavar="NAME",
         help="the scheduler: default (the model's), ddim, pndm, euler, euler-ancestral, heun, dpm++2m, "
-        "dpm++2m-karras, dpm++sde, unipc (SD 1.x/2.x, SDXL) (default: default)",
+        "dpm++2m-karras, dpm++sde, unipc; few-step: lcm, lcm-trailing, tcd, ddim-trailing, euler-trailing "
+        "(SD 1.x/2.x, SDXL) (default: default)",
+    )
+    rec.add_argument(
+        "--tcd-gamma",
+        type=str,
+        metavar="GAMMA",
+        help="with --sampler tcd: its stochasticity, 0 (deterministic) to 1 (default: 0.3)",
     )
     rec.add_argument(
         "--guidance-interval",

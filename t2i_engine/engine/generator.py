@@ -83,9 +83,11 @@ class Generator:
         guidance_schedule: str = "constant",
         apg: dict | None = None,
         cads: dict | None = None,
+        tcd_gamma: float | None = None,
     ):
         self.pipe = pipe
-        set_sampler(pipe, sampler)
+        set_sampler(pipe, sampler, steps)
+        self.tcd_gamma = tcd_gamma  # TCD's stochasticity, the `eta` its scheduler's step takes
         self.guidance_interval, self.cache = guidance_interval, cache
         # diversity.py's levers: each sample's guidance (a list), its ramp, APG, CADS
         self.guidance_choices, self.guidance_schedule, self.apg, self.cads = (
@@ -162,6 +164,7 @@ class Generator:
             guidance_schedule=recipe.guidance_schedule,
             apg=recipe.apg,
             cads=recipe.cads,
+            tcd_gamma=recipe.tcd_gamma,
         )
 
     def count_flops(self) -> None:
@@ -207,6 +210,8 @@ class Generator:
                 generator=self.step_generators(samples),
             )
             call.update(self.adapter.call_kwargs(self.guidance))  # a family's own (Qwen-Image: true_cfg_scale)
+            if self.tcd_gamma is not None:
+                call["eta"] = self.tcd_gamma
             if self.refiner is not None:
                 call["denoising_end"] = float(self.high_noise_fraction)
             with ExitStack() as stack:

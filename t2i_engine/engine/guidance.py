@@ -9,13 +9,14 @@ import torch
 
 from ..models.pipelines import denoiser
 from ..seeds import step_seed
-from .sampling import DEFAULT, SAMPLERS
+from .sampling import DEFAULT, SAMPLERS, STEPS
 
 
-def set_sampler(pipe, name: str) -> None:
-    """The pipeline's scheduler for `name`, built from the scheduler it had before the first
-    sampler was set (kept on the pipeline, so one sampler after another starts from the same
-    config). "default" undoes a sampler set here and leaves any other scheduler alone."""
+def set_sampler(pipe, name: str, steps: int | None = None) -> None:
+    """The pipeline's scheduler for `name` (at `steps`, for a sampler whose grid depends on them),
+    built from the scheduler it had before the first sampler was set (kept on the pipeline, so one
+    sampler after another starts from the same config). "default" undoes a sampler set here and
+    leaves any other scheduler alone."""
     import diffusers
 
     state = pipe.__dict__
@@ -26,6 +27,7 @@ def set_sampler(pipe, name: str) -> None:
     if pipe.scheduler is not state.get("_t2i_installed"):  # the scheduler as loaded, or set by a caller
         state["_t2i_scheduler"] = pipe.scheduler
     cls, options = SAMPLERS[name]
+    options = {k: steps if v == STEPS else v for k, v in options.items()}
     pipe.scheduler = getattr(diffusers, cls).from_config(state["_t2i_scheduler"].config, **options)
     state["_t2i_installed"] = pipe.scheduler
 

@@ -23,7 +23,9 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
     high_noise_fraction: 0.8        # model denoises the first 80% of the steps, the refiner the
                                     # rest (diffusers' "ensemble of expert denoisers")
     sampler: default                # or ddim, pndm, euler, euler-ancestral, heun, dpm++2m,
-                                    # dpm++2m-karras, dpm++sde, unipc (SD 1.x/2.x, SDXL)
+                                    # dpm++2m-karras, dpm++sde, unipc; few-step: lcm, lcm-trailing,
+                                    # tcd, ddim-trailing, euler-trailing (SD 1.x/2.x, SDXL)
+    tcd_gamma: 0.3                  # with sampler tcd: its stochasticity (0 deterministic .. 1)
     guidance_interval: [0.28, 5.42] # CFG only at noise levels (EDM sigma) in this range; the
                                     # prompt alone elsewhere, one forward instead of two (default: none)
     cache: {name: deepcache, interval: 3}  # or deepcache:3; reuse of features between steps:
@@ -65,7 +67,14 @@ from ..models.registry import get_model, get_refiner
 from .classes import ClassEntry, load_classes
 from .diversity import check_apg, check_cads, check_guidance_list, check_schedule
 from .prompts import PromptSpec, load_prompt_spec
-from .sampling import BATCH_DEPENDENT_CACHES, check_cache, check_guidance_interval, check_preset, check_sampler
+from .sampling import (
+    BATCH_DEPENDENT_CACHES,
+    check_cache,
+    check_guidance_interval,
+    check_preset,
+    check_sampler,
+    check_tcd_gamma,
+)
 
 FORMATS = ("jpeg", "png", "webp")
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
@@ -98,6 +107,7 @@ DEFAULTS: dict[str, object] = {
     "preset": None,
     "models": None,
     "lora": None,
+    "tcd_gamma": None,
 }
 MAX_MODELS = 8
 MAX_ADAPTERS = 8
@@ -155,6 +165,8 @@ class Recipe:
     mixture: tuple[MixEntry, ...] | None = None
     # LoRA adapters fused into the model's weights (models/lora.py); the hash holds their bytes and scales
     lora: tuple[Adapter, ...] = ()
+    # engine.sampling: TCD's gamma (sampler tcd only; None otherwise)
+    tcd_gamma: float | None = None
 
     @property
     def models(self) -> list[str]:
@@ -221,6 +233,8 @@ class Recipe:
         ):
             if d[key] == off:  # recipes without the diversity levers keep their hashes
                 del d[key]
+        if d["tcd_gamma"] is None:
+            del d["tcd_gamma"]
         if not d["lora"]:
             del d["lora"]
         else:  # an adapter is its bytes and its scale, wherever the file lies
@@ -338,6 +352,7 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         apg=check_apg(merged["apg"], spec.family, guides),
         cads=check_cads(merged["cads"], spec.family, guides),
         lora=_lora(merged["lora"], spec, base_dir),
+        tcd_gamma=check_tcd_gamma(merged["tcd_gamma"], merged["sampler"]),
     )
 
 

@@ -26,6 +26,7 @@ import math
 from ..errors import InputError
 
 DEFAULT = "default"
+STEPS = "steps"  # a sampler option whose value is the recipe's step count
 # name -> (diffusers scheduler class, its options)
 SAMPLERS: dict[str, tuple[str, dict]] = {
     DEFAULT: ("", {}),
@@ -43,7 +44,19 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
     # Brownian tree that per-sample generators cannot seed; this one draws from them
     "dpm++sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    # Few-step samplers, for distilled students and the adapters that make one of a base model
+    # (registry.ADAPTERS): LCM (Luo et al. 2023) and TCD (Zheng et al. 2024, its gamma the recipe's
+    # tcd_gamma) re-noise each step's prediction to the next step's level, with noise from the
+    # per-sample generators; the trailing grids start at the last training step (999, 749, 499, 249
+    # at 4 steps) as SDXL-Lightning, Hyper-SD and DMD2 were trained to. lcm-trailing puts LCM's
+    # skipping-step grid on that one (its original_inference_steps = the steps).
+    "lcm": ("LCMScheduler", {}),
+    "lcm-trailing": ("LCMScheduler", {"original_inference_steps": STEPS}),
+    "tcd": ("TCDScheduler", {}),
+    "ddim-trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}),
+    "euler-trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
 }
+TCD_GAMMA = 0.3  # TCD's default stochasticity: 0 is deterministic, 1 re-noises fully (diffusers' `eta`)
 SAMPLER_FAMILIES = ("sd", "sdxl")  # UNets with a discrete-time noise schedule
 # families whose pipelines run CFG as one call on [negative; positive]
 INTERVAL_FAMILIES = ("sd", "sdxl", "sd3", "pixart", "sana")
@@ -60,6 +73,21 @@ def check_sampler(value: object, family: str) -> str:
             f"{', '.join(SAMPLER_FAMILIES)}); use default",
         )
     return value
+
+
+def check_tcd_gamma(value: object, sampler: str) -> float | None:
+    """TCD's gamma (None unless the sampler is tcd; its default there TCD_GAMMA)."""
+    if value is None:
+        return TCD_GAMMA if sampler == "tcd" else None
+    if sampler != "tcd":
+        raise InputError("tcd_gamma", value, f"is TCD's stochasticity; it needs sampler tcd (this one: {sampler})")
+    try:
+        gamma = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        gamma = math.nan
+    if not 0 <= gamma <= 1:  # NaN fails too
+        raise InputError("tcd_gamma", value, "expected a number from 0 (deterministic) to 1")
+    return gamma
 
 
 def check_guidance_interval(value: object, family: str, guides: bool) -> tuple[float, float] | None:

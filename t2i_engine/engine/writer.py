@@ -85,6 +85,8 @@ def sample_meta(recipe: Recipe) -> dict:
         meta.update(refiner=recipe.refiner, high_noise_fraction=recipe.high_noise_fraction)
     if recipe.sampler != "default":
         meta["sampler"] = recipe.sampler
+    if recipe.tcd_gamma is not None:
+        meta["tcd_gamma"] = recipe.tcd_gamma
     if recipe.guidance_interval is not None:
         meta["guidance_interval"] = list(recipe.guidance_interval)
     if recipe.cache is not None:

@@ -86,6 +86,21 @@ def test_sampler_and_interval_are_recorded_and_move_the_hash_only_when_set(cli, 
     assert meta["sampler"] == "euler" and meta["guidance_interval"] == [0.5, 3.0]
 
 
+def test_the_few_step_samplers_run_their_grids_and_tcds_gamma_reaches_its_steps(pipe):
+    samples = plan_samples(_recipe())[:2]
+    grids = {}
+    for sampler in ("lcm", "lcm-trailing", "ddim-trailing", "euler-trailing", "tcd"):
+        gen = Generator.for_recipe(pipe, _recipe(sampler=sampler, steps=4))
+        gen.generate(samples)
+        grids[sampler] = [round(float(t)) for t in pipe.scheduler.timesteps]
+    trailing = [999, 749, 499, 249]  # SDXL-Lightning's, Hyper-SD's and DMD2's 4-step grid
+    assert grids["lcm-trailing"] == grids["ddim-trailing"] == grids["euler-trailing"] == trailing
+    assert grids["lcm"] == grids["tcd"] != trailing  # LCM's skipping steps of 20 (999, 759, 499, 259)
+    images = {g: Generator.for_recipe(pipe, _recipe(sampler="tcd", tcd_gamma=g)).generate(samples) for g in (0, 0.7)}
+    assert _worst(images[0], images[0.7]) > 10  # gamma moves the images: it reached the scheduler's steps
+    assert _recipe(sampler="tcd").tcd_gamma == 0.3 and _recipe().tcd_gamma is None
+
+
 def test_the_fast_preset_is_its_recipe_keys_and_keys_set_beside_it_win():
     fast = {k: v for k, v in PRESETS["fast"].items() if v is not None}
     assert fast and build_recipe({"preset": "fast"}).content_hash() == build_recipe(fast).content_hash()
@@ -106,6 +121,10 @@ def test_the_fast_preset_is_its_recipe_keys_and_keys_set_beside_it_win():
         (["--guidance", "1", "--guidance-interval", "0.5,3"], "guidance above 1"),
         (["--model", "tiny-flux", "--guidance-interval", "0.5,3"], "not for the flux family"),
         (["--preset", "quick"], "expected one of default, fast, fastest"),
+        (["--model", "tiny-flux", "--sampler", "lcm"], "keeps its own scheduler"),
+        (["--sampler", "tcd", "--tcd-gamma", "1.5"], "tcd_gamma"),
+        (["--sampler", "tcd", "--tcd-gamma", "nan"], "tcd_gamma"),
+        (["--sampler", "lcm", "--tcd-gamma", "0.3"], "needs sampler tcd"),
         (["--model", "tiny-flux", "--preset", "fast"], "for the UNet families"),
     ],
 )
