@@ -25,7 +25,7 @@ from .engine.verify import load_dataset_recipe, repair, verify_dataset
 from .errors import SPACE_ERRNOS, InputError, OutOfSpace
 from .eval.report import write_report
 from .files import atomic_write_text, check_writable
-from .models.registry import MODELS, get_model
+from .models.registry import ADAPTERS, MODELS, get_model
 from .training.sources import open_set, sheet_rows
 
 # generate flag -> recipe key; every recipe key has a flag.
@@ -152,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
 
     mod = sub.add_parser("models", help="list the registry's models")
     mod.add_argument("--all", action="store_true", help="include test models")
+    mod.add_argument("--adapters", action="store_true", help="list the registry's LoRA adapters (--lora NAME) instead")
     mod.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     _add_train_eval_parsers(sub)
@@ -1005,6 +1006,14 @@ def _preview(args) -> int:
 
 
 def _models(args) -> int:
+    if args.adapters:
+        if args.json:
+            print(json.dumps([a.__dict__ for a in ADAPTERS.values()], indent=1))
+            return 0
+        print(f"{'name':<22}{'for':<7}{'sampler':<16}{'steps':>6}{'cfg':>6}  hub id / file")
+        for a in ADAPTERS.values():
+            print(f"{a.name:<22}{a.base:<7}{a.sampler:<16}{a.steps:>6}{a.guidance:>6}  {a.hub_id} / {a.filename}")
+        return 0
     rows = [m for m in MODELS.values() if args.all or not m.test_model]
     if args.json:
         print(json.dumps([m.__dict__ for m in rows], indent=1))

@@ -62,8 +62,8 @@ from pathlib import Path
 import yaml
 
 from ..errors import InputError, check_text
-from ..models.lora import LORA_FAMILIES, Adapter, read_adapter
-from ..models.registry import get_model, get_refiner
+from ..models.lora import LORA_FAMILIES, Adapter, hub_adapter_file, read_adapter
+from ..models.registry import AdapterSpec, get_adapter, get_model, get_refiner
 from .classes import ClassEntry, load_classes
 from .diversity import check_apg, check_cads, check_guidance_list, check_schedule
 from .prompts import PromptSpec, load_prompt_spec
@@ -296,6 +296,16 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
 
     spec = get_model(merged["model"])
     given = set(raw) | {k for k, v in (overrides or {}).items() if v is not None}
+    published = next((a for _, _, a in _lora_items(merged["lora"], spec, base_dir) if a is not None), None)
+    if published is not None:  # a registry adapter's published setting, where the recipe sets none
+        for key, value in {
+            "sampler": published.sampler,
+            "steps": published.steps,
+            "guidance": published.guidance,
+        }.items():
+            if key not in given:
+                merged[key] = value
+                given.add(key)
     for key, value in check_preset(merged.pop("preset"), spec.family).items():
         if key not in given:  # the recipe's or a flag's own value wins
             merged[key] = value
@@ -405,13 +415,26 @@ def mixture_counts(shares: list[float], n: int) -> list[int]:
 
 
 def _lora(value: object, spec, base_dir: Path | None) -> tuple[Adapter, ...]:
-    """`lora`: adapter files, each PATH or PATH:SCALE (a flag's comma list, or a list of those or
-    of {path, scale} mappings); paths relative to the recipe's folder."""
+    """`lora`: adapters, each a file or a registry adapter's name (registry.ADAPTERS), with an
+    optional scale: NAME_OR_PATH[:SCALE] (a flag's comma list, or a list of those or of
+    {path, scale} mappings); paths relative to the recipe's folder."""
+    adapters = []
+    for path, scale, published in _lora_items(value, spec, base_dir):
+        if published is not None:
+            adapters.append(read_adapter(hub_adapter_file(published), scale, name=published.name))
+        else:
+            adapters.append(read_adapter(path, scale))
+    return tuple(adapters)
+
+
+def _lora_items(value: object, spec, base_dir: Path | None) -> list[tuple[Path, object, AdapterSpec | None]]:
+    """(path, raw scale, the registry adapter if it names one) for each entry of `lora`; no file
+    is read here."""
     if value in (None, "none", []):
-        return ()
+        return []
     allowed = (
-        f"expected up to {MAX_ADAPTERS} LoRA files: PATH or PATH:SCALE, comma-separated, or a list of those "
-        "or of {path: FILE, scale: NUMBER}"
+        f"expected up to {MAX_ADAPTERS} LoRA files or registry adapters (t2i-engine models --adapters): NAME, "
+        "PATH or either with :SCALE, comma-separated, or a list of those or of {path: FILE, scale: NUMBER}"
     )
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_ADAPTERS:
@@ -427,19 +450,20 @@ def _lora(value: object, spec, base_dir: Path | None) -> tuple[Adapter, ...]:
         full = Path(path.strip()).expanduser()
         return base_dir / full if not full.is_absolute() and base_dir is not None else full
 
-    adapters = []
+    out = []
     for item in items:
         if isinstance(item, str):
-            path, scale = item, 1.0
-            head, colon, tail = item.rpartition(":")
-            if colon and head and not resolve(item).exists():  # PATH:SCALE (a path may hold a colon)
+            path, scale = item.strip(), 1.0
+            head, colon, tail = path.rpartition(":")
+            if colon and head and not resolve(path).exists():  # PATH:SCALE (a path may hold a colon)
                 path, scale = head, tail.strip()
         elif isinstance(item, dict) and set(item) <= {"path", "scale"} and "path" in item:
             path, scale = str(item["path"]), item.get("scale", 1.0)
         else:
             raise InputError("lora", item, allowed)
-        adapters.append(read_adapter(resolve(path), scale))
-    return tuple(adapters)
+        published = None if resolve(path).exists() else get_adapter(path, spec)  # a file of that name wins
+        out.append((resolve(path), scale, published))
+    return out
 
 
 def _zero_guidance(value: object, spec) -> str:

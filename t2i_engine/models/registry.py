@@ -192,3 +192,63 @@ def get_refiner(name: object, base: ModelSpec) -> ModelSpec:
         raise InputError("refiner", name, allowed)
     check_diffusers(MODELS[name])
     return MODELS[name]
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """A published LoRA that makes a few-step student of a base model, with the sampling setting
+    its card publishes; `--lora NAME` loads it from the local hub cache and applies that setting
+    (sampler, steps, guidance) where the recipe sets none of its own."""
+
+    name: str
+    hub_id: str
+    filename: str
+    family: str  # the family of the base it was trained on (its modules are held to the model anyway)
+    base: str  # that base, by registry name
+    sampler: str  # engine.sampling.SAMPLERS
+    steps: int
+    guidance: float
+    note: str = ""
+
+
+# From each adapter's model card (../shared/FEWSTEP.md lists them): LCM-LoRA takes guidance off or
+# 1-2, the others guidance 0 (no CFG); Hyper-SD and SDXL-Lightning sample on the trailing grid
+# (DDIM and Euler with timestep_spacing "trailing"), DMD2 on LCM's at 999/749/499/249.
+# fmt: off
+ADAPTERS: dict[str, AdapterSpec] = {
+    a.name: a
+    for a in [
+        AdapterSpec("lcm-lora-sd15", "latent-consistency/lcm-lora-sdv1-5", "pytorch_lora_weights.safetensors", "sd", "sd15", "lcm", 4, 1.0,
+                    "LCM-LoRA (Luo et al. 2023): 2-8 steps"),
+        AdapterSpec("lcm-lora-sdxl", "latent-consistency/lcm-lora-sdxl", "pytorch_lora_weights.safetensors", "sdxl", "sdxl", "lcm", 4, 1.0,
+                    "LCM-LoRA (Luo et al. 2023): 2-8 steps"),
+        AdapterSpec("hyper-sd15-4step", "ByteDance/Hyper-SD", "Hyper-SD15-4steps-lora.safetensors", "sd", "sd15", "ddim-trailing", 4, 0.0,
+                    "Hyper-SD (Ren et al. 2024)"),
+        AdapterSpec("hyper-sd15-8step", "ByteDance/Hyper-SD", "Hyper-SD15-8steps-lora.safetensors", "sd", "sd15", "ddim-trailing", 8, 0.0,
+                    "Hyper-SD (Ren et al. 2024)"),
+        AdapterSpec("hyper-sdxl-4step", "ByteDance/Hyper-SD", "Hyper-SDXL-4steps-lora.safetensors", "sdxl", "sdxl", "ddim-trailing", 4, 0.0,
+                    "Hyper-SD (Ren et al. 2024)"),
+        AdapterSpec("hyper-sdxl-8step", "ByteDance/Hyper-SD", "Hyper-SDXL-8steps-lora.safetensors", "sdxl", "sdxl", "ddim-trailing", 8, 0.0,
+                    "Hyper-SD (Ren et al. 2024)"),
+        AdapterSpec("sdxl-lightning-4step", "ByteDance/SDXL-Lightning", "sdxl_lightning_4step_lora.safetensors", "sdxl", "sdxl", "euler-trailing", 4, 0.0,
+                    "SDXL-Lightning (Lin et al. 2024)"),
+        AdapterSpec("sdxl-lightning-8step", "ByteDance/SDXL-Lightning", "sdxl_lightning_8step_lora.safetensors", "sdxl", "sdxl", "euler-trailing", 8, 0.0,
+                    "SDXL-Lightning (Lin et al. 2024)"),
+        AdapterSpec("dmd2-sdxl-4step", "tianweiy/DMD2", "dmd2_sdxl_4step_lora.safetensors", "sdxl", "sdxl", "lcm-trailing", 4, 0.0,
+                    "DMD2 (Yin et al. 2024); its license is non-commercial"),
+    ]
+}
+# fmt: on
+
+
+def get_adapter(name: str, model: ModelSpec) -> AdapterSpec | None:
+    """The registry adapter `name` (None: not a registry name), refused for a model of another family."""
+    spec = ADAPTERS.get(name)
+    if spec is not None and spec.family != model.family:
+        raise InputError(
+            "lora",
+            name,
+            f"it was made for {spec.base} (the {spec.family} family); {model.name} is {model.family}: "
+            f"adapters for it: {', '.join(a.name for a in ADAPTERS.values() if a.family == model.family) or 'none'}",
+        )
+    return spec

@@ -112,3 +112,48 @@ def test_one_process_workers_parts_and_ray_fuse_the_same_adapter(cli, adapter, t
     if threads == 1:  # Ray's actors run at one thread each: the same bytes where a worker's count is 1 too
         assert shard_hashes(tmp_path / "ray") == reference
     assert _metas(tmp_path / "ray") == _metas(tmp_path / "one")
+
+
+def test_a_registry_adapter_loads_from_the_hub_cache_with_its_published_setting(cli, adapter, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from t2i_engine.models.registry import ADAPTERS
+
+    published = ADAPTERS["lcm-lora-sd15"]
+    code, _, err = cli("generate", "--out", tmp_path / "o", "--model", "tiny-sd", "--lora", published.name)
+    assert (
+        code == 2 and f"hf download {published.hub_id} {published.filename}" in err and not (tmp_path / "o").exists()
+    )
+    # a hub cache holding that file (here: a random adapter of tiny-sd's architecture, so it fits)
+    cache = tmp_path / "hub"
+    snapshot = cache / f"models--{published.hub_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy(adapter, snapshot / published.filename)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    unset = {k: v for k, v in RECIPE.items() if k != "steps"}
+    recipe = build_recipe({**unset, "lora": [published.name]})
+    assert (recipe.sampler, recipe.steps, recipe.guidance) == ("lcm", 4, 1.0)  # the card's setting
+    assert recipe.lora[0].name == published.name and recipe.lora[0].path.endswith(published.filename)
+    mine = build_recipe({**RECIPE, "lora": [f"{published.name}:0.5"], "sampler": "tcd"})
+    assert (mine.sampler, mine.steps, mine.lora[0].scale) == ("tcd", 2, 0.5)  # keys set beside it win
+    code, _, err = cli(
+        "generate",
+        "--out",
+        tmp_path / "d",
+        "--model",
+        "tiny-sd",
+        "--lora",
+        published.name,
+        "--steps",
+        "2",
+        "--resolution",
+        "32",
+        "--images-per-class",
+        "1",
+        "--no-progress",
+    )
+    assert code == 0, err
+    code, _, err = cli("generate", "--out", tmp_path / "x", "--model", "tiny-sd", "--lora", "lcm-lora-sdxl")
+    assert code == 2 and "made for sdxl" in err and not (tmp_path / "x").exists()
