@@ -175,3 +175,14 @@ def test_the_checks_catch_a_planted_upward_import_and_a_circle():
         "t2i_engine.kernels.routing (kernels) imports t2i_engine.export.build (export)"
     ]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_cli_loads_without_torch():
+    """`--help` and bad flags answer at once: the CLI module and what it imports at the top
+    (recipes, registry, errors) load no torch, diffusers or transformers."""
+    import subprocess
+    import sys
+
+    check = "import sys, t2i_engine.cli; print(sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

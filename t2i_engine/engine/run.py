@@ -28,7 +28,7 @@ from ..devices import resolve_device
 from ..errors import InputError, OutOfSpace
 from ..export.tuning import Tuning
 from ..files import check_writable
-from ..models.lora import check_adapters
+from ..models.lora_fuse import check_adapters
 from ..models.registry import get_model
 from . import manifest as mf
 from . import ray_runner

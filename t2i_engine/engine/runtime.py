@@ -21,7 +21,8 @@ from ..export.tuning import PLAIN, Tuning, apply_tuning, check_tuning
 from ..kernels import auto, route_attention, sdpa
 from ..kernels.triton_env import interpreting
 from ..models.architectures import text_length
-from ..models.lora import Adapter, fuse_adapters
+from ..models.lora import Adapter
+from ..models.lora_fuse import fuse_adapters
 from ..models.pipelines import denoiser, load_pipeline
 from ..models.registry import ModelSpec, get_model
 from .adapters import SUPPORTED_FAMILIES

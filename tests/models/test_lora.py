@@ -18,7 +18,8 @@ from t2i_engine.engine.plan import plan_samples
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.errors import InputError
 from t2i_engine.export.cache import weights_hash
-from t2i_engine.models.lora import check_adapters, check_fit, fuse_adapters, lora_components, read_adapter
+from t2i_engine.models.lora import read_adapter
+from t2i_engine.models.lora_fuse import check_adapters, check_fit, fuse_adapters, lora_components
 from t2i_engine.models.pipelines import load_pipeline
 from t2i_engine.models.registry import MODELS
 
