@@ -133,7 +133,8 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     if recipe.mixture and options.weights:
         raise InputError("weights", options.weights, "a mixture loads each of its models from the registry's source")
     check_cache_runtime(recipe.cache, options.backend, options.tuning)
-    check_adapters(spec, options.weights, recipe.lora)  # here too for workers and Ray, which load later
+    if options.devices or options.ray:  # they load after the manifest is written; a run here loads before
+        check_adapters(spec, options.weights, recipe.lora)
     if recipe.refiner and options.backend != "eager":
         raise InputError(
             "backend", options.backend, f"the refiner ({recipe.refiner}) runs in PyTorch: use --backend eager"
