@@ -296,7 +296,8 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
 
     spec = get_model(merged["model"])
     given = set(raw) | {k for k, v in (overrides or {}).items() if v is not None}
-    published = next((a for _, _, a in _lora_items(merged["lora"], spec, base_dir) if a is not None), None)
+    adapters = _lora_items(merged["lora"], spec, base_dir)  # read (and hashed) below, once the rest is checked
+    published = next((a for _, _, a in adapters if a is not None), None)
     if published is not None:  # a registry adapter's published setting, where the recipe sets none
         for key, value in {
             "sampler": published.sampler,
@@ -361,7 +362,7 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         guidance_schedule=check_schedule(merged["guidance_schedule"], spec.family, guides),
         apg=check_apg(merged["apg"], spec.family, guides),
         cads=check_cads(merged["cads"], spec.family, guides),
-        lora=_lora(merged["lora"], spec, base_dir),
+        lora=_read_adapters(adapters),
         tcd_gamma=check_tcd_gamma(merged["tcd_gamma"], merged["sampler"]),
     )
 
@@ -414,22 +415,21 @@ def mixture_counts(shares: list[float], n: int) -> list[int]:
     return counts
 
 
-def _lora(value: object, spec, base_dir: Path | None) -> tuple[Adapter, ...]:
-    """`lora`: adapters, each a file or a registry adapter's name (registry.ADAPTERS), with an
-    optional scale: NAME_OR_PATH[:SCALE] (a flag's comma list, or a list of those or of
-    {path, scale} mappings); paths relative to the recipe's folder."""
-    adapters = []
-    for path, scale, published in _lora_items(value, spec, base_dir):
-        if published is not None:
-            adapters.append(read_adapter(hub_adapter_file(published), scale, name=published.name))
-        else:
-            adapters.append(read_adapter(path, scale))
-    return tuple(adapters)
+def _read_adapters(items: list[tuple[Path, object, AdapterSpec | None]]) -> tuple[Adapter, ...]:
+    """Each `lora` entry's file (a registry adapter's from the hub cache) checked and hashed."""
+    return tuple(
+        read_adapter(hub_adapter_file(published), scale, name=published.name)
+        if published
+        else read_adapter(path, scale)
+        for path, scale, published in items
+    )
 
 
 def _lora_items(value: object, spec, base_dir: Path | None) -> list[tuple[Path, object, AdapterSpec | None]]:
-    """(path, raw scale, the registry adapter if it names one) for each entry of `lora`; no file
-    is read here."""
+    """`lora`: adapters, each a file or a registry adapter's name (registry.ADAPTERS), with an
+    optional scale: NAME_OR_PATH[:SCALE] (a flag's comma list, or a list of those or of
+    {path, scale} mappings); paths relative to the recipe's folder. Returns (path, raw scale, the
+    registry adapter if it names one) for each; no file is read here."""
     if value in (None, "none", []):
         return []
     allowed = (
@@ -461,8 +461,8 @@ def _lora_items(value: object, spec, base_dir: Path | None) -> list[tuple[Path, 
             path, scale = str(item["path"]), item.get("scale", 1.0)
         else:
             raise InputError("lora", item, allowed)
-        published = None if resolve(path).exists() else get_adapter(path, spec)  # a file of that name wins
-        out.append((resolve(path), scale, published))
+        full = resolve(path)
+        out.append((full, scale, None if full.exists() else get_adapter(path, spec)))  # a file of that name wins
     return out
 
 
