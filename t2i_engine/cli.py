@@ -59,6 +59,7 @@ RECIPE_FLAGS = {
     "cads": "cads",
     "lora": "lora",
     "tcd_gamma": "tcd_gamma",
+    "first_steps": "first_steps",
 }
 # Closed sets whose home module loads torch (the CLI answers --help and bad flags without it);
 # tests/test_cli.py checks each against its home.
@@ -306,6 +307,14 @@ def _add_generate_parser(sub) -> None:
         metavar="PATH[:SCALE],...",
         help="LoRA adapters (local .safetensors, diffusers/peft or kohya format) fused into the model's weights "
         "at SCALE (default scale 1.0) for SD 1.x/2.x, SDXL, SD3, FLUX (default: none)",
+    )
+    rec.add_argument(
+        "--first-steps",
+        type=str,
+        metavar="MODEL:K[:GUIDANCE]",
+        help="a base model with its CFG (at GUIDANCE; default its own) denoises the first K steps, the model (a "
+        "few-step student of one family and latent space) the rest, e.g. --model digits-lcm --first-steps digits:1 "
+        "(SD 1.x/2.x, SDXL, SD3) (default: none)",
     )
     rec.add_argument(
         "--preset",
@@ -1005,6 +1014,12 @@ def _preview(args) -> int:
     return 0
 
 
+def _weights_note(m) -> str:
+    if m.student_of:
+        return f"(shipped; a few-step student of {m.student_of})"
+    return "(shipped in the package)" if m.bundled else "(built from config)"
+
+
 def _models(args) -> int:
     if args.adapters:
         if args.json:
@@ -1022,7 +1037,7 @@ def _models(args) -> int:
     for m in rows:
         print(
             f"{m.name:<18}{m.pipeline:<34}{m.dtype:<10}{m.resolution[0]:>6}{m.steps:>6}{m.guidance:>6}  "
-            f"{m.hub_id or '(built from config)'}"
+            f"{m.hub_id or _weights_note(m)}"
         )
     return 0
 

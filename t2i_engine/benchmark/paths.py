@@ -43,20 +43,22 @@ def _reset_peak(device: torch.device) -> None:
 
 
 @contextmanager
-def count_denoiser_images(pipe):
+def count_denoiser_images(pipe, *others):
     """Counts the images the denoiser sees (a CFG call on 2B latents counts 2B): forwards per
-    image are then exact for any scheduler (PNDM runs 51 calls for 50 steps) and pipeline."""
+    image are then exact for any scheduler (PNDM runs 51 calls for 50 steps) and pipeline.
+    `others`: pipelines whose denoisers count too (a first-steps base model)."""
     seen = [0]
 
     def hook(module, args, kwargs):
         x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         seen[0] += x.shape[0]
 
-    handle = denoiser(pipe).register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [denoiser(p).register_forward_pre_hook(hook, with_kwargs=True) for p in (pipe, *others)]
     try:
         yield seen
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def _result(

@@ -38,10 +38,12 @@ from ..seeds import step_seed
 from .adapters import ADAPTERS, SUPPORTED_FAMILIES
 from .diversity import sample_guidance
 from .feature_cache import feature_cache
+from .first_steps import first_steps
 from .guidance import CADS, GuidanceInterval, GuidanceRewrite, set_sampler
 from .plan import Sample
 
 REFINER = "refiner."  # the key prefix of a refiner's prompt inputs in the embedding cache
+FIRST = "first."  # and of the first-steps base model's (first_steps.py)
 EMBED_CACHE_SIZE = 4096  # prompts; captions regimes have one prompt per image
 EMBED_CACHE_BYTES = 1 << 30  # and at most 1 GiB: one FLUX prompt is 4 MiB in bf16, 16 MiB in fp32
 
@@ -56,6 +58,32 @@ def _adapter(pipe, family: str | None, text_length: int | None = None):
             f"no generator adapter for this pipeline class; families: {', '.join(SUPPORTED_FAMILIES)}",
         )
     return ADAPTERS[family](text_length)
+
+
+@contextmanager
+def _step_noise(scheduler, generators: list[torch.Generator]):
+    """Noise a scheduler's step draws comes from the per-sample generators even where the pipeline
+    passes none to `step` (SD3's and FLUX's pipelines; a flow scheduler with stochastic_sampling,
+    a consistency student's sampler, draws noise there): `step` gets them for the call."""
+    step = scheduler.step
+    if "generator" not in inspect.signature(step).parameters:
+        yield
+        return
+
+    def with_generators(*args, **kwargs):
+        if kwargs.get("generator") is None:
+            kwargs["generator"] = generators
+        return step(*args, **kwargs)
+
+    patched = "step" in scheduler.__dict__  # already an instance attribute: put back as found
+    scheduler.step = with_generators
+    try:
+        yield
+    finally:
+        if patched:
+            scheduler.step = step
+        else:
+            del scheduler.step  # the class's method again
 
 
 class Generator:
@@ -84,6 +112,7 @@ class Generator:
         apg: dict | None = None,
         cads: dict | None = None,
         tcd_gamma: float | None = None,
+        first_steps: tuple | None = None,
     ):
         self.pipe = pipe
         set_sampler(pipe, sampler, steps)
@@ -130,6 +159,11 @@ class Generator:
         self._stages = [("", pipe, self.adapter)] + (
             [(REFINER, refiner, _adapter(refiner, None))] if refiner is not None else []
         )
+        # (base pipeline, k, its guidance, its family, its text length): the base's CFG for the first k steps
+        self.first_steps = first_steps
+        if first_steps is not None:
+            base, _, _, base_family, base_length = first_steps
+            self._stages.append((FIRST, base, _adapter(base, base_family, base_length)))
         self.stage_seconds = {
             "text_encoding": 0.0,
             "denoising": 0.0,
@@ -138,12 +172,26 @@ class Generator:
         }
 
     @classmethod
-    def for_recipe(cls, pipe, recipe, refiner=None) -> Generator:
+    def for_recipe(cls, pipe, recipe, refiner=None, first_base=None) -> Generator:
         """The Generator of `recipe`'s sampling settings, with its registry model's family and text
-        length (its refiner from load_refiner)."""
+        length (its refiner from load_refiner, its first-steps base model's pipeline)."""
         if (recipe.refiner is None) != (refiner is None):
             raise ValueError(
                 f"the recipe's refiner is {recipe.refiner!r}; pass its pipeline (load_refiner), or none without one"
+            )
+        if (recipe.first_steps is None) != (first_base is None):
+            raise ValueError(
+                f"the recipe's first_steps is {recipe.first_steps!r}; pass the base's pipeline, or none without it"
+            )
+        first = None
+        if recipe.first_steps is not None:
+            base = recipe.first_steps
+            first = (
+                first_base,
+                base["steps"],
+                base["guidance"],
+                get_model(base["model"]).family,
+                text_length(base["model"]),
             )
         return cls(
             pipe,
@@ -165,6 +213,7 @@ class Generator:
             apg=recipe.apg,
             cads=recipe.cads,
             tcd_gamma=recipe.tcd_gamma,
+            first_steps=first,
         )
 
     def count_flops(self) -> None:
@@ -187,17 +236,21 @@ class Generator:
                 if self.uses_guidance:
                     embeds.update(self.negative_inputs(len(samples)))
         refiner_embeds = {k.removeprefix(REFINER): embeds.pop(k) for k in list(embeds) if k.startswith(REFINER)}
+        first_inputs = {k.removeprefix(FIRST): embeds.pop(k) for k in list(embeds) if k.startswith(FIRST)}
+        if self.first_steps is not None and "negative_prompt_embeds" not in first_inputs:  # the base runs CFG
+            negative = self.negative_inputs(len(samples))
+            first_inputs.update({k.removeprefix(FIRST): v for k, v in negative.items() if k.startswith(FIRST)})
         counting = self._count_next
         counter = CallFlops([denoiser(p) for _, p, _ in self._stages])
         with counter if counting else nullcontext():
-            latents = self._denoise(samples, embeds, refiner_embeds)
+            latents = self._denoise(samples, embeds, refiner_embeds, first_inputs)
         if counting:
             self._count_next = False
             self.denoiser_flops_per_image = counter.flops / len(samples)
         with self._stage("decoding"):
             return self.decode(latents)
 
-    def _denoise(self, samples: list[Sample], embeds: dict, refiner_embeds: dict) -> torch.Tensor:
+    def _denoise(self, samples: list[Sample], embeds: dict, refiner_embeds: dict, first_inputs: dict) -> torch.Tensor:
         with self._stage("denoising"):
             call = dict(
                 embeds,
@@ -220,6 +273,10 @@ class Generator:
                         stack.enter_context(hooks)
                 # after the interval's hooks: the cache sees its halved calls
                 stack.enter_context(feature_cache(self.pipe, self.cache))
+                stack.enter_context(_step_noise(self.pipe.scheduler, call["generator"]))
+                if self.first_steps is not None:  # last: the hooks above stay on the student
+                    base, k, base_guidance, base_family, _ = self.first_steps
+                    stack.enter_context(first_steps(self.pipe, base, k, base_guidance, base_family, first_inputs))
                 latents = self.pipe(**call).images
         if self.refiner is not None:
             with self._stage("refining"):  # the same step grid, from where the base stopped, with no noise added

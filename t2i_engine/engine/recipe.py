@@ -43,6 +43,10 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
     lora: [style.safetensors, {path: detail.safetensors, scale: 0.8}]  # adapters fused into the
                                     # weights (SD 1.x/2.x, SDXL, SD3, FLUX); the dataset records each
                                     # file's sha256 and scale (models/lora.py; default: none)
+    first_steps: {model: digits, steps: 1, guidance: 2.0}  # or digits:1[:2.0]: that base model with
+                                    # its CFG denoises the first 1 step(s), the recipe's model (a few-step
+                                    # student) the rest, on the student's grid; one family and latent
+                                    # space (SD 1.x/2.x, SDXL, SD3; engine/first_steps.py; default: none)
 
 The recipe is stored resolved (class list and captions included) in the dataset's manifest, so
 `verify` and resume never re-read the class or caption files. Its hash covers everything that
@@ -69,6 +73,7 @@ from .diversity import check_apg, check_cads, check_guidance_list, check_schedul
 from .prompts import PromptSpec, load_prompt_spec
 from .sampling import (
     BATCH_DEPENDENT_CACHES,
+    FIRST_STEPS_FAMILIES,
     check_cache,
     check_guidance_interval,
     check_preset,
@@ -108,6 +113,7 @@ DEFAULTS: dict[str, object] = {
     "models": None,
     "lora": None,
     "tcd_gamma": None,
+    "first_steps": None,
 }
 MAX_MODELS = 8
 MAX_ADAPTERS = 8
@@ -167,6 +173,8 @@ class Recipe:
     lora: tuple[Adapter, ...] = ()
     # engine.sampling: TCD's gamma (sampler tcd only; None otherwise)
     tcd_gamma: float | None = None
+    # engine.first_steps: {"model", "steps", "guidance"}: a base model's CFG for the first steps (None: off)
+    first_steps: dict | None = None
 
     @property
     def models(self) -> list[str]:
@@ -235,6 +243,8 @@ class Recipe:
                 del d[key]
         if d["tcd_gamma"] is None:
             del d["tcd_gamma"]
+        if d["first_steps"] is None:
+            del d["first_steps"]
         if not d["lora"]:
             del d["lora"]
         else:  # an adapter is its bytes and its scale, wherever the file lies
@@ -275,6 +285,9 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         lora = overrides.get("lora", raw.get("lora"))
         if lora not in (None, "none", []):
             raise InputError("lora", lora, "a mixture's models take no adapters: make each model's share apart")
+        first = overrides.get("first_steps", raw.get("first_steps"))
+        if first not in (None, "none"):
+            raise InputError("first_steps", first, "a mixture runs without a first-steps base model")
         return _mixture(raw, overrides, base_dir)
     merged = {**DEFAULTS, **raw}
     prompt_raw = merged["prompt"]
@@ -364,6 +377,7 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         cads=check_cads(merged["cads"], spec.family, guides),
         lora=_read_adapters(adapters),
         tcd_gamma=check_tcd_gamma(merged["tcd_gamma"], merged["sampler"]),
+        first_steps=_first_steps(merged["first_steps"], spec, steps, merged),
     )
 
 
@@ -498,6 +512,63 @@ def _refiner(name: object, fraction: object, spec, steps: int) -> dict:
     if not 0 < fraction < 1:  # that each stage gets a step depends on the scheduler's grid: refiner.check_refiner
         raise InputError("high_noise_fraction", fraction, "expected a number between 0 and 1 (both excluded)")
     return {"refiner": refiner.name, "high_noise_fraction": fraction}
+
+
+def _first_steps(value: object, spec, steps: int, merged: dict) -> dict | None:
+    """`first_steps`: {model, steps, guidance} or "MODEL:K[:GUIDANCE]"; the base model of the
+    recipe's model's family and latent space, k below the recipe's steps, guidance the base's own
+    default where not given."""
+    if value is None or value == "none":
+        return None
+    allowed = (
+        "expected {model: NAME, steps: K, guidance: G} or NAME:K[:G]: a base model denoising the first K steps "
+        "(fewer than the recipe's) with its CFG at G (default: its own)"
+    )
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(":")]
+        if not 2 <= len(parts) <= 3:
+            raise InputError("first_steps", value, allowed)
+        value = dict(zip(("model", "steps", "guidance"), parts))
+    if not isinstance(value, dict) or "model" not in value or "steps" not in value:
+        raise InputError("first_steps", value, allowed)
+    unknown = sorted(k for k in value if k not in ("model", "steps", "guidance"))
+    if unknown:
+        raise InputError(f"first_steps.{unknown[0]}", value[unknown[0]], "first_steps takes: model, steps, guidance")
+    base = get_model(value["model"], "first_steps.model")
+    if spec.family not in FIRST_STEPS_FAMILIES:
+        raise InputError(
+            "first_steps", base.name, f"not for the {spec.family} family (families: {', '.join(FIRST_STEPS_FAMILIES)})"
+        )
+    if base.family != spec.family or not base.standalone:
+        raise InputError(
+            "first_steps.model",
+            base.name,
+            f"is a {base.family} {'model' if base.standalone else 'refiner'}; {spec.name} needs a text-to-image "
+            f"model of its own family ({spec.family})",
+        )
+    if base.latent_space != spec.latent_space:
+        raise InputError(
+            "first_steps.model",
+            base.name,
+            f"its latent space ({base.latent_space}) differs from {spec.name}'s ({spec.latent_space}): the student "
+            "could not read the base's latents",
+        )
+    k = value["steps"]
+    if isinstance(k, str) and _INT_RE.fullmatch(k.strip()):
+        k = int(k)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < steps:
+        raise InputError(
+            "first_steps.steps", k, f"expected an integer from 1 to {steps - 1}: below the recipe's {steps} steps"
+        )
+    guidance = (
+        base.guidance
+        if value.get("guidance") is None
+        else _number(value["guidance"], "first_steps.guidance", 0.0, 100.0)
+    )
+    for key in ("refiner", "cache"):
+        if merged[key] not in (None, "none"):
+            raise InputError(key, merged[key], "does not combine with first_steps")
+    return {"model": base.name, "steps": k, "guidance": guidance}
 
 
 def load_recipe(path: str | Path | None, overrides: dict | None = None) -> Recipe:

@@ -139,6 +139,12 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
         raise InputError(
             "backend", options.backend, f"the refiner ({recipe.refiner}) runs in PyTorch: use --backend eager"
         )
+    if recipe.first_steps and options.backend != "eager":
+        raise InputError(
+            "backend",
+            options.backend,
+            f"the first-steps base model ({recipe.first_steps['model']}) runs in PyTorch: use --backend eager",
+        )
     meta = dict(
         device=str(device),
         dtype=str(dtype).removeprefix("torch."),

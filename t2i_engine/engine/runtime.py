@@ -26,6 +26,7 @@ from ..models.lora_fuse import fuse_adapters
 from ..models.pipelines import denoiser, load_pipeline
 from ..models.registry import ModelSpec, get_model
 from .adapters import SUPPORTED_FAMILIES
+from .first_steps import check_first_steps_pair
 from .generator import Generator
 from .plan import Sample
 from .refiner import load_refiner
@@ -220,7 +221,17 @@ def load_generator(recipe, model: ModelOptions, device: torch.device) -> Generat
         lora=recipe.lora,
     )
     refiner = load_refiner(recipe, pipe, model.refiner_weights, device, dtype, model.attention)
-    return Generator.for_recipe(pipe, recipe, refiner)
+    return Generator.for_recipe(pipe, recipe, refiner, load_first_base(recipe, pipe, device, dtype))
+
+
+def load_first_base(recipe, pipe, device: torch.device, dtype: torch.dtype):
+    """The recipe's first-steps base model (from the registry's source), checked against the
+    student `pipe`; None without first_steps."""
+    if recipe.first_steps is None:
+        return None
+    base = load_pipeline(get_model(recipe.first_steps["model"]), None, device, dtype)
+    check_first_steps_pair(pipe, base, recipe.first_steps["model"])
+    return base
 
 
 def warm_up(pipe, model: str, profile: Profile, batches: list[int]) -> None:

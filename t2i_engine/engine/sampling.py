@@ -58,6 +58,9 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
 }
 TCD_GAMMA = 0.3  # TCD's default stochasticity: 0 is deterministic, 1 re-noises fully (diffusers' `eta`)
 SAMPLER_FAMILIES = ("sd", "sdxl")  # UNets with a discrete-time noise schedule
+# families whose base model can denoise the first steps for a student (first_steps.py: it maps
+# their prompt inputs onto the denoiser's arguments)
+FIRST_STEPS_FAMILIES = ("sd", "sdxl", "sd3")
 # families whose pipelines run CFG as one call on [negative; positive]
 INTERVAL_FAMILIES = ("sd", "sdxl", "sd3", "pixart", "sana")
 

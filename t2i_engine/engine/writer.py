@@ -100,6 +100,8 @@ def sample_meta(recipe: Recipe) -> dict:
             meta[key] = dict(getattr(recipe, key))
     if recipe.lora:
         meta["lora"] = [a.record() for a in recipe.lora]
+    if recipe.first_steps is not None:
+        meta["first_steps"] = dict(recipe.first_steps)
     return meta
 
 

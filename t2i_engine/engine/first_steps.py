@@ -1,0 +1,128 @@
+"""The base model's first steps (recipe key `first_steps`): a base model with its CFG denoises the
+first k steps, the recipe's model (a few-step student) the rest, on the student's step grid.
+
+Gandikota & Bau (2025, "Distilling Diversity and Control in Diffusion Models") found a distilled
+model's lost diversity decided in its first, high-noise step: running the base there restores it
+at little cost. Both models must be of one family and one latent space (the same VAE, so the
+base's prediction means the same thing to the student's scheduler) and predict the same quantity
+(their schedulers' prediction type): the base's guided prediction at the grid's timestep then
+goes through the student's scheduler as the student's own would. A sampler that calls the
+denoiser twice per step (Heun) gives the base every call at the grid's first k timesteps.
+
+The pipeline runs as usual; for the call, its denoiser attribute is a `FirstStepsDenoiser` that
+sends the first k timesteps' calls to the base (conditional and negative rows in one call, CFG at
+the base's scale), the rest to the student; a student that runs CFG itself gets the base's
+guided prediction in both halves, so its CFG formula returns it unchanged.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import torch
+
+from ..errors import InputError
+
+
+def _positive_half(value, n: int):
+    return value[n:] if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == 2 * n else value
+
+
+class FirstStepsDenoiser(torch.nn.Module):
+    """The student's denoiser, except at the first `k` timesteps of the scheduler's grid, where the
+    base (with CFG at `guidance` on `inputs`: the base's prompt and negative inputs for the batch)
+    predicts instead. Attributes the pipeline reads (config, dtype, ...) are the student's."""
+
+    def __init__(self, student, base, scheduler, k: int, guidance: float, family: str, inputs: dict):
+        super().__init__()
+        self.student, self.base = student, base
+        self._scheduler, self.k, self.guidance, self.family, self.inputs = scheduler, k, guidance, family, inputs
+        self.base_calls = 0
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("student"), name)
+
+    def _is_base_step(self, t) -> bool:
+        grid = sorted({float(v) for v in self._scheduler.timesteps.reshape(-1)}, reverse=True)
+        return float(torch.as_tensor(t).reshape(-1)[0]) >= grid[min(self.k, len(grid)) - 1] - 1e-4
+
+    def forward(self, *args, **kwargs):
+        x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if not self._is_base_step(t):
+            return self.student(*args, **kwargs)
+        self.base_calls += 1
+        n = self.inputs["prompt_embeds"].shape[0]
+        x = _positive_half(x, n)
+        t = _positive_half(torch.as_tensor(t, device=x.device), n)
+        if t.dim() > 0:
+            t = torch.cat([t, t])
+        pred = self._base_guided(torch.cat([x, x]), t, kwargs)
+        pred = pred.to(x.dtype)
+        if (args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))).shape[0] == 2 * n:
+            pred = torch.cat([pred, pred])
+        return (pred,) if kwargs.get("return_dict", True) is False else SimpleNamespace(sample=pred)
+
+    def _base_guided(self, x2, t2, kwargs) -> torch.Tensor:
+        """The base's CFG prediction: one call on [negative; positive]."""
+        i = self.inputs
+        text = torch.cat([i["negative_prompt_embeds"], i["prompt_embeds"]]).to(self.base.dtype)
+        if self.family == "sd3":
+            pooled = torch.cat([i["negative_pooled_prompt_embeds"], i["pooled_prompt_embeds"]]).to(self.base.dtype)
+            out = self.base(
+                hidden_states=x2.to(self.base.dtype),
+                timestep=t2,
+                encoder_hidden_states=text,
+                pooled_projections=pooled,
+                return_dict=False,
+            )[0]
+        else:
+            extra = {}
+            if self.family == "sdxl":
+                n = i["prompt_embeds"].shape[0]
+                time_ids = _positive_half(kwargs["added_cond_kwargs"]["time_ids"], n)
+                pooled = torch.cat([i["negative_pooled_prompt_embeds"], i["pooled_prompt_embeds"]])
+                extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": torch.cat([time_ids, time_ids])}
+            out = self.base(x2.to(self.base.dtype), t2, encoder_hidden_states=text, return_dict=False, **extra)[0]
+        uncond, cond = out.float().chunk(2)
+        return uncond + self.guidance * (cond - uncond)
+
+
+def check_first_steps_pair(student_pipe, base_pipe, base_name: str) -> None:
+    """Refuse a base whose latents or predictions the student's scheduler would misread: another
+    VAE latent layout or scaling, or another prediction type (the registry's latent spaces decide
+    first; this checks the loaded weights)."""
+    s_vae, b_vae = student_pipe.vae.config, base_pipe.vae.config
+    for key in ("latent_channels", "scaling_factor", "shift_factor"):
+        if s_vae.get(key) != b_vae.get(key):
+            raise InputError(
+                "first_steps.model",
+                base_name,
+                f"its VAE's {key} ({b_vae.get(key)}) differs from the model's ({s_vae.get(key)}): "
+                "another latent space",
+            )
+    s_pred = student_pipe.scheduler.config.get("prediction_type")
+    b_pred = base_pipe.scheduler.config.get("prediction_type")
+    if s_pred != b_pred:
+        raise InputError(
+            "first_steps.model", base_name, f"predicts {b_pred}, the model {s_pred}: the scheduler would misread it"
+        )
+
+
+@contextmanager
+def first_steps(pipe, base_pipe, k: int, guidance: float, family: str, inputs: dict):
+    """`pipe`'s denoiser is a FirstStepsDenoiser for the duration (set in the pipeline's __dict__,
+    so diffusers' config of the pipeline is not touched); yields it."""
+    name = "unet" if hasattr(pipe, "unet") else "transformer"
+    student = getattr(pipe, name)
+    base = base_pipe.unet if hasattr(base_pipe, "unet") else base_pipe.transformer
+    wrapper = FirstStepsDenoiser(student, base, pipe.scheduler, k, guidance, family, inputs)
+    pipe.__dict__[name] = wrapper
+    try:
+        yield wrapper
+    finally:
+        pipe.__dict__[name] = student
