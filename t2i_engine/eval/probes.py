@@ -23,7 +23,7 @@ import torch
 from ..devices import resolve_device
 from ..errors import InputError
 from ..files import check_writable
-from ..models.pipelines import bundled_path
+from ..models.pipelines import bundled_path, component_folder
 from ..models.registry import get_model
 from ..training.sources import SOURCE_FILE, open_set, write_image_folder
 
@@ -130,7 +130,16 @@ def _vae(model_name: str, weights: str | None, device: str):
     source = weights or bundled_path(spec) or spec.hub_id
     dev = resolve_device(device)
     try:
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae").to(dev).eval()
+        folder = component_folder(spec, source, "vae") if Path(str(source)).is_dir() else None
+        vae = (
+            (
+                AutoencoderKL.from_pretrained(folder)
+                if folder
+                else AutoencoderKL.from_pretrained(source, subfolder="vae")
+            )
+            .to(dev)
+            .eval()
+        )
     except (OSError, ValueError) as e:
         raise InputError(
             "--vae-model",

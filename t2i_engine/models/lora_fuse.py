@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..files import file_sha256
 from .architectures import build_random_pipeline
 from .lora import Adapter
-from .pipelines import builder, bundled_path, hub_cache, quiet_loading
+from .pipelines import builder, bundled_path, component_folder, hub_cache, quiet_loading
 
 _DOWN = re.compile(r"\.(lora_A(\.[A-Za-z0-9_]+)?|lora\.down|lora_down)\.weight$")
 _UP = re.compile(r"\.(lora_B(\.[A-Za-z0-9_]+)?|lora\.up|lora_up)\.weight$")
@@ -190,11 +190,11 @@ def _skeleton(spec, weights: str | None, names: list[str]) -> dict[str, torch.nn
     elif source is None:
         pipe = build_random_pipeline(spec, torch.device("meta"), torch.float32)
     else:
-        return _from_folder(Path(source), names)
+        return _from_folder(spec, Path(source), names)
     return {n: getattr(pipe, n) for n in names if isinstance(getattr(pipe, n, None), torch.nn.Module)}
 
 
-def _from_folder(folder: Path, names: list[str]) -> dict[str, torch.nn.Module]:
+def _from_folder(spec, folder: Path, names: list[str]) -> dict[str, torch.nn.Module]:
     import diffusers  # heavy: diffusers
     import transformers  # heavy: transformers
 
@@ -207,8 +207,8 @@ def _from_folder(folder: Path, names: list[str]) -> dict[str, torch.nn.Module]:
                 continue
             if library == "diffusers":
                 cls = getattr(diffusers, cls_name)
-                out[name] = cls.from_config(cls.load_config(folder / name))
+                out[name] = cls.from_config(cls.load_config(component_folder(spec, folder, name)))
             else:
-                config = transformers.AutoConfig.from_pretrained(folder / name)
+                config = transformers.AutoConfig.from_pretrained(component_folder(spec, folder, name))
                 out[name] = getattr(transformers, cls_name)._from_config(config)
     return out

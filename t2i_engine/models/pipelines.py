@@ -19,7 +19,7 @@ import torch
 
 from ..errors import InputError, ModelUnavailable
 from .architectures import build_random_pipeline
-from .registry import ModelSpec
+from .registry import ModelSpec, get_model
 
 # The family of each pipeline class the registry names (a refiner is SDXL's img2img pipeline).
 PIPELINE_FAMILY = {
@@ -117,6 +117,8 @@ def from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype, fl
         else {}
     )
     extra.update(_saved_without(source))
+    if spec.shares and weights == bundled_path(spec):
+        components = {**shared_components(spec, dtype), **components}
     # diffusers 0.36 renamed torch_dtype to dtype and deprecates the old name.
     dtype_kw = "dtype" if _version_tuple(diffusers.__version__) >= (0, 36) else "torch_dtype"
     try:
@@ -126,6 +128,24 @@ def from_pretrained(spec: ModelSpec, weights: str | None, dtype: torch.dtype, fl
             )
     except (OSError, ValueError) as e:
         raise unavailable(spec, source, e, flag) from None
+
+
+def shared_components(spec: ModelSpec, dtype: torch.dtype) -> dict:
+    """A shipped student's components that are its base's (text encoders, tokenizers, VAE): loaded
+    from the base's shipped folder, where the student's folder has none of its own."""
+    base = get_model(spec.shares)
+    folder = Path(bundled_path(spec))
+    with quiet_loading():
+        pipe = from_pretrained(base, bundled_path(base), dtype)
+    return {k: v for k, v in pipe.components.items() if v is not None and not (folder / k).is_dir()}
+
+
+def component_folder(spec: ModelSpec, folder: str | Path, name: str) -> Path:
+    """Where component `name` of the model in `folder` lives: a shipped student's shared ones in its base's folder."""
+    path = Path(folder) / name
+    if not path.is_dir() and spec.shares and str(folder) == bundled_path(spec):
+        return Path(bundled_path(get_model(spec.shares))) / name
+    return path
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

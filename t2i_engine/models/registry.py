@@ -39,7 +39,21 @@ class ModelSpec:
     refines: tuple[str, ...] = ()  # a refiner: the base models whose latents it takes (recipe key `refiner`)
     batch_size: int = 16  # default images per model call (the paper's 16; more where it pays)
     text_length: int | None = None  # the prompt-embedding length, for a model without shipped configs
+    # a student shipped as its denoiser and scheduler only: the model whose shipped text encoders,
+    # tokenizers and VAE it loads (they are its base's, frozen in training)
+    shares: str | None = None
+    student_of: str | None = None  # a distilled student: its base model (teacher)
+    latents: str = ""  # its latent space (its VAE's), where models share one; "" is the family's published VAE
     note: str = ""
+
+    @property
+    def latent_space(self) -> str:
+        """What the model's latents mean. Two models can hand latents to each other mid-sampling
+        (the first-steps option) only within one: a hub model has its family's VAE (SD 1.x and 2.x
+        share theirs), a test model its own random one, the embedded models the digits VAE."""
+        if self.latents:
+            return self.latents
+        return self.name if self.builder else f"{self.family}-vae"
 
 
 def _m(name, pipeline, hub_id, dtype, res, steps, guidance, released, family="sd", **kw) -> ModelSpec:
@@ -84,10 +98,21 @@ MODELS: dict[str, ModelSpec] = {
            resolution_multiple=16),
         # The embedded model, trained on scikit-learn's handwritten digits (assets/digits/README.md).
         _m("digits", "StableDiffusionPipeline", None, "float32", 32, 15, 2.0, "2026-11", bundled="digits", batch_size=100,
+           latents="digits-vae",
            note="shipped in the package; 32x32 digits, classes 'digits'"),
         # The second embedded model: SD3's classes, flow matching, trained on the same digits (assets/digits-dit/README.md).
         _m("digits-dit", "StableDiffusion3Pipeline", None, "float32", 32, 15, 2.0, "2026-12", "sd3", bundled="digits-dit",
-           batch_size=100, text_length=16, note="shipped in the package; SD3-shaped, 32x32 digits, classes 'digits'"),
+           batch_size=100, latents="digits-vae", text_length=16, note="shipped in the package; SD3-shaped, 32x32 digits, classes 'digits'"),
+        # The embedded models' few-step students, distilled here (training/distill.py; their cards in
+        # assets/digits-lcm/README.md and assets/digits-dit-cm/README.md): the denoiser and scheduler
+        # ship, the text encoders and VAE are the base's. digits-lcm takes the guidance scale as an
+        # input (one forward per step at any scale); digits-dit-cm has guidance 2.0 built in.
+        _m("digits-lcm", "StableDiffusionPipeline", None, "float32", 32, 4, 2.0, "2026-12", bundled="digits-lcm",
+           shares="digits", student_of="digits", batch_size=100, latents="digits-vae",
+           note="shipped in the package; digits distilled to 1-8 steps (LCM, guidance as an input, no CFG)"),
+        _m("digits-dit-cm", "StableDiffusion3Pipeline", None, "float32", 32, 4, 1.0, "2026-12", "sd3", bundled="digits-dit-cm",
+           shares="digits-dit", student_of="digits-dit", distilled=True, batch_size=100, text_length=16, latents="digits-vae",
+           note="shipped in the package; digits-dit distilled to 1-8 steps (flow consistency, guidance 2.0 built in)"),
         # Random-weight test model: SD1.5's classes and layout at a few hundred thousand weights.
         _m("tiny-sd", "StableDiffusionPipeline", None, "float32", 64, 20, 5.0, "", builder="t2i_engine.models.tiny:build_tiny_sd",
            test_model=True, note="random weights from a fixed seed; for tests and benchmarks"),

@@ -71,7 +71,8 @@ def digits_pipe():
 
 @shipped
 def test_shipped_weights_are_small_safetensors():
-    """Every embedded model ships as safetensors, each under 10 MiB and all under 16 MiB, to keep the wheel light."""
+    """Every embedded model ships as safetensors, each under 10 MiB and all (the students too) under 24 MiB, to
+    keep the wheel light."""
     assets = Path(bundled_path(MODELS["digits"])).parent
     files = [p for p in assets.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
     assert files and all(p.suffix == ".safetensors" for p in files)
@@ -81,7 +82,7 @@ def test_shipped_weights_are_small_safetensors():
         per_model[model] = per_model.get(model, 0) + p.stat().st_size
     assert {"digits", "digits-dit"} <= set(per_model)
     assert all(size < 10 * 2**20 for size in per_model.values()), per_model
-    assert sum(per_model.values()) < 16 * 2**20, per_model
+    assert sum(per_model.values()) < 24 * 2**20, per_model
 
 
 @shipped
