@@ -543,8 +543,8 @@ def _first_steps(value: object, spec, steps: int, merged: dict) -> dict | None:
         raise InputError(
             "first_steps.model",
             base.name,
-            f"is a {base.family} {'model' if base.standalone else 'refiner'}; {spec.name} needs a text-to-image "
-            f"model of its own family ({spec.family})",
+            f"is of the {base.family} family{'' if base.standalone else ' (a refiner)'}; {spec.name} needs a "
+            f"text-to-image model of its own family ({spec.family})",
         )
     if base.latent_space != spec.latent_space:
         raise InputError(

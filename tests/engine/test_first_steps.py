@@ -150,3 +150,9 @@ def test_the_flag_refuses_before_anything_is_written(cli, tmp_path):
     )
     assert code == 2 and "first_steps.steps" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_mixture_takes_no_first_steps():
+    with pytest.raises(InputError) as e:
+        build_recipe({"models": "digits=0.5,digits-dit=0.5", "first_steps": "digits:1"})
+    assert e.value.field == "first_steps"
