@@ -15,13 +15,22 @@ import sys
 from pathlib import Path
 
 from t2i_engine.eval.sweep import write_frontier
+from t2i_engine.models.registry import get_model
 
 
 def main(out: str, *sweeps: str) -> None:
     rows = []
     for sweep in sweeps:
+        base = json.loads((Path(sweep) / "sweep.json").read_text())["grid"]["base"]
+        spec = get_model(base.get("model", "digits"))
+        # cells of sweeps run before each row said its model, steps and guidance get the grid's
+        resolved = {
+            "model": spec.name,
+            "steps": base.get("steps", spec.steps),
+            "guidance": base.get("guidance", spec.guidance),
+        }
         for result in sorted(Path(sweep).glob("cells/*/result.json")):
-            rows.append({"sweep": Path(sweep).name, **json.loads(result.read_text())})
+            rows.append({"sweep": Path(sweep).name, **resolved, **json.loads(result.read_text())})
     decodes = {r["flops_per_image"] - r["denoiser_flops_per_image"] for r in rows if "denoiser_flops_per_image" in r}
     if len(decodes) != 1:
         raise SystemExit(f"expected one decode cost across the sweeps, found {sorted(decodes)}")

@@ -51,14 +51,15 @@ from ..engine.run import RunOptions, generate
 from ..errors import InputError
 from ..files import atomic_write_text, check_writable
 from ..models.pipelines import load_pipeline
-from ..models.registry import get_model
+from ..models.registry import MODELS, get_model
 from ..training.digits_data import write_real_digits
 from ..training.loop import train
 from ..training.presets import resolve_config
 from .analyze import analyze
 from .classify import evaluate_run
 
-DIGITS_MODELS = ("digits", "digits-dit")  # the embedded models: the shipped real digits and judge apply
+# the embedded models and their students (the digits latent space): the shipped real digits and judge apply
+DIGITS_MODELS = tuple(name for name, spec in MODELS.items() if spec.latent_space == "digits-vae")
 GRID_KEYS = ("base", "axes", "variants", "train_seeds", "preset", "epochs", "real")
 
 
@@ -175,7 +176,8 @@ def _run_cell(cell, grid, base_dir, folder: Path, real, seeds, config, device, p
         speed = {"images_per_second": summary["images_per_second"], "wall_seconds": summary["wall_seconds"]}
         speed.update(probe(recipe))
         atomic_write_text(speed_file, json.dumps(speed, indent=1) + "\n")
-    row = {"cell": cell.name, **cell.settings, **json.loads(speed_file.read_text())}
+    resolved = {"model": recipe.model, "steps": recipe.steps, "guidance": recipe.guidance}  # the picture's defaults
+    row = {"cell": cell.name, **resolved, **cell.settings, **json.loads(speed_file.read_text())}
     if real is not None:
         scores = []
         for seed in range(seeds):
@@ -205,6 +207,11 @@ class _Probe:
         self.pipes: dict = {}
         self.nominal: dict = {}
 
+    def _pipe(self, name: str):
+        if name not in self.pipes:
+            self.pipes[name] = load_pipeline(get_model(name), None, self.device, torch.float32)
+        return self.pipes[name]
+
     def __call__(self, recipe) -> dict:
         if recipe.mixture:  # each generator's, weighted by its share of the images
             counts = mixture_counts([e.share for e in recipe.mixture], recipe.images_per_class)
@@ -213,12 +220,11 @@ class _Probe:
             ]
             return {k: sum(w * p[k] for w, p in parts) for k in parts[0][1]}
         spec = get_model(recipe.model)
-        if spec.name not in self.pipes:
-            self.pipes[spec.name] = load_pipeline(spec, None, self.device, torch.float32)
-        pipe = self.pipes[spec.name]
-        generator = Generator.for_recipe(pipe, recipe)
+        pipe = self._pipe(spec.name)
+        base = self._pipe(recipe.first_steps["model"]) if recipe.first_steps else None
+        generator = Generator.for_recipe(pipe, recipe, first_base=base)
         generator.count_flops()
-        with count_denoiser_images(pipe) as seen:
+        with count_denoiser_images(pipe, *([base] if base is not None else [])) as seen:
             generator.generate(plan_samples(recipe)[:1])
         key = (spec.name, recipe.resolution)
         if key not in self.nominal:
@@ -285,39 +291,139 @@ def _markdown(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Lever families, for the picture's markers: the first whose keys a cell sets (a student is a
+# model with student_of in the registry; first_steps puts its base's first steps in front).
+FAMILY_MARKERS = {
+    "student + base's first steps": "*",
+    "distilled student": "P",
+    "guidance interval / cache": "s",
+    "diversity lever": "D",
+    "mixture": "X",
+    "sampler x steps": "o",
+}
+DIVERSITY_KEYS = ("apg", "cads", "guidance_schedule", "guidance_choices")
+SHORT = {
+    "guidance_interval=": "gi=",
+    "sampler=": "",
+    "steps=": "",
+    "guidance=": "g",
+    "first_steps=": "first=",
+    "cache=": "",
+}
+
+
+def lever_family(row: dict) -> str:
+    def on(key):
+        return row.get(key) not in (None, "none", "default", "constant", False, "")
+
+    model = row.get("model")
+    if on("first_steps"):
+        return "student + base's first steps"
+    if isinstance(model, str) and model in MODELS and MODELS[model].student_of:
+        return "distilled student"
+    if on("models"):
+        return "mixture"
+    if on("guidance_interval") or on("cache"):
+        return "guidance interval / cache"
+    if any(on(k) for k in DIVERSITY_KEYS) or isinstance(row.get("guidance"), list):
+        return "diversity lever"
+    return "sampler x steps"
+
+
+def is_default(row: dict) -> bool:
+    """The cell of a model's registry defaults (sampler, steps, guidance, no lever): the reference
+    every other cell is read against."""
+    model = row.get("model")
+    if (
+        not isinstance(model, str)
+        or model not in MODELS
+        or lever_family(row) not in ("sampler x steps", "distilled student")
+    ):
+        return False
+    spec = MODELS[model]
+    return (
+        row.get("sampler", "default") == "default"
+        and row.get("steps", spec.steps) == spec.steps
+        and float(row.get("guidance", spec.guidance)) == spec.guidance
+        and row.get("preset") in (None, "default")
+    )
+
+
+def short_label(row: dict) -> str:
+    label = row["cell"]
+    for long, short in SHORT.items():
+        label = label.replace(long, short)
+    label = label.replace(",", " ").replace("_", " ").strip()
+    return ("default: " if is_default(row) else "") + label
+
+
 def _plot(rows: list[dict], path: Path) -> None:
+    """Usefulness against work, one marker per lever family; labels on the Pareto cells and the
+    defaults only (the rest are in frontier.md), so the picture stays readable at 80+ cells."""
     import matplotlib  # heavy: matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # heavy: matplotlib
 
     useful = [r for r in rows if r.get("synth_real") is not None]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex="col")
-    columns = [
-        ("flops_per_image", 1e-9, "GFLOPs per image (as run)", "pareto_flops"),
-        ("images_per_second", 1.0, "images/s (generation, this machine)", "pareto_speed"),
+    fig, (ax_flops, ax_cov, ax_speed) = plt.subplots(1, 3, figsize=(19, 7.5))
+    families = list(dict.fromkeys(lever_family(r) for r in useful))
+    colours = {f: f"C{i}" for i, f in enumerate(FAMILY_MARKERS)}
+    panels = [
+        (
+            ax_flops,
+            "flops_per_image",
+            1e-9,
+            "synth_real",
+            "GFLOPs per image (as run, decode included)",
+            "pareto_flops",
+        ),
+        (ax_cov, "flops_per_image", 1e-9, "coverage", "GFLOPs per image (as run, decode included)", None),
+        (ax_speed, "images_per_second", 1.0, "synth_real", "images/s (generation, this machine)", "pareto_speed"),
     ]
-    for (key, scale, label, mark), (top, bottom) in zip(columns, axes.T):
-        x = [r[key] * scale for r in useful]
-        y = [r["synth_real"] for r in useful]
-        top.errorbar(x, y, yerr=[r["synth_real_std"] for r in useful], fmt="o", ms=4)
-        top.plot(
-            *zip(*sorted((xi, r["synth_real"]) for xi, r in zip(x, useful) if r[mark])),
-            "-",
-            color="C3",
-            label="Pareto front",
+    for ax, xkey, scale, ykey, xlabel, mark in panels:
+        points = [r for r in useful if r.get(ykey) is not None]
+        for family in families:
+            these = [r for r in points if lever_family(r) == family]
+            if not these:
+                continue
+            x = [r[xkey] * scale for r in these]
+            y = [r[ykey] for r in these]
+            err = [r.get("synth_real_std") or 0 for r in these] if ykey == "synth_real" else None
+            ax.errorbar(
+                x,
+                y,
+                yerr=err,
+                fmt=FAMILY_MARKERS[family],
+                ms=6,
+                color=colours[family],
+                alpha=0.75,
+                label=family,
+                elinewidth=0.6,
+            )
+        if mark:
+            front = sorted((r[xkey] * scale, r[ykey]) for r in points if r.get(mark))
+            if front:
+                ax.plot(*zip(*front), "-", color="k", lw=1, alpha=0.6, label="Pareto front")
+        labelled = [r for r in points if (mark and r.get(mark)) or is_default(r)]
+        for i, r in enumerate(sorted(labelled, key=lambda r: r[xkey])):
+            ax.annotate(
+                short_label(r),
+                (r[xkey] * scale, r[ykey]),
+                xytext=(6, 10 - 9 * (i % 3)),
+                textcoords="offset points",
+                fontsize=7,
+                fontweight="bold" if is_default(r) else "normal",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(
+            "synth->real top-1 (mean ± sd over seeds)" if ykey == "synth_real" else "coverage (judge features)"
         )
-        for r, xi in zip(useful, x):
-            top.annotate(r["cell"], (xi, r["synth_real"]), fontsize=5, alpha=0.7)
-        top.set_ylabel("synth->real top-1 (mean ± sd over seeds)")
-        top.legend()
-        if any(r.get("coverage") is not None for r in useful):
-            bottom.plot(x, [r.get("coverage") for r in useful], "o", ms=4, color="C2")
-        bottom.set_ylabel("coverage")
-        bottom.set_xlabel(label)
-        for ax in (top, bottom):
-            ax.set_xscale("log")
-            ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3)
+    ax_flops.legend(fontsize=8, loc="lower right")
+    ax_cov.set_title("coverage of the real training digits", fontsize=9)
+    ax_flops.set_title("labelled: the Pareto cells and the models' defaults (all cells: frontier.md)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

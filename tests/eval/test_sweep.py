@@ -106,3 +106,57 @@ def test_a_bad_grid_exits_2_before_anything_is_written(cli, tmp_path):
         grid.write_text(text)
         code, _, err = cli("sweep", grid, "--out", tmp_path / "o", "--device", "cpu")
         assert code == 2 and needle in err and not (tmp_path / "o").exists(), (text, err)
+
+
+def test_the_picture_marks_lever_families_and_labels_only_the_front_and_the_defaults(tmp_path, monkeypatch):
+    """At many cells the picture labels only the Pareto cells and each model's default cell; every
+    cell gets its lever family's marker."""
+
+    def row(cell, flops, top1, **settings):
+        return {
+            "cell": cell,
+            "flops_per_image": flops,
+            "images_per_second": 1e9 / flops,
+            "synth_real": top1,
+            "synth_real_std": 0.001,
+            "coverage": 0.5,
+            **settings,
+        }
+
+    rows = [row("default", 3e9, 0.96, model="digits", steps=15, guidance=2.0)]
+    rows += [
+        row(f"sampler=ddim,steps={s}", s * 1e8, 0.90 + s / 1000, model="digits", sampler="ddim", steps=s)
+        for s in range(4, 40)
+    ]
+    rows += [
+        row(f"gi={i}", 2e9 + i * 1e7, 0.95, model="digits", steps=6, guidance_interval=[0.5, 3.0 + i])
+        for i in range(30)
+    ]
+    rows += [row("steps=2", 1e8, 0.95, model="digits-lcm", steps=2, guidance=2.0)]
+    rows += [row("steps=4,first_steps=digits_1", 2e8, 0.97, model="digits-lcm", steps=4, first_steps="digits:1")]
+    rows += [row("apg", 3e9, 0.965, model="digits", apg=True)]
+    assert len(rows) > 60
+    families = {sweep.lever_family(r) for r in rows}
+    assert families == {
+        "sampler x steps",
+        "guidance interval / cache",
+        "distilled student",
+        "student + base's first steps",
+        "diversity lever",
+    }
+    assert [r["cell"] for r in rows if sweep.is_default(r)] == [
+        "default"
+    ]  # digits-lcm at 2 steps is not its default (4)
+
+    labels = []
+    import matplotlib.axes
+
+    real = matplotlib.axes.Axes.annotate
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "annotate", lambda ax, text, *a, **k: labels.append(text) or real(ax, text, *a, **k)
+    )
+    sweep.write_frontier(rows, tmp_path)
+    assert (tmp_path / "frontier.png").stat().st_size > 0
+    front = {sweep.short_label(r) for r in rows if r["pareto_flops"] or r["pareto_speed"] or sweep.is_default(r)}
+    assert set(labels) == front and len(front) < 10  # not 70 labels over each other
+    assert "default: default" in labels
