@@ -13,6 +13,15 @@ The pipeline runs as usual; for the call, its denoiser attribute is a `FirstStep
 sends the first k timesteps' calls to the base (conditional and negative rows in one call, CFG at
 the base's scale), the rest to the student; a student that runs CFG itself gets the base's
 guided prediction in both halves, so its CFG formula returns it unchanged.
+
+A base step moves the latents deterministically to the grid's next timestep, as the base's own
+ODE solver would (DDIM or Euler for a discrete noise schedule, Euler for a flow), keeping the noise the
+latents carry: the student's scheduler still takes the step (its state, its noise draws) but its
+result is replaced. A few-step student's scheduler re-noises each step's clean estimate with fresh
+noise instead, and at the first step that estimate is the blurred mean of every image the prompt
+allows: measured on digits-dit (2 student steps after 1 base step), passing the base's step
+through the student's re-noising scheduler gave synth->real 0.72 against 0.91 for the student
+alone, undoing what the base step is for (the layout the noise holds).
 """
 
 from __future__ import annotations
@@ -113,16 +122,73 @@ def check_first_steps_pair(student_pipe, base_pipe, base_name: str) -> None:
         )
 
 
+def deterministic_step(scheduler, pred: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
+    """The latents at the grid's next timestep after `t`, moved along the ODE by `pred` (in the
+    scheduler's prediction type): Euler for a flow (x + (s' - s) v) and for the schedulers that
+    hold x0 + sigma * noise (Euler's, in sigma), DDIM for the rest (the clean estimate and the
+    implied noise at the next level)."""
+    grid = scheduler.timesteps.reshape(-1).float().cpu()
+    t = float(torch.as_tensor(t).reshape(-1)[0])
+    i = int((grid - t).abs().argmin())
+    if "FlowMatch" in type(scheduler).__name__:
+        sigmas = scheduler.sigmas.reshape(-1).float()
+        j = i + 1
+        while j < len(sigmas) - 1 and float(sigmas[j]) == float(sigmas[i]):
+            j += 1  # a sampler calling twice at one level: the next level down
+        s, s_next = float(sigmas[i]), float(sigmas[j])
+        return (x.float() + (s_next - s) * pred.float()).to(x.dtype)
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if float(getattr(scheduler, "init_noise_sigma", 1.0)) > 1.0:
+        # Euler-type schedulers hold x0 + sigma * noise and step in sigma (init_noise_sigma above 1)
+        sigmas = scheduler.sigmas.reshape(-1).float()
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        xf, pf = x.float(), pred.float()
+        x0 = pf * (-s / (s**2 + 1) ** 0.5) + xf / (s**2 + 1) if kind == "v_prediction" else xf - s * pf
+        return (xf + (s_next - s) * (xf - x0) / s).to(x.dtype)
+    later = [float(v) for v in grid[i + 1 :] if float(v) < t]
+    alphas = scheduler.alphas_cumprod.float()
+    a = alphas[int(round(t))]
+    a_next = alphas[int(round(later[0]))] if later else torch.as_tensor(getattr(scheduler, "final_alpha_cumprod", 1.0))
+    xf, pf = x.float(), pred.float()
+    if kind == "v_prediction":
+        x0, eps = a.sqrt() * xf - (1 - a).sqrt() * pf, a.sqrt() * pf + (1 - a).sqrt() * xf
+    elif kind == "sample":
+        x0, eps = pf, (xf - a.sqrt() * pf) / (1 - a).sqrt()
+    else:
+        x0, eps = (xf - (1 - a).sqrt() * pf) / a.sqrt(), pf
+    return (a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps).to(x.dtype)
+
+
 @contextmanager
 def first_steps(pipe, base_pipe, k: int, guidance: float, family: str, inputs: dict):
     """`pipe`'s denoiser is a FirstStepsDenoiser for the duration (set in the pipeline's __dict__,
-    so diffusers' config of the pipeline is not touched); yields it."""
+    so diffusers' config of the pipeline is not touched), and its scheduler's step takes a base
+    step's transition deterministically (deterministic_step); yields the denoiser."""
     name = "unet" if hasattr(pipe, "unet") else "transformer"
     student = getattr(pipe, name)
     base = base_pipe.unet if hasattr(base_pipe, "unet") else base_pipe.transformer
-    wrapper = FirstStepsDenoiser(student, base, pipe.scheduler, k, guidance, family, inputs)
+    scheduler = pipe.scheduler
+    wrapper = FirstStepsDenoiser(student, base, scheduler, k, guidance, family, inputs)
+    step = scheduler.step
+    patched = "step" in scheduler.__dict__
+
+    def base_step(model_output, timestep, sample, *args, **kwargs):
+        out = step(model_output, timestep, sample, *args, **kwargs)  # the scheduler's own state moves on
+        if not wrapper._is_base_step(timestep):
+            return out
+        moved = deterministic_step(scheduler, model_output, timestep, sample)
+        if isinstance(out, tuple):
+            return (moved, *out[1:])
+        out.prev_sample = moved
+        return out
+
     pipe.__dict__[name] = wrapper
+    scheduler.step = base_step
     try:
         yield wrapper
     finally:
         pipe.__dict__[name] = student
+        if patched:
+            scheduler.step = step
+        else:
+            del scheduler.step

@@ -35,7 +35,9 @@ def test_the_base_at_the_first_step_is_cfg_there_and_the_prompt_alone_after(mode
     interval: an independent path); for SD3, whose first step is at sigma infinity (no interval
     holds it), a hand-written Euler loop. And k = steps - 1 with one guidance everywhere equals
     plain CFG at every step."""
-    fields = {**BASE, "model": model}
+    # Euler for the UNets: a base step is the ODE's deterministic step whichever the student's sampler, so the
+    # references (which step with the scheduler's own) need a scheduler whose step is that one
+    fields = {**BASE, "model": model, **({"sampler": "euler"} if model != "tiny-sd3" else {})}
     pipe, base = _pipe(model), _pipe(model)
     samples = plan_samples(build_recipe(fields))[:2]
 
@@ -85,7 +87,59 @@ def _first_step_guided_reference(pipe, recipe, samples):
 
 
 def _fields(recipe) -> dict:
-    return {**BASE, "model": recipe.model, "guidance": recipe.guidance}
+    return {**BASE, "model": recipe.model, "guidance": recipe.guidance, "sampler": recipe.sampler}
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("kind", ["DDIMScheduler", "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler"])
+def test_a_base_step_is_the_deterministic_odes_step(kind, prediction):
+    """deterministic_step against diffusers' own deterministic steps: DDIM at eta 0, Euler in sigma
+    space, the flow's Euler."""
+    import diffusers
+
+    from t2i_engine.engine.first_steps import deterministic_step
+
+    if kind.startswith("Flow"):
+        if prediction != "epsilon":
+            pytest.skip("a flow predicts velocity")
+        sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    else:
+        sched = getattr(diffusers, kind)(
+            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction
+        )
+        if kind == "EulerDiscreteScheduler" and prediction == "sample":
+            pytest.skip("diffusers' Euler takes epsilon and v")
+        if kind == "DDIMScheduler":
+            sched.register_to_config(clip_sample=False)  # the engine's models do not clip
+    sched.set_timesteps(5)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=gen) * float(getattr(sched, "init_noise_sigma", 1.0))
+    for i in (0, 2):
+        t = sched.timesteps[i]
+        pred = torch.randn(2, 4, 8, 8, generator=gen)
+        sched._step_index = i if hasattr(sched, "_step_index") else None
+        want = sched.step(pred, t, x).prev_sample
+        assert torch.allclose(deterministic_step(sched, pred, t, x), want, atol=1e-4, rtol=1e-4)
+
+
+def test_after_the_base_step_a_re_noising_student_scheduler_draws_only_its_own_noise(monkeypatch):
+    """LCM re-noises every step but the last: at 2 steps with the base's first, nothing in the
+    images may depend on the step noise (the base's step keeps the latents' noise)."""
+    fields = {**BASE, "model": "tiny-sd", "guidance": 1.0, "sampler": "lcm", "steps": 2, "first_steps": "tiny-sd:1"}
+    pipe, base = _pipe("tiny-sd"), _pipe("tiny-sd")
+    recipe = build_recipe(fields)
+    samples = plan_samples(recipe)[:2]
+    first = Generator.for_recipe(pipe, recipe, first_base=base).generate(samples)
+    monkeypatch.setattr(
+        Generator,
+        "step_generators",
+        staticmethod(lambda s, stage="steps": [torch.Generator().manual_seed(99 + i) for i in range(len(s))]),
+    )
+    assert np.array_equal(Generator.for_recipe(pipe, recipe, first_base=base).generate(samples), first)
+    alone = build_recipe({**fields, "first_steps": None, "steps": 3})  # LCM alone at 3 steps re-noises twice
+    a = Generator.for_recipe(pipe, alone).generate(samples)
+    monkeypatch.undo()
+    assert not np.array_equal(Generator.for_recipe(pipe, alone).generate(samples), a)
 
 
 def test_base_forwards_are_counted_and_its_calls_are_the_first_k():
