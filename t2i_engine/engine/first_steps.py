@@ -5,9 +5,9 @@ Gandikota & Bau (2025, "Distilling Diversity and Control in Diffusion Models") f
 model's lost diversity decided in its first, high-noise step: running the base there restores it
 at little cost. Both models must be of one family and one latent space (the same VAE, so the
 base's prediction means the same thing to the student's scheduler) and predict the same quantity
-(their schedulers' prediction type): the base's guided prediction at the grid's timestep then
-goes through the student's scheduler as the student's own would. A sampler that calls the
-denoiser twice per step (Heun) gives the base every call at the grid's first k timesteps.
+(their schedulers' prediction type), so the base's guided prediction at the grid's timestep can
+move the student's latents (below). A sampler that calls the denoiser twice per step (Heun)
+gives the base every call at the grid's first k timesteps.
 
 The pipeline runs as usual; for the call, its denoiser attribute is a `FirstStepsDenoiser` that
 sends the first k timesteps' calls to the base (conditional and negative rows in one call, CFG at
@@ -15,13 +15,14 @@ the base's scale), the rest to the student; a student that runs CFG itself gets 
 guided prediction in both halves, so its CFG formula returns it unchanged.
 
 A base step moves the latents deterministically to the grid's next timestep, as the base's own
-ODE solver would (DDIM or Euler for a discrete noise schedule, Euler for a flow), keeping the noise the
-latents carry: the student's scheduler still takes the step (its state, its noise draws) but its
-result is replaced. A few-step student's scheduler re-noises each step's clean estimate with fresh
-noise instead, and at the first step that estimate is the blurred mean of every image the prompt
-allows: measured on digits-dit (2 student steps after 1 base step), passing the base's step
-through the student's re-noising scheduler gave synth->real 0.72 against 0.91 for the student
-alone, undoing what the base step is for (the layout the noise holds).
+ODE solver would (DDIM or Euler for a discrete noise schedule, Euler for a flow), keeping the noise
+the latents carry: the student's scheduler still takes the step (its state, its noise draws) but
+its result is replaced. (At a flow's first step, where the latents are pure noise, this and a
+re-noising student scheduler give the same distribution; they differ from the second base step
+on.) What one coarse base step costs: its clean estimate from pure noise is the blurred mean of
+every image the prompt allows, so the latents it hands over lie off the student's training
+distribution; measured on digits-dit-cm at 2 steps (bench/RESULTS.md), one base step in front
+took synth->real from 0.91 to 0.72, while at 4 steps (a smaller first step) it changed nothing.
 """
 
 from __future__ import annotations
