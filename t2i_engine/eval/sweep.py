@@ -354,6 +354,9 @@ def short_label(row: dict) -> str:
     for long, short in SHORT.items():
         label = label.replace(long, short)
     label = label.replace(",", " ").replace("_", " ").strip()
+    model = row.get("model")
+    if "model=" not in row["cell"] and model in MODELS and MODELS[model].student_of:
+        label = f"{model} {label}"  # a student's cells beside its base's in one frontier
     return ("default: " if is_default(row) else "") + label
 
 
