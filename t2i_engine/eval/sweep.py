@@ -357,7 +357,7 @@ def short_label(row: dict) -> str:
     model = row.get("model")
     if "model=" not in row["cell"] and model in MODELS and MODELS[model].student_of:
         label = f"{model} {label}"  # a student's cells beside its base's in one frontier
-    return ("default: " if is_default(row) else "") + label
+    return f"default: {model}" if is_default(row) else label
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -408,15 +408,20 @@ def _plot(rows: list[dict], path: Path) -> None:
             front = sorted((r[xkey] * scale, r[ykey]) for r in points if r.get(mark))
             if front:
                 ax.plot(*zip(*front), "-", color="k", lw=1, alpha=0.6, label="Pareto front")
-        labelled = [r for r in points if (mark and r.get(mark)) or is_default(r)]
-        for i, r in enumerate(sorted(labelled, key=lambda r: r[xkey])):
+        defaults = {}  # one default cell labelled per model (merged sweeps repeat it)
+        for r in points:
+            if is_default(r):
+                defaults.setdefault(r.get("model"), r)
+        labelled = [r for r in points if (mark and r.get(mark)) or any(r is d for d in defaults.values())]
+        for i, r in enumerate(sorted(labelled, key=lambda r: (r[xkey], -r[ykey]))):
             ax.annotate(
                 short_label(r),
                 (r[xkey] * scale, r[ykey]),
-                xytext=(6, 10 - 9 * (i % 3)),
+                xytext=(6, 12 - 8 * (i % 4)),
                 textcoords="offset points",
-                fontsize=7,
+                fontsize=6.5,
                 fontweight="bold" if is_default(r) else "normal",
+                arrowprops={"arrowstyle": "-", "lw": 0.4, "alpha": 0.5},
             )
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
