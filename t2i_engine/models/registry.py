@@ -107,7 +107,7 @@ MODELS: dict[str, ModelSpec] = {
         # assets/digits-lcm/README.md and assets/digits-dit-cm/README.md): the denoiser and scheduler
         # ship, the text encoders and VAE are the base's. digits-lcm takes the guidance scale as an
         # input (one forward per step at any scale); digits-dit-cm has guidance 2.0 built in.
-        _m("digits-lcm", "StableDiffusionPipeline", None, "float32", 32, 4, 2.0, "2026-12", bundled="digits-lcm",
+        _m("digits-lcm", "StableDiffusionPipeline", None, "float32", 32, 2, 2.0, "2026-12", bundled="digits-lcm",
            shares="digits", student_of="digits", batch_size=100, latents="digits-vae",
            note="shipped in the package; digits distilled to 1-8 steps (LCM, guidance as an input, no CFG)"),
         _m("digits-dit-cm", "StableDiffusion3Pipeline", None, "float32", 32, 4, 1.0, "2026-12", "sd3", bundled="digits-dit-cm",
