@@ -27,6 +27,7 @@ took synth->real from 0.91 to 0.72, while at 4 steps (a smaller first step) it c
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from types import SimpleNamespace
 
@@ -173,6 +174,7 @@ def first_steps(pipe, base_pipe, k: int, guidance: float, family: str, inputs: d
     step = scheduler.step
     patched = "step" in scheduler.__dict__
 
+    @functools.wraps(step)  # pipelines inspect step's signature for eta and generator
     def base_step(model_output, timestep, sample, *args, **kwargs):
         out = step(model_output, timestep, sample, *args, **kwargs)  # the scheduler's own state moves on
         if not wrapper._is_base_step(timestep):

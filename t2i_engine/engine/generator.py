@@ -21,6 +21,7 @@ the base's, under REFINER-prefixed keys.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections import OrderedDict
@@ -70,6 +71,7 @@ def _step_noise(scheduler, generators: list[torch.Generator]):
         yield
         return
 
+    @functools.wraps(step)  # its signature stays `step`'s: pipelines inspect it for eta and generator
     def with_generators(*args, **kwargs):
         if kwargs.get("generator") is None:
             kwargs["generator"] = generators
