@@ -27,13 +27,13 @@ took synth->real from 0.91 to 0.72, while at 4 steps (a smaller first step) it c
 
 from __future__ import annotations
 
-import functools
 from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
 
 from ..errors import InputError
+from .guidance import wrapped_step
 
 
 def _positive_half(value, n: int):
@@ -171,27 +171,23 @@ def first_steps(pipe, base_pipe, k: int, guidance: float, family: str, inputs: d
     base = base_pipe.unet if hasattr(base_pipe, "unet") else base_pipe.transformer
     scheduler = pipe.scheduler
     wrapper = FirstStepsDenoiser(student, base, scheduler, k, guidance, family, inputs)
-    step = scheduler.step
-    patched = "step" in scheduler.__dict__
 
-    @functools.wraps(step)  # pipelines inspect step's signature for eta and generator
-    def base_step(model_output, timestep, sample, *args, **kwargs):
-        out = step(model_output, timestep, sample, *args, **kwargs)  # the scheduler's own state moves on
-        if not wrapper._is_base_step(timestep):
+    def wrap(step):
+        def base_step(model_output, timestep, sample, *args, **kwargs):
+            out = step(model_output, timestep, sample, *args, **kwargs)  # the scheduler's own state moves on
+            if not wrapper._is_base_step(timestep):
+                return out
+            moved = deterministic_step(scheduler, model_output, timestep, sample)
+            if isinstance(out, tuple):
+                return (moved, *out[1:])
+            out.prev_sample = moved
             return out
-        moved = deterministic_step(scheduler, model_output, timestep, sample)
-        if isinstance(out, tuple):
-            return (moved, *out[1:])
-        out.prev_sample = moved
-        return out
+
+        return base_step
 
     pipe.__dict__[name] = wrapper
-    scheduler.step = base_step
     try:
-        yield wrapper
+        with wrapped_step(scheduler, wrap):
+            yield wrapper
     finally:
         pipe.__dict__[name] = student
-        if patched:
-            scheduler.step = step
-        else:
-            del scheduler.step

@@ -21,7 +21,6 @@ the base's, under REFINER-prefixed keys.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import time
 from collections import OrderedDict
@@ -40,7 +39,7 @@ from .adapters import ADAPTERS, SUPPORTED_FAMILIES
 from .diversity import sample_guidance
 from .feature_cache import feature_cache
 from .first_steps import first_steps
-from .guidance import CADS, GuidanceInterval, GuidanceRewrite, set_sampler
+from .guidance import CADS, GuidanceInterval, GuidanceRewrite, set_sampler, wrapped_step
 from .plan import Sample
 
 REFINER = "refiner."  # the key prefix of a refiner's prompt inputs in the embedding cache
@@ -66,26 +65,20 @@ def _step_noise(scheduler, generators: list[torch.Generator]):
     """Noise a scheduler's step draws comes from the per-sample generators even where the pipeline
     passes none to `step` (SD3's and FLUX's pipelines; a flow scheduler with stochastic_sampling,
     a consistency student's sampler, draws noise there): `step` gets them for the call."""
-    step = scheduler.step
-    if "generator" not in inspect.signature(step).parameters:
+    if "generator" not in inspect.signature(scheduler.step).parameters:
         yield
         return
 
-    @functools.wraps(step)  # its signature stays `step`'s: pipelines inspect it for eta and generator
-    def with_generators(*args, **kwargs):
-        if kwargs.get("generator") is None:
-            kwargs["generator"] = generators
-        return step(*args, **kwargs)
+    def wrap(step):
+        def with_generators(*args, **kwargs):
+            if kwargs.get("generator") is None:
+                kwargs["generator"] = generators
+            return step(*args, **kwargs)
 
-    patched = "step" in scheduler.__dict__  # already an instance attribute: put back as found
-    scheduler.step = with_generators
-    try:
+        return with_generators
+
+    with wrapped_step(scheduler, wrap):
         yield
-    finally:
-        if patched:
-            scheduler.step = step
-        else:
-            del scheduler.step  # the class's method again
 
 
 class Generator:

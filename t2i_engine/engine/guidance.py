@@ -3,7 +3,9 @@ hooks on the denoiser (see sampling.py for what each means)."""
 
 from __future__ import annotations
 
+import functools
 import math
+from contextlib import contextmanager
 
 import torch
 
@@ -30,6 +32,22 @@ def set_sampler(pipe, name: str, steps: int | None = None) -> None:
     options = {k: steps if v == STEPS else v for k, v in options.items()}
     pipe.scheduler = getattr(diffusers, cls).from_config(state["_t2i_scheduler"].config, **options)
     state["_t2i_installed"] = pipe.scheduler
+
+
+@contextmanager
+def wrapped_step(scheduler, wrap):
+    """`scheduler.step` replaced by `wrap(step)` for the duration, its signature kept (pipelines
+    inspect it for eta and generator), then put back as found."""
+    step = scheduler.step
+    patched = "step" in scheduler.__dict__  # already an instance attribute (another wrapper)
+    scheduler.step = functools.wraps(step)(wrap(step))
+    try:
+        yield
+    finally:
+        if patched:
+            scheduler.step = step
+        else:
+            del scheduler.step  # the class's method again
 
 
 def _sigma(scheduler, timestep: float) -> float:
