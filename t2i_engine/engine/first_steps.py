@@ -49,7 +49,6 @@ class FirstStepsDenoiser(torch.nn.Module):
         super().__init__()
         self.student, self.base = student, base
         self._scheduler, self.k, self.guidance, self.family, self.inputs = scheduler, k, guidance, family, inputs
-        self.base_calls = 0
 
     def __getattr__(self, name):
         try:
@@ -62,19 +61,17 @@ class FirstStepsDenoiser(torch.nn.Module):
         return float(torch.as_tensor(t).reshape(-1)[0]) >= grid[min(self.k, len(grid)) - 1] - 1e-4
 
     def forward(self, *args, **kwargs):
-        x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        latents = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         if not self._is_base_step(t):
             return self.student(*args, **kwargs)
-        self.base_calls += 1
         n = self.inputs["prompt_embeds"].shape[0]
-        x = _positive_half(x, n)
+        x = _positive_half(latents, n)  # a student running CFG itself: its two halves are alike
         t = _positive_half(torch.as_tensor(t, device=x.device), n)
         if t.dim() > 0:
             t = torch.cat([t, t])
-        pred = self._base_guided(torch.cat([x, x]), t, kwargs)
-        pred = pred.to(x.dtype)
-        if (args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))).shape[0] == 2 * n:
+        pred = self._base_guided(torch.cat([x, x]), t, kwargs).to(x.dtype)
+        if latents.shape[0] == 2 * n:
             pred = torch.cat([pred, pred])
         return (pred,) if kwargs.get("return_dict", True) is False else SimpleNamespace(sample=pred)
 
