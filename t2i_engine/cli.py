@@ -25,7 +25,7 @@ from .engine.verify import load_dataset_recipe, repair, verify_dataset
 from .errors import SPACE_ERRNOS, InputError, OutOfSpace
 from .eval.report import write_report
 from .files import atomic_write_text, check_writable
-from .models.registry import ADAPTERS, MODELS, get_model
+from .models.registry import ADAPTERS, MODELS, TINY_DECODERS, get_model
 from .training.sources import open_set, sheet_rows
 
 # generate flag -> recipe key; every recipe key has a flag.
@@ -60,6 +60,8 @@ RECIPE_FLAGS = {
     "lora": "lora",
     "tcd_gamma": "tcd_gamma",
     "first_steps": "first_steps",
+    "output_size": "output_size",
+    "decoder": "decoder",
 }
 # Closed sets whose home module loads torch (the CLI answers --help and bad flags without it);
 # tests/test_cli.py checks each against its home.
@@ -154,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     mod = sub.add_parser("models", help="list the registry's models")
     mod.add_argument("--all", action="store_true", help="include test models")
     mod.add_argument("--adapters", action="store_true", help="list the registry's LoRA adapters (--lora NAME) instead")
+    mod.add_argument(
+        "--decoders", action="store_true", help="list the registry's tiny decoders (--decoder tiny) instead"
+    )
     mod.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     _add_train_eval_parsers(sub)
@@ -307,6 +312,20 @@ def _add_generate_parser(sub) -> None:
         metavar="PATH[:SCALE],...",
         help="LoRA adapters (local .safetensors, diffusers/peft or kohya format) fused into the model's weights "
         "at SCALE (default scale 1.0) for SD 1.x/2.x, SDXL, SD3, FLUX (default: none)",
+    )
+    rec.add_argument(
+        "--output-size",
+        type=str,
+        metavar="SIZE",
+        help="store the images at SIZE or HEIGHTxWIDTH (at most the generated size, same aspect ratio), resized "
+        "with an antialiasing Lanczos filter before encoding (default: as generated)",
+    )
+    rec.add_argument(
+        "--decoder",
+        type=str,
+        metavar="vae|tiny|PATH",
+        help="what decodes the latents: the model's VAE, its latent space's tiny decoder (TAESD, TAESDXL, TAESD3, "
+        "TAEF1; digits-taesd for the embedded models), or a local AutoencoderTiny folder (default: vae)",
     )
     rec.add_argument(
         "--first-steps",
@@ -604,6 +623,20 @@ def _add_bench_parser(sub) -> None:
             metavar=metavar,
             help=f"the engine's {what}, as generate's (the baselines keep diffusers' defaults) (default: none)",
         )
+    be.add_argument(
+        "--decoder",
+        type=str,
+        metavar="vae|tiny|PATH",
+        help="what decodes, as generate's, for every path (the baselines too: pipe.vae = AutoencoderTiny); a model "
+        "on random weights gets its tiny decoder's architecture on random weights (default: vae)",
+    )
+    be.add_argument(
+        "--output-size",
+        type=str,
+        metavar="SIZE",
+        help="the stored size, as generate's: its resize counts in the FLOPs and bytes per image "
+        "(default: as generated)",
+    )
     be.add_argument("--out", type=Path, metavar="FILE", help="write the results JSON here, atomically (default: none)")
     be.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
 
@@ -952,6 +985,19 @@ def _generate(args) -> int:
         )
         if isinstance(s["denoiser_flops_per_image"], float):
             print(f"denoiser FLOPs per image as run: {s['denoiser_flops_per_image'] / 1e9:.3f} G", file=sys.stderr)
+        if isinstance(s["flops_per_stored_image"], float):
+            print(
+                f"FLOPs per stored image: {s['flops_per_stored_image'] / 1e9:.3f} G (decoder {s['decoder']} "
+                f"{s['decoder_flops_per_image'] / 1e9:.4f} G, resize {s['resize_flops_per_image'] / 1e9:.4f} G)",
+                file=sys.stderr,
+            )
+        if s["bytes_per_image"] is not None:
+            h, w = s["stored_size"]
+            print(
+                f"bytes per image: {s['bytes_per_image']:,.0f} ({h}x{w} images), {s['shard_bytes_per_image']:,.0f} "
+                "in the shards (tar headers, labels and JSON included)",
+                file=sys.stderr,
+            )
     if s["part"] and not args.json:
         print(
             f"part {s['part']}: "
@@ -1028,6 +1074,18 @@ def _models(args) -> int:
         print(f"{'name':<22}{'for':<7}{'sampler':<16}{'steps':>6}{'cfg':>6}  hub id / file")
         for a in ADAPTERS.values():
             print(f"{a.name:<22}{a.base:<7}{a.sampler:<16}{a.steps:>6}{a.guidance:>6}  {a.hub_id} / {a.filename}")
+        return 0
+    if args.decoders:
+        if args.json:
+            print(json.dumps([d.__dict__ for d in TINY_DECODERS.values()], indent=1))
+            return 0
+        print(f"{'name':<14}{'latents':<12}{'channels':>9}  {'weights':<44}models")
+        for d in TINY_DECODERS.values():
+            users = ", ".join(m.name for m in MODELS.values() if m.latent_space == d.latent_space and m.standalone)
+            print(
+                f"{d.name:<14}{d.latent_space:<12}{d.latent_channels:>9}  "
+                f"{d.hub_id or '(shipped in the package)':<44}{users}"
+            )
         return 0
     rows = [m for m in MODELS.values() if args.all or not m.test_model]
     if args.json:
@@ -1183,6 +1241,8 @@ def _bench(args) -> int:
         guidance_interval=args.guidance_interval,
         cache=args.cache,
         preset=args.preset,
+        decoder=args.decoder,
+        output_size=args.output_size,
     )
     bench.check_options(opts)
     if args.out:

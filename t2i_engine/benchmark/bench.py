@@ -28,6 +28,7 @@ import torch
 
 from ..devices import resolve_device
 from ..engine.adapters import SUPPORTED_FAMILIES
+from ..engine.encode import encode_batch, resize_flops
 from ..engine.plan import plan_units
 from ..engine.recipe import build_recipe
 from ..engine.runtime import (
@@ -44,9 +45,10 @@ from ..export.specs import Profile, denoiser_spec, vae_decoder_spec
 from ..export.tuning import Tuning, apply_tuning, remove_tuning, uncompile
 from ..kernels import auto, install, sdpa
 from ..models.architectures import PIPELINE_FAMILIES, architecture, has_config, prompt_inputs, text_length
+from ..models.decoders import decoder_label, install_decoder, random_tiny_decoder
 from ..models.flops import count_flops, pipeline_flops
 from ..models.pipelines import denoiser, obtain_pipeline
-from ..models.registry import ModelSpec, get_model
+from ..models.registry import ModelSpec, get_model, tiny_decoder
 from . import measure
 from .paths import attention_processors, diffusers_path, engine_path
 
@@ -87,6 +89,10 @@ class BenchOptions:
     guidance_interval: str | None = None
     cache: str | None = None
     preset: str | None = None
+    # what decodes and what is stored (recipe keys): every path, baselines included, decodes with
+    # the same decoder (diffusers' own way: pipe.vae = AutoencoderTiny), so the ratios stay like for like
+    decoder: str | None = None
+    output_size: str | None = None
 
 
 # A ladder rung: "base" (the switches as given) or '+'-joined changes to them, each measured in
@@ -227,7 +233,7 @@ def check_options(opts: BenchOptions) -> tuple[ModelSpec, object]:
     raw = {"model": spec.name, "steps": opts.steps, "guidance": opts.guidance, "images_per_class": 1}
     if opts.resolution is not None:
         raw["resolution"] = opts.resolution
-    for key in ("sampler", "guidance_interval", "cache", "preset"):
+    for key in ("sampler", "guidance_interval", "cache", "preset", "decoder", "output_size"):
         if getattr(opts, key) is not None:
             raw[key] = getattr(opts, key)
     recipe = build_recipe(raw)  # validates steps, guidance, resolution and sampling settings as generate does
@@ -273,6 +279,7 @@ def run_bench(opts: BenchOptions, log=print, checkpoint=None) -> dict:
 
     log(f"[bench] {spec.name}: building the pipeline on {device} ({str(dtype).removeprefix('torch.')})")
     pipe, weights = obtain_pipeline(spec, opts.weights, device, dtype)
+    decoder = _install_decoder(pipe, spec, recipe, weights)
     result = {
         "model": spec.name,
         "family": spec.family,
@@ -284,6 +291,8 @@ def run_bench(opts: BenchOptions, log=print, checkpoint=None) -> dict:
             "width": width,
             "negative_prompt": recipe.negative_prompt,
             "format": recipe.format,
+            "decoder": decoder,
+            "stored_size": list(recipe.stored_size),
             "warmup": opts.warmup,
             "reps": opts.reps,
         },
@@ -301,6 +310,8 @@ def run_bench(opts: BenchOptions, log=print, checkpoint=None) -> dict:
 
     log("[bench] counting FLOPs under fake tensors")
     flops = model_flops(pipe, spec, recipe)
+    flops["decoder"] = decoder
+    flops["resize"] = resize_flops(recipe.resolution, recipe.stored_size)
     rate = measure.matmul_rate(device)
     result["matmul"] = rate
     log(
@@ -364,6 +375,32 @@ def run_bench(opts: BenchOptions, log=print, checkpoint=None) -> dict:
     return finish(result, runs, flops, rate)
 
 
+def _bytes_per_image(images, recipe) -> dict:
+    """A batch of the engine's images encoded as generate stores them (format, quality,
+    output_size): mean bytes per image. Of the images this model made here: random weights make
+    noise, which compresses far worse than pictures."""
+    encoded = encode_batch(images, recipe.format, recipe.quality, recipe.output_size)
+    return {
+        "images": len(encoded),
+        "mean": round(sum(len(data) for data, _ in encoded) / len(encoded), 1),
+        "format": recipe.format,
+        "quality": recipe.quality,
+        "stored_size": list(recipe.stored_size),
+    }
+
+
+def _install_decoder(pipe, spec, recipe, weights: str) -> str:
+    """The recipe's decoder in the VAE's place: its weights where they are here, else (a model on
+    random weights) the tiny decoder's published architecture with random weights."""
+    if recipe.decoder is None:
+        return "vae"
+    if weights.startswith("random: ") and "name" in recipe.decoder and tiny_decoder(spec).hub_id:
+        pipe.vae = random_tiny_decoder(recipe.decoder["name"]).to(device=pipe.device, dtype=pipe.dtype)
+        return f"{recipe.decoder['name']} (random weights: its architecture, from assets/decoder-configs)"
+    install_decoder(pipe, spec, recipe.decoder)
+    return decoder_label(recipe.decoder)
+
+
 def finish(result: dict, runs: list[dict], flops: dict, rate: dict) -> dict:
     """The result with its runs' FLOPs, MFU and the headline (also for a partial result)."""
     result, flops = dict(result), dict(flops)
@@ -371,7 +408,7 @@ def finish(result: dict, runs: list[dict], flops: dict, rate: dict) -> dict:
     for run in ok:  # each run's FLOPs as counted while it ran (eager engine runs), else from its forwards
         counted = run.get("denoiser_flops_per_image")
         denoising = run["denoiser_forwards_per_image"] * flops["denoiser_forward"] if counted is None else counted
-        run["flops_per_image"] = denoising + flops["vae_decode"]
+        run["flops_per_image"] = denoising + flops["vae_decode"] + flops.get("resize", 0)
         run["mfu"] = round(run["flops_per_image"] * run["images_per_second"] / rate["flops_per_second"], 4)
     if ok:
         flops["forwards_per_image"] = ok[0]["denoiser_forwards_per_image"]
@@ -381,7 +418,8 @@ def finish(result: dict, runs: list[dict], flops: dict, rate: dict) -> dict:
         "note": "1 multiply-add = 2 FLOPs; per run: the denoiser's FLOPs per image as counted op by op on a "
         "warm-up batch (eager engine runs: a guidance interval's or a cache's savings included; its "
         "denoiser_flops_per_image), else denoiser forwards per image (counted in the run; x2 with CFG) x FLOPs of "
-        "one forward; + one VAE decode; text encoding excluded (cached)",
+        "one forward; + one decode (vae_decode: the decoder that ran, VAE or tiny) + the resize to output_size; text "
+        "encoding excluded (cached)",
     }
     result["ceiling_images_per_second"] = round(rate["flops_per_second"] / flops["per_image"], 4)
     result["runs"] = list(runs)
@@ -428,6 +466,8 @@ def _config_runs(pipe, spec, recipe, samples, config, batches, opts, log, device
             run["vs_first_config"] = measure.pixel_difference(references[run["batch"]], images)
         else:
             references[run["batch"]] = images
+            if "bytes_per_image" not in result:  # the first batch of images: what the stored bytes are measured on
+                result["bytes_per_image"] = _bytes_per_image(images, recipe)
     if runs:
         runs[0]["config_seconds_with_first_batch"] = round(time.perf_counter() - t0, 1)  # compiles show here
     if auto_mode is not None:  # the backends auto chose, per shape, and its calls on each (all batches so far)

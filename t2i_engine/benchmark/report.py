@@ -12,6 +12,12 @@ def table(result: dict) -> str:
         f" {result['matmul']['dtype']} matmul {result['matmul']['flops_per_second'] / 1e12:.4g} TFLOP/s,"
         f" ceiling {result['ceiling_images_per_second']:.4g} images/s"
     )
+    stored = result.get("bytes_per_image")
+    if s.get("decoder", "vae") != "vae" or stored:  # results of before these keys print as they did
+        head += f" | decoder {s.get('decoder', 'vae')}"
+        if stored:
+            h, w = stored["stored_size"]
+            head += f", {stored['mean']:,.0f} bytes/image ({stored['format']} {h}x{w})"
     lines = [
         head,
         "",

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from ..files import atomic_write_text
+from .encode import RESIZE_FILTER
 from .recipe import Recipe
 from .writer import sample_meta
 
@@ -95,7 +96,8 @@ Synthetic images made by t2i-engine: {recipe.num_samples:,} images of {n_classes
 |---|---|
 | model | `{recipe.model}`{refiner} |
 | steps, guidance | {recipe.steps}, {recipe.guidance:g} |
-| resolution | {recipe.resolution[0]}x{recipe.resolution[1]} |
+| resolution | {_sizes(recipe)} |
+| decoder | {_decoder(recipe)} |
 | prompts | {prompts} |
 | negative prompt | {f"`{recipe.negative_prompt}`" if recipe.negative_prompt else "(empty)"} |
 | seed | {recipe.seed} (each sample's seed derives from it and the sample's index) |
@@ -120,3 +122,19 @@ or with `webdataset` (`WebDataset(sorted(tars)).decode("pil").to_tuple("{recipe.
 `wds/` reader (`_info.json`).
 """
     atomic_write_text(out_dir / CARD, f"---\n{header}---\n\n{body}")
+
+
+def _sizes(recipe: Recipe) -> str:
+    """The stored size, and the generated one where output_size resized it."""
+    (gh, gw), (sh, sw) = recipe.resolution, recipe.stored_size
+    if recipe.output_size is None:
+        return f"{gh}x{gw}"
+    return f"{sh}x{sw}, stored; generated at {gh}x{gw} and resized with an antialiasing {RESIZE_FILTER} filter"
+
+
+def _decoder(recipe: Recipe) -> str:
+    if recipe.decoder is None:
+        return "the model's VAE"
+    if "name" in recipe.decoder:
+        return f"tiny (`{recipe.decoder['name']}`, an AutoencoderTiny), not the model's VAE"
+    return f"tiny (AutoencoderTiny weights sha256 `{recipe.decoder['sha256'][:16]}...`), not the model's VAE"

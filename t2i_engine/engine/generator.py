@@ -31,6 +31,7 @@ import torch
 
 from ..errors import InputError
 from ..models.architectures import text_length
+from ..models.decoders import decode_modules
 from ..models.flops import CallFlops
 from ..models.pipelines import denoiser, family_of
 from ..models.registry import get_model
@@ -122,6 +123,7 @@ class Generator:
         )
         # FLOPs per image of the denoiser(s) as run, counted on the next batch when asked (count_flops)
         self.denoiser_flops_per_image: float | None = None
+        self.decoder_flops_per_image: float | None = None  # likewise, the decode (the VAE or a tiny decoder)
         self._count_next = False
         self.adapter = _adapter(pipe, family, text_length)
         self.device, self.dtype = pipe.device, denoiser(pipe).dtype
@@ -212,9 +214,10 @@ class Generator:
         )
 
     def count_flops(self) -> None:
-        """Count the denoiser FLOPs of the next batch (models.flops.CallFlops: eager PyTorch
-        modules only) into `denoiser_flops_per_image`: every forward as it runs, so a guidance
-        interval's halved calls and a cache's skipped blocks count as what they cost."""
+        """Count the denoiser and decoder FLOPs of the next batch (models.flops.CallFlops: eager
+        PyTorch modules only) into `denoiser_flops_per_image` and `decoder_flops_per_image`: every
+        forward as it runs, so a guidance interval's halved calls and a cache's skipped blocks count
+        as what they cost."""
         self._count_next = True
 
     @property
@@ -239,11 +242,14 @@ class Generator:
         counter = CallFlops([denoiser(p) for _, p, _ in self._stages])
         with counter if counting else nullcontext():
             latents = self._denoise(samples, embeds, refiner_embeds, first_inputs)
+        decoding = CallFlops(decode_modules(self.pipe.vae))
+        with self._stage("decoding"), decoding if counting else nullcontext():
+            images = self.decode(latents)
         if counting:
             self._count_next = False
             self.denoiser_flops_per_image = counter.flops / len(samples)
-        with self._stage("decoding"):
-            return self.decode(latents)
+            self.decoder_flops_per_image = decoding.flops / len(samples)
+        return images
 
     def _denoise(self, samples: list[Sample], embeds: dict, refiner_embeds: dict, first_inputs: dict) -> torch.Tensor:
         with self._stage("denoising"):

@@ -47,6 +47,13 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
                                     # its CFG denoises the first 1 step(s), the recipe's model (a few-step
                                     # student) the rest, on the student's grid; one family and latent
                                     # space (SD 1.x/2.x, SDXL, SD3; engine/first_steps.py; default: none)
+    output_size: 64                 # or [height, width]: images stored at this size, resized from the
+                                    # generated one with an antialiasing filter (Lanczos; engine/encode.py)
+                                    # before encoding; at most the generated size, its aspect ratio kept
+                                    # (default: none, stored as generated)
+    decoder: tiny                   # or vae (the default), or PATH (a local AutoencoderTiny folder): the
+                                    # latents decoded by the latent space's tiny decoder (TAESD, TAESDXL,
+                                    # TAESD3, TAEF1; the embedded models' digits-taesd; models/decoders.py)
 
 The recipe is stored resolved (class list and captions included) in the dataset's manifest, so
 `verify` and resume never re-read the class or caption files. Its hash covers everything that
@@ -66,10 +73,20 @@ from pathlib import Path
 import yaml
 
 from ..errors import InputError, check_text
+from ..files import file_sha256
 from ..models.lora import LORA_FAMILIES, Adapter, hub_adapter_file, read_adapter
-from ..models.registry import AdapterSpec, get_adapter, get_model, get_refiner
+from ..models.registry import (
+    TINY_DECODERS,
+    AdapterSpec,
+    get_adapter,
+    get_model,
+    get_refiner,
+    tiny_decoder,
+    vae_latent_channels,
+)
 from .classes import ClassEntry, load_classes
 from .diversity import check_apg, check_cads, check_guidance_list, check_schedule
+from .encode import RESIZE_FILTER
 from .prompts import PromptSpec, load_prompt_spec
 from .sampling import (
     BATCH_DEPENDENT_CACHES,
@@ -114,6 +131,8 @@ DEFAULTS: dict[str, object] = {
     "lora": None,
     "tcd_gamma": None,
     "first_steps": None,
+    "output_size": None,
+    "decoder": None,
 }
 MAX_MODELS = 8
 MAX_ADAPTERS = 8
@@ -175,6 +194,10 @@ class Recipe:
     tcd_gamma: float | None = None
     # engine.first_steps: {"model", "steps", "guidance"}: a base model's CFG for the first steps (None: off)
     first_steps: dict | None = None
+    # the stored image size (None: as generated), resized with encode.RESIZE_FILTER before encoding
+    output_size: tuple[int, int] | None = None
+    # models/decoders.py: None (the VAE), {"name": registry tiny decoder} or {"path", "sha256"}
+    decoder: dict | None = None
 
     @property
     def models(self) -> list[str]:
@@ -186,6 +209,11 @@ class Recipe:
             return self
         entry = next(e for e in self.mixture if e.model == name)
         return dataclasses.replace(self, model=name, steps=entry.steps, guidance=entry.guidance, mixture=None)
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """(height, width) of the stored images."""
+        return self.output_size or self.resolution
 
     @property
     def num_samples(self) -> int:
@@ -215,6 +243,8 @@ class Recipe:
         if d.get("mixture") is not None:
             d["mixture"] = tuple(MixEntry(**e) for e in d["mixture"])
         d["lora"] = tuple(Adapter(**a) for a in d.get("lora") or ())
+        if d.get("output_size") is not None:
+            d["output_size"] = tuple(d["output_size"])
         return cls(**d)
 
     def content_hash(self) -> str:
@@ -245,6 +275,14 @@ class Recipe:
             del d["tcd_gamma"]
         if d["first_steps"] is None:
             del d["first_steps"]
+        if d["output_size"] is None:  # stored as generated: earlier hashes hold
+            del d["output_size"]
+        else:  # the filter decides the pixels too
+            d["resize_filter"] = RESIZE_FILTER
+        if d["decoder"] is None:
+            del d["decoder"]
+        elif "sha256" in d["decoder"]:  # a folder's decoder is its weights, wherever it lies
+            d["decoder"] = {"sha256": d["decoder"]["sha256"]}
         if not d["lora"]:
             del d["lora"]
         else:  # an adapter is its bytes and its scale, wherever the file lies
@@ -378,6 +416,8 @@ def build_recipe(raw: dict, overrides: dict | None = None, base_dir: Path | None
         lora=_read_adapters(adapters),
         tcd_gamma=check_tcd_gamma(merged["tcd_gamma"], merged["sampler"]),
         first_steps=_first_steps(merged["first_steps"], spec, steps, merged),
+        output_size=_output_size(merged["output_size"], resolution),
+        decoder=_decoder(merged["decoder"], spec, base_dir),
     )
 
 
@@ -414,6 +454,14 @@ def _mixture(raw: dict, overrides: dict, base_dir: Path | None) -> Recipe:
             )
         if sub.refiner or first.refiner:
             raise InputError("refiner", sub.refiner or first.refiner, "a mixture runs without a refiner")
+    decoders = {label for label in (s.decoder and (s.decoder.get("name") or s.decoder["sha256"]) for s in subs)}
+    if len(decoders) > 1:
+        raise InputError(
+            "decoder",
+            overrides.get("decoder", raw.get("decoder")),
+            f"the mixture's models have different tiny decoders ({', '.join(sorted(map(str, decoders)))}): mix "
+            "models of one latent space, or decode with their VAEs",
+        )
     mixture = tuple(MixEntry(s.model, share, s.steps, s.guidance) for s, share in zip(subs, shares))
     return dataclasses.replace(first, mixture=mixture)
 
@@ -569,6 +617,85 @@ def _first_steps(value: object, spec, steps: int, merged: dict) -> dict | None:
         if merged[key] not in (None, "none"):
             raise InputError(key, merged[key], "does not combine with first_steps")
     return {"model": base.name, "steps": k, "guidance": guidance}
+
+
+def _output_size(value: object, generated: tuple[int, int]) -> tuple[int, int] | None:
+    """`output_size`: a size or [height, width], at most the generated size and of its aspect
+    ratio (within a pixel's rounding): the images are resized down, never up or out of shape."""
+    if value is None or value == "none":
+        return None
+    gh, gw = generated
+    allowed = (
+        f"expected a size or [height, width] in pixels: positive integers, at most the generated {gh}x{gw} and of "
+        "its aspect ratio"
+    )
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.lower().replace("x", ",").split(",")]
+        if all(_INT_RE.fullmatch(p) for p in parts) and len(parts) in (1, 2):
+            value = int(parts[0]) if len(parts) == 1 else [int(p) for p in parts]
+    hw = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(hw, (list, tuple)) or len(hw) != 2:
+        raise InputError("output_size", value, allowed)
+    if any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in hw):
+        raise InputError("output_size", value, allowed)
+    h, w = hw
+    if h > gh or w > gw:
+        raise InputError("output_size", value, f"{allowed}: it would enlarge the images (resolution {gh}x{gw})")
+    if abs(w - h * gw / gh) > 1 and abs(h - w * gh / gw) > 1:
+        raise InputError("output_size", value, f"{allowed}: it would stretch them (resolution {gh}x{gw})")
+    return (h, w)
+
+
+def _decoder(value: object, spec, base_dir: Path | None) -> dict | None:
+    """`decoder`: vae (default), tiny (the registry's tiny decoder of the model's latent space) or
+    PATH, a local AutoencoderTiny folder (hashed: its weights decide the images)."""
+    if value is None or value == "vae":
+        return None
+    have = sorted({d.name for d in TINY_DECODERS.values()})
+    if value == "tiny":
+        tiny = tiny_decoder(spec)
+        if tiny is None:
+            raise InputError(
+                "decoder",
+                value,
+                f"{spec.name}'s latent space ({spec.latent_space}) has no tiny decoder; tiny decoders: "
+                f"{', '.join(have)} (t2i-engine models --decoders), or give a local AutoencoderTiny folder",
+            )
+        expected, channels = tiny.latent_channels, vae_latent_channels(spec)
+        if expected is not None and channels is not None and expected != channels:
+            raise InputError(
+                "decoder", value, f"{tiny.name} decodes {expected}-channel latents; {spec.name} makes {channels}"
+            )
+        return {"name": tiny.name}
+    if not isinstance(value, str):
+        raise InputError("decoder", value, "expected vae, tiny, or the path of a local AutoencoderTiny folder")
+    folder = Path(value).expanduser()
+    if not folder.is_absolute() and base_dir is not None:
+        folder = base_dir / folder
+    config_file = folder / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    weights = sorted(folder.glob("*.safetensors")) if config is not None else []
+    if not isinstance(config, dict) or config.get("_class_name") != "AutoencoderTiny" or not weights:
+        raise InputError(
+            "decoder",
+            value,
+            "expected vae, tiny, or the path of a local AutoencoderTiny folder (config.json with _class_name "
+            "AutoencoderTiny, and safetensors weights)",
+        )
+    channels = vae_latent_channels(spec)
+    if channels is not None and config.get("latent_channels", 4) != channels:
+        raise InputError(
+            "decoder",
+            value,
+            f"it decodes {config.get('latent_channels', 4)}-channel latents; {spec.name}'s VAE makes {channels}",
+        )
+    digest = hashlib.sha256()
+    for path in weights:
+        digest.update(file_sha256(path).encode())
+    return {"path": str(folder.resolve()), "sha256": digest.hexdigest()}
 
 
 def load_recipe(path: str | Path | None, overrides: dict | None = None) -> Recipe:

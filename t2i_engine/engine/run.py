@@ -28,10 +28,12 @@ from ..devices import resolve_device
 from ..errors import InputError, OutOfSpace
 from ..export.tuning import Tuning
 from ..files import check_writable
+from ..models.decoders import decoder_label
 from ..models.lora_fuse import check_adapters
 from ..models.registry import get_model
 from . import manifest as mf
 from . import ray_runner
+from .encode import resize_flops
 from .plan import WorkUnit, plan_units
 from .recipe import Recipe, check_new_seed
 from .refiner import check_refiner
@@ -346,7 +348,16 @@ def _summary(recipe, out_dir, meta, units, todo, ran: _Ran, times: tuple, device
         "outside_model_share": round(1 - model_seconds / wall, 4) if images and stages else None,
         "peak_memory_bytes": peak,
         "denoiser_flops_per_image": _flops_as_run(ran.generator, options, images),
+        "decoder": decoder_label(recipe.decoder),
+        "decoder_flops_per_image": _flops_as_run(ran.generator, options, images, "decoder"),
+        "stored_size": list(recipe.stored_size),
+        "resize_flops_per_image": resize_flops(recipe.resolution, recipe.stored_size),
+        **_bytes_per_image(out_dir, units),
     }
+    counted = [summary["denoiser_flops_per_image"], summary["decoder_flops_per_image"]]
+    summary["flops_per_stored_image"] = (
+        sum(counted) + summary["resize_flops_per_image"] if all(isinstance(c, float) for c in counted) else None
+    )
     if options.ray:
         summary["ray"] = ran.rates
     elif options.devices:
@@ -356,11 +367,25 @@ def _summary(recipe, out_dir, meta, units, todo, ran: _Ran, times: tuple, device
     return summary
 
 
-def _flops_as_run(generator, options: RunOptions, images: int) -> float | str | None:
-    """The denoiser FLOPs per image of this run's first batch, counted as it ran (a guidance
-    interval's or a cache's savings included), or why it was not counted."""
-    if generator is not None and generator.denoiser_flops_per_image is not None:
-        return generator.denoiser_flops_per_image
+def _bytes_per_image(out_dir: Path, units: list[WorkUnit]) -> dict:
+    """Bytes per image of the shards of `units` on disk: the encoded images alone, and the whole
+    shard's (tar headers, class and JSON files included); None where no shard records them."""
+    records = [read_record(out_dir, u.name) for u in units if out_dir.is_dir() and is_committed(out_dir, u.name)]
+    kept = [r for r in records if r.image_bytes is not None]
+    return {
+        "bytes_per_image": round(sum(r.image_bytes for r in kept) / sum(r.count for r in kept), 1) if kept else None,
+        "shard_bytes_per_image": round(sum(r.bytes for r in records) / sum(r.count for r in records), 1)
+        if records
+        else None,
+    }
+
+
+def _flops_as_run(generator, options: RunOptions, images: int, part: str = "denoiser") -> float | str | None:
+    """The denoiser's (or the decoder's) FLOPs per image of this run's first batch, counted as it
+    ran (a guidance interval's or a cache's savings included), or why it was not counted."""
+    counted = getattr(generator, f"{part}_flops_per_image", None)
+    if counted is not None:
+        return counted
     if not images:
         return None
     if options.ray or options.devices:

@@ -21,6 +21,7 @@ from ..export.tuning import PLAIN, Tuning, apply_tuning, check_tuning
 from ..kernels import auto, route_attention, sdpa
 from ..kernels.triton_env import interpreting
 from ..models.architectures import text_length
+from ..models.decoders import install_decoder
 from ..models.lora import Adapter
 from ..models.lora_fuse import fuse_adapters
 from ..models.pipelines import denoiser, load_pipeline
@@ -182,6 +183,7 @@ def load_run_pipeline(
     tuning: Tuning = PLAIN,
     conv: str = "torch",
     lora: tuple[Adapter, ...] = (),
+    decoder: dict | None = None,
 ):
     """The model's pipeline with its LoRA adapters fused into its weights, its attention routed
     through our Triton kernels or pinned to one of PyTorch's SDPA backends if asked, the speed
@@ -190,6 +192,7 @@ def load_run_pipeline(
     `batch`; the cache key hashes the fused weights)."""
     check_family(spec)
     pipe = load_pipeline(spec, weights, device, dtype)
+    install_decoder(pipe, spec, decoder)  # before the backend, which exports or compiles what decodes
     fuse_adapters(pipe, lora, spec.name)
     route_attention(pipe, attention, device)
     if conv == "fp8":
@@ -219,6 +222,7 @@ def load_generator(recipe, model: ModelOptions, device: torch.device) -> Generat
         tuning=model.tuning,
         conv=model.conv,
         lora=recipe.lora,
+        decoder=recipe.decoder,
     )
     refiner = load_refiner(recipe, pipe, model.refiner_weights, device, dtype, model.attention)
     return Generator.for_recipe(pipe, recipe, refiner, load_first_base(recipe, pipe, device, dtype))
@@ -229,7 +233,9 @@ def load_first_base(recipe, pipe, device: torch.device, dtype: torch.dtype):
     student `pipe`; None without first_steps."""
     if recipe.first_steps is None:
         return None
-    base = load_pipeline(get_model(recipe.first_steps["model"]), None, device, dtype)
+    base_spec = get_model(recipe.first_steps["model"])
+    base = load_pipeline(base_spec, None, device, dtype)
+    install_decoder(base, base_spec, recipe.decoder)  # its latents' decoder is the student's: compared as such
     check_first_steps_pair(pipe, base, recipe.first_steps["model"])
     return base
 

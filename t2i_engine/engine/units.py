@@ -38,6 +38,7 @@ def shard_writer(recipe: Recipe, out_dir: Path, encode_workers: int) -> ShardWri
         sample_meta=sample_meta(recipe),
         encode_workers=encode_workers,
         model_meta={name: sample_meta(recipe.for_model(name)) for name in recipe.models} if recipe.mixture else None,
+        size=recipe.output_size,
     )
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import SPACE_ERRNOS, OutOfSpace
 from ..files import TMP_SUFFIX, atomic_write_text, file_sha256, fsync_dir
 from .diversity import sample_guidance
-from .encode import encode_batch
+from .encode import RESIZE_FILTER, encode_batch
 from .plan import Sample, WorkUnit
 from .recipe import Recipe
 
@@ -50,6 +50,7 @@ class ShardRecord:
     sha256: str
     bytes: int
     count: int
+    image_bytes: int | None = None  # the encoded images alone (shards written before it was kept: None)
 
 
 def shard_paths(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
@@ -78,9 +79,13 @@ def sample_meta(recipe: Recipe) -> dict:
         "model": recipe.model,
         "steps": recipe.steps,
         "guidance": recipe.guidance,
-        "resolution": list(recipe.resolution),
+        "resolution": list(recipe.resolution),  # as generated
         "negative_prompt": recipe.negative_prompt,
     }
+    if recipe.output_size is not None:  # stored at another size; without, samples keep earlier versions' bytes
+        meta.update(stored_size=list(recipe.output_size), resize_filter=RESIZE_FILTER)
+    if recipe.decoder is not None:
+        meta["decoder"] = dict(recipe.decoder)
     if recipe.refiner:
         meta.update(refiner=recipe.refiner, high_noise_fraction=recipe.high_noise_fraction)
     if recipe.sampler != "default":
@@ -128,9 +133,11 @@ class ShardWriter:
         encode_workers: int = 1,
         max_pending: int | None = None,
         model_meta: dict[str, dict] | None = None,
+        size: tuple[int, int] | None = None,
     ):
         self.out_dir = out_dir
         self.fmt, self.quality, self.extension = fmt, quality, extension
+        self.size = size  # (height, width) the images are stored at (None: as generated)
         self.sample_meta = sample_meta  # settings shared by every sample's KEY.json
         self.model_meta = model_meta or {}  # a mixture's: each generator's settings, by sample.model
         # encode_workers=0 encodes on a thread: no process start-up, for tiny runs and tests.
@@ -151,7 +158,7 @@ class ShardWriter:
     def add(self, unit: WorkUnit, samples: list[Sample], images: np.ndarray) -> None:
         """Queue one batch of a unit for encoding; blocks only when the queue is full."""
         self._collect_written()
-        future = self._pool.submit(encode_batch, images, self.fmt, self.quality)
+        future = self._pool.submit(encode_batch, images, self.fmt, self.quality, self.size)
         self._parts.setdefault(unit.shard, []).append((samples, future))
         self._pending.append(future)
         while len(self._pending) > self._max_pending:
@@ -253,7 +260,9 @@ class ShardWriter:
                     )
             raw.flush()
             os.fsync(raw.fileno())
-        record = ShardRecord(tar_path.name, file_sha256(tmp), tmp.stat().st_size, len(index_lines))
+        record = ShardRecord(
+            tar_path.name, file_sha256(tmp), tmp.stat().st_size, len(index_lines), sum(len(d) for _, d, _ in encoded)
+        )
         atomic_write_text(index_path, "\n".join(index_lines) + "\n")
         atomic_write_text(stats_path, json.dumps(record.__dict__, indent=1) + "\n")
         os.replace(tmp, tar_path)

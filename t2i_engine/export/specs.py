@@ -35,7 +35,7 @@ DENOISERS = (  # what denoiser_spec declares
     "Lumina2Transformer2DModel",
     "QwenImageTransformer2DModel",
 )
-VAES = ("AutoencoderKL", "AutoencoderDC", "AutoencoderKLQwenImage")
+VAES = ("AutoencoderKL", "AutoencoderDC", "AutoencoderKLQwenImage", "AutoencoderTiny")
 # Text encoders left in PyTorch, and why: the engine encodes each unique prompt once (the
 # embedding cache), so their share of a run's time is nil, and these two are decoder LLMs
 # (Gemma-2 2B; Qwen2.5-VL 7B, whose text path runs inside a vision-language model) whose export

@@ -81,6 +81,17 @@ def denoiser_inputs(pipe, family: str, height: int, width: int, text: dict | Non
     raise ValueError(f"no denoiser inputs for the {family} family")
 
 
+def decode_flops(vae, latent_hw: tuple[int, int]) -> int:
+    """FLOPs of one image's decode by `vae` (an AutoencoderKL, an AutoencoderTiny, ...) from a
+    latent of latent_hw: what the pipelines' `vae.decode` runs, post-quant convolution included."""
+
+    def latent():
+        shape = (1, vae.config.latent_channels, *latent_hw)
+        return (torch.empty(*shape, device=vae.device, dtype=vae.dtype),), {}
+
+    return count_flops(lambda: vae.decode, latent)
+
+
 def pipeline_flops(
     pipe, family: str, *, steps: int, cfg: bool, height: int, width: int, text: dict | None = None
 ) -> dict:
@@ -88,12 +99,7 @@ def pipeline_flops(
     out: the engine encodes each unique prompt once, so per image it tends to zero."""
     forward = count_flops(lambda: denoiser(pipe), lambda: denoiser_inputs(pipe, family, height, width, text))
     f = pipe.vae_scale_factor
-
-    def latent():
-        shape = (1, pipe.vae.config.latent_channels, height // f, width // f)
-        return (torch.empty(*shape, device=pipe.device, dtype=pipe.vae.dtype),), {}
-
-    decode = count_flops(lambda: pipe.vae.decode, latent)
+    decode = decode_flops(pipe.vae, (height // f, width // f))
     forwards = steps * (2 if cfg else 1)
     return {
         "denoiser_forward": forward,

@@ -11,9 +11,11 @@ loads.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 from ..errors import InputError
 
@@ -141,6 +143,61 @@ MODELS: dict[str, ModelSpec] = {
     ]
 }
 # fmt: on
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """A tiny decoder (diffusers' AutoencoderTiny) of one latent space: `decoder: tiny` decodes
+    with it instead of the model's VAE. Its weights: a hub id, a folder shipped in the package,
+    or (test models) random ones built to the model's VAE."""
+
+    name: str
+    latent_space: str  # ModelSpec.latent_space it decodes
+    latent_channels: int | None  # None: the test model's VAE's (built to match)
+    hub_id: str | None = None
+    bundled: str | None = None  # folder under t2i_engine/assets
+    builder: str | None = None  # "module:function" taking the model's VAE
+    note: str = ""
+
+
+# madebyollin's TAESD family (../shared/FEWSTEP.md), each trained on its VAE's latents; SD 2.x
+# and 1.x share one VAE (and so TAESD), SDXL-Turbo has SDXL's, SD 3.5 SD3's, both FLUXes one.
+# fmt: off
+TINY_DECODERS: dict[str, DecoderSpec] = {
+    d.latent_space: d
+    for d in [
+        DecoderSpec("taesd", "sd-vae", 4, hub_id="madebyollin/taesd", note="SD 1.x and 2.x"),
+        DecoderSpec("taesdxl", "sdxl-vae", 4, hub_id="madebyollin/taesdxl", note="SDXL, SDXL-Turbo"),
+        DecoderSpec("taesd3", "sd3-vae", 16, hub_id="madebyollin/taesd3", note="SD3, SD3.5"),
+        DecoderSpec("taef1", "flux-vae", 16, hub_id="madebyollin/taef1", note="FLUX.1"),
+        DecoderSpec("digits-taesd", "digits-vae", 4, bundled="digits-taesd",
+                    note="the embedded models' and their students' (training/tiny_decoder.py)"),
+    ]
+}
+# fmt: on
+# Test models of the families with a TAESD get a random tiny decoder of their own latent space.
+TEST_DECODER_FAMILIES = ("sd", "sdxl", "sd3", "flux")
+
+
+def tiny_decoder(spec: ModelSpec) -> DecoderSpec | None:
+    """The tiny decoder of the model's latent space (None: it has none)."""
+    if spec.test_model and spec.builder and spec.family in TEST_DECODER_FAMILIES:
+        return DecoderSpec(
+            f"{spec.name}-tiny-decoder", spec.latent_space, None, builder="t2i_engine.models.tiny:build_tiny_decoder"
+        )
+    return TINY_DECODERS.get(spec.latent_space)
+
+
+def vae_latent_channels(spec: ModelSpec) -> int | None:
+    """The latent channels of the model's VAE, from its shipped config (hub models: the
+    architecture config of assets/configs; shipped models: their folder's); None for test models."""
+    assets = Path(__file__).resolve().parents[1] / "assets"
+    folder = spec.bundled and MODELS[spec.shares].bundled if spec.shares else spec.bundled
+    path = assets / folder / "vae" / "config.json" if folder else assets / "configs" / spec.name / "vae.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text(encoding="utf-8"))
+    return config.get("latent_channels", config.get("z_dim"))
 
 
 # The first diffusers release holding each family's pipeline and denoiser classes (release notes:

@@ -565,3 +565,22 @@ def build_tiny_sd2():
 def build_tiny_flux_schnell():
     """`tiny-flux-schnell`: FLUX.1-schnell's wiring: as tiny-flux, without a guidance embedding."""
     return build_tiny_flux(guidance_embeds=False)
+
+
+def build_tiny_decoder(vae):
+    """A random-weight AutoencoderTiny for a test model's VAE: its latent channels, scaling and
+    latent-to-pixel factor (one 2x stage per VAE block after the first), 8 channels wide; what
+    `decoder: tiny` loads for a test model of a family with a TAESD."""
+    from diffusers import AutoencoderTiny
+
+    stages = len(vae.config.block_out_channels)
+    torch.manual_seed(0)
+    return AutoencoderTiny(
+        encoder_block_out_channels=(8,) * stages,
+        decoder_block_out_channels=(8,) * stages,
+        num_encoder_blocks=(1,) * stages,
+        num_decoder_blocks=(1,) * stages,
+        latent_channels=vae.config.latent_channels,
+        scaling_factor=vae.config.scaling_factor,
+        shift_factor=getattr(vae.config, "shift_factor", None) or 0.0,
+    )

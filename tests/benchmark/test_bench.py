@@ -148,9 +148,9 @@ def test_encoding_that_cannot_keep_up_shows_in_the_engines_rate(monkeypatch):
 
     from t2i_engine.engine import writer
 
-    def slow_encode(images, fmt, quality):
+    def slow_encode(images, fmt, quality, size=None):
         time.sleep(1.0)  # per batch of 2: at most 2 images/s, whatever the model does
-        return real_encode(images, fmt, quality)
+        return real_encode(images, fmt, quality, size)
 
     real_encode = writer.encode_batch
     monkeypatch.setattr(writer, "encode_batch", slow_encode)
