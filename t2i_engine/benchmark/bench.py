@@ -395,7 +395,7 @@ def _install_decoder(pipe, spec, recipe, weights: str) -> str:
     if recipe.decoder is None:
         return "vae"
     if weights.startswith("random: ") and "name" in recipe.decoder and tiny_decoder(spec).hub_id:
-        pipe.vae = random_tiny_decoder(recipe.decoder["name"]).to(device=pipe.device, dtype=pipe.dtype)
+        pipe.vae = random_tiny_decoder(recipe.decoder["name"], pipe.dtype).to(pipe.device)
         return f"{recipe.decoder['name']} (random weights: its architecture, from assets/decoder-configs)"
     install_decoder(pipe, spec, recipe.decoder)
     return decoder_label(recipe.decoder)

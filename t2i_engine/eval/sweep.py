@@ -21,7 +21,8 @@ keeps the grid: a rerun with another grid into the same folder is refused.
 
 Per cell: FLOPs per image of the configuration actually run (the denoiser's FLOPs counted call by
 call on one sample, so an interval's skipped forwards, a cache's skipped blocks or a sampler's
-extra calls count as they run, plus the decode), images/s of its generation (model loading excluded),
+extra calls count as they run, plus the decode by the decoder that ran and the resize to output_size:
+per stored image), images/s of its generation (model loading excluded), bytes per stored image,
 synth->real top-1 (mean and sample standard deviation over the training seeds), and coverage,
 recall and Vendi against the real training images (the digits judge's features; digits only).
 The frontier files mark the Pareto front: no other cell is as useful for less (FLOPs) or as
@@ -41,15 +42,16 @@ from pathlib import Path
 
 import torch
 
-from ..benchmark.bench import model_flops
 from ..benchmark.paths import count_denoiser_images
 from ..devices import resolve_device
+from ..engine.encode import resize_flops
 from ..engine.generator import Generator
 from ..engine.plan import plan_samples
 from ..engine.recipe import DEFAULTS, build_recipe, mixture_counts, read_recipe_file
 from ..engine.run import RunOptions, generate
 from ..errors import InputError
 from ..files import atomic_write_text, check_writable
+from ..models.decoders import decoder_label, install_decoder
 from ..models.pipelines import load_pipeline
 from ..models.registry import MODELS, get_model
 from ..training.digits_data import write_real_digits
@@ -173,7 +175,11 @@ def _run_cell(cell, grid, base_dir, folder: Path, real, seeds, config, device, p
     speed_file = folder / "generate.json"
     if not speed_file.exists():
         summary = generate(recipe, data, RunOptions(device=device, progress=False))
-        speed = {"images_per_second": summary["images_per_second"], "wall_seconds": summary["wall_seconds"]}
+        speed = {
+            "images_per_second": summary["images_per_second"],
+            "wall_seconds": summary["wall_seconds"],
+            "bytes_per_image": summary["bytes_per_image"],
+        }
         speed.update(probe(recipe))
         atomic_write_text(speed_file, json.dumps(speed, indent=1) + "\n")
     resolved = {"model": recipe.model, "steps": recipe.steps, "guidance": recipe.guidance}  # the picture's defaults
@@ -198,19 +204,21 @@ def _run_cell(cell, grid, base_dir, folder: Path, real, seeds, config, device, p
 class _Probe:
     """FLOPs per image as run: the denoiser's FLOPs on one sample, counted call by call as they
     run (models.flops.CallFlops: an interval's halved calls, a cache's skipped blocks and a
-    sampler's extra calls count as they cost), plus one decode; and the denoiser's forwards
-    (images it saw) on that sample. One pipeline per model and one decode count per model and
-    size for the whole sweep."""
+    sampler's extra calls count as they cost), plus its decode by the decoder that ran (the VAE
+    or a tiny one), counted likewise, and the resize to output_size; and the denoiser's forwards
+    (images it saw) on that sample. One pipeline per model and decoder for the whole sweep."""
 
     def __init__(self, device: str):
         self.device = resolve_device(device)
         self.pipes: dict = {}
-        self.nominal: dict = {}
 
-    def _pipe(self, name: str):
-        if name not in self.pipes:
-            self.pipes[name] = load_pipeline(get_model(name), None, self.device, torch.float32)
-        return self.pipes[name]
+    def _pipe(self, name: str, decoder: dict | None = None):
+        key = (name, decoder_label(decoder))
+        if key not in self.pipes:
+            spec = get_model(name)
+            self.pipes[key] = load_pipeline(spec, None, self.device, torch.float32)
+            install_decoder(self.pipes[key], spec, decoder)
+        return self.pipes[key]
 
     def __call__(self, recipe) -> dict:
         if recipe.mixture:  # each generator's, weighted by its share of the images
@@ -220,20 +228,19 @@ class _Probe:
             ]
             return {k: sum(w * p[k] for w, p in parts) for k in parts[0][1]}
         spec = get_model(recipe.model)
-        pipe = self._pipe(spec.name)
-        base = self._pipe(recipe.first_steps["model"]) if recipe.first_steps else None
+        pipe = self._pipe(spec.name, recipe.decoder)
+        base = self._pipe(recipe.first_steps["model"], recipe.decoder) if recipe.first_steps else None
         generator = Generator.for_recipe(pipe, recipe, first_base=base)
         generator.count_flops()
         with count_denoiser_images(pipe, *([base] if base is not None else [])) as seen:
             generator.generate(plan_samples(recipe)[:1])
-        key = (spec.name, recipe.resolution)
-        if key not in self.nominal:
-            self.nominal[key] = model_flops(pipe, spec, recipe)
-        denoiser_flops = generator.denoiser_flops_per_image
+        denoiser, decoder = generator.denoiser_flops_per_image, generator.decoder_flops_per_image
+        resize = resize_flops(recipe.resolution, recipe.stored_size)
         return {
             "denoiser_forwards_per_image": seen[0],
-            "denoiser_flops_per_image": denoiser_flops,
-            "flops_per_image": denoiser_flops + self.nominal[key]["vae_decode"],
+            "denoiser_flops_per_image": denoiser,
+            "decoder_flops_per_image": decoder,
+            "flops_per_image": denoiser + decoder + resize,  # per stored image
         }
 
 
@@ -242,6 +249,8 @@ FIELDS = (
     "flops_per_image",
     "denoiser_flops_per_image",
     "denoiser_forwards_per_image",
+    "decoder_flops_per_image",
+    "bytes_per_image",
     "images_per_second",
     "synth_real",
     "synth_real_std",
@@ -346,6 +355,8 @@ def is_default(row: dict) -> bool:
         and row.get("steps", spec.steps) == spec.steps
         and float(row.get("guidance", spec.guidance)) == spec.guidance
         and row.get("preset") in (None, "default")
+        and row.get("decoder") in (None, "vae")
+        and row.get("output_size") in (None, "none")
     )
 
 

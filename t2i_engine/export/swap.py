@@ -43,8 +43,8 @@ class _Swapped:
                 f"{', '.join(sorted(unknown))}; use --backend eager"
             )
         given.update(added)
-        if self.method == "decode":
-            given["latent"] = given.pop("z")
+        if self.method == "decode":  # AutoencoderKL's decode(z, ...), AutoencoderTiny's decode(x, ...)
+            given["latent"] = given.pop("z") if "z" in given else given.pop("x")
         for name, expected in self.spec.notes.get("fixed", {}).items():  # Qwen-Image's img_shapes
             value = given.pop(name, None)
             if value is not None and any(_shapes(v) != [tuple(expected)] for v in value):

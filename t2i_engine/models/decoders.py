@@ -74,12 +74,12 @@ def architecture_config(name: str) -> dict:
     return json.loads((ASSETS / "decoder-configs" / f"{name}.json").read_text(encoding="utf-8"))
 
 
-def random_tiny_decoder(name: str):
+def random_tiny_decoder(name: str, dtype: torch.dtype = torch.float32):
     """Registry tiny decoder `name`'s architecture with random weights: its FLOPs, not its images."""
     from diffusers import AutoencoderTiny  # heavy: diffusers
 
     with _quiet():
-        return AutoencoderTiny.from_config(architecture_config(name))
+        return AutoencoderTiny.from_config(architecture_config(name)).to(dtype)
 
 
 @contextmanager

@@ -152,6 +152,7 @@ def test_the_tiny_decoder_exports_to_onnx_and_matches_pytorch(tmp_path):
     from t2i_engine.export.onnx_export import export_onnx
     from t2i_engine.export.onnx_runtime import OnnxRunner
     from t2i_engine.export.specs import Profile, vae_decoder_spec
+    from t2i_engine.export.swap import restore, swap
 
     pipe = load_run_pipeline(get_model("tiny-sd"), None, CPU, torch.float32, decoder={"name": "tiny-sd-tiny-decoder"})
     spec = vae_decoder_spec(pipe, Profile((1, 2, 4), 32, 32))
@@ -160,4 +161,25 @@ def test_the_tiny_decoder_exports_to_onnx_and_matches_pytorch(tmp_path):
     inputs = spec.sample_inputs(3, seed=3)
     with torch.no_grad():
         expected = spec.module(*inputs)
-    assert (runner(*inputs) - expected).abs().max().item() <= 1e-4
+        assert (runner(*inputs) - expected).abs().max().item() <= 1e-4
+        swap(pipe, spec, runner)  # as --backend onnx runs it: the pipeline calls vae.decode(x) as before
+        swapped = pipe.vae.decode(inputs[0], return_dict=False)[0]
+        restore(pipe)
+        assert (swapped - expected).abs().max().item() <= 1e-4
+
+
+def test_compile_takes_the_tiny_decoder_as_one_graph():
+    """--compile compiles whatever decodes: the tiny decoder's decode traces whole (fullgraph) and
+    computes what it computed eagerly (torch.compile's eager backend; inductor is the heavy tests')."""
+    from t2i_engine.export import tuning
+
+    pipe = load_run_pipeline(get_model("tiny-sd"), None, CPU, torch.float32, decoder={"name": "tiny-sd-tiny-decoder"})
+    x = torch.randn(2, 4, 4, 4)
+    with torch.no_grad():
+        reference = pipe.vae.decode(x).sample
+        before = tuning.compiled_graphs()
+        tuning.compile_pipeline(pipe, "default", backend="eager")
+        out = pipe.vae.decode(x).sample
+        assert tuning.compiled_graphs() - before == 1
+    tuning.remove_tuning(pipe)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
