@@ -20,7 +20,7 @@ from pathlib import Path
 from . import __version__
 from .engine.manifest import MANIFEST
 from .engine.preview import PREVIEW, dataset_rows, write_sheet
-from .engine.recipe import load_recipe
+from .engine.recipe import build_recipe, load_recipe
 from .engine.verify import load_dataset_recipe, repair, verify_dataset
 from .errors import SPACE_ERRNOS, InputError, OutOfSpace
 from .eval.report import write_report
@@ -468,6 +468,12 @@ def _add_build_parser(sub) -> None:
         type=str,
         metavar="DIR",
         help="a local diffusers folder (default: the hub cache, or random weights for test models)",
+    )
+    bu.add_argument(
+        "--decoder",
+        type=str,
+        metavar="vae|tiny|PATH",
+        help="the decoder to export as vae_decoder, as generate's --decoder (default: vae)",
     )
     bu.add_argument(
         "--cache-dir",
@@ -1292,6 +1298,7 @@ def _build(args) -> int:
         raise InputError("--components", args.components, f"expected a comma-separated list of {', '.join(kinds)}")
     if args.cache_dir:
         check_writable(args.cache_dir, "--cache-dir")
+    decoder = build_recipe({"model": spec.name, "decoder": args.decoder}, base_dir=Path.cwd()).decoder
     opts = BuildOptions(
         model=spec.name,
         backend=args.backend,
@@ -1302,6 +1309,7 @@ def _build(args) -> int:
         exporter=args.exporter,
         components=components,
         cache_dir=str(args.cache_dir) if args.cache_dir else None,
+        decoder=decoder,
     )
     results = build_artifacts(opts, log_line=lambda line: print(line, file=sys.stderr))
     if args.json:

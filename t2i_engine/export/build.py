@@ -25,6 +25,7 @@ import torch
 from ..devices import device_arch, resolve_device
 from ..errors import InputError
 from ..models.architectures import text_length
+from ..models.decoders import install_decoder
 from ..models.pipelines import denoiser, obtain_pipeline
 from ..models.registry import get_model
 from .cache import ArtifactCache, artifact_key, library_versions, weights_hash
@@ -53,6 +54,7 @@ class BuildOptions:
     exporter: str = "dynamo"
     components: tuple[str, ...] = ("denoiser", "vae_decoder", "text_encoder")
     cache_dir: str | None = None
+    decoder: dict | None = None  # a recipe's `decoder` (models/decoders.py): what vae_decoder exports
 
 
 def resolve_precision(opts: BuildOptions, spec, device: torch.device) -> str:
@@ -117,6 +119,7 @@ def load_for_build(opts: BuildOptions):
     )
     if device.type != "cuda" and precision != "fp32":
         pipe = pipe.to(dtype=_torch_dtype(precision))
+    install_decoder(pipe, spec, opts.decoder)
     return spec, pipe, device, replace(opts, precision=precision)
 
 

@@ -4,6 +4,8 @@ decoder that ran, exports it to ONNX; bad decoders are refused before anything l
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -183,3 +185,29 @@ def test_compile_takes_the_tiny_decoder_as_one_graph():
         assert tuning.compiled_graphs() - before == 1
     tuning.remove_tuning(pipe)
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_build_exports_the_tiny_decoder_that_generate_then_finds(cli, tmp_path, monkeypatch):
+    """`build --decoder tiny` exports the tiny decoder as the model's vae_decoder, under the key a
+    run with `--decoder tiny --backend onnx` looks up (the key hashes the decoder's weights)."""
+    from t2i_engine.engine.run import RunOptions, generate
+
+    monkeypatch.setenv("T2I_ENGINE_CACHE", str(tmp_path / "cache"))
+    args = [
+        "build",
+        "digits",
+        "--backend",
+        "onnx",
+        "--components",
+        "denoiser,vae_decoder",
+        "--exporter",
+        "torchscript",
+    ]
+    code, _, err = cli(*args, "--decoder", "tiny", "--device", "cpu")
+    assert code == 0, err
+    built = sorted((tmp_path / "cache").iterdir())
+    classes = {json.loads((p / "meta.json").read_text())["class"] for p in built}
+    assert classes == {"AutoencoderTiny", "UNet2DConditionModel"}
+    recipe = build_recipe({"model": "digits", "steps": 1, "images_per_class": 1, "decoder": "tiny"})
+    generate(recipe, tmp_path / "out", RunOptions(device="cpu", progress=False, backend="onnx"))
+    assert sorted((tmp_path / "cache").iterdir()) == built  # both found, nothing built anew
