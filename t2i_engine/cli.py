@@ -24,9 +24,19 @@ from .engine.recipe import build_recipe, load_recipe
 from .engine.verify import load_dataset_recipe, repair, verify_dataset
 from .errors import SPACE_ERRNOS, InputError, OutOfSpace
 from .eval.report import write_report
-from .files import atomic_write_text, check_writable
+from .files import atomic_write_text, check_local, check_writable
 from .models.registry import ADAPTERS, MODELS, TINY_DECODERS, get_model
 from .training.sources import open_set, sheet_rows
+
+
+def local_path(value: str) -> Path:
+    """argparse's type for path arguments: a URL (s3://...) is refused (exit 2), not taken for a
+    local folder named "s3:" (files.check_local)."""
+    try:
+        return check_local(value, "path")
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("path: ")) from None
+
 
 # generate flag -> recipe key; every recipe key has a flag.
 RECIPE_FLAGS = {
@@ -128,16 +138,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_generate_parser(sub)
 
     ver = sub.add_parser("verify", help="check every shard of a dataset against its plan")
-    ver.add_argument("dir", type=Path, metavar="DIR", help="dataset folder")
+    ver.add_argument("dir", type=local_path, metavar="DIR", help="dataset folder")
     ver.add_argument("--repair", action="store_true", help="move bad shards to _rejected/ so `generate` remakes them")
 
     fin = sub.add_parser("finalize", help="complete the manifest of a folder whose parts have all finished")
-    fin.add_argument("dir", type=Path, metavar="DIR", help="dataset folder")
+    fin.add_argument("dir", type=local_path, metavar="DIR", help="dataset folder")
 
     pv = sub.add_parser("preview", help="a contact sheet of a dataset folder or an ImageFolder tree: a row per class")
     pv.add_argument(
         "dir",
-        type=Path,
+        type=local_path,
         metavar="DIR",
         help="dataset folder (finished or not) or ImageFolder tree ROOT/<class id>/<image>",
     )
@@ -151,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="which images: the same seed, the same sheet; another, others (default: %(default)s)",
     )
-    pv.add_argument("--out", type=Path, metavar="FILE", help="JPEG to write (default: DIR/preview.jpg)")
+    pv.add_argument("--out", type=local_path, metavar="FILE", help="JPEG to write (default: DIR/preview.jpg)")
 
     mod = sub.add_parser("models", help="list the registry's models")
     mod.add_argument("--all", action="store_true", help="include test models")
@@ -417,7 +427,7 @@ def _add_generate_parser(sub) -> None:
     out = gen.add_argument_group("output")
     out.add_argument(
         "--out",
-        type=Path,
+        type=local_path,
         required=True,
         metavar="DIR",
         help="output folder: new, empty, or a dataset of the same recipe to resume (required)",
@@ -477,7 +487,7 @@ def _add_build_parser(sub) -> None:
     )
     bu.add_argument(
         "--cache-dir",
-        type=Path,
+        type=local_path,
         metavar="DIR",
         help="artifact cache folder (default: $T2I_ENGINE_CACHE or ~/.cache/t2i-engine/artifacts)",
     )
@@ -643,7 +653,9 @@ def _add_bench_parser(sub) -> None:
         help="the stored size, as generate's: its resize counts in the FLOPs and bytes per image "
         "(default: as generated)",
     )
-    be.add_argument("--out", type=Path, metavar="FILE", help="write the results JSON here, atomically (default: none)")
+    be.add_argument(
+        "--out", type=local_path, metavar="FILE", help="write the results JSON here, atomically (default: none)"
+    )
     be.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
 
 
@@ -651,13 +663,13 @@ def _add_train_eval_parsers(sub) -> None:
     tr = sub.add_parser("train", help="train a classifier on a dataset folder or an ImageFolder tree (resumable)")
     tr.add_argument(
         "data",
-        type=Path,
+        type=local_path,
         metavar="DATA",
         help="dataset folder from `generate`, or an ImageFolder tree ROOT/<class id>/<image>",
     )
     tr.add_argument(
         "--out",
-        type=Path,
+        type=local_path,
         required=True,
         metavar="DIR",
         help="run folder: new or empty; an unfinished run with --resume (required)",
@@ -709,15 +721,15 @@ def _add_train_eval_parsers(sub) -> None:
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ev = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of a run on a labelled set")
-    ev.add_argument("run", type=Path, metavar="RUN", help="a finished run folder")
+    ev.add_argument("run", type=local_path, metavar="RUN", help="a finished run folder")
     ev.add_argument(
         "--data",
-        type=Path,
+        type=local_path,
         required=True,
         metavar="DIR",
         help="dataset folder or ImageFolder tree with the run's class ids (required)",
     )
-    ev.add_argument("--out", type=Path, metavar="FILE", help="JSON file (default: RUN/evals/<data>.json)")
+    ev.add_argument("--out", type=local_path, metavar="FILE", help="JSON file (default: RUN/evals/<data>.json)")
     ev.add_argument(
         "--device",
         type=str,
@@ -735,11 +747,13 @@ def _add_train_eval_parsers(sub) -> None:
     an = sub.add_parser(
         "analyze", help="PRDC, Vendi, diversity, FID/KID and CLIP alignment of a synthetic set against real images"
     )
-    an.add_argument("data", type=Path, metavar="DATA", help="the synthetic set (dataset folder or ImageFolder tree)")
     an.add_argument(
-        "--real", type=Path, required=True, metavar="DIR", help="real images of the same class ids (required)"
+        "data", type=local_path, metavar="DATA", help="the synthetic set (dataset folder or ImageFolder tree)"
     )
-    an.add_argument("--out", type=Path, required=True, metavar="FILE", help="JSON file to write (required)")
+    an.add_argument(
+        "--real", type=local_path, required=True, metavar="DIR", help="real images of the same class ids (required)"
+    )
+    an.add_argument("--out", type=local_path, required=True, metavar="FILE", help="JSON file to write (required)")
     an.add_argument(
         "--features",
         type=str,
@@ -778,8 +792,10 @@ def _add_train_eval_parsers(sub) -> None:
 
     pr = sub.add_parser("probe", help="write a probed copy of a set: fft-low, fft-high, or a VAE round trip")
     pr.add_argument("kind", choices=PROBES, help="the probe")
-    pr.add_argument("data", type=Path, metavar="DATA", help="dataset folder or ImageFolder tree")
-    pr.add_argument("--out", type=Path, required=True, metavar="DIR", help="new ImageFolder tree to write (required)")
+    pr.add_argument("data", type=local_path, metavar="DATA", help="dataset folder or ImageFolder tree")
+    pr.add_argument(
+        "--out", type=local_path, required=True, metavar="DIR", help="new ImageFolder tree to write (required)"
+    )
     pr.add_argument(
         "--cutoff", type=_float, default=0.1, metavar="F", help="FFT cutoff in cycles per pixel (default: %(default)s)"
     )
@@ -797,17 +813,23 @@ def _add_train_eval_parsers(sub) -> None:
     )
 
     rp = sub.add_parser("report", help="the paper-style table (md/csv/json) and plots from runs and analyses")
-    rp.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="run folders, eval JSONs, analysis JSONs")
-    rp.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the table and PNGs (required)")
+    rp.add_argument(
+        "inputs", nargs="+", type=local_path, metavar="INPUT", help="run folders, eval JSONs, analysis JSONs"
+    )
+    rp.add_argument(
+        "--out", type=local_path, required=True, metavar="DIR", help="folder for the table and PNGs (required)"
+    )
 
     sw = sub.add_parser(
         "sweep",
         help="a grid of recipes, each generated, trained on, tested on real images: the frontier of FLOPs "
         "and images/s against synth->real",
     )
-    sw.add_argument("grid", type=Path, metavar="GRID", help="the grid: base recipe, axes, train_seeds, preset, real")
     sw.add_argument(
-        "--out", type=Path, required=True, metavar="DIR", help="work folder; an existing one resumes (required)"
+        "grid", type=local_path, metavar="GRID", help="the grid: base recipe, axes, train_seeds, preset, real"
+    )
+    sw.add_argument(
+        "--out", type=local_path, required=True, metavar="DIR", help="work folder; an existing one resumes (required)"
     )
     sw.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
 
@@ -816,7 +838,7 @@ def _add_train_eval_parsers(sub) -> None:
     )
     de.add_argument(
         "--out",
-        type=Path,
+        type=local_path,
         default=Path("out/demo"),
         metavar="DIR",
         help="work folder; an existing one resumes (default: %(default)s)",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -55,12 +56,29 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# A URL's scheme (s3://, gs://, memory://): pathlib would take it for a local folder named "s3:"
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def check_local(value: str | Path, field: str) -> Path:
+    """`value` as a local (or mounted network) path; a URL is refused, naming `field`: object
+    storage is not written to yet, and Path("s3://b/x") would quietly become the local "s3:/b/x"."""
+    if URL.match(str(value)):
+        raise InputError(
+            field,
+            str(value),
+            f"expected a local or mounted folder: {str(value).split('://')[0]}:// URLs are not read or written yet; "
+            "write to a local folder and copy it to the store (aws s3 sync, gcloud storage rsync)",
+        )
+    return Path(value)
+
+
 def check_writable(path: Path, field: str, kind: str = "folder") -> None:
     """Refuse, naming `field`, an output `path` (a folder, or a file with kind="file") that cannot
     be created or written, before any work starts. The nearest existing folder is tried by making
     (and removing) a file in it: permission bits say nothing to root, and /proc, read-only mounts
     or a full quota refuse only when tried."""
-    path = Path(path)
+    path = check_local(path, field)
     if path.is_symlink() and not path.exists():
         raise InputError(field, str(path), f"expected a {kind}; this is a link to nothing")
     if kind == "folder" and path.exists() and not path.is_dir():

@@ -351,3 +351,32 @@ def test_sigterm_stops_a_run_within_seconds_with_only_committed_shards_and_exit_
     for rest in (["--part", "0/2"], ["--part", "1/2"]) if scale_out[:1] == ["--part"] else ([],):
         assert cli(*args, *rest)[0] == 0  # the rerun (in this one process) completes it
     assert json.loads((out / "dataset.json").read_text())["complete"] and verify_dataset(out) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["generate", "--out", "s3://bucket/ds", "--images-per-class", "1"],
+        ["verify", "gs://bucket/ds"],
+        ["preview", "memory://ds"],
+        ["sweep", "grid.yaml", "--out", "s3://bucket/sweep"],
+    ],
+)
+def test_an_object_store_url_is_refused_not_taken_for_a_local_folder(cli, tmp_path, monkeypatch, args):
+    """Until datasets are written to object storage (issue 34), a URL exits 2 naming it, before
+    any work; pathlib alone would have made a local folder named "s3:" and exited 0."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(*args)
+    assert code == 2 and "://" in err and "not read or written yet" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_python_api_refuses_an_object_store_url_too(tmp_path, monkeypatch):
+    from t2i_engine.engine.recipe import build_recipe
+    from t2i_engine.engine.run import RunOptions, generate
+    from t2i_engine.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="out: 's3://bucket/ds'"):
+        generate(build_recipe({"images_per_class": 1}), "s3://bucket/ds", RunOptions(device="cpu", progress=False))
+    assert list(tmp_path.iterdir()) == []

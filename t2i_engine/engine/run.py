@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..devices import resolve_device
 from ..errors import InputError, OutOfSpace
 from ..export.tuning import Tuning
-from ..files import check_writable
+from ..files import check_local, check_writable
 from ..models.decoders import decoder_label
 from ..models.lora_fuse import check_adapters
 from ..models.registry import get_model
@@ -108,7 +108,7 @@ def parse_part(text: str, env: dict | None = None) -> tuple[int, int]:
 
 def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) -> dict:
     t_start = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir = check_local(out_dir, "out")
     check_writable(out_dir, "out")
     spec = get_model(recipe.model)
     ray_started = False
