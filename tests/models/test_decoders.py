@@ -211,3 +211,14 @@ def test_build_exports_the_tiny_decoder_that_generate_then_finds(cli, tmp_path, 
     recipe = build_recipe({"model": "digits", "steps": 1, "images_per_class": 1, "decoder": "tiny"})
     generate(recipe, tmp_path / "out", RunOptions(device="cpu", progress=False, backend="onnx"))
     assert sorted((tmp_path / "cache").iterdir()) == built  # both found, nothing built anew
+
+
+def test_a_published_tiny_decoder_missing_here_is_refused_with_the_command_that_fetches_it(tmp_path, monkeypatch):
+    from t2i_engine.errors import ModelUnavailable
+    from t2i_engine.models.decoders import load_tiny_decoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty hub cache
+    with pytest.raises(ModelUnavailable, match="decoder") as e:
+        load_tiny_decoder(get_model("sdxl"), {"name": "taesdxl"}, None, CPU, torch.float32)
+    assert "hf download madebyollin/taesdxl" in str(e.value)
