@@ -84,8 +84,8 @@ def sample_meta(recipe: Recipe) -> dict:
     }
     if recipe.output_size is not None:  # stored at another size; without, samples keep earlier versions' bytes
         meta.update(stored_size=list(recipe.output_size), resize_filter=RESIZE_FILTER)
-    if recipe.decoder is not None:
-        meta["decoder"] = dict(recipe.decoder)
+    if recipe.decoder is not None:  # a registry tiny decoder's name, or a folder's weights (not its path)
+        meta["decoder"] = recipe.decoder.get("name") or f"AutoencoderTiny sha256:{recipe.decoder['sha256']}"
     if recipe.refiner:
         meta.update(refiner=recipe.refiner, high_noise_fraction=recipe.high_noise_fraction)
     if recipe.sampler != "default":

@@ -222,3 +222,13 @@ def test_a_published_tiny_decoder_missing_here_is_refused_with_the_command_that_
     with pytest.raises(ModelUnavailable, match="decoder") as e:
         load_tiny_decoder(get_model("sdxl"), {"name": "taesdxl"}, None, CPU, torch.float32)
     assert "hf download madebyollin/taesdxl" in str(e.value)
+
+
+def test_each_sample_names_its_decoder_and_never_a_folder(saved_decoders):
+    from t2i_engine.engine.writer import sample_meta
+
+    assert "decoder" not in sample_meta(build_recipe({"model": "digits"}))
+    assert sample_meta(build_recipe({"model": "digits", "decoder": "tiny"}))["decoder"] == "digits-taesd"
+    folder = build_recipe({"model": "digits", "decoder": str(saved_decoders / "c4")})
+    named = sample_meta(folder)["decoder"]
+    assert named == f"AutoencoderTiny sha256:{folder.decoder['sha256']}" and str(saved_decoders) not in named
