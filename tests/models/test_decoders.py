@@ -232,3 +232,14 @@ def test_each_sample_names_its_decoder_and_never_a_folder(saved_decoders):
     folder = build_recipe({"model": "digits", "decoder": str(saved_decoders / "c4")})
     named = sample_meta(folder)["decoder"]
     assert named == f"AutoencoderTiny sha256:{folder.decoder['sha256']}" and str(saved_decoders) not in named
+
+
+def test_resuming_with_another_decoder_is_refused_and_keeps_the_dataset(tmp_path):
+    from t2i_engine.engine.run import RunOptions, generate
+
+    raw = {"model": "digits", "steps": 1, "images_per_class": 1}
+    generate(build_recipe(raw), tmp_path / "d", RunOptions(device="cpu", progress=False, encode_workers=0))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()}
+    with pytest.raises(InputError, match="decoder"):
+        generate(build_recipe({**raw, "decoder": "tiny"}), tmp_path / "d", RunOptions(device="cpu", progress=False))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == before
