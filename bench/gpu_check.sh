@@ -20,7 +20,10 @@
 #       attention.jsonl (bench/attention.py), attention-auto.json (its winners, written into the
 #       engine's own table for this card and copied out: the table `--attention auto` reads), and
 #       bench-sd15-auto.json (SD1.5 at 32 images a batch, the shapes bench/attention.py timed: eager
-#       bf16 against `--attention auto` routed by that table, in one run)
+#       bf16 against `--attention auto` routed by that table, in one run); first of them (issue
+#       33) bench-sd15-4steps-vae.json and -tiny.json: SD1.5 at 4 steps without CFG, batch 16,
+#       decoded by the VAE and by TAESD's architecture (random weights, as the model's), stored
+#       at 64 px, diffusers beside each with the same decoder: the decode's share of the time
 #
 # Prepare on the workstation (the GPU machine has no package index and lacks these):
 #   ../shared/gpu/wheels.sh webdataset==1.0.2 braceexpand==0.1.7 torchmetrics==1.9.0 \
@@ -35,8 +38,8 @@ STEPS=${2:-main}
 case $STEPS in
   main) STEPS=env,sd15,digits,ceilings ;;
   families) STEPS=flux,sdxl ;;
-  extra) STEPS=gputests,attention,autorung ;;
-  dry) STEPS=env,ceilings,sd15,digits,flux,sdxl,attention,autorung; DRY=1 ;;
+  extra) STEPS=decoders,gputests,attention,autorung ;;
+  dry) STEPS=env,ceilings,sd15,digits,flux,sdxl,decoders,attention,autorung; DRY=1 ;;
 esac
 DRY=${DRY:-0}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
@@ -93,6 +96,8 @@ if [ "$DRY" = 1 ]; then  # tiny models on the CPU: every stage's code runs, noth
   want attention && run 200 "$OUT/attention.log" $PY bench/conv.py --dry-run --models sd15 --out "$OUT/conv.jsonl"
   want attention && run 200 "$OUT/attention.log" $PY bench/attention.py --dry-run --models sd15,flux-schnell \
     --out "$OUT/attention.jsonl" --table "$OUT/attention-auto.json"
+  want decoders && run 200 "$OUT/bench.log" $T2I bench tiny-sd --steps 2 --guidance 0 --batch 2 --baseline diffusers \
+    --baseline-batch 2 --warmup 0 --reps 1 --decoder tiny --output-size 16 --out "$OUT/bench-sd15-4steps-tiny.json"
   want autorung && run 200 "$OUT/bench.log" $T2I bench tiny-sd --steps 2 --batch 2 --baseline none --warmup 1 \
     --reps 1 --ladder base,auto --out "$OUT/bench-sd15-auto.json"
   step "dry run done; files in $OUT:"; ls -la "$OUT"; exit 0
@@ -126,6 +131,12 @@ want sdxl && run 110 "$OUT/bench.log" $T2I bench sdxl --steps 10 --guidance 5.0 
   --out "$OUT/bench-sdxl.json"
 
 want ceilings && run 30 "$OUT/bench.log" $PY bench/ceilings.py --out "$OUT/ceilings.json"
+# Issue 33: what the decode costs in time at a few steps (FLOPs: 44% of a 4-step SD1.5 image with the
+# VAE, 4% with TAESD), each path with the same decoder, the images stored at 64 px.
+for dec in vae tiny; do
+  want decoders && run 100 "$OUT/bench.log" $T2I bench sd15 --steps 4 --guidance 0 --batch 16 --baseline diffusers \
+    --baseline-batch 16 --warmup 1 --reps 3 --decoder $dec --output-size 64 --out "$OUT/bench-sd15-4steps-$dec.json"
+done
 want gputests && run 120 "$OUT/checks.log" $PY -m pytest -q -rsP tests/export/test_tuning.py tests/kernels/test_conv.py \
   tests/kernels/test_auto.py
 want attention && run 90 "$OUT/attention.log" $PY bench/conv.py --models sd15 --budget-s 75 --out "$OUT/conv.jsonl"
