@@ -1,10 +1,10 @@
 """The package's imports point one way, read from its source (module level and inside functions):
 
-    basics (errors, files, seeds, devices) < models < kernels, export < engine
+    basics (errors, files, seeds, devices) < models, dataset < kernels, export < engine
         < training, benchmark < eval < demo < cli
 
-A layer imports only the layers below it and itself (kernels and export know nothing of each
-other), no modules import each other in a circle, and an import of the package's own modules is
+A layer imports only the layers below it and itself (models and dataset, kernels and export
+know nothing of each other), no modules import each other in a circle, and an import of the package's own modules is
 deferred into a function only where its line (or the comment line above it) names the heavy or
 optional package it keeps from loading: `# heavy: torch` or `# optional: ray`."""
 
@@ -18,6 +18,7 @@ BASICS = {"errors", "files", "seeds", "devices"}
 RANK = {
     "basics": 0,
     "models": 1,
+    "dataset": 1,
     "kernels": 2,
     "export": 2,
     "engine": 3,

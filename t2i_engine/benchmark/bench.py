@@ -26,9 +26,9 @@ from datetime import datetime, timezone
 
 import torch
 
+from ..dataset.encode import encode_batch, resize_flops
 from ..devices import resolve_device
 from ..engine.adapters import SUPPORTED_FAMILIES
-from ..engine.encode import encode_batch, resize_flops
 from ..engine.plan import plan_units
 from ..engine.recipe import build_recipe
 from ..engine.runtime import (

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.encode import encode_image
+from ..dataset.encode import encode_image
 from ..engine.generator import Generator
 from ..engine.plan import Sample, WorkUnit
 from ..engine.recipe import Recipe

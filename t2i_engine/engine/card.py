@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from ..dataset.encode import RESIZE_FILTER
 from ..files import atomic_write_text
-from .encode import RESIZE_FILTER
 from .recipe import Recipe
 from .writer import sample_meta
 

@@ -48,7 +48,7 @@ optional; missing keys take the defaults below, and the model's defaults fill `s
                                     # student) the rest, on the student's grid; one family and latent
                                     # space (SD 1.x/2.x, SDXL, SD3; engine/first_steps.py; default: none)
     output_size: 64                 # or [height, width]: images stored at this size, resized from the
-                                    # generated one with an antialiasing filter (Lanczos; engine/encode.py)
+                                    # generated one with an antialiasing filter (Lanczos; dataset/encode.py)
                                     # before encoding; at most the generated size, its aspect ratio kept
                                     # (default: none, stored as generated)
     decoder: tiny                   # or vae (the default), or PATH (a local AutoencoderTiny folder): the
@@ -72,6 +72,7 @@ from pathlib import Path
 
 import yaml
 
+from ..dataset.encode import RESIZE_FILTER
 from ..errors import InputError, check_text
 from ..files import file_sha256
 from ..models.lora import LORA_FAMILIES, Adapter, hub_adapter_file, read_adapter
@@ -86,7 +87,6 @@ from ..models.registry import (
 )
 from .classes import ClassEntry, load_classes
 from .diversity import check_apg, check_cads, check_guidance_list, check_schedule
-from .encode import RESIZE_FILTER
 from .prompts import PromptSpec, load_prompt_spec
 from .sampling import (
     BATCH_DEPENDENT_CACHES,

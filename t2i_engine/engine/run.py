@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..dataset.encode import resize_flops
 from ..devices import resolve_device
 from ..errors import InputError, OutOfSpace
 from ..export.tuning import Tuning
@@ -33,7 +34,6 @@ from ..models.lora_fuse import check_adapters
 from ..models.registry import get_model
 from . import manifest as mf
 from . import ray_runner
-from .encode import resize_flops
 from .plan import WorkUnit, plan_units
 from .recipe import Recipe, check_new_seed
 from .refiner import check_refiner

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dataset.encode import RESIZE_FILTER, encode_batch
 from ..errors import SPACE_ERRNOS, OutOfSpace
 from ..files import TMP_SUFFIX, atomic_write_text, file_sha256, fsync_dir
 from .diversity import sample_guidance
-from .encode import RESIZE_FILTER, encode_batch
 from .plan import Sample, WorkUnit
 from .recipe import Recipe
 

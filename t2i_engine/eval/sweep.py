@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 
 from ..benchmark.paths import count_denoiser_images
+from ..dataset.encode import resize_flops
 from ..devices import resolve_device
-from ..engine.encode import resize_flops
 from ..engine.generator import Generator
 from ..engine.plan import plan_samples
 from ..engine.recipe import DEFAULTS, build_recipe, mixture_counts, read_recipe_file

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2i_engine.engine.encode import RESIZE_FILTER, resize, resize_flops
+from t2i_engine.dataset.encode import RESIZE_FILTER, resize, resize_flops
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.run import RunOptions, generate
 from t2i_engine.errors import InputError
