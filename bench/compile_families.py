@@ -66,8 +66,8 @@ def fullgraph_status(model: str) -> dict:
 
     handle = module.register_forward_pre_hook(grab, with_kwargs=True)
     try:
+        from t2i_engine.dataset.records import Sample
         from t2i_engine.engine.generator import Generator
-        from t2i_engine.engine.plan import Sample
 
         spec = MODELS[model]
         gen = Generator(pipe, steps=2, guidance=spec.guidance, height=32, width=32, family=spec.family)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from ..dataset.encode import encode_image
+from ..dataset.records import Sample, WorkUnit
 from ..engine.generator import Generator
-from ..engine.plan import Sample, WorkUnit
 from ..engine.recipe import Recipe
 from ..engine.units import default_encode_workers, shard_writer
 from ..export.tuning import compiled_graphs

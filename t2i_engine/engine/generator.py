@@ -29,6 +29,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 import numpy as np
 import torch
 
+from ..dataset.records import Sample
 from ..errors import InputError
 from ..models.architectures import text_length
 from ..models.decoders import decode_modules
@@ -41,7 +42,6 @@ from .diversity import sample_guidance
 from .feature_cache import feature_cache
 from .first_steps import first_steps
 from .guidance import CADS, GuidanceInterval, GuidanceRewrite, set_sampler, wrapped_step
-from .plan import Sample
 
 REFINER = "refiner."  # the key prefix of a refiner's prompt inputs in the embedding cache
 FIRST = "first."  # and of the first-steps base model's (first_steps.py)

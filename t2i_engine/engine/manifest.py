@@ -19,12 +19,12 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
+from ..dataset.records import ShardRecord
 from ..errors import InputError
 from ..files import TMP_SUFFIX, atomic_write_text
 from .card import CARD, write_card
 from .preview import PREVIEW, dataset_rows, write_sheet
 from .recipe import Recipe
-from .writer import ShardRecord
 
 MANIFEST = "dataset.json"
 INFO = "_info.json"

@@ -11,37 +11,9 @@ first manifest format used 64 bits; `seed_bits` reproduces their plans).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from ..dataset.records import Sample, WorkUnit
 from ..seeds import SEED_BITS, sample_seed
 from .recipe import Recipe, mixture_counts
-
-
-@dataclass(frozen=True)
-class Sample:
-    index: int
-    key: str
-    class_index: int
-    class_id: str
-    class_name: str
-    prompt: str
-    seed: int
-    model: str = ""  # its generator, in a mixture (recipe.models); "" otherwise
-
-
-@dataclass(frozen=True)
-class WorkUnit:
-    shard: int
-    samples: tuple[Sample, ...]
-    model: str = ""  # a mixture's units each hold one generator's samples
-
-    @property
-    def name(self) -> str:
-        return shard_name(self.shard)
-
-
-def shard_name(shard: int) -> str:
-    return f"{shard:06d}"
 
 
 def plan_samples(recipe: Recipe, seed_bits: int = SEED_BITS) -> list[Sample]:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..dataset.records import shard_name
 from ..files import atomic_write_bytes
 from ..seeds import stable_hash
-from .plan import shard_name
 from .recipe import Recipe
 from .writer import is_committed, shard_paths
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..dataset.records import WorkUnit
 from ..errors import InputError, OutOfSpace
-from .plan import WorkUnit
 from .runtime import ModelOptions
 from .units import UnitRunner
 from .writer import is_committed

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..dataset.encode import resize_flops
+from ..dataset.records import WorkUnit
 from ..devices import resolve_device
 from ..errors import InputError, OutOfSpace
 from ..export.tuning import Tuning
@@ -34,7 +35,7 @@ from ..models.lora_fuse import check_adapters
 from ..models.registry import get_model
 from . import manifest as mf
 from . import ray_runner
-from .plan import WorkUnit, plan_units
+from .plan import plan_units
 from .recipe import Recipe, check_new_seed
 from .refiner import check_refiner
 from .runtime import (

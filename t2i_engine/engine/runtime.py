@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..dataset.records import Sample
 from ..errors import InputError
 from ..export.build import apply_backend, build, check_backend
 from ..export.specs import Profile
@@ -29,7 +30,6 @@ from ..models.registry import ModelSpec, get_model
 from .adapters import SUPPORTED_FAMILIES
 from .first_steps import check_first_steps_pair
 from .generator import Generator
-from .plan import Sample
 from .refiner import load_refiner
 
 # sdpa: PyTorch picks its backend per call; cudnn, flash, efficient: PyTorch's SDPA pinned to

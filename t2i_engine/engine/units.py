@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from ..dataset.records import WorkUnit
 from ..devices import resolve_device
 from .generator import Generator
-from .plan import WorkUnit
 from .recipe import Recipe
 from .runtime import ModelOptions, load_generator
 from .writer import ShardWriter, sample_meta

@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..dataset.records import WorkUnit
 from ..errors import InputError
 from ..files import file_sha256
 from . import manifest as mf
-from .plan import WorkUnit, plan_units
+from .plan import plan_units
 from .recipe import Recipe
 from .writer import shard_paths
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+from ..dataset.records import WorkUnit
 from ..errors import InputError, OutOfSpace
-from .plan import WorkUnit
 from .runtime import ModelOptions
 from .units import UnitRunner
 from .writer import is_committed

@@ -30,27 +30,17 @@ import tarfile
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 from ..dataset.encode import RESIZE_FILTER, encode_batch
+from ..dataset.records import Sample, ShardRecord, WorkUnit
 from ..errors import SPACE_ERRNOS, OutOfSpace
 from ..files import TMP_SUFFIX, atomic_write_text, file_sha256, fsync_dir
 from .diversity import sample_guidance
-from .plan import Sample, WorkUnit
 from .recipe import Recipe
-
-
-@dataclass(frozen=True)
-class ShardRecord:
-    name: str  # file name, "NNNNNN.tar"
-    sha256: str
-    bytes: int
-    count: int
-    image_bytes: int | None = None  # the encoded images alone (shards written before it was kept: None)
 
 
 def shard_paths(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
