@@ -16,8 +16,7 @@ import yaml
 
 from ..dataset.encode import RESIZE_FILTER
 from ..files import atomic_write_text
-from .recipe import Recipe
-from .writer import sample_meta
+from .recipe import Recipe, sample_meta
 
 CARD = "README.md"
 

@@ -292,6 +292,43 @@ class Recipe:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def sample_meta(recipe: Recipe) -> dict:
+    """Settings every sample's KEY.json repeats, so one image file says how it was made."""
+    meta = {
+        "model": recipe.model,
+        "steps": recipe.steps,
+        "guidance": recipe.guidance,
+        "resolution": list(recipe.resolution),  # as generated
+        "negative_prompt": recipe.negative_prompt,
+    }
+    if recipe.output_size is not None:  # stored at another size; without, samples keep earlier versions' bytes
+        meta.update(stored_size=list(recipe.output_size), resize_filter=RESIZE_FILTER)
+    if recipe.decoder is not None:  # a registry tiny decoder's name, or a folder's weights (not its path)
+        meta["decoder"] = recipe.decoder.get("name") or f"AutoencoderTiny sha256:{recipe.decoder['sha256']}"
+    if recipe.refiner:
+        meta.update(refiner=recipe.refiner, high_noise_fraction=recipe.high_noise_fraction)
+    if recipe.sampler != "default":
+        meta["sampler"] = recipe.sampler
+    if recipe.tcd_gamma is not None:
+        meta["tcd_gamma"] = recipe.tcd_gamma
+    if recipe.guidance_interval is not None:
+        meta["guidance_interval"] = list(recipe.guidance_interval)
+    if recipe.cache is not None:
+        meta["cache"] = dict(recipe.cache)
+    if recipe.guidance_choices is not None:  # each sample's JSON says its own guidance (_add_sample)
+        meta["guidance_choices"] = list(recipe.guidance_choices)
+    if recipe.guidance_schedule != "constant":
+        meta["guidance_schedule"] = recipe.guidance_schedule
+    for key in ("apg", "cads"):
+        if getattr(recipe, key) is not None:
+            meta[key] = dict(getattr(recipe, key))
+    if recipe.lora:
+        meta["lora"] = [a.record() for a in recipe.lora]
+    if recipe.first_steps is not None:
+        meta["first_steps"] = dict(recipe.first_steps)
+    return meta
+
+
 def read_recipe_file(path: str | Path) -> dict:
     """Safe-load a YAML recipe into a plain mapping."""
     p = Path(path)

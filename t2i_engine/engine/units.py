@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-from ..dataset.records import WorkUnit
+from ..dataset.records import Sample, WorkUnit
 from ..devices import resolve_device
+from .diversity import sample_guidance
 from .generator import Generator
-from .recipe import Recipe
+from .recipe import Recipe, sample_meta
 from .runtime import ModelOptions, load_generator
-from .writer import ShardWriter, sample_meta
+from .writer import ShardWriter
 
 
 def default_encode_workers(device: torch.device) -> int:
@@ -35,11 +36,33 @@ def shard_writer(recipe: Recipe, out_dir: Path, encode_workers: int) -> ShardWri
         fmt=recipe.format,
         quality=recipe.quality,
         extension=recipe.extension,
-        sample_meta=sample_meta(recipe),
+        sample_json=sample_json(recipe),
         encode_workers=encode_workers,
-        model_meta={name: sample_meta(recipe.for_model(name)) for name in recipe.models} if recipe.mixture else None,
         size=recipe.output_size,
     )
+
+
+def sample_json(recipe: Recipe) -> Callable[[Sample], dict]:
+    """What each sample's KEY.json holds: its key, label, prompt and seed, and the settings that
+    made it (its generator's, in a mixture; its own guidance, drawn from a list)."""
+    shared = sample_meta(recipe)
+    per_model = {name: sample_meta(recipe.for_model(name)) for name in recipe.models} if recipe.mixture else {}
+
+    def record(sample: Sample) -> dict:
+        meta = {
+            "key": sample.key,
+            "class_index": sample.class_index,
+            "class_id": sample.class_id,
+            "class_name": sample.class_name,
+            "prompt": sample.prompt,
+            "seed": sample.seed,
+            **(per_model[sample.model] if sample.model else shared),
+        }
+        if "guidance_choices" in meta:
+            meta["guidance"] = sample_guidance(tuple(meta["guidance_choices"]), sample.seed)
+        return meta
+
+    return record
 
 
 class UnitRunner:

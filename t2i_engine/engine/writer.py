@@ -29,18 +29,17 @@ import signal
 import tarfile
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
-from ..dataset.encode import RESIZE_FILTER, encode_batch
+from ..dataset.encode import encode_batch
 from ..dataset.records import Sample, ShardRecord, WorkUnit
 from ..errors import SPACE_ERRNOS, OutOfSpace
 from ..files import TMP_SUFFIX, atomic_write_text, file_sha256, fsync_dir
-from .diversity import sample_guidance
-from .recipe import Recipe
 
 
 def shard_paths(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
@@ -63,43 +62,6 @@ def read_record(out_dir: Path, name: str) -> ShardRecord:
     return ShardRecord(**json.loads(shard_paths(out_dir, name)[2].read_text(encoding="utf-8")))
 
 
-def sample_meta(recipe: Recipe) -> dict:
-    """Settings every sample's KEY.json repeats, so one image file says how it was made."""
-    meta = {
-        "model": recipe.model,
-        "steps": recipe.steps,
-        "guidance": recipe.guidance,
-        "resolution": list(recipe.resolution),  # as generated
-        "negative_prompt": recipe.negative_prompt,
-    }
-    if recipe.output_size is not None:  # stored at another size; without, samples keep earlier versions' bytes
-        meta.update(stored_size=list(recipe.output_size), resize_filter=RESIZE_FILTER)
-    if recipe.decoder is not None:  # a registry tiny decoder's name, or a folder's weights (not its path)
-        meta["decoder"] = recipe.decoder.get("name") or f"AutoencoderTiny sha256:{recipe.decoder['sha256']}"
-    if recipe.refiner:
-        meta.update(refiner=recipe.refiner, high_noise_fraction=recipe.high_noise_fraction)
-    if recipe.sampler != "default":
-        meta["sampler"] = recipe.sampler
-    if recipe.tcd_gamma is not None:
-        meta["tcd_gamma"] = recipe.tcd_gamma
-    if recipe.guidance_interval is not None:
-        meta["guidance_interval"] = list(recipe.guidance_interval)
-    if recipe.cache is not None:
-        meta["cache"] = dict(recipe.cache)
-    if recipe.guidance_choices is not None:  # each sample's JSON says its own guidance (_add_sample)
-        meta["guidance_choices"] = list(recipe.guidance_choices)
-    if recipe.guidance_schedule != "constant":
-        meta["guidance_schedule"] = recipe.guidance_schedule
-    for key in ("apg", "cads"):
-        if getattr(recipe, key) is not None:
-            meta[key] = dict(getattr(recipe, key))
-    if recipe.lora:
-        meta["lora"] = [a.record() for a in recipe.lora]
-    if recipe.first_steps is not None:
-        meta["first_steps"] = dict(recipe.first_steps)
-    return meta
-
-
 def _ignore_stop_signals() -> None:
     # Ctrl-C and SIGTERM (Slurm sends it to every process of the job) are the main process's to
     # handle; encoder processes just finish or are shut down by it.
@@ -119,17 +81,15 @@ class ShardWriter:
         fmt: str,
         quality: int,
         extension: str,
-        sample_meta: dict,
+        sample_json: Callable[[Sample], dict],
         encode_workers: int = 1,
         max_pending: int | None = None,
-        model_meta: dict[str, dict] | None = None,
         size: tuple[int, int] | None = None,
     ):
         self.out_dir = out_dir
         self.fmt, self.quality, self.extension = fmt, quality, extension
         self.size = size  # (height, width) the images are stored at (None: as generated)
-        self.sample_meta = sample_meta  # settings shared by every sample's KEY.json
-        self.model_meta = model_meta or {}  # a mixture's: each generator's settings, by sample.model
+        self.sample_json = sample_json  # a sample's KEY.json: its key, label, prompt, seed and how it was made
         # encode_workers=0 encodes on a thread: no process start-up, for tiny runs and tests.
         self._pool = (
             ProcessPoolExecutor(encode_workers, mp_context=get_context("spawn"), initializer=_ignore_stop_signals)
@@ -260,17 +220,7 @@ class ShardWriter:
         return record
 
     def _add_sample(self, tar: tarfile.TarFile, sample: Sample, image: bytes) -> None:
-        meta = {
-            "key": sample.key,
-            "class_index": sample.class_index,
-            "class_id": sample.class_id,
-            "class_name": sample.class_name,
-            "prompt": sample.prompt,
-            "seed": sample.seed,
-            **(self.model_meta[sample.model] if sample.model else self.sample_meta),
-        }
-        if "guidance_choices" in meta:
-            meta["guidance"] = sample_guidance(tuple(meta["guidance_choices"]), sample.seed)
+        meta = self.sample_json(sample)
         for ext, data in (
             (self.extension, image),
             ("cls", str(sample.class_index).encode()),

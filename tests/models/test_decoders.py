@@ -225,7 +225,7 @@ def test_a_published_tiny_decoder_missing_here_is_refused_with_the_command_that_
 
 
 def test_each_sample_names_its_decoder_and_never_a_folder(saved_decoders):
-    from t2i_engine.engine.writer import sample_meta
+    from t2i_engine.engine.recipe import sample_meta
 
     assert "decoder" not in sample_meta(build_recipe({"model": "digits"}))
     assert sample_meta(build_recipe({"model": "digits", "decoder": "tiny"}))["decoder"] == "digits-taesd"
