@@ -19,10 +19,10 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from ..dataset.records import shard_name
+from ..dataset.shards import is_committed, shard_paths
 from ..files import atomic_write_bytes
 from ..seeds import stable_hash
 from .recipe import Recipe
-from .writer import is_committed, shard_paths
 
 PREVIEW = "preview.jpg"
 PER_CLASS = 8

@@ -16,10 +16,10 @@ import os
 from pathlib import Path
 
 from ..dataset.records import WorkUnit
+from ..dataset.shards import is_committed
 from ..errors import InputError, OutOfSpace
 from .runtime import ModelOptions
 from .units import UnitRunner
-from .writer import is_committed
 
 MAX_RESTARTS = 3
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ..dataset.encode import resize_flops
 from ..dataset.records import WorkUnit
+from ..dataset.shards import is_committed, read_record
 from ..devices import resolve_device
 from ..errors import InputError, OutOfSpace
 from ..export.tuning import Tuning
@@ -51,7 +52,6 @@ from .runtime import (
 from .units import UnitRunner, default_encode_workers, shard_writer
 from .verify import load_dataset_recipe
 from .workers import run_workers
-from .writer import is_committed, read_record
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from ..dataset.records import Sample, WorkUnit
+from ..dataset.shards import ShardWriter
 from ..devices import resolve_device
 from .diversity import sample_guidance
 from .generator import Generator
 from .recipe import Recipe, sample_meta
 from .runtime import ModelOptions, load_generator
-from .writer import ShardWriter
 
 
 def default_encode_workers(device: torch.device) -> int:

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..dataset.records import WorkUnit
+from ..dataset.shards import shard_paths
 from ..errors import InputError
 from ..files import file_sha256
 from . import manifest as mf
 from .plan import plan_units
 from .recipe import Recipe
-from .writer import shard_paths
 
 REJECTED = "_rejected"
 

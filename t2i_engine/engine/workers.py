@@ -24,10 +24,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from ..dataset.records import WorkUnit
+from ..dataset.shards import is_committed
 from ..errors import InputError, OutOfSpace
 from .runtime import ModelOptions
 from .units import UnitRunner
-from .writer import is_committed
 
 MAX_RESTARTS = 3
 POLL_SECONDS = 0.2

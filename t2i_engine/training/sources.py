@@ -22,9 +22,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..dataset.shards import shard_paths
 from ..engine.preview import MAX_CLASSES, choose, label
 from ..engine.verify import load_dataset_recipe
-from ..engine.writer import shard_paths
 from ..errors import InputError
 from ..files import atomic_write_text
 from ..seeds import stable_hash

@@ -146,7 +146,7 @@ def test_forwards_are_counted_not_assumed_pndm_runs_one_more_step():
 def test_encoding_that_cannot_keep_up_shows_in_the_engines_rate(monkeypatch):
     import time
 
-    from t2i_engine.engine import writer
+    from t2i_engine.dataset import shards as writer
 
     def slow_encode(images, fmt, quality, size=None):
         time.sleep(1.0)  # per batch of 2: at most 2 images/s, whatever the model does

@@ -8,11 +8,11 @@ import json
 import shutil
 from pathlib import Path
 
+from t2i_engine.dataset.shards import shard_paths
 from t2i_engine.engine import manifest as mf
 from t2i_engine.engine.plan import plan_units
 from t2i_engine.engine.run import generate
 from t2i_engine.engine.verify import load_dataset_recipe, verify_dataset
-from t2i_engine.engine.writer import shard_paths
 from tests.engine.test_generate import QUIET, sample_differences
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "dataset-v1"

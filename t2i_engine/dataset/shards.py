@@ -12,9 +12,10 @@ over each batch and goes straight back to the model, blocking only when more tha
 is I/O, so it runs on one thread: the raw pixels of a whole shard never have to sit in memory,
 only its encoded bytes.
 
-Commit protocol: the tar is written to NNNNNN.tar.tmp and fsynced; the index and stats are
-written (each tmp -> rename); then NNNNNN.tar.tmp is renamed to NNNNNN.tar and the folder is
-fsynced. A shard counts as done only when all three files exist, so a crash at any point leaves
+Every file goes through the dataset's store (dataset/store.py). Commit protocol: the tar is
+built in a staged file (locally NNNNNN.tar.tmp, fsynced); the index and stats are written (each
+whole: tmp -> rename); then the staged tar is published as NNNNNN.tar and the store synced (the
+folder fsynced). A shard counts as done only when all three files exist, so a crash at any point leaves
 either a complete shard or one that the next run regenerates; a partial tar is never visible
 under a final name. Tar headers are fixed (mtime 0, uid/gid 0, mode 0444), so the same samples
 give byte-identical shards.
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import tarfile
 import time
@@ -36,30 +36,37 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dataset.encode import encode_batch
-from ..dataset.records import Sample, ShardRecord, WorkUnit
 from ..errors import SPACE_ERRNOS, OutOfSpace
-from ..files import TMP_SUFFIX, atomic_write_text, file_sha256, fsync_dir
+from ..files import TMP_SUFFIX, file_sha256
+from .encode import encode_batch
+from .records import Sample, ShardRecord, WorkUnit
+from .store import LocalStore, as_store
+
+
+def shard_files(name: str) -> tuple[str, str, str]:
+    """(tar, index, stats) file names of shard `name` ("NNNNNN")."""
+    return f"{name}.tar", f"{name}.index.jsonl", f"{name}.stats.json"
 
 
 def shard_paths(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
-    """(tar, index, stats) paths of shard `name` ("NNNNNN")."""
-    return out_dir / f"{name}.tar", out_dir / f"{name}.index.jsonl", out_dir / f"{name}.stats.json"
+    """(tar, index, stats) local paths of shard `name`, for readers of a local folder."""
+    return tuple(Path(out_dir) / f for f in shard_files(name))
 
 
-def is_committed(out_dir: Path, name: str) -> bool:
+def is_committed(out: Path | LocalStore, name: str) -> bool:
     """All three files exist and the stats file reads back; anything less is remade."""
-    if not all(p.exists() for p in shard_paths(out_dir, name)):
+    store = as_store(out)
+    if not all(store.exists(f) for f in shard_files(name)):
         return False
     try:
-        read_record(out_dir, name)
+        read_record(store, name)
     except (OSError, ValueError, TypeError):
         return False
     return True
 
 
-def read_record(out_dir: Path, name: str) -> ShardRecord:
-    return ShardRecord(**json.loads(shard_paths(out_dir, name)[2].read_text(encoding="utf-8")))
+def read_record(out: Path | LocalStore, name: str) -> ShardRecord:
+    return ShardRecord(**json.loads(as_store(out).read_text(shard_files(name)[2])))
 
 
 def _ignore_stop_signals() -> None:
@@ -76,7 +83,7 @@ def _noop() -> None:
 class ShardWriter:
     def __init__(
         self,
-        out_dir: Path,
+        out: Path | LocalStore,
         *,
         fmt: str,
         quality: int,
@@ -86,7 +93,8 @@ class ShardWriter:
         max_pending: int | None = None,
         size: tuple[int, int] | None = None,
     ):
-        self.out_dir = out_dir
+        self.store = as_store(out)
+        self.out_dir = self.store.path()  # for messages and local readers
         self.fmt, self.quality, self.extension = fmt, quality, extension
         self.size = size  # (height, width) the images are stored at (None: as generated)
         self.sample_json = sample_json  # a sample's KEY.json: its key, label, prompt, seed and how it was made
@@ -172,25 +180,24 @@ class ShardWriter:
             for samples, future in parts
             for sample, (data, sha) in zip(samples, future.result(), strict=True)
         ]
-        paths = shard_paths(self.out_dir, unit.name)
+        names = shard_files(unit.name)
         try:
-            return self._write_files(unit, encoded, *paths)
+            return self._write_files(unit, encoded, *names)
         except OSError as e:
-            # Nothing of this shard stays, not even a tar renamed before a failed fsync of the
+            # Nothing of this shard stays, not even a tar published before a failed sync of the
             # folder: this shard was not committed (only those are written), and a rerun remakes it.
-            for path in paths:
-                path.with_name(path.name + TMP_SUFFIX).unlink(missing_ok=True)
-                path.unlink(missing_ok=True)
+            for name in names:
+                self.store.remove(name + TMP_SUFFIX)
+                self.store.remove(name)
             if e.errno in SPACE_ERRNOS:
                 # a USTAR member is a 512-byte header and its data padded to 512 bytes; three per sample
                 needed = sum(len(data) + 3 * 1024 for _, data, _ in encoded) + 10240
                 raise OutOfSpace(self.out_dir, needed, 1, e) from e
             raise
 
-    def _write_files(self, unit: WorkUnit, encoded, tar_path: Path, index_path: Path, stats_path: Path) -> ShardRecord:
-        tmp = tar_path.with_name(tar_path.name + TMP_SUFFIX)
+    def _write_files(self, unit: WorkUnit, encoded, tar_name: str, index_name: str, stats_name: str) -> ShardRecord:
         index_lines = []
-        with open(tmp, "wb") as raw:
+        with self.store.stage(tar_name) as (raw, staged):
             with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                 for sample, data, sha in encoded:
                     self._add_sample(tar, sample, data)
@@ -208,15 +215,13 @@ class ShardWriter:
                             ensure_ascii=False,
                         )
                     )
-            raw.flush()
-            os.fsync(raw.fileno())
         record = ShardRecord(
-            tar_path.name, file_sha256(tmp), tmp.stat().st_size, len(index_lines), sum(len(d) for _, d, _ in encoded)
+            tar_name, file_sha256(staged), staged.stat().st_size, len(index_lines), sum(len(d) for _, d, _ in encoded)
         )
-        atomic_write_text(index_path, "\n".join(index_lines) + "\n")
-        atomic_write_text(stats_path, json.dumps(record.__dict__, indent=1) + "\n")
-        os.replace(tmp, tar_path)
-        fsync_dir(self.out_dir)
+        self.store.write_text(index_name, "\n".join(index_lines) + "\n")
+        self.store.write_text(stats_name, json.dumps(record.__dict__, indent=1) + "\n")
+        self.store.publish(staged, tar_name, size=record.bytes, sha256=record.sha256)
+        self.store.sync()
         return record
 
     def _add_sample(self, tar: tarfile.TarFile, sample: Sample, image: bytes) -> None:
