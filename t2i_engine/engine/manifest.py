@@ -9,16 +9,13 @@ with its shard file names and lengths.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import platform
-import re
 import sys
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
+from ..dataset.layout import INFO, LOCK, MANIFEST, SHARD_FILE
 from ..dataset.records import ShardRecord
 from ..errors import InputError
 from ..files import TMP_SUFFIX, atomic_write_text
@@ -26,10 +23,6 @@ from .card import CARD, write_card
 from .preview import PREVIEW, dataset_rows, write_sheet
 from .recipe import Recipe
 
-MANIFEST = "dataset.json"
-INFO = "_info.json"
-LOCK = ".t2i-engine.lock"
-_SHARD_FILE = re.compile(r"[0-9]{6,}\.")  # NNNNNN.tar, NNNNNN.index.jsonl, NNNNNN.stats.json
 # The manifest's format says which rule made its samples' seeds: format 1 drew them from the full
 # unsigned 64-bit range, which Arrow, pandas, parquet and DuckDB cannot hold; format 2 from [0, 2^63).
 # A dataset keeps its format (and its seeds) through resumes.
@@ -145,89 +138,12 @@ def stored_tuning(manifest: dict) -> dict:
     return {**plain, **(manifest.get("tuning") or {})}
 
 
-@contextmanager
-def exclusive_lock(out_dir: Path):
-    """Hold the folder's lock for a whole run: two runs writing one folder would race on its files."""
-    with _flock(
-        out_dir / LOCK,
-        fcntl.LOCK_EX | fcntl.LOCK_NB,
-        InputError(
-            "out",
-            str(out_dir),
-            "another t2i-engine process is writing this folder; wait for it or choose another folder",
-        ),
-    ) as fd:
-        yield fd  # forked helpers that may outlive a killed run should close their copy
-
-
-@contextmanager
-def part_locks(out_dir: Path, part: tuple[int, int]):
-    """A part shares the folder with the other parts (a whole-folder run is kept out) and holds
-    its own part exclusively (the same part started twice is refused)."""
-    i, n = part
-    busy = InputError(
-        "out", str(out_dir), "a run of the whole dataset is writing this folder; wait for it, or run parts only"
-    )
-    with _flock(out_dir / LOCK, fcntl.LOCK_SH | fcntl.LOCK_NB, busy) as fd:
-        same = InputError(
-            "--part", f"{i}/{n}", "this part is already running on this folder; each part runs once at a time"
-        )
-        with _flock(out_dir / f"{LOCK}.part-{i}-of-{n}", fcntl.LOCK_EX | fcntl.LOCK_NB, same):
-            with finalize_lock(out_dir):
-                _check_split(out_dir, i, n)
-            yield fd
-
-
-def _check_split(out_dir: Path, i: int, n: int) -> None:
-    """Parts of another split (0/3 beside 0/2) would write the same shards at once: refuse while
-    any of them runs. A finished split of another N is no obstacle."""
-    record = out_dir / f"{LOCK}.parts"
-    text = record.read_text().strip() if record.is_file() else ""
-    other = int(text) if text.isdigit() else n
-    if other != n:
-        for j in range(other):
-            path = out_dir / f"{LOCK}.part-{j}-of-{other}"
-            if not path.exists():
-                continue
-            try:
-                with _flock(path, fcntl.LOCK_EX | fcntl.LOCK_NB, InputError("--part", f"{i}/{n}", "")):
-                    pass
-            except InputError:
-                raise InputError(
-                    "--part",
-                    f"{i}/{n}",
-                    f"parts of another split (part {j}/{other}) are writing this folder; "
-                    f"use --part I/{other}, or wait for them",
-                ) from None
-    atomic_write_text(record, f"{n}\n")
-
-
-@contextmanager
-def finalize_lock(out_dir: Path):
-    """Serialises the parts' last look at the folder: whoever finishes last writes the manifest."""
-    with _flock(out_dir / f"{LOCK}.finalize", fcntl.LOCK_EX, None) as fd:
-        yield fd
-
-
-@contextmanager
-def _flock(path: Path, mode: int, refusal: InputError | None):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, mode)
-        except BlockingIOError:
-            raise refusal from None
-        yield fd
-    finally:
-        os.close(fd)
-
-
 def remove_stale_temporaries(out_dir: Path, shards: list[str] | None = None) -> list[Path]:
     """Partial shard files of an interrupted run; never visible under a final name, safe to drop.
     A part removes only its own shards' (another part may be writing the rest right now). Other
     temporaries (a manifest's, a preview's, a writability probe's) may belong to a process at work
     right now; they are replaced by the next write of their file."""
-    stale = [p for p in sorted(out_dir.glob(f"*{TMP_SUFFIX}")) if _SHARD_FILE.match(p.name)]
+    stale = [p for p in sorted(out_dir.glob(f"*{TMP_SUFFIX}")) if SHARD_FILE.match(p.name)]
     if shards is not None:
         mine = set(shards)
         stale = [p for p in stale if p.name.split(".")[0] in mine]

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..dataset.encode import resize_flops
+from ..dataset.locks import exclusive_lock, finalize_lock, part_locks
 from ..dataset.records import WorkUnit
 from ..dataset.shards import is_committed, read_record
 from ..devices import resolve_device
@@ -174,7 +175,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
         # Finished: left untouched, but for a lost _info.json, preview or card (they derive from the
         # shards; a dataset finished by an earlier version gets the ones it never had).
         if not all((out_dir / name).exists() for name in mf.DERIVED):
-            with mf.exclusive_lock(out_dir):
+            with exclusive_lock(out_dir):
                 records = [read_record(out_dir, u.name) for u in units]
                 mf.write_derived(out_dir, recipe, records, existing["format"], existing.get("command"))
         times = (t_start, t_planned, t_planned, time.perf_counter())
@@ -191,7 +192,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     t_loaded = time.perf_counter()
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with mf.part_locks(out_dir, part) if part else mf.exclusive_lock(out_dir):
+    with part_locks(out_dir, part) if part else exclusive_lock(out_dir):
         # Under the lock, look again: a run that just ended may have committed more shards, or
         # (another part, started at once) written the manifest, whose format then holds.
         found = mf.check_resumable(out_dir, recipe, **_kept(meta))
@@ -203,7 +204,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
             first = todo[0].model
             generator = load_generator(recipe.for_model(first or recipe.model), options.model, device)
         mf.remove_stale_temporaries(out_dir, [u.name for u in mine] if part else None)
-        with mf.finalize_lock(out_dir):  # parts: the first one in writes it; the others find it
+        with finalize_lock(out_dir):  # parts: the first one in writes it; the others find it
             if not part or mf.read_manifest(out_dir) is None:
                 mf.write_manifest(out_dir, recipe, records=None, **meta)
 
@@ -245,7 +246,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
         else:
             # Still holding the shared lock (no whole-folder run can start in between). Each part
             # commits its shards before it looks, so the last part to finish sees them all.
-            with mf.finalize_lock(out_dir):
+            with finalize_lock(out_dir):
                 if not _uncommitted(out_dir, units) and not (mf.read_manifest(out_dir) or {}).get("complete"):
                     mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
     times = (t_start, t_planned, t_loaded, time.perf_counter())
@@ -258,7 +259,7 @@ def finalize(out_dir: Path) -> dict:
     out_dir = Path(out_dir)
     manifest, recipe = load_dataset_recipe(out_dir)
     units = plan_units(recipe, mf.SEED_BITS[manifest["format"]])
-    with mf.exclusive_lock(out_dir):
+    with exclusive_lock(out_dir):
         missing = [u.name for u in _uncommitted(out_dir, units)]
         if missing:
             raise InputError(

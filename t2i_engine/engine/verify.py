@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..dataset.locks import exclusive_lock
 from ..dataset.records import WorkUnit
 from ..dataset.shards import shard_paths
 from ..errors import InputError
@@ -184,7 +185,7 @@ def repair(out_dir: Path, problems: list[Problem]) -> list[Path]:
     if not bad:
         return []
     moved = []
-    with mf.exclusive_lock(out_dir):
+    with exclusive_lock(out_dir):
         dest = out_dir / REJECTED / time.strftime("%Y%m%d-%H%M%S")
         dest.mkdir(parents=True, exist_ok=True)
         for name in bad:

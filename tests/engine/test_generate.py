@@ -292,7 +292,7 @@ def test_resume_with_other_weights_is_refused(copy, tmp_path):
 
 
 def test_two_runs_on_one_folder_are_refused_by_the_lock(copy):
-    from t2i_engine.engine.manifest import exclusive_lock
+    from t2i_engine.dataset.locks import exclusive_lock
 
     (copy / "000002.tar").unlink()
     with exclusive_lock(copy):

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from t2i_engine.dataset.locks import exclusive_lock, part_locks
 from t2i_engine.engine import manifest as mf
 from t2i_engine.engine.run import RunOptions, finalize, generate, parse_part
 from t2i_engine.engine.verify import verify_dataset
@@ -65,13 +66,13 @@ def test_parts_started_at_once_as_processes_share_the_folder_without_overlap(who
 def test_a_whole_run_and_a_part_exclude_each_other_and_a_part_runs_once(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    with mf.part_locks(out, (0, 2)):
+    with part_locks(out, (0, 2)):
         with pytest.raises(InputError, match="another t2i-engine process is writing"):
             generate(tiny_recipe(**RECIPE), out, QUIET)
         with pytest.raises(InputError, match="--part.*already running"):
             generate(tiny_recipe(**RECIPE), out, part(0, 2))
         generate(tiny_recipe(**RECIPE), out, part(1, 2))  # another part may run beside it
-    with mf.exclusive_lock(out):
+    with exclusive_lock(out):
         with pytest.raises(InputError, match="a run of the whole dataset"):
             generate(tiny_recipe(**RECIPE), out, part(0, 2))
     assert generate(tiny_recipe(**RECIPE), out, part(0, 2))["dataset_complete"]
@@ -141,7 +142,7 @@ def test_cli_refuses_a_bad_part_before_writing(cli, tmp_path):
 def test_parts_of_another_split_are_refused_while_they_run(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    with mf.part_locks(out, (0, 2)):
+    with part_locks(out, (0, 2)):
         with pytest.raises(InputError, match=r"another split \(part 0/2\)"):
             generate(tiny_recipe(**RECIPE), out, part(0, 3))
     # nothing of split 2 runs any more: a split of 3 may take over

@@ -1,0 +1,10 @@
+"""The names of a dataset folder's files (the shards' own: shards.shard_files)."""
+
+from __future__ import annotations
+
+import re
+
+MANIFEST = "dataset.json"
+INFO = "_info.json"
+LOCK = ".t2i-engine.lock"
+SHARD_FILE = re.compile(r"[0-9]{6,}\.")  # NNNNNN.tar, NNNNNN.index.jsonl, NNNNNN.stats.json
