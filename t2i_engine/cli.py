@@ -18,8 +18,8 @@ import threading
 from pathlib import Path
 
 from . import __version__
-from .engine.manifest import MANIFEST
-from .engine.preview import PREVIEW, dataset_rows, write_sheet
+from .dataset.preview import PREVIEW, write_sheet
+from .engine.manifest import MANIFEST, recipe_rows
 from .engine.recipe import build_recipe, load_recipe
 from .engine.verify import load_dataset_recipe, repair, verify_dataset
 from .errors import SPACE_ERRNOS, InputError, OutOfSpace
@@ -1080,7 +1080,7 @@ def _preview(args) -> int:
     check_writable(out, "--out", kind="file")
     if (args.dir / MANIFEST).is_file():
         _, recipe = load_dataset_recipe(args.dir)
-        rows = dataset_rows(args.dir, recipe, args.per_class, args.seed)
+        rows = recipe_rows(args.dir, recipe, args.per_class, args.seed)
     else:
         rows = sheet_rows(open_set(args.dir, "dir"), args.per_class, args.seed)
     write_sheet(rows, out)

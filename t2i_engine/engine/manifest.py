@@ -16,11 +16,11 @@ from importlib import metadata
 from pathlib import Path
 
 from ..dataset.layout import INFO, LOCK, MANIFEST, SHARD_FILE
-from ..dataset.records import ShardRecord
+from ..dataset.preview import PER_CLASS, PREVIEW, dataset_rows, sheet_bytes
+from ..dataset.records import ShardRecord, shard_name
 from ..errors import InputError
-from ..files import TMP_SUFFIX, atomic_write_text
+from ..files import TMP_SUFFIX, atomic_write_bytes, atomic_write_text
 from .card import CARD, write_card
-from .preview import PREVIEW, dataset_rows, write_sheet
 from .recipe import Recipe
 
 # The manifest's format says which rule made its samples' seeds: format 1 drew them from the full
@@ -205,7 +205,7 @@ def write_derived(
     a courtesy: a failure to draw it is reported, and does not keep the dataset from completing."""
     write_timm_info(out_dir, recipe, records)
     try:
-        write_sheet(dataset_rows(out_dir, recipe), out_dir / PREVIEW)
+        atomic_write_bytes(out_dir / PREVIEW, sheet_bytes(recipe_rows(out_dir, recipe)))
     except (OSError, ValueError, KeyError) as e:  # an image PIL cannot read, a shard member missing
         print(f"t2i-engine: {out_dir / PREVIEW} not written: {e.__class__.__name__}: {e}", file=sys.stderr)
     write_card(out_dir, recipe, shards=len(records), seed_bits=SEED_BITS[dataset_format], command=command)
@@ -230,3 +230,10 @@ def mark_incomplete(out_dir: Path) -> None:
         atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
         for derived in DERIVED:  # they describe the whole dataset; remade when it is whole again
             (out_dir / derived).unlink(missing_ok=True)
+
+
+def recipe_rows(out_dir: Path, recipe: Recipe, per_class: int = PER_CLASS, seed: int = 0) -> list:
+    """The preview sheet's rows of a dataset of `recipe`: its classes and its shards' names."""
+    shards = [shard_name(i) for i in range(-(-recipe.num_samples // recipe.images_per_shard))]
+    classes = [(c.id, c.name) for c in recipe.classes]
+    return dataset_rows(out_dir, classes, shards, recipe.extension, per_class, seed)

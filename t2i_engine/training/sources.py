@@ -22,8 +22,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..dataset.preview import MAX_CLASSES, choose, label
 from ..dataset.shards import shard_paths
-from ..engine.preview import MAX_CLASSES, choose, label
 from ..engine.verify import load_dataset_recipe
 from ..errors import InputError
 from ..files import atomic_write_text
@@ -262,7 +262,7 @@ def write_image_folder(out: Path, items, class_ids: list[str], class_names: dict
 
 
 def sheet_rows(data: LabelledSet, per_class: int, seed: int = 0) -> list[tuple[str, list[Image.Image]]]:
-    """The rows of a contact sheet of any labelled set (engine/preview.py draws them)."""
+    """The rows of a contact sheet of any labelled set (dataset/preview.py draws them)."""
     ids = list(data.class_ids)[:MAX_CLASSES]
     chosen = choose(((e.key, e.class_id) for e in data.entries), ids, per_class, seed)
     images = {it.key: it.image for it in data.read({k for keys in chosen.values() for k in keys})}

@@ -18,11 +18,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..dataset.records import shard_name
-from ..dataset.shards import is_committed, shard_paths
 from ..files import atomic_write_bytes
 from ..seeds import stable_hash
-from .recipe import Recipe
+from .shards import is_committed, shard_files
+from .store import LocalStore, as_store
 
 PREVIEW = "preview.jpg"
 PER_CLASS = 8
@@ -61,41 +60,54 @@ def draw_sheet(rows: list[tuple[str, list[Image.Image]]], cell: int = CELL) -> I
     return sheet
 
 
-def write_sheet(rows: list[tuple[str, list[Image.Image]]], out_file: Path) -> Path:
+def sheet_bytes(rows: list[tuple[str, list[Image.Image]]]) -> bytes:
     buffer = io.BytesIO()
     draw_sheet(rows).save(buffer, format="JPEG", quality=90)
-    atomic_write_bytes(Path(out_file), buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_sheet(rows: list[tuple[str, list[Image.Image]]], out_file: Path) -> Path:
+    """The sheet as a JPEG file anywhere on this machine (`preview --out FILE`)."""
+    atomic_write_bytes(Path(out_file), sheet_bytes(rows))
     return Path(out_file)
 
 
 def dataset_rows(
-    out_dir: Path, recipe: Recipe, per_class: int = PER_CLASS, seed: int = 0
+    out: Path | LocalStore,
+    classes: list[tuple[str, str]],
+    shards: list[str],
+    extension: str,
+    per_class: int = PER_CLASS,
+    seed: int = 0,
 ) -> list[tuple[str, list[Image.Image]]]:
-    """The rows of a dataset folder's sheet, from its committed shards (a dataset still being made
-    shows what it has so far)."""
-    classes = recipe.classes[:MAX_CLASSES]
+    """The rows of a dataset's sheet, one per class (id, name), from those of `shards` that are
+    committed (a dataset still being made shows what it has so far)."""
+    store = as_store(out)
+    classes = classes[:MAX_CLASSES]
     shard_of: dict[str, str] = {}
     entries = []
-    for shard in (shard_name(i) for i in range(-(-recipe.num_samples // recipe.images_per_shard))):
-        if not is_committed(out_dir, shard):
+    for shard in shards:
+        if not is_committed(store, shard):
             continue
-        for line in shard_paths(out_dir, shard)[1].read_text(encoding="utf-8").splitlines():
+        for line in store.read_text(shard_files(shard)[1]).splitlines():
             row = json.loads(line)
             shard_of[row["key"]] = shard
             entries.append((row["key"], row["class_id"]))
-    chosen = choose(entries, [c.id for c in classes], per_class, seed)
-    images = _read_images(out_dir, recipe.extension, [k for keys in chosen.values() for k in keys], shard_of)
-    return [(label(c.id, c.name), [images[k] for k in chosen[c.id]]) for c in classes]
+    chosen = choose(entries, [cid for cid, _ in classes], per_class, seed)
+    images = _read_images(store, extension, [k for keys in chosen.values() for k in keys], shard_of)
+    return [(label(cid, name), [images[k] for k in chosen[cid]]) for cid, name in classes]
 
 
-def _read_images(out_dir: Path, extension: str, keys: list[str], shard_of: dict[str, str]) -> dict[str, Image.Image]:
+def _read_images(
+    store: LocalStore, extension: str, keys: list[str], shard_of: dict[str, str]
+) -> dict[str, Image.Image]:
     """The images of `keys`, each shard read once, front to back."""
     wanted: dict[str, set[str]] = {}
     for key in keys:
         wanted.setdefault(shard_of[key], set()).add(f"{key}.{extension}")
     images = {}
     for shard, members in wanted.items():
-        with tarfile.open(shard_paths(out_dir, shard)[0]) as tar:
+        with store.open_read(shard_files(shard)[0]) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
             for member in tar:
                 if member.name in members:
                     with Image.open(io.BytesIO(tar.extractfile(member).read())) as im:
