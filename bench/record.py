@@ -13,7 +13,7 @@ def write_record(bench: str, model: str, results: list[dict], out_dir: str, file
     import torch
 
     from t2i_engine.benchmark.measure import cpu_model
-    from t2i_engine.engine.manifest import versions
+    from t2i_engine.dataset.manifest import versions
 
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {

@@ -18,8 +18,9 @@ import threading
 from pathlib import Path
 
 from . import __version__
-from .dataset.preview import PREVIEW, write_sheet
-from .engine.manifest import MANIFEST, recipe_rows
+from .dataset.layout import MANIFEST, PREVIEW
+from .dataset.preview import write_sheet
+from .engine.manifest import recipe_rows
 from .engine.recipe import build_recipe, load_recipe
 from .engine.verify import load_dataset_recipe, repair, verify_dataset
 from .errors import SPACE_ERRNOS, InputError, OutOfSpace

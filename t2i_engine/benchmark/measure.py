@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from ..engine.manifest import versions as package_versions
+from ..dataset.manifest import versions as package_versions
 
 
 def synchronize(device: torch.device) -> None:

@@ -7,4 +7,6 @@ import re
 MANIFEST = "dataset.json"
 INFO = "_info.json"
 LOCK = ".t2i-engine.lock"
+CARD = "README.md"  # the dataset card (engine/card.py writes it)
+PREVIEW = "preview.jpg"  # the contact sheet (preview.py)
 SHARD_FILE = re.compile(r"[0-9]{6,}\.")  # NNNNNN.tar, NNNNNN.index.jsonl, NNNNNN.stats.json

@@ -23,7 +23,6 @@ from ..seeds import stable_hash
 from .shards import is_committed, shard_files
 from .store import LocalStore, as_store
 
-PREVIEW = "preview.jpg"
 PER_CLASS = 8
 MAX_CLASSES = 100  # rows; past that the sheet shows the first classes (a JPEG is at most 65,535 px tall)
 CELL = 100  # pixels per image, a white margin of PAD around it (small images are enlarged, large ones shrunk)

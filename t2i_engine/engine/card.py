@@ -15,10 +15,9 @@ from pathlib import Path
 import yaml
 
 from ..dataset.encode import RESIZE_FILTER
+from ..dataset.layout import CARD
 from ..files import atomic_write_text
 from .recipe import Recipe, sample_meta
-
-CARD = "README.md"
 
 
 def card_header(recipe: Recipe, seed_bits: int) -> dict:

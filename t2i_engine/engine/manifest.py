@@ -10,52 +10,17 @@ with its shard file names and lengths.
 from __future__ import annotations
 
 import json
-import platform
 import sys
-from importlib import metadata
 from pathlib import Path
 
-from ..dataset.layout import INFO, LOCK, MANIFEST, SHARD_FILE
-from ..dataset.preview import PER_CLASS, PREVIEW, dataset_rows, sheet_bytes
+from ..dataset.layout import INFO, LOCK, MANIFEST, PREVIEW
+from ..dataset.manifest import FORMAT, SEED_BITS, read_manifest, stored_tuning, versions
+from ..dataset.preview import PER_CLASS, dataset_rows, sheet_bytes
 from ..dataset.records import ShardRecord, shard_name
 from ..errors import InputError
 from ..files import TMP_SUFFIX, atomic_write_bytes, atomic_write_text
-from .card import CARD, write_card
+from .card import write_card
 from .recipe import Recipe
-
-# The manifest's format says which rule made its samples' seeds: format 1 drew them from the full
-# unsigned 64-bit range, which Arrow, pandas, parquet and DuckDB cannot hold; format 2 from [0, 2^63).
-# A dataset keeps its format (and its seeds) through resumes.
-FORMAT = "t2i-engine-dataset/2"
-SEED_BITS = {"t2i-engine-dataset/1": 64, FORMAT: 63}
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("t2i-engine", "torch", "diffusers", "transformers", "pillow", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "absent"
-    return out
-
-
-def read_manifest(out_dir: Path) -> dict | None:
-    path = out_dir / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(
-            "out", str(out_dir), f"its {MANIFEST} is unreadable ({e.__class__.__name__}); use another folder"
-        ) from None
-    if not isinstance(data, dict) or data.get("format") not in SEED_BITS:
-        formats = ", ".join(SEED_BITS)
-        raise InputError(
-            "out", str(out_dir), f"its {MANIFEST} is not a t2i-engine manifest ({formats}); use another folder"
-        )
-    return data
 
 
 def check_resumable(
@@ -125,33 +90,6 @@ def check_resumable(
     return manifest
 
 
-def stored_tuning(manifest: dict) -> dict:
-    """The speed switches a dataset was made with; a manifest from before they existed ran the
-    plain path in its dtype."""
-    plain = {
-        "precision": {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(manifest.get("dtype"), "fp32"),
-        "compile": "none",
-        "fuse_qkv": False,
-        "channels_last": False,
-        "regional_compile": False,
-    }
-    return {**plain, **(manifest.get("tuning") or {})}
-
-
-def remove_stale_temporaries(out_dir: Path, shards: list[str] | None = None) -> list[Path]:
-    """Partial shard files of an interrupted run; never visible under a final name, safe to drop.
-    A part removes only its own shards' (another part may be writing the rest right now). Other
-    temporaries (a manifest's, a preview's, a writability probe's) may belong to a process at work
-    right now; they are replaced by the next write of their file."""
-    stale = [p for p in sorted(out_dir.glob(f"*{TMP_SUFFIX}")) if SHARD_FILE.match(p.name)]
-    if shards is not None:
-        mine = set(shards)
-        stale = [p for p in stale if p.name.split(".")[0] in mine]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
-
-
 def write_manifest(
     out_dir: Path,
     recipe: Recipe,
@@ -195,9 +133,6 @@ def write_manifest(
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
 
 
-DERIVED = (INFO, PREVIEW, CARD)  # what a complete dataset folder holds beside its shards and manifest
-
-
 def write_derived(
     out_dir: Path, recipe: Recipe, records: list[ShardRecord], dataset_format: str, command: str | None
 ) -> None:
@@ -220,16 +155,6 @@ def write_timm_info(out_dir: Path, recipe: Recipe, records: list[ShardRecord]) -
     }
     info = {"name": out_dir.name, "num_classes": len(recipe.classes), "splits": {"train": split}}
     atomic_write_text(out_dir / INFO, json.dumps(info, indent=1) + "\n")
-
-
-def mark_incomplete(out_dir: Path) -> None:
-    """After shards were moved aside: the dataset needs another `generate` run."""
-    manifest = read_manifest(out_dir)
-    if manifest is not None and manifest.get("complete"):
-        manifest["complete"], manifest["shards"] = False, []
-        atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-        for derived in DERIVED:  # they describe the whole dataset; remade when it is whole again
-            (out_dir / derived).unlink(missing_ok=True)
 
 
 def recipe_rows(out_dir: Path, recipe: Recipe, per_class: int = PER_CLASS, seed: int = 0) -> list:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..dataset import manifest as dm
 from ..dataset.encode import resize_flops
 from ..dataset.locks import exclusive_lock, finalize_lock, part_locks
 from ..dataset.records import WorkUnit
@@ -162,8 +163,8 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     )
     existing = mf.check_resumable(out_dir, recipe, **_kept(meta))
     # A dataset keeps the format it was started in, and so the rule that made its seeds.
-    meta["dataset_format"] = existing["format"] if existing else mf.FORMAT
-    if mf.SEED_BITS[meta["dataset_format"]] < 64:
+    meta["dataset_format"] = existing["format"] if existing else dm.FORMAT
+    if dm.SEED_BITS[meta["dataset_format"]] < 64:
         check_new_seed(recipe)
     part = options.part
     units, mine = _plan(recipe, meta["dataset_format"], part)
@@ -174,7 +175,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     if not todo and existing is not None and existing.get("complete"):
         # Finished: left untouched, but for a lost _info.json, preview or card (they derive from the
         # shards; a dataset finished by an earlier version gets the ones it never had).
-        if not all((out_dir / name).exists() for name in mf.DERIVED):
+        if not all((out_dir / name).exists() for name in dm.DERIVED):
             with exclusive_lock(out_dir):
                 records = [read_record(out_dir, u.name) for u in units]
                 mf.write_derived(out_dir, recipe, records, existing["format"], existing.get("command"))
@@ -203,9 +204,9 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
         if todo and generator is None and not remote:
             first = todo[0].model
             generator = load_generator(recipe.for_model(first or recipe.model), options.model, device)
-        mf.remove_stale_temporaries(out_dir, [u.name for u in mine] if part else None)
+        dm.remove_stale_temporaries(out_dir, [u.name for u in mine] if part else None)
         with finalize_lock(out_dir):  # parts: the first one in writes it; the others find it
-            if not part or mf.read_manifest(out_dir) is None:
+            if not part or dm.read_manifest(out_dir) is None:
                 mf.write_manifest(out_dir, recipe, records=None, **meta)
 
         ran = _Ran(generator=generator)
@@ -247,7 +248,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
             # Still holding the shared lock (no whole-folder run can start in between). Each part
             # commits its shards before it looks, so the last part to finish sees them all.
             with finalize_lock(out_dir):
-                if not _uncommitted(out_dir, units) and not (mf.read_manifest(out_dir) or {}).get("complete"):
+                if not _uncommitted(out_dir, units) and not (dm.read_manifest(out_dir) or {}).get("complete"):
                     mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
     times = (t_start, t_planned, t_loaded, time.perf_counter())
     return _summary(recipe, out_dir, meta, mine, todo, ran, times, device, options)
@@ -258,7 +259,7 @@ def finalize(out_dir: Path) -> dict:
     part does by itself; for when it could not, e.g. it was killed after its last shard)."""
     out_dir = Path(out_dir)
     manifest, recipe = load_dataset_recipe(out_dir)
-    units = plan_units(recipe, mf.SEED_BITS[manifest["format"]])
+    units = plan_units(recipe, dm.SEED_BITS[manifest["format"]])
     with exclusive_lock(out_dir):
         missing = [u.name for u in _uncommitted(out_dir, units)]
         if missing:
@@ -269,7 +270,7 @@ def finalize(out_dir: Path) -> dict:
                 f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); run the parts that hold them first",
             )
         summary = {"out": str(out_dir), "shards": len(units), "num_samples": recipe.num_samples}
-        if manifest.get("complete") and all((out_dir / name).exists() for name in mf.DERIVED):
+        if manifest.get("complete") and all((out_dir / name).exists() for name in dm.DERIVED):
             return {**summary, "already_complete": True}  # a rerun: the manifest stays as it is
         mf.write_manifest(
             out_dir,
@@ -280,7 +281,7 @@ def finalize(out_dir: Path) -> dict:
             weights=manifest["weights"],
             attention=manifest.get("attention", "sdpa"),
             backend=manifest.get("backend", "eager"),
-            tuning=mf.stored_tuning(manifest),
+            tuning=dm.stored_tuning(manifest),
             conv=manifest.get("conv", "torch"),
             refiner_weights=manifest.get("refiner_weights"),
             dataset_format=manifest["format"],
@@ -291,7 +292,7 @@ def finalize(out_dir: Path) -> dict:
 
 def _plan(recipe: Recipe, dataset_format: str, part: tuple[int, int] | None) -> tuple[list[WorkUnit], list[WorkUnit]]:
     """Every unit (with the seed rule of the dataset's format), and those of this run's part."""
-    units = plan_units(recipe, mf.SEED_BITS[dataset_format])
+    units = plan_units(recipe, dm.SEED_BITS[dataset_format])
     return units, [u for u in units if u.shard % part[1] == part[0]] if part else units
 
 
@@ -337,7 +338,7 @@ def _summary(recipe, out_dir, meta, units, todo, ran: _Ran, times: tuple, device
         "shards_written": len(todo),
         "shards_skipped": len(units) - len(todo),
         "part": f"{part[0]}/{part[1]}" if part else None,
-        "dataset_complete": bool((mf.read_manifest(out_dir) or {}).get("complete")) if out_dir.is_dir() else False,
+        "dataset_complete": bool((dm.read_manifest(out_dir) or {}).get("complete")) if out_dir.is_dir() else False,
         "num_samples": recipe.num_samples,
         "wall_seconds": round(wall, 3),
         "images_per_second": round(images / wall, 3) if images else 0.0,

@@ -18,12 +18,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..dataset import manifest as dm
 from ..dataset.locks import exclusive_lock
 from ..dataset.records import WorkUnit
 from ..dataset.shards import shard_paths
 from ..errors import InputError
 from ..files import file_sha256
-from . import manifest as mf
 from .plan import plan_units
 from .recipe import Recipe
 
@@ -44,9 +44,9 @@ def load_dataset_recipe(out_dir: Path) -> tuple[dict, Recipe]:
     recipe would plan another dataset, and repair would then move good shards aside."""
     if not out_dir.is_dir():
         raise InputError("dir", str(out_dir), "expected a dataset folder made by `t2i-engine generate`")
-    manifest = mf.read_manifest(out_dir)
+    manifest = dm.read_manifest(out_dir)
     if manifest is None:
-        raise InputError("dir", str(out_dir), f"expected a dataset folder holding {mf.MANIFEST}")
+        raise InputError("dir", str(out_dir), f"expected a dataset folder holding {dm.MANIFEST}")
     try:
         recipe = Recipe.from_dict(manifest["recipe"])
         intact = recipe.content_hash() == manifest["recipe_hash"]
@@ -56,7 +56,7 @@ def load_dataset_recipe(out_dir: Path) -> tuple[dict, Recipe]:
         raise InputError(
             "dir",
             str(out_dir),
-            f"the recipe in its {mf.MANIFEST} is damaged (it no longer matches its recipe_hash); "
+            f"the recipe in its {dm.MANIFEST} is damaged (it no longer matches its recipe_hash); "
             "restore the file, or regenerate into a new folder",
         )
     return manifest, recipe
@@ -65,7 +65,7 @@ def load_dataset_recipe(out_dir: Path) -> tuple[dict, Recipe]:
 def verify_dataset(out_dir: Path) -> list[Problem]:
     out_dir = Path(out_dir)
     manifest, recipe = load_dataset_recipe(out_dir)
-    units = plan_units(recipe, mf.SEED_BITS[manifest["format"]])
+    units = plan_units(recipe, dm.SEED_BITS[manifest["format"]])
     recorded = {s["name"]: s["sha256"] for s in manifest.get("shards", [])}
     problems: list[Problem] = []
     seen: dict[str, str] = {}
@@ -76,7 +76,7 @@ def verify_dataset(out_dir: Path) -> list[Problem]:
         if tar.name not in planned:
             problems.append(Problem(tar.stem, "not a shard of this recipe's plan"))
     if manifest.get("complete") and len(recorded) != len(units):
-        problems.append(Problem(None, f"{mf.MANIFEST} lists {len(recorded)} shards; the plan has {len(units)}"))
+        problems.append(Problem(None, f"{dm.MANIFEST} lists {len(recorded)} shards; the plan has {len(units)}"))
     return problems
 
 
@@ -101,7 +101,7 @@ def _verify_unit(
     if sha != stats.get("sha256"):
         problems.append(bad(f"sha256 {sha[:12]}... differs from the recorded {str(stats.get('sha256'))[:12]}..."))
     elif recorded_sha is not None and sha != recorded_sha:
-        problems.append(bad(f"sha256 {sha[:12]}... differs from {mf.MANIFEST}'s {recorded_sha[:12]}..."))
+        problems.append(bad(f"sha256 {sha[:12]}... differs from {dm.MANIFEST}'s {recorded_sha[:12]}..."))
 
     if stats.get("count") != len(unit.samples) or stats.get("bytes") != tar_path.stat().st_size:
         problems.append(
@@ -193,5 +193,5 @@ def repair(out_dir: Path, problems: list[Problem]) -> list[Path]:
                 if path.exists():
                     path.rename(dest / path.name)
                     moved.append(dest / path.name)
-        mf.mark_incomplete(out_dir)
+        dm.mark_incomplete(out_dir)
     return moved

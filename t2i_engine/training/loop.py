@@ -33,8 +33,8 @@ from safetensors.torch import save as save_safetensors
 from torch.utils.data import DataLoader
 
 from ..dataset.locks import exclusive_lock
+from ..dataset.manifest import versions
 from ..devices import resolve_device
-from ..engine.manifest import versions
 from ..errors import InputError
 from ..files import atomic_write_bytes, atomic_write_text, check_writable, fsync_dir
 from ..seeds import stable_hash

@@ -8,8 +8,8 @@ import json
 import shutil
 from pathlib import Path
 
+from t2i_engine.dataset import manifest as dm
 from t2i_engine.dataset.shards import shard_paths
-from t2i_engine.engine import manifest as mf
 from t2i_engine.engine.plan import plan_units
 from t2i_engine.engine.run import generate
 from t2i_engine.engine.verify import load_dataset_recipe, verify_dataset
@@ -25,7 +25,7 @@ def test_a_dataset_made_by_an_earlier_version_verifies_and_resumes(tmp_path):
     _, recipe = load_dataset_recipe(out)
     for path in shard_paths(out, "000002"):  # its last shard lost, as if the run had died before it
         path.unlink()
-    mf.mark_incomplete(out)
+    dm.mark_incomplete(out)
     summary = generate(recipe, out, QUIET)
     assert (summary["shards_skipped"], summary["shards_written"], summary["dataset_complete"]) == (2, 1, True)
     assert verify_dataset(out) == []

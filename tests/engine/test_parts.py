@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
+from t2i_engine.dataset import manifest as dm
 from t2i_engine.dataset.locks import exclusive_lock, part_locks
-from t2i_engine.engine import manifest as mf
 from t2i_engine.engine.run import RunOptions, finalize, generate, parse_part
 from t2i_engine.engine.verify import verify_dataset
 from t2i_engine.errors import InputError
@@ -84,9 +84,9 @@ def test_finalize_completes_a_folder_whose_last_part_died_and_refuses_one_with_p
     code, _, err = cli("finalize", out)
     assert code == 2 and "2 of 5 shards are not written yet (000001, 000003)" in err
     generate(tiny_recipe(**RECIPE), out, part(1, 2))
-    mf.mark_incomplete(out)  # as if the last part was killed between its last shard and the manifest
+    dm.mark_incomplete(out)  # as if the last part was killed between its last shard and the manifest
     assert finalize(out)["shards"] == 5
-    assert verify_dataset(out) == [] and (out / mf.INFO).is_file()
+    assert verify_dataset(out) == [] and (out / dm.INFO).is_file()
     assert (
         json.loads((out / "dataset.json").read_text())["shards"]
         == json.loads((whole / "dataset.json").read_text())["shards"]

@@ -9,7 +9,8 @@ import tarfile
 import numpy as np
 from PIL import Image
 
-from t2i_engine.dataset.preview import CELL, LABEL_WIDTH, PAD, PREVIEW, choose
+from t2i_engine.dataset.layout import PREVIEW
+from t2i_engine.dataset.preview import CELL, LABEL_WIDTH, PAD, choose
 from t2i_engine.engine.run import RunOptions, generate
 from tests.conftest import tiny_recipe
 from tests.engine.test_generate import index_rows

@@ -66,7 +66,7 @@ def test_switches_match_the_plain_path_and_stay_with_their_dataset(tmp_path):
 
 
 def test_a_dataset_from_before_the_switches_resumes_as_the_plain_path(tmp_path):
-    from t2i_engine.engine.manifest import stored_tuning
+    from t2i_engine.dataset.manifest import stored_tuning
 
     assert stored_tuning({"dtype": "float16"}) == {
         "precision": "fp16",
