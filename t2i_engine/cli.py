@@ -20,9 +20,10 @@ from pathlib import Path
 from . import __version__
 from .dataset.layout import MANIFEST, PREVIEW
 from .dataset.preview import write_sheet
+from .dataset.verify import repair
 from .engine.manifest import recipe_rows
 from .engine.recipe import build_recipe, load_recipe
-from .engine.verify import load_dataset_recipe, repair, verify_dataset
+from .engine.verify import load_dataset_recipe, verify_dataset
 from .errors import SPACE_ERRNOS, InputError, OutOfSpace
 from .eval.report import write_report
 from .files import atomic_write_text, check_local, check_writable

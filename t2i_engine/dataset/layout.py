@@ -9,4 +9,5 @@ INFO = "_info.json"
 LOCK = ".t2i-engine.lock"
 CARD = "README.md"  # the dataset card (engine/card.py writes it)
 PREVIEW = "preview.jpg"  # the contact sheet (preview.py)
+REJECTED = "_rejected"  # where verify --repair moves bad shards
 SHARD_FILE = re.compile(r"[0-9]{6,}\.")  # NNNNNN.tar, NNNNNN.index.jsonl, NNNNNN.stats.json
