@@ -60,3 +60,40 @@ def test_a_url_is_refused_and_a_store_names_its_folder(tmp_path, monkeypatch):
     assert as_store(".").name == tmp_path.name
     store = LocalStore(tmp_path)
     assert as_store(store) is store and as_store(tmp_path).url == str(tmp_path)
+
+
+def test_only_the_store_touches_the_filesystem():
+    """Every reader and writer in dataset/ goes through the store (so an object store can take its
+    place): no os, fcntl, shutil or open() there, nor pathlib's file methods, but in store.py, and
+    for the two local files the interface hands out: the staged shard (its size and sha256 before
+    it is published) and `preview --out FILE` (files.atomic_write_bytes)."""
+    import ast
+    from pathlib import Path
+
+    import t2i_engine.dataset as package
+
+    forbidden_modules = {"os", "fcntl", "shutil"}
+    forbidden_methods = {
+        "unlink", "rename", "replace", "glob", "iterdir", "mkdir", "read_text", "write_text", "read_bytes",
+        "write_bytes", "stat", "exists", "is_file", "is_dir", "open",
+    }  # fmt: skip
+    allowed = {("shards.py", "stat")}  # staged.stat(): the local staged shard
+    found = []
+    for path in sorted(Path(package.__file__).parent.glob("*.py")):
+        if path.name == "store.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                found += [(path.name, n) for n in names if n.split(".")[0] in forbidden_modules]
+            elif isinstance(node, ast.Call):
+                f = node.func
+                if isinstance(f, ast.Name) and f.id == "open":
+                    found.append((path.name, "open"))
+                elif isinstance(f, ast.Attribute) and f.attr in forbidden_methods:
+                    owner = ast.unparse(f.value)  # the store's, or tarfile's and PIL's on open streams
+                    through = owner in ("store", "self.store", "tarfile", "Image") or owner.startswith("as_store(")
+                    if not through and (path.name, f.attr) not in allowed:
+                        found.append((path.name, f"{owner}.{f.attr}"))
+    assert found == []
