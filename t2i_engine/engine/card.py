@@ -16,7 +16,7 @@ import yaml
 
 from ..dataset.encode import RESIZE_FILTER
 from ..dataset.layout import CARD
-from ..files import atomic_write_text
+from ..dataset.store import LocalStore, as_store
 from .recipe import Recipe, sample_meta
 
 
@@ -61,7 +61,9 @@ def _feature(name: str, value: object) -> dict:
     return {"name": name, "dtype": "string"}
 
 
-def write_card(out_dir: Path, recipe: Recipe, *, shards: int, seed_bits: int, command: str | None) -> None:
+def write_card(
+    out_dir: Path | LocalStore, recipe: Recipe, *, shards: int, seed_bits: int, command: str | None
+) -> None:
     header = yaml.safe_dump(card_header(recipe, seed_bits), sort_keys=False, allow_unicode=True)
     n_classes = len(recipe.classes)
     names = ", ".join(c.name for c in recipe.classes[:8]) + (f", ... ({n_classes} in all)" if n_classes > 8 else "")
@@ -85,7 +87,8 @@ def write_card(out_dir: Path, recipe: Recipe, *, shards: int, seed_bits: int, co
         if seed_bits >= 64
         else ""
     )
-    body = f"""# {out_dir.resolve().name}
+    store = as_store(out_dir)
+    body = f"""# {store.name}
 
 Synthetic images made by t2i-engine: {recipe.num_samples:,} images of {n_classes} classes
 ({recipe.images_per_class:,} per class) in {shards} webdataset shards.
@@ -119,7 +122,7 @@ ds = load_dataset("path/to/this/folder", split="train")  # "{recipe.extension}":
 or with `webdataset` (`WebDataset(sorted(tars)).decode("pil").to_tuple("{recipe.extension}", "cls")`) and timm's
 `wds/` reader (`_info.json`).
 """
-    atomic_write_text(out_dir / CARD, f"---\n{header}---\n\n{body}")
+    store.write_text(CARD, f"---\n{header}---\n\n{body}")
 
 
 def _sizes(recipe: Recipe) -> str:

@@ -17,8 +17,9 @@ from ..dataset.layout import INFO, LOCK, MANIFEST, PREVIEW
 from ..dataset.manifest import FORMAT, SEED_BITS, read_manifest, stored_tuning, versions
 from ..dataset.preview import PER_CLASS, dataset_rows, sheet_bytes
 from ..dataset.records import ShardRecord, shard_name
+from ..dataset.store import LocalStore, as_store
 from ..errors import InputError
-from ..files import TMP_SUFFIX, atomic_write_bytes, atomic_write_text
+from ..files import TMP_SUFFIX
 from .card import write_card
 from .recipe import Recipe
 
@@ -38,11 +39,10 @@ def check_resumable(
     """The folder must be new, empty (but for our own temporaries), or hold a dataset of this
     very recipe, weights (the refiner's too), dtype, attention implementation, backend and speed
     switches (export.tuning: each moves pixels). Returns its manifest."""
-    manifest = read_manifest(out_dir) if out_dir.is_dir() else None
+    store = as_store(out_dir)
+    manifest = read_manifest(store) if store.exists() else None
     if manifest is None:
-        if out_dir.is_dir() and any(
-            not p.name.startswith(LOCK) and not p.name.endswith(TMP_SUFFIX) for p in out_dir.iterdir()
-        ):
+        if any(not n.startswith(LOCK) and not n.endswith(TMP_SUFFIX) for n in store.list("*")):
             raise InputError(
                 "out",
                 str(out_dir),
@@ -130,7 +130,7 @@ def write_manifest(
     }
     if complete:  # _info.json, the preview and the card first: a complete manifest promises them
         write_derived(out_dir, recipe, records, dataset_format, command)
-    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    as_store(out_dir).write_text(MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
 
 
 def write_derived(
@@ -138,26 +138,29 @@ def write_derived(
 ) -> None:
     """timm's _info.json, the preview and the dataset card of a complete dataset. The preview is
     a courtesy: a failure to draw it is reported, and does not keep the dataset from completing."""
-    write_timm_info(out_dir, recipe, records)
+    store = as_store(out_dir)
+    write_timm_info(store, recipe, records)
     try:
-        atomic_write_bytes(out_dir / PREVIEW, sheet_bytes(recipe_rows(out_dir, recipe)))
+        store.write_bytes(PREVIEW, sheet_bytes(recipe_rows(store, recipe)))
     except (OSError, ValueError, KeyError) as e:  # an image PIL cannot read, a shard member missing
-        print(f"t2i-engine: {out_dir / PREVIEW} not written: {e.__class__.__name__}: {e}", file=sys.stderr)
+        print(f"t2i-engine: {store.url}/{PREVIEW} not written: {e.__class__.__name__}: {e}", file=sys.stderr)
     write_card(out_dir, recipe, shards=len(records), seed_bits=SEED_BITS[dataset_format], command=command)
 
 
-def write_timm_info(out_dir: Path, recipe: Recipe, records: list[ShardRecord]) -> None:
+def write_timm_info(out_dir: Path | LocalStore, recipe: Recipe, records: list[ShardRecord]) -> None:
     split = {
         "name": "train",
         "num_samples": sum(r.count for r in records),
         "filenames": [r.name for r in records],
         "shard_lengths": [r.count for r in records],
     }
-    info = {"name": out_dir.name, "num_classes": len(recipe.classes), "splits": {"train": split}}
-    atomic_write_text(out_dir / INFO, json.dumps(info, indent=1) + "\n")
+    store = as_store(out_dir)
+    # the name as given (the card's is resolved: they differ for "."; kept, so files keep their bytes)
+    info = {"name": Path(store.url).name, "num_classes": len(recipe.classes), "splits": {"train": split}}
+    store.write_text(INFO, json.dumps(info, indent=1) + "\n")
 
 
-def recipe_rows(out_dir: Path, recipe: Recipe, per_class: int = PER_CLASS, seed: int = 0) -> list:
+def recipe_rows(out_dir: Path | LocalStore, recipe: Recipe, per_class: int = PER_CLASS, seed: int = 0) -> list:
     """The preview sheet's rows of a dataset of `recipe`: its classes and its shards' names."""
     shards = [shard_name(i) for i in range(-(-recipe.num_samples // recipe.images_per_shard))]
     classes = [(c.id, c.name) for c in recipe.classes]

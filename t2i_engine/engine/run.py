@@ -29,6 +29,7 @@ from ..dataset.encode import resize_flops
 from ..dataset.locks import exclusive_lock, finalize_lock, part_locks
 from ..dataset.records import WorkUnit
 from ..dataset.shards import is_committed, read_record
+from ..dataset.store import as_store
 from ..devices import resolve_device
 from ..errors import InputError, OutOfSpace
 from ..export.tuning import Tuning
@@ -175,7 +176,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     if not todo and existing is not None and existing.get("complete"):
         # Finished: left untouched, but for a lost _info.json, preview or card (they derive from the
         # shards; a dataset finished by an earlier version gets the ones it never had).
-        if not all((out_dir / name).exists() for name in dm.DERIVED):
+        if not all(as_store(out_dir).exists(name) for name in dm.DERIVED):
             with exclusive_lock(out_dir):
                 records = [read_record(out_dir, u.name) for u in units]
                 mf.write_derived(out_dir, recipe, records, existing["format"], existing.get("command"))
@@ -270,7 +271,7 @@ def finalize(out_dir: Path) -> dict:
                 f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); run the parts that hold them first",
             )
         summary = {"out": str(out_dir), "shards": len(units), "num_samples": recipe.num_samples}
-        if manifest.get("complete") and all((out_dir / name).exists() for name in dm.DERIVED):
+        if manifest.get("complete") and all(as_store(out_dir).exists(name) for name in dm.DERIVED):
             return {**summary, "already_complete": True}  # a rerun: the manifest stays as it is
         mf.write_manifest(
             out_dir,
