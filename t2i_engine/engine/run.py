@@ -193,7 +193,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     )
     t_loaded = time.perf_counter()
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    as_store(out_dir).makedirs()
     with part_locks(out_dir, part) if part else exclusive_lock(out_dir):
         # Under the lock, look again: a run that just ended may have committed more shards, or
         # (another part, started at once) written the manifest, whose format then holds.
@@ -304,7 +304,7 @@ def _kept(meta: dict) -> dict:
 
 
 def _uncommitted(out_dir: Path, units: list[WorkUnit]) -> list[WorkUnit]:
-    return [u for u in units if not (out_dir.is_dir() and is_committed(out_dir, u.name))]
+    return [u for u in units if not (as_store(out_dir).exists() and is_committed(out_dir, u.name))]
 
 
 @dataclass
@@ -339,7 +339,9 @@ def _summary(recipe, out_dir, meta, units, todo, ran: _Ran, times: tuple, device
         "shards_written": len(todo),
         "shards_skipped": len(units) - len(todo),
         "part": f"{part[0]}/{part[1]}" if part else None,
-        "dataset_complete": bool((dm.read_manifest(out_dir) or {}).get("complete")) if out_dir.is_dir() else False,
+        "dataset_complete": bool((dm.read_manifest(out_dir) or {}).get("complete"))
+        if as_store(out_dir).exists()
+        else False,
         "num_samples": recipe.num_samples,
         "wall_seconds": round(wall, 3),
         "images_per_second": round(images / wall, 3) if images else 0.0,
@@ -374,7 +376,9 @@ def _summary(recipe, out_dir, meta, units, todo, ran: _Ran, times: tuple, device
 def _bytes_per_image(out_dir: Path, units: list[WorkUnit]) -> dict:
     """Bytes per image of the shards of `units` on disk: the encoded images alone, and the whole
     shard's (tar headers, class and JSON files included); None where no shard records them."""
-    records = [read_record(out_dir, u.name) for u in units if out_dir.is_dir() and is_committed(out_dir, u.name)]
+    records = [
+        read_record(out_dir, u.name) for u in units if as_store(out_dir).exists() and is_committed(out_dir, u.name)
+    ]
     kept = [r for r in records if r.image_bytes is not None]
     return {
         "bytes_per_image": round(sum(r.image_bytes for r in kept) / sum(r.count for r in kept), 1) if kept else None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..dataset import manifest as dm
+from ..dataset.store import as_store
 from ..dataset.verify import Problem, check_shards
 from ..errors import InputError
 from .plan import plan_units
@@ -22,7 +23,7 @@ from .recipe import Recipe
 def load_dataset_recipe(out_dir: Path) -> tuple[dict, Recipe]:
     """The manifest and its recipe, which must still hash to the recorded recipe hash: a damaged
     recipe would plan another dataset, and repair would then move good shards aside."""
-    if not out_dir.is_dir():
+    if not as_store(out_dir, "dir").exists():
         raise InputError("dir", str(out_dir), "expected a dataset folder made by `t2i-engine generate`")
     manifest = dm.read_manifest(out_dir)
     if manifest is None:
