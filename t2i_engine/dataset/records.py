@@ -18,6 +18,17 @@ class Sample:
     seed: int
     model: str = ""  # its generator, in a mixture (recipe.models); "" otherwise
 
+    def identity(self) -> dict:
+        """What names a sample in its index line and its JSON: key, label, prompt and seed."""
+        return {
+            "key": self.key,
+            "class_index": self.class_index,
+            "class_id": self.class_id,
+            "class_name": self.class_name,
+            "prompt": self.prompt,
+            "seed": self.seed,
+        }
+
 
 @dataclass(frozen=True)
 class WorkUnit:

@@ -201,20 +201,7 @@ class ShardWriter:
             with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                 for sample, data, sha in encoded:
                     self._add_sample(tar, sample, data)
-                    index_lines.append(
-                        json.dumps(
-                            {
-                                "key": sample.key,
-                                "class_index": sample.class_index,
-                                "class_id": sample.class_id,
-                                "class_name": sample.class_name,
-                                "prompt": sample.prompt,
-                                "seed": sample.seed,
-                                "sha256": sha,
-                            },
-                            ensure_ascii=False,
-                        )
-                    )
+                    index_lines.append(json.dumps({**sample.identity(), "sha256": sha}, ensure_ascii=False))
         record = ShardRecord(
             tar_name, file_sha256(staged), staged.stat().st_size, len(index_lines), sum(len(d) for _, d, _ in encoded)
         )

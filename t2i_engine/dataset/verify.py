@@ -97,17 +97,7 @@ def _verify_unit(
                 f"planned {len(unit.samples)}, file has {size} bytes"
             )
         )
-    planned_rows = [
-        {
-            "key": s.key,
-            "class_index": s.class_index,
-            "class_id": s.class_id,
-            "class_name": s.class_name,
-            "prompt": s.prompt,
-            "seed": s.seed,
-        }
-        for s in unit.samples
-    ]
+    planned_rows = [s.identity() for s in unit.samples]
     if [{k: row.get(k) for k in planned_rows[0]} for row in index] != planned_rows:
         problems.append(bad("its index disagrees with the plan (keys, labels, prompts or seeds)"))
     index_sha = {row.get("key"): row.get("sha256") for row in index}

@@ -49,15 +49,7 @@ def sample_json(recipe: Recipe) -> Callable[[Sample], dict]:
     per_model = {name: sample_meta(recipe.for_model(name)) for name in recipe.models} if recipe.mixture else {}
 
     def record(sample: Sample) -> dict:
-        meta = {
-            "key": sample.key,
-            "class_index": sample.class_index,
-            "class_id": sample.class_id,
-            "class_name": sample.class_name,
-            "prompt": sample.prompt,
-            "seed": sample.seed,
-            **(per_model[sample.model] if sample.model else shared),
-        }
+        meta = {**sample.identity(), **(per_model[sample.model] if sample.model else shared)}
         if "guidance_choices" in meta:
             meta["guidance"] = sample_guidance(tuple(meta["guidance_choices"]), sample.seed)
         return meta

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import importlib
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError, ModelUnavailable
+from .pipelines import diffusers_errors_only
 from .registry import ModelSpec, tiny_decoder
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -44,7 +44,7 @@ def load_tiny_decoder(spec: ModelSpec, decoder: dict, vae, device: torch.device,
     else:
         source = decoder.get("path") or (str(ASSETS / registry.bundled) if registry.bundled else registry.hub_id)
         try:
-            with _quiet():
+            with diffusers_errors_only():
                 tiny = AutoencoderTiny.from_pretrained(source, use_safetensors=True)
         except (OSError, ValueError) as e:
             how = (
@@ -64,7 +64,7 @@ def load_tiny_decoder(spec: ModelSpec, decoder: dict, vae, device: torch.device,
             label,
             f"it decodes {tiny.config.latent_channels}-channel latents; {spec.name}'s VAE makes {channels}",
         )
-    with _quiet():  # diffusers warns on any dtype cast of a model that lists no fp32 modules
+    with diffusers_errors_only():  # diffusers warns on any dtype cast of a model that lists no fp32 modules
         return tiny.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
@@ -78,22 +78,8 @@ def random_tiny_decoder(name: str, dtype: torch.dtype = torch.float32):
     """Registry tiny decoder `name`'s architecture with random weights: its FLOPs, not its images."""
     from diffusers import AutoencoderTiny  # heavy: diffusers
 
-    with _quiet():
+    with diffusers_errors_only():
         return AutoencoderTiny.from_config(architecture_config(name)).to(dtype)
-
-
-@contextmanager
-def _quiet():
-    """diffusers' warning about config keys its own save_pretrained wrote (block_out_channels,
-    which AutoencoderTiny registers and does not take back) off while a decoder loads."""
-    import diffusers
-
-    level = diffusers.utils.logging.get_verbosity()
-    diffusers.utils.logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers.utils.logging.set_verbosity(level)
 
 
 def install_decoder(pipe, spec: ModelSpec, decoder: dict | None) -> None:

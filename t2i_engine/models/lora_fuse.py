@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from ..errors import InputError
 from ..files import file_sha256
 from .architectures import build_random_pipeline
 from .lora import Adapter
-from .pipelines import builder, bundled_path, component_folder, hub_cache, quiet_loading
+from .pipelines import builder, bundled_path, component_folder, diffusers_errors_only, hub_cache, quiet_loading
 
 _DOWN = re.compile(r"\.(lora_A(\.[A-Za-z0-9_]+)?|lora\.down|lora_down)\.weight$")
 _UP = re.compile(r"\.(lora_B(\.[A-Za-z0-9_]+)?|lora\.up|lora_up)\.weight$")
@@ -142,24 +141,12 @@ def fuse_adapters(pipe, adapters: tuple[Adapter, ...], model: str) -> None:
     names = [f"adapter_{i}" for i in range(len(adapters))]
     for name, adapter in zip(names, adapters):
         # quiet: diffusers' "no LoRA keys for the text encoder" and peft's "multiple adapters" notes
-        with quiet_loading(), _diffusers_errors_only(), warnings.catch_warnings():
+        with quiet_loading(), diffusers_errors_only(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
             pipe.load_lora_weights(adapter.path, adapter_name=name)
     pipe.set_adapters(names, adapter_weights=[a.scale for a in adapters])
     pipe.fuse_lora(components=list(plain), adapter_names=names, lora_scale=1.0)
     pipe.unload_lora_weights()
-
-
-@contextmanager
-def _diffusers_errors_only():
-    import diffusers  # heavy: diffusers
-
-    verbosity = diffusers.utils.logging.get_verbosity()
-    diffusers.utils.logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers.utils.logging.set_verbosity(verbosity)
 
 
 def _first_line(e: Exception) -> str:
@@ -200,7 +187,7 @@ def _from_folder(spec, folder: Path, names: list[str]) -> dict[str, torch.nn.Mod
 
     index = json.loads((folder / "model_index.json").read_text())
     out = {}
-    with torch.device("meta"), _diffusers_errors_only():
+    with torch.device("meta"), diffusers_errors_only():
         for name in names:
             library, cls_name = index.get(name) or (None, None)
             if cls_name is None:  # absent from this model (digits-dit has no T5)

@@ -190,6 +190,20 @@ def quiet_loading():
                 lib.enable_progress_bar()
 
 
+@contextmanager
+def diffusers_errors_only():
+    """diffusers' warnings off (its errors stay) while a model loads or casts: config keys its own
+    save_pretrained wrote and a load does not take back, a cast of a model listing no fp32 modules."""
+    import diffusers  # heavy: diffusers
+
+    verbosity = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers.utils.logging.set_verbosity(verbosity)
+
+
 def unavailable(spec: ModelSpec, source: str, error: Exception, flag: str = "--weights") -> ModelUnavailable:
     """The error for weights (or a config) that could not be loaded: why, and how to get them."""
     field = "refiner" if flag == "--refiner-weights" else "model"
