@@ -19,7 +19,9 @@ from pathlib import Path
 
 from . import __version__
 from .dataset.layout import MANIFEST, PREVIEW
+from .dataset.manifest import read_manifest
 from .dataset.preview import write_sheet
+from .dataset.store import FsspecStore, open_store
 from .dataset.verify import repair
 from .engine.manifest import recipe_rows
 from .engine.recipe import build_recipe, load_recipe
@@ -38,6 +40,16 @@ def local_path(value: str) -> Path:
         return check_local(value, "path")
     except InputError as e:
         raise argparse.ArgumentTypeError(str(e).removeprefix("path: ")) from None
+
+
+def dataset_location(value: str) -> str | Path:
+    """argparse's type for a dataset's location: a local path, or a URL of a scheme a dataset can
+    live at (dataset.store.STORE_SCHEMES); any other URL is refused (exit 2)."""
+    try:
+        store = open_store(value, "path")
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("path: ")) from None
+    return store.url if isinstance(store, FsspecStore) else Path(value)
 
 
 # generate flag -> recipe key; every recipe key has a flag.
@@ -140,11 +152,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_generate_parser(sub)
 
     ver = sub.add_parser("verify", help="check every shard of a dataset against its plan")
-    ver.add_argument("dir", type=local_path, metavar="DIR", help="dataset folder")
+    ver.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder (or memory:// URL)")
     ver.add_argument("--repair", action="store_true", help="move bad shards to _rejected/ so `generate` remakes them")
 
     fin = sub.add_parser("finalize", help="complete the manifest of a folder whose parts have all finished")
-    fin.add_argument("dir", type=local_path, metavar="DIR", help="dataset folder")
+    fin.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder (or memory:// URL)")
 
     pv = sub.add_parser("preview", help="a contact sheet of a dataset folder or an ImageFolder tree: a row per class")
     pv.add_argument(
@@ -429,10 +441,10 @@ def _add_generate_parser(sub) -> None:
     out = gen.add_argument_group("output")
     out.add_argument(
         "--out",
-        type=local_path,
+        type=dataset_location,
         required=True,
         metavar="DIR",
-        help="output folder: new, empty, or a dataset of the same recipe to resume (required)",
+        help="output folder (or memory:// URL): new, empty, or a dataset of the same recipe to resume (required)",
     )
     out.add_argument(
         "--json", action="store_true", help="print the run summary as JSON on stdout (default: a line on stderr)"
@@ -1053,7 +1065,7 @@ def _verify(args) -> int:
             "remake them",
             file=sys.stderr,
         )
-    elif not json.loads((args.dir / MANIFEST).read_text()).get("complete"):
+    elif not (read_manifest(args.dir) or {}).get("complete"):
         print(
             f"{len(problems)} problems: {args.dir} is unfinished; rerun the `t2i-engine generate` command that made "
             "it (in its dataset.json) to complete it",

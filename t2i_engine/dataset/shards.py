@@ -40,7 +40,7 @@ from ..errors import SPACE_ERRNOS, OutOfSpace
 from ..files import TMP_SUFFIX, file_sha256
 from .encode import encode_batch
 from .records import Sample, ShardRecord, WorkUnit
-from .store import LocalStore, as_store
+from .store import FsspecStore, LocalStore, as_store
 
 
 def shard_files(name: str) -> tuple[str, str, str]:
@@ -53,7 +53,7 @@ def shard_paths(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
     return tuple(Path(out_dir) / f for f in shard_files(name))
 
 
-def is_committed(out: Path | LocalStore, name: str) -> bool:
+def is_committed(out: Path | LocalStore | FsspecStore, name: str) -> bool:
     """All three files exist and the stats file reads back; anything less is remade."""
     store = as_store(out)
     if not all(store.exists(f) for f in shard_files(name)):
@@ -65,7 +65,7 @@ def is_committed(out: Path | LocalStore, name: str) -> bool:
     return True
 
 
-def read_record(out: Path | LocalStore, name: str) -> ShardRecord:
+def read_record(out: Path | LocalStore | FsspecStore, name: str) -> ShardRecord:
     return ShardRecord(**json.loads(as_store(out).read_text(shard_files(name)[2])))
 
 
@@ -83,7 +83,7 @@ def _noop() -> None:
 class ShardWriter:
     def __init__(
         self,
-        out: Path | LocalStore,
+        out: Path | LocalStore | FsspecStore,
         *,
         fmt: str,
         quality: int,
@@ -94,7 +94,6 @@ class ShardWriter:
         size: tuple[int, int] | None = None,
     ):
         self.store = as_store(out)
-        self.out_dir = self.store.path()  # for messages and local readers
         self.fmt, self.quality, self.extension = fmt, quality, extension
         self.size = size  # (height, width) the images are stored at (None: as generated)
         self.sample_json = sample_json  # a sample's KEY.json: its key, label, prompt, seed and how it was made
@@ -192,7 +191,7 @@ class ShardWriter:
             if e.errno in SPACE_ERRNOS:
                 # a USTAR member is a 512-byte header and its data padded to 512 bytes; three per sample
                 needed = sum(len(data) + 3 * 1024 for _, data, _ in encoded) + 10240
-                raise OutOfSpace(self.out_dir, needed, 1, e) from e
+                raise OutOfSpace(self.store.url, needed, 1, e) from e
             raise
 
     def _write_files(self, unit: WorkUnit, encoded, tar_name: str, index_name: str, stats_name: str) -> ShardRecord:

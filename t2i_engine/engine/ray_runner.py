@@ -115,7 +115,7 @@ class _RayUnitWorker:
             raise RuntimeError(f"this actor runs {self.runner.dtype}, the dataset is {dtype}")
 
     def run(self, unit: WorkUnit) -> int:
-        if is_committed(self.runner.writer.out_dir, unit.name):  # a retry after an actor died past its commit
+        if is_committed(self.runner.writer.store, unit.name):  # a retry after an actor died past its commit
             return len(unit.samples)
         n = self.runner.run(unit)
         self.runner.writer.flush()

@@ -29,11 +29,10 @@ from ..dataset.encode import resize_flops
 from ..dataset.locks import exclusive_lock, finalize_lock, part_locks
 from ..dataset.records import WorkUnit
 from ..dataset.shards import is_committed, read_record
-from ..dataset.store import as_store
+from ..dataset.store import FsspecStore, as_store, open_store
 from ..devices import resolve_device
 from ..errors import InputError, OutOfSpace
 from ..export.tuning import Tuning
-from ..files import check_local, check_writable
 from ..models.decoders import decoder_label
 from ..models.lora_fuse import check_adapters
 from ..models.registry import get_model
@@ -110,10 +109,18 @@ def parse_part(text: str, env: dict | None = None) -> tuple[int, int]:
     return int(i), int(n)
 
 
-def generate(recipe: Recipe, out_dir: Path, options: RunOptions = RunOptions()) -> dict:
+def generate(recipe: Recipe, out_dir: Path | str, options: RunOptions = RunOptions()) -> dict:
+    """Make (or resume) `recipe`'s dataset at `out_dir`: a local folder, or a URL of a scheme in
+    dataset.store.STORE_SCHEMES (memory:// today: one process, so no --devices or --ray)."""
     t_start = time.perf_counter()
-    out_dir = check_local(out_dir, "out")
-    check_writable(out_dir, "out")
+    out_dir = open_store(out_dir, "out")
+    if isinstance(out_dir, FsspecStore) and (options.devices or options.ray):
+        raise InputError(
+            "out",
+            out_dir.url,
+            "a memory:// dataset lives in this process: its workers could not see it (no --devices, --ray)",
+        )
+    out_dir.check_writable()
     spec = get_model(recipe.model)
     ray_started = False
     if options.ray:
@@ -258,7 +265,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
 def finalize(out_dir: Path) -> dict:
     """Write the complete manifest of a folder whose parts have all finished (what the last
     part does by itself; for when it could not, e.g. it was killed after its last shard)."""
-    out_dir = Path(out_dir)
+    out_dir = open_store(out_dir, "dir")
     manifest, recipe = load_dataset_recipe(out_dir)
     units = plan_units(recipe, dm.SEED_BITS[manifest["format"]])
     with exclusive_lock(out_dir):

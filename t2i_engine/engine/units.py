@@ -17,6 +17,7 @@ import torch
 
 from ..dataset.records import Sample, WorkUnit
 from ..dataset.shards import ShardWriter
+from ..dataset.store import FsspecStore, LocalStore, as_store
 from ..devices import resolve_device
 from .diversity import sample_guidance
 from .generator import Generator
@@ -30,9 +31,9 @@ def default_encode_workers(device: torch.device) -> int:
     return 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def shard_writer(recipe: Recipe, out_dir: Path, encode_workers: int) -> ShardWriter:
+def shard_writer(recipe: Recipe, out_dir: Path | str | LocalStore | FsspecStore, encode_workers: int) -> ShardWriter:
     return ShardWriter(
-        Path(out_dir),
+        as_store(out_dir),
         fmt=recipe.format,
         quality=recipe.quality,
         extension=recipe.extension,

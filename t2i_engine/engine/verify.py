@@ -43,8 +43,8 @@ def load_dataset_recipe(out_dir: Path) -> tuple[dict, Recipe]:
     return manifest, recipe
 
 
-def verify_dataset(out_dir: Path) -> list[Problem]:
-    out_dir = Path(out_dir)
+def verify_dataset(out_dir: Path | str) -> list[Problem]:
+    out_dir = as_store(out_dir, "dir")
     manifest, recipe = load_dataset_recipe(out_dir)
     units = plan_units(recipe, dm.SEED_BITS[manifest["format"]])
     recorded = {s["name"]: s["sha256"] for s in manifest.get("shards", [])}
