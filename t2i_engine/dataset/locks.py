@@ -50,19 +50,13 @@ def _check_split(store: LocalStore, i: int, n: int) -> None:
     other = int(text) if text.isdigit() else n
     if other != n:
         for j in range(other):
-            name = f"{LOCK}.part-{j}-of-{other}"
-            if not store.exists(name):
-                continue
-            try:
-                with store.lock(name, refusal=InputError("--part", f"{i}/{n}", "")):
-                    pass
-            except InputError:
+            if store.held(f"{LOCK}.part-{j}-of-{other}"):
                 raise InputError(
                     "--part",
                     f"{i}/{n}",
                     f"parts of another split (part {j}/{other}) are writing this folder; "
                     f"use --part I/{other}, or wait for them",
-                ) from None
+                )
     store.write_text(record, f"{n}\n")
 
 

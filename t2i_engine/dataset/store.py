@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
-import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -122,8 +123,15 @@ class LocalStore:
     def move(self, name: str, dest: str) -> None:
         self.path(name).rename(self.path(dest))
 
-    def remove_tree(self, name: str) -> None:
-        shutil.rmtree(self.path(name), ignore_errors=True)
+    def held(self, name: str) -> bool:
+        """Whether some process holds lock `name` now (exclusively or shared)."""
+        if not self.exists(name):
+            return False
+        try:
+            with self.lock(name, refusal=InputError(self.field, self.url, "held")):
+                return False
+        except InputError:
+            return True
 
     def sync(self) -> None:
         fsync_dir(self.root)
@@ -150,16 +158,25 @@ class LocalStore:
 class FsspecStore:
     """A dataset at an fsspec URL. No renames and no fsync: `write_*` is one whole put;
     `publish` uploads the locally staged file and reads it back (size, then sha256) before the
-    name counts, removing it if either differs; `move` is copy then delete. Locks: memory://
-    lives in one process, so they are the process's (a lease object per lock is the plan for
-    s3:// and gs://)."""
+    name counts, removing it if either differs; `move` is copy then delete.
 
-    _locks: dict[str, list[int]] = {}  # memory:// locks: name -> [exclusive holders, shared holders]
-    _guard = threading.Lock()
+    Locks are lease objects beside the data, as an object store has no file locks: holding lock
+    NAME exclusively is owning `NAME.<generation>`, created only if absent (fsspec's "xb" mode:
+    a conditional put), holding {owner, host, pid, expires} and rewritten by a thread every
+    `lease_seconds / 4` while it is held. A lease past its expiry is a dead holder's: the next
+    taker creates the next generation, and of two takers only the one whose conditional create
+    succeeds holds it. A shared holder owns `NAME.shared-<id>`. Each side creates its own lease,
+    then lists the other side's live ones and backs off if it finds any: both may back off,
+    never both hold. What this rests on: conditional creates and read-after-write listing (S3
+    and GCS give both), and clocks within a few seconds of each other. A killed run blocks the
+    folder until its lease expires (`lease_seconds`, 60 by default); the refusal says until when."""
+
+    lease_seconds = 60.0
 
     def __init__(self, url: str, field: str = "out"):
         import fsspec  # optional: fsspec (datasets and webdataset bring it)
 
+        self.owner = uuid.uuid4().hex  # this store's leases (a process may open several)
         self.url, self.field = url.rstrip("/"), field
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.root = self.root.rstrip("/")
@@ -260,23 +277,94 @@ class FsspecStore:
     def lock(
         self, name: str, *, shared: bool = False, wait: bool = False, refusal: InputError | None = None
     ) -> Iterator[None]:
-        key = self.path(name)
         while True:
-            with self._guard:
-                held = self._locks.setdefault(key, [0, 0])
-                free = held[0] == 0 and (shared or held[1] == 0)
-                if free:
-                    held[1 if shared else 0] += 1
-            if free:
+            lease, blocker = self._take(name, shared)
+            if lease is not None:
                 break
             if not wait:
-                raise refusal
-            time.sleep(0.05)
+                raise _with_holder(refusal, blocker)
+            time.sleep(min(1.0, self.lease_seconds / 8))
+        stop = threading.Event()
+        renewer = threading.Thread(target=self._renew, args=(lease, shared, stop), daemon=True)
+        renewer.start()
         try:
             yield None
         finally:
-            with self._guard:
-                self._locks[key][1 if shared else 0] -= 1
+            stop.set()
+            renewer.join()
+            self.remove(lease)
+
+    def held(self, name: str) -> bool:
+        """Whether some holder has lock `name` now (exclusively or shared)."""
+        return any(self._live(n) for n in self._exclusive(name) + self.list(f"{name}.shared-*"))
+
+    def _lease(self, shared: bool) -> bytes:
+        record = {
+            "owner": self.owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "shared": shared,
+            "expires": time.time() + self.lease_seconds,
+        }
+        return json.dumps(record).encode()
+
+    def _exclusive(self, name: str) -> list[str]:
+        """NAME.<generation> leases, oldest first."""
+        found = [n for n in self.list(f"{name}.*") if n.rsplit(".", 1)[-1].isdigit()]
+        return sorted(found, key=lambda n: int(n.rsplit(".", 1)[-1]))
+
+    def _record(self, lease: str) -> dict | None:
+        try:
+            return json.loads(self.read_bytes(lease))
+        except FileNotFoundError:
+            return None
+        except ValueError:  # being written: count it as live
+            return {"expires": float("inf")}
+
+    def _live(self, lease: str) -> dict | None:
+        record = self._record(lease)
+        return record if record is not None and record.get("expires", 0) > time.time() else None
+
+    def _take(self, name: str, shared: bool) -> tuple[str | None, dict | None]:
+        """(the lease now held, None) or (None, the live lease in the way)."""
+        if shared:
+            mine = f"{name}.shared-{uuid.uuid4().hex}"
+            self.fs.pipe_file(self.path(mine), self._lease(True))
+            others = [r for r in map(self._live, self._exclusive(name)) if r]
+        else:
+            generations = self._exclusive(name)
+            if generations and (current := self._live(generations[-1])):
+                return None, current
+            mine = f"{name}.{int(generations[-1].rsplit('.', 1)[-1]) + 1 if generations else 1}"
+            try:
+                with self.fs.open(self.path(mine), "xb") as f:  # a conditional create: one taker wins
+                    f.write(self._lease(False))
+            except FileExistsError:
+                return None, self._live(mine)
+            for stale in generations:  # dead holders' leases, now superseded
+                self.remove(stale)
+            others = [r for r in map(self._live, self.list(f"{name}.shared-*")) if r]
+        if others:
+            self.remove(mine)
+            return None, others[0]
+        return mine, None
+
+    def _renew(self, lease: str, shared: bool, stop: threading.Event) -> None:
+        while not stop.wait(self.lease_seconds / 4):
+            self.fs.pipe_file(self.path(lease), self._lease(shared))
+
+
+def _with_holder(refusal: InputError, holder: dict | None) -> InputError:
+    """The refusal, saying who holds the lease in the way and until when it stands unrenewed."""
+    if not holder or "host" not in holder:
+        return refusal
+    until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder["expires"]))
+    return InputError(
+        refusal.field,
+        refusal.value,
+        f"{refusal.allowed} (its lease: {holder['host']}, pid {holder['pid']}, renewed while it runs; if that "
+        f"process is gone, free from {until})",
+    )
 
 
 def open_store(value: str | Path | LocalStore | FsspecStore, field: str = "out") -> LocalStore | FsspecStore:

@@ -124,3 +124,85 @@ def test_only_the_store_touches_the_filesystem():
                     if not through and (path.name, f.attr) not in allowed:
                         found.append((path.name, f"{owner}.{f.attr}"))
     assert found == []
+
+
+@pytest.fixture
+def url():
+    import uuid
+
+    import fsspec
+
+    root = f"/t2i-test-{uuid.uuid4().hex}"
+    yield f"memory://{root}"
+    fsspec.filesystem("memory").rm(root, recursive=True)
+
+
+def _stores(url: str, n: int, lease_seconds: float = 0.4) -> list[FsspecStore]:
+    """n holders of one location (as n processes would be), with short leases."""
+    stores = [FsspecStore(url) for _ in range(n)]
+    for store in stores:
+        store.lease_seconds = lease_seconds
+        store.makedirs()
+    return stores
+
+
+def test_a_lease_stands_while_its_holder_renews_it_and_says_whose_it_is(url):
+    import time
+
+    a, b = _stores(url, 2)
+    busy = InputError("out", url, "busy")
+    with a.lock("L", refusal=busy):
+        time.sleep(1.0)  # 2.5 lease lengths: renewed meanwhile
+        assert b.held("L")
+        with pytest.raises(InputError, match="busy") as e, b.lock("L", refusal=busy):
+            pass
+        assert "its lease:" in str(e.value) and "pid" in str(e.value)
+    assert not b.held("L")
+    with b.lock("L", refusal=busy):  # released: free at once
+        pass
+
+
+def test_a_dead_holders_lease_is_taken_over_once_it_expires(url):
+    import json
+    import time
+
+    (b,) = _stores(url, 1)
+    b.write_text(
+        "L.1", json.dumps({"owner": "gone", "host": "h", "pid": 1, "shared": False, "expires": time.time() + 0.3})
+    )
+    busy = InputError("out", url, "busy")
+    with pytest.raises(InputError, match="free from"):
+        with b.lock("L", refusal=busy):
+            pass
+    time.sleep(0.4)
+    with b.lock("L", refusal=busy):
+        assert b.list("L.*") == ["L.2"]  # the next generation; the stale one gone
+    assert b.list("L.*") == []
+
+
+def test_shared_leases_keep_an_exclusive_one_out_and_the_other_way_round(url):
+    import threading
+    import time
+
+    a, b, c = _stores(url, 3)
+    busy = InputError("out", url, "busy")
+    with a.lock("L", shared=True, refusal=busy), b.lock("L", shared=True, refusal=busy):
+        with pytest.raises(InputError, match="busy"), c.lock("L", refusal=busy):
+            pass
+    with c.lock("L", refusal=busy):
+        with pytest.raises(InputError, match="busy"), a.lock("L", shared=True, refusal=busy):
+            pass
+    # wait=True waits for the holder's release instead of refusing
+    got = []
+
+    def wait_for_it():
+        with b.lock("W", wait=True):
+            got.append(time.monotonic())
+
+    with a.lock("W", refusal=busy):
+        waiter = threading.Thread(target=wait_for_it)
+        waiter.start()
+        time.sleep(0.3)
+        released = time.monotonic()
+    waiter.join(5)
+    assert len(got) == 1 and got[0] >= released
