@@ -152,11 +152,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_generate_parser(sub)
 
     ver = sub.add_parser("verify", help="check every shard of a dataset against its plan")
-    ver.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder (or memory:// URL)")
+    ver.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3:// or memory:// URL")
     ver.add_argument("--repair", action="store_true", help="move bad shards to _rejected/ so `generate` remakes them")
 
     fin = sub.add_parser("finalize", help="complete the manifest of a folder whose parts have all finished")
-    fin.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder (or memory:// URL)")
+    fin.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3:// or memory:// URL")
 
     pv = sub.add_parser("preview", help="a contact sheet of a dataset folder or an ImageFolder tree: a row per class")
     pv.add_argument(
@@ -444,7 +444,8 @@ def _add_generate_parser(sub) -> None:
         type=dataset_location,
         required=True,
         metavar="DIR",
-        help="output folder (or memory:// URL): new, empty, or a dataset of the same recipe to resume (required)",
+        help="output folder (or s3:// or memory:// URL): new, empty, or a dataset of the same recipe to resume "
+        "(required)",
     )
     out.add_argument(
         "--json", action="store_true", help="print the run summary as JSON on stdout (default: a line on stderr)"

@@ -356,7 +356,7 @@ def test_sigterm_stops_a_run_within_seconds_with_only_committed_shards_and_exit_
 @pytest.mark.parametrize(
     "args",
     [
-        ["generate", "--out", "s3://bucket/ds", "--images-per-class", "1"],
+        ["generate", "--out", "gs://bucket/ds", "--images-per-class", "1"],
         ["verify", "gs://bucket/ds"],
         ["preview", "memory://ds"],
         ["sweep", "grid.yaml", "--out", "s3://bucket/sweep"],
@@ -371,12 +371,12 @@ def test_an_object_store_url_is_refused_not_taken_for_a_local_folder(cli, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_python_api_refuses_an_object_store_url_too(tmp_path, monkeypatch):
+def test_the_python_api_refuses_an_unsupported_store_url_too(tmp_path, monkeypatch):
     from t2i_engine.engine.recipe import build_recipe
     from t2i_engine.engine.run import RunOptions, generate
     from t2i_engine.errors import InputError
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(InputError, match="out: 's3://bucket/ds'"):
-        generate(build_recipe({"images_per_class": 1}), "s3://bucket/ds", RunOptions(device="cpu", progress=False))
+    with pytest.raises(InputError, match="out: 'gs://bucket/ds'"):
+        generate(build_recipe({"images_per_class": 1}), "gs://bucket/ds", RunOptions(device="cpu", progress=False))
     assert list(tmp_path.iterdir()) == []

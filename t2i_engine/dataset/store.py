@@ -1,7 +1,8 @@
 """Where a dataset's files live, behind one small interface that every reader and writer of a
 dataset folder goes through (issue 34): a local (or mounted) folder, `LocalStore`, or an fsspec
-URL, `FsspecStore`: memory:// today (one process: tests, and a dataset made and read in one
-program); s3:// and gs:// next, once their locks are lease objects (until then refused).
+URL, `FsspecStore`: memory:// (one process: tests, and a dataset made and read in one program)
+and s3:// (s3fs; credentials and AWS_ENDPOINT_URL from the environment, as boto reads them, never
+recorded). Other schemes are refused until their conditional creates are tested (gs:// next).
 
 Names are relative to the dataset's root and flat but for `makedirs`/`move` (repair's
 _rejected/ folder). What the methods promise, so that a store without renames or file locks can
@@ -36,7 +37,7 @@ from ..errors import InputError
 from ..files import TMP_SUFFIX, URL, atomic_write_bytes, check_local, check_writable, file_sha256, fsync_dir
 
 # The URL schemes a dataset can live at; others are refused with exit 2, naming these.
-STORE_SCHEMES = ("memory",)
+STORE_SCHEMES = ("memory", "s3")
 
 
 class LocalStore:
@@ -171,14 +172,19 @@ class FsspecStore:
     and GCS give both), and clocks within a few seconds of each other. A killed run blocks the
     folder until its lease expires (`lease_seconds`, 60 by default); the refusal says until when."""
 
-    lease_seconds = 60.0
-
     def __init__(self, url: str, field: str = "out"):
         import fsspec  # optional: fsspec (datasets and webdataset bring it)
 
+        # how long a dead holder's lease blocks others (T2I_ENGINE_LEASE_SECONDS; tests shorten it)
+        self.lease_seconds = float(os.environ.get("T2I_ENGINE_LEASE_SECONDS", "60"))
         self.owner = uuid.uuid4().hex  # this store's leases (a process may open several)
         self.url, self.field = url.rstrip("/"), field
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        except ImportError as e:  # s3:// without s3fs
+            raise InputError(
+                field, url, f"needs {e.name or 'its fsspec backend'}: pip install 't2i-engine[s3]'"
+            ) from None
         self.root = self.root.rstrip("/")
 
     def __repr__(self) -> str:
@@ -195,9 +201,11 @@ class FsspecStore:
         return f"{self.root}/{name}" if name else self.root
 
     def exists(self, name: str = "") -> bool:
+        self.fs.invalidate_cache(self.root)  # other processes write here too: no cached listing
         return self.fs.exists(self.path(name))
 
     def list(self, pattern: str) -> list[str]:
+        self.fs.invalidate_cache(self.root)
         return sorted(p.rsplit("/", 1)[-1] for p in self.fs.glob(self.path(pattern)))
 
     def read_bytes(self, name: str) -> bytes:
@@ -310,7 +318,7 @@ class FsspecStore:
 
     def _exclusive(self, name: str) -> list[str]:
         """NAME.<generation> leases, oldest first."""
-        found = [n for n in self.list(f"{name}.*") if n.rsplit(".", 1)[-1].isdigit()]
+        found = [n for n in self.list(f"{name}.*") if n[len(name) + 1 :].isdigit()]  # not NAME.part-0-of-2.1
         return sorted(found, key=lambda n: int(n.rsplit(".", 1)[-1]))
 
     def _record(self, lease: str) -> dict | None:
@@ -379,8 +387,8 @@ def open_store(value: str | Path | LocalStore | FsspecStore, field: str = "out")
                 field,
                 value,
                 f"expected a local or mounted folder, or a URL of {', '.join(s + '://' for s in STORE_SCHEMES)}: "
-                f"{scheme}:// is not written to yet (its locks need lease objects); write to a local folder and copy "
-                "it to the store (aws s3 sync, gcloud storage rsync)",
+                f"{scheme}:// is not written to yet (its conditional creates, which the locks rest on, are untested); "
+                "write to a local folder and copy it to the store (gcloud storage rsync, ...)",
             )
         return FsspecStore(value, field)
     return LocalStore(value, field)

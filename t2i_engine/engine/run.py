@@ -29,7 +29,7 @@ from ..dataset.encode import resize_flops
 from ..dataset.locks import exclusive_lock, finalize_lock, part_locks
 from ..dataset.records import WorkUnit
 from ..dataset.shards import is_committed, read_record
-from ..dataset.store import FsspecStore, as_store, open_store
+from ..dataset.store import as_store, open_store
 from ..devices import resolve_device
 from ..errors import InputError, OutOfSpace
 from ..export.tuning import Tuning
@@ -114,7 +114,7 @@ def generate(recipe: Recipe, out_dir: Path | str, options: RunOptions = RunOptio
     dataset.store.STORE_SCHEMES (memory:// today: one process, so no --devices or --ray)."""
     t_start = time.perf_counter()
     out_dir = open_store(out_dir, "out")
-    if isinstance(out_dir, FsspecStore) and (options.devices or options.ray):
+    if out_dir.url.startswith("memory://") and (options.devices or options.ray):
         raise InputError(
             "out",
             out_dir.url,

@@ -79,7 +79,7 @@ def test_locks_exclude_as_asked(make_store):
 
 
 def test_a_url_of_another_scheme_is_refused_and_a_store_names_its_folder(tmp_path, monkeypatch):
-    for url in ("s3://bucket/ds", "gs://bucket/ds", "file:///tmp/ds", "nosuch://x"):
+    for url in ("gs://bucket/ds", "file:///tmp/ds", "nosuch://x"):
         with pytest.raises(InputError, match="not written to yet"):
             open_store(url)
     assert isinstance(open_store("memory://b/ds"), FsspecStore) and open_store("memory://b/ds").name == "ds"
@@ -206,3 +206,13 @@ def test_shared_leases_keep_an_exclusive_one_out_and_the_other_way_round(url):
         released = time.monotonic()
     waiter.join(5)
     assert len(got) == 1 and got[0] >= released
+
+
+def test_a_lock_is_not_held_by_the_leases_of_a_lock_named_after_it(url):
+    """LOCK and LOCK.part-0-of-2 are two locks: the second's lease (LOCK.part-0-of-2.1) is not the first's."""
+    a, b = _stores(url, 2)
+    busy = InputError("out", url, "busy")
+    with a.lock("L.part-0-of-2", refusal=busy):
+        assert not b.held("L")
+        with b.lock("L", shared=True, refusal=busy), b.lock("L.part-1-of-2", refusal=busy):
+            pass

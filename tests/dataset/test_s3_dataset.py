@@ -1,0 +1,99 @@
+"""Datasets in S3, against a real S3 API server (moto's, on 127.0.0.1; tests/dataset/conftest.py)
+reached through s3fs as a user reaches S3: the same files as on disk, two parts at once, a run
+killed mid-run resumed with every sample once, and a bucket that is not there refused."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import fsspec
+import pytest
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+
+from t2i_engine.dataset.shards import shard_files
+from t2i_engine.engine.recipe import build_recipe
+from t2i_engine.engine.run import RunOptions, generate
+from t2i_engine.engine.verify import verify_dataset
+from tests.conftest import CLI, subprocess_env
+
+OPTIONS = RunOptions(device="cpu", progress=False, encode_workers=0)
+RECIPE = "model: digits\nimages_per_class: 4\nsteps: 2\nimages_per_shard: 4\n"  # 40 samples, 10 shards
+
+
+def _shards(files: dict[str, bytes]) -> dict[str, bytes]:
+    """The shards' files (a run from the CLI records its command line in the manifest and card)."""
+    return {k: v for k, v in files.items() if k.endswith((".tar", ".index.jsonl", ".stats.json"))}
+
+
+def _files(url: str) -> dict[str, bytes]:
+    """The dataset's files at the top of `url` (not _rejected/, not the locks' leases)."""
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    names = [e["name"] for e in fs.ls(root, detail=True) if e["type"] == "file"]
+    return {n.rsplit("/", 1)[-1]: fs.cat_file(n) for n in names if ".t2i-engine.lock" not in n}
+
+
+@pytest.fixture(scope="module")
+def on_disk(tmp_path_factory):
+    out = tmp_path_factory.mktemp("disk") / "ds"
+    generate(build_recipe({"model": "digits", "images_per_class": 4, "steps": 2, "images_per_shard": 4}), out, OPTIONS)
+    return {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".t2i-engine")}
+
+
+def test_a_dataset_in_s3_is_the_same_files_as_on_disk_and_resumes(s3_bucket, on_disk):
+    url = f"{s3_bucket}/ds"
+    recipe = build_recipe({"model": "digits", "images_per_class": 4, "steps": 2, "images_per_shard": 4})
+    summary = generate(recipe, url, OPTIONS)
+    assert summary["dataset_complete"] and _files(url) == on_disk and verify_dataset(url) == []
+    assert generate(recipe, url, OPTIONS)["shards_skipped"] == 10
+
+
+def test_two_parts_at_once_write_one_dataset(s3_bucket, on_disk, tmp_path):
+    url = f"{s3_bucket}/parts"
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    args = ["generate", str(tmp_path / "recipe.yaml"), "--out", url, "--device", "cpu", "--encode-workers", "0"]
+    procs = [
+        subprocess.Popen([*CLI, *args, "--part", f"{i}/2", "--no-progress"], stderr=subprocess.PIPE, text=True,
+                         env=subprocess_env())
+        for i in range(2)
+    ]  # fmt: skip
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert _shards(_files(url)) == _shards(on_disk) and verify_dataset(url) == []
+
+
+def test_a_run_killed_mid_run_leaves_no_partial_shard_and_resumes(s3_bucket, on_disk, tmp_path):
+    """SIGKILL once some shard is up: every tar in the bucket then has its index and stats (a
+    shard is published last, whole), the killed run's lease expires (2 s here), and the rerun
+    completes the dataset with every sample once."""
+    url = f"{s3_bucket}/killed"
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    env = subprocess_env(T2I_ENGINE_LEASE_SECONDS="2")
+    args = [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", url, "--device", "cpu",
+            "--encode-workers", "0", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.DEVNULL, env=env)
+    fs, root = fsspec.core.url_to_fs(url)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        fs.invalidate_cache()
+        if fs.exists(f"{root}/000001.stats.json"):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    files = _files(url)
+    tars = [n for n in files if n.endswith(".tar")]
+    assert tars and all(set(shard_files(t.removesuffix(".tar"))) <= set(files) for t in tars)
+    assert len(tars) < 10  # killed before the end
+    done = subprocess.run(args, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _shards(_files(url)) == _shards(on_disk) and verify_dataset(url) == []
+
+
+def test_a_bucket_that_is_not_there_is_refused_before_any_work(cli, s3_bucket):
+    code, _, err = cli("generate", "--out", "s3://no-such-bucket-t2i/ds", "--images-per-class", "1")
+    assert code == 2 and "s3://no-such-bucket-t2i/ds" in err and len(err.strip().splitlines()) == 1
