@@ -20,7 +20,7 @@ from pathlib import Path
 from . import __version__
 from .dataset.layout import MANIFEST, PREVIEW
 from .dataset.manifest import read_manifest
-from .dataset.preview import write_sheet
+from .dataset.preview import sheet_bytes, write_sheet
 from .dataset.store import FsspecStore, open_store
 from .dataset.verify import repair
 from .engine.manifest import recipe_rows
@@ -161,9 +161,9 @@ def _parser() -> argparse.ArgumentParser:
     pv = sub.add_parser("preview", help="a contact sheet of a dataset folder or an ImageFolder tree: a row per class")
     pv.add_argument(
         "dir",
-        type=local_path,
+        type=dataset_location,
         metavar="DIR",
-        help="dataset folder (finished or not) or ImageFolder tree ROOT/<class id>/<image>",
+        help="dataset folder or URL (finished or not), or ImageFolder tree ROOT/<class id>/<image>",
     )
     pv.add_argument(
         "--per-class", type=_int(1, 64), default=8, metavar="N", help="images per class (default: %(default)s)"
@@ -1091,6 +1091,19 @@ def _finalize(args) -> int:
 
 
 def _preview(args) -> int:
+    if isinstance(args.dir, str):  # a dataset at a URL: its sheet beside it, or at --out
+        _, recipe = load_dataset_recipe(args.dir)
+        rows = recipe_rows(args.dir, recipe, args.per_class, args.seed)
+        if args.out:
+            check_writable(args.out, "--out", kind="file")
+            write_sheet(rows, args.out)
+        else:
+            open_store(args.dir).write_bytes(PREVIEW, sheet_bytes(rows))
+        print(
+            f"{len(rows)} classes x up to {args.per_class} images -> {args.out or args.dir + '/' + PREVIEW}",
+            file=sys.stderr,
+        )
+        return 0
     out = args.out or args.dir / PREVIEW
     check_writable(out, "--out", kind="file")
     if (args.dir / MANIFEST).is_file():

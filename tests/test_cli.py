@@ -358,7 +358,7 @@ def test_sigterm_stops_a_run_within_seconds_with_only_committed_shards_and_exit_
     [
         ["generate", "--out", "gs://bucket/ds", "--images-per-class", "1"],
         ["verify", "gs://bucket/ds"],
-        ["preview", "memory://ds"],
+        ["preview", "gs://bucket/ds"],
         ["sweep", "grid.yaml", "--out", "s3://bucket/sweep"],
     ],
 )

@@ -13,12 +13,13 @@ is I/O, so it runs on one thread: the raw pixels of a whole shard never have to 
 only its encoded bytes.
 
 Every file goes through the dataset's store (dataset/store.py). Commit protocol: the tar is
-built in a staged file (locally NNNNNN.tar.tmp, fsynced); the index and stats are written (each
-whole: tmp -> rename); then the staged tar is published as NNNNNN.tar and the store synced (the
-folder fsynced). A shard counts as done only when all three files exist, so a crash at any point leaves
-either a complete shard or one that the next run regenerates; a partial tar is never visible
-under a final name. Tar headers are fixed (mtime 0, uid/gid 0, mode 0444), so the same samples
-give byte-identical shards.
+built in a staged file (locally NNNNNN.tar.tmp, fsynced). On a local disk the index and stats
+are written (each whole: tmp -> rename), then the staged tar is renamed to NNNNNN.tar and the
+folder fsynced. At a URL the tar is uploaded and read back (size, sha256) first, since an upload
+is visible before it is checked, then the index, then the stats. A shard counts as done only
+when all three files exist, so a crash at any point leaves either a complete shard or one that
+the next run regenerates; a partial tar is never visible under a final name. Tar headers are
+fixed (mtime 0, uid/gid 0, mode 0444), so the same samples give byte-identical shards.
 """
 
 from __future__ import annotations
@@ -204,9 +205,12 @@ class ShardWriter:
         record = ShardRecord(
             tar_name, file_sha256(staged), staged.stat().st_size, len(index_lines), sum(len(d) for _, d, _ in encoded)
         )
+        if self.store.publish_first:  # an upload is visible before its check: the marker only after it
+            self.store.publish(staged, tar_name, size=record.bytes, sha256=record.sha256)
         self.store.write_text(index_name, "\n".join(index_lines) + "\n")
         self.store.write_text(stats_name, json.dumps(record.__dict__, indent=1) + "\n")
-        self.store.publish(staged, tar_name, size=record.bytes, sha256=record.sha256)
+        if not self.store.publish_first:
+            self.store.publish(staged, tar_name, size=record.bytes, sha256=record.sha256)
         self.store.sync()
         return record
 

@@ -43,6 +43,8 @@ STORE_SCHEMES = ("memory", "s3")
 class LocalStore:
     """A dataset in a local (or mounted network) folder: today's files, byte for byte."""
 
+    publish_first = False  # a rename makes the shard visible whole and at once: it can come last
+
     def __init__(self, root: str | Path, field: str = "out"):
         self.root = check_local(root, field)
         self.url = str(self.root)  # what a worker process or a Ray actor reopens
@@ -171,6 +173,8 @@ class FsspecStore:
     never both hold. What this rests on: conditional creates and read-after-write listing (S3
     and GCS give both), and clocks within a few seconds of each other. A killed run blocks the
     folder until its lease expires (`lease_seconds`, 60 by default); the refusal says until when."""
+
+    publish_first = True  # an upload is visible before it is checked: the shard's marker comes after it
 
     def __init__(self, url: str, field: str = "out"):
         import fsspec  # optional: fsspec (datasets and webdataset bring it)

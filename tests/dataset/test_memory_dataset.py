@@ -55,5 +55,9 @@ def test_the_cli_writes_and_verifies_a_memory_dataset_and_refuses_workers_for_it
     code, _, err = cli("generate", "--out", url, "--images-per-class", "1", "--steps", "1", "--device", "cpu")
     assert code == 0, err
     assert cli("verify", url)[0] == 0
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.rm_file(f"{root}/preview.jpg")
+    code, _, err = cli("preview", url)  # drawn from the shards there, written beside them
+    assert code == 0 and fs.cat_file(f"{root}/preview.jpg")[:2] == b"\xff\xd8", err
     code, _, err = cli("generate", "--out", url + "2", "--images-per-class", "1", "--devices", "cpu:2")
     assert code == 2 and "lives in this process" in err

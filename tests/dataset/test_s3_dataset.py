@@ -4,6 +4,8 @@ killed mid-run resumed with every sample once, and a bucket that is not there re
 
 from __future__ import annotations
 
+import hashlib
+import json
 import signal
 import subprocess
 import time
@@ -52,6 +54,7 @@ def test_a_dataset_in_s3_is_the_same_files_as_on_disk_and_resumes(s3_bucket, on_
     assert generate(recipe, url, OPTIONS)["shards_skipped"] == 10
 
 
+@pytest.mark.alone
 def test_two_parts_at_once_write_one_dataset(s3_bucket, on_disk, tmp_path):
     url = f"{s3_bucket}/parts"
     (tmp_path / "recipe.yaml").write_text(RECIPE)
@@ -66,10 +69,12 @@ def test_two_parts_at_once_write_one_dataset(s3_bucket, on_disk, tmp_path):
     assert _shards(_files(url)) == _shards(on_disk) and verify_dataset(url) == []
 
 
+@pytest.mark.alone
 def test_a_run_killed_mid_run_leaves_no_partial_shard_and_resumes(s3_bucket, on_disk, tmp_path):
-    """SIGKILL once some shard is up: every tar in the bucket then has its index and stats (a
-    shard is published last, whole), the killed run's lease expires (2 s here), and the rerun
-    completes the dataset with every sample once."""
+    """SIGKILL once some shard is up: every shard whose stats (the marker) are in the bucket has
+    its index and a tar of the recorded sha256 (at a URL the tar is uploaded and checked first, the
+    marker last), the killed run's lease expires (2 s here), and the rerun completes the dataset
+    with every sample once."""
     url = f"{s3_bucket}/killed"
     (tmp_path / "recipe.yaml").write_text(RECIPE)
     env = subprocess_env(T2I_ENGINE_LEASE_SECONDS="2")
@@ -86,9 +91,11 @@ def test_a_run_killed_mid_run_leaves_no_partial_shard_and_resumes(s3_bucket, on_
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     files = _files(url)
-    tars = [n for n in files if n.endswith(".tar")]
-    assert tars and all(set(shard_files(t.removesuffix(".tar"))) <= set(files) for t in tars)
-    assert len(tars) < 10  # killed before the end
+    marked = [n.removesuffix(".stats.json") for n in files if n.endswith(".stats.json")]
+    for shard in marked:  # a shard's stats, its marker, stand only beside its whole, checked tar
+        tar, index, stats = shard_files(shard)
+        assert index in files and hashlib.sha256(files[tar]).hexdigest() == json.loads(files[stats])["sha256"]
+    assert marked and len(marked) < 10  # killed before the end
     done = subprocess.run(args, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert _shards(_files(url)) == _shards(on_disk) and verify_dataset(url) == []
@@ -97,3 +104,15 @@ def test_a_run_killed_mid_run_leaves_no_partial_shard_and_resumes(s3_bucket, on_
 def test_a_bucket_that_is_not_there_is_refused_before_any_work(cli, s3_bucket):
     code, _, err = cli("generate", "--out", "s3://no-such-bucket-t2i/ds", "--images-per-class", "1")
     assert code == 2 and "s3://no-such-bucket-t2i/ds" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.alone
+@pytest.mark.heavy  # worker processes to S3: under --heavy (CI's heavy step), keeping make test under 5 minutes
+def test_worker_processes_write_to_s3_too(cli, s3_bucket, tmp_path):
+    """--devices: each worker reopens the store from its URL (credentials from the environment it
+    inherits) and commits its shards there; every sample once."""
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    url = f"{s3_bucket}/workers"
+    code, _, err = cli("generate", tmp_path / "recipe.yaml", "--out", url, "--devices", "cpu:2", "--no-progress")
+    assert code == 0, err
+    assert verify_dataset(url) == [] and len([n for n in _files(url) if n.endswith(".tar")]) == 10
