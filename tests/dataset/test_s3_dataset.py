@@ -55,6 +55,7 @@ def test_a_dataset_in_s3_is_the_same_files_as_on_disk_and_resumes(s3_bucket, on_
 
 
 @pytest.mark.alone
+@pytest.mark.heavy  # two processes at once: under --heavy (CI's heavy step), keeping make test under 5 minutes
 def test_two_parts_at_once_write_one_dataset(s3_bucket, on_disk, tmp_path):
     url = f"{s3_bucket}/parts"
     (tmp_path / "recipe.yaml").write_text(RECIPE)
