@@ -71,6 +71,7 @@ def test_two_parts_at_once_write_one_dataset(s3_bucket, on_disk, tmp_path):
 
 
 @pytest.mark.alone
+@pytest.mark.heavy  # a killed process and a rerun: under --heavy (CI's heavy step), make test's margin
 def test_a_run_killed_mid_run_leaves_no_partial_shard_and_resumes(s3_bucket, on_disk, tmp_path):
     """SIGKILL once some shard is up: every shard whose stats (the marker) are in the bucket has
     its index and a tar of the recorded sha256 (at a URL the tar is uploaded and checked first, the
