@@ -311,7 +311,10 @@ def _kept(meta: dict) -> dict:
 
 
 def _uncommitted(out_dir: Path, units: list[WorkUnit]) -> list[WorkUnit]:
-    return [u for u in units if not (as_store(out_dir).exists() and is_committed(out_dir, u.name))]
+    store = as_store(out_dir)
+    if not store.exists():  # looked at once, not per unit (a listing, at a URL)
+        return list(units)
+    return [u for u in units if not is_committed(store, u.name)]
 
 
 @dataclass
@@ -383,9 +386,8 @@ def _summary(recipe, out_dir, meta, units, todo, ran: _Ran, times: tuple, device
 def _bytes_per_image(out_dir: Path, units: list[WorkUnit]) -> dict:
     """Bytes per image of the shards of `units` on disk: the encoded images alone, and the whole
     shard's (tar headers, class and JSON files included); None where no shard records them."""
-    records = [
-        read_record(out_dir, u.name) for u in units if as_store(out_dir).exists() and is_committed(out_dir, u.name)
-    ]
+    store = as_store(out_dir)
+    records = [read_record(store, u.name) for u in units if is_committed(store, u.name)] if store.exists() else []
     kept = [r for r in records if r.image_bytes is not None]
     return {
         "bytes_per_image": round(sum(r.image_bytes for r in kept) / sum(r.count for r in kept), 1) if kept else None,
