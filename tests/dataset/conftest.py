@@ -11,8 +11,11 @@ import pytest
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # its request lines would land in a CLI test's stderr
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
