@@ -26,7 +26,7 @@ from .dataset.verify import repair
 from .engine.manifest import recipe_rows
 from .engine.recipe import build_recipe, load_recipe
 from .engine.verify import load_dataset_recipe, verify_dataset
-from .errors import SPACE_ERRNOS, InputError, OutOfSpace
+from .errors import SPACE_ERRNOS, InputError, OutOfSpace, StoreUnavailable
 from .eval.report import write_report
 from .files import atomic_write_text, check_local, check_writable
 from .models.registry import ADAPTERS, MODELS, TINY_DECODERS, get_model
@@ -941,6 +941,9 @@ def _main(argv: list[str] | None) -> int:
         return 2
     except OutOfSpace as e:
         print(f"t2i-engine {args.command}: error: out: {e}", file=sys.stderr)
+        return 1
+    except StoreUnavailable as e:
+        print(f"t2i-engine {args.command}: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
         if e.errno not in SPACE_ERRNOS:

@@ -46,6 +46,23 @@ class OutOfSpace(Exception):
         return type(self), (self.folder, self.shard_bytes, self.shards_left, self.error)
 
 
+class StoreUnavailable(Exception):
+    """The store a dataset lives at (an fsspec URL) did not answer, past its client's retries, or
+    refused a request mid-run (credentials expired, a server error). Nothing uncommitted counts as
+    written; the committed shards stay, and the same command rerun once the store answers resumes.
+    The CLI exits 1 with this one line."""
+
+    def __init__(self, url: str, error: str):
+        self.url, self.error = url, error
+        super().__init__(
+            f"{url}: the store failed a request ({error}); the shards committed there are kept: rerun the same "
+            "command once it answers"
+        )
+
+    def __reduce__(self):
+        return type(self), (self.url, self.error)
+
+
 def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{max(1, round(n / 2**10))} KB"
 

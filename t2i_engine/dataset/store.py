@@ -19,7 +19,9 @@ keep it:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -33,11 +35,42 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import InputError
+from ..errors import InputError, StoreUnavailable
 from ..files import TMP_SUFFIX, URL, atomic_write_bytes, check_local, check_writable, file_sha256, fsync_dir
 
 # The URL schemes a dataset can live at; others are refused with exit 2, naming these.
 STORE_SCHEMES = ("memory", "s3")
+
+# The packages whose exceptions mean the store failed us (no answer, a refusal, a server error),
+# not our own bug: an fsspec backend and the HTTP clients under it.
+_STORE_CLIENTS = frozenset(
+    {"fsspec", "s3fs", "gcsfs", "botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "google"}
+)
+
+
+def _store_failure(e: Exception) -> bool:
+    if isinstance(e, (FileNotFoundError, FileExistsError)):  # answers, which the callers handle
+        return False
+    return isinstance(e, OSError) or type(e).__module__.split(".", 1)[0] in _STORE_CLIENTS
+
+
+def _answered(method):
+    """FsspecStore's calls: a store that does not answer or refuses (past the client's own
+    retries) raises StoreUnavailable naming the URL, which stops a run cleanly (exit 1)."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreUnavailable:
+            raise
+        except Exception as e:
+            if not _store_failure(e):
+                raise
+            detail = " ".join(f"{type(e).__name__}: {e}".split())  # one line, whatever the client says
+            raise StoreUnavailable(self.url, detail[:300]) from e
+
+    return call
 
 
 class LocalStore:
@@ -164,8 +197,8 @@ class FsspecStore:
     name counts, removing it if either differs; `move` is copy then delete.
 
     Locks are lease objects beside the data, as an object store has no file locks: holding lock
-    NAME exclusively is owning `NAME.<generation>`, created only if absent (fsspec's "xb" mode:
-    a conditional put), holding {owner, host, pid, expires} and rewritten by a thread every
+    NAME exclusively is owning `NAME.<generation>`, created only if absent (fsspec's
+    pipe_file mode="create": a conditional put), holding {owner, host, pid, expires} and rewritten by a thread every
     `lease_seconds / 4` while it is held. A lease past its expiry is a dead holder's: the next
     taker creates the next generation, and of two takers only the one whose conditional create
     succeeds holds it. A shared holder owns `NAME.shared-<id>`. Each side creates its own lease,
@@ -204,26 +237,32 @@ class FsspecStore:
     def path(self, name: str = "") -> str:
         return f"{self.root}/{name}" if name else self.root
 
+    @_answered
     def exists(self, name: str = "") -> bool:
         self.fs.invalidate_cache(self.root)  # other processes write here too: no cached listing
         return self.fs.exists(self.path(name))
 
+    @_answered
     def list(self, pattern: str) -> list[str]:
         self.fs.invalidate_cache(self.root)
         return sorted(p.rsplit("/", 1)[-1] for p in self.fs.glob(self.path(pattern)))
 
+    @_answered
     def read_bytes(self, name: str) -> bytes:
         return self.fs.cat_file(self.path(name))
 
     def read_text(self, name: str) -> str:
         return self.read_bytes(name).decode("utf-8")
 
+    @_answered
     def open_read(self, name: str) -> BinaryIO:
         return self.fs.open(self.path(name), "rb")
 
+    @_answered
     def size(self, name: str) -> int:
         return self.fs.size(self.path(name))
 
+    @_answered
     def sha256(self, name: str) -> str:
         h = hashlib.sha256()
         with self.open_read(name) as f:
@@ -236,14 +275,18 @@ class FsspecStore:
         try:
             self.write_bytes(probe, b"")
             self.remove(probe)
+        except StoreUnavailable as e:
+            raise InputError(self.field, self.url, f"expected a writable location that answers ({e.error})") from None
         except OSError as e:
             raise InputError(
                 self.field, self.url, f"expected a writable location ({e.__class__.__name__}: {e})"
             ) from None
 
+    @_answered
     def makedirs(self, name: str = "") -> None:
         self.fs.makedirs(self.path(name), exist_ok=True)
 
+    @_answered
     def write_bytes(self, name: str, data: bytes) -> None:
         self.fs.pipe_file(self.path(name), data)
 
@@ -263,21 +306,24 @@ class FsspecStore:
             staged.unlink(missing_ok=True)
             raise
 
+    @_answered
     def publish(self, staged: Path, name: str, *, size: int, sha256: str) -> None:
         try:
             self.fs.put_file(str(staged), self.path(name))
             if self.size(name) != size or self.sha256(name) != sha256:
                 self.remove(name)
-                raise OSError(f"{self.url}/{name}: the upload does not read back as written (size or sha256)")
+                raise StoreUnavailable(self.url, f"{name}: the upload does not read back as written (size or sha256)")
         finally:
             staged.unlink(missing_ok=True)
 
+    @_answered
     def remove(self, name: str) -> None:
         try:
             self.fs.rm_file(self.path(name))
         except FileNotFoundError:
             pass
 
+    @_answered
     def move(self, name: str, dest: str) -> None:
         self.fs.copy(self.path(name), self.path(dest))
         self.remove(name)
@@ -304,7 +350,10 @@ class FsspecStore:
         finally:
             stop.set()
             renewer.join()
-            self.remove(lease)
+            # A store that stopped answering keeps the lease until it expires; the error that
+            # stopped the run is the one to report, not this one.
+            with contextlib.suppress(StoreUnavailable):
+                self.remove(lease)
 
     def held(self, name: str) -> bool:
         """Whether some holder has lock `name` now (exclusively or shared)."""
@@ -325,6 +374,7 @@ class FsspecStore:
         found = [n for n in self.list(f"{name}.*") if n[len(name) + 1 :].isdigit()]  # not NAME.part-0-of-2.1
         return sorted(found, key=lambda n: int(n.rsplit(".", 1)[-1]))
 
+    @_answered
     def _record(self, lease: str) -> dict | None:
         try:
             return json.loads(self.read_bytes(lease))
@@ -337,6 +387,7 @@ class FsspecStore:
         record = self._record(lease)
         return record if record is not None and record.get("expires", 0) > time.time() else None
 
+    @_answered
     def _take(self, name: str, shared: bool) -> tuple[str | None, dict | None]:
         """(the lease now held, None) or (None, the live lease in the way)."""
         if shared:
@@ -349,8 +400,8 @@ class FsspecStore:
                 return None, current
             mine = f"{name}.{int(generations[-1].rsplit('.', 1)[-1]) + 1 if generations else 1}"
             try:
-                with self.fs.open(self.path(mine), "xb") as f:  # a conditional create: one taker wins
-                    f.write(self._lease(False))
+                # a conditional create (S3: PutObject If-None-Match: *): of two takers, one wins
+                self.fs.pipe_file(self.path(mine), self._lease(False), mode="create")
             except FileExistsError:
                 return None, self._live(mine)
             for stale in generations:  # dead holders' leases, now superseded
@@ -362,8 +413,11 @@ class FsspecStore:
         return mine, None
 
     def _renew(self, lease: str, shared: bool, stop: threading.Event) -> None:
+        # A renewal the store does not take is tried again at the next tick: the run itself finds
+        # out from its own writes whether the store still answers, and stops cleanly if not.
         while not stop.wait(self.lease_seconds / 4):
-            self.fs.pipe_file(self.path(lease), self._lease(shared))
+            with contextlib.suppress(StoreUnavailable):
+                self.write_bytes(lease, self._lease(shared))
 
 
 def _with_holder(refusal: InputError, holder: dict | None) -> InputError:

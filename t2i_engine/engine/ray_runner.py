@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..dataset.records import WorkUnit
 from ..dataset.shards import is_committed
-from ..errors import InputError, OutOfSpace
+from ..errors import InputError, OutOfSpace, StoreUnavailable
 from .runtime import ModelOptions
 from .units import UnitRunner
 
@@ -93,6 +93,8 @@ def run_ray(
         full = e.cause if isinstance(e, ray.exceptions.RayTaskError) else None
         if isinstance(full, OutOfSpace):  # an actor's disk or quota is full: no retry helps
             raise OutOfSpace(out_dir, full.shard_bytes, 1, full.error) from None
+        if isinstance(full, StoreUnavailable):  # the bucket, not the actor: a restart cannot help
+            raise StoreUnavailable(full.url, full.error) from None
         raise RuntimeError(f"Ray actors on {device} failed after {MAX_RESTARTS} restarts: {str(e)[:400]}") from None
     finally:
         for actor in actors:  # none may keep writing once the driver lets go of the folder

@@ -15,6 +15,7 @@ of GPU memory at half its size and keeps the size that worked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from ..dataset.records import WorkUnit
 from ..dataset.shards import is_committed
-from ..errors import InputError, OutOfSpace
+from ..errors import InputError, OutOfSpace, StoreUnavailable
 from .runtime import ModelOptions
 from .units import UnitRunner
 
@@ -133,6 +134,8 @@ def run_workers(
             w.done = True
         elif kind == "out_of_space":
             raise OutOfSpace(out_dir, rest[0], 1, OSError(rest[1], rest[2]))
+        elif kind == "store_unavailable":  # the store, not the worker: a restart cannot help
+            raise StoreUnavailable(*rest)
         elif kind == "fatal":
             if rest[1]:  # bad input (a missing model): the same on every device, say it once
                 raise InputError("--devices", w.device, f"its worker could not start: {rest[0]}")
@@ -244,7 +247,7 @@ def worker_main(
         outbox.put(("fatal", traceback.format_exc(limit=3)[-600:], False))
         return
     outbox.put(("ready",))
-    reported, full = 0, None
+    reported, stop = 0, None
     try:
         while True:
             outbox.put(("want",))
@@ -253,18 +256,21 @@ def worker_main(
                 break
             runner.run(unit)
             reported = _report_written(runner.writer, outbox, reported)
-    except OutOfSpace as e:  # no retry can help: the parent stops the run and says how much is needed
-        full = e
+    except (OutOfSpace, StoreUnavailable) as e:  # no retry can help: the parent stops the run and says why
+        stop = e
     finally:
         try:
             runner.writer.close()
-        except OutOfSpace as e:
-            full = full or e
-        _report_written(runner.writer, outbox, reported)
-    if full is not None:
-        outbox.put(("out_of_space", full.shard_bytes, full.error.errno, full.error.strerror))
-        return
-    outbox.put(("bye",))
+        except (OutOfSpace, StoreUnavailable) as e:
+            stop = stop or e
+        with contextlib.suppress(StoreUnavailable):  # what it committed before the store went
+            _report_written(runner.writer, outbox, reported)
+    if isinstance(stop, OutOfSpace):
+        outbox.put(("out_of_space", stop.shard_bytes, stop.error.errno, stop.error.strerror))
+    elif isinstance(stop, StoreUnavailable):
+        outbox.put(("store_unavailable", stop.url, stop.error))
+    else:
+        outbox.put(("bye",))
 
 
 def _die_with_parent() -> None:

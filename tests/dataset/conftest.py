@@ -9,18 +9,57 @@ import uuid
 import pytest
 
 
+class S3Server:
+    """moto's S3 API server on 127.0.0.1, which a test may stop and start again on the same port:
+    its buckets live in this process (moto's backend), so they outlast a stop."""
+
+    def __init__(self, port: int = 0):
+        import logging
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # its request lines would land in a CLI test's stderr
+        self.port, self.server = port, None
+        self.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        self.port = self.server.get_host_and_port()[1]
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # its request lines would land in a CLI test's stderr
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    server = S3Server()
+    yield server.endpoint
     server.stop()
+
+
+@pytest.fixture
+def s3_server():
+    """A server of this test's own, to stop mid-run."""
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+def s3_environment(endpoint: str) -> dict[str, str]:
+    """What a user sets to reach S3 (here the test server): credentials, region and endpoint."""
+    return {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
 
 
 @pytest.fixture
@@ -28,12 +67,7 @@ def s3_bucket(s3_endpoint, monkeypatch):
     """A new bucket's URL, s3://NAME, with the environment pointing s3fs (and any subprocess) at the server."""
     import fsspec
 
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": s3_endpoint,
-    }.items():
+    for key, value in s3_environment(s3_endpoint).items():
         monkeypatch.setenv(key, value)
     name = f"t2i-{uuid.uuid4().hex[:12]}"
     fs = fsspec.filesystem("s3", skip_instance_cache=True)

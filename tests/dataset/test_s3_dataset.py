@@ -21,6 +21,7 @@ from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.run import RunOptions, generate
 from t2i_engine.engine.verify import verify_dataset
 from tests.conftest import CLI, subprocess_env
+from tests.dataset.conftest import s3_environment
 
 OPTIONS = RunOptions(device="cpu", progress=False, encode_workers=0)
 RECIPE = "model: digits\nimages_per_class: 4\nsteps: 2\nimages_per_shard: 4\n"  # 40 samples, 10 shards
@@ -118,3 +119,78 @@ def test_worker_processes_write_to_s3_too(cli, s3_bucket, tmp_path):
     code, _, err = cli("generate", tmp_path / "recipe.yaml", "--out", url, "--devices", "cpu:2", "--no-progress")
     assert code == 0, err
     assert verify_dataset(url) == [] and len([n for n in _files(url) if n.endswith(".tar")]) == 10
+
+
+def _wait_for(url: str, name: str, proc: subprocess.Popen, seconds: float = 120) -> None:
+    fs, root = fsspec.core.url_to_fs(url)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        fs.invalidate_cache()
+        if fs.exists(f"{root}/{name}"):
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.alone
+@pytest.mark.heavy  # a run stopped and rerun in subprocesses: under --heavy (CI's heavy step), make test's margin
+def test_a_store_that_stops_answering_stops_the_run_cleanly_and_a_rerun_completes(
+    s3_server, on_disk, tmp_path, monkeypatch
+):
+    """The S3 server goes away once some shard is committed: the run exits 1 with one line naming
+    the URL (botocore's retries cut to 2 here, as AWS_MAX_ATTEMPTS lets a user); no partial shard is
+    marked; with the server back (same buckets) and the stopped run's lease expired, the same
+    command completes the dataset with every sample once."""
+    environment = s3_environment(s3_server.endpoint)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"t2i-{time.time_ns() % 10**12}"
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
+    url = f"s3://{bucket}/ds"
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    env = subprocess_env(**environment, T2I_ENGINE_LEASE_SECONDS="2", AWS_MAX_ATTEMPTS="2")
+    args = [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", url, "--device", "cpu",
+            "--encode-workers", "0", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    _wait_for(url, "000001.stats.json", proc)
+    s3_server.stop()
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1, err
+    assert len(err.strip().splitlines()) == 1 and url in err and "rerun" in err, err
+    s3_server.start()
+    files = _files(url)
+    for shard in [n.removesuffix(".stats.json") for n in files if n.endswith(".stats.json")]:
+        tar, index, stats = shard_files(shard)
+        assert index in files and hashlib.sha256(files[tar]).hexdigest() == json.loads(files[stats])["sha256"]
+    time.sleep(2)  # the stopped run could not remove its lease: it expires
+    done = subprocess.run(args, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _shards(_files(url)) == _shards(on_disk) and verify_dataset(url) == []
+
+
+def test_a_store_that_does_not_answer_raises_one_error_naming_the_url(monkeypatch):
+    """Every call of an FsspecStore whose server is gone (a port nobody listens on) raises
+    StoreUnavailable naming the URL, which the CLI reports as one line, exit 1."""
+    import socket
+
+    from t2i_engine.dataset.store import FsspecStore
+    from t2i_engine.errors import StoreUnavailable
+
+    with socket.socket() as s:  # a free port, closed again: nothing answers there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {**s3_environment(f"http://127.0.0.1:{port}"), "AWS_MAX_ATTEMPTS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    store = FsspecStore("s3://gone/ds")
+    store.fs = fsspec.filesystem("s3", skip_instance_cache=True)  # not the cached client of another endpoint
+    calls = [
+        lambda: store.exists("x"),
+        lambda: store.list("*.tar"),
+        lambda: store.read_text("x"),
+        lambda: store.write_text("x", "1"),
+        lambda: store.remove("x"),
+        lambda: store.held("lock"),
+    ]
+    for call in calls:
+        with pytest.raises(StoreUnavailable, match="s3://gone/ds") as caught:
+            call()
+        assert "\n" not in str(caught.value)

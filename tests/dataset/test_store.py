@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from t2i_engine.dataset.store import FsspecStore, LocalStore, as_store, open_store
-from t2i_engine.errors import InputError
+from t2i_engine.errors import InputError, StoreUnavailable
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -48,7 +48,7 @@ def test_a_staged_file_has_no_name_until_it_is_published(make_store):
     import hashlib
 
     if isinstance(store, FsspecStore):  # an upload is read back (a local rename cannot change the bytes)
-        with pytest.raises(OSError, match="read back"):
+        with pytest.raises(StoreUnavailable, match="read back"):
             store.publish(staged, "000000.tar", size=5, sha256=hashlib.sha256(b"other").hexdigest())
         assert not store.exists("000000.tar")
         with store.stage("000000.tar") as (f, staged):
