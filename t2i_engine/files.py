@@ -58,6 +58,9 @@ def file_sha256(path: Path) -> str:
 
 # A URL's scheme (s3://, gs://, memory://): pathlib would take it for a local folder named "s3:"
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+# A storage URL with one slash lost (s3:/bucket/x, as a shell variable or Path() leaves it): a
+# local folder "s3:" is never what was meant; ./s3:/x still names one.
+MISTYPED_URL = re.compile(r"^(s3|s3a|gs|gcs|az|abfs|abfss|memory|hdfs|https?|file):/(?!/)", re.IGNORECASE)
 
 
 def check_local(value: str | Path, field: str) -> Path:
@@ -69,6 +72,14 @@ def check_local(value: str | Path, field: str) -> Path:
             str(value),
             f"expected a local or mounted folder: {str(value).split('://')[0]}:// URLs are not read or written yet; "
             "write to a local folder and copy it to the store (aws s3 sync, gcloud storage rsync)",
+        )
+    if MISTYPED_URL.match(str(value)):
+        scheme = str(value).split(":", 1)[0]
+        raise InputError(
+            field,
+            str(value),
+            f"looks like a {scheme}:// URL with a slash lost: write {scheme}://{str(value).split(':/', 1)[1]} "
+            f"(or ./{value} for a local folder of that name)",
         )
     return Path(value)
 

@@ -371,6 +371,25 @@ def test_an_object_store_url_is_refused_not_taken_for_a_local_folder(cli, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("s3://", "no bucket after s3://"),  # fsspec would take "s3:" for a local folder
+        ("s3:///ds", "no bucket after s3://"),
+        ("s3://Bad_Bucket!/ds", "'Bad_Bucket!' is not one"),
+        ("s3://bucket/a//ds", "no empty, '.' or '..' parts"),
+        ("s3://bucket/../ds", "no empty, '.' or '..' parts"),
+        ("memory://", "no name after memory://"),
+        ("s3:/bucket/ds", "write s3://bucket/ds (or ./s3:/bucket/ds"),  # one slash lost
+    ],
+)
+def test_a_malformed_store_url_is_refused_before_anything_is_sent_or_written(cli, tmp_path, monkeypatch, url, says):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("generate", "--out", url, "--images-per-class", "1")
+    assert code == 2 and f"--out: {url!r} is not allowed" in err and says in err, err
+    assert len(err.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
 def test_the_python_api_refuses_an_unsupported_store_url_too(tmp_path, monkeypatch):
     from t2i_engine.engine.recipe import build_recipe
     from t2i_engine.engine.run import RunOptions, generate

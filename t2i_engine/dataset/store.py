@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -439,7 +440,8 @@ def open_store(value: str | Path | LocalStore | FsspecStore, field: str = "out")
     if isinstance(value, (LocalStore, FsspecStore)):
         return value
     if isinstance(value, str) and URL.match(value):
-        scheme = value.split("://", 1)[0].lower()
+        scheme, rest = value.split("://", 1)
+        scheme = scheme.lower()  # a URL's scheme is case-insensitive; fsspec's registry is not
         if scheme not in STORE_SCHEMES:
             raise InputError(
                 field,
@@ -448,8 +450,35 @@ def open_store(value: str | Path | LocalStore | FsspecStore, field: str = "out")
                 f"{scheme}:// is not written to yet (its conditional creates, which the locks rest on, are untested); "
                 "write to a local folder and copy it to the store (gcloud storage rsync, ...)",
             )
-        return FsspecStore(value, field)
+        return FsspecStore(_checked_url(scheme, rest, value, field), field)
     return LocalStore(value, field)
+
+
+# S3's rules for a bucket's name (GCS's are the same but for longer, dotted names)
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+def _checked_url(scheme: str, rest: str, value: str, field: str) -> str:
+    """SCHEME://REST with a bucket (s3) or a name (memory) and no empty, `.` or `..` parts,
+    checked before anything is sent: `s3://` alone would be fsspec's local "s3:" folder, and
+    s3:///x would take "x" for the bucket."""
+    # memory:///x and memory://x are one place (its paths are absolute)
+    parts = (rest.lstrip("/") if scheme == "memory" else rest).rstrip("/").split("/")
+    form = "s3://BUCKET/PREFIX" if scheme == "s3" else f"{scheme}://NAME"
+    if not parts[0]:
+        raise InputError(
+            field, value, f"expected {form}: no {'bucket' if scheme == 's3' else 'name'} after {scheme}://"
+        )
+    if scheme == "s3" and not _BUCKET.match(parts[0]):
+        raise InputError(
+            field,
+            value,
+            f"expected {form} with a bucket name of 3-63 lowercase letters, digits, dots and hyphens, "
+            f"beginning and ending with a letter or digit; {parts[0]!r} is not one",
+        )
+    if any(part in ("", ".", "..") for part in parts[1:]):
+        raise InputError(field, value, f"expected {form} with no empty, '.' or '..' parts in its path")
+    return f"{scheme}://{rest.rstrip('/')}"  # as given, but for the scheme's case and trailing slashes
 
 
 def as_store(value: str | Path | LocalStore | FsspecStore, field: str = "out") -> LocalStore | FsspecStore:
