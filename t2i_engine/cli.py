@@ -940,7 +940,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"t2i-engine {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OutOfSpace as e:
-        print(f"t2i-engine {args.command}: error: out: {e}", file=sys.stderr)
+        print(f"t2i-engine {args.command}: error: {e}", file=sys.stderr)  # names the folder that is full
         return 1
     except StoreUnavailable as e:
         print(f"t2i-engine {args.command}: error: {e}", file=sys.stderr)

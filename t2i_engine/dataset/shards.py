@@ -181,8 +181,12 @@ class ShardWriter:
             for sample, (data, sha) in zip(samples, future.result(), strict=True)
         ]
         names = shard_files(unit.name)
+        # a USTAR member is a 512-byte header and its data padded to 512 bytes; three per sample
+        needed = sum(len(data) + 3 * 1024 for _, data, _ in encoded) + 10240
         try:
             return self._write_files(unit, encoded, *names)
+        except OutOfSpace as e:  # the store's own staging folder (an upload's), named by the store
+            raise OutOfSpace(e.folder, needed, 1, e.error) from e.error
         except OSError as e:
             # Nothing of this shard stays, not even a tar published before a failed sync of the
             # folder: this shard was not committed (only those are written), and a rerun remakes it.
@@ -190,8 +194,6 @@ class ShardWriter:
                 self.store.remove(name + TMP_SUFFIX)
                 self.store.remove(name)
             if e.errno in SPACE_ERRNOS:
-                # a USTAR member is a 512-byte header and its data padded to 512 bytes; three per sample
-                needed = sum(len(data) + 3 * 1024 for _, data, _ in encoded) + 10240
                 raise OutOfSpace(self.store.url, needed, 1, e) from e
             raise
 

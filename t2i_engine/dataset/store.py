@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import InputError, StoreUnavailable
+from ..errors import SPACE_ERRNOS, InputError, OutOfSpace, StoreUnavailable
 from ..files import TMP_SUFFIX, URL, atomic_write_bytes, check_local, check_writable, file_sha256, fsync_dir
 
 # The URL schemes a dataset can live at; others are refused with exit 2, naming these.
@@ -272,6 +272,7 @@ class FsspecStore:
         return h.hexdigest()
 
     def check_writable(self) -> None:
+        check_writable(Path(self.staging), "TMPDIR")  # shards are built there first
         probe = f".t2i-engine-probe-{uuid.uuid4().hex}"
         try:
             self.write_bytes(probe, b"")
@@ -298,14 +299,28 @@ class FsspecStore:
     def stage(self, name: str) -> Iterator[tuple[BinaryIO, Path]]:
         """A local file to build `name` in (the machine's temporary folder), removed when it ends
         by an exception; `publish` uploads it."""
-        fd, local = tempfile.mkstemp(prefix=f"t2i-engine-{name}-", suffix=TMP_SUFFIX)
+        fd, local = tempfile.mkstemp(prefix=f"t2i-engine-{name}-", dir=self.staging, suffix=TMP_SUFFIX)
         staged = Path(local)
         try:
             with os.fdopen(fd, "wb") as f:
                 yield f, staged
+        except OSError as e:
+            staged.unlink(missing_ok=True)
+            if e.errno in SPACE_ERRNOS:  # the staging folder is full, not the store: say which
+                raise OutOfSpace(self.staging_note, 0, 1, e) from e
+            raise
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
+
+    @property
+    def staging(self) -> str:
+        """The local folder shards are built in before upload: the machine's temporary folder."""
+        return tempfile.gettempdir()
+
+    @property
+    def staging_note(self) -> str:
+        return f"{self.staging} (where shards for {self.url} are built before upload; TMPDIR moves it)"
 
     @_answered
     def publish(self, staged: Path, name: str, *, size: int, sha256: str) -> None:

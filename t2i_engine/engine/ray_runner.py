@@ -92,7 +92,7 @@ def run_ray(
     except ray.exceptions.RayError as e:
         full = e.cause if isinstance(e, ray.exceptions.RayTaskError) else None
         if isinstance(full, OutOfSpace):  # an actor's disk or quota is full: no retry helps
-            raise OutOfSpace(out_dir, full.shard_bytes, 1, full.error) from None
+            raise OutOfSpace(full.folder, full.shard_bytes, 1, full.error) from None
         if isinstance(full, StoreUnavailable):  # the bucket, not the actor: a restart cannot help
             raise StoreUnavailable(full.url, full.error) from None
         raise RuntimeError(f"Ray actors on {device} failed after {MAX_RESTARTS} restarts: {str(e)[:400]}") from None

@@ -249,7 +249,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                 runner.writer.close()
                 ran.stages, ran.writer_wait = runner.stages(), runner.writer.wait_seconds
         except OutOfSpace as e:  # say how much the rest needs: the shards of this run still unwritten
-            raise OutOfSpace(out_dir, e.shard_bytes, len(_uncommitted(out_dir, mine)), e.error) from e.error
+            raise OutOfSpace(e.folder, e.shard_bytes, len(_uncommitted(out_dir, mine)), e.error) from e.error
         if not part:
             mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
         else:

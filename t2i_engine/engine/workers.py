@@ -133,7 +133,7 @@ def run_workers(
         elif kind == "bye":
             w.done = True
         elif kind == "out_of_space":
-            raise OutOfSpace(out_dir, rest[0], 1, OSError(rest[1], rest[2]))
+            raise OutOfSpace(rest[3], rest[0], 1, OSError(rest[1], rest[2]))
         elif kind == "store_unavailable":  # the store, not the worker: a restart cannot help
             raise StoreUnavailable(*rest)
         elif kind == "fatal":
@@ -266,7 +266,7 @@ def worker_main(
         with contextlib.suppress(StoreUnavailable):  # what it committed before the store went
             _report_written(runner.writer, outbox, reported)
     if isinstance(stop, OutOfSpace):
-        outbox.put(("out_of_space", stop.shard_bytes, stop.error.errno, stop.error.strerror))
+        outbox.put(("out_of_space", stop.shard_bytes, stop.error.errno, stop.error.strerror, str(stop.folder)))
     elif isinstance(stop, StoreUnavailable):
         outbox.put(("store_unavailable", stop.url, stop.error))
     else:

@@ -21,7 +21,8 @@ OPTIONS = RunOptions(device="cpu", progress=False, encode_workers=0)
 def url():
     root = f"/t2i-test-{uuid.uuid4().hex}"
     yield f"memory://{root}/ds"
-    fsspec.filesystem("memory").rm(root, recursive=True)
+    if fsspec.filesystem("memory").exists(root):  # a refused run made nothing
+        fsspec.filesystem("memory").rm(root, recursive=True)
 
 
 def _files(url: str) -> dict[str, bytes]:
@@ -61,3 +62,14 @@ def test_the_cli_writes_and_verifies_a_memory_dataset_and_refuses_workers_for_it
     assert code == 0 and fs.cat_file(f"{root}/preview.jpg")[:2] == b"\xff\xd8", err
     code, _, err = cli("generate", "--out", url + "2", "--images-per-class", "1", "--devices", "cpu:2")
     assert code == 2 and "lives in this process" in err
+
+
+def test_an_unwritable_staging_folder_is_refused_before_any_work(cli, url, monkeypatch):
+    """Shards for a URL are built in the temporary folder (TMPDIR) first: it is checked like a
+    local --out, exit 2 naming it."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", "/proc/no-such-staging")
+    code, _, err = cli("generate", "--out", url, "--images-per-class", "1", "--device", "cpu")
+    assert code == 2 and "TMPDIR: '/proc/no-such-staging'" in err and len(err.strip().splitlines()) == 1, err
+    assert not fsspec.filesystem("memory").exists(url.removeprefix("memory://"))

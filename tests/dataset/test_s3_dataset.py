@@ -194,3 +194,32 @@ def test_a_store_that_does_not_answer_raises_one_error_naming_the_url(monkeypatc
         with pytest.raises(StoreUnavailable, match="s3://gone/ds") as caught:
             call()
         assert "\n" not in str(caught.value)
+
+
+@pytest.mark.heavy  # a subprocess run: under --heavy (CI's heavy step); the local disk-full test is in make test
+def test_a_full_staging_folder_stops_cleanly_naming_it_and_nothing_is_marked(s3_bucket, tmp_path):
+    """Shards for a URL are built in TMPDIR first: when it fills (here a 16 KiB file-size limit,
+    and a 20 KiB shard), the run exits 1 with one line naming that folder, not the bucket's."""
+    import resource
+
+    url = f"{s3_bucket}/staging"
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+
+    full = subprocess.run(
+        [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", url, "--device", "cpu", "--encode-workers", "0",
+         "--no-progress", "--images-per-shard", "20"],
+        env=subprocess_env(TMPDIR=str(staging), PYTHONDONTWRITEBYTECODE="1"), preexec_fn=small_disk,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = full.stderr.strip().splitlines()
+    assert full.returncode == 1 and len(lines) == 1, full.stderr
+    assert f"{staging} (where shards for {url} are built before upload; TMPDIR moves it)" in lines[0]
+    assert "no space" in lines[0] and "the 2 still to write" in lines[0]
+    assert not list(staging.glob("t2i-engine-*")) and not [
+        n for n in _files(url) if n.endswith((".tar", ".stats.json"))
+    ]
