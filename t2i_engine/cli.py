@@ -678,9 +678,10 @@ def _add_train_eval_parsers(sub) -> None:
     tr = sub.add_parser("train", help="train a classifier on a dataset folder or an ImageFolder tree (resumable)")
     tr.add_argument(
         "data",
-        type=local_path,
+        type=dataset_location,
         metavar="DATA",
-        help="dataset folder from `generate`, or an ImageFolder tree ROOT/<class id>/<image>",
+        help="dataset folder or s3:// URL from `generate` (shards streamed), or an ImageFolder tree "
+        "ROOT/<class id>/<image>",
     )
     tr.add_argument(
         "--out",
@@ -739,7 +740,7 @@ def _add_train_eval_parsers(sub) -> None:
     ev.add_argument("run", type=local_path, metavar="RUN", help="a finished run folder")
     ev.add_argument(
         "--data",
-        type=local_path,
+        type=dataset_location,
         required=True,
         metavar="DIR",
         help="dataset folder or ImageFolder tree with the run's class ids (required)",
@@ -763,7 +764,10 @@ def _add_train_eval_parsers(sub) -> None:
         "analyze", help="PRDC, Vendi, diversity, FID/KID and CLIP alignment of a synthetic set against real images"
     )
     an.add_argument(
-        "data", type=local_path, metavar="DATA", help="the synthetic set (dataset folder or ImageFolder tree)"
+        "data",
+        type=dataset_location,
+        metavar="DATA",
+        help="the synthetic set (dataset folder or URL, or ImageFolder tree)",
     )
     an.add_argument(
         "--real", type=local_path, required=True, metavar="DIR", help="real images of the same class ids (required)"
@@ -807,7 +811,7 @@ def _add_train_eval_parsers(sub) -> None:
 
     pr = sub.add_parser("probe", help="write a probed copy of a set: fft-low, fft-high, or a VAE round trip")
     pr.add_argument("kind", choices=PROBES, help="the probe")
-    pr.add_argument("data", type=local_path, metavar="DATA", help="dataset folder or ImageFolder tree")
+    pr.add_argument("data", type=dataset_location, metavar="DATA", help="dataset folder or URL, or ImageFolder tree")
     pr.add_argument(
         "--out", type=local_path, required=True, metavar="DIR", help="new ImageFolder tree to write (required)"
     )

@@ -218,12 +218,23 @@ class FsspecStore:
         self.owner = uuid.uuid4().hex  # this store's leases (a process may open several)
         self.url, self.field = url.rstrip("/"), field
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url)
+            self._fs, self.root = fsspec.core.url_to_fs(self.url)
         except ImportError as e:  # s3:// without s3fs
             raise InputError(
                 field, url, f"needs {e.name or 'its fsspec backend'}: pip install 't2i-engine[s3]'"
             ) from None
         self.root = self.root.rstrip("/")
+        self._pid = os.getpid()
+
+    @property
+    def fs(self):
+        """The fsspec filesystem, made anew in a forked process (a DataLoader worker): an async
+        one (s3fs) runs on its parent's event loop thread, which a fork does not copy."""
+        if os.getpid() != self._pid:
+            import fsspec
+
+            self._fs, self._pid = fsspec.core.url_to_fs(self.url)[0], os.getpid()
+        return self._fs
 
     def __repr__(self) -> str:
         return f"FsspecStore({self.url!r})"

@@ -83,5 +83,6 @@ def direction(trained_on: dict, tested_on: dict) -> str:
 
 
 def _slug(data) -> str:
-    name = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in data.path.resolve().name)
-    return f"{name}-{stable_hash(str(data.path.resolve())) % 16**8:08x}"
+    where = data.path if isinstance(data.path, str) else str(data.path.resolve())  # a URL, or a folder
+    name = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in data.name)
+    return f"{name}-{stable_hash(where) % 16**8:08x}"

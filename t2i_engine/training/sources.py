@@ -1,9 +1,10 @@
 """Labelled image sets that training, eval and analysis read, whatever their layout.
 
 Two layouts:
-- an engine dataset folder (`dataset.json` + webdataset shards): labels come from each
-  sample's `.json` class id; the listing comes from the shards' `index.jsonl` files, so
-  counting and carving never decode an image;
+- an engine dataset (`dataset.json` + webdataset shards), in a folder or at a store URL
+  (s3://, memory://; dataset.store): labels come from each sample's `.json` class id; the
+  listing comes from the shards' `index.jsonl` files, so counting and carving never decode an
+  image, and a shard is streamed from the store when a loader reads it (nothing is copied);
 - an ImageFolder tree (`ROOT/<class id>/<image>`, torchvision's layout): the folder name is the
   class id; an optional `classes.json` ({id: name}) gives names, and an optional
   `t2i-source.json` says where the images came from (real data, a probe of another set).
@@ -22,11 +23,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..dataset.layout import MANIFEST
 from ..dataset.preview import MAX_CLASSES, choose, label
-from ..dataset.shards import shard_paths
+from ..dataset.shards import shard_files
+from ..dataset.store import FsspecStore, LocalStore, open_store
 from ..engine.verify import load_dataset_recipe
 from ..errors import InputError
-from ..files import atomic_write_text
+from ..files import URL, atomic_write_text
 from ..seeds import stable_hash
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -62,13 +65,14 @@ class Item:
 
 @dataclass
 class LabelledSet:
-    path: Path
+    path: Path | str  # a local folder, or a dataset's URL
     layout: str  # "shards" | "folder"
     class_ids: tuple[str, ...]  # in the set's own order
     class_names: dict[str, str]
     entries: list[Entry]
-    units: list[object]  # shard tar paths, or lists of (key, class id, file) per unit
+    units: list[object]  # shard tar names (in `store`), or lists of (key, class id, file) per unit
     origin: dict = field(default_factory=dict)  # kind (synthetic | real), model, guidance, recipe hash...
+    store: LocalStore | FsspecStore | None = None  # where the shards are (layout "shards")
     # The main process keeps the encoded bytes of the units it read while they fit in this
     # budget: a small set (the digits) is read from disk once, not once per epoch. Loader
     # workers live one epoch, so they do not cache.
@@ -78,6 +82,11 @@ class LabelledSet:
 
     def describe(self) -> dict:
         return {"path": str(self.path), "layout": self.layout, "images": len(self.entries), **self.origin}
+
+    @property
+    def name(self) -> str:
+        """The set's folder name (the last part of its URL)."""
+        return self.store.name if self.store is not None else Path(self.path).resolve().name
 
     def read_unit(self, unit: int) -> Iterator[Item]:
         from torch.utils.data import get_worker_info
@@ -96,7 +105,7 @@ class LabelledSet:
 
     def _read_unit(self, unit: int) -> Iterator[Item]:
         if self.layout == "shards":
-            yield from _read_shard(self.units[unit])
+            yield from _read_shard(self.store, self.units[unit])
         else:
             for key, class_id, file in self.units[unit]:
                 yield Item(key, class_id, Path(file).read_bytes(), None)
@@ -111,6 +120,15 @@ class LabelledSet:
 
 
 def open_set(path: str | Path, field_name: str = "data") -> LabelledSet:
+    if isinstance(path, str) and URL.match(path):
+        store = open_store(path, field_name)
+        if not store.exists(MANIFEST):
+            raise InputError(
+                field_name,
+                path,
+                "expected a dataset made by `t2i-engine generate` there (ImageFolder trees: local folders only)",
+            )
+        return _open_shards(store, field_name)
     path = Path(path).resolve()
     if not path.is_dir():
         raise InputError(
@@ -118,14 +136,15 @@ def open_set(path: str | Path, field_name: str = "data") -> LabelledSet:
             str(path),
             "expected a dataset folder made by `t2i-engine generate` or an ImageFolder tree (ROOT/<class id>/<image>)",
         )
-    if (path / "dataset.json").is_file():
-        return _open_shards(path, field_name)
+    if (path / MANIFEST).is_file():
+        return _open_shards(LocalStore(path, field_name), field_name)
     return _open_folder(path, field_name)
 
 
-def _open_shards(path: Path, field_name: str) -> LabelledSet:
+def _open_shards(store: LocalStore | FsspecStore, field_name: str) -> LabelledSet:
+    path = store.path() if isinstance(store, LocalStore) else store.url
     try:
-        manifest, recipe = load_dataset_recipe(path)
+        manifest, recipe = load_dataset_recipe(store)
     except InputError as e:
         raise InputError(field_name, str(path), e.allowed) from None
     if not manifest.get("complete"):
@@ -135,14 +154,14 @@ def _open_shards(path: Path, field_name: str) -> LabelledSet:
             "the dataset is incomplete; finish it with `t2i-engine generate` (same recipe) first",
         )
     entries, units = [], []
+    present = set(store.list("*"))  # one listing, not a look per file (at a URL each is a request)
     for shard in manifest["shards"]:
-        tar = path / shard["name"]
-        index = shard_paths(path, tar.name.removesuffix(".tar"))[1]
-        if not tar.is_file() or not index.is_file():
+        tar, index, _ = shard_files(shard["name"].removesuffix(".tar"))
+        if tar not in present or index not in present:
             raise InputError(
-                field_name, str(path), f"shard {tar.name} or its index is missing; run `t2i-engine verify {path}`"
+                field_name, str(path), f"shard {tar} or its index is missing; run `t2i-engine verify {path}`"
             )
-        for line in index.read_text(encoding="utf-8").splitlines():
+        for line in store.read_text(index).splitlines():
             row = json.loads(line)
             entries.append(Entry(row["key"], row["class_id"], len(units), row.get("prompt")))
         units.append(tar)
@@ -162,6 +181,7 @@ def _open_shards(path: Path, field_name: str) -> LabelledSet:
         entries,
         units,
         origin,
+        store,
     )
 
 
@@ -214,10 +234,13 @@ def _read_json(path: Path, field_name: str, default: dict) -> dict:
     return value
 
 
-def _read_shard(tar: Path) -> Iterator[Item]:
-    import webdataset as wds
+def _read_shard(store: LocalStore | FsspecStore, tar: str) -> Iterator[Item]:
+    """A shard's samples, streamed from its store (webdataset's tar reader over the open file)."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
 
-    for sample in wds.WebDataset(str(tar), shardshuffle=False, empty_check=False):
+    with store.open_read(tar) as stream:
+        samples = list(group_by_keys(tar_file_expander([{"url": tar, "stream": stream}])))
+    for sample in samples:
         meta = json.loads(sample["json"])
         data = next(v for k, v in sample.items() if k in ("png", "jpg", "jpeg", "webp"))
         yield Item(meta["key"], meta["class_id"], data, meta.get("prompt"))

@@ -66,9 +66,11 @@ def s3_environment(endpoint: str) -> dict[str, str]:
 def s3_bucket(s3_endpoint, monkeypatch):
     """A new bucket's URL, s3://NAME, with the environment pointing s3fs (and any subprocess) at the server."""
     import fsspec
+    from s3fs import S3FileSystem
 
     for key, value in s3_environment(s3_endpoint).items():
         monkeypatch.setenv(key, value)
+    S3FileSystem.clear_instance_cache()  # fsspec caches clients whatever the environment: one for this one
     name = f"t2i-{uuid.uuid4().hex[:12]}"
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     fs.mkdir(name)
