@@ -2,10 +2,11 @@
 
 One actor per GPU of the cluster (`num_gpus=1`), or one per CPU when the cluster has no GPU;
 each wraps the local scheduler's UnitRunner (model loaded once, whole units written as shards)
-and returns when its shard is on disk. Units go to whichever actor is free (ActorPool), so fast
-machines take more. An actor that dies is restarted by Ray and its unit retried (max_restarts,
-max_task_retries). Every node must see the output folder at the same path (shared storage);
-the driver holds the folder's lock and writes the manifest, as a local run does.
+and returns when its shard is committed. Units go to whichever actor is free, so fast machines
+take more; the unit of an actor that dies goes back to the queue (run_ray). Every node must reach
+`--out`: a bucket URL (s3://; credentials from each node's environment), or a folder at the same
+path on every node (shared storage). The driver holds the dataset's lock and writes the manifest,
+as a local run does.
 
 Ray is an optional extra: pip install 't2i-engine[ray]'.
 """
@@ -13,6 +14,7 @@ Ray is an optional extra: pip install 't2i-engine[ray]'.
 from __future__ import annotations
 
 import os
+from collections import deque
 from pathlib import Path
 
 from ..dataset.records import WorkUnit
@@ -61,24 +63,35 @@ def run_ray(
     progress: bool,
     max_actors: int | None = None,
 ) -> tuple[int, dict, int]:
-    """Generate `units` on the connected Ray cluster; returns (images written, actors, 0). Every
-    actor runs in `dtype`, the precision the manifest records."""
+    """Generate `units` on the connected Ray cluster; returns (images written, actors, units put
+    back because their actor was lost). Every actor runs in `dtype`, the precision the manifest
+    records.
+
+    The driver hands out one unit per free actor and knows which actor holds which unit, as the
+    local scheduler does (workers.py): when an actor dies (its process, or its node removed by
+    the autoscaler or a preemption) the unit it held goes back to the head of the queue for the
+    next free actor, so a lost node costs at most the units its actors held. Ray restarts the
+    actor (MAX_RESTARTS) where resources allow; it takes units again once it answers a ping."""
     import ray
-    from ray.util import ActorPool
     from tqdm import tqdm
 
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
     count = min(len(units), gpus or cpus, max_actors or len(units))
     options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-    actor_cls = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(_RayUnitWorker)
+    # no task retries: a unit whose actor died is the driver's to hand to another actor, at once,
+    # not Ray's to hold until that same actor comes back (on a node that may never return)
+    actor_cls = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=0)(_RayUnitWorker)
     device = "cuda" if gpus else "cpu"
     actors = [
         actor_cls.options(**options).remote(device, recipe.to_dict(), str(out_dir), model, dtype) for _ in range(count)
     ]
-    done = 0
+    todo, idle = deque(units), list(actors)
+    running: dict = {}  # ObjectRef of a unit's run -> (its actor, the unit)
+    recovering: dict = {}  # ObjectRef of a ping -> an actor whose unit was lost
+    done = retried = 0
+    lost: Exception | None = None
     try:
-        pool = ActorPool(actors)
         with tqdm(
             total=sum(len(u.samples) for u in units),
             unit="img",
@@ -86,20 +99,46 @@ def run_ray(
             disable=None if progress else True,
             dynamic_ncols=True,
         ) as bar:
-            for n in pool.map_unordered(lambda actor, unit: actor.run.remote(unit), units):
+            while todo or running:
+                while todo and idle:
+                    actor, unit = idle.pop(), todo.popleft()
+                    running[actor.run.remote(unit)] = (actor, unit)
+                if not running and not recovering:
+                    raise RuntimeError(
+                        f"every Ray actor was lost ({MAX_RESTARTS} restarts each; the last: {str(lost)[:400]}); "
+                        f"units left: {', '.join(u.name for u in list(todo)[:10])}"
+                    )
+                (ref,), _ = ray.wait([*running, *recovering], num_returns=1)
+                if ref in recovering:
+                    actor = recovering.pop(ref)
+                    try:
+                        ray.get(ref)
+                        idle.append(actor)
+                    except ray.exceptions.RayActorError as e:  # its restarts are spent
+                        lost = e
+                    continue
+                actor, unit = running.pop(ref)
+                try:
+                    n = ray.get(ref)
+                except ray.exceptions.RayActorError as e:  # its process or node is gone: the unit goes back
+                    lost = e
+                    todo.appendleft(unit)
+                    retried += 1
+                    recovering[actor.ping.remote()] = actor
+                    continue
                 done += n
                 bar.update(n)
-    except ray.exceptions.RayError as e:
-        full = e.cause if isinstance(e, ray.exceptions.RayTaskError) else None
-        if isinstance(full, OutOfSpace):  # an actor's disk or quota is full: no retry helps
-            raise OutOfSpace(full.folder, full.shard_bytes, 1, full.error) from None
-        if isinstance(full, StoreUnavailable):  # the bucket, not the actor: a restart cannot help
-            raise StoreUnavailable(full.url, full.error) from None
-        raise RuntimeError(f"Ray actors on {device} failed after {MAX_RESTARTS} restarts: {str(e)[:400]}") from None
+                idle.append(actor)
+    except ray.exceptions.RayTaskError as e:  # the unit failed in a live actor: no other actor would do better
+        if isinstance(e.cause, OutOfSpace):  # an actor's disk or quota is full
+            raise OutOfSpace(e.cause.folder, e.cause.shard_bytes, 1, e.cause.error) from None
+        if isinstance(e.cause, StoreUnavailable):  # the bucket, not the actor
+            raise StoreUnavailable(e.cause.url, e.cause.error) from None
+        raise RuntimeError(f"a Ray actor on {device} failed: {str(e)[:400]}") from None
     finally:
         for actor in actors:  # none may keep writing once the driver lets go of the folder
             ray.kill(actor)
-    return done, {f"ray-{device}-actors": count}, 0
+    return done, {f"ray-{device}-actors": count}, retried
 
 
 class _RayUnitWorker:
@@ -115,6 +154,10 @@ class _RayUnitWorker:
         self.runner = UnitRunner.load(device, recipe_dict, out_dir, model, threads)
         if self.runner.dtype != dtype:
             raise RuntimeError(f"this actor runs {self.runner.dtype}, the dataset is {dtype}")
+
+    def ping(self) -> bool:
+        """Answers once the actor is (again) up: a restarted one has reloaded its model."""
+        return True
 
     def run(self, unit: WorkUnit) -> int:
         if is_committed(self.runner.writer.store, unit.name):  # a retry after an actor died past its commit

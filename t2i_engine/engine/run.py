@@ -376,6 +376,7 @@ def _summary(recipe, out_dir, meta, units, todo, ran: _Ran, times: tuple, device
     )
     if options.ray:
         summary["ray"] = ran.rates
+        summary["ray_units_retried"] = ran.restarts  # put back because their actor (or its node) was lost
     elif options.devices:
         summary["devices"] = options.devices
         summary["device_images_per_second"] = ran.rates

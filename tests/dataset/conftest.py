@@ -18,6 +18,9 @@ class S3Server:
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # its request lines would land in a CLI test's stderr
         self.port, self.server = port, None
+        # called with each request's WSGI environ before the server handles it; returning True
+        # drops the request unanswered by the store (a 500), as a client killed mid-upload leaves it
+        self.before_request = None
         self.start()
 
     @property
@@ -30,6 +33,15 @@ class S3Server:
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.server.start()
         self.port = self.server.get_host_and_port()[1]
+        moto_app = self.server._server.app  # werkzeug's server: wrap its app to see each request first
+
+        def app(environ, start_response):
+            if self.before_request is not None and self.before_request(environ):
+                start_response("500 Internal Server Error", [("Content-Length", "0")])
+                return [b""]
+            return moto_app(environ, start_response)
+
+        self.server._server.app = app
 
     def stop(self) -> None:
         if self.server is not None:
@@ -45,11 +57,18 @@ def s3_endpoint():
 
 
 @pytest.fixture
-def s3_server():
-    """A server of this test's own, to stop mid-run."""
+def s3_server(monkeypatch):
+    """A server of this test's own (to stop mid-run, or to watch its requests), with the
+    environment pointing s3fs (and any subprocess) at it."""
+    from s3fs import S3FileSystem
+
     server = S3Server()
+    for key, value in s3_environment(server.endpoint).items():
+        monkeypatch.setenv(key, value)
+    S3FileSystem.clear_instance_cache()  # fsspec caches clients whatever the environment: one for this one
     yield server
     server.stop()
+    S3FileSystem.clear_instance_cache()
 
 
 def s3_environment(endpoint: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -74,32 +75,39 @@ def test_two_parts_at_once_write_one_dataset(s3_bucket, on_disk, tmp_path):
 
 @pytest.mark.alone
 @pytest.mark.heavy  # a killed process and a rerun: under --heavy (CI's heavy step), make test's margin
-def test_a_run_killed_mid_run_leaves_no_partial_shard_and_resumes(s3_bucket, on_disk, tmp_path):
-    """SIGKILL once some shard is up: every shard whose stats (the marker) are in the bucket has
-    its index and a tar of the recorded sha256 (at a URL the tar is uploaded and checked first, the
-    marker last), the killed run's lease expires (2 s here), and the rerun completes the dataset
-    with every sample once."""
-    url = f"{s3_bucket}/killed"
+def test_a_run_killed_mid_upload_leaves_no_partial_shard_and_resumes(s3_server, on_disk, tmp_path):
+    """SIGKILL while the upload of shard 3 is in flight (the server sees its PUT, kills the
+    client, and never stores it): no file of that shard is in the bucket, every shard whose stats
+    (the marker) are there has its index and a tar of the recorded sha256 (at a URL the tar is
+    uploaded and checked first, the marker last), the killed run's lease expires (2 s here), and
+    the rerun completes the dataset with every sample once."""
+    bucket = f"t2i-{time.time_ns() % 10**12}"
+    fsspec.filesystem("s3").mkdir(bucket)
+    url = f"s3://{bucket}/killed"
     (tmp_path / "recipe.yaml").write_text(RECIPE)
     env = subprocess_env(T2I_ENGINE_LEASE_SECONDS="2")
     args = [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", url, "--device", "cpu",
             "--encode-workers", "0", "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(args, stderr=subprocess.DEVNULL, env=env)
-    fs, root = fsspec.core.url_to_fs(url)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        fs.invalidate_cache()
-        if fs.exists(f"{root}/000001.stats.json"):
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+
+    def kill_mid_upload(environ) -> bool:
+        if environ["REQUEST_METHOD"] == "PUT" and environ["PATH_INFO"].endswith("/killed/000003.tar"):
+            proc.send_signal(signal.SIGKILL)
+            return True
+        return False
+
+    s3_server.before_request = kill_mid_upload
+    proc.wait(timeout=180)
+    s3_server.before_request = None
+    assert proc.returncode == -signal.SIGKILL
     files = _files(url)
+    assert not [n for n in files if n.startswith("000003.")]  # nothing of the shard in flight
     marked = [n.removesuffix(".stats.json") for n in files if n.endswith(".stats.json")]
     for shard in marked:  # a shard's stats, its marker, stand only beside its whole, checked tar
         tar, index, stats = shard_files(shard)
         assert index in files and hashlib.sha256(files[tar]).hexdigest() == json.loads(files[stats])["sha256"]
-    assert marked and len(marked) < 10  # killed before the end
+    assert sorted(marked) == ["000000", "000001", "000002"]  # one writer thread commits in order
+    time.sleep(2)  # the killed run's lease expires
     done = subprocess.run(args, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert _shards(_files(url)) == _shards(on_disk) and verify_dataset(url) == []
@@ -134,21 +142,16 @@ def _wait_for(url: str, name: str, proc: subprocess.Popen, seconds: float = 120)
 
 @pytest.mark.alone
 @pytest.mark.heavy  # a run stopped and rerun in subprocesses: under --heavy (CI's heavy step), make test's margin
-def test_a_store_that_stops_answering_stops_the_run_cleanly_and_a_rerun_completes(
-    s3_server, on_disk, tmp_path, monkeypatch
-):
+def test_a_store_that_stops_answering_stops_the_run_cleanly_and_a_rerun_completes(s3_server, on_disk, tmp_path):
     """The S3 server goes away once some shard is committed: the run exits 1 with one line naming
     the URL (botocore's retries cut to 2 here, as AWS_MAX_ATTEMPTS lets a user); no partial shard is
     marked; with the server back (same buckets) and the stopped run's lease expired, the same
     command completes the dataset with every sample once."""
-    environment = s3_environment(s3_server.endpoint)
-    for key, value in environment.items():
-        monkeypatch.setenv(key, value)
     bucket = f"t2i-{time.time_ns() % 10**12}"
-    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
+    fsspec.filesystem("s3").mkdir(bucket)
     url = f"s3://{bucket}/ds"
     (tmp_path / "recipe.yaml").write_text(RECIPE)
-    env = subprocess_env(**environment, T2I_ENGINE_LEASE_SECONDS="2", AWS_MAX_ATTEMPTS="2")
+    env = subprocess_env(T2I_ENGINE_LEASE_SECONDS="2", AWS_MAX_ATTEMPTS="2")
     args = [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", url, "--device", "cpu",
             "--encode-workers", "0", "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
@@ -253,3 +256,45 @@ def test_train_streams_a_dataset_from_s3_and_learns_exactly_what_it_learns_from_
         assert result["train_images"] + result["val_images"] == 40
     assert runs["disk"].keys() == runs["s3"].keys()
     assert all(torch.equal(runs["disk"][k], runs["s3"][k]) for k in runs["disk"])
+
+
+@pytest.mark.alone
+@pytest.mark.heavy  # a Ray cluster of three nodes: under --heavy (CI's heavy step)
+def test_ray_across_three_nodes_writes_to_s3_and_a_node_lost_mid_run_costs_only_its_unit(s3_bucket, tmp_path):
+    """A local Ray cluster (a head for the driver, three one-CPU nodes: one actor each) writes to
+    the S3 server with no shared folder; one node is removed once shards are committed. The run
+    completes, every sample once (verify, and each key in one shard), and at most the one unit that
+    node's actor held was put back (`ray_units_retried`)."""
+    env = dict(os.environ)  # importing Ray sets some (RAY_CLIENT_MODE): put back as found
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    url = f"{s3_bucket}/ray"
+    (tmp_path / "recipe.yaml").write_text(
+        "model: digits\nimages_per_class: 8\nsteps: 4\nimages_per_shard: 2\n"
+    )  # 80 samples, 40 units
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the driver's node: no actor
+    try:
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
+        cluster.wait_for_nodes()
+        args = [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", url, "--ray", cluster.address,
+                "--no-progress", "--json"]  # fmt: skip
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=subprocess_env())  # fmt: skip
+        _wait_for(url, "000003.stats.json", proc, seconds=240)
+        assert proc.poll() is None, proc.communicate()[1]
+        cluster.remove_node(nodes[1])
+        out, err = proc.communicate(timeout=600)
+    finally:
+        cluster.shutdown()
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(env)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["dataset_complete"] and summary["ray"] == {"ray-cpu-actors": 3}
+    assert summary["ray_units_retried"] <= 1, summary
+    assert verify_dataset(url) == []
+    files = _files(url)
+    keys = [json.loads(line)["key"] for n in files if n.endswith(".index.jsonl") for line in files[n].splitlines()]
+    assert len(keys) == len(set(keys)) == 80
