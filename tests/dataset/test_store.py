@@ -9,19 +9,35 @@ from t2i_engine.dataset.store import FsspecStore, LocalStore, as_store, open_sto
 from t2i_engine.errors import InputError, StoreUnavailable
 
 
-@pytest.fixture(params=["local", "memory"])
-def make_store(request, tmp_path):
-    """A store of each kind at a fresh location: make_store("ds") -> the store of DIR/ds."""
+def _fresh_root(kind: str, request) -> str:
+    """A fresh URL of `kind`: memory://, or a new bucket on the S3 test server (conftest.py)."""
     import uuid
 
+    if kind == "memory":
+        return f"memory:///t2i-test-{uuid.uuid4().hex}"
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    return request.getfixturevalue("s3_bucket")
+
+
+def _remove(url: str) -> None:
     import fsspec
 
+    fs, root = fsspec.core.url_to_fs(url)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def make_store(request, tmp_path):
+    """A store of each kind at a fresh location: make_store("ds") -> the store of DIR/ds."""
     if request.param == "local":
         yield lambda name="": LocalStore(tmp_path / name)
         return
-    root = f"/t2i-test-{uuid.uuid4().hex}"
-    yield lambda name="": FsspecStore(f"memory://{root}/{name}".rstrip("/"))
-    fsspec.filesystem("memory").rm(root, recursive=True)
+    root = _fresh_root(request.param, request)
+    yield lambda name="": FsspecStore(f"{root}/{name}".rstrip("/"))
+    if request.param == "memory":  # the s3 bucket goes with its fixture
+        _remove(root)
 
 
 def test_writes_are_whole_and_names_list_sorted(make_store):
@@ -126,15 +142,33 @@ def test_only_the_store_touches_the_filesystem():
     assert found == []
 
 
-@pytest.fixture
-def url():
-    import uuid
+@pytest.fixture(params=["memory", "s3"])
+def url(request):
+    """A fresh location in each store with conditional creates: memory://, and S3 (the test server)."""
+    root = _fresh_root(request.param, request)
+    yield f"{root}/ds"
+    if request.param == "memory":
+        _remove(root)
 
-    import fsspec
 
-    root = f"/t2i-test-{uuid.uuid4().hex}"
-    yield f"memory://{root}"
-    fsspec.filesystem("memory").rm(root, recursive=True)
+def test_of_many_takers_at_once_exactly_one_gets_the_lease(url):
+    """The conditional create the leases rest on (S3: PutObject If-None-Match: *), raced by eight
+    threads as eight processes would: one holds it, the seven others are refused."""
+    import threading
+
+    stores = _stores(url, 8, lease_seconds=30)
+    barrier, outcomes = threading.Barrier(8), []
+
+    def take(store):
+        barrier.wait()
+        outcomes.append(store._take("L", shared=False)[0])
+
+    threads = [threading.Thread(target=take, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes, key=str) == ["L.1"] + [None] * 7 and stores[0].list("L.*") == ["L.1"]
 
 
 def _stores(url: str, n: int, lease_seconds: float = 0.4) -> list[FsspecStore]:
