@@ -174,6 +174,12 @@ def run_workers(
                     )
                 start(wid)
         graceful = True
+    except (OutOfSpace, StoreUnavailable):
+        # No room or no store: the other workers fail their next write the same way, so let them
+        # end their unit and close their writers (a terminated one leaves its encoders' semaphores
+        # behind, which Python then reports on stderr); the 30 s below bound it.
+        graceful = True
+        raise
     finally:
         # Done: let each worker finish and close its writer. Interrupted or failed: stop them
         # now; their committed shards stay, and partial files are cleared by the next run.

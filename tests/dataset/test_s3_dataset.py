@@ -142,7 +142,10 @@ def _wait_for(url: str, name: str, proc: subprocess.Popen, seconds: float = 120)
 
 @pytest.mark.alone
 @pytest.mark.heavy  # a run stopped and rerun in subprocesses: under --heavy (CI's heavy step), make test's margin
-def test_a_store_that_stops_answering_stops_the_run_cleanly_and_a_rerun_completes(s3_server, on_disk, tmp_path):
+@pytest.mark.parametrize("scale_out", [[], ["--devices", "cpu:2"]], ids=["one-process", "two-workers"])
+def test_a_store_that_stops_answering_stops_the_run_cleanly_and_a_rerun_completes(
+    s3_server, on_disk, tmp_path, scale_out
+):
     """The S3 server goes away once some shard is committed: the run exits 1 with one line naming
     the URL (botocore's retries cut to 2 here, as AWS_MAX_ATTEMPTS lets a user); no partial shard is
     marked; with the server back (same buckets) and the stopped run's lease expired, the same
@@ -152,8 +155,8 @@ def test_a_store_that_stops_answering_stops_the_run_cleanly_and_a_rerun_complete
     url = f"s3://{bucket}/ds"
     (tmp_path / "recipe.yaml").write_text(RECIPE)
     env = subprocess_env(T2I_ENGINE_LEASE_SECONDS="2", AWS_MAX_ATTEMPTS="2")
-    args = [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", url, "--device", "cpu",
-            "--encode-workers", "0", "--no-progress"]  # fmt: skip
+    args = [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", url, "--no-progress",
+            *(scale_out or ["--device", "cpu", "--encode-workers", "0"])]  # fmt: skip
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
     _wait_for(url, "000001.stats.json", proc)
     s3_server.stop()
