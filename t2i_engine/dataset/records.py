@@ -4,6 +4,7 @@ readers and writers take them as they are."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -30,15 +31,53 @@ class Sample:
         }
 
 
-@dataclass(frozen=True)
 class WorkUnit:
-    shard: int
-    samples: tuple[Sample, ...]
-    model: str = ""  # a mixture's units each hold one generator's samples
+    """One shard's samples: given, or planned (`size` samples from index `start` of `source`, a
+    sequence of samples made on demand), so a million-sample plan holds no sample until a unit is
+    run or checked. A unit sent to another process (a worker, a Ray actor) carries its samples."""
+
+    __slots__ = ("shard", "model", "size", "_samples", "_source", "_start")
+
+    def __init__(
+        self,
+        shard: int,
+        samples: Sequence[Sample] | None = None,
+        model: str = "",  # a mixture's units each hold one generator's samples
+        *,
+        source: Sequence[Sample] | None = None,
+        start: int = 0,
+        size: int | None = None,
+    ):
+        if (samples is None) == (source is None):
+            raise TypeError("a WorkUnit takes its samples or a source to plan them from, not both")
+        self.shard, self.model = shard, model
+        self._samples = None if samples is None else tuple(samples)
+        self._source, self._start = source, start
+        self.size = len(self._samples) if samples is not None else int(size)
+
+    @property
+    def samples(self) -> tuple[Sample, ...]:
+        if self._samples is None:  # made once, on first use
+            self._samples = tuple(self._source[self._start + q] for q in range(self.size))
+        return self._samples
 
     @property
     def name(self) -> str:
         return shard_name(self.shard)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, WorkUnit):
+            return NotImplemented
+        return (self.shard, self.model, self.samples) == (other.shard, other.model, other.samples)
+
+    def __hash__(self) -> int:
+        return hash((self.shard, self.model, self.size))
+
+    def __repr__(self) -> str:
+        return f"WorkUnit(shard={self.shard}, size={self.size}, model={self.model!r})"
+
+    def __reduce__(self):
+        return WorkUnit, (self.shard, self.samples, self.model)
 
 
 def shard_name(shard: int) -> str:

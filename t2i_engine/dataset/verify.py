@@ -72,7 +72,7 @@ def _verify_unit(
     tar_name, index_name, stats_name = shard_files(unit.name)
     bad = lambda msg: Problem(unit.name, msg)  # noqa: E731
     if not store.exists(tar_name):
-        return [bad(f"missing ({len(unit.samples)} planned samples)")]
+        return [bad(f"missing ({unit.size} planned samples)")]
     if not store.exists(stats_name) or not store.exists(index_name):
         return [bad(f"missing its {'stats' if not store.exists(stats_name) else 'index'} file")]
     problems = []
@@ -90,11 +90,11 @@ def _verify_unit(
         problems.append(bad(f"sha256 {sha[:12]}... differs from {MANIFEST}'s {recorded_sha[:12]}..."))
 
     size = store.size(tar_name)
-    if stats.get("count") != len(unit.samples) or stats.get("bytes") != size:
+    if stats.get("count") != unit.size or stats.get("bytes") != size:
         problems.append(
             bad(
                 f"stats record {stats.get('count')} samples / {stats.get('bytes')} bytes; "
-                f"planned {len(unit.samples)}, file has {size} bytes"
+                f"planned {unit.size}, file has {size} bytes"
             )
         )
     planned_rows = [s.identity() for s in unit.samples]

@@ -11,23 +11,54 @@ first manifest format used 64 bits; `seed_bits` reproduces their plans).
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
+
 from ..dataset.records import Sample, WorkUnit
 from ..seeds import SEED_BITS, sample_seed
 from .recipe import Recipe, mixture_counts
 
+# Planning is arithmetic on sample indices: nothing per sample is made until a unit is used, so
+# planning 1.3M samples (ImageNet-1k x 1,300) takes milliseconds, and every --part pays only for
+# its own units.
 
-def plan_samples(recipe: Recipe, seed_bits: int = SEED_BITS) -> list[Sample]:
-    classes, n_classes = recipe.classes, len(recipe.classes)
-    width = max(6, len(str(recipe.images_per_class - 1)))
-    owners = _owners(recipe)
-    samples = []
-    for i in range(recipe.num_samples):
-        c, j = i % n_classes, i // n_classes
-        seed = sample_seed(recipe.seed, i, seed_bits)
-        cls = classes[c]
-        prompt = recipe.prompt.prompt(cls, c, j, seed)
-        samples.append(Sample(i, f"{cls.id}_{j:0{width}d}", c, cls.id, cls.name, prompt, seed, owners[j]))
-    return samples
+
+class SamplePlan(Sequence):
+    """The recipe's samples in index order, each made when asked for (`plan[i]`, a slice, or
+    iterating): the same Sample objects plan_samples always gave."""
+
+    def __init__(self, recipe: Recipe, seed_bits: int = SEED_BITS):
+        self.recipe, self.seed_bits = recipe, seed_bits
+        self._classes = recipe.classes
+        self._width = max(6, len(str(recipe.images_per_class - 1)))
+        self._owners = _owners(recipe)
+
+    def __len__(self) -> int:
+        return self.recipe.num_samples
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        c, j = i % len(self._classes), i // len(self._classes)
+        seed = sample_seed(self.recipe.seed, i, self.seed_bits)
+        cls = self._classes[c]
+        prompt = self.recipe.prompt.prompt(cls, c, j, seed)
+        return Sample(i, f"{cls.id}_{j:0{self._width}d}", c, cls.id, cls.name, prompt, seed, self._owners[j])
+
+    def __eq__(self, other: object) -> bool:  # as the list it stands for
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None
+
+
+def plan_samples(recipe: Recipe, seed_bits: int = SEED_BITS) -> SamplePlan:
+    return SamplePlan(recipe, seed_bits)
 
 
 def _owners(recipe: Recipe) -> list[str]:
@@ -39,15 +70,44 @@ def _owners(recipe: Recipe) -> list[str]:
     return [e.model for e, n in zip(recipe.mixture, counts) for _ in range(n)]
 
 
-def plan_units(recipe: Recipe, seed_bits: int = SEED_BITS) -> list[WorkUnit]:
-    """Shards of consecutive samples; in a mixture, each generator's samples in shards of their
-    own (the first model's shards first), so a worker runs one model a unit."""
-    samples = plan_samples(recipe, seed_bits)
-    size = recipe.images_per_shard
-    groups = [[s for s in samples if s.model == name] for name in recipe.models] if recipe.mixture else [samples]
-    units: list[WorkUnit] = []
-    for group in groups:
-        for s in range(0, len(group), size):
-            chunk = tuple(group[s : s + size])
-            units.append(WorkUnit(len(units), chunk, chunk[0].model))
-    return units
+class UnitPlan(Sequence):
+    """The recipe's work units in shard order, each made when asked for. Without a mixture, unit
+    k holds samples [k * size, (k+1) * size). In a mixture, model m owns images [a_m, b_m) of every
+    class, which are samples [a_m * C, b_m * C): a contiguous run of indices, cut into shards of
+    its own (the first model's shards first), so a worker runs one model a unit."""
+
+    def __init__(self, recipe: Recipe, seed_bits: int = SEED_BITS):
+        self.samples = SamplePlan(recipe, seed_bits)
+        self.shard_size = recipe.images_per_shard
+        n_classes = len(recipe.classes)
+        if recipe.mixture:
+            counts = mixture_counts([e.share for e in recipe.mixture], recipe.images_per_class)
+            starts = [sum(counts[:m]) for m in range(len(counts))]
+            groups = [(e.model, a * n_classes, n * n_classes) for e, a, n in zip(recipe.mixture, starts, counts)]
+        else:
+            groups = [("", 0, recipe.num_samples)]
+        self._groups = [g for g in groups if g[2] > 0]  # (model, first sample, samples)
+        self._first_unit = [0]  # the first shard of each group
+        for _, _, n in self._groups:
+            self._first_unit.append(self._first_unit[-1] + -(-n // self.shard_size))
+
+    def __len__(self) -> int:
+        return self._first_unit[-1]
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[q] for q in range(*k.indices(len(self)))]
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        g = bisect.bisect_right(self._first_unit, k) - 1
+        model, first, n = self._groups[g]
+        offset = (k - self._first_unit[g]) * self.shard_size
+        size = min(self.shard_size, n - offset)
+        return WorkUnit(k, model=model, source=self.samples, start=first + offset, size=size)
+
+
+def plan_units(recipe: Recipe, seed_bits: int = SEED_BITS) -> UnitPlan:
+    """Shards of consecutive samples (a mixture's: of one generator each), made on demand."""
+    return UnitPlan(recipe, seed_bits)

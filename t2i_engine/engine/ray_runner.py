@@ -93,7 +93,7 @@ def run_ray(
     lost: Exception | None = None
     try:
         with tqdm(
-            total=sum(len(u.samples) for u in units),
+            total=sum(u.size for u in units),
             unit="img",
             desc=f"generate (ray, {count} {device} actors)",
             disable=None if progress else True,
@@ -161,7 +161,7 @@ class _RayUnitWorker:
 
     def run(self, unit: WorkUnit) -> int:
         if is_committed(self.runner.writer.store, unit.name):  # a retry after an actor died past its commit
-            return len(unit.samples)
+            return unit.size
         n = self.runner.run(unit)
         self.runner.writer.flush()
         return n

@@ -417,7 +417,7 @@ def _flops_as_run(generator, options: RunOptions, images: int, part: str = "deno
 
 def _run_units(units: list[WorkUnit], runner: UnitRunner, progress: bool) -> int:
     with tqdm(
-        total=sum(len(u.samples) for u in units),
+        total=sum(u.size for u in units),
         unit="img",
         desc="generate",
         disable=None if progress else True,

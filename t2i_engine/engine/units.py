@@ -137,7 +137,7 @@ class UnitRunner:
             if on_batch is not None:
                 on_batch(len(batch))
         self.writer.commit(unit)
-        return len(unit.samples)
+        return unit.size
 
 
 def _is_oom(error: Exception) -> bool:

@@ -91,7 +91,7 @@ def run_workers(
     workers = [_Worker(d) for d in devices]
     written: set[int] = set()
     bar = tqdm(
-        total=sum(len(u.samples) for u in units),
+        total=sum(u.size for u in units),
         unit="img",
         desc="generate",
         disable=None if progress else True,
@@ -114,7 +114,7 @@ def run_workers(
             w.held.remove(shard)
         if shard not in written:
             written.add(shard)
-            n = len(by_shard[shard].samples)
+            n = by_shard[shard].size
             w.images += n
             bar.update(n)
             bar.set_postfix_str(_rates(workers))

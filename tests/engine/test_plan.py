@@ -45,3 +45,51 @@ def test_shards_mix_classes_and_classes_get_equal_counts():
     units = plan_units(r)
     assert all(len({s.class_index for s in u.samples}) == len(r.classes) for u in units[:-1])
     assert Counter(s.class_index for u in units for s in u.samples) == {0: 8, 1: 8, 2: 8}
+
+
+def _eager_plan(recipe, seed_bits):
+    """The planning rule as it stood before planning became lazy (every sample, then every unit,
+    made up front), kept here as the reference the lazy plan must equal sample for sample."""
+    from t2i_engine.dataset.records import Sample
+    from t2i_engine.engine.recipe import mixture_counts
+
+    n_classes, width = len(recipe.classes), max(6, len(str(recipe.images_per_class - 1)))
+    owners = [""] * recipe.images_per_class
+    if recipe.mixture:
+        counts = mixture_counts([e.share for e in recipe.mixture], recipe.images_per_class)
+        owners = [e.model for e, n in zip(recipe.mixture, counts) for _ in range(n)]
+    samples = []
+    for i in range(recipe.num_samples):
+        c, j = i % n_classes, i // n_classes
+        seed = sample_seed(recipe.seed, i, seed_bits)
+        cls = recipe.classes[c]
+        prompt = recipe.prompt.prompt(cls, c, j, seed)
+        samples.append(Sample(i, f"{cls.id}_{j:0{width}d}", c, cls.id, cls.name, prompt, seed, owners[j]))
+    groups = [[s for s in samples if s.model == m] for m in recipe.models] if recipe.mixture else [samples]
+    units = []
+    for group in groups:
+        for s in range(0, len(group), recipe.images_per_shard):
+            units.append((len(units), tuple(group[s : s + recipe.images_per_shard])))
+    return samples, units
+
+
+def test_the_lazy_plan_equals_the_eager_rule_on_a_mid_size_recipe_and_a_mixture():
+    from t2i_engine.engine.recipe import build_recipe
+
+    classes = [f"class {k}" for k in range(37)]
+    recipes = [
+        build_recipe({"model": "digits", "classes": classes, "images_per_class": 29, "images_per_shard": 16,
+                      "prompt": {"regime": "template", "templates": ["a {name}", "the {name}"],
+                                 "template_mode": "sample"}}),
+        build_recipe({"classes": classes[:11], "images_per_class": 23, "images_per_shard": 7,
+                      "models": [{"model": "digits", "share": 0.3}, {"model": "digits-dit", "share": 0.7}]}),
+    ]  # fmt: skip
+    for recipe in recipes:
+        for bits in (63, 64):
+            samples, units = _eager_plan(recipe, bits)
+            lazy = plan_units(recipe, bits)
+            assert list(plan_samples(recipe, bits)) == samples and len(lazy) == len(units)
+            assert [(u.shard, u.samples, u.size, u.model) for u in lazy] == [
+                (k, chunk, len(chunk), chunk[0].model) for k, chunk in units
+            ]
+            assert lazy[-1] == lazy[len(lazy) - 1] and lazy[2:4] == [lazy[2], lazy[3]]

@@ -1,0 +1,223 @@
+"""`t2i-engine status DIR`: what a dataset folder (or URL) holds and what is writing it, read
+from its files alone: the manifest's recipe (planned, not materialised), one listing of the
+committed shards, the run log (dataset/runlog.py) and the locks' holders. It takes no lock and
+writes nothing, so it is safe beside a run, whatever runs it (one process, workers, parts on
+other machines, Ray).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..dataset import manifest as dm
+from ..dataset.layout import LOCK
+from ..dataset.records import WorkUnit
+from ..dataset.runlog import read_log
+from ..dataset.shards import shard_files
+from ..dataset.store import FsspecStore, LocalStore, as_store
+from ..files import TMP_SUFFIX
+from .plan import plan_units
+from .verify import load_dataset_recipe
+
+RECENT_SECONDS = 300  # "images/s over the last minutes"
+PART_LOCK = re.compile(re.escape(LOCK) + r"\.part-(\d+)-of-(\d+)")
+
+
+def dataset_status(location: str | Path | LocalStore | FsspecStore, now: float | None = None) -> dict:
+    store = as_store(location, "dir")
+    manifest, recipe = load_dataset_recipe(store)
+    now = time.time() if now is None else now
+    units = plan_units(recipe, dm.SEED_BITS[manifest["format"]])
+    names = set(store.list("*"))
+    done = [all(f in names for f in shard_files(u.name)) for u in units]
+    sizes = np.array([u.size for u in units])
+    done_mask = np.array(done, dtype=bool)
+    log = read_log(store)
+    shards = [line for line in log if line.get("event") == "shard"]
+    total, made = int(sizes.sum()), int(sizes[done_mask].sum())
+    rates = _rates(shards, now)
+    remaining = total - made
+    recent = rates["recent_images_per_second"]
+    return {
+        "dir": store.url,
+        "complete": bool((dm.read_manifest(store) or manifest).get("complete")),
+        "images": {"planned": total, "done": made, "remaining": remaining},
+        "shards": {"planned": len(units), "done": int(done_mask.sum()), "in_flight": _in_flight(store, names)},
+        "parts": _parts(names, units, done_mask, sizes),
+        "classes": _classes(recipe, units, done_mask),
+        **rates,
+        "eta_seconds": round(remaining / recent) if recent and remaining else (0 if not remaining else None),
+        "locks": _locks(store, names, log, now),
+        "errors": [_brief(line) for line in log if line.get("event") == "error"][-5:],
+        "log_lines": len(log),
+    }
+
+
+def _in_flight(store, names: set[str]) -> int | None:
+    """Shards being written now: their staged files beside the data on a local folder; at a URL
+    they are staged on the writers' machines, out of sight (None)."""
+    if isinstance(store, FsspecStore):
+        return None
+    return sum(1 for n in names if n.endswith(".tar" + TMP_SUFFIX))
+
+
+def _parts(names: set[str], units, done_mask: np.ndarray, sizes: np.ndarray) -> list[dict]:
+    """Per part of each split found (the part locks' names): its images done and remaining."""
+    splits = sorted({int(m.group(2)) for n in names if (m := PART_LOCK.match(n))})
+    shard = np.arange(len(units))
+    out = []
+    for n in splits:
+        for i in range(n):
+            mine = shard % n == i
+            out.append(
+                {
+                    "part": f"{i}/{n}",
+                    "done": int(sizes[mine & done_mask].sum()),
+                    "remaining": int(sizes[mine & ~done_mask].sum()),
+                }
+            )
+    return out
+
+
+def _classes(recipe, units, done_mask: np.ndarray) -> list[dict]:
+    """Per class: images done and planned, counted from each unit's run of sample indices
+    (sample i is of class i mod C), so no sample is made."""
+    n_classes = len(recipe.classes)
+    planned, made = np.zeros(n_classes, dtype=np.int64), np.zeros(n_classes, dtype=np.int64)
+    c = np.arange(n_classes)
+    for unit, is_done in zip(units, done_mask):
+        counts = _class_counts(unit, c, n_classes)
+        planned += counts
+        if is_done:
+            made += counts
+    return [
+        {"class_id": cls.id, "done": int(d), "remaining": int(p - d)}
+        for cls, d, p in zip(recipe.classes, made, planned)
+    ]
+
+
+def _class_counts(unit: WorkUnit, c: np.ndarray, n_classes: int) -> np.ndarray:
+    if unit.start is None:  # a unit given its samples
+        return np.bincount([s.class_index for s in unit.samples], minlength=n_classes)
+    a, b = unit.start, unit.start + unit.size  # indices i in [a, b) with i % C == c
+    return (b - c + n_classes - 1) // n_classes - (a - c + n_classes - 1) // n_classes
+
+
+def _rates(shards: list[dict], now: float) -> dict:
+    """Images/s since the log's first shard and over the last RECENT_SECONDS, overall and per
+    device (`host:device`), from the shard lines' times and image counts."""
+    if not shards:
+        return {"images_per_second": None, "recent_images_per_second": None, "devices": {}}
+    first = min(line["time"] - line.get("seconds", 0) for line in shards)
+    recent = [line for line in shards if line["time"] >= now - RECENT_SECONDS]
+    devices: dict[str, dict] = {}
+    for line in shards:
+        key = f"{line.get('host', '?')}:{line.get('device', '?')}"
+        d = devices.setdefault(key, {"images": 0, "recent_images": 0})
+        d["images"] += line.get("images", 0)
+        if line["time"] >= now - RECENT_SECONDS:
+            d["recent_images"] += line.get("images", 0)
+    for d in devices.values():
+        d["recent_images_per_second"] = round(d.pop("recent_images") / RECENT_SECONDS, 3)
+    span = max(now - first, 1e-9)
+    return {
+        "images_per_second": round(sum(line.get("images", 0) for line in shards) / span, 3),
+        "recent_images_per_second": round(sum(line.get("images", 0) for line in recent) / RECENT_SECONDS, 3),
+        "devices": devices,
+    }
+
+
+def _locks(store, names: set[str], log: list[dict], now: float) -> list[dict]:
+    """Who holds the dataset's locks now, read without taking any: at a URL the leases (live, or
+    not renewed lately: a dead holder's, free once it expires); on a local folder the kernel's
+    flocks on this machine (/proc/locks), and runs the log says started here whose process is gone."""
+    if isinstance(store, FsspecStore):
+        return _leases(store, names, now)
+    held = _flock_holders(store, names)
+    stopped = {(line.get("host"), line.get("pid")) for line in log if line.get("event") in ("stop", "error")}
+    here = socket.gethostname()
+    for line in log:
+        if line.get("event") != "start" or (line.get("host"), line.get("pid")) in stopped:
+            continue
+        if line.get("host") == here and not _alive(line.get("pid")):
+            held.append(
+                {"lock": line.get("lock", LOCK), "holder": f"{here}, pid {line.get('pid')}", "state": "dead",
+                 "note": "killed without a word; its lock went with it (the kernel's), rerun to resume"}
+            )  # fmt: skip
+    return held
+
+
+def _leases(store: FsspecStore, names: set[str], now: float) -> list[dict]:
+    out = []
+    for name in sorted(names):
+        if not name.startswith(LOCK + "."):
+            continue
+        tail = name[len(LOCK) + 1 :]
+        if not (tail.rsplit(".", 1)[-1].isdigit() or ".shared-" in f".{tail}" or tail.startswith("shared-")):
+            continue  # .parts records, not leases
+        record = store._record(name)
+        if not record or "expires" not in record or "host" not in record:
+            continue
+        left = record["expires"] - now
+        lock = name.rsplit(".shared-", 1)[0] if ".shared-" in name else name.rsplit(".", 1)[0]
+        state = "live" if left > 0.6 * store.lease_seconds else ("stale" if left > 0 else "expired")
+        out.append(
+            {
+                "lock": lock,
+                "holder": f"{record['host']}, pid {record['pid']}",
+                "state": state,
+                "note": {
+                    "live": "renewed lately",
+                    "stale": f"not renewed for {store.lease_seconds - left:.0f} s: its holder is probably gone; "
+                    f"free in {left:.0f} s",
+                    "expired": "expired: the next run takes it over",
+                }[state],
+            }
+        )
+    return out
+
+
+def _flock_holders(store: LocalStore, names: set[str]) -> list[dict]:
+    """The flocks on the dataset's lock files held on this machine (Linux's /proc/locks)."""
+    inodes = {}
+    for name in names:
+        if name == LOCK or name.startswith(LOCK + "."):
+            try:
+                st = os.stat(store.path(name))
+            except OSError:
+                continue
+            inodes[f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"] = name
+    out = []
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK" or fields[-1] == "->":
+            continue
+        mode, pid, where = fields[3], fields[4], fields[5]
+        if where in inodes:
+            out.append(
+                {"lock": inodes[where], "holder": f"{socket.gethostname()}, pid {pid}", "state": "live",
+                 "note": "shared" if mode == "READ" else "exclusive"}
+            )  # fmt: skip
+    return out
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _brief(line: dict) -> dict:
+    return {k: line.get(k) for k in ("time", "host", "pid", "part", "device", "message") if k in line}
