@@ -15,6 +15,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from . import __version__
@@ -25,6 +26,7 @@ from .dataset.store import FsspecStore, open_store
 from .dataset.verify import repair
 from .engine.manifest import recipe_rows
 from .engine.recipe import build_recipe, load_recipe
+from .engine.status import dataset_status, format_status
 from .engine.verify import load_dataset_recipe, verify_dataset
 from .errors import SPACE_ERRNOS, InputError, OutOfSpace, StoreUnavailable
 from .eval.report import write_report
@@ -145,6 +147,23 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not allowed; expected a number") from None
 
 
+def _float_range(lo: float, hi: float, *, above: bool = False):
+    """A finite number in [lo, hi], or in (lo, hi] with above=True."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (value > lo if above else value >= lo) or not value <= hi:
+            interval = f"({lo:g}, {hi:g}]" if above else f"[{lo:g}, {hi:g}]"
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed; expected a number in {interval}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="t2i-engine", description="Text-to-image models as training-data factories.")
     parser.add_argument("--version", action="version", version=f"t2i-engine {__version__}")
@@ -154,6 +173,15 @@ def _parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="check every shard of a dataset against its plan")
     ver.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3:// or memory:// URL")
     ver.add_argument("--repair", action="store_true", help="move bad shards to _rejected/ so `generate` remakes them")
+
+    st = sub.add_parser(
+        "status", help="what a dataset holds and what is writing it: done, rates, ETA, locks, errors (takes no lock)"
+    )
+    st.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3:// or memory:// URL")
+    st.add_argument("--json", action="store_true", help="print JSON (every class, every writer)")
+    st.add_argument(
+        "--watch", type=_float_range(0.5, 86400), metavar="SECONDS", help="print again every SECONDS until Ctrl-C"
+    )
 
     fin = sub.add_parser("finalize", help="complete the manifest of a folder whose parts have all finished")
     fin.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3:// or memory:// URL")
@@ -927,6 +955,7 @@ def _main(argv: list[str] | None) -> int:
         return {
             "generate": _generate,
             "verify": _verify,
+            "status": _status,
             "models": _models,
             "preview": _preview,
             "finalize": _finalize,
@@ -1055,6 +1084,17 @@ def _generate(args) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _status(args) -> int:
+    while True:
+        state = dataset_status(args.dir)
+        print(json.dumps(state, indent=1) if args.json else format_status(state), flush=True)
+        if args.watch is None:
+            return 0
+        time.sleep(args.watch)
+        if not args.json:
+            print(flush=True)
 
 
 def _verify(args) -> int:

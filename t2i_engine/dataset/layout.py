@@ -10,4 +10,5 @@ LOCK = ".t2i-engine.lock"
 CARD = "README.md"  # the dataset card (engine/card.py writes it)
 PREVIEW = "preview.jpg"  # the contact sheet (preview.py)
 REJECTED = "_rejected"  # where verify --repair moves bad shards
+LOG_DIR = ".t2i-engine-log"  # the run log: each writer's JSON lines (runlog.py), read by `status`
 SHARD_FILE = re.compile(r"[0-9]{6,}\.")  # NNNNNN.tar, NNNNNN.index.jsonl, NNNNNN.stats.json

@@ -36,7 +36,7 @@ class WorkUnit:
     sequence of samples made on demand), so a million-sample plan holds no sample until a unit is
     run or checked. A unit sent to another process (a worker, a Ray actor) carries its samples."""
 
-    __slots__ = ("shard", "model", "size", "_samples", "_source", "_start")
+    __slots__ = ("shard", "model", "size", "start", "_samples", "_source")
 
     def __init__(
         self,
@@ -52,13 +52,14 @@ class WorkUnit:
             raise TypeError("a WorkUnit takes its samples or a source to plan them from, not both")
         self.shard, self.model = shard, model
         self._samples = None if samples is None else tuple(samples)
-        self._source, self._start = source, start
+        self._source = source
+        self.start = start if source is not None else None  # its first sample's index, when planned
         self.size = len(self._samples) if samples is not None else int(size)
 
     @property
     def samples(self) -> tuple[Sample, ...]:
         if self._samples is None:  # made once, on first use
-            self._samples = tuple(self._source[self._start + q] for q in range(self.size))
+            self._samples = tuple(self._source[self.start + q] for q in range(self.size))
         return self._samples
 
     @property

@@ -14,14 +14,12 @@ The log is advisory: a line that cannot be written (a full disk) is dropped, nev
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 import uuid
 from collections.abc import Iterator
 
 from .layout import LOG_DIR
-from .store import FsspecStore, LocalStore
+from .store import FsspecStore, LocalStore, writer_identity
 
 SEGMENT_LINES = 256  # lines per log object at a URL (rewritten whole on each line)
 
@@ -30,9 +28,9 @@ class RunLog:
     def __init__(self, store: LocalStore | FsspecStore, **context):
         """`context`: what every line of this writer says of it (part, worker, device)."""
         self.store = store
-        host = socket.gethostname()
-        self.context = {**{k: v for k, v in context.items() if v is not None}, "host": host, "pid": os.getpid()}
-        self.writer = f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        me = writer_identity()
+        self.context = {**{k: v for k, v in context.items() if v is not None}, **me}
+        self.writer = f"{me['host']}-{me['pid']}-{uuid.uuid4().hex[:8]}"
         self._segment, self._lines = 0, []
 
     def record(self, event: str, **fields) -> None:

@@ -41,6 +41,7 @@ from ..errors import SPACE_ERRNOS, OutOfSpace
 from ..files import TMP_SUFFIX, file_sha256
 from .encode import encode_batch
 from .records import Sample, ShardRecord, WorkUnit
+from .runlog import RunLog
 from .store import FsspecStore, LocalStore, as_store
 
 
@@ -93,8 +94,11 @@ class ShardWriter:
         encode_workers: int = 1,
         max_pending: int | None = None,
         size: tuple[int, int] | None = None,
+        log: RunLog | None = None,
     ):
         self.store = as_store(out)
+        self.log = log  # the run log: a line per committed shard (status reads it)
+        self._last_commit = time.time()  # a shard's line: the seconds since the one before (or the start)
         self.fmt, self.quality, self.extension = fmt, quality, extension
         self.size = size  # (height, width) the images are stored at (None: as generated)
         self.sample_json = sample_json  # a sample's KEY.json: its key, label, prompt, seed and how it was made
@@ -184,7 +188,7 @@ class ShardWriter:
         # a USTAR member is a 512-byte header and its data padded to 512 bytes; three per sample
         needed = sum(len(data) + 3 * 1024 for _, data, _ in encoded) + 10240
         try:
-            return self._write_files(unit, encoded, *names)
+            record = self._write_files(unit, encoded, *names)
         except OutOfSpace as e:  # the store's own staging folder (an upload's), named by the store
             raise OutOfSpace(e.folder, needed, 1, e.error) from e.error
         except OSError as e:
@@ -196,6 +200,13 @@ class ShardWriter:
             if e.errno in SPACE_ERRNOS:
                 raise OutOfSpace(self.store.url, needed, 1, e) from e
             raise
+        if self.log is not None:  # committed: now it is logged (a lost line costs nothing)
+            now = time.time()
+            seconds, self._last_commit = now - self._last_commit, now
+            self.log.record(
+                "shard", shard=unit.name, images=record.count, bytes=record.bytes, seconds=round(seconds, 3)
+            )
+        return record
 
     def _write_files(self, unit: WorkUnit, encoded, tar_name: str, index_name: str, stats_name: str) -> ShardRecord:
         index_lines = []

@@ -74,6 +74,11 @@ def _answered(method):
     return call
 
 
+def writer_identity() -> dict:
+    """Who is writing: this machine and process (in leases and run-log lines)."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
 class LocalStore:
     """A dataset in a local (or mounted network) folder: today's files, byte for byte."""
 
@@ -134,6 +139,15 @@ class LocalStore:
 
     def write_text(self, name: str, text: str) -> None:
         self.write_bytes(name, text.encode("utf-8"))
+
+    def append_text(self, name: str, text: str) -> None:
+        """`text` added at the end of `name` in one write (O_APPEND): for a file only this
+        process writes (a run log's), so lines never interleave."""
+        fd = os.open(self.path(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, text.encode("utf-8"))
+        finally:
+            os.close(fd)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[tuple[BinaryIO, Path]]:
@@ -256,7 +270,7 @@ class FsspecStore:
 
     @_answered
     def list(self, pattern: str) -> list[str]:
-        self.fs.invalidate_cache(self.root)
+        self.fs.invalidate_cache(self.path(pattern.rsplit("/", 1)[0]) if "/" in pattern else self.root)
         return sorted(p.rsplit("/", 1)[-1] for p in self.fs.glob(self.path(pattern)))
 
     @_answered
@@ -389,10 +403,10 @@ class FsspecStore:
     def _lease(self, shared: bool) -> bytes:
         record = {
             "owner": self.owner,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
+            **writer_identity(),
             "shared": shared,
             "expires": time.time() + self.lease_seconds,
+            "seconds": self.lease_seconds,  # renewed every quarter of it: `status` tells a silent holder by that
         }
         return json.dumps(record).encode()
 

@@ -62,6 +62,7 @@ def run_ray(
     dtype: str,
     progress: bool,
     max_actors: int | None = None,
+    part: str | None = None,
 ) -> tuple[int, dict, int]:
     """Generate `units` on the connected Ray cluster; returns (images written, actors, units put
     back because their actor was lost). Every actor runs in `dtype`, the precision the manifest
@@ -84,7 +85,8 @@ def run_ray(
     actor_cls = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=0)(_RayUnitWorker)
     device = "cuda" if gpus else "cpu"
     actors = [
-        actor_cls.options(**options).remote(device, recipe.to_dict(), str(out_dir), model, dtype) for _ in range(count)
+        actor_cls.options(**options).remote(device, recipe.to_dict(), str(out_dir), model, dtype, part)
+        for _ in range(count)
     ]
     todo, idle = deque(units), list(actors)
     running: dict = {}  # ObjectRef of a unit's run -> (its actor, the unit)
@@ -144,14 +146,18 @@ def run_ray(
 class _RayUnitWorker:
     """A Ray actor around UnitRunner; `run` returns once the unit's shard is committed."""
 
-    def __init__(self, device: str, recipe_dict: dict, out_dir: str, model: ModelOptions, dtype: str):
+    def __init__(
+        self, device: str, recipe_dict: dict, out_dir: str, model: ModelOptions, dtype: str, part: str | None = None
+    ):
         import ray
 
         if device == "cuda":
             device = "cuda:0"  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
         threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.runner = UnitRunner.load(device, recipe_dict, out_dir, model, threads)
+        actor = f"ray-{ray.get_runtime_context().get_actor_id()[:8]}"
+        log = {"part": part, "worker": actor, "device": device}
+        self.runner = UnitRunner.load(device, recipe_dict, out_dir, model, threads, log)
         if self.runner.dtype != dtype:
             raise RuntimeError(f"this actor runs {self.runner.dtype}, the dataset is {dtype}")
 

@@ -26,8 +26,10 @@ from tqdm import tqdm
 
 from ..dataset import manifest as dm
 from ..dataset.encode import resize_flops
+from ..dataset.layout import LOCK
 from ..dataset.locks import exclusive_lock, finalize_lock, part_locks
 from ..dataset.records import WorkUnit
+from ..dataset.runlog import RunLog
 from ..dataset.shards import is_committed, read_record
 from ..dataset.store import as_store, open_store
 from ..devices import resolve_device
@@ -218,38 +220,27 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                 mf.write_manifest(out_dir, recipe, records=None, **meta)
 
         ran = _Ran(generator=generator)
+        part_text = f"{part[0]}/{part[1]}" if part else None
+        log = RunLog(as_store(out_dir), part=part_text, device=str(device))
+        runs_on = (
+            "ray" if options.ray else ("devices " + ",".join(options.devices) if options.devices else "one process")
+        )
+        log.record("start", units=len(todo), images=sum(u.size for u in todo), runs_on=runs_on,
+                   lock=f"{LOCK}.part-{part[0]}-of-{part[1]}" if part else LOCK)  # fmt: skip
         try:
-            if todo and options.ray:
-                ran.images, ran.rates, ran.restarts = ray_runner.run_ray(
-                    todo, recipe, out_dir, model=options.model, dtype=meta["dtype"], progress=options.progress
-                )
-            elif todo and options.devices:
-                ran.images, ran.rates, ran.restarts = run_workers(
-                    todo, recipe, out_dir, devices=options.devices, model=options.model, progress=options.progress
-                )
-            elif todo:
-                workers = default_encode_workers(device) if options.encode_workers is None else options.encode_workers
-                loader = (
-                    (lambda m: load_generator(recipe.for_model(m), options.model, device)) if recipe.mixture else None
-                )
-                runner = UnitRunner(
-                    generator, shard_writer(recipe, out_dir, workers), recipe.batch_size, loader, first
-                )
-                if flops_countable(options.backend, options.tuning, options.attention, options.conv, device):
-                    generator.count_flops()
-                try:
-                    ran.images = _run_units(todo, runner, options.progress)
-                except BaseException:
-                    # Stopping (Ctrl-C, SIGTERM, an error): shards already committed are finished; a
-                    # second failure on the way out (encoders stopped by the same SIGTERM) must not
-                    # hide the first.
-                    with contextlib.suppress(Exception):
-                        runner.writer.close()
-                    raise
-                runner.writer.close()
-                ran.stages, ran.writer_wait = runner.stages(), runner.writer.wait_seconds
+            _generate_units(todo, recipe, out_dir, options, device, generator, first, meta, part_text, ran)
         except OutOfSpace as e:  # say how much the rest needs: the shards of this run still unwritten
-            raise OutOfSpace(e.folder, e.shard_bytes, len(_uncommitted(out_dir, mine)), e.error) from e.error
+            e = OutOfSpace(e.folder, e.shard_bytes, len(_uncommitted(out_dir, mine)), e.error)
+            log.record("error", message=str(e)[:500])
+            raise e from e.error
+        except Exception as e:
+            with contextlib.suppress(Exception):  # the store itself may be what failed
+                log.record("error", message=f"{type(e).__name__}: {e}"[:500])
+            raise
+        except BaseException as e:
+            log.record("stop", reason="terminated" if type(e).__name__ == "Terminated" else "interrupted")
+            raise
+        log.record("stop", reason="done", images=ran.images)
         if not part:
             mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
         else:
@@ -260,6 +251,44 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                     mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
     times = (t_start, t_planned, t_loaded, time.perf_counter())
     return _summary(recipe, out_dir, meta, mine, todo, ran, times, device, options)
+
+
+def _generate_units(todo, recipe, out_dir, options, device, generator, first, meta, part_text, ran) -> None:
+    """Run `todo` here, on local worker processes or on Ray, filling in `ran`."""
+    if todo and options.ray:
+        ran.images, ran.rates, ran.restarts = ray_runner.run_ray(
+            todo, recipe, out_dir, model=options.model, dtype=meta["dtype"], progress=options.progress, part=part_text
+        )
+    elif todo and options.devices:
+        ran.images, ran.rates, ran.restarts = run_workers(
+            todo,
+            recipe,
+            out_dir,
+            devices=options.devices,
+            model=options.model,
+            progress=options.progress,
+            part=part_text,
+        )
+    elif todo:
+        workers = default_encode_workers(device) if options.encode_workers is None else options.encode_workers
+        loader = (lambda m: load_generator(recipe.for_model(m), options.model, device)) if recipe.mixture else None
+        log = {"part": part_text, "worker": "main", "device": str(device)}
+        runner = UnitRunner(
+            generator, shard_writer(recipe, out_dir, workers, log=log), recipe.batch_size, loader, first
+        )
+        if flops_countable(options.backend, options.tuning, options.attention, options.conv, device):
+            generator.count_flops()
+        try:
+            ran.images = _run_units(todo, runner, options.progress)
+        except BaseException:
+            # Stopping (Ctrl-C, SIGTERM, an error): shards already committed are finished; a
+            # second failure on the way out (encoders stopped by the same SIGTERM) must not
+            # hide the first.
+            with contextlib.suppress(Exception):
+                runner.writer.close()
+            raise
+        runner.writer.close()
+        ran.stages, ran.writer_wait = runner.stages(), runner.writer.wait_seconds
 
 
 def finalize(out_dir: Path) -> dict:

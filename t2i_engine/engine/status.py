@@ -39,10 +39,9 @@ def dataset_status(location: str | Path | LocalStore | FsspecStore, now: float |
     sizes = np.array([u.size for u in units])
     done_mask = np.array(done, dtype=bool)
     log = read_log(store)
-    shards = [line for line in log if line.get("event") == "shard"]
     total, made = int(sizes.sum()), int(sizes[done_mask].sum())
-    rates = _rates(shards, now)
     remaining = total - made
+    rates = _rates(log, remaining, now)
     recent = rates["recent_images_per_second"]
     return {
         "dir": store.url,
@@ -109,27 +108,35 @@ def _class_counts(unit: WorkUnit, c: np.ndarray, n_classes: int) -> np.ndarray:
     return (b - c + n_classes - 1) // n_classes - (a - c + n_classes - 1) // n_classes
 
 
-def _rates(shards: list[dict], now: float) -> dict:
-    """Images/s since the log's first shard and over the last RECENT_SECONDS, overall and per
-    device (`host:device`), from the shard lines' times and image counts."""
-    if not shards:
-        return {"images_per_second": None, "recent_images_per_second": None, "devices": {}}
-    first = min(line["time"] - line.get("seconds", 0) for line in shards)
-    recent = [line for line in shards if line["time"] >= now - RECENT_SECONDS]
-    devices: dict[str, dict] = {}
+def _rates(log: list[dict], remaining: int, now: float) -> dict:
+    """Images/s since this run's start (the log's last "start"; a resumed dataset's earlier runs
+    do not dilute it) and over the last RECENT_SECONDS, and per writer (`host:worker`: images and
+    images/s over the seconds it spent on its shards), from the shard lines."""
+    shards = [line for line in log if line.get("event") == "shard" and "time" in line]
+    writers: dict[str, dict] = {}
     for line in shards:
-        key = f"{line.get('host', '?')}:{line.get('device', '?')}"
-        d = devices.setdefault(key, {"images": 0, "recent_images": 0})
-        d["images"] += line.get("images", 0)
-        if line["time"] >= now - RECENT_SECONDS:
-            d["recent_images"] += line.get("images", 0)
-    for d in devices.values():
-        d["recent_images_per_second"] = round(d.pop("recent_images") / RECENT_SECONDS, 3)
-    span = max(now - first, 1e-9)
+        key = f"{line.get('host', '?')}:{line.get('worker') or line.get('device', '?')}"
+        w = writers.setdefault(key, {"device": line.get("device"), "images": 0, "seconds": 0.0, "last": 0.0})
+        w["images"] += line.get("images", 0)
+        w["seconds"] += line.get("seconds", 0.0)
+        w["last"] = max(w["last"], line["time"])
+    for w in writers.values():
+        w["images_per_second"] = round(w["images"] / w["seconds"], 3) if w["seconds"] > 0 else None
+        w["seconds"] = round(w["seconds"], 3)
+    starts = [line["time"] for line in log if line.get("event") == "start"]
+    since = max(starts) if starts else min((line["time"] - line.get("seconds", 0) for line in shards), default=now)
+    run = [line for line in shards if line["time"] >= since]
+    end = now if remaining else max((line["time"] for line in run), default=now)  # a finished run: its own span
+    recent_from = max(now - RECENT_SECONDS, since)
+    recent = sum(line.get("images", 0) for line in run if line["time"] >= recent_from)
     return {
-        "images_per_second": round(sum(line.get("images", 0) for line in shards) / span, 3),
-        "recent_images_per_second": round(sum(line.get("images", 0) for line in recent) / RECENT_SECONDS, 3),
-        "devices": devices,
+        "images_per_second": round(sum(line.get("images", 0) for line in run) / (end - since), 3)
+        if run and end > since
+        else None,
+        "recent_images_per_second": round(recent / (now - recent_from), 3)
+        if remaining and now > recent_from
+        else None,
+        "writers": writers,
     }
 
 
@@ -164,9 +171,10 @@ def _leases(store: FsspecStore, names: set[str], now: float) -> list[dict]:
         record = store._record(name)
         if not record or "expires" not in record or "host" not in record:
             continue
-        left = record["expires"] - now
+        left, length = record["expires"] - now, record.get("seconds", store.lease_seconds)
         lock = name.rsplit(".shared-", 1)[0] if ".shared-" in name else name.rsplit(".", 1)[0]
-        state = "live" if left > 0.6 * store.lease_seconds else ("stale" if left > 0 else "expired")
+        # a live holder renews every quarter of its lease: half a lease unrenewed is a silent one
+        state = "live" if left > 0.5 * length else ("stale" if left > 0 else "expired")
         out.append(
             {
                 "lock": lock,
@@ -174,7 +182,7 @@ def _leases(store: FsspecStore, names: set[str], now: float) -> list[dict]:
                 "state": state,
                 "note": {
                     "live": "renewed lately",
-                    "stale": f"not renewed for {store.lease_seconds - left:.0f} s: its holder is probably gone; "
+                    "stale": f"not renewed for {length - left:.0f} s: its holder is probably gone; "
                     f"free in {left:.0f} s",
                     "expired": "expired: the next run takes it over",
                 }[state],
@@ -200,7 +208,7 @@ def _flock_holders(store: LocalStore, names: set[str]) -> list[dict]:
         return out
     for line in lines:
         fields = line.split()
-        if len(fields) < 6 or fields[1] != "FLOCK" or fields[-1] == "->":
+        if len(fields) < 6 or fields[1] != "FLOCK":  # a waiter's line reads "N: -> FLOCK ..."
             continue
         mode, pid, where = fields[3], fields[4], fields[5]
         if where in inodes:
@@ -221,3 +229,61 @@ def _alive(pid) -> bool:
 
 def _brief(line: dict) -> dict:
     return {k: line.get(k) for k in ("time", "host", "pid", "part", "device", "message") if k in line}
+
+
+def format_status(st: dict, now: float | None = None) -> str:
+    """`status` as lines for a person (the dict itself is `--json`)."""
+    now = time.time() if now is None else now
+    im, sh = st["images"], st["shards"]
+    share = 100.0 * im["done"] / im["planned"] if im["planned"] else 100.0
+    state = (
+        "complete" if st["complete"] else ("all shards written" if not im["remaining"] else "in progress or stopped")
+    )
+    flight = "" if sh["in_flight"] is None else f", {sh['in_flight']} being written"
+    lines = [
+        f"{st['dir']}: {im['done']:,} of {im['planned']:,} images ({share:.1f}%), "
+        f"{sh['done']:,} of {sh['planned']:,} shards{flight}; {state}"
+    ]
+    if st["images_per_second"] is not None:
+        recent = st["recent_images_per_second"]
+        eta = st["eta_seconds"]
+        lines.append(
+            f"  rate: {st['images_per_second']:.1f} images/s since this run's start"
+            + ("" if recent is None else f", {recent:.1f} over the last {RECENT_SECONDS // 60} min")
+            + ("" if eta is None or not im["remaining"] else f"; ETA {_duration(eta)}")
+        )
+    for key, w in st["writers"].items():
+        rate = "" if w["images_per_second"] is None else f", {w['images_per_second']:.1f}/s"
+        lines.append(
+            f"  writer {key} ({w['device']}): {w['images']:,} images{rate}, last shard {_ago(now - w['last'])}"
+        )
+    for p in st["parts"]:
+        lines.append(f"  part {p['part']}: {p['done']:,} done, {p['remaining']:,} left")
+    left = [c for c in st["classes"] if c["remaining"]]
+    if left:
+        worst = sorted(left, key=lambda c: c["done"] / (c["done"] + c["remaining"]))[:3]
+        shown = ", ".join(f"{c['class_id']} {c['done']}/{c['done'] + c['remaining']}" for c in worst)
+        lines.append(f"  classes: {len(left)} of {len(st['classes'])} with images left (least done: {shown})")
+    else:
+        lines.append(f"  classes: all {len(st['classes'])} done")
+    for lock in st["locks"]:
+        lines.append(f"  lock {lock['lock']}: {lock['holder']}, {lock['state']} ({lock['note']})")
+    if not st["locks"]:
+        lines.append("  locks: none held")
+    for e in st["errors"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.get("time", 0)))
+        lines.append(f"  error {when} UTC on {e.get('host')}, pid {e.get('pid')}: {e.get('message')}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _ago(seconds: float) -> str:
+    return f"{_duration(max(0, seconds))} ago"

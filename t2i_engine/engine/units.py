@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..dataset.records import Sample, WorkUnit
+from ..dataset.runlog import RunLog
 from ..dataset.shards import ShardWriter
 from ..dataset.store import FsspecStore, LocalStore, as_store
 from ..devices import resolve_device
@@ -31,15 +32,21 @@ def default_encode_workers(device: torch.device) -> int:
     return 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def shard_writer(recipe: Recipe, out_dir: Path | str | LocalStore | FsspecStore, encode_workers: int) -> ShardWriter:
+def shard_writer(
+    recipe: Recipe, out_dir: Path | str | LocalStore | FsspecStore, encode_workers: int, log: dict | None = None
+) -> ShardWriter:
+    """The writer of `recipe`'s shards into `out_dir`; `log`: this writer's run-log context (part,
+    worker, device), or None for no run log (a benchmark's scratch folder)."""
+    store = as_store(out_dir)
     return ShardWriter(
-        as_store(out_dir),
+        store,
         fmt=recipe.format,
         quality=recipe.quality,
         extension=recipe.extension,
         sample_json=sample_json(recipe),
         encode_workers=encode_workers,
         size=recipe.output_size,
+        log=None if log is None else RunLog(store, **log),
     )
 
 
@@ -100,7 +107,13 @@ class UnitRunner:
 
     @classmethod
     def load(
-        cls, device_name: str, recipe_dict: dict, out_dir: str | Path, model: ModelOptions, cpu_threads: int
+        cls,
+        device_name: str,
+        recipe_dict: dict,
+        out_dir: str | Path,
+        model: ModelOptions,
+        cpu_threads: int,
+        log: dict | None = None,
     ) -> UnitRunner:
         """A worker's runner: its recipe's model loaded on `device_name` (with `cpu_threads` torch
         threads on a CPU) and its own writer, encoding on a thread. It is handed whole units."""
@@ -110,7 +123,7 @@ class UnitRunner:
         device = resolve_device(device_name)
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)  # kernels that launch on the current device (Triton) follow the worker's
-        return cls.for_recipe(recipe, model, device, shard_writer(recipe, out_dir, encode_workers=0))
+        return cls.for_recipe(recipe, model, device, shard_writer(recipe, out_dir, encode_workers=0, log=log))
 
     @property
     def dtype(self) -> str:

@@ -79,7 +79,14 @@ def cpu_threads_per_worker(devices: list[str]) -> int:
 
 
 def run_workers(
-    units: list[WorkUnit], recipe, out_dir: Path, *, devices: list[str], model: ModelOptions, progress: bool
+    units: list[WorkUnit],
+    recipe,
+    out_dir: Path,
+    *,
+    devices: list[str],
+    model: ModelOptions,
+    progress: bool,
+    part: str | None = None,
 ) -> tuple[int, dict, int]:
     """Generate `units` on `devices`; returns (images written, per-device images/sec, restarts)."""
     from tqdm import tqdm
@@ -103,7 +110,18 @@ def run_workers(
         w.inbox, w.outbox, w.done, w.ready_at = ctx.Queue(), ctx.Queue(), False, None
         w.process = ctx.Process(
             target=worker_main,
-            args=(wid, w.device, recipe.to_dict(), str(out_dir), model, w.inbox, w.outbox, cpu_threads, os.getpid()),
+            args=(
+                wid,
+                w.device,
+                recipe.to_dict(),
+                str(out_dir),
+                model,
+                w.inbox,
+                w.outbox,
+                cpu_threads,
+                os.getpid(),
+                {"part": part, "worker": f"{w.device}#{wid}", "device": w.device},
+            ),
             daemon=True,
             name=f"t2i-engine-worker-{wid}",
         )
@@ -236,6 +254,7 @@ def worker_main(
     outbox,
     cpu_threads: int,
     parent_pid: int,
+    log: dict | None = None,
 ) -> None:
     """One local device: load the model once, then generate the units the parent hands over."""
     import traceback
@@ -245,7 +264,7 @@ def worker_main(
     if os.getppid() != parent_pid:  # the parent went before the line above took effect
         return
     try:
-        runner = UnitRunner.load(device_name, recipe_dict, out_dir, model, cpu_threads)
+        runner = UnitRunner.load(device_name, recipe_dict, out_dir, model, cpu_threads, log)
     except InputError as e:
         outbox.put(("fatal", str(e), True))
         return
