@@ -21,6 +21,7 @@ pytest.importorskip("moto")
 from t2i_engine.dataset.shards import shard_files
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.run import RunOptions, generate
+from t2i_engine.engine.status import dataset_status
 from t2i_engine.engine.verify import verify_dataset
 from tests.conftest import CLI, subprocess_env
 from tests.dataset.conftest import s3_environment
@@ -107,7 +108,14 @@ def test_a_run_killed_mid_upload_leaves_no_partial_shard_and_resumes(s3_server, 
         tar, index, stats = shard_files(shard)
         assert index in files and hashlib.sha256(files[tar]).hexdigest() == json.loads(files[stats])["sha256"]
     assert sorted(marked) == ["000000", "000001", "000002"]  # one writer thread commits in order
-    time.sleep(2)  # the killed run's lease expires
+    time.sleep(1.2)  # unrenewed for over half its 2 s: `status` calls the killed run's lease stale
+    st = dataset_status(url)
+    assert st["images"]["done"] == 12 and st["shards"]["in_flight"] is None
+    assert [(lock["holder"].rsplit(" ", 1)[-1], lock["state"]) for lock in st["locks"]] in (
+        [(str(proc.pid), "stale")],
+        [(str(proc.pid), "expired")],
+    ), st["locks"]
+    time.sleep(0.8)  # and now it has expired
     done = subprocess.run(args, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert _shards(_files(url)) == _shards(on_disk) and verify_dataset(url) == []
