@@ -26,11 +26,12 @@ from .dataset.store import FsspecStore, open_store
 from .dataset.verify import repair
 from .engine.manifest import recipe_rows
 from .engine.recipe import build_recipe, load_recipe
+from .engine.regenerate import regenerate
 from .engine.status import dataset_status, format_status
 from .engine.verify import load_dataset_recipe, verify_dataset
 from .errors import SPACE_ERRNOS, InputError, OutOfSpace, StoreUnavailable
 from .eval.report import write_report
-from .files import atomic_write_text, check_local, check_writable
+from .files import atomic_write_bytes, atomic_write_text, check_local, check_writable
 from .models.registry import ADAPTERS, MODELS, TINY_DECODERS, get_model
 from .training.sources import open_set, sheet_rows
 
@@ -181,6 +182,14 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print JSON (every class, every writer)")
     st.add_argument(
         "--watch", type=_float_range(0.5, 86400), metavar="SECONDS", help="print again every SECONDS until Ctrl-C"
+    )
+
+    rg = sub.add_parser("regenerate", help="remake one stored sample from the dataset's recipe and seed, and compare")
+    rg.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3:// or memory:// URL")
+    rg.add_argument("key", metavar="KEY", help="the sample's key, e.g. goldfish_000042")
+    rg.add_argument("--out", type=local_path, metavar="FILE", help="image file to write (default: ./KEY.EXT)")
+    rg.add_argument(
+        "--device", type=str, metavar="DEVICE", help="cpu | cuda | cuda:N (default: the type the dataset was made on)"
     )
 
     fin = sub.add_parser("finalize", help="complete the manifest of a folder whose parts have all finished")
@@ -956,6 +965,7 @@ def _main(argv: list[str] | None) -> int:
             "generate": _generate,
             "verify": _verify,
             "status": _status,
+            "regenerate": _regenerate,
             "models": _models,
             "preview": _preview,
             "finalize": _finalize,
@@ -1095,6 +1105,30 @@ def _status(args) -> int:
         time.sleep(args.watch)
         if not args.json:
             print(flush=True)
+
+
+def _regenerate(args) -> int:
+    out = args.out  # checked before the model loads
+    if out is not None:
+        check_writable(out, "--out", kind="file")
+    made = regenerate(args.dir, args.key, args.device)
+    out = out or Path(f"{args.key}.{made['extension']}")
+    check_writable(out, "--out", kind="file")
+    atomic_write_bytes(out, made["image"])
+    print(json.dumps(made["sample"], indent=1, sort_keys=True, ensure_ascii=False))
+    where = f"shard {made['shard']} of {args.dir}"
+    if made["identical"] is None:
+        print(f"{args.key} -> {out}; its shard is not in the dataset yet: nothing to compare with", file=sys.stderr)
+        return 0
+    if made["identical"]:
+        print(f"{args.key} -> {out}: identical to the stored image ({where})", file=sys.stderr)
+        return 0
+    print(
+        f"{args.key} -> {out}: differs from the stored image ({where}); identity holds on the device type, backend "
+        f"and thread count it was made with ({made['device']} here)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _verify(args) -> int:

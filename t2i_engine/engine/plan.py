@@ -107,6 +107,13 @@ class UnitPlan(Sequence):
         size = min(self.shard_size, n - offset)
         return WorkUnit(k, model=model, source=self.samples, start=first + offset, size=size)
 
+    def unit_of(self, index: int) -> WorkUnit:
+        """The unit that holds sample `index`."""
+        for g, (_, first, n) in enumerate(self._groups):
+            if first <= index < first + n:
+                return self[self._first_unit[g] + (index - first) // self.shard_size]
+        raise IndexError(index)
+
 
 def plan_units(recipe: Recipe, seed_bits: int = SEED_BITS) -> UnitPlan:
     """Shards of consecutive samples (a mixture's: of one generator each), made on demand."""
