@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-from t2i_engine.benchmark.bench import uses_cfg
 from t2i_engine.models.architectures import PIPELINE_FAMILIES, architecture, build_random_pipeline
-from t2i_engine.models.flops import pipeline_flops
+from t2i_engine.models.flops import pipeline_flops, uses_cfg
 from t2i_engine.models.pipelines import apply_registry_settings
 from t2i_engine.models.registry import MODELS
 

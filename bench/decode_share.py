@@ -29,11 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from t2i_engine.benchmark.bench import uses_cfg
 from t2i_engine.dataset.encode import encode_image, resize, resize_flops
 from t2i_engine.models.architectures import architecture, build_random_pipeline
 from t2i_engine.models.decoders import load_tiny_decoder, random_tiny_decoder
-from t2i_engine.models.flops import decode_flops, pipeline_flops
+from t2i_engine.models.flops import decode_flops, pipeline_flops, uses_cfg
 from t2i_engine.models.pipelines import apply_registry_settings, load_pipeline
 from t2i_engine.models.registry import MODELS, tiny_decoder
 

@@ -26,7 +26,6 @@ from .dataset.store import FsspecStore, open_store
 from .dataset.verify import repair
 from .engine.manifest import recipe_rows
 from .engine.recipe import build_recipe, load_recipe
-from .engine.regenerate import regenerate
 from .engine.status import dataset_status, format_status
 from .engine.verify import load_dataset_recipe, verify_dataset
 from .errors import SPACE_ERRNOS, InputError, OutOfSpace, StoreUnavailable
@@ -175,6 +174,27 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3:// or memory:// URL")
     ver.add_argument("--repair", action="store_true", help="move bad shards to _rejected/ so `generate` remakes them")
 
+    pl = sub.add_parser(
+        "plan",
+        help="what a recipe would make and cost, without loading a model: counts, samples, bytes, FLOPs, GPU-hours",
+        description="What `generate` would make from a recipe (the same flags), before any model loads.",
+    )
+    pl.add_argument("recipe", nargs="?", metavar="RECIPE", help="recipe YAML (default: none; the built-in defaults)")
+    _add_recipe_flags(pl)
+    est = pl.add_argument_group("estimate")
+    est.add_argument("--first", type=_int(0, 10_000), default=10, metavar="K", help="samples to list (default: 10)")
+    est.add_argument(
+        "--gpu", type=str, metavar="CARD", help="price the run on this card: h100 or h200 (measured matmul rates)"
+    )
+    est.add_argument(
+        "--mfu",
+        type=_float_range(0, 1, above=True),
+        metavar="F",
+        help="model-FLOP utilisation to assume (default: the committed bench record of this model on --gpu)",
+    )
+    est.add_argument("--price", type=_float_range(0, 1e9, above=True), metavar="USD", help="price per GPU-hour")
+    est.add_argument("--json", action="store_true", help="print JSON")
+
     st = sub.add_parser(
         "status", help="what a dataset holds and what is writing it: done, rates, ETA, locks, errors (takes no lock)"
     )
@@ -228,16 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_generate_parser(sub) -> None:
-    gen = sub.add_parser(
-        "generate",
-        help="generate a dataset into webdataset shards (resumable)",
-        description="Generate the dataset a recipe describes into webdataset shards; rerun the same command "
-        "to resume. Each recipe flag overrides the recipe file's key of the same name.",
-    )
-    gen.add_argument(
-        "recipe", nargs="?", metavar="RECIPE", help="recipe YAML (default: none; the built-in defaults apply)"
-    )
+def _add_recipe_flags(gen) -> None:
+    """generate's recipe flags, each overriding the recipe key of its name (`plan` takes them too)."""
     rec = gen.add_argument_group("recipe (each overrides the recipe key of the same name)")
     rec.add_argument(
         "--model", type=str, metavar="NAME", help="registry model, see `t2i-engine models` (default: digits)"
@@ -405,6 +417,18 @@ def _add_generate_parser(sub) -> None:
         "and flags set beside it win (default: default)",
     )
 
+
+def _add_generate_parser(sub) -> None:
+    gen = sub.add_parser(
+        "generate",
+        help="generate a dataset into webdataset shards (resumable)",
+        description="Generate the dataset a recipe describes into webdataset shards; rerun the same command "
+        "to resume. Each recipe flag overrides the recipe file's key of the same name.",
+    )
+    gen.add_argument(
+        "recipe", nargs="?", metavar="RECIPE", help="recipe YAML (default: none; the built-in defaults apply)"
+    )
+    _add_recipe_flags(gen)
     dev = gen.add_argument_group("devices and scale-out")
     dev.add_argument(
         "--device",
@@ -965,6 +989,7 @@ def _main(argv: list[str] | None) -> int:
             "generate": _generate,
             "verify": _verify,
             "status": _status,
+            "plan": _plan,
             "regenerate": _regenerate,
             "models": _models,
             "preview": _preview,
@@ -1018,14 +1043,30 @@ def _class_names(value: str | None, recipe: str | None) -> str | list[str] | Non
     return [name.strip() for name in value.split(",")]
 
 
-def _generate(args) -> int:
+def _recipe_of(args):
+    """The recipe a `generate` or `plan` command line names: its file, each flag overriding."""
     overrides = {key: getattr(args, flag) for flag, key in RECIPE_FLAGS.items()}
     overrides["classes"] = _class_names(args.classes, args.recipe)
     if overrides["prompt.regime"] is None:  # --template or --captions alone imply their regime
         overrides["prompt.regime"] = "template" if args.template else "captions" if args.captions else None
     if args.recipe is not None and not Path(args.recipe).is_file():
         raise InputError("recipe", args.recipe, "expected the path of an existing YAML recipe file")
-    recipe = load_recipe(args.recipe, overrides)
+    return load_recipe(args.recipe, overrides)
+
+
+def _plan(args) -> int:
+    recipe = _recipe_of(args)
+    if (args.mfu is not None or args.price is not None) and args.gpu is None:
+        raise InputError("--gpu", None, "--mfu and --price price a run on a card: name it, e.g. --gpu h100")
+    from .engine.estimate import format_plan, plan_report  # heavy: torch and diffusers, to count FLOPs
+
+    report = plan_report(recipe, first=args.first, gpu=args.gpu, mfu=args.mfu, price=args.price)
+    print(json.dumps(report, indent=1, ensure_ascii=False) if args.json else format_plan(report))
+    return 0
+
+
+def _generate(args) -> int:
+    recipe = _recipe_of(args)
     if args.devices is not None and args.ray is not None:
         raise InputError("--ray", args.ray, "choose --devices (this machine) or --ray (a Ray cluster), not both")
     # heavy: torch (the checks above answer without it)
@@ -1111,6 +1152,8 @@ def _regenerate(args) -> int:
     out = args.out  # checked before the model loads
     if out is not None:
         check_writable(out, "--out", kind="file")
+    from .engine.regenerate import regenerate  # heavy: torch
+
     made = regenerate(args.dir, args.key, args.device)
     out = out or Path(f"{args.key}.{made['extension']}")
     check_writable(out, "--out", kind="file")

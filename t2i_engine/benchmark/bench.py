@@ -46,7 +46,7 @@ from ..export.tuning import Tuning, apply_tuning, remove_tuning, uncompile
 from ..kernels import auto, install, sdpa
 from ..models.architectures import PIPELINE_FAMILIES, architecture, has_config, prompt_inputs, text_length
 from ..models.decoders import decoder_label, install_decoder, random_tiny_decoder
-from ..models.flops import count_flops, pipeline_flops
+from ..models.flops import count_flops, pipeline_flops, uses_cfg
 from ..models.pipelines import denoiser, obtain_pipeline
 from ..models.registry import ModelSpec, get_model, tiny_decoder
 from . import measure
@@ -552,16 +552,6 @@ def ratio_spread(rounds: list[dict]) -> dict:
         "ratio_min": round(min(ratios), 3),
         "ratio_max": round(max(ratios), 3),
     }
-
-
-def uses_cfg(pipe, spec: ModelSpec, guidance: float) -> bool:
-    """Whether the pipeline runs classifier-free guidance (two denoiser passes per step): for
-    the nominal FLOPs counted before a run; runs count their real forwards."""
-    if spec.family == "flux":
-        return False  # distilled guidance (an embedding) or none; true CFG is not used here
-    if spec.family in ("sd", "sdxl"):
-        return guidance > 1.0 and pipe.unet.config.time_cond_proj_dim is None
-    return guidance > 1.0
 
 
 def model_flops(pipe, spec: ModelSpec, recipe) -> dict:

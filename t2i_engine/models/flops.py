@@ -164,3 +164,13 @@ class CallFlops:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+def uses_cfg(pipe, spec, guidance: float) -> bool:
+    """Whether the pipeline runs classifier-free guidance (two denoiser passes per step): for
+    the nominal FLOPs counted before a run; runs count their real forwards."""
+    if spec.family == "flux":
+        return False  # distilled guidance (an embedding) or none; true CFG is not used here
+    if spec.family in ("sd", "sdxl"):
+        return guidance > 1.0 and pipe.unet.config.time_cond_proj_dim is None
+    return guidance > 1.0

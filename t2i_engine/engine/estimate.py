@@ -1,0 +1,269 @@
+"""`t2i-engine plan RECIPE`: what a run would make and cost, before any model is loaded.
+
+- Counts from the plan (arithmetic: no sample is made but the first K shown).
+- Bytes per image: the recipe's format, quality and stored size, calibrated by encoding a few
+  images of natural-image statistics (1/f noise) and adding the tar's own bytes per sample
+  (three 512-byte headers, padding, the label and the JSON record). An estimate: a model's
+  images compress differently (flat digits far better); a run's summary says what it wrote.
+- FLOPs per image: the denoiser and decoder counted under fake tensors on the architecture
+  (weights on the meta device where the package has the model's configs; the shipped and test
+  models, which are small, as they load), times the denoiser calls the recipe's sampler makes at
+  its steps, CFG's doubling only inside its guidance interval; the tiny decoder's or the VAE's
+  decode; the resize to the stored size. A feature cache's skipped calls and a refiner or
+  first-steps base are not counted here (said in `not_counted`); the run summary counts what ran.
+- GPU-hours and cost on a named card: FLOPs / (its measured matmul rate x MFU), the MFU of the
+  committed bench record of this model on that card (assets/bench-records.json, made by
+  bench/mfu_table.py; named in the output) or `mfu`; `price` per GPU-hour.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+
+import numpy as np
+import torch
+
+from ..dataset.encode import encode_image, resize_flops
+from ..errors import InputError
+from ..models.architectures import PIPELINE_FAMILIES, architecture, build_random_pipeline, has_config
+from ..models.decoders import install_decoder, random_tiny_decoder
+from ..models.flops import decode_flops, pipeline_flops, uses_cfg
+from ..models.pipelines import apply_registry_settings, load_pipeline
+from ..models.registry import get_model, tiny_decoder
+from .guidance import _sigma, set_sampler
+from .plan import plan_samples, plan_units
+from .recipe import Recipe, mixture_counts
+from .units import sample_json
+
+TAR_BLOCK = 512
+
+
+def bench_records() -> dict:
+    return json.loads(resources.files("t2i_engine").joinpath("assets/bench-records.json").read_text())
+
+
+def plan_report(
+    recipe: Recipe, *, first: int = 10, gpu: str | None = None, mfu: float | None = None, price: float | None = None
+) -> dict:
+    cards = bench_records()
+    if gpu is not None and gpu not in cards:
+        raise InputError("--gpu", gpu, f"expected a card with a measured matmul rate: {', '.join(sorted(cards))}")
+    if gpu is not None and mfu is None:
+        _recorded_mfu(recipe, cards[gpu], gpu)  # refused now, before anything is counted
+    units = plan_units(recipe)
+    samples = plan_samples(recipe)
+    per_image = bytes_per_image(recipe)
+    flops = flops_per_image(recipe)
+    report = {
+        "model": recipe.model if not recipe.mixture else [e.model for e in recipe.mixture],
+        "samples": len(samples),
+        "classes": len(recipe.classes),
+        "unique_prompts": unique_prompts(recipe),
+        "shards": len(units),
+        "images_per_shard": recipe.images_per_shard,
+        "first_samples": [
+            {"key": s.key, "class_id": s.class_id, "prompt": s.prompt, "seed": s.seed}
+            for s in samples[: min(first, len(samples))]
+        ],
+        "bytes": {
+            **per_image,
+            "dataset": per_image["per_sample_in_shards"] * len(samples) + len(units) * 20 * TAR_BLOCK,
+        },
+        "flops": flops,
+    }
+    if gpu is not None:
+        report["cost"] = gpu_cost(recipe, flops["per_image"], len(samples), cards[gpu], gpu, mfu, price)
+    return report
+
+
+def unique_prompts(recipe: Recipe) -> int:
+    """How many distinct prompts the plan holds: from the regime's period where the prompt does not
+    depend on the seed, else by making each one (the template "sample" mode)."""
+    spec, classes, n = recipe.prompt, recipe.classes, recipe.images_per_class
+    if spec.regime == "template" and spec.template_mode != "cycle":
+        return len({s.prompt for s in plan_samples(recipe)})
+    seen = set()
+    for c, cls in enumerate(classes):
+        period = {"class-name": 1, "template": len(spec.templates)}.get(spec.regime)
+        period = period or len(spec.captions[c])
+        seen.update(spec.prompt(cls, c, j, 0) for j in range(min(n, period)))
+    return len(seen)
+
+
+def bytes_per_image(recipe: Recipe, count: int = 4) -> dict:
+    """Encoded bytes of `count` 1/f-noise images at the generated size (stored at the recipe's
+    output size), and those plus the tar's own bytes per sample."""
+    h, w = recipe.resolution
+    rng = np.random.default_rng(0)
+    sizes = []
+    for _ in range(count):
+        sizes.append(len(encode_image(_pink_noise(rng, h, w), recipe.format, recipe.quality, recipe.output_size)))
+    image = float(np.mean(sizes))
+    meta = len(json.dumps(sample_json(recipe)(plan_samples(recipe)[0]), sort_keys=True, ensure_ascii=False))
+    label = len(str(len(recipe.classes) - 1))
+
+    def member(n: float) -> float:  # a header, the data padded to a whole block (half a block on average)
+        return TAR_BLOCK + n + TAR_BLOCK / 2
+
+    return {
+        "image": round(image),
+        "per_sample_in_shards": round(member(image) + member(meta) + member(label)),
+        "calibration": f"{count} 1/f-noise images at {h}x{w} as {recipe.format} (an estimate: a model's differ)",
+    }
+
+
+def _pink_noise(rng, h: int, w: int) -> np.ndarray:
+    """An RGB image with the 1/f amplitude spectrum of natural images, as uint8 HxWx3."""
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :]
+    amplitude = 1.0 / np.maximum(np.hypot(fy, fx), 1.0 / max(h, w))
+    channels = []
+    for _ in range(3):
+        phase = np.exp(2j * np.pi * rng.random((h, w // 2 + 1)))
+        x = np.fft.irfft2(amplitude * phase, s=(h, w))
+        channels.append((x - x.mean()) / (x.std() + 1e-12))
+    img = np.stack(channels, axis=-1) * 48 + 128
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def flops_per_image(recipe: Recipe) -> dict:
+    """FLOPs per stored image (a mixture: its models' shares weighted), and what is left out."""
+    if recipe.mixture:
+        counts = mixture_counts([e.share for e in recipe.mixture], recipe.images_per_class)
+        parts = [(_model_flops(recipe.for_model(e.model)), n) for e, n in zip(recipe.mixture, counts)]
+        per = sum(p["per_image"] * n for p, n in parts) / recipe.images_per_class
+        out = {"per_image": per, "models": {e.model: p for e, (p, _) in zip(recipe.mixture, parts)}}
+    else:
+        out = _model_flops(recipe)
+    resize = resize_flops(recipe.resolution, recipe.stored_size)
+    out["resize"] = resize
+    out["per_image"] = out["per_image"] + resize
+    out["not_counted"] = [
+        what
+        for what, present in (
+            ("the feature cache's skipped calls (counted as run)", recipe.cache),
+            ("the refiner", recipe.refiner),
+            ("the first-steps base model", recipe.first_steps),
+        )
+        if present
+    ]
+    return out
+
+
+def _model_flops(recipe: Recipe) -> dict:
+    spec = get_model(recipe.model)
+    if spec.family not in PIPELINE_FAMILIES:
+        raise InputError(
+            "model",
+            spec.name,
+            f"`plan` counts FLOPs for the {', '.join(PIPELINE_FAMILIES)} families; {spec.family} is not one yet",
+        )
+    if has_config(spec.name):  # a real model: its architecture on the meta device, no weights
+        pipe = build_random_pipeline(spec, torch.device("meta"), torch.bfloat16, text_encoders=False)
+    else:  # the shipped and test models: small enough to load
+        pipe = load_pipeline(spec, None, torch.device("cpu"), torch.float32)
+    apply_registry_settings(spec, pipe)
+    if recipe.decoder and has_config(spec.name) and recipe.decoder.get("name"):  # its published architecture
+        pipe.vae = random_tiny_decoder(tiny_decoder(spec).name, torch.bfloat16).to("meta")
+    else:
+        install_decoder(pipe, spec, recipe.decoder)
+    set_sampler(pipe, recipe.sampler, recipe.steps)
+    kw = {"mu": 1.0} if getattr(pipe.scheduler.config, "use_dynamic_shifting", False) else {}
+    pipe.scheduler.set_timesteps(recipe.steps, **kw)
+    timesteps = [float(t) for t in pipe.scheduler.timesteps]
+    cfg = uses_cfg(pipe, spec, recipe.guidance)
+    if cfg and recipe.guidance_interval is not None:
+        lo, hi = recipe.guidance_interval
+        guided = sum(1 for t in timesteps if lo <= _sigma(pipe.scheduler, t) <= hi)
+    else:
+        guided = len(timesteps) if cfg else 0
+    text = architecture(spec.name)["text"] if spec.family in ("sd3", "flux") and has_config(spec.name) else None
+    h, w = recipe.resolution
+    counted = pipeline_flops(pipe, spec.family, steps=1, cfg=False, height=h, width=w, text=text)
+    f = pipe.vae_scale_factor
+    decode = decode_flops(pipe.vae, (h // f, w // f)) if recipe.decoder else counted["vae_decode"]
+    forwards = len(timesteps) + guided
+    return {
+        "denoiser_forward": counted["denoiser_forward"],
+        "denoiser_calls": len(timesteps),
+        "forwards_per_image": forwards,
+        "decode": decode,
+        "per_image": forwards * counted["denoiser_forward"] + decode,
+    }
+
+
+def _recorded_mfu(recipe: Recipe, card: dict, gpu: str) -> tuple[float, str]:
+    """The MFU of the committed bench records of the recipe's model(s) on `card` (a mixture: the
+    lowest of its models'), and which records; refused when one has none."""
+    models = [recipe.model] if not recipe.mixture else [e.model for e in recipe.mixture]
+    records = [card["models"].get(m) for m in models]
+    missing = [m for m, r in zip(models, records) if not r]
+    if missing:
+        raise InputError(
+            "--gpu",
+            gpu,
+            f"no committed bench record of {', '.join(missing)} on it (records: "
+            f"{', '.join(sorted(card['models'])) or 'none'}); give the MFU to assume with --mfu, e.g. --mfu 0.35",
+        )
+    source = "; ".join(f"{m}: {r['record']} ({r['path']}, batch {r['batch']})" for m, r in zip(models, records))
+    return min(r["mfu"] for r in records), source
+
+
+def gpu_cost(
+    recipe: Recipe, flops: float, samples: int, card: dict, gpu: str, mfu: float | None, price: float | None
+) -> dict:
+    used, source = (mfu, "--mfu") if mfu is not None else _recorded_mfu(recipe, card, gpu)
+    seconds = samples * flops / (card["matmul_flops_per_second"] * used)
+    hours = seconds / 3600
+    return {
+        "gpu": f"{gpu} ({card['name']})",
+        "matmul_flops_per_second": card["matmul_flops_per_second"],
+        "mfu": used,
+        "mfu_from": source,
+        "images_per_second": round(samples / seconds, 3) if seconds else math.inf,
+        "gpu_hours": round(hours, 3),
+        "price_per_gpu_hour": price,
+        "cost": round(hours * price, 2) if price is not None else None,
+    }
+
+
+def format_plan(report: dict) -> str:
+    """`plan` for a person (the report itself is --json)."""
+    f, b = report["flops"], report["bytes"]
+    lines = [
+        f"{report['samples']:,} samples: {report['classes']:,} classes, {report['unique_prompts']:,} unique prompts, "
+        f"{report['shards']:,} shards of up to {report['images_per_shard']:,}",
+        f"bytes: about {b['image']:,} per image, {b['per_sample_in_shards']:,} per sample in the shards, "
+        f"{_size(b['dataset'])} in all ({b['calibration']})",
+        f"FLOPs per image: {f['per_image'] / 1e9:,.3f} G"
+        + (
+            f" ({f['forwards_per_image']} denoiser forwards of {f['denoiser_forward'] / 1e9:,.3f} G, decode "
+            f"{f['decode'] / 1e9:,.3f} G, resize {f['resize'] / 1e9:,.3f} G)"
+            if "forwards_per_image" in f
+            else " (a mixture: its models' shares weighted)"
+        )
+        + (f"; not counted: {', '.join(f['not_counted'])}" if f["not_counted"] else ""),
+    ]
+    if "cost" in report:
+        c = report["cost"]
+        price = f", {c['cost']:,.2f} at {c['price_per_gpu_hour']:g}/GPU-hour" if c["cost"] is not None else ""
+        lines.append(
+            f"on {c['gpu']} at MFU {c['mfu']:.3f} ({c['mfu_from']}): about {c['images_per_second']:,.1f} images/s, "
+            f"{c['gpu_hours']:,.2f} GPU-hours{price}"
+        )
+    if report["first_samples"]:
+        lines.append(f"first {len(report['first_samples'])} samples:")
+        width = max(len(s["key"]) for s in report["first_samples"])
+        lines += [
+            f"  {s['key']:<{width}}  {s['class_id']:<12} {s['seed']:>20}  {s['prompt']}"
+            for s in report["first_samples"]
+        ]
+    return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,.0f} B"
