@@ -184,7 +184,10 @@ def _parser() -> argparse.ArgumentParser:
     est = pl.add_argument_group("estimate")
     est.add_argument("--first", type=_int(0, 10_000), default=10, metavar="K", help="samples to list (default: 10)")
     est.add_argument(
-        "--gpu", type=str, metavar="CARD", help="price the run on this card: h100 or h200 (measured matmul rates)"
+        "--gpu",
+        type=str,
+        metavar="CARD",
+        help="price the run on this card: h100 or h200, whose matmul rates were measured (default: none, no price)",
     )
     est.add_argument(
         "--mfu",
@@ -192,7 +195,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="F",
         help="model-FLOP utilisation to assume (default: the committed bench record of this model on --gpu)",
     )
-    est.add_argument("--price", type=_float_range(0, 1e9, above=True), metavar="USD", help="price per GPU-hour")
+    est.add_argument(
+        "--price", type=_float_range(0, 1e9, above=True), metavar="USD", help="price per GPU-hour (default: none)"
+    )
     est.add_argument("--json", action="store_true", help="print JSON")
 
     st = sub.add_parser(
@@ -201,7 +206,10 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3:// or memory:// URL")
     st.add_argument("--json", action="store_true", help="print JSON (every class, every writer)")
     st.add_argument(
-        "--watch", type=_float_range(0.5, 86400), metavar="SECONDS", help="print again every SECONDS until Ctrl-C"
+        "--watch",
+        type=_float_range(0.5, 86400),
+        metavar="SECONDS",
+        help="print again every SECONDS until Ctrl-C (default: once)",
     )
 
     rg = sub.add_parser("regenerate", help="remake one stored sample from the dataset's recipe and seed, and compare")

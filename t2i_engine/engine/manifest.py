@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..dataset.layout import INFO, LOCK, MANIFEST, PREVIEW
+from ..dataset.layout import INFO, LOCK, LOG_DIR, MANIFEST, PREVIEW
 from ..dataset.manifest import FORMAT, SEED_BITS, read_manifest, stored_tuning, versions
 from ..dataset.preview import PER_CLASS, dataset_rows, sheet_bytes
 from ..dataset.records import ShardRecord, shard_name
@@ -42,7 +42,7 @@ def check_resumable(
     store = as_store(out_dir)
     manifest = read_manifest(store) if store.exists() else None
     if manifest is None:
-        if any(not n.startswith(LOCK) and not n.endswith(TMP_SUFFIX) for n in store.list("*")):
+        if any(not n.startswith((LOCK, LOG_DIR)) and not n.endswith(TMP_SUFFIX) for n in store.list("*")):
             raise InputError(
                 "out",
                 str(out_dir),

@@ -133,10 +133,10 @@ def test_rerun_skips_committed_shards_and_remakes_a_lost_one_exactly(copy):
 
 def test_batch_size_may_change_on_resume_but_the_recipe_may_not(copy):
     assert generate(tiny_recipe(batch_size=3), copy, QUIET)["shards_skipped"] == 3
-    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    before = {p.relative_to(copy).as_posix(): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     with pytest.raises(InputError, match="another recipe.*guidance"):
         generate(tiny_recipe(guidance=2.0), copy, QUIET)
-    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+    assert {p.relative_to(copy).as_posix(): p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
 
 
 def test_a_foreign_nonempty_folder_is_refused(tmp_path):

@@ -131,9 +131,9 @@ def test_resuming_with_another_output_size_is_refused_and_keeps_the_dataset(stor
 
     root, _, _ = stored
     folder = shutil.copytree(root / "small", tmp_path / "small")
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    before = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     raw = {"model": "digits", "images_per_class": 1, "steps": 2, "format": "png", "images_per_shard": 6}
     for other in (None, 8):
         with pytest.raises(InputError, match="output_size"):
             generate(build_recipe({**raw, "output_size": other}), folder, RunOptions(device="cpu", progress=False))
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before

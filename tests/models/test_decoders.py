@@ -239,7 +239,11 @@ def test_resuming_with_another_decoder_is_refused_and_keeps_the_dataset(tmp_path
 
     raw = {"model": "digits", "steps": 1, "images_per_class": 1}
     generate(build_recipe(raw), tmp_path / "d", RunOptions(device="cpu", progress=False, encode_workers=0))
-    before = {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()}
+    before = {
+        p.relative_to(tmp_path / "d").as_posix(): p.read_bytes() for p in (tmp_path / "d").rglob("*") if p.is_file()
+    }
     with pytest.raises(InputError, match="decoder"):
         generate(build_recipe({**raw, "decoder": "tiny"}), tmp_path / "d", RunOptions(device="cpu", progress=False))
-    assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == before
+    assert {
+        p.relative_to(tmp_path / "d").as_posix(): p.read_bytes() for p in (tmp_path / "d").rglob("*") if p.is_file()
+    } == before
