@@ -52,12 +52,14 @@ def test_a_memory_dataset_equals_the_same_recipe_on_disk_and_resumes_verifies_an
     assert {k: v for k, v in _files(url).items() if k in local} == local  # remade exactly
 
 
-def test_the_cli_writes_and_verifies_a_memory_dataset_and_refuses_workers_for_it(cli, url):
+def test_the_cli_writes_and_verifies_a_memory_dataset_and_refuses_workers_for_it(cli, url, tmp_path):
     code, _, err = cli("generate", "--out", url, "--images-per-class", "1", "--steps", "1", "--device", "cpu")
     assert code == 0, err
     assert cli("verify", url)[0] == 0
     code, text, _ = cli("status", url)  # read through the store, the run log included
     assert code == 0 and text.startswith(f"{url}: 10 of 10 images") and "writer" in text
+    code, _, err = cli("regenerate", url, "3_000000", "--out", tmp_path / "again.jpg", "--device", "cpu")
+    assert code == 0 and "identical to the stored image" in err, err
     fs, root = fsspec.core.url_to_fs(url)
     fs.rm_file(f"{root}/preview.jpg")
     code, _, err = cli("preview", url)  # drawn from the shards there, written beside them

@@ -18,7 +18,9 @@ import torch
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
+from t2i_engine.dataset.runlog import read_log
 from t2i_engine.dataset.shards import shard_files
+from t2i_engine.dataset.store import as_store
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.run import RunOptions, generate
 from t2i_engine.engine.status import dataset_status
@@ -309,3 +311,6 @@ def test_ray_across_three_nodes_writes_to_s3_and_a_node_lost_mid_run_costs_only_
     files = _files(url)
     keys = [json.loads(line)["key"] for n in files if n.endswith(".index.jsonl") for line in files[n].splitlines()]
     assert len(keys) == len(set(keys)) == 80
+    logged = [line for line in read_log(as_store(url)) if line["event"] == "shard"]  # the actors' own log files
+    assert len({line["shard"] for line in logged}) == len(logged) >= 39  # the lost node's last line may be lost
+    assert len({line["worker"] for line in logged}) >= 3 and all(line["worker"].startswith("ray-") for line in logged)
