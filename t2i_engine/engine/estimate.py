@@ -8,9 +8,10 @@
 - FLOPs per image: the denoiser and decoder counted under fake tensors on the architecture
   (weights on the meta device where the package has the model's configs; the shipped and test
   models, which are small, as they load), times the denoiser calls the recipe's sampler makes at
-  its steps, CFG's doubling only inside its guidance interval; the tiny decoder's or the VAE's
-  decode; the resize to the stored size. A feature cache's skipped calls and a refiner or
-  first-steps base are not counted here (said in `not_counted`); the run summary counts what ran.
+  its steps, CFG's doubling only inside its guidance interval, DeepCache's whole and shallow
+  calls; the tiny decoder's or the VAE's decode; the resize to the stored size. The first-block
+  and pyramid caches' skips (the first depends on values) and a refiner or first-steps base are
+  not counted here (said in `not_counted`); the run summary counts what ran.
 - GPU-hours and cost on a named card: FLOPs / (its measured matmul rate x MFU), the MFU of the
   committed bench record of this model on that card (assets/bench-records.json, made by
   bench/mfu_table.py; named in the output) or `mfu`; `price` per GPU-hour.
@@ -29,7 +30,7 @@ from ..dataset.encode import encode_image, resize_flops
 from ..errors import InputError
 from ..models.architectures import PIPELINE_FAMILIES, architecture, build_random_pipeline, has_config
 from ..models.decoders import install_decoder, random_tiny_decoder
-from ..models.flops import decode_flops, pipeline_flops, uses_cfg
+from ..models.flops import count_flops, decode_flops, denoiser_inputs, pipeline_flops, uses_cfg
 from ..models.pipelines import apply_registry_settings, load_pipeline
 from ..models.registry import get_model, tiny_decoder
 from .guidance import _sigma, set_sampler
@@ -142,7 +143,10 @@ def flops_per_image(recipe: Recipe) -> dict:
     out["not_counted"] = [
         what
         for what, present in (
-            ("the feature cache's skipped calls (counted as run)", recipe.cache),
+            (
+                "the feature cache's skipped calls (counted as run)",
+                recipe.cache and not _deepcache(recipe, get_model(recipe.model)),
+            ),
             ("the refiner", recipe.refiner),
             ("the first-steps base model", recipe.first_steps),
         )
@@ -173,24 +177,56 @@ def _model_flops(recipe: Recipe) -> dict:
     pipe.scheduler.set_timesteps(recipe.steps, **kw)
     timesteps = [float(t) for t in pipe.scheduler.timesteps]
     cfg = uses_cfg(pipe, spec, recipe.guidance)
-    if cfg and recipe.guidance_interval is not None:
-        lo, hi = recipe.guidance_interval
-        guided = sum(1 for t in timesteps if lo <= _sigma(pipe.scheduler, t) <= hi)
-    else:
-        guided = len(timesteps) if cfg else 0
+    lo, hi = recipe.guidance_interval or (-math.inf, math.inf)
+    batch = [2 if cfg and lo <= _sigma(pipe.scheduler, t) <= hi else 1 for t in timesteps]  # per image, per call
     text = architecture(spec.name)["text"] if spec.family in ("sd3", "flux") and has_config(spec.name) else None
     h, w = recipe.resolution
     counted = pipeline_flops(pipe, spec.family, steps=1, cfg=False, height=h, width=w, text=text)
+    forward = counted["denoiser_forward"]
     f = pipe.vae_scale_factor
     decode = decode_flops(pipe.vae, (h // f, w // f)) if recipe.decoder else counted["vae_decode"]
-    forwards = len(timesteps) + guided
+    if _deepcache(recipe, spec):
+        denoising = _deepcache_flops(pipe, spec.family, (h, w), text, forward, batch, recipe.cache["interval"])
+    else:
+        denoising = forward * sum(batch)
     return {
-        "denoiser_forward": counted["denoiser_forward"],
+        "denoiser_forward": forward,
         "denoiser_calls": len(timesteps),
-        "forwards_per_image": forwards,
+        "forwards_per_image": sum(batch),
+        "denoising": denoising,
         "decode": decode,
-        "per_image": forwards * counted["denoiser_forward"] + decode,
+        "per_image": denoising + decode,
     }
+
+
+def _deepcache(recipe: Recipe, spec) -> bool:
+    return bool(recipe.cache) and recipe.cache["name"] == "deepcache" and spec.family in ("sd", "sdxl")
+
+
+def _deepcache_flops(pipe, family: str, size, text, forward: int, batch: list[int], interval: int) -> int:
+    """Denoising FLOPs per image under DeepCache (feature_cache.DeepCache, its own rule): a call
+    runs whole every `interval` calls, or when its batch is neither the kept one nor half of it
+    (CFG switched on by a guidance interval); else only the shallow path. The shallow path's
+    FLOPs: two calls through DeepCache under fake tensors, less one whole forward."""
+    from .feature_cache import DeepCache
+
+    unet = pipe.unet
+
+    def two_calls():
+        def run(*args, **kwargs):
+            with DeepCache(pipe, 2):
+                unet(*args, **kwargs)
+                unet(*args, **kwargs)
+
+        return run
+
+    shallow = count_flops(two_calls, lambda: denoiser_inputs(pipe, family, *size, text)) - forward
+    total, kept = 0, None
+    for k, b in enumerate(batch):
+        whole = k % interval == 0 or kept not in (b, 2 * b)
+        kept = b if whole else kept
+        total += (forward if whole else shallow) * b
+    return total
 
 
 def _recorded_mfu(recipe: Recipe, card: dict, gpu: str) -> tuple[float, str]:
@@ -238,8 +274,9 @@ def format_plan(report: dict) -> str:
         f"{_size(b['dataset'])} in all ({b['calibration']})",
         f"FLOPs per image: {f['per_image'] / 1e9:,.3f} G"
         + (
-            f" ({f['forwards_per_image']} denoiser forwards of {f['denoiser_forward'] / 1e9:,.3f} G, decode "
-            f"{f['decode'] / 1e9:,.3f} G, resize {f['resize'] / 1e9:,.3f} G)"
+            f" (denoising {f['denoising'] / 1e9:,.3f} G over {f['forwards_per_image']} denoiser forwards of up to "
+            f"{f['denoiser_forward'] / 1e9:,.3f} G, decode {f['decode'] / 1e9:,.3f} G, "
+            f"resize {f['resize'] / 1e9:,.3f} G)"
             if "forwards_per_image" in f
             else " (a mixture: its models' shares weighted)"
         )
