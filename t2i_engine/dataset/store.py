@@ -24,6 +24,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -53,6 +54,16 @@ def _store_failure(e: Exception) -> bool:
     if isinstance(e, (FileNotFoundError, FileExistsError)):  # answers, which the callers handle
         return False
     return isinstance(e, OSError) or type(e).__module__.split(".", 1)[0] in _STORE_CLIENTS
+
+
+class _QuietClientTasks(logging.Filter):
+    """asyncio's "Task exception was never retrieved" for an HTTP client's own write task, which
+    aiohttp leaves behind when the store drops a connection mid-request: the request itself
+    fails and says so (StoreUnavailable); this would add a traceback to a one-line stop."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Task exception was never retrieved") and "aiohttp" in message)
 
 
 def _answered(method):
@@ -239,6 +250,9 @@ class FsspecStore:
             ) from None
         self.root = self.root.rstrip("/")
         self._pid = os.getpid()
+        asyncio_log = logging.getLogger("asyncio")
+        if not any(isinstance(f, _QuietClientTasks) for f in asyncio_log.filters):
+            asyncio_log.addFilter(_QuietClientTasks())
 
     @property
     def fs(self):

@@ -313,4 +313,5 @@ def test_ray_across_three_nodes_writes_to_s3_and_a_node_lost_mid_run_costs_only_
     assert len(keys) == len(set(keys)) == 80
     logged = [line for line in read_log(as_store(url)) if line["event"] == "shard"]  # the actors' own log files
     assert len({line["shard"] for line in logged}) == len(logged) >= 39  # the lost node's last line may be lost
-    assert len({line["worker"] for line in logged}) >= 3 and all(line["worker"].startswith("ray-") for line in logged)
+    # each actor its own writer (the removed node's may not have committed a shard before it went)
+    assert len({line["worker"] for line in logged}) >= 2 and all(line["worker"].startswith("ray-") for line in logged)
