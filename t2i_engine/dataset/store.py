@@ -424,6 +424,11 @@ class FsspecStore:
         }
         return json.dumps(record).encode()
 
+    def lease(self, name: str) -> dict | None:
+        """The record of lease object `name` ({owner, host, pid, shared, expires, seconds}), or
+        None if it is gone: what `status` reads, without taking anything."""
+        return self._record(name)
+
     def _exclusive(self, name: str) -> list[str]:
         """NAME.<generation> leases, oldest first."""
         found = [n for n in self.list(f"{name}.*") if n[len(name) + 1 :].isdigit()]  # not NAME.part-0-of-2.1

@@ -45,7 +45,7 @@ def dataset_status(location: str | Path | LocalStore | FsspecStore, now: float |
     recent = rates["recent_images_per_second"]
     return {
         "dir": store.url,
-        "complete": bool((dm.read_manifest(store) or manifest).get("complete")),
+        "complete": bool(manifest.get("complete")),
         "images": {"planned": total, "done": made, "remaining": remaining},
         "shards": {"planned": len(units), "done": int(done_mask.sum()), "in_flight": _in_flight(store, names)},
         "parts": _parts(names, units, done_mask, sizes),
@@ -168,7 +168,7 @@ def _leases(store: FsspecStore, names: set[str], now: float) -> list[dict]:
         tail = name[len(LOCK) + 1 :]
         if not (tail.rsplit(".", 1)[-1].isdigit() or ".shared-" in f".{tail}" or tail.startswith("shared-")):
             continue  # .parts records, not leases
-        record = store._record(name)
+        record = store.lease(name)
         if not record or "expires" not in record or "host" not in record:
             continue
         left, length = record["expires"] - now, record.get("seconds", store.lease_seconds)
