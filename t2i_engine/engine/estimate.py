@@ -33,6 +33,7 @@ from ..models.decoders import install_decoder, random_tiny_decoder
 from ..models.flops import count_flops, decode_flops, denoiser_inputs, pipeline_flops, uses_cfg
 from ..models.pipelines import apply_registry_settings, load_pipeline
 from ..models.registry import get_model, tiny_decoder
+from .feature_cache import DeepCache
 from .guidance import _sigma, set_sampler
 from .plan import plan_samples, plan_units
 from .recipe import Recipe, mixture_counts
@@ -208,8 +209,6 @@ def _deepcache_flops(pipe, family: str, size, text, forward: int, batch: list[in
     runs whole every `interval` calls, or when its batch is neither the kept one nor half of it
     (CFG switched on by a guidance interval); else only the shallow path. The shallow path's
     FLOPs: two calls through DeepCache under fake tensors, less one whole forward."""
-    from .feature_cache import DeepCache
-
     unet = pipe.unet
 
     def two_calls():
