@@ -46,7 +46,7 @@ from ..export.tuning import Tuning, apply_tuning, remove_tuning, uncompile
 from ..kernels import auto, install, sdpa
 from ..models.architectures import PIPELINE_FAMILIES, architecture, has_config, prompt_inputs, text_length
 from ..models.decoders import decoder_label, install_decoder, random_tiny_decoder
-from ..models.flops import count_flops, pipeline_flops, uses_cfg
+from ..models.flops import count_flops, pipeline_flops, text_shapes, uses_cfg
 from ..models.pipelines import denoiser, obtain_pipeline
 from ..models.registry import ModelSpec, get_model, tiny_decoder
 from . import measure
@@ -559,7 +559,7 @@ def model_flops(pipe, spec: ModelSpec, recipe) -> dict:
         return _flops_through_specs(pipe, spec, recipe)
     text = None
     if spec.family in ("sd3", "flux"):
-        text = architecture(spec.name)["text"] if has_config(spec.name) else _text_shapes(pipe)
+        text = architecture(spec.name)["text"] if has_config(spec.name) else text_shapes(pipe)
     return pipeline_flops(
         pipe,
         spec.family,
@@ -590,16 +590,6 @@ def _flops_through_specs(pipe, spec: ModelSpec, recipe) -> dict:
         "forwards_per_image": forwards,
         "vae_decode": decode,
         "per_image": forwards * forward + decode,
-    }
-
-
-def _text_shapes(pipe) -> dict:
-    """A test model's prompt-embedding shapes (it has no shipped text.json), from its denoiser."""
-    config = denoiser(pipe).config
-    length = pipe.tokenizer.model_max_length if getattr(pipe, "tokenizer", None) is not None else 77
-    return {
-        "prompt_embeds_shape": ["B", length, config.joint_attention_dim],
-        "pooled_prompt_embeds_shape": ["B", config.pooled_projection_dim],
     }
 
 

@@ -8,10 +8,11 @@
 - FLOPs per image: the denoiser and decoder counted under fake tensors on the architecture
   (weights on the meta device where the package has the model's configs; the shipped and test
   models, which are small, as they load), times the denoiser calls the recipe's sampler makes at
-  its steps, CFG's doubling only inside its guidance interval, DeepCache's whole and shallow
-  calls; the tiny decoder's or the VAE's decode; the resize to the stored size. The first-block
-  and pyramid caches' skips (the first depends on values) and a refiner or first-steps base are
-  not counted here (said in `not_counted`); the run summary counts what ran.
+  its steps (FLUX's shifted by resolution, as its pipeline does), CFG's doubling only inside its
+  guidance interval, DeepCache's whole and shallow calls, pyramid attention broadcast's skips;
+  the tiny decoder's or the VAE's decode; the resize to the stored size. The first-block cache's
+  skips (they depend on the images) and a refiner or first-steps base are not counted here (said
+  in `not_counted`); the run summary counts what ran.
 - GPU-hours and cost on a named card: FLOPs / (its measured matmul rate x MFU), the MFU of the
   committed bench record of this model on that card (assets/bench-records.json, made by
   bench/mfu_table.py; named in the output) or `mfu`; `price` per GPU-hour.
@@ -25,18 +26,20 @@ from importlib import resources
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..dataset.encode import encode_image, resize_flops
 from ..errors import InputError
 from ..models.architectures import PIPELINE_FAMILIES, architecture, build_random_pipeline, has_config
 from ..models.decoders import install_decoder, random_tiny_decoder
-from ..models.flops import count_flops, decode_flops, denoiser_inputs, pipeline_flops, uses_cfg
-from ..models.pipelines import apply_registry_settings, load_pipeline
+from ..models.flops import CUSTOM, count_flops, decode_flops, denoiser_inputs, pipeline_flops, uses_cfg
+from ..models.pipelines import apply_registry_settings, denoiser
 from ..models.registry import get_model, tiny_decoder
-from .feature_cache import DeepCache
+from .feature_cache import DeepCache, diffusers_cache
 from .guidance import _sigma, set_sampler
 from .plan import plan_samples, plan_units
 from .recipe import Recipe, mixture_counts
+from .runtime import ModelOptions, load_generator
 from .units import sample_json
 
 TAR_BLOCK = 512
@@ -146,7 +149,7 @@ def flops_per_image(recipe: Recipe) -> dict:
         for what, present in (
             (
                 "the feature cache's skipped calls (counted as run)",
-                recipe.cache and not _deepcache(recipe, get_model(recipe.model)),
+                recipe.cache and not _deepcache(recipe, get_model(recipe.model)) and not _pyramid(recipe),
             ),
             ("the refiner", recipe.refiner),
             ("the first-steps base model", recipe.first_steps),
@@ -164,23 +167,27 @@ def _model_flops(recipe: Recipe) -> dict:
             spec.name,
             f"`plan` counts FLOPs for the {', '.join(PIPELINE_FAMILIES)} families; {spec.family} is not one yet",
         )
+    text = None
     if has_config(spec.name):  # a real model: its architecture on the meta device, no weights
         pipe = build_random_pipeline(spec, torch.device("meta"), torch.bfloat16, text_encoders=False)
-    else:  # the shipped and test models: small enough to load
-        pipe = load_pipeline(spec, None, torch.device("cpu"), torch.float32)
-    apply_registry_settings(spec, pipe)
-    if recipe.decoder and has_config(spec.name) and recipe.decoder.get("name"):  # its published architecture
-        pipe.vae = random_tiny_decoder(tiny_decoder(spec).name, torch.bfloat16).to("meta")
-    else:
-        install_decoder(pipe, spec, recipe.decoder)
+        apply_registry_settings(spec, pipe)
+        if recipe.decoder and recipe.decoder.get("name"):  # the registry tiny decoder's published architecture
+            pipe.vae = random_tiny_decoder(tiny_decoder(spec).name, torch.bfloat16).to("meta")
+        else:
+            install_decoder(pipe, spec, recipe.decoder)
+        if spec.family in ("sd3", "flux"):
+            text = architecture(spec.name)["text"]
+    else:  # the shipped and test models are small: loaded as a run loads them, prompts encoded as it does
+        generator = load_generator(recipe, ModelOptions(), torch.device("cpu"))
+        pipe = generator.pipe
+        if spec.family in ("sd3", "flux"):
+            embeds = generator.prompt_inputs(["a prompt"])
+            text = {f"{k}_shape": ["B", *embeds[k].shape[1:]] for k in ("prompt_embeds", "pooled_prompt_embeds")}
     set_sampler(pipe, recipe.sampler, recipe.steps)
-    kw = {"mu": 1.0} if getattr(pipe.scheduler.config, "use_dynamic_shifting", False) else {}
-    pipe.scheduler.set_timesteps(recipe.steps, **kw)
-    timesteps = [float(t) for t in pipe.scheduler.timesteps]
+    timesteps = _timesteps(pipe, recipe.steps, recipe.resolution)
     cfg = uses_cfg(pipe, spec, recipe.guidance)
     lo, hi = recipe.guidance_interval or (-math.inf, math.inf)
     batch = [2 if cfg and lo <= _sigma(pipe.scheduler, t) <= hi else 1 for t in timesteps]  # per image, per call
-    text = architecture(spec.name)["text"] if spec.family in ("sd3", "flux") and has_config(spec.name) else None
     h, w = recipe.resolution
     counted = pipeline_flops(pipe, spec.family, steps=1, cfg=False, height=h, width=w, text=text)
     forward = counted["denoiser_forward"]
@@ -188,6 +195,8 @@ def _model_flops(recipe: Recipe) -> dict:
     decode = decode_flops(pipe.vae, (h // f, w // f)) if recipe.decoder else counted["vae_decode"]
     if _deepcache(recipe, spec):
         denoising = _deepcache_flops(pipe, spec.family, (h, w), text, forward, batch, recipe.cache["interval"])
+    elif _pyramid(recipe):
+        denoising = _pyramid_flops(pipe, spec.family, (h, w), text, timesteps, batch, recipe.cache)
     else:
         denoising = forward * sum(batch)
     return {
@@ -198,6 +207,47 @@ def _model_flops(recipe: Recipe) -> dict:
         "decode": decode,
         "per_image": denoising + decode,
     }
+
+
+def _timesteps(pipe, steps: int, resolution: tuple[int, int]) -> list[float]:
+    """The denoiser calls' timesteps, as the pipeline sets them: a flow scheduler that shifts by
+    resolution (FLUX) gets the pipeline's sigmas and its mu for this image size."""
+    scheduler = pipe.scheduler
+    config = scheduler.config
+    if getattr(config, "use_dynamic_shifting", False) and not getattr(config, "use_flow_sigmas", False):
+        f = pipe.vae_scale_factor
+        seq = (resolution[0] // f // 2) * (resolution[1] // f // 2)  # FLUX's latents, packed 2x2 into tokens
+        m = (config.get("max_shift", 1.15) - config.get("base_shift", 0.5)) / (
+            config.get("max_image_seq_len", 4096) - config.get("base_image_seq_len", 256)
+        )
+        mu = config.get("base_shift", 0.5) + m * (seq - config.get("base_image_seq_len", 256))
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+    else:
+        scheduler.set_timesteps(steps)
+    return [float(t) for t in scheduler.timesteps]
+
+
+def _pyramid(recipe: Recipe) -> bool:
+    return bool(recipe.cache) and recipe.cache["name"] == "pyramid"
+
+
+def _pyramid_flops(pipe, family: str, size, text, timesteps: list[float], batch: list[int], setting: dict) -> int:
+    """Denoising FLOPs per image under diffusers' pyramid attention broadcast, which decides from
+    the call count and the pipeline's current timestep alone: the run's calls replayed under fake
+    tensors with the cache installed (feature_cache.diffusers_cache, as a run installs it), each
+    counted."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    module, total = denoiser(pipe), 0
+    with FakeTensorMode(allow_non_fake_inputs=True), diffusers_cache(pipe, setting), torch.no_grad():
+        for t, b in zip(timesteps, batch, strict=True):
+            pipe._current_timestep = t  # what the pipeline's loop sets, and the cache's callback reads
+            args, kwargs = denoiser_inputs(pipe, family, *size, text)
+            with FlopCounterMode(display=False, custom_mapping=CUSTOM) as counter:
+                module(*args, **kwargs)
+            total += counter.get_total_flops() * b
+    pipe._current_timestep = None
+    return total
 
 
 def _deepcache(recipe: Recipe, spec) -> bool:

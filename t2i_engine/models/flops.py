@@ -174,3 +174,13 @@ def uses_cfg(pipe, spec, guidance: float) -> bool:
     if spec.family in ("sd", "sdxl"):
         return guidance > 1.0 and pipe.unet.config.time_cond_proj_dim is None
     return guidance > 1.0
+
+
+def text_shapes(pipe) -> dict:
+    """A test model's prompt-embedding shapes (it has no shipped text.json), from its denoiser."""
+    config = denoiser(pipe).config
+    length = pipe.tokenizer.model_max_length if getattr(pipe, "tokenizer", None) is not None else 77
+    return {
+        "prompt_embeds_shape": ["B", length, config.joint_attention_dim],
+        "pooled_prompt_embeds_shape": ["B", config.pooled_projection_dim],
+    }

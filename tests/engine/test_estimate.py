@@ -9,13 +9,20 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "levers", [[], ["--cache", "deepcache:2", "--guidance-interval", "0.5,20"]], ids=["plain", "deepcache-interval"]
+    "levers",
+    [
+        ["--model", "digits"],
+        ["--model", "digits", "--cache", "deepcache:2", "--guidance-interval", "0.5,20"],
+        ["--model", "tiny-flux", "--cache", "pyramid:2"],
+    ],
+    ids=["plain", "deepcache-interval", "flux-pyramid"],
 )
 def test_plan_says_what_generate_then_makes(cli, tmp_path, levers):
-    """The FLOPs too, as the run counts them: with DeepCache and a guidance interval, its whole
-    and shallow calls and CFG's batch switching on and off (DeepCache then runs whole)."""
-    args = ["--model", "digits", "--classes", "a,b,c", "--images-per-class", "5", "--steps", "6",
-            "--images-per-shard", "4", "--format", "png", *levers]  # fmt: skip
+    """The FLOPs too, as the run counts them: with DeepCache and a guidance interval (its whole
+    and shallow calls, CFG's batch switching on and off), and FLUX's resolution-shifted timesteps
+    under pyramid attention broadcast (which skips by timestep)."""
+    args = ["--classes", "a,b,c", "--images-per-class", "5", "--steps", "6", "--images-per-shard", "4",
+            "--format", "png", *levers]  # fmt: skip
     code, text, err = cli("plan", *args, "--first", "6", "--json")
     assert code == 0, err
     plan = json.loads(text)
