@@ -11,12 +11,13 @@ Run it in a fresh process (peak memory is the process's); the numbers are for th
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import time
 from datetime import date
 from pathlib import Path
+
+from record import save_json
 
 from t2i_engine.engine.plan import plan_units
 from t2i_engine.engine.recipe import build_recipe
@@ -64,10 +65,7 @@ def main() -> None:
         "rss_before_mb": round(base_rss, 1),
     }
     assert walked == recipe.num_samples and len(names) == len(units) and len(first) == units[0].size and part
-    print(json.dumps(result, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    save_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,14 @@ def write_record(bench: str, model: str, results: list[dict], out_dir: str, file
     return path
 
 
+def save_json(result: dict, out: Path | None) -> None:
+    """Print a bench script's result, and write it to `out` when given."""
+    print(json.dumps(result, indent=1))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
+
 def repeat_generate(recipe, options, repeats: int) -> list[dict]:
     """Run `generate` `repeats` times, each into a fresh temporary folder; returns the summaries."""
     import tempfile

@@ -10,7 +10,6 @@ shard's content, only names, the log and the manifest).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
@@ -19,6 +18,8 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+
+from record import save_json
 
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.run import RunOptions, generate
@@ -59,10 +60,7 @@ def main() -> None:
         "status_command_seconds": round(statistics.median(commands), 3),
         "reps": args.reps,
     }
-    print(json.dumps(result, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    save_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ class RunLog:
         self.context = {**{k: v for k, v in context.items() if v is not None}, **me}
         self.writer = f"{me['host']}-{me['pid']}-{uuid.uuid4().hex[:8]}"
         self._segment, self._lines = 0, []
+        self._folder_made = False  # LOG_DIR made once, not on every line
 
     def record(self, event: str, **fields) -> None:
         """Log one event ("shard", "start", "stop", "error") with `fields`, stamped with the time."""
@@ -44,7 +45,9 @@ class RunLog:
 
     def _write(self, text: str) -> None:
         if isinstance(self.store, LocalStore):
-            self.store.makedirs(LOG_DIR)
+            if not self._folder_made:
+                self.store.makedirs(LOG_DIR)
+                self._folder_made = True
             self.store.append_text(f"{LOG_DIR}/{self.writer}.jsonl", text)
             return
         if len(self._lines) == SEGMENT_LINES:

@@ -23,7 +23,24 @@ from .recipe import Recipe, mixture_counts
 # its own units.
 
 
-class SamplePlan(Sequence):
+class _Lazy(Sequence):
+    """A sequence whose items are made when asked for (`_item(i)`, 0 <= i < len): indexing from
+    the end and slices (a list) as a list's."""
+
+    def _item(self, i: int):
+        raise NotImplementedError
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._item(k) for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._item(i)
+
+
+class SamplePlan(_Lazy):
     """The recipe's samples in index order, each made when asked for (`plan[i]`, a slice, or
     iterating): the same Sample objects plan_samples always gave."""
 
@@ -36,13 +53,7 @@ class SamplePlan(Sequence):
     def __len__(self) -> int:
         return self.recipe.num_samples
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+    def _item(self, i: int) -> Sample:
         c, j = i % len(self._classes), i // len(self._classes)
         seed = sample_seed(self.recipe.seed, i, self.seed_bits)
         cls = self._classes[c]
@@ -70,7 +81,7 @@ def _owners(recipe: Recipe) -> list[str]:
     return [e.model for e, n in zip(recipe.mixture, counts) for _ in range(n)]
 
 
-class UnitPlan(Sequence):
+class UnitPlan(_Lazy):
     """The recipe's work units in shard order, each made when asked for. Without a mixture, unit
     k holds samples [k * size, (k+1) * size). In a mixture, model m owns images [a_m, b_m) of every
     class, which are samples [a_m * C, b_m * C): a contiguous run of indices, cut into shards of
@@ -94,13 +105,7 @@ class UnitPlan(Sequence):
     def __len__(self) -> int:
         return self._first_unit[-1]
 
-    def __getitem__(self, k):
-        if isinstance(k, slice):
-            return [self[q] for q in range(*k.indices(len(self)))]
-        if k < 0:
-            k += len(self)
-        if not 0 <= k < len(self):
-            raise IndexError(k)
+    def _item(self, k: int) -> WorkUnit:
         g = bisect.bisect_right(self._first_unit, k) - 1
         model, first, n = self._groups[g]
         offset = (k - self._first_unit[g]) * self.shard_size
