@@ -23,14 +23,16 @@ from .dataset.layout import MANIFEST, PREVIEW
 from .dataset.manifest import read_manifest
 from .dataset.preview import sheet_bytes, write_sheet
 from .dataset.store import FsspecStore, open_store
+from .dataset.subset import FilterRule, cut_subset
 from .dataset.verify import repair
+from .engine.card import describe_subset
 from .engine.manifest import recipe_rows
 from .engine.recipe import build_recipe, load_recipe
 from .engine.status import dataset_status, format_status
 from .engine.verify import load_dataset_recipe, verify_dataset
 from .errors import SPACE_ERRNOS, InputError, OutOfSpace, StoreUnavailable
 from .eval.report import write_report
-from .files import atomic_write_bytes, atomic_write_text, check_local, check_writable
+from .files import URL, atomic_write_bytes, atomic_write_text, check_local, check_writable
 from .models.registry import ADAPTERS, MODELS, TINY_DECODERS, get_model
 from .training.sources import open_set, sheet_rows
 
@@ -42,6 +44,18 @@ def local_path(value: str) -> Path:
         return check_local(value, "path")
     except InputError as e:
         raise argparse.ArgumentTypeError(str(e).removeprefix("path: ")) from None
+
+
+def file_location(value: str) -> str | Path:
+    """argparse's type for a single file (a subset file): a local path, or a URL in a store."""
+    if URL.match(value):
+        parent, _, name = value.rstrip("/").rpartition("/")
+        try:
+            open_store(parent, "path")
+        except InputError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("path: ")) from None
+        return value
+    return local_path(value)
 
 
 def dataset_location(value: str) -> str | Path:
@@ -104,6 +118,7 @@ PRESETS = ("paper", "small")  # training.presets.PRESETS
 TRAIN_PRECISIONS = ("auto", "bf16", "fp32")  # training.presets.OVERRIDES
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # training.presets.OVERRIDES
 PROBES = ("fft-low", "fft-high", "vae")  # eval.probes.PROBES
+JUDGES = ("clip", "digits")  # eval.score.JUDGES
 
 
 class _UsageError(Exception):
@@ -173,6 +188,12 @@ def _parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="check every shard of a dataset against its plan")
     ver.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3:// or memory:// URL")
     ver.add_argument("--repair", action="store_true", help="move bad shards to _rejected/ so `generate` remakes them")
+    ver.add_argument(
+        "--subset",
+        type=file_location,
+        metavar="FILE",
+        help="check only the shards holding this subset's samples (default: none, all)",
+    )
 
     pl = sub.add_parser(
         "plan",
@@ -240,7 +261,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="which images: the same seed, the same sheet; another, others (default: %(default)s)",
     )
-    pv.add_argument("--out", type=local_path, metavar="FILE", help="JPEG to write (default: DIR/preview.jpg)")
+    pv.add_argument(
+        "--out",
+        type=local_path,
+        metavar="FILE",
+        help="JPEG to write (default: DIR/preview.jpg; with --subset, the subset file's name with .jpg)",
+    )
+    pv.add_argument(
+        "--subset", type=file_location, metavar="FILE", help="draw only this subset's samples (default: none, all)"
+    )
 
     mod = sub.add_parser("models", help="list the registry's models")
     mod.add_argument("--all", action="store_true", help="include test models")
@@ -250,6 +279,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     mod.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    _add_score_filter_parsers(sub)
     _add_train_eval_parsers(sub)
     _add_bench_parser(sub)
     _add_build_parser(sub)
@@ -743,6 +773,69 @@ def _add_bench_parser(sub) -> None:
     be.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
 
 
+def _add_score_filter_parsers(sub) -> None:
+    sc = sub.add_parser(
+        "score",
+        help="per-sample scores beside each shard: agreement with the intended class, near-duplicates, "
+        "degenerate images",
+    )
+    sc.add_argument("dir", type=dataset_location, metavar="DIR", help="a complete dataset folder, or its URL")
+    sc.add_argument(
+        "--judge",
+        choices=JUDGES,
+        required=True,
+        help="clip: zero-shot over the dataset's class names and templates; digits: the embedded judge (required)",
+    )
+    sc.add_argument(
+        "--weights",
+        type=str,
+        metavar="PATH",
+        help="clip: a transformers folder or a hub id in the Hugging Face cache (default: "
+        "openai/clip-vit-base-patch32); digits: a judge folder (default: the embedded one)",
+    )
+    sc.add_argument(
+        "--dedup-threshold",
+        type=_float_range(0, 1, above=True),
+        metavar="COS",
+        help="cosine of the judge's features at which two images of a class are near-duplicates "
+        "(default: 0.95 for clip, 0.995 for digits)",
+    )
+    sc.add_argument(
+        "--batch-size", type=_int(1, 65536), default=128, metavar="N", help="images per forward (default: %(default)s)"
+    )
+    sc.add_argument(
+        "--device",
+        type=str,
+        default="auto",
+        metavar="DEVICE",
+        help="auto | cpu | cuda | cuda:N (default: %(default)s)",
+    )
+    sc.add_argument("--replace", action="store_true", help="discard scores made by another judge or settings")
+    sc.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    fl = sub.add_parser("filter", help="a subset file of a scored dataset's keys, cut by a rule (shards unchanged)")
+    fl.add_argument("dir", type=dataset_location, metavar="DIR", help="a scored dataset folder, or its URL")
+    fl.add_argument(
+        "--out", type=file_location, required=True, metavar="SUBSET.json", help="subset file to write (required)"
+    )
+    fl.add_argument(
+        "--min-agreement",
+        type=_float_range(0, 1),
+        metavar="P",
+        help="keep samples whose probability of the intended class is at least P (default: none)",
+    )
+    fl.add_argument(
+        "--dedup", action="store_true", help="keep one sample of each near-duplicate group (the best by agreement)"
+    )
+    fl.add_argument(
+        "--keep-per-class",
+        type=_int(1, 10**12),
+        metavar="N",
+        help="keep the N best of each class by agreement, ties to the lower seed (default: none)",
+    )
+    fl.add_argument("--drop-degenerate", action="store_true", help="drop near-constant and saturated images")
+
+
 def _add_train_eval_parsers(sub) -> None:
     tr = sub.add_parser("train", help="train a classifier on a dataset folder or an ImageFolder tree (resumable)")
     tr.add_argument(
@@ -795,6 +888,9 @@ def _add_train_eval_parsers(sub) -> None:
         "--precision", choices=TRAIN_PRECISIONS, help="auto: bf16 autocast on a GPU, fp32 on a CPU (default: auto)"
     )
     tr.add_argument("--memory-format", choices=MEMORY_FORMATS, help="auto: channels_last on a GPU (default: auto)")
+    tr.add_argument(
+        "--subset", type=file_location, metavar="FILE", help="train on this subset of DATA only (default: none, all)"
+    )
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     tr.add_argument(
         "--device",
@@ -840,6 +936,9 @@ def _add_train_eval_parsers(sub) -> None:
     )
     an.add_argument(
         "--real", type=local_path, required=True, metavar="DIR", help="real images of the same class ids (required)"
+    )
+    an.add_argument(
+        "--subset", type=file_location, metavar="FILE", help="analyze this subset of DATA only (default: none, all)"
     )
     an.add_argument("--out", type=local_path, required=True, metavar="FILE", help="JSON file to write (required)")
     an.add_argument(
@@ -1002,6 +1101,8 @@ def _main(argv: list[str] | None) -> int:
             "models": _models,
             "preview": _preview,
             "finalize": _finalize,
+            "score": _score,
+            "filter": _filter,
             "train": _train,
             "eval": _eval,
             "analyze": _analyze,
@@ -1183,13 +1284,12 @@ def _regenerate(args) -> int:
 
 
 def _verify(args) -> int:
-    problems = verify_dataset(args.dir)
+    problems = verify_dataset(args.dir, subset=args.subset)
     for p in problems:
         print(p)
     if not problems:
-        print(
-            f"ok: every planned sample of {args.dir} is present exactly once with its planned label", file=sys.stderr
-        )
+        which = f"sample of the subset {args.subset}" if args.subset else "planned sample"
+        print(f"ok: every {which} of {args.dir} is present exactly once with its planned label", file=sys.stderr)
         return 0
     if args.repair:
         moved = repair(args.dir, problems)
@@ -1223,6 +1323,8 @@ def _finalize(args) -> int:
 
 
 def _preview(args) -> int:
+    if args.subset is not None:
+        return _preview_subset(args)
     if isinstance(args.dir, str):  # a dataset at a URL: its sheet beside it, or at --out
         _, recipe = load_dataset_recipe(args.dir)
         rows = recipe_rows(args.dir, recipe, args.per_class, args.seed)
@@ -1245,6 +1347,53 @@ def _preview(args) -> int:
         rows = sheet_rows(open_set(args.dir, "dir"), args.per_class, args.seed)
     write_sheet(rows, out)
     print(f"{len(rows)} classes x up to {args.per_class} images -> {out}", file=sys.stderr)
+    return 0
+
+
+def _preview_subset(args) -> int:
+    if args.out is None and isinstance(args.subset, str):
+        raise InputError("--out", None, "expected a local JPEG file to write when the subset file is at a URL")
+    out = args.out or Path(args.subset).with_suffix(".jpg")
+    check_writable(out, "--out", kind="file")
+    rows = sheet_rows(open_set(args.dir, "dir", args.subset), args.per_class, args.seed)
+    write_sheet(rows, out)
+    print(f"{len(rows)} classes x up to {args.per_class} images of the subset -> {out}", file=sys.stderr)
+    return 0
+
+
+def _score(args) -> int:
+    from .eval.score import score  # heavy: torch
+
+    r = score(
+        args.dir,
+        judge=args.judge,
+        weights=args.weights,
+        device=args.device,
+        batch_size=args.batch_size,
+        dedup_threshold=args.dedup_threshold,
+        replace=args.replace,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(r, indent=1))
+    done = "nothing left to score" if not r["scored"] else f"scored {r['scored']} shards"
+    print(
+        f"{done} ({r['skipped']} already scored): {r['images']} images; mean agreement {r['agreement_mean']}, "
+        f"{r['duplicates']} near-duplicates, {r['degenerate']} degenerate -> {r['manifest']}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _filter(args) -> int:
+    rule = FilterRule(args.min_agreement, args.dedup, args.keep_per_class, args.drop_degenerate).check()
+    r = cut_subset(args.dir, rule, args.out)
+    describe_subset(args.dir, r)
+    print(json.dumps(r, indent=1))
+    print(
+        f"kept {r['count']} of {r['dataset_count']} samples (mean agreement {r['agreement_mean']['dataset']} -> "
+        f"{r['agreement_mean']['subset']}) -> {args.out}; the shards are unchanged",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -1295,7 +1444,15 @@ def _train(args) -> int:
 
     config = resolve_config(args.preset, {key: getattr(args, key) for key in OVERRIDES})
     finished = args.resume and (Path(args.out) / RUN).is_file()  # train checks it is this run's data and settings
-    result = train(config, args.data, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    result = train(
+        config,
+        args.data,
+        args.out,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.no_progress,
+        subset=args.subset,
+    )
     if finished:
         print(f"nothing left to do: {args.out} is a finished run", file=sys.stderr)
     best = result["best"]
@@ -1337,6 +1494,7 @@ def _analyze(args) -> int:
         max_per_class=args.max_per_class,
         seed=args.seed,
         device=args.device,
+        subset=args.subset,
     )
     print(json.dumps(r["overall"], indent=1))
     return 0

@@ -241,6 +241,7 @@ def test_the_clis_closed_sets_are_the_librarys():
     from t2i_engine.benchmark.bench import NORM
     from t2i_engine.engine.runtime import ATTENTION, CONV
     from t2i_engine.eval.probes import PROBES
+    from t2i_engine.eval.score import JUDGES
     from t2i_engine.export.build import BACKENDS, BUILT, PRECISIONS
     from t2i_engine.export.onnx_export import EXPORTERS
     from t2i_engine.export.tuning import COMPILE_MODES
@@ -248,6 +249,7 @@ def test_the_clis_closed_sets_are_the_librarys():
     from t2i_engine.training.presets import OVERRIDES, PRESETS
 
     assert (cli.ATTENTION, cli.NORMS, cli.PROBES, cli.EXPORTERS) == (ATTENTION, NORM, PROBES, EXPORTERS)
+    assert cli.JUDGES == JUDGES
     assert (cli.BACKENDS, cli.BUILT, cli.PRECISIONS) == (BACKENDS, BUILT, tuple(PRECISIONS))
     assert (cli.RUN_PRECISIONS, cli.COMPILE_MODES, cli.CONV) == (RUN_PRECISIONS, COMPILE_MODES, CONV)
     assert cli.PRESETS == tuple(PRESETS)

@@ -22,6 +22,7 @@ from .layout import MANIFEST, REJECTED
 from .locks import exclusive_lock
 from .manifest import mark_incomplete
 from .records import WorkUnit
+from .scores import scores_file
 from .shards import shard_files
 from .store import LocalStore, as_store
 
@@ -43,14 +44,15 @@ def check_shards(
     default_model: str,
     recorded: dict[str, str],
     complete: bool,
+    only: set[str] | None = None,
 ) -> list[Problem]:
     """Every problem of the folder's shards against the planned `units`; `recorded`: the
     manifest's sha256 per tar name, `default_model`: the model a sample's JSON names outside a
-    mixture."""
+    mixture; `only`: the names of the units to check (a subset's), None for all."""
     store = as_store(out)
     problems: list[Problem] = []
     seen: dict[str, str] = {}
-    for unit in units:
+    for unit in units if only is None else [u for u in units if u.name in only]:
         problems += _verify_unit(store, unit, extension, default_model, recorded.get(f"{unit.name}.tar"), seen)
     planned = {f"{u.name}.tar" for u in units}
     for tar in store.list("*.tar"):
@@ -169,7 +171,7 @@ def repair(out: Path | LocalStore, problems: list[Problem]) -> list[str]:
         dest = f"{REJECTED}/{time.strftime('%Y%m%d-%H%M%S')}"
         store.makedirs(dest)
         for name in bad:
-            for file in shard_files(name):
+            for file in (*shard_files(name), scores_file(name)):  # a remade shard is scored again
                 if store.exists(file):
                     store.move(file, f"{dest}/{file}")
                     moved.append(f"{dest}/{file}")

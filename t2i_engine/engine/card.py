@@ -139,3 +139,56 @@ def _decoder(recipe: Recipe) -> str:
     if "name" in recipe.decoder:
         return f"tiny (`{recipe.decoder['name']}`, an AutoencoderTiny), not the model's VAE"
     return f"tiny (AutoencoderTiny weights sha256 `{recipe.decoder['sha256'][:16]}...`), not the model's VAE"
+
+
+SUBSETS_BEGIN, SUBSETS_END = "<!-- t2i-engine subsets -->", "<!-- /t2i-engine subsets -->"
+
+
+def describe_subset(out_dir: Path | str | LocalStore, subset: dict) -> bool:
+    """A row for a subset (`filter`'s summary) in the card's "Subsets" section, replacing the row of
+    a subset file of the same name; the rest of the card is left as it is. False if there is no card."""
+    store = as_store(out_dir, "dir")
+    if not store.exists(CARD):
+        return False
+    text = store.read_text(CARD)
+    name = str(subset["out"]).rstrip("/").rsplit("/", 1)[-1]
+    counts = list(subset["per_class"].values())
+    scores = subset["scores"]
+    row = (
+        f"| `{name}` | {_rule_text(subset['rule'])} | {subset['count']:,} of {subset['dataset_count']:,} | "
+        f"{min(counts, default=0)}-{max(counts, default=0)} | {scores['judge']} (scores `{scores['hash'][:12]}`) |"
+    )
+    head, _, rest = text.partition(SUBSETS_BEGIN)
+    old, _, tail = rest.partition(SUBSETS_END)
+    rows = [line for line in old.splitlines() if line.startswith("| `") and not line.startswith(f"| `{name}` ")]
+    section = "\n".join(
+        [
+            SUBSETS_BEGIN,
+            "## Subsets",
+            "",
+            "Subset files list keys of this dataset, cut by a rule over its per-sample scores (`t2i-engine score`,",
+            "`t2i-engine filter`); the shards are unchanged. `train`, `analyze`, `preview` and `verify` take one",
+            "with `--subset FILE`.",
+            "",
+            "| subset file | rule | images | per class | scored by |",
+            "|---|---|---|---|---|",
+            *rows,
+            row,
+            SUBSETS_END,
+        ]
+    )
+    store.write_text(CARD, head.rstrip("\n") + "\n\n" + section + "\n" + tail.lstrip("\n"))
+    return True
+
+
+def _rule_text(rule: dict) -> str:
+    parts = []
+    if rule.get("drop_degenerate"):
+        parts.append("degenerate images dropped")
+    if rule.get("dedup"):
+        parts.append("one per near-duplicate group")
+    if rule.get("min_agreement") is not None:
+        parts.append(f"agreement >= {rule['min_agreement']:g}")
+    if rule.get("keep_per_class") is not None:
+        parts.append(f"the {rule['keep_per_class']:,} best per class by agreement")
+    return "; ".join(parts) or ", ".join(f"{k} {v}" for k, v in rule.items())

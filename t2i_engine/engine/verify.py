@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..dataset import manifest as dm
 from ..dataset.store import as_store
+from ..dataset.subset import open_subset
 from ..dataset.verify import Problem, check_shards
 from ..errors import InputError
 from .plan import plan_units
@@ -43,10 +44,18 @@ def load_dataset_recipe(out_dir: Path) -> tuple[dict, Recipe]:
     return manifest, recipe
 
 
-def verify_dataset(out_dir: Path | str) -> list[Problem]:
+def verify_dataset(out_dir: Path | str, subset: Path | str | None = None) -> list[Problem]:
+    """Every problem of the dataset; with `subset` (a subset file), of the shards holding its samples."""
     out_dir = as_store(out_dir, "dir")
     manifest, recipe = load_dataset_recipe(out_dir)
     units = plan_units(recipe, dm.SEED_BITS[manifest["format"]])
+    only = None
+    if subset is not None:
+        _, keys = open_subset(subset, out_dir)
+        only = {u.name for u in units if any(s.key in keys for s in u.samples)}
+        found = sum(1 for u in units if u.name in only for s in u.samples if s.key in keys)
+        if found != len(keys):
+            raise InputError("--subset", str(subset), f"names {len(keys) - found} keys this dataset's plan lacks")
     recorded = {s["name"]: s["sha256"] for s in manifest.get("shards", [])}
     return check_shards(
         out_dir,
@@ -55,4 +64,5 @@ def verify_dataset(out_dir: Path | str) -> list[Problem]:
         default_model=recipe.model,
         recorded=recorded,
         complete=bool(manifest.get("complete")),
+        only=only,
     )

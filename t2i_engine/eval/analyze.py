@@ -40,13 +40,15 @@ def analyze(
     max_per_class: int | None = None,
     seed: int = 0,
     device: str = "cpu",
+    subset: str | Path | None = None,
 ) -> dict:
+    """`subset`: a subset file of the synthetic set (`t2i-engine filter`); only its samples count."""
     out = Path(out)
     check_writable(out, "--out", kind="file")
     if not 1 <= k <= 100:
         raise InputError("--k", k, "expected an integer from 1 to 100")
     # Everything that can be wrong is checked before any image is read.
-    synth, real = open_set(data_path, "data"), open_set(real_path, "--real")
+    synth, real = open_set(data_path, "data", subset), open_set(real_path, "--real")
     match_classes(real.class_ids, synth, "data")
     extractor = load_extractor(features, "--features", device)
     fid_extractor = load_extractor(fid_features, "--fid-features", device) if fid_features else extractor

@@ -55,12 +55,14 @@ def train(
     resume: bool = False,
     device: str = "auto",
     progress: bool = True,
+    subset: str | Path | None = None,
 ) -> dict:
+    """`subset`: a subset file (`t2i-engine filter`); only its samples are trained on."""
     out = Path(out)
     check_writable(out, "--out")
     check_arch(config.arch)
     dev = resolve_device(device)
-    data = open_set(data_path, "data")
+    data = open_set(data_path, "data", subset)
     if len(data.class_ids) < 2:
         raise InputError("data", str(data_path), "expected images of at least 2 classes")
     labels = {c: i for i, c in enumerate(data.class_ids)}
@@ -92,10 +94,7 @@ def _prepare_out(out: Path, header: dict, resume: bool) -> None:
                     f"its run was started with other {key}; resume with the same settings and data, or choose a "
                     "new folder",
                 )
-        if (
-            before["data"].get("path") != header["data"]["path"]
-            or before["data"].get("images") != header["data"]["images"]
-        ):
+        if any(before["data"].get(k) != header["data"].get(k) for k in ("path", "images", "subset")):
             raise InputError(
                 "--out",
                 str(out),

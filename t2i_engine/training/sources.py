@@ -27,6 +27,7 @@ from ..dataset.layout import MANIFEST
 from ..dataset.preview import MAX_CLASSES, choose, label
 from ..dataset.shards import shard_files
 from ..dataset.store import FsspecStore, LocalStore, open_store
+from ..dataset.subset import open_subset
 from ..engine.verify import load_dataset_recipe
 from ..errors import InputError
 from ..files import URL, atomic_write_text
@@ -73,6 +74,7 @@ class LabelledSet:
     units: list[object]  # shard tar names (in `store`), or lists of (key, class id, file) per unit
     origin: dict = field(default_factory=dict)  # kind (synthetic | real), model, guidance, recipe hash...
     store: LocalStore | FsspecStore | None = None  # where the shards are (layout "shards")
+    subset: frozenset[str] | None = None  # a subset's keys (`--subset`): nothing else is read
     # The main process keeps the encoded bytes of the units it read while they fit in this
     # budget: a small set (the digits) is read from disk once, not once per epoch. Loader
     # workers live one epoch, so they do not cache.
@@ -105,7 +107,9 @@ class LabelledSet:
 
     def _read_unit(self, unit: int) -> Iterator[Item]:
         if self.layout == "shards":
-            yield from _read_shard(self.store, self.units[unit])
+            for item in _read_shard(self.store, self.units[unit]):
+                if self.subset is None or item.key in self.subset:
+                    yield item
         else:
             for key, class_id, file in self.units[unit]:
                 yield Item(key, class_id, Path(file).read_bytes(), None)
@@ -119,7 +123,34 @@ class LabelledSet:
                     yield item
 
 
-def open_set(path: str | Path, field_name: str = "data") -> LabelledSet:
+def open_set(path: str | Path, field_name: str = "data", subset: str | Path | None = None) -> LabelledSet:
+    """The set at `path`; with `subset` (a file written by `t2i-engine filter`), only its keys."""
+    data = _open(path, field_name)
+    if subset is not None:
+        data = _restrict(data, subset)
+    return data
+
+
+def _restrict(data: LabelledSet, subset: str | Path) -> LabelledSet:
+    if data.layout != "shards":
+        raise InputError(
+            "--subset", str(subset), "takes a dataset made by `t2i-engine generate`, not an ImageFolder tree"
+        )
+    record, keys = open_subset(subset, data.store)
+    present = {e.key for e in data.entries}
+    unknown = [k for k in record["keys"] if k not in present]
+    if unknown:
+        raise InputError("--subset", str(subset), f"names {len(unknown)} keys this dataset lacks, e.g. {unknown[0]}")
+    data.entries = [e for e in data.entries if e.key in keys]
+    data.subset = keys
+    data.origin = {
+        **data.origin,
+        "subset": {"file": str(subset), "rule": record["rule"], "images": len(keys), "scores": record["scores"]},
+    }
+    return data
+
+
+def _open(path: str | Path, field_name: str) -> LabelledSet:
     if isinstance(path, str) and URL.match(path):
         store = open_store(path, field_name)
         if not store.exists(MANIFEST):

@@ -1,0 +1,431 @@
+"""`t2i-engine score`: what came out of each image, as columns beside its shard (dataset/scores.py).
+
+Per sample:
+- agreement: the judge's probability of the intended class, over the dataset's own classes, and
+  its top class. Judges: `clip`, zero-shot over the dataset's class names and prompt templates
+  (each class's text feature is the normalised mean of its templates' normalised features, as
+  in CLIP's prompt ensembling; `a photo of a {name}.` where the dataset has no templates);
+  `digits`, the embedded models' judge (trained on real digits), over its logits of the
+  dataset's digit classes;
+- degenerate: a near-constant image (the standard deviation of its pixel values below
+  MIN_STD) or a saturated one (more than MAX_CLIPPED of its pixel values at 0-2 or 253-255):
+  a safety checker's black image, a blown-out one;
+- near-duplicate groups: within a class, samples whose judge features have a cosine of at least
+  the threshold are linked, and each connected group is named by its first sample in plan order.
+
+Scoring is resumable: a shard's scores are written whole, then recorded in the scores manifest;
+a rerun scores only the shards with no record, or whose tar changed since (remade after
+`verify --repair`). Groups span shards, so they are computed once every shard is scored, from
+the stored features (a new --dedup-threshold regroups without scoring again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..dataset.layout import SCORES
+from ..dataset.locks import exclusive_lock
+from ..dataset.manifest import read_manifest, versions
+from ..dataset.scores import (
+    FORMAT,
+    read_all_scores,
+    read_scores_manifest,
+    read_shard_scores,
+    scores_file,
+    write_scores_manifest,
+    write_shard_scores,
+)
+from ..dataset.shards import shard_files
+from ..dataset.store import FsspecStore, LocalStore
+from ..devices import resolve_device
+from ..errors import InputError
+from ..files import file_sha256
+from ..training.digits_judge import JUDGE_DIR, load_judge
+from ..training.sources import LabelledSet, open_set
+from .features import (
+    CLIP_MEAN,
+    CLIP_STD,
+    _clip_size,
+    _resize_crop,
+    clip_text_features,
+    load_clip,
+    load_clip_tokenizer,
+)
+
+JUDGES = ("clip", "digits")
+CLIP_DEFAULT = "openai/clip-vit-base-patch32"  # the paper's CLIP (ViT-B/32)
+DEFAULT_TEMPLATE = "a photo of a {name}."
+# Near-duplicate cosine per judge. The digits judge's pooled ReLU features sit close together (two
+# real held-out digits of one class: median cosine 0.944, 99.9th percentile 0.995): its threshold
+# is that percentile, so a linked pair is closer than 999 in 1,000 pairs of real digits. CLIP's:
+# the 0.95 that CLIP-feature deduplication commonly uses.
+DEDUP_THRESHOLDS = {"clip": 0.95, "digits": 0.995}
+MIN_STD = 0.02
+MAX_CLIPPED = 0.9
+
+
+@dataclass
+class Judge:
+    """Probabilities over the dataset's classes and normalised features, for a batch of images."""
+
+    name: str
+    weights: str
+    weights_sha256: str
+    settings: dict  # what moves its numbers (templates, input size)
+    model: torch.nn.Module
+    size: int
+    mean: tuple
+    std: tuple
+    class_text: torch.Tensor | None = None  # clip: [classes, dim], normalised
+    columns: list[int] = field(default_factory=list)  # digits: the judge's logit of each dataset class
+
+    @torch.inference_mode()
+    def __call__(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        arr = np.stack([np.asarray(_resize_crop(im.convert("RGB"), self.size)) for im in images])
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255
+        x = (x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
+        x = x.to(next(self.model.parameters()).device)
+        if self.name == "clip":
+            feats = torch.nn.functional.normalize(_as_tensor(self.model.get_image_features(pixel_values=x)).float())
+            logits = self.model.logit_scale.exp().float() * feats @ self.class_text.to(feats.device).T
+        else:
+            raw = self.model.embed(x)
+            logits = self.model.head(raw)[:, self.columns].float()
+            feats = torch.nn.functional.normalize(raw.float())
+        return logits.softmax(-1).cpu().numpy(), feats.cpu().numpy()
+
+
+def _as_tensor(out) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def load_scoring_judge(
+    name: str, weights: str | None, data: LabelledSet, templates: tuple[str, ...], device: torch.device
+) -> Judge:
+    """The judge, checked against the dataset's classes; refused (naming what is missing) before any image is read."""
+    if name not in JUDGES:
+        raise InputError("--judge", name, f"expected one of {', '.join(JUDGES)}")
+    if name == "digits":
+        folder = Path(weights) if weights else JUDGE_DIR
+        if not (folder / "model.safetensors").is_file():
+            raise InputError(
+                "--weights", str(folder), "expected a folder holding the digits judge's model.safetensors"
+            )
+        digits = [str(d) for d in range(10)]
+        foreign = [c for c in data.class_ids if c not in digits]
+        if foreign:
+            raise InputError(
+                "--judge", "digits", f"judges the digit classes 0-9; this dataset has class ids {foreign[:5]}"
+            )
+        model = load_judge(folder).to(device)
+        # The judge normalises inside and takes [0, 1] pixels at 32 px.
+        return Judge(
+            "digits",
+            "embedded" if folder == JUDGE_DIR else str(folder),
+            file_sha256(folder / "model.safetensors"),
+            {"image_size": 32},
+            model,
+            32,
+            (0, 0, 0),
+            (1, 1, 1),
+            columns=[int(c) for c in data.class_ids],
+        )
+    folder = _clip_folder(weights)
+    model = load_clip(str(folder), "--weights").to(device)
+    tokenizer = load_clip_tokenizer(str(folder), "--weights")
+    templates = templates or (DEFAULT_TEMPLATE,)
+    class_text = []
+    for c in data.class_ids:
+        per_template = clip_text_features(
+            model, tokenizer, [t.replace("{name}", data.class_names[c]) for t in templates]
+        )
+        mean = torch.nn.functional.normalize(per_template, dim=1).mean(0)
+        class_text.append(torch.nn.functional.normalize(mean, dim=0))
+    size = _clip_size(str(folder))
+    return Judge(
+        "clip",
+        str(weights or CLIP_DEFAULT),
+        _weights_sha256(folder),
+        {"templates": list(templates), "image_size": size},
+        model,
+        size,
+        CLIP_MEAN,
+        CLIP_STD,
+        class_text=torch.stack(class_text),
+    )
+
+
+def _clip_folder(weights: str | None) -> Path:
+    spec = weights or CLIP_DEFAULT
+    if Path(spec).is_dir():
+        return Path(spec)
+    fetch = (
+        f"fetch them on a machine with a hub connection (`hf download {spec}`, which fills the Hugging Face "
+        "cache) or pass --weights DIR, a folder in transformers' layout"
+    )
+    if spec.count("/") != 1 or spec.startswith(("/", ".")):
+        raise InputError("--weights", spec, f"expected a CLIP folder or a hub id in the Hugging Face cache; {fetch}")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(spec, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        raise InputError(
+            "--weights", spec, f"no such CLIP weights in a local folder or the Hugging Face cache; {fetch}"
+        ) from None
+
+
+def _weights_sha256(folder: Path) -> str:
+    """One hash over every weights file of a folder (name and content), in name order."""
+    h = hashlib.sha256()
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    for p in files:
+        h.update(p.name.encode() + b"\0" + file_sha256(p).encode())
+    return h.hexdigest()
+
+
+def degeneracy(images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+    """(pixel_std, clipped) per image: the spread of its pixel values in [0, 1], and the share of
+    them within 2 of black or white."""
+    stds, clipped = [], []
+    for im in images:
+        a = np.asarray(im.convert("RGB"))
+        stds.append(a.std() / 255)
+        clipped.append(((a <= 2) | (a >= 253)).mean())
+    return np.array(stds, dtype=np.float32), np.array(clipped, dtype=np.float32)
+
+
+def dup_groups(keys: np.ndarray, classes: np.ndarray, embedding: np.ndarray, threshold: float) -> np.ndarray:
+    """Each sample's group: the key of the group's first sample in the given (plan) order, where
+    samples of one class whose normalised features have a cosine >= threshold are linked."""
+    from scipy.sparse import coo_matrix  # heavy: scipy
+    from scipy.sparse.csgraph import connected_components  # heavy: scipy
+
+    groups = np.array(keys, dtype=object)
+    for c in dict.fromkeys(classes.tolist()):
+        idx = np.flatnonzero(classes == c)
+        x = torch.nn.functional.normalize(torch.from_numpy(np.asarray(embedding[idx], dtype=np.float32)), dim=1)
+        rows, cols = [], []
+        for start in range(0, len(idx), 2048):  # a block of rows at a time: memory stays O(block x n)
+            i, j = torch.nonzero(x[start : start + 2048] @ x.T >= threshold, as_tuple=True)
+            rows.append(i.numpy() + start)
+            cols.append(j.numpy())
+        r, q = np.concatenate(rows), np.concatenate(cols)
+        graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, q)), shape=(len(idx), len(idx)))
+        _, label = connected_components(graph, directed=False)
+        first = {}
+        for pos, lab in enumerate(label):  # idx ascends: the first seen is the first in plan order
+            first.setdefault(lab, keys[idx[pos]])
+        groups[idx] = [first[lab] for lab in label]
+    return groups
+
+
+def score(
+    out_dir: str | Path,
+    *,
+    judge: str = "digits",
+    weights: str | None = None,
+    device: str = "auto",
+    batch_size: int = 128,
+    dedup_threshold: float | None = None,
+    replace: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Score every shard of a complete dataset not yet scored with these settings, then group
+    near-duplicates (at `dedup_threshold`, default the judge's in DEDUP_THRESHOLDS); returns a summary."""
+    start = time.perf_counter()
+    if dedup_threshold is None:
+        dedup_threshold = DEDUP_THRESHOLDS.get(judge, 0.95)
+    if not 0 < dedup_threshold <= 1:
+        raise InputError("--dedup-threshold", dedup_threshold, "expected a cosine in (0, 1]")
+    if batch_size < 1:
+        raise InputError("--batch-size", batch_size, "expected an integer of at least 1")
+    data = open_set(out_dir, "dir")
+    if data.layout != "shards":
+        raise InputError(
+            "dir", str(out_dir), "expected a dataset made by `t2i-engine generate` (scores sit beside its shards)"
+        )
+    data.cache_bytes = 0  # each shard is read once
+    store = data.store
+    dataset = read_manifest(store)
+    recipe = dataset["recipe"]
+    templates = tuple(recipe["prompt"]["templates"]) if recipe["prompt"]["regime"] == "template" else ()
+    dev = resolve_device(device)
+    j = load_scoring_judge(judge, weights, data, templates, dev)
+    settings = {
+        **j.settings,
+        "classes": list(data.class_ids),
+        "degenerate": {"min_std": MIN_STD, "max_clipped": MAX_CLIPPED},
+    }
+    with exclusive_lock(store):
+        manifest = _start_manifest(store, dataset, j, settings, dedup_threshold, replace)
+        manifest["device"] = str(dev)
+        tar_sha = {s["name"].removesuffix(".tar"): s["sha256"] for s in dataset["shards"]}
+        todo = [
+            u
+            for u, tar in enumerate(data.units)
+            if manifest["shards"].get(tar.removesuffix(".tar"), {}).get("tar_sha256")
+            != tar_sha[tar.removesuffix(".tar")]
+            or not store.exists(scores_file(tar.removesuffix(".tar")))
+        ]
+        if todo:
+            manifest["complete"] = False
+            write_scores_manifest(store, manifest)
+        bar = _bar(sum(1 for e in data.entries if e.unit in set(todo)), progress)
+        for u in todo:
+            shard = data.units[u].removesuffix(".tar")
+            columns = _score_shard(data, u, store, j, batch_size, bar)
+            sha = write_shard_scores(store, shard, columns)
+            manifest["shards"][shard] = {"tar_sha256": tar_sha[shard], "scores_sha256": sha}
+            write_scores_manifest(store, manifest)
+        if bar is not None:
+            bar.close()
+        if not manifest.get("complete"):
+            _group(store, manifest, dedup_threshold)
+            manifest["complete"] = True
+            write_scores_manifest(store, manifest)
+    summary = summarise(store, manifest)
+    summary.update(
+        scored=len(todo), skipped=len(data.units) - len(todo), seconds=round(time.perf_counter() - start, 1)
+    )
+    return summary
+
+
+def _start_manifest(
+    store: LocalStore | FsspecStore, dataset: dict, j: Judge, settings: dict, threshold: float, replace: bool
+) -> dict:
+    """The scores manifest to continue: the existing one if it was made by this judge with these
+    settings (a new dedup threshold only regroups), else a new one (--replace), else refused."""
+    fresh = {
+        "format": FORMAT,
+        "judge": j.name,
+        "weights": j.weights,
+        "weights_sha256": j.weights_sha256,
+        "settings": settings,
+        "dedup_threshold": threshold,
+        "dataset": dataset["recipe_hash"],
+        "versions": versions(),
+        "complete": False,
+        "shards": {},
+    }
+    old = None if replace else read_scores_manifest(store)
+    if old is None:
+        return fresh
+    same = {k: old.get(k) for k in ("judge", "weights_sha256", "settings")} == {
+        k: fresh[k] for k in ("judge", "weights_sha256", "settings")
+    }
+    if not same:
+        raise InputError(
+            "--judge",
+            j.name,
+            f"the dataset holds scores by the {old.get('judge')} judge with other weights or settings; "
+            "pass --replace to score it again from scratch",
+        )
+    if old.get("dataset") != dataset["recipe_hash"]:
+        old["shards"] = {}
+    if old.get("dedup_threshold") != threshold:
+        old["dedup_threshold"], old["complete"] = threshold, False
+    old["dataset"] = dataset["recipe_hash"]
+    return old
+
+
+def _score_shard(data: LabelledSet, unit: int, store, j: Judge, batch_size: int, bar) -> dict:
+    index = store.read_text(shard_files(data.units[unit].removesuffix(".tar"))[1]).splitlines()
+    seed_of = {row["key"]: row["seed"] for row in map(json.loads, index)}
+    cols: dict[str, list] = {k: [] for k in ("key", "class_id", "seed", "probs", "embedding", "pixel_std", "clipped")}
+    batch = []
+
+    def flush():
+        images = [it.image for it in batch]
+        probs, feats = j(images)
+        std, clipped = degeneracy(images)
+        cols["key"] += [it.key for it in batch]
+        cols["class_id"] += [it.class_id for it in batch]
+        cols["seed"] += [seed_of[it.key] for it in batch]
+        cols["probs"].append(probs)
+        cols["embedding"].append(feats)
+        cols["pixel_std"].append(std)
+        cols["clipped"].append(clipped)
+        if bar is not None:
+            bar.update(len(batch))
+        batch.clear()
+
+    for item in data.read_unit(unit):
+        batch.append(item)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    probs = np.concatenate(cols["probs"])
+    ids = list(data.class_ids)
+    intended = np.array([ids.index(c) for c in cols["class_id"]])
+    top = probs.argmax(1)
+    std, clipped = np.concatenate(cols["pixel_std"]), np.concatenate(cols["clipped"])
+    return {
+        "key": cols["key"],
+        "class_id": cols["class_id"],
+        "seed": np.array(cols["seed"], dtype=np.int64),
+        "agreement": probs[np.arange(len(top)), intended].astype(np.float32),
+        "top_class": [ids[t] for t in top],
+        "top_prob": probs[np.arange(len(top)), top].astype(np.float32),
+        "pixel_std": std,
+        "clipped": clipped,
+        "degenerate": (std < MIN_STD) | (clipped > MAX_CLIPPED),
+        "dup_group": cols["key"],  # grouped once every shard is scored
+        "embedding": np.concatenate(cols["embedding"]),
+    }
+
+
+def _group(store: LocalStore | FsspecStore, manifest: dict, threshold: float) -> None:
+    """Near-duplicate groups over the whole dataset, from the stored features; a shard whose
+    groups changed is rewritten."""
+    shards = sorted(manifest["shards"])
+    tables = {s: read_shard_scores(store, s, manifest["shards"][s]["scores_sha256"]) for s in shards}
+    keys = np.concatenate([tables[s]["key"] for s in shards])
+    classes = np.concatenate([tables[s]["class_id"] for s in shards])
+    emb = np.concatenate([tables[s]["embedding"] for s in shards])
+    groups = dup_groups(keys, classes, emb, threshold)
+    at = 0
+    for s in shards:
+        table = tables[s]
+        mine = groups[at : at + len(table["key"])]
+        at += len(table["key"])
+        if list(table["dup_group"]) != list(mine):
+            table = {k: list(v) if v.dtype == object else v for k, v in table.items()}
+            table["dup_group"] = list(mine)
+            manifest["shards"][s]["scores_sha256"] = write_shard_scores(store, s, table)
+            write_scores_manifest(store, manifest)
+
+
+def summarise(store: LocalStore | FsspecStore, manifest: dict) -> dict:
+    cols = read_all_scores(store, manifest, ["key", "class_id", "agreement", "top_class", "degenerate", "dup_group"])
+    n = len(cols["key"])
+    return {
+        "judge": manifest["judge"],
+        "images": n,
+        "shards": len(manifest["shards"]),
+        "agreement_mean": round(float(cols["agreement"].mean()), 4) if n else None,
+        "top_is_intended": round(float((cols["top_class"] == cols["class_id"]).mean()), 4) if n else None,
+        "duplicates": int((cols["dup_group"] != cols["key"]).sum()),
+        "dedup_threshold": manifest["dedup_threshold"],
+        "degenerate": int(cols["degenerate"].sum()),
+        "manifest": f"{store.url}/{SCORES}",
+    }
+
+
+def _bar(total: int, progress: bool):
+    if not progress or not total:
+        return None
+    from tqdm import tqdm  # heavy: tqdm
+
+    return tqdm(total=total, desc="scoring", unit="img", file=sys.stderr, leave=False)
