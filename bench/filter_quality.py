@@ -2,11 +2,12 @@
 size? Issue 36's measurement, on the embedded digits model (CPU), with the demo's protocol.
 
 For guidance 1 (some images off-class) and 7.5 (near-duplicates abound): generate 2N images per
-digit, score them with the digits judge (`t2i-engine score`), and cut subsets of N per digit:
-- unfiltered: the first N of each digit in plan order (seeds are random per sample: a random draw);
-- agreement: the N best by agreement (`filter --keep-per-class N`);
-- dedup + agreement: one per near-duplicate group, then the N best (`--dedup --keep-per-class N`);
-and `--dedup` alone at 7.5 (whatever count it keeps). Each subset trains the small CNN (preset
+digit, score them with the digits judge (`t2i-engine score`), and cut subsets (`t2i-engine filter`):
+- unfiltered: N per digit drawn at random (`--keep-per-class N --keep-by seed`: the lowest seeds);
+- agreement: the N best by agreement (`--keep-per-class N`);
+- cleaned (guidance 1): off-class images dropped (`--min-agreement 0.5`), then N drawn at random;
+- dedup (guidance 7.5): one per near-duplicate group (`--dedup`, whatever count it keeps), and
+  dedup then N drawn at random. Each subset trains the small CNN (preset
 `small`) with 3 seeds; synth->real is top-1 on the 597 held-out real digits (mean and spread over
 seeds); recall and coverage come from `analyze` against the real training digits (judge features,
 k=5); real->synth is the share the judge labels as intended.
@@ -26,9 +27,9 @@ import numpy as np
 from record import save_json
 
 from t2i_engine.dataset.manifest import read_manifest
-from t2i_engine.dataset.scores import complete_scores, read_all_scores, scores_hash
+from t2i_engine.dataset.scores import complete_scores, read_all_scores
 from t2i_engine.dataset.store import as_store
-from t2i_engine.dataset.subset import FilterRule, cut_subset, subset_record, write_subset
+from t2i_engine.dataset.subset import FilterRule, cut_subset
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.run import RunOptions, generate
 from t2i_engine.eval.analyze import analyze
@@ -39,31 +40,6 @@ from t2i_engine.training.loop import train
 from t2i_engine.training.presets import resolve_config
 
 SEEDS = (0, 1, 2)
-
-
-def first_per_class(folder: Path, n: int, dest: Path) -> dict:
-    """The unfiltered control: the first n samples of each class in plan order, as a subset file."""
-    store = as_store(folder, "dir")
-    manifest = read_manifest(store)
-    scores = complete_scores(store, manifest)
-    cols = read_all_scores(store, scores, ["key", "class_id"])
-    taken: dict[str, int] = {}
-    keep = []
-    for key, c in zip(cols["key"], cols["class_id"], strict=True):
-        taken[c] = taken.get(c, 0) + 1
-        if taken[c] <= n:
-            keep.append((str(key), str(c)))
-    record = subset_record(
-        [k for k, _ in keep],
-        [c for _, c in keep],
-        rule={"first_per_class_in_plan_order": n},
-        dataset={"name": store.name, "url": store.url, "recipe_hash": manifest["recipe_hash"]},
-        scores={"hash": scores_hash(scores), "judge": scores["judge"]},
-        dataset_count=len(cols["key"]),
-        class_order=scores["settings"]["classes"],
-    )
-    write_subset(dest, record)
-    return record
 
 
 def judged_share(folder: Path, subset: dict) -> float:
@@ -98,13 +74,16 @@ def main() -> None:
         )
         scored = score(data, judge="digits", device="cpu", progress=False)
         print(f"guidance {g:g}: scored {scored}", flush=True)
-        subsets = {"unfiltered": first_per_class(data, n, work / f"g{g:g}-unfiltered.json")}
         rules = {
+            "unfiltered": FilterRule(keep_per_class=n, keep_by="seed"),
             "agreement": FilterRule(keep_per_class=n),
-            "dedup+agreement": FilterRule(dedup=True, keep_per_class=n),
         }
-        if g >= 7.5:
+        if g < 7.5:
+            rules["cleaned"] = FilterRule(min_agreement=0.5, keep_per_class=n, keep_by="seed")
+        else:
             rules["dedup"] = FilterRule(dedup=True)
+            rules["dedup+random"] = FilterRule(dedup=True, keep_per_class=n, keep_by="seed")
+        subsets = {}
         for name, rule in rules.items():
             cut_subset(data, rule, work / f"g{g:g}-{name}.json")
             subsets[name] = json.loads((work / f"g{g:g}-{name}.json").read_text())

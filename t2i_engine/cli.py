@@ -23,7 +23,7 @@ from .dataset.layout import MANIFEST, PREVIEW
 from .dataset.manifest import read_manifest
 from .dataset.preview import sheet_bytes, write_sheet
 from .dataset.store import FsspecStore, open_store
-from .dataset.subset import FilterRule, cut_subset
+from .dataset.subset import KEEP_BY, FilterRule, cut_subset
 from .dataset.verify import repair
 from .engine.card import describe_subset
 from .engine.manifest import recipe_rows
@@ -833,6 +833,13 @@ def _add_score_filter_parsers(sub) -> None:
         metavar="N",
         help="keep the N best of each class by agreement, ties to the lower seed (default: none)",
     )
+    fl.add_argument(
+        "--keep-by",
+        choices=KEEP_BY,
+        default="agreement",
+        help="which N --keep-per-class keeps: the best by agreement, or those of lowest seed, a random draw "
+        "(default: %(default)s)",
+    )
     fl.add_argument("--drop-degenerate", action="store_true", help="drop near-constant and saturated images")
 
 
@@ -1385,7 +1392,7 @@ def _score(args) -> int:
 
 
 def _filter(args) -> int:
-    rule = FilterRule(args.min_agreement, args.dedup, args.keep_per_class, args.drop_degenerate).check()
+    rule = FilterRule(args.min_agreement, args.dedup, args.keep_per_class, args.drop_degenerate, args.keep_by).check()
     r = cut_subset(args.dir, rule, args.out)
     describe_subset(args.dir, r)
     print(json.dumps(r, indent=1))

@@ -9,7 +9,9 @@ The rule, applied in this order (each step optional):
   drop_degenerate  samples flagged near-constant or saturated go;
   dedup            of each near-duplicate group, the best by agreement stays (ties: the lower seed);
   min_agreement    samples whose agreement is below it go;
-  keep_per_class   of each class, the N best by agreement stay (ties: the lower seed).
+  keep_per_class   of each class, N stay: the N best by agreement (ties: the lower seed), or with
+                   keep_by "seed" the N of lowest seed, a uniform random draw (seeds are hashes)
+                   that keeps the spread of the data while the steps before it clean it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .scores import complete_scores, read_all_scores, read_scores_manifest, scor
 from .store import FsspecStore, LocalStore, as_store, open_store
 
 FORMAT = "t2i-engine-subset/1"
+KEEP_BY = ("agreement", "seed")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class FilterRule:
     dedup: bool = False
     keep_per_class: int | None = None
     drop_degenerate: bool = False
+    keep_by: str = "agreement"  # or "seed"
 
     def check(self) -> FilterRule:
         p = self.min_agreement
@@ -43,6 +47,8 @@ class FilterRule:
         n = self.keep_per_class
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise InputError("--keep-per-class", n, "expected an integer of at least 1")
+        if self.keep_by not in KEEP_BY:
+            raise InputError("--keep-by", self.keep_by, f"expected one of {', '.join(KEEP_BY)}")
         if p is None and n is None and not self.dedup and not self.drop_degenerate:
             raise InputError(
                 "filter",
@@ -75,7 +81,7 @@ def select(columns: dict[str, np.ndarray], rule: FilterRule) -> np.ndarray:
     if rule.keep_per_class is not None:
         taken: dict[str, int] = {}
         classes = columns["class_id"]
-        for i in best_first:
+        for i in best_first if rule.keep_by == "agreement" else np.argsort(seed, kind="stable"):
             if keep[i]:
                 c = classes[i]
                 taken[c] = taken.get(c, 0) + 1

@@ -190,5 +190,8 @@ def _rule_text(rule: dict) -> str:
     if rule.get("min_agreement") is not None:
         parts.append(f"agreement >= {rule['min_agreement']:g}")
     if rule.get("keep_per_class") is not None:
-        parts.append(f"the {rule['keep_per_class']:,} best per class by agreement")
+        if rule.get("keep_by") == "seed":
+            parts.append(f"{rule['keep_per_class']:,} per class drawn at random (lowest seeds)")
+        else:
+            parts.append(f"the {rule['keep_per_class']:,} best per class by agreement")
     return "; ".join(parts) or ", ".join(f"{k} {v}" for k, v in rule.items())

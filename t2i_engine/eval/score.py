@@ -271,17 +271,18 @@ def score(
         manifest = _start_manifest(store, dataset, j, settings, dedup_threshold, replace)
         manifest["device"] = str(dev)
         tar_sha = {s["name"].removesuffix(".tar"): s["sha256"] for s in dataset["shards"]}
-        todo = [
-            u
-            for u, tar in enumerate(data.units)
-            if manifest["shards"].get(tar.removesuffix(".tar"), {}).get("tar_sha256")
-            != tar_sha[tar.removesuffix(".tar")]
-            or not store.exists(scores_file(tar.removesuffix(".tar")))
-        ]
+        present = set(store.list("*.scores.parquet"))  # one listing: at a URL, a look per file is a request
+        done = {
+            shard
+            for shard, entry in manifest["shards"].items()
+            if entry.get("tar_sha256") == tar_sha.get(shard) and scores_file(shard) in present
+        }
+        todo = [u for u, tar in enumerate(data.units) if tar.removesuffix(".tar") not in done]
         if todo:
             manifest["complete"] = False
             write_scores_manifest(store, manifest)
-        bar = _bar(sum(1 for e in data.entries if e.unit in set(todo)), progress)
+        todo_units = set(todo)
+        bar = _bar(sum(1 for e in data.entries if e.unit in todo_units), progress)
         for u in todo:
             shard = data.units[u].removesuffix(".tar")
             columns = _score_shard(data, u, store, j, batch_size, bar)

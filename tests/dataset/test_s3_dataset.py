@@ -315,3 +315,24 @@ def test_ray_across_three_nodes_writes_to_s3_and_a_node_lost_mid_run_costs_only_
     assert len({line["shard"] for line in logged}) == len(logged) >= 39  # the lost node's last line may be lost
     # each actor its own writer (the removed node's may not have committed a shard before it went)
     assert len({line["worker"] for line in logged}) >= 2 and all(line["worker"].startswith("ray-") for line in logged)
+
+
+def test_score_filter_and_a_subset_read_back_work_in_s3_as_on_disk(cli, s3_bucket, on_disk, tmp_path):
+    url, local = f"{s3_bucket}/scored", tmp_path / "ds"
+    local.mkdir()
+    fs, root = fsspec.core.url_to_fs(url)
+    for name, data in on_disk.items():
+        (local / name).write_bytes(data)
+        fs.pipe_file(f"{root}/{name}", data)
+    for where in (local, url):
+        code, _, err = cli("score", where, "--judge", "digits", "--device", "cpu", "--no-progress")
+        assert code == 0, err
+    scores = {k: v for k, v in _files(url).items() if k.endswith(".scores.parquet")}
+    assert len(scores) == 10 and scores == {p.name: p.read_bytes() for p in local.glob("*.scores.parquet")}
+
+    subset = f"{s3_bucket}/best.json"
+    assert cli("filter", url, "--out", subset, "--keep-per-class", "2")[0] == 0
+    code, _, err = cli("train", url, "--subset", subset, "--out", tmp_path / "run", "--epochs", "1")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["images"] == 20
+    assert cli("verify", url, "--subset", subset)[0] == 0

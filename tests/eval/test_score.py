@@ -115,6 +115,8 @@ def test_the_rule_keeps_the_best_by_agreement_with_ties_broken_by_the_lower_seed
     assert keys(FilterRule(dedup=True)) == ["b", "c", "e", "f"]  # b beats a (seed), f beats d (agreement)
     assert keys(FilterRule(min_agreement=0.8)) == ["a", "b", "e", "f"]
     assert keys(FilterRule(dedup=True, min_agreement=0.6, keep_per_class=2)) == ["b", "e", "f"]
+    assert keys(FilterRule(keep_per_class=2, keep_by="seed")) == ["a", "b", "d", "e"]  # the lowest seeds: a draw
+    assert keys(FilterRule(min_agreement=0.6, keep_per_class=1, keep_by="seed")) == ["b", "e"]
 
 
 def test_near_duplicate_groups_are_linked_within_a_class_and_named_by_their_first_sample():
@@ -258,6 +260,7 @@ def test_a_subset_of_other_scores_or_another_dataset_is_refused(tmp_path, scored
         (("filter", "{ds}", "--out", "{tmp}/s.json", "--keep-per-class", "0"), "--keep-per-class: '0'"),
         (("filter", "{ds}", "--out", "{tmp}/s.json", "--keep-per-class", "2.5"), "--keep-per-class: '2.5'"),
         (("filter", "{ds}", "--out", "{tmp}/s.json"), "expected at least one of --min-agreement"),
+        (("filter", "{ds}", "--out", "{tmp}/s.json", "--keep-per-class", "1", "--keep-by", "x"), "--keep-by: 'x'"),
         (("score", "{ds}", "--judge", "digits", "--dedup-threshold", "0"), "--dedup-threshold: '0'"),
         (("score", "{ds}", "--judge", "digits", "--dedup-threshold", "1.5"), "expected a number in (0, 1]"),
         (("score", "{ds}", "--judge", "clip", "--weights", "nobody/no-clip"), "hf download nobody/no-clip"),
