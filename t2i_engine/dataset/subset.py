@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..files import URL, atomic_write_text, check_writable
+from ..files import URL, check_writable
 from .manifest import read_manifest
 from .scores import complete_scores, read_all_scores, read_scores_manifest, scores_hash
 from .store import FsspecStore, LocalStore, as_store, open_store
@@ -116,27 +116,29 @@ def subset_record(
     }
 
 
+def _file_in_store(path: str | Path, field: str) -> tuple[LocalStore | FsspecStore, str]:
+    """A single file (a subset file) as (the store of its folder, its name): local or at a URL."""
+    if isinstance(path, str) and URL.match(path):
+        parent, _, name = path.rstrip("/").rpartition("/")
+        return open_store(parent, field), name
+    path = Path(path)
+    return LocalStore(path.parent, field), path.name
+
+
 def write_subset(dest: str | Path, record: dict) -> str:
     """`record` as JSON at `dest` (a local file, or a URL in a store), written whole."""
-    text = json.dumps(record, indent=None, ensure_ascii=False) + "\n"
-    if isinstance(dest, str) and URL.match(dest):
-        parent, _, name = dest.rstrip("/").rpartition("/")
-        open_store(parent, "--out").write_text(name, text)
-        return dest
-    check_writable(Path(dest), "--out", kind="file")
-    atomic_write_text(Path(dest), text)
+    if not (isinstance(dest, str) and URL.match(dest)):
+        check_writable(Path(dest), "--out", kind="file")
+    store, name = _file_in_store(dest, "--out")
+    store.write_text(name, json.dumps(record, ensure_ascii=False) + "\n")
     return str(dest)
 
 
 def read_subset(path: str | Path, field: str = "--subset") -> dict:
     """A subset file, checked to be one; whether it fits a dataset is `check_subset`'s."""
     try:
-        if isinstance(path, str) and URL.match(path):
-            parent, _, name = path.rstrip("/").rpartition("/")
-            text = open_store(parent, field).read_text(name)
-        else:
-            text = Path(path).read_text(encoding="utf-8")
-        record = json.loads(text)
+        store, name = _file_in_store(path, field)
+        record = json.loads(store.read_text(name))
     except FileNotFoundError:
         raise InputError(
             field, str(path), "expected a subset file written by `t2i-engine filter`; none there"
