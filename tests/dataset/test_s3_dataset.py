@@ -336,3 +336,39 @@ def test_score_filter_and_a_subset_read_back_work_in_s3_as_on_disk(cli, s3_bucke
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["images"] == 20
     assert cli("verify", url, "--subset", subset)[0] == 0
+
+
+@pytest.mark.alone
+@pytest.mark.heavy  # a killed process and a rerun: under --heavy (CI's heavy step), make test's margin
+def test_a_score_killed_mid_upload_resumes_with_the_shards_it_had_not_recorded(s3_server, on_disk, tmp_path):
+    """SIGKILL while the scores of shard 3 are being uploaded: the rerun (once the killed run's
+    2 s lease has expired) scores shards 3 to 9 only, and every scores file equals those made on disk."""
+    from t2i_engine.eval.score import score
+
+    bucket = f"t2i-{time.time_ns() % 10**12}"
+    fsspec.filesystem("s3").mkdir(bucket)
+    url, local = f"s3://{bucket}/scored", tmp_path / "ds"
+    local.mkdir()
+    fs, root = fsspec.core.url_to_fs(url)
+    for name, data in on_disk.items():
+        (local / name).write_bytes(data)
+        fs.pipe_file(f"{root}/{name}", data)
+    args = [*CLI, "score", url, "--judge", "digits", "--device", "cpu", "--no-progress"]
+    proc = subprocess.Popen(args, stderr=subprocess.DEVNULL, env=subprocess_env(T2I_ENGINE_LEASE_SECONDS="2"))
+
+    def kill_mid_upload(environ) -> bool:
+        if environ["REQUEST_METHOD"] == "PUT" and environ["PATH_INFO"].endswith("/scored/000003.scores.parquet"):
+            proc.send_signal(signal.SIGKILL)
+            return True
+        return False
+
+    s3_server.before_request = kill_mid_upload
+    proc.wait(timeout=180)
+    s3_server.before_request = None
+    assert proc.returncode == -signal.SIGKILL
+    time.sleep(2.2)  # the killed run's lease expires
+    resumed = score(url, judge="digits", device="cpu", progress=False)
+    assert (resumed["scored"], resumed["skipped"]) == (7, 3)
+    score(local, judge="digits", device="cpu", progress=False)
+    scores = {k: v for k, v in _files(url).items() if k.endswith(".scores.parquet")}
+    assert scores == {p.name: p.read_bytes() for p in local.glob("*.scores.parquet")} and len(scores) == 10
