@@ -810,6 +810,13 @@ def _add_score_filter_parsers(sub) -> None:
         metavar="DEVICE",
         help="auto | cpu | cuda | cuda:N (default: %(default)s)",
     )
+    sc.add_argument(
+        "--workers",
+        type=_int(1, 256),
+        default=4,
+        metavar="N",
+        help="threads decoding shards ahead (default: %(default)s)",
+    )
     sc.add_argument("--replace", action="store_true", help="discard scores made by another judge or settings")
     sc.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -1380,6 +1387,7 @@ def _score(args) -> int:
         dedup_threshold=args.dedup_threshold,
         replace=args.replace,
         progress=not args.no_progress,
+        workers=args.workers,
     )
     print(json.dumps(r, indent=1))
     done = "nothing left to score" if not r["scored"] else f"scored {r['scored']} shards"

@@ -25,7 +25,11 @@ import hashlib
 import json
 import sys
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -88,10 +92,14 @@ class Judge:
     class_text: torch.Tensor | None = None  # clip: [classes, dim], normalised
     columns: list[int] = field(default_factory=list)  # digits: the judge's logit of each dataset class
 
+    def prepare(self, images: list[Image.Image]) -> np.ndarray:
+        """uint8 [N, size, size, 3]: the CPU's half (a decoding thread runs it)."""
+        return np.stack([np.asarray(_resize_crop(im.convert("RGB"), self.size)) for im in images])
+
     @torch.inference_mode()
-    def __call__(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-        arr = np.stack([np.asarray(_resize_crop(im.convert("RGB"), self.size)) for im in images])
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255
+    def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities over the dataset's classes and normalised features of prepared pixels."""
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
         x = (x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
         x = x.to(next(self.model.parameters()).device)
         if self.name == "clip":
@@ -240,9 +248,11 @@ def score(
     dedup_threshold: float | None = None,
     replace: bool = False,
     progress: bool = True,
+    workers: int = 4,
 ) -> dict:
     """Score every shard of a complete dataset not yet scored with these settings, then group
-    near-duplicates (at `dedup_threshold`, default the judge's in DEDUP_THRESHOLDS); returns a summary."""
+    near-duplicates (at `dedup_threshold`, default the judge's in DEDUP_THRESHOLDS); returns a summary.
+    `workers`: threads that read and decode shards ahead of the judge."""
     start = time.perf_counter()
     if dedup_threshold is None:
         dedup_threshold = DEDUP_THRESHOLDS.get(judge, 0.95)
@@ -250,6 +260,8 @@ def score(
         raise InputError("--dedup-threshold", dedup_threshold, "expected a cosine in (0, 1]")
     if batch_size < 1:
         raise InputError("--batch-size", batch_size, "expected an integer of at least 1")
+    if workers < 1:
+        raise InputError("--workers", workers, "expected an integer of at least 1")
     data = open_set(out_dir, "dir")
     if data.layout != "shards":
         raise InputError(
@@ -283,9 +295,9 @@ def score(
             write_scores_manifest(store, manifest)
         todo_units = set(todo)
         bar = _bar(sum(1 for e in data.entries if e.unit in todo_units), progress)
-        for u in todo:
+        for u, prepared in _in_order(lambda u: _prepared(data, u, j), todo, workers):
             shard = data.units[u].removesuffix(".tar")
-            columns = _score_shard(data, u, store, j, batch_size, bar)
+            columns = _score_shard(prepared, list(data.class_ids), j, batch_size, bar)
             sha = write_shard_scores(store, shard, columns)
             manifest["shards"][shard] = {"tar_sha256": tar_sha[shard], "scores_sha256": sha}
             write_scores_manifest(store, manifest)
@@ -340,50 +352,59 @@ def _start_manifest(
     return old
 
 
-def _score_shard(data: LabelledSet, unit: int, store, j: Judge, batch_size: int, bar) -> dict:
-    index = store.read_text(shard_files(data.units[unit].removesuffix(".tar"))[1]).splitlines()
+def _prepared(data: LabelledSet, unit: int, j: Judge) -> dict:
+    """A shard's samples read, decoded and prepared for the judge, with their seeds and pixel statistics."""
+    index = data.store.read_text(shard_files(data.units[unit].removesuffix(".tar"))[1]).splitlines()
     seed_of = {row["key"]: row["seed"] for row in map(json.loads, index)}
-    cols: dict[str, list] = {k: [] for k in ("key", "class_id", "seed", "probs", "embedding", "pixel_std", "clipped")}
-    batch = []
-
-    def flush():
-        images = [it.image for it in batch]
-        probs, feats = j(images)
-        std, clipped = degeneracy(images)
-        cols["key"] += [it.key for it in batch]
-        cols["class_id"] += [it.class_id for it in batch]
-        cols["seed"] += [seed_of[it.key] for it in batch]
-        cols["probs"].append(probs)
-        cols["embedding"].append(feats)
-        cols["pixel_std"].append(std)
-        cols["clipped"].append(clipped)
-        if bar is not None:
-            bar.update(len(batch))
-        batch.clear()
-
-    for item in data.read_unit(unit):
-        batch.append(item)
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
-    probs = np.concatenate(cols["probs"])
-    ids = list(data.class_ids)
-    intended = np.array([ids.index(c) for c in cols["class_id"]])
-    top = probs.argmax(1)
-    std, clipped = np.concatenate(cols["pixel_std"]), np.concatenate(cols["clipped"])
+    items = list(data.read_unit(unit))
+    images = [it.image for it in items]
+    std, clipped = degeneracy(images)
     return {
-        "key": cols["key"],
-        "class_id": cols["class_id"],
-        "seed": np.array(cols["seed"], dtype=np.int64),
-        "agreement": probs[np.arange(len(top)), intended].astype(np.float32),
-        "top_class": [ids[t] for t in top],
-        "top_prob": probs[np.arange(len(top)), top].astype(np.float32),
+        "key": [it.key for it in items],
+        "class_id": [it.class_id for it in items],
+        "seed": np.array([seed_of[it.key] for it in items], dtype=np.int64),
+        "pixels": j.prepare(images),
         "pixel_std": std,
         "clipped": clipped,
-        "degenerate": (std < MIN_STD) | (clipped > MAX_CLIPPED),
-        "dup_group": cols["key"],  # grouped once every shard is scored
-        "embedding": np.concatenate(cols["embedding"]),
+    }
+
+
+def _in_order(fn, units: list[int], threads: int) -> Iterator[tuple[int, dict]]:
+    """fn(unit) for each unit, in order, computed `threads` at a time ahead of the caller (PIL
+    decodes without the GIL): the judge never waits for a decode, and memory holds a few shards."""
+    with ThreadPoolExecutor(threads, thread_name_prefix="score-decode") as pool:
+        pending: deque = deque()
+        ahead = iter(units)
+        for u in islice(ahead, threads + 1):
+            pending.append((u, pool.submit(fn, u)))
+        while pending:
+            u, future = pending.popleft()
+            for nxt in islice(ahead, 1):
+                pending.append((nxt, pool.submit(fn, nxt)))
+            yield u, future.result()
+
+
+def _score_shard(prepared: dict, class_ids: list[str], j: Judge, batch_size: int, bar) -> dict:
+    pixels = prepared.pop("pixels")
+    probs, feats = [], []
+    for start in range(0, len(pixels), batch_size):
+        p, f = j(pixels[start : start + batch_size])
+        probs.append(p)
+        feats.append(f)
+        if bar is not None:
+            bar.update(len(p))
+    probs = np.concatenate(probs)
+    intended = np.array([class_ids.index(c) for c in prepared["class_id"]])
+    top = probs.argmax(1)
+    rows = np.arange(len(top))
+    return {
+        **prepared,
+        "agreement": probs[rows, intended].astype(np.float32),
+        "top_class": [class_ids[t] for t in top],
+        "top_prob": probs[rows, top].astype(np.float32),
+        "degenerate": (prepared["pixel_std"] < MIN_STD) | (prepared["clipped"] > MAX_CLIPPED),
+        "dup_group": list(prepared["key"]),  # grouped once every shard is scored
+        "embedding": np.concatenate(feats),
     }
 
 

@@ -273,3 +273,14 @@ def test_bad_thresholds_and_judges_exit_2_with_one_line(cli, tmp_path, scored, a
     code, _, err = cli(*(a.format(ds=scored[0], tmp=tmp_path) for a in args))
     assert code == 2 and len(err.strip().splitlines()) == 1 and needed in err, err
     assert sorted(p.name for p in scored[0].iterdir()) == before and not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.gpu
+def test_scores_on_the_gpu_agree_with_the_cpus(tmp_path, scored):
+    folder = tmp_path / "ds"
+    shutil.copytree(scored[0], folder)
+    cpu = _columns(folder)
+    score(folder, judge="digits", device="cuda", progress=False, replace=True)
+    gpu = _columns(folder)
+    assert list(gpu["key"]) == list(cpu["key"])
+    np.testing.assert_allclose(gpu["agreement"], cpu["agreement"], atol=1e-3)  # TF32 and cuDNN's own kernels
