@@ -6,8 +6,10 @@ digit, score them with the digits judge (`t2i-engine score`), and cut subsets (`
 - unfiltered: N per digit drawn at random (`--keep-per-class N --keep-by seed`: the lowest seeds);
 - agreement: the N best by agreement (`--keep-per-class N`);
 - cleaned (guidance 1): off-class images dropped (`--min-agreement 0.5`), then N drawn at random;
-- dedup (guidance 7.5): one per near-duplicate group (`--dedup`, whatever count it keeps), and
-  dedup then N drawn at random. Each subset trains the small CNN (preset
+- hardest: off-class images dropped, then the N the judge finds least typical
+  (`--min-agreement 0.5 --keep-per-class N --keep-by hardest`);
+- dedup (guidance 7.5): one per near-duplicate group (`--dedup`, whatever count it keeps), then
+  also N drawn at random from the groups' best, and the N hardest of them. Each subset trains the small CNN (preset
 `small`) with 3 seeds; synth->real is top-1 on the 597 held-out real digits (mean and spread over
 seeds); recall and coverage come from `analyze` against the real training digits (judge features,
 k=5); real->synth is the share the judge labels as intended.
@@ -80,9 +82,11 @@ def main() -> None:
         }
         if g < 7.5:
             rules["cleaned"] = FilterRule(min_agreement=0.5, keep_per_class=n, keep_by="seed")
-        else:
+        rules["hardest"] = FilterRule(min_agreement=0.5, keep_per_class=n, keep_by="hardest")
+        if g >= 7.5:
             rules["dedup"] = FilterRule(dedup=True)
             rules["dedup+random"] = FilterRule(dedup=True, keep_per_class=n, keep_by="seed")
+            rules["dedup+hardest"] = FilterRule(dedup=True, min_agreement=0.5, keep_per_class=n, keep_by="hardest")
         subsets = {}
         for name, rule in rules.items():
             cut_subset(data, rule, work / f"g{g:g}-{name}.json")

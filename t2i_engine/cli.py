@@ -844,8 +844,8 @@ def _add_score_filter_parsers(sub) -> None:
         "--keep-by",
         choices=KEEP_BY,
         default="agreement",
-        help="which N --keep-per-class keeps: the best by agreement, or those of lowest seed, a random draw "
-        "(default: %(default)s)",
+        help="which N --keep-per-class keeps: the best by agreement, the hardest (lowest agreement; floor it "
+        "with --min-agreement), or those of lowest seed, a random draw (default: %(default)s)",
     )
     fl.add_argument("--drop-degenerate", action="store_true", help="drop near-constant and saturated images")
 

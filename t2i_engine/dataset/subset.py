@@ -9,9 +9,11 @@ The rule, applied in this order (each step optional):
   drop_degenerate  samples flagged near-constant or saturated go;
   dedup            of each near-duplicate group, the best by agreement stays (ties: the lower seed);
   min_agreement    samples whose agreement is below it go;
-  keep_per_class   of each class, N stay: the N best by agreement (ties: the lower seed), or with
-                   keep_by "seed" the N of lowest seed, a uniform random draw (seeds are hashes)
-                   that keeps the spread of the data while the steps before it clean it.
+  keep_per_class   of each class, N stay, by `keep_by`: "agreement", the N best by agreement;
+                   "hardest", the N of lowest agreement (with min_agreement as a floor: images
+                   of their class that the judge finds least typical); "seed", the N of lowest
+                   seed, a uniform random draw (seeds are hashes) that keeps the spread of the
+                   data while the steps before it clean it. Ties go to the lower seed.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .scores import complete_scores, read_all_scores, read_scores_manifest, scor
 from .store import FsspecStore, LocalStore, as_store, open_store
 
 FORMAT = "t2i-engine-subset/1"
-KEEP_BY = ("agreement", "seed")
+KEEP_BY = ("agreement", "hardest", "seed")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class FilterRule:
     dedup: bool = False
     keep_per_class: int | None = None
     drop_degenerate: bool = False
-    keep_by: str = "agreement"  # or "seed"
+    keep_by: str = "agreement"  # or "hardest", "seed"
 
     def check(self) -> FilterRule:
         p = self.min_agreement
@@ -81,7 +83,12 @@ def select(columns: dict[str, np.ndarray], rule: FilterRule) -> np.ndarray:
     if rule.keep_per_class is not None:
         taken: dict[str, int] = {}
         classes = columns["class_id"]
-        for i in best_first if rule.keep_by == "agreement" else np.argsort(seed, kind="stable"):
+        order = {
+            "agreement": best_first,
+            "hardest": np.lexsort((seed, agreement)),  # lowest agreement first, then the lower seed
+            "seed": np.argsort(seed, kind="stable"),
+        }[rule.keep_by]
+        for i in order:
             if keep[i]:
                 c = classes[i]
                 taken[c] = taken.get(c, 0) + 1

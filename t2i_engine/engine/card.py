@@ -192,6 +192,8 @@ def _rule_text(rule: dict) -> str:
     if rule.get("keep_per_class") is not None:
         if rule.get("keep_by") == "seed":
             parts.append(f"{rule['keep_per_class']:,} per class drawn at random (lowest seeds)")
+        elif rule.get("keep_by") == "hardest":
+            parts.append(f"the {rule['keep_per_class']:,} of lowest agreement per class")
         else:
             parts.append(f"the {rule['keep_per_class']:,} best per class by agreement")
     return "; ".join(parts) or ", ".join(f"{k} {v}" for k, v in rule.items())

@@ -117,6 +117,8 @@ def test_the_rule_keeps_the_best_by_agreement_with_ties_broken_by_the_lower_seed
     assert keys(FilterRule(dedup=True, min_agreement=0.6, keep_per_class=2)) == ["b", "e", "f"]
     assert keys(FilterRule(keep_per_class=2, keep_by="seed")) == ["a", "b", "d", "e"]  # the lowest seeds: a draw
     assert keys(FilterRule(min_agreement=0.6, keep_per_class=1, keep_by="seed")) == ["b", "e"]
+    assert keys(FilterRule(min_agreement=0.6, keep_per_class=1, keep_by="hardest")) == ["b", "e"]  # ties: seed
+    assert keys(FilterRule(keep_per_class=1, keep_by="hardest")) == ["c", "d"]
 
 
 def test_near_duplicate_groups_are_linked_within_a_class_and_named_by_their_first_sample():
