@@ -117,6 +117,13 @@ class ShardWriter:
         self.wait_seconds = 0.0  # time the caller spent blocked on this writer
         self.records: list[ShardRecord] = []
 
+    def begin(self, unit: WorkUnit) -> None:
+        """A unit's first batch is about to be made. At a URL its shard is staged on this machine,
+        out of `status`'s sight, so the run log says it is in flight (a local folder shows the
+        staged file itself)."""
+        if self.log is not None and isinstance(self.store, FsspecStore):
+            self.log.record("begin", shard=unit.name)
+
     def add(self, unit: WorkUnit, samples: list[Sample], images: np.ndarray) -> None:
         """Queue one batch of a unit for encoding; blocks only when the queue is full."""
         self._collect_written()

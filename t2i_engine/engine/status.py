@@ -43,27 +43,39 @@ def dataset_status(location: str | Path | LocalStore | FsspecStore, now: float |
     remaining = total - made
     rates = _rates(log, remaining, now)
     recent = rates["recent_images_per_second"]
+    locks = _locks(store, names, log, now)
     return {
         "dir": store.url,
         "complete": bool(manifest.get("complete")),
         "images": {"planned": total, "done": made, "remaining": remaining},
-        "shards": {"planned": len(units), "done": int(done_mask.sum()), "in_flight": _in_flight(store, names)},
+        "shards": {
+            "planned": len(units),
+            "done": int(done_mask.sum()),
+            "in_flight": _in_flight(store, names, log, locks),
+        },
         "parts": _parts(names, units, done_mask, sizes),
         "classes": _classes(recipe, units, done_mask),
         **rates,
         "eta_seconds": round(remaining / recent) if recent and remaining else (0 if not remaining else None),
-        "locks": _locks(store, names, log, now),
+        "locks": locks,
         "errors": [_brief(line) for line in log if line.get("event") == "error"][-5:],
         "log_lines": len(log),
     }
 
 
-def _in_flight(store, names: set[str]) -> int | None:
-    """Shards being written now: their staged files beside the data on a local folder; at a URL
-    they are staged on the writers' machines, out of sight (None)."""
-    if isinstance(store, FsspecStore):
-        return None
-    return sum(1 for n in names if n.endswith(".tar" + TMP_SUFFIX))
+def _in_flight(store, names: set[str], log: list[dict], locks: list[dict]) -> int:
+    """Shards being written now: on a local folder, their staged files beside the data; at a URL,
+    where they are staged on the writers' machines, the shards the log says this run began and
+    that are not committed, while some holder of the dataset's leases is alive (a run killed
+    whole leaves its begun shards behind; a lost Ray actor's unit is begun again elsewhere)."""
+    if not isinstance(store, FsspecStore):
+        return sum(1 for n in names if n.endswith(".tar" + TMP_SUFFIX))
+    if not any(lock["state"] == "live" for lock in locks):
+        return 0
+    starts = [line.get("time", 0) for line in log if line.get("event") == "start"]
+    since = max(starts, default=0)
+    begun = {line.get("shard") for line in log if line.get("event") == "begin" and line.get("time", 0) >= since}
+    return sum(1 for shard in begun if shard and shard_files(shard)[2] not in names)
 
 
 def _parts(names: set[str], units, done_mask: np.ndarray, sizes: np.ndarray) -> list[dict]:
@@ -239,7 +251,7 @@ def format_status(st: dict, now: float | None = None) -> str:
     state = (
         "complete" if st["complete"] else ("all shards written" if not im["remaining"] else "in progress or stopped")
     )
-    flight = "" if sh["in_flight"] is None else f", {sh['in_flight']} being written"
+    flight = f", {sh['in_flight']} being written"
     lines = [
         f"{st['dir']}: {im['done']:,} of {im['planned']:,} images ({share:.1f}%), "
         f"{sh['done']:,} of {sh['planned']:,} shards{flight}; {state}"

@@ -134,6 +134,7 @@ class UnitRunner:
         count. `on_batch(n)` is told of each batch of n images handed over."""
         if unit.model and unit.model != self.model:
             self._switch(unit.model)
+        self.writer.begin(unit)
         start = 0
         while start < len(unit.samples):
             batch = list(unit.samples[start : start + self.batch_size])

@@ -112,7 +112,7 @@ def test_a_run_killed_mid_upload_leaves_no_partial_shard_and_resumes(s3_server, 
     assert sorted(marked) == ["000000", "000001", "000002"]  # one writer thread commits in order
     time.sleep(1.2)  # unrenewed for over half its 2 s: `status` calls the killed run's lease stale
     st = dataset_status(url)
-    assert st["images"]["done"] == 12 and st["shards"]["in_flight"] is None
+    assert st["images"]["done"] == 12 and st["shards"]["in_flight"] == 0  # no live holder: nothing in flight
     assert [(lock["holder"].rsplit(" ", 1)[-1], lock["state"]) for lock in st["locks"]] in (
         [(str(proc.pid), "stale")],
         [(str(proc.pid), "expired")],
@@ -372,3 +372,38 @@ def test_a_score_killed_mid_upload_resumes_with_the_shards_it_had_not_recorded(s
     score(local, judge="digits", device="cpu", progress=False)
     scores = {k: v for k, v in _files(url).items() if k.endswith(".scores.parquet")}
     assert scores == {p.name: p.read_bytes() for p in local.glob("*.scores.parquet")} and len(scores) == 10
+
+
+@pytest.mark.alone
+@pytest.mark.heavy  # a run in a subprocess held mid-upload: under --heavy (CI's heavy step), make test's margin
+def test_status_at_a_url_counts_the_shard_whose_upload_is_held_up_as_in_flight(s3_server, tmp_path):
+    import threading
+
+    bucket = f"t2i-{time.time_ns() % 10**12}"
+    fsspec.filesystem("s3").mkdir(bucket)
+    url = f"s3://{bucket}/held"
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    reached, release = threading.Event(), threading.Event()
+
+    def hold_shard_3(environ) -> bool:
+        if environ["REQUEST_METHOD"] == "PUT" and environ["PATH_INFO"].endswith("/held/000003.tar"):
+            reached.set()
+            release.wait(60)
+        return False
+
+    s3_server.before_request = hold_shard_3
+    args = [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", url, "--device", "cpu",
+            "--encode-workers", "0", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.DEVNULL, env=subprocess_env())
+    try:
+        assert reached.wait(120)
+        st = dataset_status(url)
+        assert st["shards"]["in_flight"] >= 1 and st["shards"]["done"] == 3
+        assert any(lock["state"] == "live" for lock in st["locks"])
+    finally:
+        release.set()
+        s3_server.before_request = None
+        proc.wait(timeout=180)
+    assert proc.returncode == 0
+    st = dataset_status(url)
+    assert st["complete"] and st["shards"]["in_flight"] == 0
