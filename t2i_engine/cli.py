@@ -145,6 +145,16 @@ def _usage_line(message: str, recipe_flags: bool) -> str:
     return f"{field}: {text}"
 
 
+def _device_flag(parser, default: str = "auto") -> None:
+    parser.add_argument(
+        "--device",
+        type=str,
+        default=default,
+        metavar="DEVICE",
+        help="auto | cpu | cuda | cuda:N (default: %(default)s)",
+    )
+
+
 def _int(lo: int, hi: int):
     def parse(text: str) -> int:
         if not (text.isascii() and text.isdigit()) or not lo <= int(text) <= hi:
@@ -468,13 +478,7 @@ def _add_generate_parser(sub) -> None:
     )
     _add_recipe_flags(gen)
     dev = gen.add_argument_group("devices and scale-out")
-    dev.add_argument(
-        "--device",
-        type=str,
-        default="auto",
-        metavar="DEVICE",
-        help="auto | cpu | cuda | cuda:N (default: %(default)s)",
-    )
+    _device_flag(dev)
     dev.add_argument(
         "--devices",
         type=str,
@@ -580,13 +584,7 @@ def _add_build_parser(sub) -> None:
         default="dynamo",
         help="ONNX exporter; dynamo falls back to TorchScript (default: %(default)s)",
     )
-    bu.add_argument(
-        "--device",
-        type=str,
-        default="auto",
-        metavar="DEVICE",
-        help="auto | cpu | cuda | cuda:N (default: %(default)s)",
-    )
+    _device_flag(bu)
     bu.add_argument(
         "--weights",
         type=str,
@@ -698,13 +696,7 @@ def _add_bench_parser(sub) -> None:
         metavar="N",
         help="timed batches: images/sec over all of them, the median batch beside it (default: %(default)s)",
     )
-    be.add_argument(
-        "--device",
-        type=str,
-        default="auto",
-        metavar="DEVICE",
-        help="auto | cpu | cuda | cuda:N (default: %(default)s)",
-    )
+    _device_flag(be)
     be.add_argument(
         "--weights",
         type=str,
@@ -803,13 +795,7 @@ def _add_score_filter_parsers(sub) -> None:
     sc.add_argument(
         "--batch-size", type=_int(1, 65536), default=128, metavar="N", help="images per forward (default: %(default)s)"
     )
-    sc.add_argument(
-        "--device",
-        type=str,
-        default="auto",
-        metavar="DEVICE",
-        help="auto | cpu | cuda | cuda:N (default: %(default)s)",
-    )
+    _device_flag(sc)
     sc.add_argument(
         "--workers",
         type=_int(1, 256),
@@ -906,13 +892,7 @@ def _add_train_eval_parsers(sub) -> None:
         "--subset", type=file_location, metavar="FILE", help="train on this subset of DATA only (default: none, all)"
     )
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
-    tr.add_argument(
-        "--device",
-        type=str,
-        default="auto",
-        metavar="DEVICE",
-        help="auto | cpu | cuda | cuda:N (default: %(default)s)",
-    )
+    _device_flag(tr)
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ev = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of a run on a labelled set")
@@ -925,13 +905,7 @@ def _add_train_eval_parsers(sub) -> None:
         help="dataset folder or ImageFolder tree with the run's class ids (required)",
     )
     ev.add_argument("--out", type=local_path, metavar="FILE", help="JSON file (default: RUN/evals/<data>.json)")
-    ev.add_argument(
-        "--device",
-        type=str,
-        default="auto",
-        metavar="DEVICE",
-        help="auto | cpu | cuda | cuda:N (default: %(default)s)",
-    )
+    _device_flag(ev)
     ev.add_argument(
         "--batch-size", type=_int(1, 65536), default=256, metavar="N", help="images per forward (default: %(default)s)"
     )
@@ -987,9 +961,7 @@ def _add_train_eval_parsers(sub) -> None:
         metavar="N",
         help="the balancing sample's seed (default: %(default)s)",
     )
-    an.add_argument(
-        "--device", type=str, default="cpu", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: %(default)s)"
-    )
+    _device_flag(an, "cpu")
 
     pr = sub.add_parser("probe", help="write a probed copy of a set: fft-low, fft-high, or a VAE round trip")
     pr.add_argument("kind", choices=PROBES, help="the probe")
@@ -1009,9 +981,7 @@ def _add_train_eval_parsers(sub) -> None:
         metavar="DIR",
         help="local diffusers folder of that model (default: the hub cache or shipped weights)",
     )
-    pr.add_argument(
-        "--device", type=str, default="cpu", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: %(default)s)"
-    )
+    _device_flag(pr, "cpu")
 
     rp = sub.add_parser("report", help="the paper-style table (md/csv/json) and plots from runs and analyses")
     rp.add_argument(
@@ -1061,13 +1031,7 @@ def _add_train_eval_parsers(sub) -> None:
     de.add_argument(
         "--epochs", type=_int(1, 10_000), metavar="N", help="training epochs (default: the small preset's 30)"
     )
-    de.add_argument(
-        "--device",
-        type=str,
-        default="auto",
-        metavar="DEVICE",
-        help="auto | cpu | cuda | cuda:N (default: %(default)s)",
-    )
+    _device_flag(de)
     de.add_argument("--json", action="store_true", help="print the results as JSON")
 
 

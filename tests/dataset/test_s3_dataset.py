@@ -45,6 +45,28 @@ def _files(url: str) -> dict[str, bytes]:
     return {n.rsplit("/", 1)[-1]: fs.cat_file(n) for n in names if ".t2i-engine.lock" not in n}
 
 
+def _put_both(files: dict[str, bytes], url: str, local) -> None:
+    """The same dataset files into a local folder and at `url`."""
+    local.mkdir()
+    fs, root = fsspec.core.url_to_fs(url)
+    for name, data in files.items():
+        (local / name).write_bytes(data)
+        fs.pipe_file(f"{root}/{name}", data)
+
+
+def _kill_on_put(proc, path_end: str):
+    """A before_request hook: SIGKILL `proc` when its PUT of a path ending in `path_end` arrives,
+    and drop that request (a client killed mid-upload)."""
+
+    def hook(environ) -> bool:
+        if environ["REQUEST_METHOD"] == "PUT" and environ["PATH_INFO"].endswith(path_end):
+            proc.send_signal(signal.SIGKILL)
+            return True
+        return False
+
+    return hook
+
+
 @pytest.fixture(scope="module")
 def on_disk(tmp_path_factory):
     out = tmp_path_factory.mktemp("disk") / "ds"
@@ -93,13 +115,7 @@ def test_a_run_killed_mid_upload_leaves_no_partial_shard_and_resumes(s3_server, 
             "--encode-workers", "0", "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(args, stderr=subprocess.DEVNULL, env=env)
 
-    def kill_mid_upload(environ) -> bool:
-        if environ["REQUEST_METHOD"] == "PUT" and environ["PATH_INFO"].endswith("/killed/000003.tar"):
-            proc.send_signal(signal.SIGKILL)
-            return True
-        return False
-
-    s3_server.before_request = kill_mid_upload
+    s3_server.before_request = _kill_on_put(proc, "/killed/000003.tar")
     proc.wait(timeout=180)
     s3_server.before_request = None
     assert proc.returncode == -signal.SIGKILL
@@ -256,11 +272,7 @@ def test_train_streams_a_dataset_from_s3_and_learns_exactly_what_it_learns_from_
     from t2i_engine.training.presets import resolve_config
 
     url, local = f"{s3_bucket}/train", tmp_path / "ds"
-    local.mkdir()
-    fs, root = fsspec.core.url_to_fs(url)
-    for name, data in on_disk.items():
-        (local / name).write_bytes(data)
-        fs.pipe_file(f"{root}/{name}", data)
+    _put_both(on_disk, url, local)
     config = resolve_config("small", {"epochs": 1, "batch_size": 8, "workers": 1})
     runs = {}
     for name, data in (("disk", local), ("s3", url)):
@@ -319,11 +331,7 @@ def test_ray_across_three_nodes_writes_to_s3_and_a_node_lost_mid_run_costs_only_
 
 def test_score_filter_and_a_subset_read_back_work_in_s3_as_on_disk(cli, s3_bucket, on_disk, tmp_path):
     url, local = f"{s3_bucket}/scored", tmp_path / "ds"
-    local.mkdir()
-    fs, root = fsspec.core.url_to_fs(url)
-    for name, data in on_disk.items():
-        (local / name).write_bytes(data)
-        fs.pipe_file(f"{root}/{name}", data)
+    _put_both(on_disk, url, local)
     for where in (local, url):
         code, _, err = cli("score", where, "--judge", "digits", "--device", "cpu", "--no-progress")
         assert code == 0, err
@@ -348,21 +356,11 @@ def test_a_score_killed_mid_upload_resumes_with_the_shards_it_had_not_recorded(s
     bucket = f"t2i-{time.time_ns() % 10**12}"
     fsspec.filesystem("s3").mkdir(bucket)
     url, local = f"s3://{bucket}/scored", tmp_path / "ds"
-    local.mkdir()
-    fs, root = fsspec.core.url_to_fs(url)
-    for name, data in on_disk.items():
-        (local / name).write_bytes(data)
-        fs.pipe_file(f"{root}/{name}", data)
+    _put_both(on_disk, url, local)
     args = [*CLI, "score", url, "--judge", "digits", "--device", "cpu", "--no-progress"]
     proc = subprocess.Popen(args, stderr=subprocess.DEVNULL, env=subprocess_env(T2I_ENGINE_LEASE_SECONDS="2"))
 
-    def kill_mid_upload(environ) -> bool:
-        if environ["REQUEST_METHOD"] == "PUT" and environ["PATH_INFO"].endswith("/scored/000003.scores.parquet"):
-            proc.send_signal(signal.SIGKILL)
-            return True
-        return False
-
-    s3_server.before_request = kill_mid_upload
+    s3_server.before_request = _kill_on_put(proc, "/scored/000003.scores.parquet")
     proc.wait(timeout=180)
     s3_server.before_request = None
     assert proc.returncode == -signal.SIGKILL
