@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from record import save_json
 
-from t2i_engine.dataset.manifest import read_manifest
+from t2i_engine.dataset.manifest import read_manifest, versions
 from t2i_engine.dataset.scores import complete_scores, read_all_scores
 from t2i_engine.dataset.store import as_store
 from t2i_engine.dataset.subset import FilterRule, cut_subset
@@ -59,6 +61,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--per-class", type=int, default=100, help="N: images per digit trained on (2N generated)")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 7.5])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="training seeds (default: 0 1 2)")
+    ap.add_argument("--subsets", nargs="+", help="only these subsets (default: all)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     start = time.perf_counter()
@@ -87,6 +91,8 @@ def main() -> None:
             rules["dedup"] = FilterRule(dedup=True)
             rules["dedup+random"] = FilterRule(dedup=True, keep_per_class=n, keep_by="seed")
             rules["dedup+hardest"] = FilterRule(dedup=True, min_agreement=0.5, keep_per_class=n, keep_by="hardest")
+        if args.subsets:
+            rules = {k: v for k, v in rules.items() if k in args.subsets}
         subsets = {}
         for name, rule in rules.items():
             cut_subset(data, rule, work / f"g{g:g}-{name}.json")
@@ -94,7 +100,7 @@ def main() -> None:
         for name, subset in subsets.items():
             file = work / f"g{g:g}-{name}.json"
             top1 = []
-            for seed in SEEDS:
+            for seed in args.seeds:
                 run = work / "runs" / f"g{g:g}-{name}-seed{seed}"
                 train(
                     resolve_config("small", {"seed": seed}),
@@ -128,8 +134,10 @@ def main() -> None:
         {
             "bench": "filter_quality",
             "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {platform.system()}, CPU only, {torch.get_num_threads()} threads",
+            "versions": versions(),
             "model": "digits",
-            "protocol": f"{2 * n} generated per digit, subsets of {n}; preset small, seeds {list(SEEDS)}",
+            "protocol": f"{2 * n} generated per digit, subsets of {n}; preset small, seeds {args.seeds}",
             "dedup_threshold": scored["dedup_threshold"],
             "rows": rows,
             "seconds": round(time.perf_counter() - start, 1),
