@@ -30,7 +30,16 @@ from .engine.manifest import recipe_rows
 from .engine.recipe import build_recipe, load_recipe
 from .engine.status import dataset_status, format_status
 from .engine.verify import load_dataset_recipe, verify_dataset
-from .errors import SPACE_ERRNOS, InputError, OutOfSpace, StoreUnavailable
+from .errors import (
+    SPACE_ERRNOS,
+    InputError,
+    OutOfSpace,
+    StoreUnavailable,
+    Terminated,
+    clear_stop,
+    request_stop,
+    stop_requested,
+)
 from .eval.report import write_report
 from .files import URL, atomic_write_bytes, atomic_write_text, check_local, check_writable
 from .models.registry import ADAPTERS, MODELS, TINY_DECODERS, get_model
@@ -1035,13 +1044,9 @@ def _add_train_eval_parsers(sub) -> None:
     de.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what Slurm sends at preemption and at the time limit, and `kill`'s default): the run
-    stops as on Ctrl-C (workers stopped, committed shards kept) and the process exits 143."""
-
-
 def _terminate(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough; a second must not cut the cleanup short
+    request_stop()  # kept, should the exception below land in a finalizer and be swallowed
     raise Terminated()
 
 
@@ -1050,6 +1055,7 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
     # SIGTERM stops a run as Ctrl-C does (exit 143). Past a file-size limit (ulimit -f) a write
     # fails with EFBIG, reported like a full disk, instead of SIGXFSZ killing the process mid-shard.
+    clear_stop()
     previous = {
         signal.SIGTERM: signal.signal(signal.SIGTERM, _terminate),
         signal.SIGXFSZ: signal.signal(signal.SIGXFSZ, signal.SIG_IGN),
@@ -1057,6 +1063,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     finally:
+        clear_stop()
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
 
@@ -1070,7 +1077,7 @@ def _main(argv: list[str] | None) -> int:
         return 2
     args.argv = argv  # the command line as given, for the records that say how a dataset was made
     try:
-        return {
+        code = {
             "generate": _generate,
             "verify": _verify,
             "status": _status,
@@ -1091,6 +1098,9 @@ def _main(argv: list[str] | None) -> int:
             "bench": _bench,
             "build": _build,
         }[args.command](args)
+        if stop_requested():  # a SIGTERM whose exception a finalizer swallowed: it still ends the run as one
+            raise Terminated()
+        return code
     except InputError as e:
         print(f"t2i-engine {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import reprlib
+import threading
 
 
 class InputError(ValueError):
@@ -84,3 +85,26 @@ def check_text(value: str, field: str) -> str:
     except UnicodeEncodeError:
         raise InputError(field, value, "expected text encodable as UTF-8 (no lone surrogate escapes)") from None
     return value
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm sends at preemption and at the time limit, and `kill`'s default): the run
+    stops as on Ctrl-C (workers stopped, committed shards kept) and the process exits 143."""
+
+
+# A stop the SIGTERM handler asked for. The handler raises Terminated at once, but Python swallows
+# an exception raised while a finalizer (`__del__`, a tqdm bar's, say) or a weakref callback runs:
+# the flag stays, the runner looks at it between batches and the CLI when the command returns.
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    _STOP.set()
+
+
+def stop_requested() -> bool:
+    return _STOP.is_set()
+
+
+def clear_stop() -> None:
+    _STOP.clear()

@@ -355,6 +355,35 @@ def test_sigterm_stops_a_run_within_seconds_with_only_committed_shards_and_exit_
     assert json.loads((out / "dataset.json").read_text())["complete"] and verify_dataset(out) == []
 
 
+@pytest.mark.alone
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed exception
+def test_a_sigterm_whose_exception_a_finalizer_swallows_still_stops_the_run_with_143(cli, tmp_path):
+    """The handler's exception raised inside a garbage-collector callback (as in a tqdm bar's
+    __del__) is swallowed by Python; the stop it asked for is kept and ends the run anyway."""
+    import gc
+
+    sent = []
+
+    def sigterm_inside_a_collection(phase, info):
+        if phase == "start" and not sent and threading.current_thread() is threading.main_thread():
+            if (tmp_path / "out" / "dataset.json").is_file():  # the run has begun
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside the callback
+
+    args = ["generate", "--out", tmp_path / "out", *FAST, "--images-per-class", "4", "--images-per-shard", "3",
+            "--batch-size", "1", "--encode-workers", "0"]  # fmt: skip
+    gc.callbacks.append(sigterm_inside_a_collection)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # outside main(): nothing to end the session
+    try:
+        code, _, err = cli(*args)
+    finally:
+        gc.callbacks.remove(sigterm_inside_a_collection)
+        signal.signal(signal.SIGTERM, previous)
+    assert sent and code == 143 and "terminated (SIGTERM)" in err, (sent, code, err)
+    assert not json.loads((tmp_path / "out" / "dataset.json").read_text())["complete"]
+    assert len(list((tmp_path / "out").glob("*.tar"))) < 14  # stopped, not run to its end
+
+
 @pytest.mark.parametrize(
     "args",
     [

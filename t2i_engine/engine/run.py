@@ -33,7 +33,7 @@ from ..dataset.runlog import RunLog
 from ..dataset.shards import is_committed, read_record
 from ..dataset.store import as_store, open_store
 from ..devices import resolve_device
-from ..errors import InputError, OutOfSpace
+from ..errors import InputError, OutOfSpace, Terminated
 from ..export.tuning import Tuning
 from ..models.decoders import decoder_label
 from ..models.lora_fuse import check_adapters
@@ -238,7 +238,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                 log.record("error", message=f"{type(e).__name__}: {e}"[:500])
             raise
         except BaseException as e:
-            log.record("stop", reason="terminated" if type(e).__name__ == "Terminated" else "interrupted")
+            log.record("stop", reason="terminated" if isinstance(e, Terminated) else "interrupted")
             raise
         log.record("stop", reason="done", images=ran.images)
         if not part:
