@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -204,14 +205,24 @@ _interpret_triton_without_cuda()
 def digits_world(tmp_path_factory):
     """Real digits as ImageFolder trees and one small synthetic digits set (60 per class,
     guidance 2, 8 steps: the training test's accuracy bar holds there with room, 0.94 measured
-    here against 0.85), shared by the training and evaluation tests; about 12 s on 2 cores."""
+    here against 0.85), shared read-only by the training and evaluation tests; about 12 s on 2
+    cores, made once per pytest run: under pytest-xdist the first worker to need it makes it in
+    the run's shared temporary folder while the others wait on a file lock."""
+    from filelock import FileLock
+
     from t2i_engine.engine.run import RunOptions, generate
     from t2i_engine.training.digits_data import write_real_digits
 
-    root = tmp_path_factory.mktemp("digits-world")
-    write_real_digits(root / "real")
-    recipe = build_recipe({"model": "digits", "images_per_class": 60, "steps": 8})
-    generate(recipe, root / "synthetic", RunOptions(device="cpu", progress=False))
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # a worker's base: the run's, per worker
+    root = shared / "digits-world"
+    with FileLock(str(shared / "digits-world.lock")):
+        if not (root / "made").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            write_real_digits(root / "real")
+            recipe = build_recipe({"model": "digits", "images_per_class": 60, "steps": 8})
+            generate(recipe, root / "synthetic", RunOptions(device="cpu", progress=False))
+            (root / "made").touch()
     return {
         "real_train": root / "real" / "train",
         "real_test": root / "real" / "test",
@@ -221,14 +232,14 @@ def digits_world(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def digits_runs(digits_world):
+def digits_runs(digits_world, tmp_path_factory):
     """The small CNN trained 2 epochs on the synthetic digits ("synth") and on the real training
     digits ("real"), shared read-only: a test that evaluates or reports copies one first
     (copy_run), since eval writes its record into the run's folder."""
     from t2i_engine.training.loop import train
     from t2i_engine.training.presets import resolve_config
 
-    root = digits_world["root"] / "runs"
+    root = tmp_path_factory.mktemp("digits-runs")  # this worker's: the world is shared
     config = resolve_config("small", {"epochs": 2})
     runs = {"synth": root / "synth", "real": root / "real"}
     train(config, digits_world["synthetic"], runs["synth"], device="cpu", progress=False)

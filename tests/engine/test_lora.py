@@ -93,7 +93,7 @@ def test_bad_adapters_exit_2_before_anything_is_written(cli, adapter, tmp_path, 
 
 
 @pytest.mark.alone
-@pytest.mark.slow
+@pytest.mark.heavy  # four runs and Ray: under --heavy (CI's heavy step); test_mixture.py runs Ray in make test
 def test_one_process_workers_parts_and_ray_fuse_the_same_adapter(cli, adapter, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({**RECIPE, "lora": [f"{adapter}:0.8"]}))

@@ -76,6 +76,7 @@ def _wait(condition, seconds: float = 120) -> None:
 
 
 @pytest.mark.alone
+@pytest.mark.heavy  # two parts as processes and a kill: under --heavy (CI's heavy step), make test's 5 minutes
 def test_status_beside_two_running_parts_and_after_a_kill(cli, tmp_path):
     """Two parts as processes: mid-run, status names both parts and sees each one's part lock
     held by its process; when both end, every shard has exactly one log line. Then a run killed

@@ -54,6 +54,7 @@ def _worker_pids(parent: int) -> list[int]:
 
 
 @pytest.mark.alone
+@pytest.mark.heavy  # a worker killed and replaced: under --heavy (CI's heavy step), make test's 5 minutes
 def test_a_worker_killed_mid_run_is_replaced_and_every_sample_lands_once(whole, tmp_path):
     out = tmp_path / "out"
     # The run's workers are this process's children; a thread kills one once two shards are in.
