@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -141,7 +141,11 @@ def _restrict(data: LabelledSet, subset: str | Path) -> LabelledSet:
     unknown = [k for k in record["keys"] if k not in present]
     if unknown:
         raise InputError("--subset", str(subset), f"names {len(unknown)} keys this dataset lacks, e.g. {unknown[0]}")
-    data.entries = [e for e in data.entries if e.key in keys]
+    entries = [e for e in data.entries if e.key in keys]
+    kept = sorted({e.unit for e in entries})  # shards holding none of the subset are not read at all
+    renumber = {u: i for i, u in enumerate(kept)}
+    data.units = [data.units[u] for u in kept]
+    data.entries = [replace(e, unit=renumber[e.unit]) for e in entries]
     data.subset = keys
     data.origin = {
         **data.origin,

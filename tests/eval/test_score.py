@@ -221,6 +221,8 @@ def test_a_subset_is_honoured_by_train_analyze_preview_and_verify(cli, tmp_path,
     tar = folder / "000002.tar"
     tar.write_bytes(tar.read_bytes()[:-1024])
     assert cli("verify", folder, "--subset", in_shard0)[0] == 0  # shard 2 holds none of its samples
+    only0 = open_set(folder, "data", in_shard0)
+    assert only0.units == ["000000.tar"] and [it.key for it in only0.read()] == shard0[:3]  # nothing else read
     code, out, _ = cli("verify", folder)
     assert code == 1 and "000002.tar" in out
 
