@@ -44,8 +44,15 @@ class Extractor:
     kind: str  # "judge" | "clip" | "inception" | "backbone"
 
     def to_tensor(self, images: list[Image.Image]) -> torch.Tensor:
-        arr = np.stack([np.asarray(_resize_crop(im.convert("RGB"), self.size)) for im in images])
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2)
+        return self.normalise(self.prepare(images))
+
+    def prepare(self, images: list[Image.Image]) -> np.ndarray:
+        """uint8 [N, size, size, 3], resized and cropped: the CPU's half (a decoding thread may run it)."""
+        return np.stack([np.asarray(_resize_crop(im.convert("RGB"), self.size)) for im in images])
+
+    def normalise(self, pixels: np.ndarray) -> torch.Tensor:
+        """Prepared pixels as the model's input [N, 3, size, size]."""
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
         if self.mean is None:
             return x  # uint8
         x = x.float() / 255
@@ -55,7 +62,7 @@ class Extractor:
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
         x = self.to_tensor(images).to(next(self.model.parameters()).device)
         if self.kind == "clip":
-            feats = _as_tensor(self.model.get_image_features(pixel_values=x))
+            feats = as_tensor(self.model.get_image_features(pixel_values=x))
         elif self.kind == "judge":
             feats = self.model.embed(x)
         else:
@@ -74,8 +81,8 @@ def _resize_crop(im: Image.Image, size: int) -> Image.Image:
     return im.crop((left, top, left + size, top + size))
 
 
-def _as_tensor(out) -> torch.Tensor:
-    # transformers 5 may return a model output instead of a tensor
+def as_tensor(out) -> torch.Tensor:
+    """CLIP's features as a tensor: transformers 5 may return a model output instead."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
@@ -126,7 +133,7 @@ def clip_text_features(model, tokenizer, texts: list[str], batch_size: int = 256
     out = []
     for i in range(0, len(texts), batch_size):
         tok = tokenizer(texts[i : i + batch_size], padding=True, truncation=True, return_tensors="pt").to(device)
-        out.append(_as_tensor(model.get_text_features(**tok)).float().cpu())
+        out.append(as_tensor(model.get_text_features(**tok)).float().cpu())
     return torch.cat(out)
 
 

@@ -55,15 +55,7 @@ from ..errors import InputError
 from ..files import file_sha256
 from ..training.digits_judge import JUDGE_DIR, load_judge
 from ..training.sources import LabelledSet, open_set
-from .features import (
-    CLIP_MEAN,
-    CLIP_STD,
-    _clip_size,
-    _resize_crop,
-    clip_text_features,
-    load_clip,
-    load_clip_tokenizer,
-)
+from .features import Extractor, as_tensor, clip_text_features, load_clip_tokenizer, load_extractor
 
 JUDGES = ("clip", "digits")
 CLIP_DEFAULT = "openai/clip-vit-base-patch32"  # the paper's CLIP (ViT-B/32)
@@ -85,35 +77,26 @@ class Judge:
     weights: str
     weights_sha256: str
     settings: dict  # what moves its numbers (templates, input size)
-    model: torch.nn.Module
-    size: int
-    mean: tuple
-    std: tuple
+    extractor: Extractor  # the model and its input preparation (eval/features.py)
     class_text: torch.Tensor | None = None  # clip: [classes, dim], normalised
     columns: list[int] = field(default_factory=list)  # digits: the judge's logit of each dataset class
 
     def prepare(self, images: list[Image.Image]) -> np.ndarray:
-        """uint8 [N, size, size, 3]: the CPU's half (a decoding thread runs it)."""
-        return np.stack([np.asarray(_resize_crop(im.convert("RGB"), self.size)) for im in images])
+        return self.extractor.prepare(images)
 
     @torch.inference_mode()
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities over the dataset's classes and normalised features of prepared pixels."""
-        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
-        x = (x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
-        x = x.to(next(self.model.parameters()).device)
+        model = self.extractor.model
+        x = self.extractor.normalise(pixels).to(next(model.parameters()).device)
         if self.name == "clip":
-            feats = torch.nn.functional.normalize(_as_tensor(self.model.get_image_features(pixel_values=x)).float())
-            logits = self.model.logit_scale.exp().float() * feats @ self.class_text.to(feats.device).T
+            feats = torch.nn.functional.normalize(as_tensor(model.get_image_features(pixel_values=x)).float())
+            logits = model.logit_scale.exp().float() * feats @ self.class_text.to(feats.device).T
         else:
-            raw = self.model.embed(x)
-            logits = self.model.head(raw)[:, self.columns].float()
+            raw = model.embed(x)
+            logits = model.head(raw)[:, self.columns].float()
             feats = torch.nn.functional.normalize(raw.float())
         return logits.softmax(-1).cpu().numpy(), feats.cpu().numpy()
-
-
-def _as_tensor(out) -> torch.Tensor:
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
 def load_scoring_judge(
@@ -134,21 +117,19 @@ def load_scoring_judge(
             raise InputError(
                 "--judge", "digits", f"judges the digit classes 0-9; this dataset has class ids {foreign[:5]}"
             )
-        model = load_judge(folder).to(device)
-        # The judge normalises inside and takes [0, 1] pixels at 32 px.
+        # The judge normalises inside and takes [0, 1] pixels at 32 px (as load_extractor("judge")).
+        extractor = Extractor("judge", load_judge(folder).to(device), 32, (0, 0, 0), (1, 1, 1), "judge")
         return Judge(
             "digits",
             "embedded" if folder == JUDGE_DIR else str(folder),
             file_sha256(folder / "model.safetensors"),
             {"image_size": 32},
-            model,
-            32,
-            (0, 0, 0),
-            (1, 1, 1),
+            extractor,
             columns=[int(c) for c in data.class_ids],
         )
     folder = _clip_folder(weights)
-    model = load_clip(str(folder), "--weights").to(device)
+    extractor = load_extractor(f"clip={folder}", "--weights", str(device))
+    model = extractor.model
     tokenizer = load_clip_tokenizer(str(folder), "--weights")
     templates = templates or (DEFAULT_TEMPLATE,)
     class_text = []
@@ -158,16 +139,12 @@ def load_scoring_judge(
         )
         mean = torch.nn.functional.normalize(per_template, dim=1).mean(0)
         class_text.append(torch.nn.functional.normalize(mean, dim=0))
-    size = _clip_size(str(folder))
     return Judge(
         "clip",
         str(weights or CLIP_DEFAULT),
         _weights_sha256(folder),
-        {"templates": list(templates), "image_size": size},
-        model,
-        size,
-        CLIP_MEAN,
-        CLIP_STD,
+        {"templates": list(templates), "image_size": extractor.size},
+        extractor,
         class_text=torch.stack(class_text),
     )
 
