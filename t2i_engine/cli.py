@@ -205,7 +205,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_generate_parser(sub)
 
     ver = sub.add_parser("verify", help="check every shard of a dataset against its plan")
-    ver.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3:// or memory:// URL")
+    ver.add_argument(
+        "dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3://, gs:// or memory:// URL"
+    )
     ver.add_argument("--repair", action="store_true", help="move bad shards to _rejected/ so `generate` remakes them")
     ver.add_argument(
         "--subset",
@@ -243,7 +245,9 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser(
         "status", help="what a dataset holds and what is writing it: done, rates, ETA, locks, errors (takes no lock)"
     )
-    st.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3:// or memory:// URL")
+    st.add_argument(
+        "dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3://, gs:// or memory:// URL"
+    )
     st.add_argument("--json", action="store_true", help="print JSON (every class, every writer)")
     st.add_argument(
         "--watch",
@@ -253,7 +257,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     rg = sub.add_parser("regenerate", help="remake one stored sample from the dataset's recipe and seed, and compare")
-    rg.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3:// or memory:// URL")
+    rg.add_argument(
+        "dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3://, gs:// or memory:// URL"
+    )
     rg.add_argument("key", metavar="KEY", help="the sample's key, e.g. goldfish_000042")
     rg.add_argument("--out", type=local_path, metavar="FILE", help="image file to write (default: ./KEY.EXT)")
     rg.add_argument(
@@ -261,7 +267,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     fin = sub.add_parser("finalize", help="complete the manifest of a folder whose parts have all finished")
-    fin.add_argument("dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3:// or memory:// URL")
+    fin.add_argument(
+        "dir", type=dataset_location, metavar="DIR", help="dataset folder, or its s3://, gs:// or memory:// URL"
+    )
 
     pv = sub.add_parser("preview", help="a contact sheet of a dataset folder or an ImageFolder tree: a row per class")
     pv.add_argument(
@@ -556,7 +564,7 @@ def _add_generate_parser(sub) -> None:
         type=dataset_location,
         required=True,
         metavar="DIR",
-        help="output folder (or s3:// or memory:// URL): new, empty, or a dataset of the same recipe to resume "
+        help="output folder (or s3://, gs:// or memory:// URL): new, empty, or a dataset of the same recipe to resume "
         "(required)",
     )
     out.add_argument(
@@ -851,7 +859,7 @@ def _add_train_eval_parsers(sub) -> None:
         "data",
         type=dataset_location,
         metavar="DATA",
-        help="dataset folder or s3:// URL from `generate` (shards streamed), or an ImageFolder tree "
+        help="dataset folder or s3:// / gs:// URL from `generate` (shards streamed), or an ImageFolder tree "
         "ROOT/<class id>/<image>",
     )
     tr.add_argument(

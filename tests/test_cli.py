@@ -387,14 +387,14 @@ def test_a_sigterm_whose_exception_a_finalizer_swallows_still_stops_the_run_with
 @pytest.mark.parametrize(
     "args",
     [
-        ["generate", "--out", "gs://bucket/ds", "--images-per-class", "1"],
-        ["verify", "gs://bucket/ds"],
-        ["preview", "gs://bucket/ds"],
+        ["generate", "--out", "az://container/ds", "--images-per-class", "1"],
+        ["verify", "az://container/ds"],
+        ["preview", "hdfs://host/ds"],
         ["sweep", "grid.yaml", "--out", "s3://bucket/sweep"],
     ],
 )
 def test_an_object_store_url_is_refused_not_taken_for_a_local_folder(cli, tmp_path, monkeypatch, args):
-    """A URL of a scheme a dataset cannot live at yet (all but memory://, issue 34) exits 2 naming
+    """A URL of a scheme a dataset cannot live at yet (all but memory://, s3:// and gs://) exits 2 naming
     it, before any work; pathlib alone would have made a local folder named "s3:" and exited 0."""
     monkeypatch.chdir(tmp_path)
     code, _, err = cli(*args)
@@ -412,6 +412,9 @@ def test_an_object_store_url_is_refused_not_taken_for_a_local_folder(cli, tmp_pa
         ("s3://bucket/../ds", "no empty, '.' or '..' parts"),
         ("memory://", "no name after memory://"),
         ("s3:/bucket/ds", "write s3://bucket/ds (or ./s3:/bucket/ds"),  # one slash lost
+        ("gs://", "no bucket after gs://"),
+        ("gs://Bad!/ds", "'Bad!' is not one"),
+        ("gs://" + "a" * 64 + "/ds", "is not one"),  # 63 at most without dots
     ],
 )
 def test_a_malformed_store_url_is_refused_before_anything_is_sent_or_written(cli, tmp_path, monkeypatch, url, says):
@@ -427,6 +430,6 @@ def test_the_python_api_refuses_an_unsupported_store_url_too(tmp_path, monkeypat
     from t2i_engine.errors import InputError
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(InputError, match="out: 'gs://bucket/ds'"):
-        generate(build_recipe({"images_per_class": 1}), "gs://bucket/ds", RunOptions(device="cpu", progress=False))
+    with pytest.raises(InputError, match="out: 'az://container/ds'"):
+        generate(build_recipe({"images_per_class": 1}), "az://container/ds", RunOptions(device="cpu", progress=False))
     assert list(tmp_path.iterdir()) == []

@@ -1,8 +1,10 @@
 """Where a dataset's files live, behind one small interface that every reader and writer of a
 dataset folder goes through (issue 34): a local (or mounted) folder, `LocalStore`, or an fsspec
-URL, `FsspecStore`: memory:// (one process: tests, and a dataset made and read in one program)
-and s3:// (s3fs; credentials and AWS_ENDPOINT_URL from the environment, as boto reads them, never
-recorded). Other schemes are refused until their conditional creates are tested (gs:// next).
+URL, `FsspecStore`: memory:// (one process: tests, and a dataset made and read in one program),
+s3:// (s3fs; credentials and AWS_ENDPOINT_URL from the environment, as boto reads them) and gs://
+(gcsfs; credentials as google-auth finds them, STORAGE_EMULATOR_HOST for an emulator), none of
+them ever recorded. Other schemes are refused: the locks rest on conditional creates, tested for
+these three only.
 
 Names are relative to the dataset's root and flat but for `makedirs`/`move` (repair's
 _rejected/ folder). What the methods promise, so that a store without renames or file locks can
@@ -41,7 +43,9 @@ from ..errors import SPACE_ERRNOS, InputError, OutOfSpace, StoreUnavailable
 from ..files import TMP_SUFFIX, URL, atomic_write_bytes, check_local, check_writable, file_sha256, fsync_dir
 
 # The URL schemes a dataset can live at; others are refused with exit 2, naming these.
-STORE_SCHEMES = ("memory", "s3")
+STORE_SCHEMES = ("memory", "s3", "gs", "gcs")
+# the extra that brings each scheme's fsspec backend (memory:// is fsspec's own)
+_EXTRAS = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}
 
 # The packages whose exceptions mean the store failed us (no answer, a refusal, a server error),
 # not our own bug: an fsspec backend and the HTTP clients under it.
@@ -58,11 +62,14 @@ def _store_failure(e: Exception) -> bool:
 
 class _QuietClientTasks(logging.Filter):
     """asyncio's "Task exception was never retrieved" for an HTTP client's own write task, which
-    aiohttp leaves behind when the store drops a connection mid-request: the request itself
-    fails and says so (StoreUnavailable); this would add a traceback to a one-line stop."""
+    aiohttp leaves behind when the store drops a connection mid-request, and gcsfs's traceback of
+    a request it gives up on: the request itself fails and says so (StoreUnavailable); these
+    would add a traceback to a one-line stop."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if record.name.startswith("gcsfs"):  # logged just before it raises the same error
+            return not ("out of retries on exception" in message or "non-retriable exception" in message)
         return not (message.startswith("Task exception was never retrieved") and "aiohttp" in message)
 
 
@@ -244,15 +251,16 @@ class FsspecStore:
         self.url, self.field = url.rstrip("/"), field
         try:
             self._fs, self.root = fsspec.core.url_to_fs(self.url)
-        except ImportError as e:  # s3:// without s3fs
+        except ImportError as e:  # s3:// without s3fs, gs:// without gcsfs
+            extra = _EXTRAS.get(self.url.split("://", 1)[0], "s3")
             raise InputError(
-                field, url, f"needs {e.name or 'its fsspec backend'}: pip install 't2i-engine[s3]'"
+                field, url, f"needs {e.name or 'its fsspec backend'}: pip install 't2i-engine[{extra}]'"
             ) from None
         self.root = self.root.rstrip("/")
         self._pid = os.getpid()
-        asyncio_log = logging.getLogger("asyncio")
-        if not any(isinstance(f, _QuietClientTasks) for f in asyncio_log.filters):
-            asyncio_log.addFilter(_QuietClientTasks())
+        for client_log in map(logging.getLogger, ("asyncio", "gcsfs")):
+            if not any(isinstance(f, _QuietClientTasks) for f in client_log.filters):
+                client_log.addFilter(_QuietClientTasks())
 
     @property
     def fs(self):
@@ -400,15 +408,21 @@ class FsspecStore:
         stop = threading.Event()
         renewer = threading.Thread(target=self._renew, args=(lease, shared, stop), daemon=True)
         renewer.start()
+        store_failed = False
         try:
             yield None
+        except StoreUnavailable:
+            store_failed = True
+            raise
         finally:
             stop.set()
-            renewer.join()
-            # A store that stopped answering keeps the lease until it expires; the error that
-            # stopped the run is the one to report, not this one.
-            with contextlib.suppress(StoreUnavailable):
-                self.remove(lease)
+            # A store that stopped answering keeps the lease until it expires: waiting for a renewal
+            # stuck in the client's retries, or a removal that would retry in turn (gcsfs: ~30 s
+            # each), cannot help, and the error that stopped the run is the one to report.
+            if not store_failed:
+                renewer.join()
+                with contextlib.suppress(StoreUnavailable):
+                    self.remove(lease)
 
     def held(self, name: str) -> bool:
         """Whether some holder has lock `name` now (exclusively or shared)."""
@@ -460,7 +474,8 @@ class FsspecStore:
                 return None, current
             mine = f"{name}.{int(generations[-1].rsplit('.', 1)[-1]) + 1 if generations else 1}"
             try:
-                # a conditional create (S3: PutObject If-None-Match: *): of two takers, one wins
+                # a conditional create (S3: PutObject If-None-Match: *; GCS: ifGenerationMatch=0):
+                # of two takers, one wins
                 self.fs.pipe_file(self.path(mine), self._lease(False), mode="create")
             except FileExistsError:
                 return None, self._live(mine)
@@ -507,33 +522,48 @@ def open_store(value: str | Path | LocalStore | FsspecStore, field: str = "out")
                 value,
                 f"expected a local or mounted folder, or a URL of {', '.join(s + '://' for s in STORE_SCHEMES)}: "
                 f"{scheme}:// is not written to yet (its conditional creates, which the locks rest on, are untested); "
-                "write to a local folder and copy it to the store (gcloud storage rsync, ...)",
+                "write to a local folder and copy it to the store (azcopy, rclone, ...)",
             )
         return FsspecStore(_checked_url(scheme, rest, value, field), field)
     return LocalStore(value, field)
 
 
-# S3's rules for a bucket's name (GCS's are the same but for longer, dotted names)
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+# A bucket's name. S3: 3-63 lowercase letters, digits, dots and hyphens, beginning and ending with
+# a letter or digit. GCS: the same with underscores too, and up to 222 characters if dotted, each
+# dot-separated part at most 63.
+_BUCKET = {
+    "s3": re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"),
+    "gs": re.compile(r"^[a-z0-9][a-z0-9._\-]{1,220}[a-z0-9]$"),
+}
+_BUCKET_RULE = {
+    "s3": "3-63 lowercase letters, digits, dots and hyphens",
+    "gs": "3-63 lowercase letters, digits, dots, hyphens and underscores (up to 222 if dotted, 63 between dots)",
+}
+
+
+def _bucket_ok(scheme: str, bucket: str) -> bool:
+    if not _BUCKET[scheme].match(bucket):
+        return False
+    return scheme == "s3" or (len(bucket) <= 63 if "." not in bucket else all(len(p) <= 63 for p in bucket.split(".")))
 
 
 def _checked_url(scheme: str, rest: str, value: str, field: str) -> str:
-    """SCHEME://REST with a bucket (s3) or a name (memory) and no empty, `.` or `..` parts,
+    """SCHEME://REST with a bucket (s3, gs) or a name (memory) and no empty, `.` or `..` parts,
     checked before anything is sent: `s3://` alone would be fsspec's local "s3:" folder, and
     s3:///x would take "x" for the bucket."""
     # memory:///x and memory://x are one place (its paths are absolute)
     parts = (rest.lstrip("/") if scheme == "memory" else rest).rstrip("/").split("/")
-    form = "s3://BUCKET/PREFIX" if scheme == "s3" else f"{scheme}://NAME"
+    bucketed = scheme != "memory"
+    kind = "gs" if scheme in ("gs", "gcs") else scheme
+    form = f"{scheme}://BUCKET/PREFIX" if bucketed else f"{scheme}://NAME"
     if not parts[0]:
-        raise InputError(
-            field, value, f"expected {form}: no {'bucket' if scheme == 's3' else 'name'} after {scheme}://"
-        )
-    if scheme == "s3" and not _BUCKET.match(parts[0]):
+        raise InputError(field, value, f"expected {form}: no {'bucket' if bucketed else 'name'} after {scheme}://")
+    if bucketed and not _bucket_ok(kind, parts[0]):
         raise InputError(
             field,
             value,
-            f"expected {form} with a bucket name of 3-63 lowercase letters, digits, dots and hyphens, "
-            f"beginning and ending with a letter or digit; {parts[0]!r} is not one",
+            f"expected {form} with a bucket name of {_BUCKET_RULE[kind]}, beginning and ending with a letter "
+            f"or digit; {parts[0]!r} is not one",
         )
     if any(part in ("", ".", "..") for part in parts[1:]):
         raise InputError(field, value, f"expected {form} with no empty, '.' or '..' parts in its path")

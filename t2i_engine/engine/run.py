@@ -33,7 +33,7 @@ from ..dataset.runlog import RunLog
 from ..dataset.shards import is_committed, read_record
 from ..dataset.store import as_store, open_store
 from ..devices import resolve_device
-from ..errors import InputError, OutOfSpace, Terminated
+from ..errors import InputError, OutOfSpace, StoreUnavailable, Terminated
 from ..export.tuning import Tuning
 from ..models.decoders import decoder_label
 from ..models.lora_fuse import check_adapters
@@ -233,8 +233,10 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
             e = OutOfSpace(e.folder, e.shard_bytes, len(_uncommitted(out_dir, mine)), e.error)
             log.record("error", message=str(e)[:500])
             raise e from e.error
+        except StoreUnavailable:
+            raise  # the log lives in that store: a line written there would only wait out the client's retries
         except Exception as e:
-            with contextlib.suppress(Exception):  # the store itself may be what failed
+            with contextlib.suppress(Exception):
                 log.record("error", message=f"{type(e).__name__}: {e}"[:500])
             raise
         except BaseException as e:

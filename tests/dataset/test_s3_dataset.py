@@ -22,36 +22,12 @@ from t2i_engine.dataset.runlog import read_log
 from t2i_engine.dataset.shards import shard_files
 from t2i_engine.dataset.store import as_store
 from t2i_engine.engine.recipe import build_recipe
-from t2i_engine.engine.run import RunOptions, generate
+from t2i_engine.engine.run import generate
 from t2i_engine.engine.status import dataset_status
 from t2i_engine.engine.verify import verify_dataset
 from tests.conftest import CLI, subprocess_env
 from tests.dataset.conftest import s3_environment
-
-OPTIONS = RunOptions(device="cpu", progress=False, encode_workers=0)
-RECIPE = "model: digits\nimages_per_class: 4\nsteps: 2\nimages_per_shard: 4\n"  # 40 samples, 10 shards
-
-
-def _shards(files: dict[str, bytes]) -> dict[str, bytes]:
-    """The shards' files (a run from the CLI records its command line in the manifest and card)."""
-    return {k: v for k, v in files.items() if k.endswith((".tar", ".index.jsonl", ".stats.json"))}
-
-
-def _files(url: str) -> dict[str, bytes]:
-    """The dataset's files at the top of `url` (not _rejected/, not the locks' leases)."""
-    fs, root = fsspec.core.url_to_fs(url)
-    fs.invalidate_cache()
-    names = [e["name"] for e in fs.ls(root, detail=True) if e["type"] == "file"]
-    return {n.rsplit("/", 1)[-1]: fs.cat_file(n) for n in names if ".t2i-engine.lock" not in n}
-
-
-def _put_both(files: dict[str, bytes], url: str, local) -> None:
-    """The same dataset files into a local folder and at `url`."""
-    local.mkdir()
-    fs, root = fsspec.core.url_to_fs(url)
-    for name, data in files.items():
-        (local / name).write_bytes(data)
-        fs.pipe_file(f"{root}/{name}", data)
+from tests.dataset.dataset_files import OPTIONS, RECIPE, files_at, put_both, shards_of
 
 
 def _kill_on_put(proc, path_end: str):
@@ -67,18 +43,11 @@ def _kill_on_put(proc, path_end: str):
     return hook
 
 
-@pytest.fixture(scope="module")
-def on_disk(tmp_path_factory):
-    out = tmp_path_factory.mktemp("disk") / "ds"
-    generate(build_recipe({"model": "digits", "images_per_class": 4, "steps": 2, "images_per_shard": 4}), out, OPTIONS)
-    return {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".t2i-engine")}
-
-
 def test_a_dataset_in_s3_is_the_same_files_as_on_disk_and_resumes(s3_bucket, on_disk):
     url = f"{s3_bucket}/ds"
     recipe = build_recipe({"model": "digits", "images_per_class": 4, "steps": 2, "images_per_shard": 4})
     summary = generate(recipe, url, OPTIONS)
-    assert summary["dataset_complete"] and _files(url) == on_disk and verify_dataset(url) == []
+    assert summary["dataset_complete"] and files_at(url) == on_disk and verify_dataset(url) == []
     assert generate(recipe, url, OPTIONS)["shards_skipped"] == 10
 
 
@@ -95,7 +64,7 @@ def test_two_parts_at_once_write_one_dataset(s3_bucket, on_disk, tmp_path):
     ]  # fmt: skip
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
-    assert _shards(_files(url)) == _shards(on_disk) and verify_dataset(url) == []
+    assert shards_of(files_at(url)) == shards_of(on_disk) and verify_dataset(url) == []
 
 
 @pytest.mark.alone
@@ -119,7 +88,7 @@ def test_a_run_killed_mid_upload_leaves_no_partial_shard_and_resumes(s3_server, 
     proc.wait(timeout=180)
     s3_server.before_request = None
     assert proc.returncode == -signal.SIGKILL
-    files = _files(url)
+    files = files_at(url)
     assert not [n for n in files if n.startswith("000003.")]  # nothing of the shard in flight
     marked = [n.removesuffix(".stats.json") for n in files if n.endswith(".stats.json")]
     for shard in marked:  # a shard's stats, its marker, stand only beside its whole, checked tar
@@ -136,7 +105,7 @@ def test_a_run_killed_mid_upload_leaves_no_partial_shard_and_resumes(s3_server, 
     time.sleep(0.8)  # and now it has expired
     done = subprocess.run(args, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert _shards(_files(url)) == _shards(on_disk) and verify_dataset(url) == []
+    assert shards_of(files_at(url)) == shards_of(on_disk) and verify_dataset(url) == []
 
 
 def test_a_bucket_that_is_not_there_is_refused_before_any_work(cli, s3_bucket):
@@ -153,7 +122,7 @@ def test_worker_processes_write_to_s3_too(cli, s3_bucket, tmp_path):
     url = f"{s3_bucket}/workers"
     code, _, err = cli("generate", tmp_path / "recipe.yaml", "--out", url, "--devices", "cpu:2", "--no-progress")
     assert code == 0, err
-    assert verify_dataset(url) == [] and len([n for n in _files(url) if n.endswith(".tar")]) == 10
+    assert verify_dataset(url) == [] and len([n for n in files_at(url) if n.endswith(".tar")]) == 10
 
 
 def _wait_for(url: str, name: str, proc: subprocess.Popen, seconds: float = 120) -> None:
@@ -190,14 +159,14 @@ def test_a_store_that_stops_answering_stops_the_run_cleanly_and_a_rerun_complete
     assert proc.returncode == 1, err
     assert len(err.strip().splitlines()) == 1 and url in err and "rerun" in err, err
     s3_server.start()
-    files = _files(url)
+    files = files_at(url)
     for shard in [n.removesuffix(".stats.json") for n in files if n.endswith(".stats.json")]:
         tar, index, stats = shard_files(shard)
         assert index in files and hashlib.sha256(files[tar]).hexdigest() == json.loads(files[stats])["sha256"]
     time.sleep(2)  # the stopped run could not remove its lease: it expires
     done = subprocess.run(args, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert _shards(_files(url)) == _shards(on_disk) and verify_dataset(url) == []
+    assert shards_of(files_at(url)) == shards_of(on_disk) and verify_dataset(url) == []
 
 
 def test_a_store_that_does_not_answer_raises_one_error_naming_the_url(monkeypatch):
@@ -259,7 +228,7 @@ def test_a_full_staging_folder_stops_cleanly_naming_it_and_nothing_is_marked(s3_
     assert f"{staging} (where shards for {url} are built before upload; TMPDIR moves it)" in lines[0]
     assert "no space" in lines[0] and "the 2 still to write" in lines[0]
     assert not list(staging.glob("t2i-engine-*")) and not [
-        n for n in _files(url) if n.endswith((".tar", ".stats.json"))
+        n for n in files_at(url) if n.endswith((".tar", ".stats.json"))
     ]
 
 
@@ -272,7 +241,7 @@ def test_train_streams_a_dataset_from_s3_and_learns_exactly_what_it_learns_from_
     from t2i_engine.training.presets import resolve_config
 
     url, local = f"{s3_bucket}/train", tmp_path / "ds"
-    _put_both(on_disk, url, local)
+    put_both(on_disk, url, local)
     config = resolve_config("small", {"epochs": 1, "batch_size": 8, "workers": 1})
     runs = {}
     for name, data in (("disk", local), ("s3", url)):
@@ -320,7 +289,7 @@ def test_ray_across_three_nodes_writes_to_s3_and_a_node_lost_mid_run_costs_only_
     assert summary["dataset_complete"] and summary["ray"] == {"ray-cpu-actors": 3}
     assert summary["ray_units_retried"] <= 1, summary
     assert verify_dataset(url) == []
-    files = _files(url)
+    files = files_at(url)
     keys = [json.loads(line)["key"] for n in files if n.endswith(".index.jsonl") for line in files[n].splitlines()]
     assert len(keys) == len(set(keys)) == 80
     logged = [line for line in read_log(as_store(url)) if line["event"] == "shard"]  # the actors' own log files
@@ -331,11 +300,11 @@ def test_ray_across_three_nodes_writes_to_s3_and_a_node_lost_mid_run_costs_only_
 
 def test_score_filter_and_a_subset_read_back_work_in_s3_as_on_disk(cli, s3_bucket, on_disk, tmp_path):
     url, local = f"{s3_bucket}/scored", tmp_path / "ds"
-    _put_both(on_disk, url, local)
+    put_both(on_disk, url, local)
     for where in (local, url):
         code, _, err = cli("score", where, "--judge", "digits", "--device", "cpu", "--no-progress")
         assert code == 0, err
-    scores = {k: v for k, v in _files(url).items() if k.endswith(".scores.parquet")}
+    scores = {k: v for k, v in files_at(url).items() if k.endswith(".scores.parquet")}
     assert len(scores) == 10 and scores == {p.name: p.read_bytes() for p in local.glob("*.scores.parquet")}
 
     subset = f"{s3_bucket}/best.json"
@@ -356,7 +325,7 @@ def test_a_score_killed_mid_upload_resumes_with_the_shards_it_had_not_recorded(s
     bucket = f"t2i-{time.time_ns() % 10**12}"
     fsspec.filesystem("s3").mkdir(bucket)
     url, local = f"s3://{bucket}/scored", tmp_path / "ds"
-    _put_both(on_disk, url, local)
+    put_both(on_disk, url, local)
     args = [*CLI, "score", url, "--judge", "digits", "--device", "cpu", "--no-progress"]
     proc = subprocess.Popen(args, stderr=subprocess.DEVNULL, env=subprocess_env(T2I_ENGINE_LEASE_SECONDS="2"))
 
@@ -368,7 +337,7 @@ def test_a_score_killed_mid_upload_resumes_with_the_shards_it_had_not_recorded(s
     resumed = score(url, judge="digits", device="cpu", progress=False)
     assert (resumed["scored"], resumed["skipped"]) == (7, 3)
     score(local, judge="digits", device="cpu", progress=False)
-    scores = {k: v for k, v in _files(url).items() if k.endswith(".scores.parquet")}
+    scores = {k: v for k, v in files_at(url).items() if k.endswith(".scores.parquet")}
     assert scores == {p.name: p.read_bytes() for p in local.glob("*.scores.parquet")} and len(scores) == 10
 
 

@@ -10,11 +10,15 @@ from t2i_engine.errors import InputError, StoreUnavailable
 
 
 def _fresh_root(kind: str, request) -> str:
-    """A fresh URL of `kind`: memory://, or a new bucket on the S3 test server (conftest.py)."""
+    """A fresh URL of `kind`: memory://, or a new bucket on the S3 or GCS test server (conftest.py)."""
     import uuid
 
     if kind == "memory":
         return f"memory:///t2i-test-{uuid.uuid4().hex}"
+    if kind == "gcs":
+        pytest.importorskip("gcsfs")
+        pytest.importorskip("gcp_storage_emulator")
+        return request.getfixturevalue("gcs_bucket")
     pytest.importorskip("s3fs")
     pytest.importorskip("moto")
     return request.getfixturevalue("s3_bucket")
@@ -28,7 +32,7 @@ def _remove(url: str) -> None:
         fs.rm(root, recursive=True)
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
+@pytest.fixture(params=["local", "memory", "s3", "gcs"])
 def make_store(request, tmp_path):
     """A store of each kind at a fresh location: make_store("ds") -> the store of DIR/ds."""
     if request.param == "local":
@@ -36,7 +40,7 @@ def make_store(request, tmp_path):
         return
     root = _fresh_root(request.param, request)
     yield lambda name="": FsspecStore(f"{root}/{name}".rstrip("/"))
-    if request.param == "memory":  # the s3 bucket goes with its fixture
+    if request.param == "memory":  # a bucket goes with its fixture
         _remove(root)
 
 
@@ -95,7 +99,7 @@ def test_locks_exclude_as_asked(make_store):
 
 
 def test_a_url_of_another_scheme_is_refused_and_a_store_names_its_folder(tmp_path, monkeypatch):
-    for url in ("gs://bucket/ds", "file:///tmp/ds", "nosuch://x"):
+    for url in ("az://container/ds", "file:///tmp/ds", "nosuch://x"):
         with pytest.raises(InputError, match="not written to yet"):
             open_store(url)
     assert isinstance(open_store("memory://b/ds"), FsspecStore) and open_store("memory://b/ds").name == "ds"
@@ -103,6 +107,20 @@ def test_a_url_of_another_scheme_is_refused_and_a_store_names_its_folder(tmp_pat
     assert as_store(".").name == tmp_path.name
     store = LocalStore(tmp_path)
     assert as_store(store) is store and as_store(tmp_path).url == str(tmp_path)
+
+
+def test_bucket_names_follow_each_stores_rules():
+    """GCS allows underscores and dotted names up to 222 characters (63 between dots); S3 neither."""
+    from t2i_engine.dataset.store import _checked_url
+
+    dotted = ".".join(["a" * 63] * 3)  # 191 characters
+    for url in ("gs://my_bucket/ds", f"gs://{dotted}/ds", "gcs://my-bucket.example.com/ds", "s3://my-bucket.x/ds"):
+        scheme, rest = url.split("://", 1)
+        assert _checked_url(scheme, rest, url, "out") == url
+    for url in ("s3://my_bucket/ds", "gs://" + "a" * 64 + "/ds", "gs://" + "a" * 64 + ".b/ds", "gs://_bucket/ds"):
+        scheme, rest = url.split("://", 1)
+        with pytest.raises(InputError, match="is not one"):
+            _checked_url(scheme, rest, url, "out")
 
 
 def test_only_the_store_touches_the_filesystem():
@@ -142,9 +160,9 @@ def test_only_the_store_touches_the_filesystem():
     assert found == []
 
 
-@pytest.fixture(params=["memory", "s3"])
+@pytest.fixture(params=["memory", "s3", "gcs"])
 def url(request):
-    """A fresh location in each store with conditional creates: memory://, and S3 (the test server)."""
+    """A fresh location in each store with conditional creates: memory://, S3 and GCS (the test servers)."""
     root = _fresh_root(request.param, request)
     yield f"{root}/ds"
     if request.param == "memory":
@@ -152,7 +170,8 @@ def url(request):
 
 
 def test_of_many_takers_at_once_exactly_one_gets_the_lease(url):
-    """The conditional create the leases rest on (S3: PutObject If-None-Match: *), raced by eight
+    """The conditional create the leases rest on (S3: PutObject If-None-Match: *; GCS:
+    ifGenerationMatch=0), raced by eight
     threads as eight processes would: one holds it, the seven others are refused."""
     import threading
 
