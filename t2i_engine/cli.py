@@ -37,8 +37,8 @@ from .errors import (
     StoreUnavailable,
     Terminated,
     clear_stop,
+    raise_if_stopped,
     request_stop,
-    stop_requested,
 )
 from .eval.report import write_report
 from .files import URL, atomic_write_bytes, atomic_write_text, check_local, check_writable
@@ -1054,8 +1054,15 @@ def _add_train_eval_parsers(sub) -> None:
 
 def _terminate(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough; a second must not cut the cleanup short
-    request_stop()  # kept, should the exception below land in a finalizer and be swallowed
+    request_stop(Terminated)  # kept, should the exception below land in a finalizer and be swallowed
     raise Terminated()
+
+
+def _interrupt(signum, frame) -> None:
+    """Ctrl-C: Python's KeyboardInterrupt, and the stop kept as for SIGTERM (a second Ctrl-C
+    still interrupts the cleanup, as a user pressing it again expects)."""
+    request_stop(KeyboardInterrupt)
+    raise KeyboardInterrupt()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1068,6 +1075,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.SIGTERM: signal.signal(signal.SIGTERM, _terminate),
         signal.SIGXFSZ: signal.signal(signal.SIGXFSZ, signal.SIG_IGN),
     }
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup, &)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
     try:
         return _main(argv)
     finally:
@@ -1106,8 +1115,7 @@ def _main(argv: list[str] | None) -> int:
             "bench": _bench,
             "build": _build,
         }[args.command](args)
-        if stop_requested():  # a SIGTERM whose exception a finalizer swallowed: it still ends the run as one
-            raise Terminated()
+        raise_if_stopped()  # a signal whose exception a finalizer swallowed: it still ends the run as one
         return code
     except InputError as e:
         print(f"t2i-engine {args.command}: error: {e}", file=sys.stderr)

@@ -92,19 +92,32 @@ class Terminated(KeyboardInterrupt):
     stops as on Ctrl-C (workers stopped, committed shards kept) and the process exits 143."""
 
 
-# A stop the SIGTERM handler asked for. The handler raises Terminated at once, but Python swallows
-# an exception raised while a finalizer (`__del__`, a tqdm bar's, say) or a weakref callback runs:
-# the flag stays, the runner looks at it between batches and the CLI when the command returns.
+# A stop a signal handler asked for (SIGTERM's, and Ctrl-C's where the CLI handles it). The
+# handler raises at once, but Python swallows an exception raised while a finalizer (`__del__`, a
+# tqdm bar's, say) or a weakref callback runs: the flag stays, and the runner (between batches),
+# the --devices parent (between polls) and the CLI (when the command returns) raise it again.
 _STOP = threading.Event()
+_STOP_AS: list[type[KeyboardInterrupt]] = [Terminated]
 
 
-def request_stop() -> None:
-    _STOP.set()
+def request_stop(exception: type[KeyboardInterrupt] = Terminated) -> None:
+    """Record a stop, to be raised as `exception` (Terminated, or KeyboardInterrupt for Ctrl-C);
+    the first one asked for stands."""
+    if not _STOP.is_set():
+        _STOP_AS[0] = exception
+        _STOP.set()
 
 
 def stop_requested() -> bool:
     return _STOP.is_set()
 
 
+def raise_if_stopped() -> None:
+    """Raise the stop a signal handler asked for, if one did."""
+    if _STOP.is_set():
+        raise _STOP_AS[0]()
+
+
 def clear_stop() -> None:
     _STOP.clear()
+    _STOP_AS[0] = Terminated

@@ -357,29 +357,45 @@ def test_sigterm_stops_a_run_within_seconds_with_only_committed_shards_and_exit_
 
 @pytest.mark.alone
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed exception
-def test_a_sigterm_whose_exception_a_finalizer_swallows_still_stops_the_run_with_143(cli, tmp_path):
+@pytest.mark.parametrize(
+    "signum, code, says, scale_out",
+    [
+        (signal.SIGTERM, 143, "terminated (SIGTERM)", []),
+        (signal.SIGINT, 130, "interrupted", []),
+        pytest.param(signal.SIGINT, 130, "interrupted", ["--devices", "cpu:2"], marks=pytest.mark.heavy),
+    ],
+    ids=["sigterm", "ctrl-c", "ctrl-c-two-workers"],
+)
+def test_a_stop_whose_exception_a_finalizer_swallows_still_stops_the_run(cli, tmp_path, signum, code, says, scale_out):
     """The handler's exception raised inside a garbage-collector callback (as in a tqdm bar's
-    __del__) is swallowed by Python; the stop it asked for is kept and ends the run anyway."""
+    __del__) is swallowed by Python; the stop it asked for is kept and ends the run anyway, in
+    one process and in the --devices parent alike (the heavy case: two workers, under --heavy)."""
     import gc
 
     sent = []
 
-    def sigterm_inside_a_collection(phase, info):
+    def signal_inside_a_collection(phase, info):
         if phase == "start" and not sent and threading.current_thread() is threading.main_thread():
             if (tmp_path / "out" / "dataset.json").is_file():  # the run has begun
                 sent.append(True)
-                os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside the callback
+                os.kill(os.getpid(), signum)  # the handler runs here, inside the callback
 
     args = ["generate", "--out", tmp_path / "out", *FAST, "--images-per-class", "4", "--images-per-shard", "3",
-            "--batch-size", "1", "--encode-workers", "0"]  # fmt: skip
-    gc.callbacks.append(sigterm_inside_a_collection)
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # outside main(): nothing to end the session
+            "--batch-size", "1", *(scale_out or ["--encode-workers", "0"])]  # fmt: skip
+    gc.callbacks.append(signal_inside_a_collection)
+    threshold = gc.get_threshold()
+    if scale_out:  # the --devices parent mostly waits, allocating next to nothing: collect often
+        gc.set_threshold(10)
+    # outside main(), nothing to end the session: SIGTERM ignored; Ctrl-C Python's own handler,
+    # which main() replaces (it keeps a shell's SIG_IGN, as under nohup)
+    previous = signal.signal(signum, signal.SIG_IGN if signum == signal.SIGTERM else signal.default_int_handler)
     try:
-        code, _, err = cli(*args)
+        got, _, err = cli(*args)
     finally:
-        gc.callbacks.remove(sigterm_inside_a_collection)
-        signal.signal(signal.SIGTERM, previous)
-    assert sent and code == 143 and "terminated (SIGTERM)" in err, (sent, code, err)
+        gc.callbacks.remove(signal_inside_a_collection)
+        gc.set_threshold(*threshold)
+        signal.signal(signum, previous)
+    assert sent and got == code and says in err, (sent, got, err)
     assert not json.loads((tmp_path / "out" / "dataset.json").read_text())["complete"]
     assert len(list((tmp_path / "out").glob("*.tar"))) < 14  # stopped, not run to its end
 

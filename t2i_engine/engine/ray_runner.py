@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..dataset.records import WorkUnit
 from ..dataset.shards import is_committed
-from ..errors import InputError, OutOfSpace, StoreUnavailable
+from ..errors import InputError, OutOfSpace, StoreUnavailable, raise_if_stopped
 from .runtime import ModelOptions
 from .units import UnitRunner
 
@@ -102,6 +102,7 @@ def run_ray(
             dynamic_ncols=True,
         ) as bar:
             while todo or running:
+                raise_if_stopped()  # a signal whose exception a finalizer swallowed (errors.py)
                 while todo and idle:
                     actor, unit = idle.pop(), todo.popleft()
                     running[actor.run.remote(unit)] = (actor, unit)

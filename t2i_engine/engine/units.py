@@ -20,7 +20,7 @@ from ..dataset.runlog import RunLog
 from ..dataset.shards import ShardWriter
 from ..dataset.store import FsspecStore, LocalStore, as_store
 from ..devices import resolve_device
-from ..errors import Terminated, stop_requested
+from ..errors import raise_if_stopped
 from .diversity import sample_guidance
 from .generator import Generator
 from .recipe import Recipe, sample_meta
@@ -149,8 +149,7 @@ class UnitRunner:
                 continue
             self.writer.add(unit, batch, images)
             start += len(batch)
-            if stop_requested():  # a SIGTERM whose exception a finalizer swallowed (errors.py)
-                raise Terminated()
+            raise_if_stopped()  # a signal whose exception a finalizer swallowed (errors.py)
             if on_batch is not None:
                 on_batch(len(batch))
         self.writer.commit(unit)

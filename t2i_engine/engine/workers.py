@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..dataset.records import WorkUnit
 from ..dataset.shards import is_committed
-from ..errors import InputError, OutOfSpace, StoreUnavailable
+from ..errors import InputError, OutOfSpace, StoreUnavailable, raise_if_stopped
 from .runtime import ModelOptions
 from .units import UnitRunner
 
@@ -174,6 +174,7 @@ def run_workers(
     graceful = False
     try:
         while len(written) < len(units):
+            raise_if_stopped()  # a signal whose exception a finalizer swallowed (errors.py)
             if not any([drain(w) for w in workers]):
                 time.sleep(POLL_SECONDS / 10)
             for wid, w in enumerate(workers):

@@ -113,7 +113,16 @@ def test_ctrl_c_stops_the_workers_keeps_committed_shards_and_the_next_run_resume
     while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("*.tar")):
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # say where it hung: its output so far, and whether it had exited
+        exited = proc.poll()  # not None: it exited, and something it started holds its pipes open
+        proc.kill()
+        try:
+            stderr = proc.communicate(timeout=10)[1]
+        except subprocess.TimeoutExpired:
+            stderr = "(its pipes are still open: a process it started holds them)"
+        pytest.fail(f"no stop 120 s after Ctrl-C (exit status then: {exited}); its stderr:\n{stderr[-3000:]}")
     assert proc.returncode == 130 and "interrupted" in stderr
     done = sorted(out.glob("*.tar"))
     assert 1 <= len(done) < 12 and not json.loads((out / "dataset.json").read_text())["complete"]
