@@ -4,7 +4,7 @@ process, two workers, two parts and Ray write the same samples and manifest; eac
 names its model and verify holds it to the plan; bad mixtures exit 2 with nothing written.
 The mixture is of the two embedded models, so this is also digits-dit's test of the workers,
 parts and Ray paths, and the suite's test of `--devices cpu:2` without a failure and of
-`--ray local` (a local Ray instance of 2 CPUs; test_workers.py kills a worker). The README
+`--ray local` (a local Ray instance of 2 CPUs, under --heavy; test_workers.py kills a worker). The README
 promises byte-identical shards at one thread count: the one-process reference runs at the
 thread count of a CPU worker, so runs at that count are compared byte for byte, and a run at
 another (Ray's one-CPU actors on a machine of more than 2 cores) within one level."""
@@ -15,6 +15,7 @@ import io
 import json
 import tarfile
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import yaml
@@ -97,16 +98,27 @@ def _generate_twice(cli, recipe, out, *flags) -> dict:
     return first
 
 
+def _assert_same_mixture(whole: Path, made: Path, threads: int) -> None:
+    """`made` holds what `whole` holds: the same recipe, samples and shards (and the same bytes at
+    the same thread count, the README's promise)."""
+    manifest, theirs = (json.loads((d / "dataset.json").read_text()) for d in (whole, made))
+    assert theirs["recipe"] == manifest["recipe"] and theirs["recipe_hash"] == manifest["recipe_hash"]
+    assert _metas(made) == _metas(whole) and verify_dataset(made) == []
+    if threads == THREADS:
+        assert shard_hashes(made) == shard_hashes(whole) and theirs["shards"] == manifest["shards"], made
+    else:  # names and counts; the hash and size follow the pixels
+        assert sample_differences(made, whole) == [], made
+        without_hash = lambda shards: [{k: s[k] for k in ("name", "count")} for s in shards]  # noqa: E731
+        assert without_hash(theirs["shards"]) == without_hash(manifest["shards"]), made
+
+
 @pytest.mark.alone
 @pytest.mark.slow
-def test_one_process_workers_parts_and_ray_write_the_same_mixture(cli, whole, tmp_path):
+def test_workers_and_parts_write_the_same_mixture_as_one_process(cli, whole, tmp_path):
     recipe = tmp_path / "mixture.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
     summary = _generate_twice(cli, recipe, tmp_path / "workers", "--devices", WORKERS)
     assert summary["worker_restarts"] == 0 and len(summary["device_images_per_second"]) == 2
-    with local_ray(num_cpus=2):
-        summary = _generate_twice(cli, recipe, tmp_path / "ray", "--ray")
-    assert summary["ray"] == {"ray-cpu-actors": 2} and summary["dataset_complete"]
     with torch_threads(THREADS):
         for part in ((0, 2), (1, 2)):
             generate(
@@ -117,20 +129,19 @@ def test_one_process_workers_parts_and_ray_write_the_same_mixture(cli, whole, tm
     metas = _metas(whole)
     assert Counter(m["model"] for m in metas.values()) == {"digits": 6, "digits-dit": 4}
     assert {m["steps"] for m in metas.values()} == {2}
-    manifest = json.loads((whole / "dataset.json").read_text())
-    # names and counts; the hash and size follow the pixels
-    without_hash = lambda shards: [{k: s[k] for k in ("name", "count")} for s in shards]  # noqa: E731
-    ray_threads = 1  # each actor holds one CPU (ray_runner)
-    for other, threads in (("workers", THREADS), ("parts", THREADS), ("ray", ray_threads)):
-        theirs = json.loads((tmp_path / other / "dataset.json").read_text())
-        assert theirs["recipe"] == manifest["recipe"] and theirs["recipe_hash"] == manifest["recipe_hash"]
-        assert _metas(tmp_path / other) == metas and verify_dataset(tmp_path / other) == []
-        if threads == THREADS:  # the README's promise: the same bytes at the same thread count
-            assert shard_hashes(tmp_path / other) == shard_hashes(whole), other
-            assert theirs["shards"] == manifest["shards"], other
-        else:
-            assert sample_differences(tmp_path / other, whole) == [], other
-            assert without_hash(theirs["shards"]) == without_hash(manifest["shards"]), other
+    for other in ("workers", "parts"):
+        _assert_same_mixture(whole, tmp_path / other, THREADS)
+
+
+@pytest.mark.alone
+@pytest.mark.heavy  # a local Ray instance (~20 s to start here): under --heavy (CI's heavy step), make test's margin
+def test_ray_writes_the_same_mixture_as_one_process(cli, whole, tmp_path):
+    recipe = tmp_path / "mixture.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    with local_ray(num_cpus=2):
+        summary = _generate_twice(cli, recipe, tmp_path / "ray", "--ray")
+    assert summary["ray"] == {"ray-cpu-actors": 2} and summary["dataset_complete"]
+    _assert_same_mixture(whole, tmp_path / "ray", threads=1)  # each actor holds one CPU (ray_runner)
 
 
 def test_verify_holds_each_sample_to_its_planned_model(whole, tmp_path):
