@@ -304,7 +304,10 @@ class FsspecStore:
 
     @_answered
     def open_read(self, name: str) -> BinaryIO:
-        return self.fs.open(self.path(name), "rb")
+        # Read front to back (a tar streamed member by member): fsspec's readahead cache, one
+        # request per block (5 MiB), on every backend. gcsfs's own default fetched a tar's small
+        # reads separately: a finished dataset's card took 1,288 requests (6 s) per 200 images.
+        return self.fs.open(self.path(name), "rb", cache_type="readahead")
 
     @_answered
     def size(self, name: str) -> int:
