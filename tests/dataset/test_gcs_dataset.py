@@ -1,7 +1,8 @@
 """Datasets in GCS, against a GCS JSON API server (gcp-storage-emulator on 127.0.0.1, with GCS's
 documented upload preconditions added: tests/dataset/conftest.py) reached through gcsfs as a user
-reaches GCS: the same files as on disk, a run killed mid-upload resumed with every sample once,
-two parts at once, and a bucket that is not there refused."""
+reaches GCS: the same files as on disk (and its status read from the bucket), a run killed
+mid-upload resumed with every sample once, two parts at once, training streamed from the bucket,
+a server gone mid-run, and a bucket that is not there refused."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ pytest.importorskip("gcp_storage_emulator")
 from t2i_engine.dataset.shards import shard_files
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.run import generate
+from t2i_engine.engine.status import dataset_status
 from t2i_engine.engine.verify import verify_dataset
 from tests.conftest import CLI, subprocess_env
 from tests.dataset.dataset_files import OPTIONS, RECIPE, files_at, put_both, shards_of
@@ -33,6 +35,8 @@ def test_a_dataset_in_gcs_is_the_same_files_as_on_disk_and_resumes(gcs_bucket, o
     summary = generate(recipe, url, OPTIONS)
     assert summary["dataset_complete"] and files_at(url) == on_disk and verify_dataset(url) == []
     assert generate(recipe, url, OPTIONS)["shards_skipped"] == 10
+    st = dataset_status(url)  # from the manifest, one listing and the run log in the bucket
+    assert st["images"]["done"] == 40 and st["shards"]["in_flight"] == 0 and st["locks"] == []
 
 
 def test_a_bucket_that_is_not_there_is_refused_before_any_work(cli, gcs_bucket):
