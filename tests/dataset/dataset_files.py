@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import subprocess
+import time
+
 import fsspec
 
+from t2i_engine.dataset.shards import shard_files
 from t2i_engine.engine.run import RunOptions
 
 OPTIONS = RunOptions(device="cpu", progress=False, encode_workers=0)
@@ -30,3 +36,24 @@ def put_both(files: dict[str, bytes], url: str, local) -> None:
     for name, data in files.items():
         (local / name).write_bytes(data)
         fs.pipe_file(f"{root}/{name}", data)
+
+
+def marked_shards_are_whole(files: dict[str, bytes]) -> list[str]:
+    """The shards whose stats (the marker that says a shard is done) are among `files`, sorted,
+    after checking that each stands beside its index and a tar of the recorded sha256."""
+    marked = sorted(n.removesuffix(".stats.json") for n in files if n.endswith(".stats.json"))
+    for shard in marked:
+        tar, index, stats = shard_files(shard)
+        assert index in files and hashlib.sha256(files[tar]).hexdigest() == json.loads(files[stats])["sha256"], shard
+    return marked
+
+
+def wait_for(url: str, name: str, proc: subprocess.Popen, seconds: float = 120) -> None:
+    """Until `name` exists at `url`, `proc` ends, or `seconds` pass."""
+    fs, root = fsspec.core.url_to_fs(url)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        fs.invalidate_cache()
+        if fs.exists(f"{root}/{name}"):
+            return
+        time.sleep(0.05)

@@ -6,8 +6,6 @@ a server gone mid-run, and a bucket that is not there refused."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import signal
 import subprocess
 import time
@@ -20,13 +18,20 @@ import torch
 pytest.importorskip("gcsfs")
 pytest.importorskip("gcp_storage_emulator")
 
-from t2i_engine.dataset.shards import shard_files
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.run import generate
 from t2i_engine.engine.status import dataset_status
 from t2i_engine.engine.verify import verify_dataset
 from tests.conftest import CLI, subprocess_env
-from tests.dataset.dataset_files import OPTIONS, RECIPE, files_at, put_both, shards_of
+from tests.dataset.dataset_files import (
+    OPTIONS,
+    RECIPE,
+    files_at,
+    marked_shards_are_whole,
+    put_both,
+    shards_of,
+    wait_for,
+)
 
 
 def test_a_dataset_in_gcs_is_the_same_files_as_on_disk_and_resumes(gcs_bucket, on_disk):
@@ -72,11 +77,8 @@ def test_a_run_killed_mid_upload_leaves_no_partial_shard_and_resumes(gcs_server,
     assert proc.returncode == -signal.SIGKILL
     files = files_at(url)
     assert not [n for n in files if n.startswith("000003.")]  # nothing of the shard in flight
-    marked = [n.removesuffix(".stats.json") for n in files if n.endswith(".stats.json")]
-    for shard in marked:  # a shard's stats, its marker, stand only beside its whole, checked tar
-        tar, index, stats = shard_files(shard)
-        assert index in files and hashlib.sha256(files[tar]).hexdigest() == json.loads(files[stats])["sha256"]
-    assert sorted(marked) == ["000000", "000001", "000002"]  # one writer thread commits in order
+    # a shard's stats, its marker, stand only beside its whole, checked tar; one writer thread commits in order
+    assert marked_shards_are_whole(files) == ["000000", "000001", "000002"]
     time.sleep(2.0)  # the killed run's lease expires
     done = subprocess.run(args, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -134,22 +136,13 @@ def test_a_store_that_stops_answering_stops_the_run_cleanly_and_a_rerun_complete
     args = [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", url, "--no-progress", "--device", "cpu",
             "--encode-workers", "0"]  # fmt: skip
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
-    fs = fsspec.filesystem("gs")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        fs.invalidate_cache()
-        if fs.exists(f"{bucket}/ds/000001.stats.json"):
-            break
-        time.sleep(0.05)
+    wait_for(url, "000001.stats.json", proc)
     gcs_server.stop()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err
     assert len(err.strip().splitlines()) == 1 and url in err and "rerun" in err, err
     gcs_server.start()
-    files = files_at(url)
-    for shard in [n.removesuffix(".stats.json") for n in files if n.endswith(".stats.json")]:
-        tar, index, stats = shard_files(shard)
-        assert index in files and hashlib.sha256(files[tar]).hexdigest() == json.loads(files[stats])["sha256"]
+    marked_shards_are_whole(files_at(url))
     time.sleep(2)  # the stopped run could not remove its lease: it expires
     done = subprocess.run(args, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -4,7 +4,6 @@ killed mid-run resumed with every sample once, and a bucket that is not there re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -19,7 +18,6 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
 from t2i_engine.dataset.runlog import read_log
-from t2i_engine.dataset.shards import shard_files
 from t2i_engine.dataset.store import as_store
 from t2i_engine.engine.recipe import build_recipe
 from t2i_engine.engine.run import generate
@@ -27,7 +25,15 @@ from t2i_engine.engine.status import dataset_status
 from t2i_engine.engine.verify import verify_dataset
 from tests.conftest import CLI, subprocess_env
 from tests.dataset.conftest import s3_environment
-from tests.dataset.dataset_files import OPTIONS, RECIPE, files_at, put_both, shards_of
+from tests.dataset.dataset_files import (
+    OPTIONS,
+    RECIPE,
+    files_at,
+    marked_shards_are_whole,
+    put_both,
+    shards_of,
+    wait_for,
+)
 
 
 def _kill_on_put(proc, path_end: str):
@@ -90,11 +96,8 @@ def test_a_run_killed_mid_upload_leaves_no_partial_shard_and_resumes(s3_server, 
     assert proc.returncode == -signal.SIGKILL
     files = files_at(url)
     assert not [n for n in files if n.startswith("000003.")]  # nothing of the shard in flight
-    marked = [n.removesuffix(".stats.json") for n in files if n.endswith(".stats.json")]
-    for shard in marked:  # a shard's stats, its marker, stand only beside its whole, checked tar
-        tar, index, stats = shard_files(shard)
-        assert index in files and hashlib.sha256(files[tar]).hexdigest() == json.loads(files[stats])["sha256"]
-    assert sorted(marked) == ["000000", "000001", "000002"]  # one writer thread commits in order
+    # a shard's stats, its marker, stand only beside its whole, checked tar; one writer thread commits in order
+    assert marked_shards_are_whole(files) == ["000000", "000001", "000002"]
     time.sleep(1.2)  # unrenewed for over half its 2 s: `status` calls the killed run's lease stale
     st = dataset_status(url)
     assert st["images"]["done"] == 12 and st["shards"]["in_flight"] == 0  # no live holder: nothing in flight
@@ -125,16 +128,6 @@ def test_worker_processes_write_to_s3_too(cli, s3_bucket, tmp_path):
     assert verify_dataset(url) == [] and len([n for n in files_at(url) if n.endswith(".tar")]) == 10
 
 
-def _wait_for(url: str, name: str, proc: subprocess.Popen, seconds: float = 120) -> None:
-    fs, root = fsspec.core.url_to_fs(url)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and proc.poll() is None:
-        fs.invalidate_cache()
-        if fs.exists(f"{root}/{name}"):
-            return
-        time.sleep(0.05)
-
-
 @pytest.mark.alone
 @pytest.mark.heavy  # a run stopped and rerun in subprocesses: under --heavy (CI's heavy step), make test's margin
 @pytest.mark.parametrize("scale_out", [[], ["--devices", "cpu:2"]], ids=["one-process", "two-workers"])
@@ -153,16 +146,13 @@ def test_a_store_that_stops_answering_stops_the_run_cleanly_and_a_rerun_complete
     args = [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", url, "--no-progress",
             *(scale_out or ["--device", "cpu", "--encode-workers", "0"])]  # fmt: skip
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
-    _wait_for(url, "000001.stats.json", proc)
+    wait_for(url, "000001.stats.json", proc)
     s3_server.stop()
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 1, err
     assert len(err.strip().splitlines()) == 1 and url in err and "rerun" in err, err
     s3_server.start()
-    files = files_at(url)
-    for shard in [n.removesuffix(".stats.json") for n in files if n.endswith(".stats.json")]:
-        tar, index, stats = shard_files(shard)
-        assert index in files and hashlib.sha256(files[tar]).hexdigest() == json.loads(files[stats])["sha256"]
+    marked_shards_are_whole(files_at(url))
     time.sleep(2)  # the stopped run could not remove its lease: it expires
     done = subprocess.run(args, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -275,7 +265,7 @@ def test_ray_across_three_nodes_writes_to_s3_and_a_node_lost_mid_run_costs_only_
                 "--no-progress", "--json"]  # fmt: skip
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=subprocess_env())  # fmt: skip
-        _wait_for(url, "000003.stats.json", proc, seconds=240)
+        wait_for(url, "000003.stats.json", proc, seconds=240)
         assert proc.poll() is None, proc.communicate()[1]
         cluster.remove_node(nodes[1])
         out, err = proc.communicate(timeout=600)
