@@ -246,6 +246,15 @@ def gcs_bucket(gcs_endpoint, monkeypatch):
     fs.rm(name, recursive=True)
 
 
+@pytest.fixture(params=["s3", "gcs"])
+def bucket(request):
+    """A new bucket's URL on each store's test server (s3_bucket, gcs_bucket), for what both do alike."""
+    clients = {"s3": ("s3fs", "moto"), "gcs": ("gcsfs", "gcp_storage_emulator")}[request.param]
+    for module in clients:
+        pytest.importorskip(module)
+    return request.getfixturevalue(f"{request.param}_bucket")
+
+
 @pytest.fixture(scope="session")
 def on_disk(tmp_path_factory):
     """The files of dataset_files.RECIPE generated into a local folder: what a store must hold too."""
