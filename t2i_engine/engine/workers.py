@@ -105,9 +105,12 @@ def run_workers(
         dynamic_ncols=True,
     )
 
+    queues = []  # every queue made, for the cleanup below
+
     def start(wid: int) -> None:
         w = workers[wid]
         w.inbox, w.outbox, w.done, w.ready_at = ctx.Queue(), ctx.Queue(), False, None
+        queues.extend((w.inbox, w.outbox))
         w.process = ctx.Process(
             target=worker_main,
             args=(
@@ -216,6 +219,12 @@ def run_workers(
                 if w.process.is_alive():
                     w.process.terminate()
                     w.process.join()
+        # The workers are gone: nothing left in a queue is wanted. A Ctrl-C that lands in a put()
+        # between its feeder thread's start and the registration of the close that ends it leaves
+        # a join at interpreter exit that waits forever (seen: a run that printed nothing and never
+        # exited, its main thread in Queue._finalize_join). Exit must not wait on them.
+        for q in queues:
+            q.cancel_join_thread()
     now = time.perf_counter()
     rates = {
         f"{w.device}#{i}": round(w.images / (now - w.ready_at), 3) if w.ready_at else 0.0
