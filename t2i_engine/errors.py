@@ -108,10 +108,6 @@ def request_stop(exception: type[KeyboardInterrupt] = Terminated) -> None:
         _STOP.set()
 
 
-def stop_requested() -> bool:
-    return _STOP.is_set()
-
-
 def raise_if_stopped() -> None:
     """Raise the stop a signal handler asked for, if one did."""
     if _STOP.is_set():

@@ -545,9 +545,8 @@ _BUCKET_RULE = {
 
 
 def _bucket_ok(scheme: str, bucket: str) -> bool:
-    if not _BUCKET[scheme].match(bucket):
-        return False
-    return scheme == "s3" or (len(bucket) <= 63 if "." not in bucket else all(len(p) <= 63 for p in bucket.split(".")))
+    # GCS: 63 at most between dots (and so for an undotted name); S3's pattern already caps it
+    return bool(_BUCKET[scheme].match(bucket)) and all(len(part) <= 63 for part in bucket.split("."))
 
 
 def _checked_url(scheme: str, rest: str, value: str, field: str) -> str:
