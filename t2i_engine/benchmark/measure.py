@@ -1,6 +1,7 @@
 """What a benchmark measures besides its own timings: the device's dense matmul rate (the
-denominator of model-FLOP utilisation), GPU utilisation, power and clocks through NVML, peak
-memory, and the versions that make a number reproducible."""
+denominator of model-FLOP utilisation; the card's published peak is the other one), GPU
+utilisation, power and clocks through NVML, peak memory, and the versions that make a number
+reproducible."""
 
 from __future__ import annotations
 
@@ -189,6 +190,31 @@ def pixel_difference(reference: np.ndarray, images: np.ndarray) -> dict:
         "mean_abs_levels": round(float(np.mean(np.abs(diff))), 4),
         "max_abs_levels": int(np.max(np.abs(diff))),
     }
+
+
+# The second yardstick of MFU: a card's dense bf16 tensor-core peak as NVIDIA publishes it. The
+# datasheets quote bf16 "with sparsity" (2:4 structured), twice the dense rate a diffusion model's
+# matmuls can use; these are those figures halved. Matched by a part of the name torch reports,
+# first match first (the PCIe and NVL boards, lower-clocked, before the SXM part of the same chip).
+# A card not listed gets no published figure (None), not a guess.
+PUBLISHED_BF16_PEAKS = (
+    ("H100 PCIe", 756.5e12, "NVIDIA H100 datasheet, H100 PCIe: BF16 1,513 TFLOPS with sparsity"),
+    ("H100 NVL", 835.5e12, "NVIDIA H100 datasheet, H100 NVL: BF16 1,671 TFLOPS with sparsity"),
+    ("H200 NVL", 835.5e12, "NVIDIA H200 datasheet, H200 NVL: BF16 1,671 TFLOPS with sparsity"),
+    ("GH200", 989.5e12, "NVIDIA GH200 datasheet: BF16 1,979 TFLOPS with sparsity"),
+    ("H100", 989.5e12, "NVIDIA H100 datasheet, H100 SXM: BF16 1,979 TFLOPS with sparsity"),
+    ("H200", 989.5e12, "NVIDIA H200 datasheet, H200 SXM: BF16 1,979 TFLOPS with sparsity"),
+    ("A100", 312e12, "NVIDIA A100 datasheet: BF16 312 TFLOPS dense (624 with sparsity)"),
+)
+
+
+def published_peak(name: str) -> dict | None:
+    """The dense bf16 peak NVIDIA publishes for the card named `name` (torch's name for it), or
+    None for a card (or CPU) the table does not hold."""
+    for part, flops, source in PUBLISHED_BF16_PEAKS:
+        if part.lower() in name.lower():
+            return {"dtype": "bfloat16", "flops_per_second": flops, "source": source}
+    return None
 
 
 def device_name(device: torch.device) -> str:

@@ -12,6 +12,9 @@ def table(result: dict) -> str:
         f" {result['matmul']['dtype']} matmul {result['matmul']['flops_per_second'] / 1e12:.4g} TFLOP/s,"
         f" ceiling {result['ceiling_images_per_second']:.4g} images/s"
     )
+    peak = result.get("published_peak")
+    if peak:
+        head += f" | published dense bf16 peak {peak['flops_per_second'] / 1e12:.4g} TFLOP/s ({peak['source']})"
     stored = result.get("bytes_per_image")
     if s.get("decoder", "vae") != "vae" or stored:  # results of before these keys print as they did
         head += f" | decoder {s.get('decoder', 'vae')}"
@@ -21,17 +24,18 @@ def table(result: dict) -> str:
     lines = [
         head,
         "",
-        "| path | dtype | batch | images/s | median batch | MFU | forwards/image | peak GiB | GPU util % | W "
-        "| PSNR vs first |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| path | dtype | batch | images/s | median batch | MFU (measured matmul) | MFU (published peak) "
+        "| forwards/image | peak GiB | GPU util % | W | PSNR vs first |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         config = f" [{r['config']}]" if "config" in r else ""
         if "error" in r:
-            lines.append(f"| {r['path']}{config} | {r['dtype']} | {r['batch']} | {r['error'][:200]} | | | | | | | |")
+            lines.append(f"| {r['path']}{config} | {r['dtype']} | {r['batch']} | {r['error'][:200]} | | | | | | | | |")
             continue
         nvml = r.get("nvml") or {}
-        peak = f"{r['peak_memory_bytes'] / 2**30:.1f}" if r.get("peak_memory_bytes") else "-"
+        memory = f"{r['peak_memory_bytes'] / 2**30:.1f}" if r.get("peak_memory_bytes") else "-"
+        published = "-" if r.get("mfu_published_peak") is None else f"{r['mfu_published_peak']:.1%}"
         mark = " (auto)" if r.get("auto_batch") else " (best)" if r.get("best_batch") else ""
         kernels = (r.get("attention_kernel") == "triton", r.get("norm_kernel") == "triton")
         path = r["path"] + {
@@ -44,7 +48,7 @@ def table(result: dict) -> str:
         lines.append(
             f"| {path}{config} | {r['dtype']} | {r['batch']}{mark} | {r['images_per_second']:.4g} | "
             f"{r['median_batch_images_per_second']:.4g}"
-            f" | {r['mfu']:.1%} | {r['denoiser_forwards_per_image']:g} | {peak} | "
+            f" | {r['mfu']:.1%} | {published} | {r['denoiser_forwards_per_image']:g} | {memory} | "
             f"{nvml.get('gpu_utilization_percent_mean', '-')} | {nvml.get('power_watts_mean', '-')} | {psnr} |"
         )
     h = result["headline"]

@@ -44,6 +44,9 @@ def test_the_result_carries_every_field_with_nvml_null_on_a_cpu(tiny_result):
     }
     assert r["ceiling_images_per_second"] > 0 and r["matmul"]["flops_per_second"] > 0
     assert sum(1 for x in r["runs"] if x.get("best_batch")) == 1
+    # a CPU has no published bf16 peak: the second MFU is null, not a guess
+    assert r["published_peak"] is None and all(x["mfu_published_peak"] is None for x in r["runs"])
+    assert r["headline"]["best_mfu_published_peak"] is None
 
 
 def test_a_ladder_records_each_configuration_its_pixels_and_an_interleaved_ab(tiny_result):
@@ -76,16 +79,45 @@ def test_the_arithmetic_against_hand_computed_answers():
         },
         {"path": "engine:eager", "batch": 4, "error": "out of memory"},
     ]
-    r = finish({}, runs, {"denoiser_forward": 1e9, "vae_decode": 1e9}, {"flops_per_second": 1e11})
+    peak = {"flops_per_second": 2e11}  # a published peak twice the measured rate
+    r = finish(
+        {"published_peak": peak}, runs, {"denoiser_forward": 1e9, "vae_decode": 1e9}, {"flops_per_second": 1e11}
+    )
     # baselines: 4 x 1 + 1 = 5 GFLOPs an image; the engine: 2 + 1 = 3
     assert [x.get("flops_per_image") for x in r["runs"]] == [5e9, 5e9, 5e9, 3e9, None]
     assert [x.get("mfu") for x in r["runs"]] == [0.1, 0.15, 0.2, 0.18, None]  # 5e9 x 2 / 1e11, ...
+    assert [x.get("mfu_published_peak") for x in r["runs"]] == [0.05, 0.075, 0.1, 0.09, None]  # 5e9 x 2 / 2e11, ...
     assert r["ceiling_images_per_second"] == 20.0  # 1e11 / 5e9: the first run's FLOPs an image
     h = r["headline"]
     assert h["vs_paper_baseline"] == 3.0 and h["vs_diffusers_bf16_best_batch"] == 1.5 and h["best_mfu"] == 0.2
+    assert h["best_mfu_published_peak"] == 0.1
     assert h["best_engine"] == {"path": "engine:eager", "batch": 2, "images_per_second": 6.0, "mfu": 0.18}
     rounds = [{"engine": 4, "diffusers": 2}, {"engine": 3, "diffusers": 3}, {"engine": 6, "diffusers": 2}]
     assert ratio_spread(rounds) == {"ratio_median": 2.0, "ratio_min": 1.0, "ratio_max": 3.0}
+
+
+@pytest.mark.parametrize(
+    "name, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.5),  # torch's name for the SXM board
+        ("NVIDIA H100 PCIe", 756.5),  # the PCIe board is listed before the SXM part it also names
+        ("NVIDIA H100 NVL", 835.5),
+        ("NVIDIA H200", 989.5),
+        ("NVIDIA H200 NVL", 835.5),
+        ("NVIDIA GH200 480GB", 989.5),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA A100 80GB PCIe", 312.0),
+        ("NVIDIA L40S", None),  # not in the table: no figure rather than a guess
+        ("Intel(R) Xeon(R) CPU @ 2.50GHz", None),
+    ],
+)
+def test_the_published_peak_is_the_datasheets_dense_figure_for_the_named_card(name, tflops):
+    from t2i_engine.benchmark.measure import published_peak
+
+    peak = published_peak(name)
+    assert (peak and peak["flops_per_second"] / 1e12) == tflops
+    if peak:  # each figure names where it comes from
+        assert "datasheet" in peak["source"] and peak["dtype"] == "bfloat16"
 
 
 def test_flops_per_image_are_the_denoiser_forwards_plus_one_decode(tiny_result):
@@ -216,7 +248,8 @@ def test_the_cli_prints_the_table_and_writes_the_json(cli, tmp_path):
     )
     (run,) = json.loads((tmp_path / "r.json").read_text())["runs"]
     row = next(line for line in out.splitlines() if line.startswith("| engine:eager"))
-    assert code == 0 and f"| {run['images_per_second']:.4g} |" in row and f"{run['mfu']:.1%}" in row
+    assert code == 0 and f"| {run['images_per_second']:.4g} |" in row and f"{run['mfu']:.1%} | - |" in row
+    assert "| MFU (measured matmul) | MFU (published peak) |" in out  # both yardsticks, labelled
 
 
 def test_an_unwritable_out_is_refused_before_the_run(cli, tmp_path):
