@@ -117,6 +117,8 @@ RECIPE_FLAGS = {
 ATTENTION = ("sdpa", "cudnn", "flash", "efficient", "triton", "auto")  # engine.runtime.ATTENTION
 RUN_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "fp8")  # export.tuning.PRECISIONS
 COMPILE_MODES = ("none", "default", "max-autotune")  # export.tuning.COMPILE_MODES
+SPEEDS = ("auto", "plain")  # export.speed.SPEEDS
+SWITCHES = ("precision", "compile", "fuse_qkv", "channels_last", "regional_compile")  # export.speed.SWITCHES
 CONV = ("torch", "fp8")  # engine.runtime.CONV
 NORMS = ("triton", "torch")  # benchmark.bench.NORM
 BACKENDS = ("eager", "onnx", "tensorrt", "compile")  # export.build.BACKENDS
@@ -529,7 +531,7 @@ def _add_generate_parser(sub) -> None:
         "shape, the backend measured fastest on this GPU architecture, cached; sdpa on a CPU); recorded in the "
         "manifest (default: %(default)s)",
     )
-    _add_tuning_flags(run)
+    _add_tuning_flags(run, speed=True)
     run.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -624,25 +626,38 @@ def _add_build_parser(sub) -> None:
     bu.add_argument("--json", action="store_true", help="print JSON instead of lines")
 
 
-def _add_tuning_flags(group) -> None:
-    """The speed switches (export.tuning), each its own flag so its gain is measured alone."""
+def _add_tuning_flags(group, speed: bool = False) -> None:
+    """The speed switches (export.tuning), each its own flag so its gain is measured alone. With
+    `speed` (generate): --speed, and each switch unset unless given (export.speed decides the rest)."""
+    if speed:
+        group.add_argument(
+            "--speed",
+            choices=SPEEDS,
+            help="what the switches below are when not given: auto (on a GPU, the switches measured to win for the "
+            "model's family without moving its pixels: FLUX's fused QKV and regional compile; the plain path "
+            "elsewhere) or plain (all off) (default: auto; resuming a dataset, the switches its manifest records)",
+        )
+    unset = " (default: per --speed)" if speed else ""
+    flag = argparse.BooleanOptionalAction if speed else "store_true"
     group.add_argument(
         "--precision",
         choices=RUN_PRECISIONS,
-        default="auto",
+        default=None if speed else "auto",
         help="auto (bf16 on a GPU, fp32 on a CPU), fp32, fp16, bf16, or fp8 (the denoiser's Linear layers in FP8 "
-        "through torchao; GPUs of compute capability 8.9+, with --compile) (default: %(default)s)",
+        "through torchao; GPUs of compute capability 8.9+, with --compile)"
+        + (" (default: auto; resuming, the dataset's)" if speed else " (default: %(default)s)"),
     )
     group.add_argument(
         "--compile",
         choices=COMPILE_MODES,
-        default="none",
-        help="torch.compile the denoiser and the VAE decode, whole graphs, one per batch size (default: %(default)s)",
+        default=None if speed else "none",
+        help="torch.compile the denoiser and the VAE decode, whole graphs, one per batch size"
+        + (unset or " (default: %(default)s)"),
     )
     group.add_argument(
-        "--fuse-qkv", action="store_true", help="run each attention's Q, K and V projections as one matmul"
+        "--fuse-qkv", action=flag, help="run each attention's Q, K and V projections as one matmul" + unset
     )
-    group.add_argument("--channels-last", action="store_true", help="the UNet's and VAE's convolutions in NHWC layout")
+    group.add_argument("--channels-last", action=flag, help="the UNet's and VAE's convolutions in NHWC layout" + unset)
     group.add_argument(
         "--conv",
         choices=CONV,
@@ -652,9 +667,9 @@ def _add_tuning_flags(group) -> None:
     )
     group.add_argument(
         "--regional-compile",
-        action="store_true",
+        action=flag,
         help="with --compile: compile the denoiser's repeated blocks once each instead of the whole (much shorter "
-        "compiles for big transformers)",
+        "compiles for big transformers)" + unset,
     )
 
 
@@ -1188,6 +1203,7 @@ def _generate(args) -> int:
 
     part = parse_part(args.part) if args.part is not None else None
     devices = parse_devices(args.devices) if args.devices is not None else None
+    tuning, unset = _tuning(args)
     summary = generate(
         recipe,
         args.out,
@@ -1202,7 +1218,9 @@ def _generate(args) -> int:
             ray=args.ray,
             attention=args.attention,
             backend=args.backend,
-            tuning=_tuning(args),
+            tuning=tuning,
+            unset=unset,
+            speed=args.speed,
             conv=args.conv,
             command=shlex.join(["t2i-engine", *args.argv]),
         ),
@@ -1226,6 +1244,13 @@ def _generate(args) -> int:
         print(
             "time per stage (s): " + ", ".join(f"{k} {v:.2f}" for k, v in s["stage_seconds"].items()), file=sys.stderr
         )
+        if s["speed"]["source"] == "defaults":  # a run made faster than asked for says so, and on what it rests
+            on = ", ".join(f"{k} {v}" if not isinstance(v, bool) else k for k, v in s["speed"]["defaults"].items())
+            print(
+                f"speed: {on} (this family's measured defaults on a GPU: {'; '.join(s['speed']['measured'])}); "
+                "--speed plain for the plain path",
+                file=sys.stderr,
+            )
         if isinstance(s["denoiser_flops_per_image"], float):
             print(f"denoiser FLOPs per image as run: {s['denoiser_flops_per_image'] / 1e9:.3f} G", file=sys.stderr)
         if isinstance(s["flops_per_stored_image"], float):
@@ -1554,9 +1579,11 @@ def _sweep(args) -> int:
 
 
 def _tuning(args):
+    """generate's switches as given, and the names of those not given (export.speed decides them)."""
     from .export.tuning import Tuning  # heavy: torch
 
-    return Tuning(args.precision, args.compile, args.fuse_qkv, args.channels_last, args.regional_compile)
+    given = {k: getattr(args, k) for k in SWITCHES if getattr(args, k) is not None}
+    return Tuning(**given), frozenset(SWITCHES) - set(given)
 
 
 def _bench(args) -> int:

@@ -244,7 +244,8 @@ def test_the_clis_closed_sets_are_the_librarys():
     from t2i_engine.eval.score import JUDGES
     from t2i_engine.export.build import BACKENDS, BUILT, PRECISIONS
     from t2i_engine.export.onnx_export import EXPORTERS
-    from t2i_engine.export.tuning import COMPILE_MODES
+    from t2i_engine.export.speed import SPEEDS, SWITCHES
+    from t2i_engine.export.tuning import COMPILE_MODES, Tuning
     from t2i_engine.export.tuning import PRECISIONS as RUN_PRECISIONS
     from t2i_engine.training.presets import OVERRIDES, PRESETS
 
@@ -253,6 +254,7 @@ def test_the_clis_closed_sets_are_the_librarys():
     assert (cli.BACKENDS, cli.BUILT, cli.PRECISIONS) == (BACKENDS, BUILT, tuple(PRECISIONS))
     assert (cli.RUN_PRECISIONS, cli.COMPILE_MODES, cli.CONV) == (RUN_PRECISIONS, COMPILE_MODES, CONV)
     assert cli.PRESETS == tuple(PRESETS)
+    assert (cli.SPEEDS, cli.SWITCHES) == (SPEEDS, SWITCHES) and SWITCHES == tuple(Tuning.__dataclass_fields__)
     assert (cli.TRAIN_PRECISIONS, cli.MEMORY_FORMATS) == (OVERRIDES["precision"][0], OVERRIDES["memory_format"][0])
 
 

@@ -18,7 +18,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ from ..dataset.shards import is_committed, read_record
 from ..dataset.store import as_store, open_store
 from ..devices import resolve_device
 from ..errors import InputError, OutOfSpace, StoreUnavailable, Terminated
+from ..export.speed import Decided, decide
 from ..export.tuning import Tuning
 from ..models.decoders import decoder_label
 from ..models.lora_fuse import check_adapters
@@ -71,6 +72,11 @@ class RunOptions:
     attention: str = "sdpa"  # or "triton": our fused kernel (kernels.install); recorded in the manifest
     backend: str = "eager"  # or onnx, tensorrt, compile (export.build.apply_backend); recorded in the manifest
     tuning: Tuning = Tuning()  # precision and the speed switches (export.tuning); recorded in the manifest
+    # Switches of `tuning` left unset (the command line's flags not given): `speed` decides them
+    # (export.speed: "auto", the family's measured defaults on CUDA; "plain"; None: auto, but a
+    # resumed dataset keeps its manifest's). Empty: `tuning` is taken whole, as given.
+    unset: frozenset[str] = frozenset()
+    speed: str | None = None
     conv: str = "torch"  # or "fp8" (kernels.conv); recorded in the manifest
     command: str | None = None  # the command line, recorded in the manifest and the dataset card
 
@@ -139,6 +145,8 @@ def generate(recipe: Recipe, out_dir: Path | str, options: RunOptions = RunOptio
 
 def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, t_start: float) -> dict:
     check_attention(options.attention, device)
+    speed = _decide_speed(recipe, out_dir, options, device)
+    options = replace(options, tuning=speed.tuning, unset=frozenset())  # the workers get it decided
     dtype = options.tuning.dtype(device)
     for name in recipe.models:  # a mixture's every generator
         model_spec = get_model(name)
@@ -190,7 +198,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                 records = [read_record(out_dir, u.name) for u in units]
                 mf.write_derived(out_dir, recipe, records, existing["format"], existing.get("command"))
         times = (t_start, t_planned, t_planned, time.perf_counter())
-        return _summary(recipe, out_dir, meta, mine, todo, _Ran(), times, device, options)
+        return _summary(recipe, out_dir, meta, mine, todo, _Ran(), times, device, options, speed)
 
     # With worker processes the model loads in each of them, not here.
     remote = bool(options.devices or options.ray)
@@ -252,7 +260,7 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
                 if not _uncommitted(out_dir, units) and not (dm.read_manifest(out_dir) or {}).get("complete"):
                     mf.write_manifest(out_dir, recipe, records=[read_record(out_dir, u.name) for u in units], **meta)
     times = (t_start, t_planned, t_loaded, time.perf_counter())
-    return _summary(recipe, out_dir, meta, mine, todo, ran, times, device, options)
+    return _summary(recipe, out_dir, meta, mine, todo, ran, times, device, options, speed)
 
 
 def _generate_units(todo, recipe, out_dir, options, device, generator, first, meta, part_text, ran) -> None:
@@ -335,6 +343,25 @@ def _plan(recipe: Recipe, dataset_format: str, part: tuple[int, int] | None) -> 
     return units, [u for u in units if u.shard % part[1] == part[0]] if part else units
 
 
+def _decide_speed(recipe: Recipe, out_dir: Path, options: RunOptions, device: torch.device) -> Decided:
+    """The run's speed switches with its unset ones decided (export.speed): a resumed dataset's
+    from its manifest unless `speed` is given."""
+    store = as_store(out_dir)
+    manifest = dm.read_manifest(store) if options.unset and options.speed is None and store.exists() else None
+    return decide(
+        options.tuning,
+        options.unset,
+        options.speed,
+        families=[get_model(name).family for name in recipe.models],
+        device=device,
+        stored=dm.stored_tuning(manifest) if manifest else None,
+        measured_path=options.backend == "eager"
+        and options.attention == "sdpa"
+        and options.conv == "torch"
+        and not recipe.cache,
+    )
+
+
 def _kept(meta: dict) -> dict:
     """The settings a resumed run must share with the folder's shards (all but the device; the
     dataset's format is the folder's own)."""
@@ -360,7 +387,9 @@ class _Ran:
     generator: object = None  # the in-process generator, which counted the FLOPs
 
 
-def _summary(recipe, out_dir, meta, units, todo, ran: _Ran, times: tuple, device, options: RunOptions) -> dict:
+def _summary(
+    recipe, out_dir, meta, units, todo, ran: _Ran, times: tuple, device, options: RunOptions, speed: Decided
+) -> dict:
     """The run summary; the same keys whether the run wrote shards or found nothing left to do."""
     t_start, t_planned, t_loaded, t_end = times
     images, stages, part = ran.images, ran.stages, options.part
@@ -376,6 +405,8 @@ def _summary(recipe, out_dir, meta, units, todo, ran: _Ran, times: tuple, device
         "model": recipe.model,
         "device": meta["device"],
         "dtype": meta["dtype"],
+        "tuning": meta["tuning"],
+        "speed": speed.record(),
         "images": images,
         "shards_written": len(todo),
         "shards_skipped": len(units) - len(todo),

@@ -179,3 +179,27 @@ def test_fused_qkv_computes_what_separate_projections_compute(model):
         tuning.unfuse_qkv(pipe)
         again = spec.module(*inputs)
     assert (fused - plain).abs().max().item() <= 1e-5 and torch.equal(again, plain)
+
+
+@pytest.mark.heavy
+def test_flux_gpu_defaults_write_what_eager_writes(tmp_path):
+    """FLUX's defaults on a GPU (export.speed: fused QKV, its repeated blocks compiled one by one)
+    through generate, with inductor's code on the CPU: a valid dataset, the same pixels as eager
+    within 2 levels (fp32), and the same calls in a second run compile nothing more."""
+    from t2i_engine.export.speed import CUDA_DEFAULTS
+    from tests.engine.test_generate import shard_pixels
+
+    fast = Tuning(**CUDA_DEFAULTS["flux"].switches)
+    assert fast.regional_compile and fast.fuse_qkv and fast.compile == "default"
+    settings = {"classes": ["cat", "dog"], "images_per_class": 2, "steps": 2, "resolution": 32, "batch_size": 2}
+    recipe = build_recipe({"model": "tiny-flux-schnell", **settings, "format": "png"})
+    generate(recipe, tmp_path / "eager", RunOptions(device="cpu", progress=False))
+    torch._dynamo.reset()
+    generate(recipe, tmp_path / "fast", RunOptions(device="cpu", progress=False, tuning=fast))
+    after_first = tuning.compiled_graphs()
+    generate(recipe, tmp_path / "again", RunOptions(device="cpu", progress=False, tuning=fast))
+    assert tuning.compiled_graphs() == after_first > 0
+    assert verify_dataset(tmp_path / "fast") == []
+    eager, fast_pixels = shard_pixels(tmp_path / "eager"), shard_pixels(tmp_path / "fast")
+    assert eager.keys() == fast_pixels.keys() and len(eager) == 4
+    assert max(int(np.abs(eager[k] - fast_pixels[k]).max()) for k in eager) <= 2
