@@ -10,9 +10,10 @@
 #       rounds; digits-precision.json: the embedded model's bf16, FP8-Linear and FP8-conv sets
 #       (same seeds), synth->real with 2 training seeds each, PSNR against bf16; ceilings.json
 #       last (bf16/fp8 matmul and copy rates, CUDA events)
-#   call 2 `families` (~300 s, timeout 340): bench-flux-schnell.json (1024 px, 4 steps: eager,
-#       regional compile + fused QKV, + FP8; diffusers at 4 and 8), bench-sdxl.json (1024 px,
-#       ladder at 10 steps)
+#   call 2 `families` (~300 s, timeout 340): bench-sdxl.json (1024 px, ladder at 10 steps; first:
+#       never measured), bench-flux-schnell.json (1024 px, 4 steps: eager, regional compile + fused
+#       QKV (its GPU default), + FP8; diffusers at 4 and 8). Every bench JSON holds MFU against the
+#       matmul rate measured in it and against the card's published bf16 peak.
 #   Measured 2026-12-04: the machine's start and the transfers took ~90 s of device time, so
 #   the two calls fit 15 minutes only if no other call is made (a helper's test call is one).
 #   `extra` if device time is left: checks.log (the switches' and the FP8 conv kernel's tests
@@ -20,10 +21,12 @@
 #       attention.jsonl (bench/attention.py), attention-auto.json (its winners, written into the
 #       engine's own table for this card and copied out: the table `--attention auto` reads), and
 #       bench-sd15-auto.json (SD1.5 at 32 images a batch, the shapes bench/attention.py timed: eager
-#       bf16 against `--attention auto` routed by that table, in one run); first of them (issue
-#       33) bench-sd15-4steps-vae.json and -tiny.json: SD1.5 at 4 steps without CFG, batch 16,
-#       decoded by the VAE and by TAESD's architecture (random weights, as the model's), stored
-#       at 64 px, diffusers beside each with the same decoder: the decode's share of the time
+#       bf16 against `--attention auto` routed by that table, in one run); first of them (issues
+#       33, 37) the few-step cell, bench-sd15-4steps-vae.json and -tiny.json: SD1.5 at 4 LCM steps
+#       without CFG, batch 16, decoded by the VAE and by TAESD's architecture (random weights, as
+#       the model's), stored at 64 px, diffusers beside each with the same decoder (its own
+#       scheduler: the forwards per image are in the JSON): the decode's share of the time;
+#       checks.log also runs FLUX's GPU defaults through generate (tests/export/test_speed.py)
 #
 # Prepare on the workstation (the GPU machine has no package index and lacks these):
 #   ../shared/gpu/wheels.sh webdataset==1.0.2 braceexpand==0.1.7 torchmetrics==1.9.0 \
@@ -37,7 +40,7 @@ OUT=${1:?usage: bench/gpu_check.sh RESULTS_DIR [main|families|dry|STAGE,STAGE...
 STEPS=${2:-main}
 case $STEPS in
   main) STEPS=env,sd15,digits,ceilings ;;
-  families) STEPS=flux,sdxl ;;
+  families) STEPS=sdxl,flux ;;
   extra) STEPS=decoders,gputests,attention,autorung ;;
   dry) STEPS=env,ceilings,sd15,digits,flux,sdxl,decoders,attention,autorung; DRY=1 ;;
 esac
@@ -96,8 +99,8 @@ if [ "$DRY" = 1 ]; then  # tiny models on the CPU: every stage's code runs, noth
   want attention && run 200 "$OUT/attention.log" $PY bench/conv.py --dry-run --models sd15 --out "$OUT/conv.jsonl"
   want attention && run 200 "$OUT/attention.log" $PY bench/attention.py --dry-run --models sd15,flux-schnell \
     --out "$OUT/attention.jsonl" --table "$OUT/attention-auto.json"
-  want decoders && run 200 "$OUT/bench.log" $T2I bench tiny-sd --steps 2 --guidance 0 --batch 2 --baseline diffusers \
-    --baseline-batch 2 --warmup 0 --reps 1 --decoder tiny --output-size 16 --out "$OUT/bench-sd15-4steps-tiny.json"
+  want decoders && run 200 "$OUT/bench.log" $T2I bench tiny-sd --steps 2 --guidance 0 --sampler lcm --batch 2 \
+    --baseline diffusers --baseline-batch 2 --warmup 0 --reps 1 --decoder tiny --output-size 16 --out "$OUT/bench-sd15-4steps-tiny.json"
   want autorung && run 200 "$OUT/bench.log" $T2I bench tiny-sd --steps 2 --batch 2 --baseline none --warmup 1 \
     --reps 1 --ladder base,auto --out "$OUT/bench-sd15-auto.json"
   step "dry run done; files in $OUT:"; ls -la "$OUT"; exit 0
@@ -121,24 +124,27 @@ want digits && run 190 "$OUT/bench.log" $PY bench/digits_precision.py /tmp/gpu-c
   --precisions bf16,fp8,bf16+fp8conv \
   --seeds 0,1 --device cuda --json "$OUT/digits-precision.json"
 
-# FLUX-schnell (1024 px, 4 steps) and SDXL (1024 px; its ladder at 10 steps): their transformers /
-# UNets compiled by region (each repeated block once; FLUX's took 50 s with its first batch).
-want flux && run 220 "$OUT/bench.log" $T2I bench flux-schnell --batch 4 --baseline diffusers --baseline-batch 4,8 \
-  --warmup 1 --reps 2 --ladder base,fuse_qkv+regional+compile,fuse_qkv+regional+compile+fp8 --ab 1 \
-  --out "$OUT/bench-flux-schnell.json"
+# SDXL (1024 px; its ladder at 10 steps: no GPU run has measured it yet, so it comes first) and
+# FLUX-schnell (1024 px, 4 steps; eager and regional compile measured on 2026-12-04, its FP8 rung
+# not): their UNets / transformers compiled by region (each repeated block once; FLUX's took 50 s
+# with its first batch). FLUX's second rung is its GPU default (export/speed.py).
 want sdxl && run 110 "$OUT/bench.log" $T2I bench sdxl --steps 10 --guidance 5.0 --batch 8 --baseline diffusers \
   --baseline-batch 8 --warmup 1 --reps 2 --ladder base,channels_last+fuse_qkv+regional+compile \
   --out "$OUT/bench-sdxl.json"
+want flux && run 220 "$OUT/bench.log" $T2I bench flux-schnell --batch 4 --baseline diffusers --baseline-batch 4,8 \
+  --warmup 1 --reps 2 --ladder base,fuse_qkv+regional+compile,fuse_qkv+regional+compile+fp8 --ab 1 \
+  --out "$OUT/bench-flux-schnell.json"
 
 want ceilings && run 30 "$OUT/bench.log" $PY bench/ceilings.py --out "$OUT/ceilings.json"
-# Issue 33: what the decode costs in time at a few steps (FLOPs: 44% of a 4-step SD1.5 image with the
-# VAE, 4% with TAESD), each path with the same decoder, the images stored at 64 px.
+# The few-step cell (issues 33, 37): SD1.5 at 4 LCM steps without CFG; what the decode costs in time
+# there (FLOPs: 44% of a 4-step SD1.5 image with the VAE, 4% with TAESD), each path with the same
+# decoder, the images stored at 64 px.
 for dec in vae tiny; do
-  want decoders && run 100 "$OUT/bench.log" $T2I bench sd15 --steps 4 --guidance 0 --batch 16 --baseline diffusers \
-    --baseline-batch 16 --warmup 1 --reps 3 --decoder $dec --output-size 64 --out "$OUT/bench-sd15-4steps-$dec.json"
+  want decoders && run 100 "$OUT/bench.log" $T2I bench sd15 --steps 4 --guidance 0 --sampler lcm --batch 16 \
+    --baseline diffusers --baseline-batch 16 --warmup 1 --reps 3 --decoder $dec --output-size 64 --out "$OUT/bench-sd15-4steps-$dec.json"
 done
-want gputests && run 120 "$OUT/checks.log" $PY -m pytest -q -rsP tests/export/test_tuning.py tests/kernels/test_conv.py \
-  tests/kernels/test_auto.py
+want gputests && run 180 "$OUT/checks.log" $PY -m pytest -q -rsP tests/export/test_tuning.py tests/kernels/test_conv.py \
+  tests/kernels/test_auto.py tests/export/test_speed.py
 want attention && run 90 "$OUT/attention.log" $PY bench/conv.py --models sd15 --budget-s 75 --out "$OUT/conv.jsonl"
 want attention && run 60 "$OUT/attention.log" $PY bench/attention.py --models sd15,flux-schnell --budget-s 45 \
   --out "$OUT/attention.jsonl"  # its winners go into the engine's auto attention table for this card
