@@ -40,6 +40,7 @@ def rows() -> list[dict]:
                     "model": record["model"],
                     "steps": record["settings"]["steps"],
                     "path": run["path"] + (f" [{run['config']}]" if run.get("config") else ""),
+                    "dtype": run.get("dtype"),
                     "batch": run["batch"],
                     "images_per_second": run["images_per_second"],
                     "achieved_tflops": round(achieved / 1e12, 1),
@@ -54,9 +55,9 @@ def rows() -> list[dict]:
 
 def table(found: list[dict]) -> str:
     lines = [
-        "| card | model | steps | path | batch | images/s | achieved TFLOP/s | MFU vs measured matmul "
+        "| card | model | steps | path | dtype | batch | images/s | achieved TFLOP/s | MFU vs measured matmul "
         "(TFLOP/s) | MFU vs published peak (TFLOP/s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in found:
         published = (
@@ -65,7 +66,8 @@ def table(found: list[dict]) -> str:
             else (f"{r['mfu_published_peak']:.1%} ({r['published_peak_tflops']:g})")
         )
         lines.append(
-            f"| {r['card']} | {r['model']} | {r['steps']} | {r['path']} | {r['batch']} | {r['images_per_second']:.4g} "
+            f"| {r['card']} | {r['model']} | {r['steps']} | {r['path']} | {r['dtype']} | {r['batch']} "
+            f"| {r['images_per_second']:.4g} "
             f"| {r['achieved_tflops']:g} | {r['mfu_measured_matmul']:.1%} ({r['measured_matmul_tflops']:g}) "
             f"| {published} |"
         )

@@ -210,9 +210,15 @@ PUBLISHED_BF16_PEAKS = (
 
 def published_peak(name: str) -> dict | None:
     """The dense bf16 peak NVIDIA publishes for the card named `name` (torch's name for it), or
-    None for a card (or CPU) the table does not hold."""
+    None for a card (or CPU) the table does not hold, and for a MIG slice (a part of the card's
+    SMs: the whole card's figure would understate its MFU)."""
+    words = name.upper().replace("-", " ").split()
+    if "MIG" in words:
+        return None
     for part, flops, source in PUBLISHED_BF16_PEAKS:
-        if part.lower() in name.lower():
+        wanted = part.upper().split()
+        # whole words in order ("A100" is not "RTX A1000"; "H100 NVL" is not "H100 80GB HBM3")
+        if any(words[i : i + len(wanted)] == wanted for i in range(len(words))):
             return {"dtype": "bfloat16", "flops_per_second": flops, "source": source}
     return None
 

@@ -85,7 +85,8 @@ def check_resumable(
                     "out",
                     str(out_dir),
                     f"its shards were made with {key} {stored.get(key)!r}, this run would use {value!r}; each moves "
-                    "pixels, so one dataset keeps one setting: resume with the same one or choose a new folder",
+                    "pixels, so one dataset keeps one setting: resume with the same one (generate without that "
+                    "switch and --speed takes the dataset's) or choose a new folder",
                 )
     return manifest
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -34,7 +35,7 @@ from ..dataset.shards import is_committed, read_record
 from ..dataset.store import as_store, open_store
 from ..devices import resolve_device
 from ..errors import InputError, OutOfSpace, StoreUnavailable, Terminated
-from ..export.speed import Decided, decide
+from ..export.speed import Decided, as_flags, compiler_found, decide
 from ..export.tuning import Tuning
 from ..models.decoders import decoder_label
 from ..models.lora_fuse import check_adapters
@@ -147,6 +148,8 @@ def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, 
     check_attention(options.attention, device)
     speed = _decide_speed(recipe, out_dir, options, device)
     options = replace(options, tuning=speed.tuning, unset=frozenset())  # the workers get it decided
+    if speed.defaults and options.command:  # the command the manifest and card keep pins what ran
+        options = replace(options, command=shlex.join([*shlex.split(options.command), *as_flags(speed.defaults)]))
     dtype = options.tuning.dtype(device)
     for name in recipe.models:  # a mixture's every generator
         model_spec = get_model(name)
@@ -348,17 +351,19 @@ def _decide_speed(recipe: Recipe, out_dir: Path, options: RunOptions, device: to
     from its manifest unless `speed` is given."""
     store = as_store(out_dir)
     manifest = dm.read_manifest(store) if options.unset and options.speed is None and store.exists() else None
+    here = device.type == "cuda" and torch.cuda.is_available()  # a Ray driver may see no GPU: no defaults
     return decide(
         options.tuning,
         options.unset,
         options.speed,
         families=[get_model(name).family for name in recipe.models],
-        device=device,
+        capability=torch.cuda.get_device_capability(device) if here else None,
         stored=dm.stored_tuning(manifest) if manifest else None,
         measured_path=options.backend == "eager"
         and options.attention == "sdpa"
         and options.conv == "torch"
         and not recipe.cache,
+        compiler=compiler_found(),
     )
 
 

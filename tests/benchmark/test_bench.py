@@ -108,6 +108,8 @@ def test_the_arithmetic_against_hand_computed_answers():
         ("NVIDIA A100-SXM4-80GB", 312.0),
         ("NVIDIA A100 80GB PCIe", 312.0),
         ("NVIDIA L40S", None),  # not in the table: no figure rather than a guess
+        ("NVIDIA RTX A1000 Laptop GPU", None),  # whole words: not an A100
+        ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", None),  # a slice of the card: not its whole peak
         ("Intel(R) Xeon(R) CPU @ 2.50GHz", None),
     ],
 )
