@@ -24,6 +24,11 @@ from .runtime import ModelOptions
 from .units import UnitRunner
 
 MAX_RESTARTS = 3
+# How often the driver, waiting, asks Ray which actors are restarting or dead: a call queued on an
+# actor that dies before it has started (still loading its model when its node went) is not failed
+# by Ray but held for a restart that may never come (ray-project/ray#15045), so the driver takes its
+# unit back itself.
+ACTOR_CHECK_SECONDS = 5.0
 
 
 def connect(address: str | None) -> tuple[int, bool]:
@@ -111,7 +116,16 @@ def run_ray(
                         f"every Ray actor was lost ({MAX_RESTARTS} restarts each; the last: {str(lost)[:400]}); "
                         f"units left: {', '.join(u.name for u in list(todo)[:10])}"
                     )
-                (ref,), _ = ray.wait([*running, *recovering], num_returns=1)
+                ready, _ = ray.wait([*running, *recovering], num_returns=1, timeout=ACTOR_CHECK_SECONDS)
+                if not ready:
+                    for ref in _on_lost_actors(running):  # its unit goes back, whatever becomes of the call
+                        actor, unit = running.pop(ref)
+                        lost = RuntimeError(f"the actor holding unit {unit.name} is restarting or dead")
+                        todo.appendleft(unit)
+                        retried += 1
+                        recovering[actor.ping.remote()] = actor
+                    continue
+                (ref,) = ready
                 if ref in recovering:
                     actor = recovering.pop(ref)
                     try:
@@ -142,6 +156,23 @@ def run_ray(
         for actor in actors:  # none may keep writing once the driver lets go of the folder
             ray.kill(actor)
     return done, {f"ray-{device}-actors": count}, retried
+
+
+def _on_lost_actors(running: dict) -> list:
+    """The refs of units in flight on actors Ray says are restarting or dead. Ray's view of its
+    actors without the dashboard is a private call: if it is gone in some Ray version, nothing is
+    found here and a lost actor's unit waits for Ray to fail its call, as it mostly does."""
+    try:
+        from ray._private import state
+
+        lost = [ref for ref, (actor, _) in running.items() if _state(state, actor) in ("RESTARTING", "DEAD")]
+    except Exception:  # noqa: BLE001 - a private API: its absence must not stop the run
+        return []
+    return lost
+
+
+def _state(state, actor) -> str | None:
+    return (state.actors(actor._actor_id.hex()) or {}).get("State")
 
 
 class _RayUnitWorker:
