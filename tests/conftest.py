@@ -146,6 +146,25 @@ def local_ray(num_cpus: int = 2):
         os.environ.update(env)
 
 
+@contextmanager
+def ray_cluster():
+    """A local Ray cluster of several nodes for the block (ray.cluster_utils): its head, where the
+    driver connects, holds no CPU, so actors go to the nodes the test adds; the environment
+    variables that importing ray sets are put back."""
+    env = dict(os.environ)
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(env)
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for a `t2i-engine` subprocess whose output is compared byte for byte with
     one made in this process: torch's thread count pinned to this process's (README: identity holds

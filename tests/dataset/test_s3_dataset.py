@@ -7,7 +7,6 @@ test_bucket_dataset.py."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -22,7 +21,7 @@ from t2i_engine.dataset.runlog import read_log
 from t2i_engine.dataset.store import as_store
 from t2i_engine.engine.status import dataset_status
 from t2i_engine.engine.verify import verify_dataset
-from tests.conftest import CLI, subprocess_env
+from tests.conftest import CLI, ray_cluster, subprocess_env
 from tests.dataset.conftest import s3_environment
 from tests.dataset.dataset_files import (
     RECIPE,
@@ -198,16 +197,11 @@ def test_ray_across_three_nodes_writes_to_s3_and_a_node_lost_mid_run_costs_only_
     the S3 server with no shared folder; one node is removed once shards are committed. The run
     completes, every sample once (verify, and each key in one shard), and at most the one unit that
     node's actor held was put back (`ray_units_retried`)."""
-    env = dict(os.environ)  # importing Ray sets some (RAY_CLIENT_MODE): put back as found
-    ray = pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
     url = f"{s3_bucket}/ray"
     (tmp_path / "recipe.yaml").write_text(
         "model: digits\nimages_per_class: 8\nsteps: 4\nimages_per_shard: 2\n"
     )  # 80 samples, 40 units
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the driver's node: no actor
-    try:
+    with ray_cluster() as cluster:  # its head, the driver's node, holds no actor
         nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
         cluster.wait_for_nodes()
         args = [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", url, "--ray", cluster.address,
@@ -218,11 +212,6 @@ def test_ray_across_three_nodes_writes_to_s3_and_a_node_lost_mid_run_costs_only_
         assert proc.poll() is None, proc.communicate()[1]
         cluster.remove_node(nodes[1])
         out, err = proc.communicate(timeout=600)
-    finally:
-        cluster.shutdown()
-        ray.shutdown()
-        os.environ.clear()
-        os.environ.update(env)
     assert proc.returncode == 0, err
     summary = json.loads(out)
     assert summary["dataset_complete"] and summary["ray"] == {"ray-cpu-actors": 3}

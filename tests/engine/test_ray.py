@@ -12,7 +12,7 @@ import time
 import pytest
 
 from t2i_engine.engine.verify import verify_dataset
-from tests.conftest import CLI, subprocess_env
+from tests.conftest import CLI, ray_cluster, subprocess_env
 
 pytestmark = pytest.mark.heavy
 
@@ -39,37 +39,33 @@ def test_a_node_lost_while_its_actor_still_starts_costs_only_its_unit(tmp_path):
     its unit must not wait for a restart that cannot come. On one node the engine's first import
     takes 20 s (a sitecustomize), so its actor starts late; the node is removed while it is still
     starting, with a unit queued on it. The run completes on the other node, every sample once."""
-    env = dict(os.environ)  # importing Ray sets some (RAY_CLIENT_MODE): put back as found
-    ray = pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
     slow = tmp_path / "slow-start"
     slow.mkdir()
     (slow / "sitecustomize.py").write_text(SLOW_IMPORT)
     (tmp_path / "recipe.yaml").write_text("model: digits\nimages_per_class: 2\nsteps: 2\nimages_per_shard: 2\n")
     out = tmp_path / "ds"  # one machine: every node sees the folder
     proc = None
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the driver's node: no actor
-    try:
-        cluster.add_node(num_cpus=1)
-        late = cluster.add_node(num_cpus=1, env_vars={"PYTHONPATH": f"{slow}:{env.get('PYTHONPATH', '')}"})
-        cluster.wait_for_nodes()
-        args = [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", str(out), "--ray", cluster.address,
-                "--no-progress", "--json"]  # fmt: skip
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
-        deadline = time.monotonic() + 120
-        while not list(out.glob("*.tar")) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)  # the first shard of the node that started: the late one is still asleep
-        assert proc.poll() is None and list(out.glob("*.tar")), proc.communicate()[1] if proc.poll() else "no shard"
-        cluster.remove_node(late)
-        stdout, stderr = proc.communicate(timeout=180)
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-        cluster.shutdown()
-        ray.shutdown()
-        os.environ.clear()
-        os.environ.update(env)
+    with ray_cluster() as cluster:
+        try:
+            cluster.add_node(num_cpus=1)
+            late = cluster.add_node(num_cpus=1, env_vars={"PYTHONPATH": f"{slow}:{os.environ.get('PYTHONPATH', '')}"})
+            cluster.wait_for_nodes()
+            args = [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", str(out), "--ray", cluster.address,
+                    "--no-progress", "--json"]  # fmt: skip
+            proc = subprocess.Popen(
+                args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env()
+            )
+            deadline = time.monotonic() + 120
+            while not list(out.glob("*.tar")) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)  # the first shard of the node that started: the late one is still asleep
+            assert proc.poll() is None and list(out.glob("*.tar")), (
+                proc.communicate()[1] if proc.poll() else "no shard"
+            )
+            cluster.remove_node(late)
+            stdout, stderr = proc.communicate(timeout=180)
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
     assert proc.returncode == 0, stderr
     summary = json.loads(stdout)
     assert summary["dataset_complete"] and summary["ray"] == {"ray-cpu-actors": 2}
