@@ -35,7 +35,7 @@ from ..dataset.shards import is_committed, read_record
 from ..dataset.store import as_store, open_store
 from ..devices import resolve_device
 from ..errors import InputError, OutOfSpace, StoreUnavailable, Terminated
-from ..export.speed import Decided, as_flags, compiler_found, decide
+from ..export.speed import SWITCHES, Decided, as_flags, compiler_found, decide
 from ..export.tuning import Tuning
 from ..models.decoders import decoder_label
 from ..models.lora_fuse import check_adapters
@@ -147,9 +147,13 @@ def generate(recipe: Recipe, out_dir: Path | str, options: RunOptions = RunOptio
 def _generate(recipe: Recipe, out_dir: Path, options: RunOptions, spec, device, t_start: float) -> dict:
     check_attention(options.attention, device)
     speed = _decide_speed(recipe, out_dir, options, device)
+    # The command the manifest and card keep pins what ran: the switches decided for it (the
+    # family's defaults, a resumed dataset's) that are not the plain path's, as flags.
+    decided = {k: getattr(speed.tuning, k) for k in SWITCHES if k in options.unset}
+    pinned = {k: v for k, v in decided.items() if v != getattr(Tuning(), k)}
+    if pinned and options.command:
+        options = replace(options, command=shlex.join([*shlex.split(options.command), *as_flags(pinned)]))
     options = replace(options, tuning=speed.tuning, unset=frozenset())  # the workers get it decided
-    if speed.defaults and options.command:  # the command the manifest and card keep pins what ran
-        options = replace(options, command=shlex.join([*shlex.split(options.command), *as_flags(speed.defaults)]))
     dtype = options.tuning.dtype(device)
     for name in recipe.models:  # a mixture's every generator
         model_spec = get_model(name)

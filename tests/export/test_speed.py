@@ -146,7 +146,10 @@ def test_resuming_without_switches_keeps_the_datasets_and_plain_on_it_is_refused
     (out / shards[-1]).unlink()  # an interrupted run: the last shard never written
     code, _, err = _digits(cli, out, "--images-per-shard", "4", "--json")
     assert code == 0, err
-    assert json.loads((out / "dataset.json").read_text())["tuning"] == manifest["tuning"]
+    resumed = json.loads((out / "dataset.json").read_text())
+    assert resumed["tuning"] == manifest["tuning"]
+    # the command kept pins the switches the dataset gave it (its precision on this CPU: fp32)
+    assert resumed["command"].endswith("--json --precision fp32 --fuse-qkv") and "--fuse-qkv" in manifest["command"]
     assert manifest["tuning"]["fuse_qkv"] is True and sorted(p.name for p in out.glob("*.tar")) == shards
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     code, out_text, err = _digits(cli, out, "--images-per-shard", "4", "--speed", "plain")
