@@ -11,6 +11,7 @@ import fsspec
 
 from t2i_engine.dataset.shards import shard_files
 from t2i_engine.engine.run import RunOptions
+from t2i_engine.engine.verify import verify_dataset
 
 OPTIONS = RunOptions(device="cpu", progress=False, encode_workers=0)
 RECIPE = "model: digits\nimages_per_class: 4\nsteps: 2\nimages_per_shard: 4\n"  # 40 samples, 10 shards
@@ -57,3 +58,23 @@ def wait_for(url: str, name: str, proc: subprocess.Popen, seconds: float = 120) 
         if fs.exists(f"{root}/{name}"):
             return
         time.sleep(0.05)
+
+
+def stop_the_store_mid_run_then_rerun(url: str, server, args: list, env: dict, on_disk, stop_seconds: float) -> None:
+    """What each store's "the server stops answering" test checks: the run of `args` exits 1 within
+    `stop_seconds` of the server (S3Server, GCSServer) stopping once shard 1 is marked, with one
+    line naming the URL; no partial shard is marked; with the server back and the stopped run's
+    lease (T2I_ENGINE_LEASE_SECONDS=2 in `env`) expired, the same command completes the dataset
+    as `on_disk`, every sample once."""
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for(url, "000001.stats.json", proc)
+    server.stop()
+    _, err = proc.communicate(timeout=stop_seconds)
+    assert proc.returncode == 1, err
+    assert len(err.strip().splitlines()) == 1 and url in err and "rerun" in err, err
+    server.start()
+    marked_shards_are_whole(files_at(url))
+    time.sleep(2)  # the stopped run could not remove its lease: it expires
+    done = subprocess.run(args, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert shards_of(files_at(url)) == shards_of(on_disk) and verify_dataset(url) == []

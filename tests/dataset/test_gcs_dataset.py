@@ -24,7 +24,7 @@ from tests.dataset.dataset_files import (
     files_at,
     marked_shards_are_whole,
     shards_of,
-    wait_for,
+    stop_the_store_mid_run_then_rerun,
 )
 
 
@@ -78,15 +78,4 @@ def test_a_store_that_stops_answering_stops_the_run_cleanly_and_a_rerun_complete
     env = subprocess_env(T2I_ENGINE_LEASE_SECONDS="2")
     args = [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", url, "--no-progress", "--device", "cpu",
             "--encode-workers", "0"]  # fmt: skip
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
-    wait_for(url, "000001.stats.json", proc)
-    gcs_server.stop()
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 1, err
-    assert len(err.strip().splitlines()) == 1 and url in err and "rerun" in err, err
-    gcs_server.start()
-    marked_shards_are_whole(files_at(url))
-    time.sleep(2)  # the stopped run could not remove its lease: it expires
-    done = subprocess.run(args, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert shards_of(files_at(url)) == shards_of(on_disk) and verify_dataset(url) == []
+    stop_the_store_mid_run_then_rerun(url, gcs_server, args, env, on_disk, stop_seconds=300)

@@ -29,6 +29,7 @@ from tests.dataset.dataset_files import (
     marked_shards_are_whole,
     put_both,
     shards_of,
+    stop_the_store_mid_run_then_rerun,
     wait_for,
 )
 
@@ -113,18 +114,7 @@ def test_a_store_that_stops_answering_stops_the_run_cleanly_and_a_rerun_complete
     env = subprocess_env(T2I_ENGINE_LEASE_SECONDS="2", AWS_MAX_ATTEMPTS="2")
     args = [*CLI, "generate", str(tmp_path / "recipe.yaml"), "--out", url, "--no-progress",
             *(scale_out or ["--device", "cpu", "--encode-workers", "0"])]  # fmt: skip
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
-    wait_for(url, "000001.stats.json", proc)
-    s3_server.stop()
-    _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 1, err
-    assert len(err.strip().splitlines()) == 1 and url in err and "rerun" in err, err
-    s3_server.start()
-    marked_shards_are_whole(files_at(url))
-    time.sleep(2)  # the stopped run could not remove its lease: it expires
-    done = subprocess.run(args, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert shards_of(files_at(url)) == shards_of(on_disk) and verify_dataset(url) == []
+    stop_the_store_mid_run_then_rerun(url, s3_server, args, env, on_disk, stop_seconds=180)
 
 
 def test_a_store_that_does_not_answer_raises_one_error_naming_the_url(monkeypatch):
