@@ -494,8 +494,17 @@ class FsspecStore:
         # A renewal the store does not take is tried again at the next tick: the run itself finds
         # out from its own writes whether the store still answers, and stops cleanly if not.
         while not stop.wait(self.lease_seconds / 4):
-            with contextlib.suppress(StoreUnavailable):
+            try:
                 self.write_bytes(lease, self._lease(shared))
+            except StoreUnavailable:
+                pass
+            except Exception:
+                # A renewal still in the client when the lock ended (a store that failed the run:
+                # lock() does not wait for it) may fail in any way while the process exits; its
+                # traceback would follow the run's one-line stop. Before the end it is a bug: raised.
+                if stop.is_set():
+                    return
+                raise
 
 
 def _with_holder(refusal: InputError, holder: dict | None) -> InputError:

@@ -215,6 +215,31 @@ def test_a_lease_stands_while_its_holder_renews_it_and_says_whose_it_is(url):
         pass
 
 
+def test_a_renewal_that_fails_once_the_lock_has_ended_ends_quietly(monkeypatch):
+    """A store that failed the run: lock() lets go without waiting for a renewal still in the
+    client, which may then fail in any way as the process exits; the renewer ends without a
+    traceback. The same failure while the lock stands is raised (a bug, not a store outage)."""
+    import threading
+    import uuid
+
+    (store,) = _stores(f"memory:///t2i-test-{uuid.uuid4().hex}", 1, lease_seconds=0.04)
+    stop = threading.Event()
+
+    def failing_at_exit(name, data):
+        stop.set()  # the lock ended while this renewal was in flight
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(store, "write_bytes", failing_at_exit)
+    store._renew("L.1", False, stop)  # returns: nothing raised
+
+    def failing_while_held(name, data):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(store, "write_bytes", failing_while_held)
+    with pytest.raises(RuntimeError, match="a bug"):
+        store._renew("L.1", False, threading.Event())
+
+
 def test_a_dead_holders_lease_is_taken_over_once_it_expires(url):
     import json
     import time
