@@ -42,14 +42,18 @@ def check_resumable(
     store = as_store(out_dir)
     manifest = read_manifest(store) if store.exists() else None
     if manifest is None:
-        if any(not n.startswith((LOCK, LOG_DIR)) and not n.endswith(TMP_SUFFIX) for n in store.list("*")):
+        names = store.list("*")
+        if MANIFEST in names:  # another part of this run wrote it between the read above and this listing
+            manifest = read_manifest(store)
+        elif any(not n.startswith((LOCK, LOG_DIR)) and not n.endswith(TMP_SUFFIX) for n in names):
             raise InputError(
                 "out",
                 str(out_dir),
                 f"expected a new or empty folder, or one holding a t2i-engine dataset ({MANIFEST}); this one holds "
                 "other files",
             )
-        return None
+        if manifest is None:
+            return None
     if manifest.get("recipe_hash") != recipe.content_hash():
         stored, new = manifest.get("recipe", {}), json.loads(json.dumps(recipe.to_dict()))
         differ = [k for k in new if k != "batch_size" and stored.get(k) != new[k]]

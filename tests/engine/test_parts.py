@@ -149,3 +149,21 @@ def test_parts_of_another_split_are_refused_while_they_run(tmp_path):
     for i in range(3):
         generate(tiny_recipe(**RECIPE), out, part(i, 3))
     assert verify_dataset(out) == [] and json.loads((out / "dataset.json").read_text())["complete"]
+
+
+def test_a_manifest_written_by_another_part_while_this_one_looks_is_taken(tmp_path, monkeypatch):
+    """Parts started at once: this one finds no manifest, another part writes it, and this one's
+    listing of the folder then sees it. That folder holds this run's dataset, not other files."""
+    from t2i_engine.engine import manifest as mf
+
+    recipe = tiny_recipe(**RECIPE)
+    mf.write_manifest(tmp_path, recipe, records=None, device="cpu", dtype="float32", weights=None)
+    reads = []
+
+    def not_yet_then_there(store):  # the other part's write lands between the first read and the listing
+        reads.append(store)
+        return None if len(reads) == 1 else dm.read_manifest(store)
+
+    monkeypatch.setattr(mf, "read_manifest", not_yet_then_there)
+    found = mf.check_resumable(tmp_path, recipe, weights=None, dtype="float32")
+    assert found is not None and found["recipe_hash"] == recipe.content_hash() and len(reads) == 2
